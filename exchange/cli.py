@@ -1,0 +1,24 @@
+"""The `gx` command line: one entry point for every process and tool of the exchange."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the top-level parser; each subcommand registers itself here."""
+    parser = argparse.ArgumentParser(prog="gx", description="GPU-hour exchange")
+    parser.add_subparsers(dest="command", required=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the `gx` command line."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return int(args.handler(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
