@@ -1,0 +1,153 @@
+"""The catalog: what is listed (GPU models, regions, products) and the rules of trading it.
+
+The catalog file ships with the package (`catalog.json`); `load_catalog()` reads it once and turns
+every decimal into the integer unit the engine works in.
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from importlib import resources
+from pathlib import Path
+
+import msgspec
+
+from schemas.units import MICROS_PER_USD, decimal_to_int, usd_to_micros
+
+__all__ = ["GpuModel", "Product", "Catalog", "CatalogError", "load_catalog"]
+
+# Hours in the longest product: bounds every notional so int64 arithmetic cannot overflow.
+_HOURS_MAX = 168
+_INT64_MAX = 2**63 - 1
+
+
+class CatalogError(ValueError):
+    """The catalog file is inconsistent; the message names the field."""
+
+
+class GpuModel(msgspec.Struct, frozen=True, kw_only=True):
+    """A GPU model that can be traded, with what a buyer needs to know about the machine."""
+
+    model: str
+    memory_gb: int
+    interconnect: str
+    reference_price_ticks: int
+
+
+class Product(msgspec.Struct, frozen=True, kw_only=True):
+    """A delivery product: `1h` hourly, `1d` day block (00-24 UTC), `1w` week block (Monday)."""
+
+    code: str
+    hours: int
+    listing_horizon_hours: int
+
+
+class Catalog(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything listed and every trading rule, in integer units."""
+
+    tick_micros: int
+    regions: tuple[str, ...]
+    gpus: tuple[GpuModel, ...]
+    products: tuple[Product, ...]
+    lots_max: int
+    price_band_min_ticks: int
+    price_band_max_ticks: int
+    market_protection_bps: int
+    gate_closure_lead_ns: int
+    maker_fee_bps: int
+    taker_fee_bps: int
+    penalty_per_gpu_hour_micros: int
+    provisioning_deadline_ns: int
+
+    @property
+    def tick_decimal(self) -> Decimal:
+        """Return the tick as a USD decimal (0.001)."""
+        return Decimal(self.tick_micros) / MICROS_PER_USD
+
+    def gpu_index(self, model: str) -> int:
+        """Return the position of a GPU model, or raise KeyError."""
+        for index, gpu in enumerate(self.gpus):
+            if gpu.model == model:
+                return index
+        raise KeyError(model)
+
+    def region_index(self, region: str) -> int:
+        """Return the position of a region, or raise KeyError."""
+        return self.regions.index(region)
+
+    def product(self, code: str) -> Product:
+        """Return the product with this code, or raise KeyError."""
+        for product in self.products:
+            if product.code == code:
+                return product
+        raise KeyError(code)
+
+    def product_index(self, code: str) -> int:
+        """Return the position of a product code, or raise KeyError."""
+        return self.products.index(self.product(code))
+
+
+def _ticks(text: str, tick_micros: int, field: str) -> int:
+    return decimal_to_int(text, Decimal(tick_micros) / MICROS_PER_USD, field)
+
+
+def parse_catalog(raw: dict[str, object]) -> Catalog:
+    """Build a Catalog from the decoded catalog file, checking every limit."""
+    tick_micros = usd_to_micros(str(raw["tick_usd"]))
+    if tick_micros <= 0:
+        raise CatalogError(f"tick_usd: expected a positive amount, found {raw['tick_usd']}")
+    gpus = tuple(
+        GpuModel(
+            model=str(g["model"]),
+            memory_gb=int(g["memory_gb"]),
+            interconnect=str(g["interconnect"]),
+            reference_price_ticks=_ticks(g["reference_price_usd"], tick_micros, "reference_price"),
+        )
+        for g in raw["gpus"]  # type: ignore[attr-defined]
+    )
+    products = tuple(msgspec.convert(p, Product) for p in raw["products"])  # type: ignore[attr-defined]
+    catalog = Catalog(
+        tick_micros=tick_micros,
+        regions=tuple(str(r) for r in raw["regions"]),  # type: ignore[attr-defined]
+        gpus=gpus,
+        products=products,
+        lots_max=int(raw["lots_max"]),  # type: ignore[arg-type]
+        price_band_min_ticks=_ticks(str(raw["price_band_min_usd"]), tick_micros, "price_band_min"),
+        price_band_max_ticks=_ticks(str(raw["price_band_max_usd"]), tick_micros, "price_band_max"),
+        market_protection_bps=int(raw["market_protection_bps"]),  # type: ignore[arg-type]
+        gate_closure_lead_ns=int(raw["gate_closure_lead_s"]) * 1_000_000_000,  # type: ignore[arg-type]
+        maker_fee_bps=int(raw["maker_fee_bps"]),  # type: ignore[arg-type]
+        taker_fee_bps=int(raw["taker_fee_bps"]),  # type: ignore[arg-type]
+        penalty_per_gpu_hour_micros=usd_to_micros(str(raw["penalty_per_gpu_hour_usd"])),
+        provisioning_deadline_ns=int(raw["provisioning_deadline_s"]) * 1_000_000_000,  # type: ignore[arg-type]
+    )
+    _check(catalog)
+    return catalog
+
+
+def _check(catalog: Catalog) -> None:
+    if not 0 < catalog.price_band_min_ticks < catalog.price_band_max_ticks:
+        raise CatalogError("price band: expected 0 < min < max")
+    if not 0 < catalog.lots_max <= 1_000_000:
+        raise CatalogError(f"lots_max: expected 1..1000000, found {catalog.lots_max}")
+    if not (0 <= catalog.maker_fee_bps <= 1000 and 0 <= catalog.taker_fee_bps <= 1000):
+        raise CatalogError("fees: expected 0..1000 bps")
+    for product in catalog.products:
+        if product.code not in ("1h", "1d", "1w") or product.hours > _HOURS_MAX:
+            raise CatalogError(f"product {product.code}: unknown code or too many hours")
+    if len(catalog.regions) * len(catalog.gpus) > 64:
+        raise CatalogError("at most 64 GPU model x region pairs (capacity keys use 6 bits)")
+    # notional x bps must stay inside int64 for the largest order the catalog admits.
+    worst = catalog.price_band_max_ticks * catalog.tick_micros * _HOURS_MAX * catalog.lots_max
+    if worst * 10_000 >= _INT64_MAX:
+        raise CatalogError("price band x lots_max x hours overflows int64 fee arithmetic")
+
+
+def load_catalog(path: str | Path | None = None) -> Catalog:
+    """Load the catalog file (the packaged one unless a path is given)."""
+    if path is None:
+        text = resources.files("schemas").joinpath("catalog.json").read_text()
+    else:
+        text = Path(path).read_text()
+    return parse_catalog(json.loads(text))

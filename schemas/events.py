@@ -1,0 +1,232 @@
+"""Events: what the engine decided, past tense, immutable.
+
+Every event carries the shard, its shard sequence number (`seq`, contiguous from 1), the offset of
+the command that caused it (`input_offset`) and the engine time (`ts_event`, the last clock tick).
+Money is integer micro-dollars, prices integer ticks, quantities integer lots.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from schemas.codes import OrderType, SelfTradePrevention, Side, TimeInForce
+
+__all__ = [
+    "Event",
+    "OrderAccepted",
+    "OrderRejected",
+    "CommandRejected",
+    "OrderCancelled",
+    "OrderExpired",
+    "OrderAmended",
+    "TradeExecuted",
+    "CashChanged",
+    "PositionChanged",
+    "CapacityUpdated",
+    "InstrumentListed",
+    "InstrumentClosed",
+    "DeliveryAssigned",
+    "DeliveryStarted",
+    "DeliverySettled",
+    "EVENT_TYPES",
+]
+
+
+class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    shard: int = 0
+    seq: int = 0
+    input_offset: int = -1
+    ts_event: int = 0
+
+
+class OrderAccepted(_Event, tag="OrderAccepted"):
+    order_id: int
+    account: int
+    symbol: str
+    side: Side
+    order_type: OrderType
+    tif: TimeInForce
+    price_ticks: int
+    lots: int
+    post_only: bool = False
+    stp: SelfTradePrevention = SelfTradePrevention.CANCEL_TAKER
+    expire_ns: int = 0
+    client_order_id: str = ""
+
+
+class OrderRejected(_Event, tag="OrderRejected"):
+    """An order command (place, amend, cancel, cancel-all) refused; nothing changed."""
+
+    account: int
+    code: int
+    reason: str
+    symbol: str = ""
+    order_id: int = 0
+    client_order_id: str = ""
+
+
+class CommandRejected(_Event, tag="CommandRejected"):
+    """A non-order command (deposit, capacity, delivery, malformed input) refused."""
+
+    command: str
+    code: int
+    reason: str
+    account: int = 0
+
+
+class OrderCancelled(_Event, tag="OrderCancelled"):
+    """Lots were cancelled; `lots_remaining` > 0 means the order still rests (self-trade decrement)."""
+
+    order_id: int
+    account: int
+    symbol: str
+    lots_cancelled: int
+    lots_remaining: int
+    reason: int
+
+
+class OrderExpired(_Event, tag="OrderExpired"):
+    order_id: int
+    account: int
+    symbol: str
+    lots: int
+    reason: int
+
+
+class OrderAmended(_Event, tag="OrderAmended"):
+    order_id: int
+    account: int
+    symbol: str
+    price_ticks: int
+    lots: int
+    priority_kept: bool
+
+
+class TradeExecuted(_Event, tag="TradeExecuted"):
+    trade_id: int
+    symbol: str
+    price_ticks: int
+    lots: int
+    aggressor_side: Side
+    maker_order_id: int
+    taker_order_id: int
+    maker_account: int
+    taker_account: int
+    maker_fee_micros: int
+    taker_fee_micros: int
+
+
+class CashChanged(_Event, tag="CashChanged"):
+    """One account's balances moved. The deltas of all CashChanged of one command sum to zero."""
+
+    account: int
+    available_delta: int
+    held_delta: int
+    escrow_delta: int
+    collateral_delta: int
+    reason: int
+    ref_id: int
+
+
+class PositionChanged(_Event, tag="PositionChanged"):
+    account: int
+    symbol: str
+    delta_lots: int
+    position_lots: int
+    reason: int
+    ref_id: int
+
+
+class CapacityUpdated(_Event, tag="CapacityUpdated"):
+    account: int
+    gpu: str
+    region: str
+    start_ns: int
+    end_ns: int
+    gpus: int
+
+
+class InstrumentListed(_Event, tag="InstrumentListed"):
+    instrument_id: int
+    symbol: str
+    gpu: str
+    region: str
+    product: str
+    start_ns: int
+    hours: int
+    gate_close_ns: int
+    price_band_min_ticks: int
+    price_band_max_ticks: int
+    lots_max: int
+
+
+class InstrumentClosed(_Event, tag="InstrumentClosed"):
+    instrument_id: int
+    symbol: str
+    open_interest_lots: int
+
+
+class DeliveryAssigned(_Event, tag="DeliveryAssigned"):
+    obligation_id: int
+    symbol: str
+    provider: int
+    holder: int
+    gpus: int
+    start_ns: int
+    end_ns: int
+    escrow_micros: int
+
+
+class DeliveryStarted(_Event, tag="DeliveryStarted"):
+    obligation_id: int
+    provider: int
+    holder: int
+
+
+class DeliverySettled(_Event, tag="DeliverySettled"):
+    obligation_id: int
+    provider: int
+    holder: int
+    outcome: int
+    hours_delivered: int
+    hours_failed: int
+    released_micros: int
+    refund_micros: int
+    penalty_micros: int
+
+
+Event = (
+    OrderAccepted
+    | OrderRejected
+    | CommandRejected
+    | OrderCancelled
+    | OrderExpired
+    | OrderAmended
+    | TradeExecuted
+    | CashChanged
+    | PositionChanged
+    | CapacityUpdated
+    | InstrumentListed
+    | InstrumentClosed
+    | DeliveryAssigned
+    | DeliveryStarted
+    | DeliverySettled
+)
+
+EVENT_TYPES = (
+    OrderAccepted,
+    OrderRejected,
+    CommandRejected,
+    OrderCancelled,
+    OrderExpired,
+    OrderAmended,
+    TradeExecuted,
+    CashChanged,
+    PositionChanged,
+    CapacityUpdated,
+    InstrumentListed,
+    InstrumentClosed,
+    DeliveryAssigned,
+    DeliveryStarted,
+    DeliverySettled,
+)

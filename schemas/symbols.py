@@ -1,0 +1,89 @@
+"""Instrument symbols: `GPU.REGION.PRODUCT.DELIVERY`, e.g. `H100-SXM.us-east.1h.2026-12-01T14`.
+
+Hourly products name their hour (`2026-12-01T14`), day blocks their date (`2026-12-01`), week blocks
+the Monday they start (`2026-11-30`). All times are UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import msgspec
+
+from schemas.units import NS_PER_DAY, NS_PER_HOUR, NS_PER_SECOND
+
+__all__ = ["InstrumentKey", "SymbolError", "parse_symbol", "format_symbol", "product_hours"]
+
+_HOURS = {"1h": 1, "1d": 24, "1w": 168}
+# 1970-01-01 was a Thursday: Monday-aligned weeks start 3 days later.
+_WEEK_OFFSET_NS = 4 * NS_PER_DAY
+
+
+class SymbolError(ValueError):
+    """A symbol that does not name an instrument."""
+
+
+class InstrumentKey(msgspec.Struct, frozen=True, kw_only=True):
+    """What an instrument is: GPU model, region, product and delivery start."""
+
+    gpu: str
+    region: str
+    product: str
+    start_ns: int
+
+    @property
+    def hours(self) -> int:
+        """Return the length of the delivery window in hours."""
+        return _HOURS[self.product]
+
+    @property
+    def end_ns(self) -> int:
+        """Return the end of the delivery window (exclusive)."""
+        return self.start_ns + self.hours * NS_PER_HOUR
+
+    @property
+    def symbol(self) -> str:
+        """Return the canonical symbol."""
+        return format_symbol(self)
+
+
+def product_hours(product: str) -> int:
+    """Return the hours of delivery of a product code."""
+    try:
+        return _HOURS[product]
+    except KeyError:
+        raise SymbolError(f"product: expected one of 1h, 1d, 1w, found {product!r}") from None
+
+
+def is_aligned(product: str, start_ns: int) -> bool:
+    """Tell whether a delivery start lies on the product's grid."""
+    if product == "1h":
+        return start_ns % NS_PER_HOUR == 0
+    if product == "1d":
+        return start_ns % NS_PER_DAY == 0
+    return (start_ns - _WEEK_OFFSET_NS) % (7 * NS_PER_DAY) == 0
+
+
+def format_symbol(key: InstrumentKey) -> str:
+    """Format an instrument key as its symbol."""
+    when = datetime.fromtimestamp(key.start_ns // NS_PER_SECOND, tz=UTC)
+    stamp = when.strftime("%Y-%m-%dT%H") if key.product == "1h" else when.strftime("%Y-%m-%d")
+    return f"{key.gpu}.{key.region}.{key.product}.{stamp}"
+
+
+def parse_symbol(symbol: str) -> InstrumentKey:
+    """Parse a symbol, checking that its delivery start lies on the product's grid."""
+    parts = symbol.split(".")
+    if len(parts) != 4 or not all(parts):
+        raise SymbolError(f"symbol: expected GPU.REGION.PRODUCT.DELIVERY, found {symbol!r}")
+    gpu, region, product, stamp = parts
+    product_hours(product)
+    layout = "%Y-%m-%dT%H" if product == "1h" else "%Y-%m-%d"
+    try:
+        when = datetime.strptime(stamp, layout).replace(tzinfo=UTC)
+    except ValueError:
+        raise SymbolError(f"symbol {symbol!r}: delivery must look like {layout}") from None
+    start_ns = int(when.timestamp()) * NS_PER_SECOND
+    if not is_aligned(product, start_ns):
+        raise SymbolError(f"symbol {symbol!r}: a week block starts on a Monday")
+    return InstrumentKey(gpu=gpu, region=region, product=product, start_ns=start_ns)
