@@ -1,0 +1,491 @@
+"""The engine facade: commands in, events out, for one shard.
+
+`Engine.apply` validates and encodes a batch of command messages into rows, runs the Numba state
+machine over them in one call, and decodes the event rows into event messages. The engine is a
+pure function of its input: it reads no clock (time arrives as ClockTick commands), no random
+source and no environment, so replaying the same commands yields byte-identical events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import msgspec
+import numpy as np
+
+from matching import layout as lay
+from matching.calendar import due_listings
+from matching.kernels import _apply
+from matching.state import EngineConfig, State, new_state, restore_state, snapshot_bytes, state_hash
+from schemas import commands as cmd
+from schemas import events as evt
+from schemas.catalog import Catalog
+from schemas.codes import OrderType, Reject, SelfTradePrevention, Side, TimeInForce
+from schemas.symbols import InstrumentKey, SymbolError, format_symbol, parse_symbol
+from schemas.units import NS_PER_HOUR
+
+__all__ = ["Engine", "EngineConfig"]
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_TIF = {TimeInForce.GTC: 0, TimeInForce.GTD: 1, TimeInForce.IOC: 2, TimeInForce.FOK: 3}
+_TIF_BACK = {v: k for k, v in _TIF.items()}
+_STP = {
+    SelfTradePrevention.NONE: 0,
+    SelfTradePrevention.CANCEL_TAKER: 1,
+    SelfTradePrevention.CANCEL_MAKER: 2,
+    SelfTradePrevention.CANCEL_BOTH: 3,
+    SelfTradePrevention.DECREMENT: 4,
+}
+_STP_BACK = {v: k for k, v in _STP.items()}
+_SIDE = {Side.BUY: lay.BUY, Side.SELL: lay.SELL}
+_SIDE_BACK = {lay.BUY: Side.BUY, lay.SELL: Side.SELL}
+_ORDER_COMMANDS = (cmd.PlaceOrder, cmd.AmendOrder, cmd.CancelOrder, cmd.CancelAll)
+
+
+def order_flags(
+    tif: TimeInForce, order_type: OrderType, post_only: bool, stp: SelfTradePrevention
+) -> int:
+    """Pack an order's time in force, type, post-only and self-trade mode into kernel flags."""
+    flags = _TIF[tif] | (_STP[stp] << lay.F_STP_SHIFT)
+    if order_type is OrderType.MARKET:
+        flags |= lay.F_MARKET
+    if post_only:
+        flags |= lay.F_POST_ONLY
+    return flags
+
+
+class _Batch:
+    """Rows and side tables built while encoding one batch."""
+
+    def __init__(self, size: int) -> None:
+        self.rows = np.zeros((size, lay.CMD_WIDTH), dtype=np.int64)
+        self.now = [0] * size  # engine time as of each command (for ts_event)
+        self.listed: dict[int, list[evt.InstrumentListed]] = {}
+
+
+class Engine:
+    """One shard's matching engine: a single-writer state machine over preallocated arrays."""
+
+    def __init__(
+        self, catalog: Catalog, config: EngineConfig | None = None, *, _state: State | None = None
+    ) -> None:
+        self.catalog = catalog
+        self.config = config or EngineConfig()
+        self.state: State = _state if _state is not None else new_state(self.config, catalog)
+        self._events = np.zeros((4096, lay.EV_WIDTH), dtype=np.int64)
+        self._symbols: dict[str, int] = {}  # open instruments: symbol -> slot
+        self._slot_symbol: dict[int, str] = {}
+        self._listing_hour = -1
+        self._reindex_symbols()
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def now_ns(self) -> int:
+        """Engine time: the latest clock tick applied."""
+        return int(self.state[lay.ST_META][0, lay.M_NOW])
+
+    @property
+    def event_seq(self) -> int:
+        """Sequence number of the last event produced."""
+        return int(self.state[lay.ST_META][0, lay.M_EVENT_SEQ])
+
+    def apply(self, commands: Sequence[cmd.Command], offsets: Sequence[int] | None = None) -> list:
+        """Apply a batch of commands in order and return the events they caused.
+
+        `offsets` are the commands' input-log positions, copied into each event's `input_offset`.
+        """
+        batch = self._encode(commands)
+        self._events, count = _apply(batch.rows, self.state, self._events)
+        return self._decode(commands, offsets, batch, count)
+
+    def apply_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Apply pre-encoded command rows (benchmarks); return the event rows (a copy)."""
+        self._events, count = _apply(rows, self.state, self._events)
+        meta = self.state[lay.ST_META][0]
+        meta[lay.M_EVENT_SEQ] += count
+        return self._events[:count].copy()
+
+    def symbol_slot(self, symbol: str) -> int:
+        """Kernel slot of an open instrument (benchmarks and tests), or raise KeyError."""
+        return self._symbols[symbol]
+
+    def open_symbols(self) -> list[str]:
+        """Symbols open for trading, in slot order."""
+        return [self._slot_symbol[s] for s in sorted(self._symbols.values())]
+
+    def snapshot(self) -> bytes:
+        """Serialise the whole engine state."""
+        return snapshot_bytes(self.state, self.config, self.catalog)
+
+    @classmethod
+    def restore(cls, data: bytes, catalog: Catalog) -> Engine:
+        """Rebuild an engine from `snapshot()` output."""
+        st, config = restore_state(data, catalog)
+        return cls(catalog, config, _state=st)
+
+    def state_hash(self) -> str:
+        """Hash of the whole state (equal states, equal futures)."""
+        return state_hash(self.state)
+
+    # ------------------------------------------------------------------ symbols and listing
+
+    def _key_of_slot(self, slot: int) -> InstrumentKey:
+        row = self.state[lay.ST_INSTRS][slot]
+        return InstrumentKey(
+            gpu=self.catalog.gpus[int(row[lay.I_GPU])].model,
+            region=self.catalog.regions[int(row[lay.I_REGION])],
+            product=self.catalog.products[int(row[lay.I_PRODUCT])].code,
+            start_ns=int(row[lay.I_START]),
+        )
+
+    def _reindex_symbols(self) -> None:
+        instrs = self.state[lay.ST_INSTRS]
+        self._symbols.clear()
+        self._slot_symbol.clear()
+        for slot in np.flatnonzero(instrs[:, lay.I_STATE] != lay.INSTR_FREE):
+            symbol = format_symbol(self._key_of_slot(int(slot)))
+            self._slot_symbol[int(slot)] = symbol
+            if instrs[slot, lay.I_STATE] == lay.INSTR_OPEN:
+                self._symbols[symbol] = int(slot)
+        self._free_slots = [
+            int(s) for s in np.flatnonzero(instrs[:, lay.I_STATE] != lay.INSTR_OPEN)[::-1]
+        ]
+
+    def _list_due(self, now: int) -> list[evt.InstrumentListed]:
+        hour = now // NS_PER_HOUR
+        if hour == self._listing_hour:
+            return []  # the due set changes only when an hour boundary passes
+        self._listing_hour = hour
+        listed = {parse_symbol(s) for s in self._symbols}
+        out = []
+        for key in due_listings(self.catalog, now, listed, self.config.gpus, self.config.regions):
+            if not self._free_slots:
+                break  # instruments_max reached: the rest are listed once slots free up
+            out.append(self._list(key))
+        return out
+
+    def _list(self, key: InstrumentKey) -> evt.InstrumentListed:
+        cat = self.catalog
+        slot = self._free_slots.pop()
+        meta = self.state[lay.ST_META][0]
+        meta[lay.M_INSTR_SEQ] += 1
+        row = self.state[lay.ST_INSTRS][slot]
+        row[:] = 0
+        hours = key.hours
+        row[lay.I_ID] = meta[lay.M_INSTR_SEQ]
+        row[lay.I_STATE] = lay.INSTR_OPEN
+        row[lay.I_GPU] = cat.gpu_index(key.gpu)
+        row[lay.I_REGION] = cat.region_index(key.region)
+        row[lay.I_PRODUCT] = cat.product_index(key.product)
+        row[lay.I_START] = key.start_ns
+        row[lay.I_HOURS] = hours
+        row[lay.I_GATE] = key.start_ns - cat.gate_closure_lead_ns
+        row[lay.I_BAND_LO] = cat.price_band_min_ticks
+        row[lay.I_BAND_HI] = cat.price_band_max_ticks
+        row[lay.I_LOTS_MAX] = cat.lots_max
+        row[lay.I_BEST : lay.I_BEST + 2] = -1
+        row[lay.I_WORST : lay.I_WORST + 2] = -1
+        row[lay.I_CAPKEY] = row[lay.I_GPU] * len(cat.regions) + row[lay.I_REGION]
+        row[lay.I_HOUR0] = key.start_ns // NS_PER_HOUR
+        row[lay.I_NOTIONAL_UNIT] = cat.tick_micros * hours
+        row[lay.I_COLLAT_UNIT] = cat.penalty_per_gpu_hour_micros * hours
+        symbol = format_symbol(key)
+        self._symbols[symbol] = slot
+        self._slot_symbol[slot] = symbol
+        return evt.InstrumentListed(
+            instrument_id=int(row[lay.I_ID]),
+            symbol=symbol,
+            gpu=key.gpu,
+            region=key.region,
+            product=key.product,
+            start_ns=key.start_ns,
+            hours=hours,
+            gate_close_ns=int(row[lay.I_GATE]),
+            price_band_min_ticks=cat.price_band_min_ticks,
+            price_band_max_ticks=cat.price_band_max_ticks,
+            lots_max=cat.lots_max,
+        )
+
+    # ------------------------------------------------------------------ encoding
+
+    def _encode(self, commands: Sequence[cmd.Command]) -> _Batch:
+        batch = _Batch(len(commands))
+        now = self.now_ns
+        for i, command in enumerate(commands):
+            row = batch.rows[i]
+            try:
+                if isinstance(command, cmd.ClockTick):
+                    now = max(now, command.ts_ns)
+                    self._encode_one(command, row)
+                    listed = self._list_due(now)
+                    if listed:
+                        batch.listed[i] = listed
+                else:
+                    self._encode_one(command, row)
+            except _Refused as refused:
+                row[:] = 0
+                row[lay.C0_OP] = lay.OP_REJECT
+                row[lay.C0_ACCOUNT] = _clamp(getattr(command, "account", 0))
+                row[lay.C0_AUX] = refused.code
+                row[lay.C0_INSTR] = -1
+            batch.now[i] = now
+        return batch
+
+    def _slot(self, symbol: str) -> int:
+        slot = self._symbols.get(symbol)
+        if slot is not None:
+            return slot
+        try:
+            key = parse_symbol(symbol)
+        except SymbolError:
+            raise _Refused(Reject.UNKNOWN_INSTRUMENT) from None
+        if key.start_ns - self.catalog.gate_closure_lead_ns <= self.now_ns:
+            raise _Refused(Reject.INSTRUMENT_NOT_TRADING)
+        raise _Refused(Reject.UNKNOWN_INSTRUMENT)
+
+    def _encode_one(self, c: cmd.Command, row: np.ndarray) -> None:
+        if isinstance(c, cmd.PlaceOrder):
+            row[lay.C0_OP] = lay.OP_PLACE
+            row[lay.C0_ACCOUNT] = _int(c.account)
+            row[lay.C0_INSTR] = self._slot(c.symbol)
+            row[lay.C0_SIDE] = _SIDE[c.side]
+            row[lay.C0_PRICE] = _int(c.price_ticks)
+            row[lay.C0_LOTS] = _int(c.lots)
+            row[lay.C0_FLAGS] = order_flags(c.tif, c.order_type, c.post_only, c.stp)
+            row[lay.C0_EXPIRE] = _int(c.expire_ns)
+        elif isinstance(c, cmd.CancelOrder):
+            row[lay.C0_OP] = lay.OP_CANCEL
+            row[lay.C0_ACCOUNT] = _int(c.account)
+            row[lay.C0_ORDER] = _int(c.order_id)
+        elif isinstance(c, cmd.AmendOrder):
+            row[lay.C0_OP] = lay.OP_AMEND
+            row[lay.C0_ACCOUNT] = _int(c.account)
+            row[lay.C0_ORDER] = _int(c.order_id)
+            row[lay.C0_PRICE] = _int(c.price_ticks)
+            row[lay.C0_LOTS] = _int(c.lots)
+        elif isinstance(c, cmd.CancelAll):
+            row[lay.C0_OP] = lay.OP_CANCEL_ALL
+            row[lay.C0_ACCOUNT] = _int(c.account)
+            row[lay.C0_INSTR] = -1 if c.symbol is None else self._slot(c.symbol)
+        elif isinstance(c, cmd.Deposit | cmd.Withdraw):
+            row[lay.C0_OP] = lay.OP_DEPOSIT if isinstance(c, cmd.Deposit) else lay.OP_WITHDRAW
+            row[lay.C0_ACCOUNT] = _int(c.account)
+            row[lay.C0_AUX] = _int(c.amount_micros)
+        elif isinstance(c, cmd.CapacityUpdate):
+            self._encode_capacity(c, row)
+        elif isinstance(c, cmd.ClockTick):
+            row[lay.C0_OP] = lay.OP_CLOCK
+            row[lay.C0_AUX] = _int(c.ts_ns)
+        elif isinstance(c, cmd.DeliveryConfirmed | cmd.DeliveryFailed):
+            row[lay.C0_ACCOUNT] = _int(c.account)
+            row[lay.C0_ORDER] = _int(c.obligation_id)
+            if isinstance(c, cmd.DeliveryConfirmed):
+                row[lay.C0_OP] = lay.OP_CONFIRM
+            else:
+                row[lay.C0_OP] = lay.OP_FAIL
+                row[lay.C0_LOTS] = _int(c.hours_delivered)
+        else:
+            raise _Refused(Reject.MALFORMED)
+
+    def _encode_capacity(self, c: cmd.CapacityUpdate, row: np.ndarray) -> None:
+        try:
+            capkey = self.catalog.gpu_index(c.gpu) * len(self.catalog.regions)
+            capkey += self.catalog.region_index(c.region)
+        except (KeyError, ValueError):
+            raise _Refused(Reject.CAPACITY_RANGE_INVALID) from None
+        if c.start_ns % NS_PER_HOUR or c.end_ns % NS_PER_HOUR:
+            raise _Refused(Reject.CAPACITY_RANGE_INVALID)
+        row[lay.C0_OP] = lay.OP_CAPACITY
+        row[lay.C0_ACCOUNT] = _int(c.account)
+        row[lay.C0_LOTS] = _int(c.gpus)
+        row[lay.C0_AUX] = capkey
+        row[lay.C0_AUX2] = _int(c.start_ns) // NS_PER_HOUR
+        row[lay.C0_AUX3] = _int(c.end_ns) // NS_PER_HOUR
+
+    # ------------------------------------------------------------------ decoding
+
+    def _decode(
+        self,
+        commands: Sequence[cmd.Command],
+        offsets: Sequence[int] | None,
+        batch: _Batch,
+        count: int,
+    ) -> list:
+        meta = self.state[lay.ST_META][0]
+        seq = int(meta[lay.M_EVENT_SEQ])
+        shard = self.config.shard
+        out: list = []
+        rows = self._events[:count].tolist()
+        k = 0
+        closed: list[int] = []
+        for ci, command in enumerate(commands):
+            offset = -1 if offsets is None else int(offsets[ci])
+            base = {"shard": shard, "input_offset": offset, "ts_event": batch.now[ci]}
+            produced: list = []
+            while k < count and rows[k][lay.E_CMD] == ci:
+                produced.append(self._event(rows[k], command, base, closed))
+                k += 1
+            produced.extend(batch.listed.get(ci, ()))
+            for e in produced:
+                seq += 1
+                out.append(msgspec.structs.replace(e, seq=seq, **base))
+        meta[lay.M_EVENT_SEQ] = seq
+        for slot in closed:
+            symbol = self._slot_symbol.get(slot)
+            if symbol is not None:
+                self._symbols.pop(symbol, None)
+            self._free_slots.insert(0, slot)
+        return out
+
+    def _symbol(self, slot: int) -> str:
+        return self._slot_symbol.get(slot, "") if slot >= 0 else ""
+
+    def _event(self, r: list[int], c: cmd.Command, base: dict, closed: list[int]) -> msgspec.Struct:
+        t = r[lay.E_TYPE]
+        f = r[2:]
+        if t == lay.EV_CASH:
+            return evt.CashChanged(
+                account=f[0],
+                available_delta=f[1],
+                held_delta=f[2],
+                escrow_delta=f[3],
+                collateral_delta=f[4],
+                reason=f[5],
+                ref_id=f[6],
+            )
+        if t == lay.EV_POSITION:
+            return evt.PositionChanged(
+                account=f[0],
+                symbol=self._symbol(f[1]),
+                delta_lots=f[2],
+                position_lots=f[3],
+                reason=f[4],
+                ref_id=f[5],
+            )
+        if t == lay.EV_TRADE:
+            return evt.TradeExecuted(
+                trade_id=f[0],
+                symbol=self._symbol(f[1]),
+                price_ticks=f[2],
+                lots=f[3],
+                aggressor_side=_SIDE_BACK[f[4]],
+                maker_order_id=f[5],
+                taker_order_id=f[6],
+                maker_account=f[7],
+                taker_account=f[8],
+                maker_fee_micros=f[9],
+                taker_fee_micros=f[10],
+            )
+        if t == lay.EV_ACCEPTED:
+            flags = f[6]
+            return evt.OrderAccepted(
+                order_id=f[0],
+                account=f[1],
+                symbol=self._symbol(f[2]),
+                side=_SIDE_BACK[f[3]],
+                order_type=OrderType.MARKET if flags & lay.F_MARKET else OrderType.LIMIT,
+                tif=_TIF_BACK[flags & 3],
+                price_ticks=f[4],
+                lots=f[5],
+                post_only=bool(flags & lay.F_POST_ONLY),
+                stp=_STP_BACK[(flags >> lay.F_STP_SHIFT) & 7],
+                expire_ns=f[7],
+                client_order_id=getattr(c, "client_order_id", ""),
+            )
+        if t == lay.EV_CANCELLED:
+            return evt.OrderCancelled(
+                order_id=f[0],
+                account=f[1],
+                symbol=self._symbol(f[2]),
+                lots_cancelled=f[3],
+                lots_remaining=f[4],
+                reason=f[5],
+            )
+        if t == lay.EV_EXPIRED:
+            return evt.OrderExpired(
+                order_id=f[0], account=f[1], symbol=self._symbol(f[2]), lots=f[3], reason=f[5]
+            )
+        if t == lay.EV_AMENDED:
+            return evt.OrderAmended(
+                order_id=f[0],
+                account=f[1],
+                symbol=self._symbol(f[2]),
+                price_ticks=f[3],
+                lots=f[4],
+                priority_kept=bool(f[5]),
+            )
+        if t == lay.EV_REJECTED:
+            return self._rejected(f, c)
+        if t == lay.EV_CAPACITY:
+            gpu, region = divmod(f[1], len(self.catalog.regions))
+            return evt.CapacityUpdated(
+                account=f[0],
+                gpu=self.catalog.gpus[gpu].model,
+                region=self.catalog.regions[region],
+                start_ns=f[2] * NS_PER_HOUR,
+                end_ns=f[3] * NS_PER_HOUR,
+                gpus=f[4],
+            )
+        if t == lay.EV_CLOSED:
+            closed.append(f[1])
+            return evt.InstrumentClosed(
+                instrument_id=f[0], symbol=self._symbol(f[1]), open_interest_lots=f[2]
+            )
+        if t == lay.EV_ASSIGNED:
+            return evt.DeliveryAssigned(
+                obligation_id=f[0],
+                symbol=self._symbol(f[7]),
+                provider=f[1],
+                holder=f[2],
+                gpus=f[3],
+                start_ns=f[4],
+                end_ns=f[4] + f[5] * NS_PER_HOUR,
+                escrow_micros=f[6],
+            )
+        if t == lay.EV_STARTED:
+            return evt.DeliveryStarted(obligation_id=f[0], provider=f[1], holder=f[2])
+        if t == lay.EV_SETTLED:
+            return evt.DeliverySettled(
+                obligation_id=f[0],
+                provider=f[1],
+                holder=f[2],
+                outcome=f[3],
+                hours_delivered=f[4],
+                hours_failed=f[5],
+                released_micros=f[6],
+                refund_micros=f[7],
+                penalty_micros=f[8],
+            )
+        raise AssertionError(f"event row type {t} has no decoder")
+
+    def _rejected(self, f: list[int], c: cmd.Command) -> msgspec.Struct:
+        code = f[1]
+        reason = Reject(code).name
+        if isinstance(c, _ORDER_COMMANDS):
+            symbol = getattr(c, "symbol", None) or self._symbol(f[3])
+            return evt.OrderRejected(
+                account=f[0],
+                code=code,
+                reason=reason,
+                symbol=symbol,
+                order_id=f[2],
+                client_order_id=getattr(c, "client_order_id", ""),
+            )
+        return evt.CommandRejected(command=type(c).__name__, code=code, reason=reason, account=f[0])
+
+
+class _Refused(Exception):
+    def __init__(self, code: Reject) -> None:
+        self.code = int(code)
+
+
+def _int(value: int) -> int:
+    """A command integer that fits the kernel's int64 rows, or a MALFORMED refusal."""
+    if not isinstance(value, int) or not _INT64_MIN < value < _INT64_MAX:
+        raise _Refused(Reject.MALFORMED)
+    return value
+
+
+def _clamp(value: object) -> int:
+    return value if isinstance(value, int) and _INT64_MIN < value < _INT64_MAX else 0

@@ -1,0 +1,136 @@
+"""The engine's memory layout: every piece of state is a 2-D int64 array, addressed by named columns.
+
+All state arrays travel through the kernels as one homogeneous tuple (`State`), so a kernel's
+signature stays short and Numba can index it. Column and op numbers are module constants, which
+Numba freezes into the compiled code.
+"""
+
+from __future__ import annotations
+
+# --- state tuple members -------------------------------------------------------------------
+ST_META, ST_CFG, ST_ACCTS, ST_INSTRS, ST_ORDERS, ST_LEVELS, ST_LEVEL_HT = 0, 1, 2, 3, 4, 5, 6
+ST_POS, ST_POS_HT, ST_CAP, ST_CAP_HT, ST_OBL, ST_GTD = 7, 8, 9, 10, 11, 12
+ST_COUNT = 13
+ST_NAMES = (
+    "meta", "cfg", "accounts", "instruments", "orders", "levels", "level_ht",
+    "positions", "position_ht", "capacity", "capacity_ht", "obligations", "gtd_heap",
+)  # fmt: skip
+# Arrays rebuilt on restore rather than stored (their layout depends on insertion history).
+HASH_TABLES = (ST_LEVEL_HT, ST_POS_HT, ST_CAP_HT)
+
+# --- meta: counters and allocator heads (one row) ---------------------------------------------
+M_NOW = 0  # engine time, ns: the last clock tick
+M_ORDER_SEQ = 1
+M_TRADE_SEQ = 2
+M_INSTR_SEQ = 3
+M_OBL_SEQ = 4
+M_EVENT_SEQ = 5
+M_ORDER_HWM, M_ORDER_FREE = 6, 7
+M_LEVEL_HWM, M_LEVEL_FREE = 8, 9
+M_POS_HWM, M_POS_FREE = 10, 11
+M_CAP_HWM, M_CAP_FREE = 12, 13
+M_OBL_HWM, M_OBL_FREE = 14, 15
+M_GTD_SIZE = 16
+M_ORDERS_LIVE, M_LEVELS_LIVE, M_POS_LIVE, M_CAP_LIVE, M_OBL_LIVE = 17, 18, 19, 20, 21
+M_WIDTH = 24
+
+# --- cfg: limits and fees, set once (one row) ----------------------------------------------------
+CFG_SHARD = 0
+CFG_ORDERS_OPEN_MAX = 1
+CFG_MAKER_BPS = 2
+CFG_TAKER_BPS = 3
+CFG_PROTECTION_BPS = 4
+CFG_PENALTY_MICROS = 5  # per GPU-hour
+CFG_DEADLINE_NS = 6  # provisioning confirmation deadline after delivery start
+CFG_DEPOSIT_MAX = 7
+CFG_BALANCE_MAX = 8
+CFG_CAPACITY_GPUS_MAX = 9
+CFG_CAPACITY_HOURS_MAX = 10
+CFG_TICK_MICROS = 11
+CFG_WIDTH = 16
+
+# --- accounts -------------------------------------------------------------------------------
+A_AVAIL, A_HELD, A_ESCROW, A_COLLAT, A_OPEN, A_HEAD, A_TAIL = 0, 1, 2, 3, 4, 5, 6
+A_WIDTH = 8
+
+# --- instruments ------------------------------------------------------------------------------
+I_ID, I_STATE, I_GPU, I_REGION, I_PRODUCT, I_START, I_HOURS, I_GATE = 0, 1, 2, 3, 4, 5, 6, 7
+I_BAND_LO, I_BAND_HI, I_LOTS_MAX = 8, 9, 10
+I_BEST = 11  # + side: best level of the bid (11) and ask (12) book
+I_WORST = 13  # + side
+I_CAPKEY, I_HOUR0, I_NOTIONAL_UNIT, I_COLLAT_UNIT = 15, 16, 17, 18
+I_LAST_PRICE, I_VOLUME = 19, 20
+I_WIDTH = 24
+INSTR_FREE, INSTR_OPEN, INSTR_CLOSED = 0, 1, 2
+
+# --- orders -----------------------------------------------------------------------------------
+O_ID, O_ACCOUNT, O_INSTR, O_SIDE, O_PRICE, O_LOTS, O_FILLED, O_FLAGS = 0, 1, 2, 3, 4, 5, 6, 7
+O_EXPIRE, O_PREV, O_NEXT, O_LEVEL, O_UNIT, O_COVERED, O_APREV, O_ANEXT = (
+    8,
+    9,
+    10,
+    11,
+    12,
+    13,
+    14,
+    15,
+)
+O_WIDTH = 16
+# An order id carries its slot in the low bits, so lookup is one array read and one compare.
+ORDER_SLOT_BITS = 24
+ORDER_SLOT_MASK = (1 << ORDER_SLOT_BITS) - 1
+
+# order flags: tif (2 bits) | market (1) | post_only (1) | stp (3)
+TIF_GTC, TIF_GTD, TIF_IOC, TIF_FOK = 0, 1, 2, 3
+F_MARKET = 4
+F_POST_ONLY = 8
+F_STP_SHIFT = 4
+STP_NONE, STP_CANCEL_TAKER, STP_CANCEL_MAKER, STP_CANCEL_BOTH, STP_DECREMENT = 0, 1, 2, 3, 4
+BUY, SELL = 0, 1
+
+# --- price levels -----------------------------------------------------------------------------
+L_PRICE, L_HEAD, L_TAIL, L_LOTS, L_COUNT, L_PREV, L_NEXT, L_BOOK = 0, 1, 2, 3, 4, 5, 6, 7
+L_WIDTH = 8
+
+# --- positions --------------------------------------------------------------------------------
+P_ACCOUNT, P_INSTR, P_LOTS, P_RESERVED, P_ESCROW, P_FEES, P_COLLAT, P_NEXT = 0, 1, 2, 3, 4, 5, 6, 7
+P_WIDTH = 8
+
+# --- provider capacity per (account, gpu x region, hour) ----------------------------------------
+C_KEY, C_CAP, C_USED, C_NEXT = 0, 1, 2, 3
+C_WIDTH = 4
+
+# --- delivery obligations ---------------------------------------------------------------------
+B_ID, B_STATE, B_PROVIDER, B_HOLDER, B_GPUS, B_START, B_HOURS, B_HOURS_LEFT = 0, 1, 2, 3, 4, 5, 6, 7
+B_ESCROW_LEFT, B_FEES_LEFT, B_COLLAT_LEFT, B_INSTR_ID, B_GPU, B_REGION, B_PRODUCT, B_NEXT = (
+    8, 9, 10, 11, 12, 13, 14, 15,
+)  # fmt: skip
+B_RELEASED = 16  # escrow released to the provider so far
+B_WIDTH = 20
+OBL_FREE, OBL_ASSIGNED, OBL_CONFIRMED = 0, 1, 2
+
+# --- commands (one row each) ------------------------------------------------------------------
+C0_OP, C0_ACCOUNT, C0_INSTR, C0_SIDE, C0_PRICE, C0_LOTS, C0_FLAGS, C0_EXPIRE = (
+    0,
+    1,
+    2,
+    3,
+    4,
+    5,
+    6,
+    7,
+)
+C0_ORDER, C0_AUX, C0_AUX2, C0_AUX3 = 8, 9, 10, 11
+CMD_WIDTH = 12
+OP_PLACE, OP_CANCEL, OP_AMEND, OP_CANCEL_ALL, OP_DEPOSIT, OP_WITHDRAW = 1, 2, 3, 4, 5, 6
+OP_CAPACITY, OP_CLOCK, OP_CONFIRM, OP_FAIL, OP_REJECT = 7, 8, 9, 10, 11
+
+# --- events (one row each): type, index of the causing command, then up to 12 fields -----------
+E_TYPE, E_CMD = 0, 1
+EV_WIDTH = 14
+EV_ACCEPTED, EV_REJECTED, EV_CANCELLED, EV_EXPIRED, EV_AMENDED = 1, 2, 3, 4, 5
+EV_TRADE, EV_CASH, EV_POSITION, EV_CAPACITY, EV_CLOSED = 6, 7, 8, 9, 10
+EV_ASSIGNED, EV_STARTED, EV_SETTLED = 11, 12, 13
+
+# System accounts (schemas.ids): the external world and the fee income.
+ACCT_EXTERNAL, ACCT_FEES = 0, 1

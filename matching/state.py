@@ -1,0 +1,185 @@
+"""Engine configuration, state allocation, snapshot, restore and the state hash."""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+
+import msgspec
+import numpy as np
+
+from matching import layout as lay
+from schemas.catalog import Catalog
+
+__all__ = ["EngineConfig", "State", "new_state", "snapshot_bytes", "restore_state", "state_hash"]
+
+State = tuple[np.ndarray, ...]
+
+
+class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Sizes and limits of one shard's engine. Every pool is preallocated; a full pool refuses
+    new work with ENGINE_FULL instead of growing."""
+
+    shard: int = 0
+    gpus: tuple[str, ...] | None = None  # GPU models this shard lists (None: all)
+    regions: tuple[str, ...] | None = None
+    accounts_max: int = 1 << 16
+    instruments_max: int = 1 << 12
+    orders_max: int = 1 << 20
+    levels_max: int = 1 << 18
+    positions_max: int = 1 << 18
+    capacity_rows_max: int = 1 << 20
+    obligations_max: int = 1 << 18
+    orders_open_max: int = 1000  # per account
+    deposit_max_micros: int = 10**15  # one deposit: one billion USD
+    balance_max_micros: int = 10**17
+    capacity_gpus_max: int = 1_000_000
+    capacity_hours_max: int = 24 * 7 * 10
+
+    def check(self) -> None:
+        """Raise ValueError naming the first size that cannot work."""
+        if not 0 < self.orders_max <= lay.ORDER_SLOT_MASK + 1:
+            raise ValueError(f"orders_max: expected 1..{lay.ORDER_SLOT_MASK + 1}")
+        if not 0 < self.obligations_max <= lay.ORDER_SLOT_MASK + 1:
+            raise ValueError(f"obligations_max: expected 1..{lay.ORDER_SLOT_MASK + 1}")
+        if not 0 < self.instruments_max <= 1 << 20:
+            raise ValueError("instruments_max: expected 1..2**20 (position keys use 20 bits)")
+        if not 16 <= self.accounts_max <= 1 << 30:
+            raise ValueError("accounts_max: expected 16..2**30 (capacity keys use 30 bits)")
+
+
+def _table(rows: int) -> np.ndarray:
+    """A hash table with room for `rows` keys at load factor <= 1/2."""
+    size = 1
+    while size < 2 * rows:
+        size *= 2
+    return np.full((size, 2), -1, dtype=np.int64)
+
+
+def new_state(config: EngineConfig, catalog: Catalog) -> State:
+    """Allocate an empty engine state (pages are touched only as pools fill)."""
+    config.check()
+    z = np.zeros
+    meta = z((1, lay.M_WIDTH), dtype=np.int64)
+    for col in (lay.M_ORDER_FREE, lay.M_LEVEL_FREE, lay.M_POS_FREE, lay.M_CAP_FREE, lay.M_OBL_FREE):
+        meta[0, col] = -1
+    cfg = z((1, lay.CFG_WIDTH), dtype=np.int64)
+    c = cfg[0]
+    c[lay.CFG_SHARD] = config.shard
+    c[lay.CFG_ORDERS_OPEN_MAX] = config.orders_open_max
+    c[lay.CFG_MAKER_BPS] = catalog.maker_fee_bps
+    c[lay.CFG_TAKER_BPS] = catalog.taker_fee_bps
+    c[lay.CFG_PROTECTION_BPS] = catalog.market_protection_bps
+    c[lay.CFG_PENALTY_MICROS] = catalog.penalty_per_gpu_hour_micros
+    c[lay.CFG_DEADLINE_NS] = catalog.provisioning_deadline_ns
+    c[lay.CFG_DEPOSIT_MAX] = config.deposit_max_micros
+    c[lay.CFG_BALANCE_MAX] = config.balance_max_micros
+    c[lay.CFG_CAPACITY_GPUS_MAX] = config.capacity_gpus_max
+    c[lay.CFG_CAPACITY_HOURS_MAX] = config.capacity_hours_max
+    c[lay.CFG_TICK_MICROS] = catalog.tick_micros
+    accounts = z((config.accounts_max, lay.A_WIDTH), dtype=np.int64)
+    accounts[:, lay.A_HEAD] = -1
+    accounts[:, lay.A_TAIL] = -1
+    instruments = z((config.instruments_max, lay.I_WIDTH), dtype=np.int64)
+    st: list[np.ndarray] = [np.empty(0)] * lay.ST_COUNT
+    st[lay.ST_META] = meta
+    st[lay.ST_CFG] = cfg
+    st[lay.ST_ACCTS] = accounts
+    st[lay.ST_INSTRS] = instruments
+    st[lay.ST_ORDERS] = z((config.orders_max, lay.O_WIDTH), dtype=np.int64)
+    st[lay.ST_LEVELS] = z((config.levels_max, lay.L_WIDTH), dtype=np.int64)
+    st[lay.ST_LEVEL_HT] = _table(config.levels_max)
+    st[lay.ST_POS] = z((config.positions_max, lay.P_WIDTH), dtype=np.int64)
+    st[lay.ST_POS_HT] = _table(config.positions_max)
+    st[lay.ST_CAP] = z((config.capacity_rows_max, lay.C_WIDTH), dtype=np.int64)
+    st[lay.ST_CAP_HT] = _table(config.capacity_rows_max)
+    st[lay.ST_OBL] = z((config.obligations_max, lay.B_WIDTH), dtype=np.int64)
+    st[lay.ST_GTD] = z((config.orders_max, 2), dtype=np.int64)
+    return tuple(st)
+
+
+# Rows [0, hwm) of each pool are all a snapshot stores; rows above were never touched.
+_HWM = {
+    lay.ST_ORDERS: lay.M_ORDER_HWM,
+    lay.ST_LEVELS: lay.M_LEVEL_HWM,
+    lay.ST_POS: lay.M_POS_HWM,
+    lay.ST_CAP: lay.M_CAP_HWM,
+    lay.ST_OBL: lay.M_OBL_HWM,
+    lay.ST_GTD: lay.M_GTD_SIZE,
+}
+
+
+def _used_rows(st: State, index: int) -> np.ndarray:
+    if index in _HWM:
+        return st[index][: int(st[lay.ST_META][0, _HWM[index]])]
+    if index == lay.ST_ACCTS:
+        # Accounts are addressed by id; trailing untouched rows are left out.
+        touched = np.flatnonzero(np.any(st[index] != _BLANK_ACCOUNT, axis=1))
+        return st[index][: int(touched[-1]) + 1 if touched.size else 0]
+    return st[index]
+
+
+_BLANK_ACCOUNT = np.array([0, 0, 0, 0, 0, -1, -1, 0], dtype=np.int64)
+
+
+def _canonical(st: State) -> list[bytes]:
+    return [
+        b"" if i in lay.HASH_TABLES else np.ascontiguousarray(_used_rows(st, i)).tobytes()
+        for i in range(lay.ST_COUNT)
+    ]
+
+
+def state_hash(st: State) -> str:
+    """Hash of everything the engine's future output depends on (hex BLAKE2b-256).
+
+    Hash tables are left out: they are an index over the rows, rebuilt on restore.
+    """
+    digest = hashlib.blake2b(digest_size=32)
+    for part in _canonical(st):
+        digest.update(len(part).to_bytes(8, "little"))
+        digest.update(part)
+    return digest.hexdigest()
+
+
+class _Snapshot(msgspec.Struct, frozen=True):
+    version: int
+    config: EngineConfig
+    catalog_hash: str
+    arrays: list[bytes]
+
+
+SNAPSHOT_VERSION = 1
+
+
+def catalog_hash(catalog: Catalog) -> str:
+    """Hash of the catalog a snapshot was taken under (restoring under another is refused)."""
+    return hashlib.blake2b(msgspec.msgpack.encode(catalog), digest_size=16).hexdigest()
+
+
+def snapshot_bytes(st: State, config: EngineConfig, catalog: Catalog) -> bytes:
+    """Serialise the whole state: the used rows of every pool, compressed."""
+    snap = _Snapshot(SNAPSHOT_VERSION, config, catalog_hash(catalog), _canonical(st))
+    return zlib.compress(msgspec.msgpack.encode(snap), 1)
+
+
+def restore_state(data: bytes, catalog: Catalog) -> tuple[State, EngineConfig]:
+    """Rebuild a state from `snapshot_bytes` output, including its hash-table indexes."""
+    snap = msgspec.msgpack.decode(zlib.decompress(data), type=_Snapshot)
+    if snap.version != SNAPSHOT_VERSION:
+        raise ValueError(f"snapshot version: expected {SNAPSHOT_VERSION}, found {snap.version}")
+    if snap.catalog_hash != catalog_hash(catalog):
+        raise ValueError("snapshot was taken under another catalog; restore with that catalog")
+    st = new_state(snap.config, catalog)
+    for i, raw in enumerate(snap.arrays):
+        if i in lay.HASH_TABLES:
+            continue
+        rows = np.frombuffer(raw, dtype=np.int64).reshape(-1, st[i].shape[1])
+        st[i][: rows.shape[0]] = rows
+    _rebuild_indexes(st)
+    return st, snap.config
+
+
+def _rebuild_indexes(st: State) -> None:
+    from matching.kernels import _rebuild
+
+    _rebuild(st)
