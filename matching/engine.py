@@ -8,6 +8,7 @@ source and no environment, so replaying the same commands yields byte-identical 
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Sequence
 
 import msgspec
@@ -55,12 +56,21 @@ def order_flags(
 
 
 class _Batch:
-    """Rows and side tables built while encoding one batch."""
+    """Rows built while encoding one batch: one per command, plus one per listing."""
 
     def __init__(self, size: int) -> None:
         self.rows = np.zeros((size, lay.CMD_WIDTH), dtype=np.int64)
+        self.count = 0
+        self.command = np.zeros(size, dtype=np.int64)  # row -> index of its command
         self.now = [0] * size  # engine time as of each command (for ts_event)
-        self.listed: dict[int, list[evt.InstrumentListed]] = {}
+
+    def next_row(self, command_index: int) -> np.ndarray:
+        if self.count == len(self.rows):
+            self.rows = np.concatenate([self.rows, np.zeros_like(self.rows)])
+            self.command = np.concatenate([self.command, np.zeros_like(self.command)])
+        self.command[self.count] = command_index
+        self.count += 1
+        return self.rows[self.count - 1]
 
 
 class Engine:
@@ -74,7 +84,8 @@ class Engine:
         self.state: State = _state if _state is not None else new_state(self.config, catalog)
         self._events = np.zeros((4096, lay.EV_WIDTH), dtype=np.int64)
         self._symbols: dict[str, int] = {}  # open instruments: symbol -> slot
-        self._slot_symbol: dict[int, str] = {}
+        self._gates: dict[int, int] = {}  # open slot -> gate closure time
+        self._listings: dict[int, evt.InstrumentListed] = {}  # instrument id -> its listing
         self._listing_hour = -1
         self._reindex_symbols()
 
@@ -96,7 +107,7 @@ class Engine:
         `offsets` are the commands' input-log positions, copied into each event's `input_offset`.
         """
         batch = self._encode(commands)
-        self._events, count = _apply(batch.rows, self.state, self._events)
+        self._events, count = _apply(batch.rows[: batch.count], self.state, self._events)
         return self._decode(commands, offsets, batch, count)
 
     def apply_rows(self, rows: np.ndarray) -> np.ndarray:
@@ -112,7 +123,8 @@ class Engine:
 
     def open_symbols(self) -> list[str]:
         """Symbols open for trading, in slot order."""
-        return [self._slot_symbol[s] for s in sorted(self._symbols.values())]
+        by_slot = {slot: symbol for symbol, slot in self._symbols.items()}
+        return [by_slot[slot] for slot in sorted(by_slot)]
 
     def snapshot(self) -> bytes:
         """Serialise the whole engine state."""
@@ -142,113 +154,126 @@ class Engine:
     def _reindex_symbols(self) -> None:
         instrs = self.state[lay.ST_INSTRS]
         self._symbols.clear()
-        self._slot_symbol.clear()
+        self._gates.clear()
+        self._listings.clear()
         for slot in np.flatnonzero(instrs[:, lay.I_STATE] != lay.INSTR_FREE):
-            symbol = format_symbol(self._key_of_slot(int(slot)))
-            self._slot_symbol[int(slot)] = symbol
+            listing = self._listing(self._key_of_slot(int(slot)), int(instrs[slot, lay.I_ID]))
+            self._listings[listing.instrument_id] = listing
             if instrs[slot, lay.I_STATE] == lay.INSTR_OPEN:
-                self._symbols[symbol] = int(slot)
+                self._symbols[listing.symbol] = int(slot)
+                self._gates[int(slot)] = listing.gate_close_ns
+        # Listing always takes the lowest free slot, so slots depend on the arrays alone.
         self._free_slots = [
-            int(s) for s in np.flatnonzero(instrs[:, lay.I_STATE] != lay.INSTR_OPEN)[::-1]
+            int(s) for s in np.flatnonzero(instrs[:, lay.I_STATE] != lay.INSTR_OPEN)
         ]
+        heapq.heapify(self._free_slots)
+        self._instrument_seq = int(self.state[lay.ST_META][0, lay.M_INSTR_SEQ])
 
-    def _list_due(self, now: int) -> list[evt.InstrumentListed]:
+    def _tick(self, batch: _Batch, index: int, now: int) -> None:
+        """Mirror the tick's gate closures, then add a listing row for each due instrument.
+
+        The kernel closes every open instrument whose gate has come before it lists anything at
+        the same tick, so a slot freed by a closure can be listed again at once, in any batching.
+        """
+        for slot, gate in list(self._gates.items()):
+            if gate <= now:
+                del self._gates[slot]
+                heapq.heappush(self._free_slots, slot)
+        if self._gates.keys() != set(self._symbols.values()):
+            open_slots = self._gates.keys()
+            self._symbols = {s: slot for s, slot in self._symbols.items() if slot in open_slots}
         hour = now // NS_PER_HOUR
         if hour == self._listing_hour:
-            return []  # the due set changes only when an hour boundary passes
+            return  # the due set changes only when an hour boundary passes
         self._listing_hour = hour
         listed = {parse_symbol(s) for s in self._symbols}
-        out = []
         for key in due_listings(self.catalog, now, listed, self.config.gpus, self.config.regions):
             if not self._free_slots:
                 break  # instruments_max reached: the rest are listed once slots free up
-            out.append(self._list(key))
-        return out
+            self._list(batch.next_row(index), key)
 
-    def _list(self, key: InstrumentKey) -> evt.InstrumentListed:
+    def _listing(self, key: InstrumentKey, instrument_id: int) -> evt.InstrumentListed:
         cat = self.catalog
-        slot = self._free_slots.pop()
-        meta = self.state[lay.ST_META][0]
-        meta[lay.M_INSTR_SEQ] += 1
-        row = self.state[lay.ST_INSTRS][slot]
-        row[:] = 0
-        hours = key.hours
-        row[lay.I_ID] = meta[lay.M_INSTR_SEQ]
-        row[lay.I_STATE] = lay.INSTR_OPEN
-        row[lay.I_GPU] = cat.gpu_index(key.gpu)
-        row[lay.I_REGION] = cat.region_index(key.region)
-        row[lay.I_PRODUCT] = cat.product_index(key.product)
-        row[lay.I_START] = key.start_ns
-        row[lay.I_HOURS] = hours
-        row[lay.I_GATE] = key.start_ns - cat.gate_closure_lead_ns
-        row[lay.I_BAND_LO] = cat.price_band_min_ticks
-        row[lay.I_BAND_HI] = cat.price_band_max_ticks
-        row[lay.I_LOTS_MAX] = cat.lots_max
-        row[lay.I_BEST : lay.I_BEST + 2] = -1
-        row[lay.I_WORST : lay.I_WORST + 2] = -1
-        row[lay.I_CAPKEY] = row[lay.I_GPU] * len(cat.regions) + row[lay.I_REGION]
-        row[lay.I_HOUR0] = key.start_ns // NS_PER_HOUR
-        row[lay.I_NOTIONAL_UNIT] = cat.tick_micros * hours
-        row[lay.I_COLLAT_UNIT] = cat.penalty_per_gpu_hour_micros * hours
-        symbol = format_symbol(key)
-        self._symbols[symbol] = slot
-        self._slot_symbol[slot] = symbol
         return evt.InstrumentListed(
-            instrument_id=int(row[lay.I_ID]),
-            symbol=symbol,
+            instrument_id=instrument_id,
+            symbol=format_symbol(key),
             gpu=key.gpu,
             region=key.region,
             product=key.product,
             start_ns=key.start_ns,
-            hours=hours,
-            gate_close_ns=int(row[lay.I_GATE]),
+            hours=key.hours,
+            gate_close_ns=key.start_ns - cat.gate_closure_lead_ns,
             price_band_min_ticks=cat.price_band_min_ticks,
             price_band_max_ticks=cat.price_band_max_ticks,
             lots_max=cat.lots_max,
         )
 
+    def _list(self, row: np.ndarray, key: InstrumentKey) -> None:
+        cat = self.catalog
+        slot = heapq.heappop(self._free_slots)
+        self._instrument_seq += 1
+        instrument_id = self._instrument_seq
+        listing = self._listing(key, instrument_id)
+        self._listings[instrument_id] = listing
+        self._symbols[listing.symbol] = slot
+        self._gates[slot] = listing.gate_close_ns
+        row[lay.C0_OP] = lay.OP_LIST
+        row[lay.C0_INSTR] = slot
+        row[lay.C0_ORDER] = instrument_id
+        row[lay.C0_ACCOUNT] = cat.gpu_index(key.gpu)
+        row[lay.C0_SIDE] = cat.region_index(key.region)
+        row[lay.C0_FLAGS] = cat.product_index(key.product)
+        row[lay.C0_EXPIRE] = key.start_ns
+        row[lay.C0_AUX] = key.hours
+        row[lay.C0_AUX2] = listing.gate_close_ns
+        row[lay.C0_PRICE] = cat.price_band_min_ticks
+        row[lay.C0_AUX3] = cat.price_band_max_ticks
+        row[lay.C0_LOTS] = cat.lots_max
+
     # ------------------------------------------------------------------ encoding
 
     def _encode(self, commands: Sequence[cmd.Command]) -> _Batch:
-        batch = _Batch(len(commands))
+        batch = _Batch(len(commands) + 16)
         now = self.now_ns
+        batch.now = [0] * len(commands)
         for i, command in enumerate(commands):
-            row = batch.rows[i]
+            row = batch.next_row(i)
+            if isinstance(command, cmd.ClockTick) and isinstance(command.ts_ns, int):
+                now = max(now, command.ts_ns)
             try:
-                if isinstance(command, cmd.ClockTick):
-                    now = max(now, command.ts_ns)
-                    self._encode_one(command, row)
-                    listed = self._list_due(now)
-                    if listed:
-                        batch.listed[i] = listed
-                else:
-                    self._encode_one(command, row)
+                self._encode_one(command, row, now)
             except _Refused as refused:
                 row[:] = 0
                 row[lay.C0_OP] = lay.OP_REJECT
                 row[lay.C0_ACCOUNT] = _clamp(getattr(command, "account", 0))
                 row[lay.C0_AUX] = refused.code
-                row[lay.C0_INSTR] = -1
+            else:
+                if isinstance(command, cmd.ClockTick):
+                    self._tick(batch, i, now)
             batch.now[i] = now
         return batch
 
-    def _slot(self, symbol: str) -> int:
+    def _slot(self, symbol: str, now: int) -> int:
+        """Kernel slot of a symbol, or a marker the kernel refuses in its own check order.
+
+        Judged at the command's own engine time, so the outcome never depends on batching.
+        """
         slot = self._symbols.get(symbol)
         if slot is not None:
             return slot
         try:
             key = parse_symbol(symbol)
         except SymbolError:
-            raise _Refused(Reject.UNKNOWN_INSTRUMENT) from None
-        if key.start_ns - self.catalog.gate_closure_lead_ns <= self.now_ns:
-            raise _Refused(Reject.INSTRUMENT_NOT_TRADING)
-        raise _Refused(Reject.UNKNOWN_INSTRUMENT)
+            return lay.INSTR_UNKNOWN
+        if key.start_ns - self.catalog.gate_closure_lead_ns <= now:
+            return lay.INSTR_NOT_TRADING
+        return lay.INSTR_UNKNOWN
 
-    def _encode_one(self, c: cmd.Command, row: np.ndarray) -> None:
+    def _encode_one(self, c: cmd.Command, row: np.ndarray, now: int) -> None:
         if isinstance(c, cmd.PlaceOrder):
             row[lay.C0_OP] = lay.OP_PLACE
             row[lay.C0_ACCOUNT] = _int(c.account)
-            row[lay.C0_INSTR] = self._slot(c.symbol)
+            row[lay.C0_INSTR] = self._slot(c.symbol, now)
             row[lay.C0_SIDE] = _SIDE[c.side]
             row[lay.C0_PRICE] = _int(c.price_ticks)
             row[lay.C0_LOTS] = _int(c.lots)
@@ -267,7 +292,7 @@ class Engine:
         elif isinstance(c, cmd.CancelAll):
             row[lay.C0_OP] = lay.OP_CANCEL_ALL
             row[lay.C0_ACCOUNT] = _int(c.account)
-            row[lay.C0_INSTR] = -1 if c.symbol is None else self._slot(c.symbol)
+            row[lay.C0_INSTR] = lay.INSTR_ALL if c.symbol is None else self._slot(c.symbol, now)
         elif isinstance(c, cmd.Deposit | cmd.Withdraw):
             row[lay.C0_OP] = lay.OP_DEPOSIT if isinstance(c, cmd.Deposit) else lay.OP_WITHDRAW
             row[lay.C0_ACCOUNT] = _int(c.account)
@@ -316,32 +341,27 @@ class Engine:
         seq = int(meta[lay.M_EVENT_SEQ])
         shard = self.config.shard
         out: list = []
-        rows = self._events[:count].tolist()
-        k = 0
-        closed: list[int] = []
-        for ci, command in enumerate(commands):
-            offset = -1 if offsets is None else int(offsets[ci])
-            base = {"shard": shard, "input_offset": offset, "ts_event": batch.now[ci]}
-            produced: list = []
-            while k < count and rows[k][lay.E_CMD] == ci:
-                produced.append(self._event(rows[k], command, base, closed))
-                k += 1
-            produced.extend(batch.listed.get(ci, ()))
-            for e in produced:
-                seq += 1
-                out.append(msgspec.structs.replace(e, seq=seq, **base))
+        for r in self._events[:count].tolist():
+            ci = int(batch.command[r[lay.E_CMD]])
+            seq += 1
+            e = self._event(r, commands[ci])
+            out.append(
+                msgspec.structs.replace(
+                    e,
+                    shard=shard,
+                    seq=seq,
+                    input_offset=-1 if offsets is None else int(offsets[ci]),
+                    ts_event=batch.now[ci],
+                )
+            )
         meta[lay.M_EVENT_SEQ] = seq
-        for slot in closed:
-            symbol = self._slot_symbol.get(slot)
-            if symbol is not None:
-                self._symbols.pop(symbol, None)
-            self._free_slots.insert(0, slot)
         return out
 
-    def _symbol(self, slot: int) -> str:
-        return self._slot_symbol.get(slot, "") if slot >= 0 else ""
+    def _symbol(self, instrument_id: int) -> str:
+        listing = self._listings.get(instrument_id)
+        return listing.symbol if listing is not None else ""
 
-    def _event(self, r: list[int], c: cmd.Command, base: dict, closed: list[int]) -> msgspec.Struct:
+    def _event(self, r: list[int], c: cmd.Command) -> msgspec.Struct:
         t = r[lay.E_TYPE]
         f = r[2:]
         if t == lay.EV_CASH:
@@ -427,10 +447,11 @@ class Engine:
                 end_ns=f[3] * NS_PER_HOUR,
                 gpus=f[4],
             )
+        if t == lay.EV_LISTED:
+            return self._listings[f[0]]
         if t == lay.EV_CLOSED:
-            closed.append(f[1])
             return evt.InstrumentClosed(
-                instrument_id=f[0], symbol=self._symbol(f[1]), open_interest_lots=f[2]
+                instrument_id=f[0], symbol=self._symbol(f[0]), open_interest_lots=f[2]
             )
         if t == lay.EV_ASSIGNED:
             return evt.DeliveryAssigned(

@@ -62,8 +62,11 @@ from matching.layout import (
     CFG_DEPOSIT_MAX,
     CFG_MAKER_BPS,
     CFG_ORDERS_OPEN_MAX,
+    CFG_PENALTY_MICROS,
     CFG_PROTECTION_BPS,
+    CFG_REGIONS,
     CFG_TAKER_BPS,
+    CFG_TICK_MICROS,
     E_CMD,
     E_TYPE,
     EV_ACCEPTED,
@@ -74,6 +77,7 @@ from matching.layout import (
     EV_CASH,
     EV_CLOSED,
     EV_EXPIRED,
+    EV_LISTED,
     EV_POSITION,
     EV_REJECTED,
     EV_SETTLED,
@@ -102,7 +106,9 @@ from matching.layout import (
     I_STATE,
     I_VOLUME,
     I_WORST,
+    INSTR_ALL,
     INSTR_CLOSED,
+    INSTR_NOT_TRADING,
     INSTR_OPEN,
     L_BOOK,
     L_COUNT,
@@ -116,6 +122,7 @@ from matching.layout import (
     M_CAP_HWM,
     M_CAP_LIVE,
     M_GTD_SIZE,
+    M_INSTR_SEQ,
     M_LEVEL_FREE,
     M_LEVEL_HWM,
     M_LEVELS_LIVE,
@@ -159,6 +166,7 @@ from matching.layout import (
     OP_CONFIRM,
     OP_DEPOSIT,
     OP_FAIL,
+    OP_LIST,
     OP_PLACE,
     OP_WITHDRAW,
     ORDER_SLOT_BITS,
@@ -267,8 +275,9 @@ def _emit(ev, n, typ, ci, a, b, c, d, e, f, g, h, i, j, k, m):
 
 
 @njit(cache=True)
-def _reject(ev, n, ci, account, code, order_id, instr):
-    return _emit(ev, n, EV_REJECTED, ci, account, code, order_id, instr, 0, 0, 0, 0, 0, 0, 0, 0)
+def _reject(st, ev, n, ci, account, code, order_id, instr):
+    iid = st[ST_INSTRS][instr, I_ID] if 0 <= instr < st[ST_INSTRS].shape[0] else 0
+    return _emit(ev, n, EV_REJECTED, ci, account, code, order_id, iid, 0, 0, 0, 0, 0, 0, 0, 0)
 
 
 @njit(cache=True)
@@ -694,7 +703,7 @@ def _reduce(st, ev, n, ci, slot, lots, event_type, reason):
     o = orders[slot]
     remaining = o[O_LOTS] - lots
     ev, n = _emit(
-        ev, n, event_type, ci, o[O_ID], o[O_ACCOUNT], o[O_INSTR], lots, remaining, reason,
+        ev, n, event_type, ci, o[O_ID], o[O_ACCOUNT], _iid(st, o[O_INSTR]), lots, remaining, reason,
         0, 0, 0, 0, 0, 0,
     )  # fmt: skip
     ev, n = _release(st, ev, n, ci, slot, lots)
@@ -763,7 +772,7 @@ def _fill(st, ev, n, ci, instr, maker, taker, price, q):
     else:
         maker_fee, taker_fee = fee_buy, fee_sell
     ev, n = _emit(
-        ev, n, EV_TRADE, ci, trade_id, instr, price, q, taker_side, mo[O_ID], to[O_ID],
+        ev, n, EV_TRADE, ci, trade_id, ins[I_ID], price, q, taker_side, mo[O_ID], to[O_ID],
         mo[O_ACCOUNT], to[O_ACCOUNT], maker_fee, taker_fee, 0,
     )  # fmt: skip
     # buyer: pay from the hold, cover any short first
@@ -795,11 +804,26 @@ def _fill(st, ev, n, ci, instr, maker, taker, price, q):
     if fee_buy + fee_sell != 0:
         ev, n = _cash(st, ev, n, ci, ACCT_FEES, fee_buy + fee_sell, 0, 0, 0, CR_FEE, trade_id)
     ev, n = _emit(
-        ev, n, EV_POSITION, ci, ba, instr, q, st[ST_POS][brow, P_LOTS], PR_TRADE, trade_id,
+        ev, n, EV_POSITION, ci, ba, ins[I_ID], q, st[ST_POS][brow, P_LOTS], PR_TRADE, trade_id,
         0, 0, 0, 0, 0, 0,
     )  # fmt: skip
     ev, n = _emit(
-        ev, n, EV_POSITION, ci, sa, instr, -q, spos[P_LOTS], PR_TRADE, trade_id, 0, 0, 0, 0, 0, 0
+        ev,
+        n,
+        EV_POSITION,
+        ci,
+        sa,
+        ins[I_ID],
+        -q,
+        spos[P_LOTS],
+        PR_TRADE,
+        trade_id,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
     )
     mo[O_LOTS] -= q
     mo[O_FILLED] += q
@@ -1008,6 +1032,53 @@ def _pool_room(st, lots):
 
 
 @njit(cache=True)
+def _iid(st, instr):
+    return st[ST_INSTRS][instr, I_ID]
+
+
+@njit(cache=True)
+def _list(st, ev, n, ci, cmd):
+    """List an instrument in the slot the facade chose (it mirrors closures in command order)."""
+    cfg = st[ST_CFG][0]
+    row = st[ST_INSTRS][cmd[C0_INSTR]]
+    row[:] = 0
+    hours = cmd[C0_AUX]
+    row[I_ID] = cmd[C0_ORDER]
+    row[I_STATE] = INSTR_OPEN
+    row[I_GPU] = cmd[C0_ACCOUNT]
+    row[I_REGION] = cmd[C0_SIDE]
+    row[I_PRODUCT] = cmd[C0_FLAGS]
+    row[I_START] = cmd[C0_EXPIRE]
+    row[I_HOURS] = hours
+    row[I_GATE] = cmd[C0_AUX2]
+    row[I_BAND_LO] = cmd[C0_PRICE]
+    row[I_BAND_HI] = cmd[C0_AUX3]
+    row[I_LOTS_MAX] = cmd[C0_LOTS]
+    row[I_BEST] = EMPTY
+    row[I_BEST + 1] = EMPTY
+    row[I_WORST] = EMPTY
+    row[I_WORST + 1] = EMPTY
+    row[I_CAPKEY] = cmd[C0_ACCOUNT] * cfg[CFG_REGIONS] + cmd[C0_SIDE]
+    row[I_HOUR0] = cmd[C0_EXPIRE] // NS_PER_HOUR
+    row[I_NOTIONAL_UNIT] = cfg[CFG_TICK_MICROS] * hours
+    row[I_COLLAT_UNIT] = cfg[CFG_PENALTY_MICROS] * hours
+    meta = st[ST_META][0]
+    meta[M_INSTR_SEQ] = max(meta[M_INSTR_SEQ], cmd[C0_ORDER])
+    return _emit(ev, n, EV_LISTED, ci, row[I_ID], cmd[C0_INSTR], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+
+
+@njit(cache=True)
+def _check_instrument(st, instr):
+    if instr == INSTR_NOT_TRADING:
+        return R_INSTRUMENT_NOT_TRADING
+    if instr < 0 or instr >= st[ST_INSTRS].shape[0] or st[ST_INSTRS][instr, I_STATE] == 0:
+        return R_UNKNOWN_INSTRUMENT
+    if st[ST_INSTRS][instr, I_STATE] != INSTR_OPEN:
+        return R_INSTRUMENT_NOT_TRADING
+    return 0
+
+
+@njit(cache=True)
 def _check_price(ins, price):
     if price <= 0:
         return R_PRICE_INVALID
@@ -1059,24 +1130,23 @@ def _place(st, ev, n, ci, cmd):
     post_only = (flags & F_POST_ONLY) != 0
     stp = (flags >> F_STP_SHIFT) & 7
     if not _user_account(st, account):
-        return _reject(ev, n, ci, account, R_UNKNOWN_ACCOUNT, 0, instr)
-    if instr < 0 or instr >= st[ST_INSTRS].shape[0] or st[ST_INSTRS][instr, I_STATE] == 0:
-        return _reject(ev, n, ci, account, R_UNKNOWN_INSTRUMENT, 0, instr)
+        return _reject(st, ev, n, ci, account, R_UNKNOWN_ACCOUNT, 0, instr)
+    code = _check_instrument(st, instr)
+    if code != 0:
+        return _reject(st, ev, n, ci, account, code, 0, instr)
     ins = st[ST_INSTRS][instr]
-    if ins[I_STATE] != INSTR_OPEN:
-        return _reject(ev, n, ci, account, R_INSTRUMENT_NOT_TRADING, 0, instr)
     code = _check_lots(ins, lots)
     if code != 0:
-        return _reject(ev, n, ci, account, code, 0, instr)
+        return _reject(st, ev, n, ci, account, code, 0, instr)
     if (side != BUY and side != SELL) or stp > STP_DECREMENT:
-        return _reject(ev, n, ci, account, R_ORDER_TYPE_INVALID, 0, instr)
+        return _reject(st, ev, n, ci, account, R_ORDER_TYPE_INVALID, 0, instr)
     if market:
         # Market orders never rest: GTC means IOC; they trade up to a protection price.
         if post_only or tif == TIF_GTD:
-            return _reject(ev, n, ci, account, R_ORDER_TYPE_INVALID, 0, instr)
+            return _reject(st, ev, n, ci, account, R_ORDER_TYPE_INVALID, 0, instr)
         best = ins[I_BEST + (1 - side)]
         if best == EMPTY:
-            return _reject(ev, n, ci, account, R_NO_LIQUIDITY, 0, instr)
+            return _reject(st, ev, n, ci, account, R_NO_LIQUIDITY, 0, instr)
         ref = st[ST_LEVELS][best, L_PRICE]
         if side == BUY:
             price = min(ref * (BPS + cfg[CFG_PROTECTION_BPS]) // BPS, ins[I_BAND_HI])
@@ -1085,21 +1155,21 @@ def _place(st, ev, n, ci, cmd):
     else:
         code = _check_price(ins, price)
         if code != 0:
-            return _reject(ev, n, ci, account, code, 0, instr)
+            return _reject(st, ev, n, ci, account, code, 0, instr)
         if post_only and (tif == TIF_IOC or tif == TIF_FOK):
-            return _reject(ev, n, ci, account, R_ORDER_TYPE_INVALID, 0, instr)
+            return _reject(st, ev, n, ci, account, R_ORDER_TYPE_INVALID, 0, instr)
     if tif == TIF_GTD and cmd[C0_EXPIRE] <= meta[M_NOW]:
-        return _reject(ev, n, ci, account, R_EXPIRY_INVALID, 0, instr)
+        return _reject(st, ev, n, ci, account, R_EXPIRY_INVALID, 0, instr)
     if post_only and _would_take(st, instr, side, price):
-        return _reject(ev, n, ci, account, R_POST_ONLY_WOULD_TAKE, 0, instr)
+        return _reject(st, ev, n, ci, account, R_POST_ONLY_WOULD_TAKE, 0, instr)
     acct = st[ST_ACCTS][account]
     if acct[A_OPEN] >= cfg[CFG_ORDERS_OPEN_MAX]:
-        return _reject(ev, n, ci, account, R_OPEN_ORDERS_LIMIT, 0, instr)
+        return _reject(st, ev, n, ci, account, R_OPEN_ORDERS_LIMIT, 0, instr)
     code = _pool_room(st, lots)
     if code != 0:
-        return _reject(ev, n, ci, account, code, 0, instr)
+        return _reject(st, ev, n, ci, account, code, 0, instr)
     if tif == TIF_FOK and _fok_fillable(st, instr, side, price, account, stp, lots) < lots:
-        return _reject(ev, n, ci, account, R_FOK_NOT_FILLABLE, 0, instr)
+        return _reject(st, ev, n, ci, account, R_FOK_NOT_FILLABLE, 0, instr)
     covered = 0
     if side == BUY:
         unit = _unit_hold(ins, price, cfg[CFG_TAKER_BPS])
@@ -1107,11 +1177,11 @@ def _place(st, ev, n, ci, cmd):
     else:
         covered, code = _sell_cover(st, account, instr, lots, 0, 0)
         if code != 0:
-            return _reject(ev, n, ci, account, code, 0, instr)
+            return _reject(st, ev, n, ci, account, code, 0, instr)
         unit = ins[I_COLLAT_UNIT]
         hold = unit * (lots - covered)
     if hold > acct[A_AVAIL]:
-        return _reject(ev, n, ci, account, R_INSUFFICIENT_CASH, 0, instr)
+        return _reject(st, ev, n, ci, account, R_INSUFFICIENT_CASH, 0, instr)
     # --- accepted: from here on nothing can refuse -------------------------------------------
     expire = cmd[C0_EXPIRE] if tif == TIF_GTD else 0
     slot = _order_new(st, account, instr, side, price, lots, flags, expire)
@@ -1119,7 +1189,7 @@ def _place(st, ev, n, ci, cmd):
     o[O_UNIT] = unit
     o[O_COVERED] = covered
     ev, n = _emit(
-        ev, n, EV_ACCEPTED, ci, o[O_ID], account, instr, side, price, lots, flags, expire,
+        ev, n, EV_ACCEPTED, ci, o[O_ID], account, ins[I_ID], side, price, lots, flags, expire,
         0, 0, 0, 0,
     )  # fmt: skip
     if hold != 0:
@@ -1140,10 +1210,10 @@ def _owned_order(st, ev, n, ci, account, order_id):
     """Return (slot, ev, n); slot EMPTY after emitting the rejection."""
     slot = _order_slot(st, order_id)
     if slot == EMPTY:
-        ev, n = _reject(ev, n, ci, account, R_UNKNOWN_ORDER, order_id, -1)
+        ev, n = _reject(st, ev, n, ci, account, R_UNKNOWN_ORDER, order_id, -1)
         return EMPTY, ev, n
     if st[ST_ORDERS][slot, O_ACCOUNT] != account:
-        ev, n = _reject(ev, n, ci, account, R_NOT_ORDER_OWNER, order_id, -1)
+        ev, n = _reject(st, ev, n, ci, account, R_NOT_ORDER_OWNER, order_id, -1)
         return EMPTY, ev, n
     return slot, ev, n
 
@@ -1162,12 +1232,16 @@ def _cancel_all(st, ev, n, ci, cmd):
     account = cmd[C0_ACCOUNT]
     instr = cmd[C0_INSTR]
     if not _user_account(st, account):
-        return _reject(ev, n, ci, account, R_UNKNOWN_ACCOUNT, 0, instr)
+        return _reject(st, ev, n, ci, account, R_UNKNOWN_ACCOUNT, 0, instr)
+    if instr != INSTR_ALL:
+        code = _check_instrument(st, instr)
+        if code != 0:
+            return _reject(st, ev, n, ci, account, code, 0, instr)
     orders = st[ST_ORDERS]
     slot = st[ST_ACCTS][account, A_HEAD]
     while slot != EMPTY:
         nxt = orders[slot, O_ANEXT]
-        if instr < 0 or orders[slot, O_INSTR] == instr:
+        if instr == INSTR_ALL or orders[slot, O_INSTR] == instr:
             ev, n = _reduce(st, ev, n, ci, slot, orders[slot, O_LOTS], EV_CANCELLED, CX_CANCEL_ALL)
         slot = nxt
     return ev, n
@@ -1192,12 +1266,12 @@ def _amend(st, ev, n, ci, cmd):
     if code == 0 and price == o[O_PRICE] and lots == o[O_LOTS]:
         code = R_AMEND_NO_CHANGE
     if code != 0:
-        return _reject(ev, n, ci, account, code, order_id, instr)
+        return _reject(st, ev, n, ci, account, code, order_id, instr)
     side = o[O_SIDE]
     if price == o[O_PRICE] and lots < o[O_LOTS]:
         # A pure decrease keeps time priority: release what the cut lots held.
         ev, n = _emit(
-            ev, n, EV_AMENDED, ci, order_id, account, instr, price, lots, 1, 0, 0, 0, 0, 0, 0
+            ev, n, EV_AMENDED, ci, order_id, account, ins[I_ID], price, lots, 1, 0, 0, 0, 0, 0, 0
         )
         cut = o[O_LOTS] - lots
         ev, n = _release(st, ev, n, ci, slot, cut)
@@ -1205,10 +1279,10 @@ def _amend(st, ev, n, ci, cmd):
         o[O_LOTS] = lots
         return ev, n
     if (o[O_FLAGS] & F_POST_ONLY) != 0 and _would_take(st, instr, side, price):
-        return _reject(ev, n, ci, account, R_POST_ONLY_WOULD_TAKE, order_id, instr)
+        return _reject(st, ev, n, ci, account, R_POST_ONLY_WOULD_TAKE, order_id, instr)
     code = _pool_room(st, lots)
     if code != 0:
-        return _reject(ev, n, ci, account, code, order_id, instr)
+        return _reject(st, ev, n, ci, account, code, order_id, instr)
     acct = st[ST_ACCTS][account]
     old_lots = o[O_LOTS]
     if side == BUY:
@@ -1220,14 +1294,16 @@ def _amend(st, ev, n, ci, cmd):
         old_unc = old_lots - old_cov
         covered, code = _sell_cover(st, account, instr, lots, old_cov, old_unc)
         if code != 0:
-            return _reject(ev, n, ci, account, code, order_id, instr)
+            return _reject(st, ev, n, ci, account, code, order_id, instr)
         unit = o[O_UNIT]
         delta_hold = unit * ((lots - covered) - old_unc)
     if delta_hold > acct[A_AVAIL]:
-        return _reject(ev, n, ci, account, R_INSUFFICIENT_CASH, order_id, instr)
+        return _reject(st, ev, n, ci, account, R_INSUFFICIENT_CASH, order_id, instr)
     # --- accepted: re-price loses time priority and may trade ---------------------------------
     _book_unlink(st, slot)
-    ev, n = _emit(ev, n, EV_AMENDED, ci, order_id, account, instr, price, lots, 0, 0, 0, 0, 0, 0, 0)
+    ev, n = _emit(
+        ev, n, EV_AMENDED, ci, order_id, account, ins[I_ID], price, lots, 0, 0, 0, 0, 0, 0, 0
+    )
     if delta_hold != 0:
         ev, n = _cash(st, ev, n, ci, account, -delta_hold, delta_hold, 0, 0, CR_HOLD, order_id)
     if side == SELL:
@@ -1253,13 +1329,13 @@ def _deposit(st, ev, n, ci, cmd):
     account = cmd[C0_ACCOUNT]
     amount = cmd[C0_AUX]
     if not _user_account(st, account):
-        return _reject(ev, n, ci, account, R_UNKNOWN_ACCOUNT, 0, -1)
+        return _reject(st, ev, n, ci, account, R_UNKNOWN_ACCOUNT, 0, -1)
     if amount <= 0 or amount > cfg[CFG_DEPOSIT_MAX]:
-        return _reject(ev, n, ci, account, R_AMOUNT_INVALID, 0, -1)
+        return _reject(st, ev, n, ci, account, R_AMOUNT_INVALID, 0, -1)
     if st[ST_ACCTS][account, A_AVAIL] + amount > cfg[CFG_BALANCE_MAX]:
-        return _reject(ev, n, ci, account, R_BALANCE_LIMIT, 0, -1)
-    ev, n = _cash(st, ev, n, ci, account, amount, 0, 0, 0, CR_DEPOSIT, ci)
-    return _cash(st, ev, n, ci, ACCT_EXTERNAL, -amount, 0, 0, 0, CR_DEPOSIT, ci)
+        return _reject(st, ev, n, ci, account, R_BALANCE_LIMIT, 0, -1)
+    ev, n = _cash(st, ev, n, ci, account, amount, 0, 0, 0, CR_DEPOSIT, 0)
+    return _cash(st, ev, n, ci, ACCT_EXTERNAL, -amount, 0, 0, 0, CR_DEPOSIT, 0)
 
 
 @njit(cache=True)
@@ -1267,13 +1343,13 @@ def _withdraw(st, ev, n, ci, cmd):
     account = cmd[C0_ACCOUNT]
     amount = cmd[C0_AUX]
     if not _user_account(st, account):
-        return _reject(ev, n, ci, account, R_UNKNOWN_ACCOUNT, 0, -1)
+        return _reject(st, ev, n, ci, account, R_UNKNOWN_ACCOUNT, 0, -1)
     if amount <= 0:
-        return _reject(ev, n, ci, account, R_AMOUNT_INVALID, 0, -1)
+        return _reject(st, ev, n, ci, account, R_AMOUNT_INVALID, 0, -1)
     if amount > st[ST_ACCTS][account, A_AVAIL]:
-        return _reject(ev, n, ci, account, R_INSUFFICIENT_CASH, 0, -1)
-    ev, n = _cash(st, ev, n, ci, account, -amount, 0, 0, 0, CR_WITHDRAWAL, ci)
-    return _cash(st, ev, n, ci, ACCT_EXTERNAL, amount, 0, 0, 0, CR_WITHDRAWAL, ci)
+        return _reject(st, ev, n, ci, account, R_INSUFFICIENT_CASH, 0, -1)
+    ev, n = _cash(st, ev, n, ci, account, -amount, 0, 0, 0, CR_WITHDRAWAL, 0)
+    return _cash(st, ev, n, ci, ACCT_EXTERNAL, amount, 0, 0, 0, CR_WITHDRAWAL, 0)
 
 
 @njit(cache=True)
@@ -1287,7 +1363,7 @@ def _capacity(st, ev, n, ci, cmd):
     end = cmd[C0_AUX3]
     gpus = cmd[C0_LOTS]
     if not _user_account(st, account):
-        return _reject(ev, n, ci, account, R_UNKNOWN_ACCOUNT, 0, -1)
+        return _reject(st, ev, n, ci, account, R_UNKNOWN_ACCOUNT, 0, -1)
     if (
         end <= start
         or start < 0
@@ -1297,7 +1373,7 @@ def _capacity(st, ev, n, ci, cmd):
         or capkey < 0
         or capkey >= 64
     ):
-        return _reject(ev, n, ci, account, R_CAPACITY_RANGE_INVALID, 0, -1)
+        return _reject(st, ev, n, ci, account, R_CAPACITY_RANGE_INVALID, 0, -1)
     cap = st[ST_CAP]
     ht = st[ST_CAP_HT]
     missing = 0
@@ -1306,9 +1382,9 @@ def _capacity(st, ev, n, ci, cmd):
         if row == EMPTY:
             missing += 1
         elif cap[row, C_USED] > gpus:
-            return _reject(ev, n, ci, account, R_CAPACITY_BELOW_COMMITTED, 0, -1)
+            return _reject(st, ev, n, ci, account, R_CAPACITY_BELOW_COMMITTED, 0, -1)
     if cap.shape[0] - meta[M_CAP_LIVE] < missing:
-        return _reject(ev, n, ci, account, R_ENGINE_FULL, 0, -1)
+        return _reject(st, ev, n, ci, account, R_ENGINE_FULL, 0, -1)
     for h in range(start, end):
         key = _cap_key(account, capkey, h)
         row = _ht_get(ht, key)
@@ -1371,7 +1447,7 @@ def _close_instrument(st, ev, n, ci, instr):
         lots = pos[r, P_LOTS]
         if lots != 0:
             ev, n = _emit(
-                ev, n, EV_POSITION, ci, pos[r, P_ACCOUNT], instr, -lots, 0, PR_ASSIGNED, 0,
+                ev, n, EV_POSITION, ci, pos[r, P_ACCOUNT], ins[I_ID], -lots, 0, PR_ASSIGNED, 0,
                 0, 0, 0, 0, 0, 0,
             )  # fmt: skip
     li = 0
@@ -1442,7 +1518,7 @@ def _assign(st, ev, n, ci, instr, provider, holder, gpus, escrow, fees, collat):
     row[B_RELEASED] = 0
     return _emit(
         ev, n, EV_ASSIGNED, ci, row[B_ID], provider, holder, gpus, ins[I_START], ins[I_HOURS],
-        escrow, instr, 0, 0, 0, 0,
+        escrow, ins[I_ID], 0, 0, 0, 0,
     )  # fmt: skip
 
 
@@ -1547,10 +1623,10 @@ def _obligation(st, ev, n, ci, cmd):
     b = oid & ORDER_SLOT_MASK if oid > 0 else EMPTY
     obl = st[ST_OBL]
     if b == EMPTY or b >= obl.shape[0] or obl[b, B_ID] != oid:
-        ev, n = _reject(ev, n, ci, account, R_UNKNOWN_OBLIGATION, oid, -1)
+        ev, n = _reject(st, ev, n, ci, account, R_UNKNOWN_OBLIGATION, oid, -1)
         return EMPTY, ev, n
     if account != ACCT_EXTERNAL and account != obl[b, B_PROVIDER]:
-        ev, n = _reject(ev, n, ci, account, R_NOT_OBLIGATION_PROVIDER, oid, -1)
+        ev, n = _reject(st, ev, n, ci, account, R_NOT_OBLIGATION_PROVIDER, oid, -1)
         return EMPTY, ev, n
     return b, ev, n
 
@@ -1562,7 +1638,7 @@ def _confirm(st, ev, n, ci, cmd):
         return ev, n
     row = st[ST_OBL][b]
     if row[B_STATE] != OBL_ASSIGNED:
-        return _reject(ev, n, ci, cmd[C0_ACCOUNT], R_OBLIGATION_STATE, row[B_ID], -1)
+        return _reject(st, ev, n, ci, cmd[C0_ACCOUNT], R_OBLIGATION_STATE, row[B_ID], -1)
     row[B_STATE] = OBL_CONFIRMED
     ev, n = _emit(
         ev, n, EV_STARTED, ci, row[B_ID], row[B_PROVIDER], row[B_HOLDER], 0, 0, 0, 0, 0, 0, 0, 0, 0
@@ -1582,7 +1658,7 @@ def _fail(st, ev, n, ci, cmd):
     row = st[ST_OBL][b]
     claimed = cmd[C0_LOTS]
     if claimed < 0 or claimed > row[B_HOURS]:
-        return _reject(ev, n, ci, cmd[C0_ACCOUNT], R_AMOUNT_INVALID, row[B_ID], -1)
+        return _reject(st, ev, n, ci, cmd[C0_ACCOUNT], R_AMOUNT_INVALID, row[B_ID], -1)
     if row[B_STATE] == OBL_CONFIRMED:
         # Hours count as delivered only once they have passed and the provider claims them.
         ev, n = _deliver_to(st, ev, n, ci, b, min(claimed, _elapsed_hours(st, b)))
@@ -1620,9 +1696,11 @@ def _apply(cmds, st, ev):
             ev, n = _confirm(st, ev, n, ci, cmd)
         elif op == OP_FAIL:
             ev, n = _fail(st, ev, n, ci, cmd)
+        elif op == OP_LIST:
+            ev, n = _list(st, ev, n, ci, cmd)
         else:
             # OP_REJECT: the facade refused it (unknown symbol, malformed); code in C0_AUX.
-            ev, n = _reject(ev, n, ci, cmd[C0_ACCOUNT], cmd[C0_AUX], cmd[C0_ORDER], cmd[C0_INSTR])
+            ev, n = _reject(st, ev, n, ci, cmd[C0_ACCOUNT], cmd[C0_AUX], cmd[C0_ORDER], -1)
     return ev, n
 
 

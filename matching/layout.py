@@ -47,6 +47,7 @@ CFG_BALANCE_MAX = 8
 CFG_CAPACITY_GPUS_MAX = 9
 CFG_CAPACITY_HOURS_MAX = 10
 CFG_TICK_MICROS = 11
+CFG_REGIONS = 12  # regions in the catalog (capacity key = gpu * regions + region)
 CFG_WIDTH = 16
 
 # --- accounts -------------------------------------------------------------------------------
@@ -62,6 +63,8 @@ I_CAPKEY, I_HOUR0, I_NOTIONAL_UNIT, I_COLLAT_UNIT = 15, 16, 17, 18
 I_LAST_PRICE, I_VOLUME = 19, 20
 I_WIDTH = 24
 INSTR_FREE, INSTR_OPEN, INSTR_CLOSED = 0, 1, 2
+# What a command's instrument column holds when it names no open instrument.
+INSTR_ALL, INSTR_UNKNOWN, INSTR_NOT_TRADING = -1, -2, -3
 
 # --- orders -----------------------------------------------------------------------------------
 O_ID, O_ACCOUNT, O_INSTR, O_SIDE, O_PRICE, O_LOTS, O_FILLED, O_FLAGS = 0, 1, 2, 3, 4, 5, 6, 7
@@ -123,14 +126,15 @@ C0_OP, C0_ACCOUNT, C0_INSTR, C0_SIDE, C0_PRICE, C0_LOTS, C0_FLAGS, C0_EXPIRE = (
 C0_ORDER, C0_AUX, C0_AUX2, C0_AUX3 = 8, 9, 10, 11
 CMD_WIDTH = 12
 OP_PLACE, OP_CANCEL, OP_AMEND, OP_CANCEL_ALL, OP_DEPOSIT, OP_WITHDRAW = 1, 2, 3, 4, 5, 6
-OP_CAPACITY, OP_CLOCK, OP_CONFIRM, OP_FAIL, OP_REJECT = 7, 8, 9, 10, 11
+OP_CAPACITY, OP_CLOCK, OP_CONFIRM, OP_FAIL, OP_REJECT, OP_LIST = 7, 8, 9, 10, 11, 12
 
 # --- events (one row each): type, index of the causing command, then up to 12 fields -----------
+# Events name instruments by instrument id (never by slot: slots are reused).
 E_TYPE, E_CMD = 0, 1
 EV_WIDTH = 14
 EV_ACCEPTED, EV_REJECTED, EV_CANCELLED, EV_EXPIRED, EV_AMENDED = 1, 2, 3, 4, 5
 EV_TRADE, EV_CASH, EV_POSITION, EV_CAPACITY, EV_CLOSED = 6, 7, 8, 9, 10
-EV_ASSIGNED, EV_STARTED, EV_SETTLED = 11, 12, 13
+EV_ASSIGNED, EV_STARTED, EV_SETTLED, EV_LISTED = 11, 12, 13, 14
 
 # System accounts (schemas.ids): the external world and the fee income.
 ACCT_EXTERNAL, ACCT_FEES = 0, 1

@@ -77,6 +77,7 @@ def new_state(config: EngineConfig, catalog: Catalog) -> State:
     c[lay.CFG_CAPACITY_GPUS_MAX] = config.capacity_gpus_max
     c[lay.CFG_CAPACITY_HOURS_MAX] = config.capacity_hours_max
     c[lay.CFG_TICK_MICROS] = catalog.tick_micros
+    c[lay.CFG_REGIONS] = len(catalog.regions)
     accounts = z((config.accounts_max, lay.A_WIDTH), dtype=np.int64)
     accounts[:, lay.A_HEAD] = -1
     accounts[:, lay.A_TAIL] = -1
