@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from exchange import bench
+
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the top-level parser; each subcommand registers itself here."""
     parser = argparse.ArgumentParser(prog="gx", description="GPU-hour exchange")
-    parser.add_subparsers(dest="command", required=True)
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    bench.register(subparsers)
     return parser
 
 

@@ -107,15 +107,26 @@ class Engine:
         `offsets` are the commands' input-log positions, copied into each event's `input_offset`.
         """
         batch = self._encode(commands)
-        self._events, count = _apply(batch.rows[: batch.count], self.state, self._events)
+        count = self._run(batch.rows[: batch.count])
         return self._decode(commands, offsets, batch, count)
 
     def apply_rows(self, rows: np.ndarray) -> np.ndarray:
         """Apply pre-encoded command rows (benchmarks); return the event rows (a copy)."""
-        self._events, count = _apply(rows, self.state, self._events)
+        count = self._run(rows)
         meta = self.state[lay.ST_META][0]
         meta[lay.M_EVENT_SEQ] += count
         return self._events[:count].copy()
+
+    def _run(self, rows: np.ndarray) -> int:
+        """Run the kernel over all rows, growing the event buffer whenever it asks for room."""
+        count, first = 0, 0
+        while True:
+            count, first = _apply(rows, first, self.state, self._events, count)
+            if first == len(rows):
+                return count
+            bigger = np.zeros((2 * len(self._events), lay.EV_WIDTH), dtype=np.int64)
+            bigger[:count] = self._events[:count]
+            self._events = bigger
 
     def symbol_slot(self, symbol: str) -> int:
         """Kernel slot of an open instrument (benchmarks and tests), or raise KeyError."""

@@ -1,15 +1,18 @@
 """Numba kernels: the whole single-writer state machine over preallocated int64 arrays.
 
 Private by convention (`_name`): only `matching.engine` calls them, after validating input.
-Every kernel takes the state tuple `st` (see `matching.layout`), writes event rows into `ev`
-(grown by doubling when full, so every kernel that emits returns `(ev, n)`), never raises on
+`_apply` takes the state tuple (see `matching.layout`) and hands its arrays down as plain
+arguments: no tuple lookups and no row views below it, so the hot path does no reference counting.
+Kernels write event rows into `ev` and return the new count; `_apply` checks the room a command
+can need before running it. They never raise on
 bad input (refusals are events) and never reads a clock or a random source.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import config, njit
+from numba.extending import intrinsic
 
 from matching.layout import (
     A_AVAIL,
@@ -60,6 +63,7 @@ from matching.layout import (
     CFG_CAPACITY_HOURS_MAX,
     CFG_DEADLINE_NS,
     CFG_DEPOSIT_MAX,
+    CFG_LOTS_MAX,
     CFG_MAKER_BPS,
     CFG_ORDERS_OPEN_MAX,
     CFG_PENALTY_MICROS,
@@ -83,7 +87,6 @@ from matching.layout import (
     EV_SETTLED,
     EV_STARTED,
     EV_TRADE,
-    EV_WIDTH,
     F_MARKET,
     F_POST_ONLY,
     F_STP_SHIFT,
@@ -100,6 +103,8 @@ from matching.layout import (
     I_LAST_PRICE,
     I_LOTS_MAX,
     I_NOTIONAL_UNIT,
+    I_ORDERS,
+    I_POSITIONS,
     I_PRODUCT,
     I_REGION,
     I_START,
@@ -180,19 +185,6 @@ from matching.layout import (
     P_NEXT,
     P_RESERVED,
     SELL,
-    ST_ACCTS,
-    ST_CAP,
-    ST_CAP_HT,
-    ST_CFG,
-    ST_GTD,
-    ST_INSTRS,
-    ST_LEVEL_HT,
-    ST_LEVELS,
-    ST_META,
-    ST_OBL,
-    ST_ORDERS,
-    ST_POS,
-    ST_POS_HT,
     STP_CANCEL_BOTH,
     STP_CANCEL_MAKER,
     STP_DECREMENT,
@@ -201,6 +193,39 @@ from matching.layout import (
     TIF_GTD,
     TIF_IOC,
 )  # fmt: skip
+
+if config.DISABLE_JIT:
+
+    def _unmanaged(array):
+        return array
+
+else:
+
+    @intrinsic
+    def _unmanaged(typingctx, array):
+        """The same array without its memory-manager handle, so passing it costs no refcounts.
+
+        Numba counts references with atomic instructions on every array argument and view; on
+        the engine's hot path that was most of the time. The state tuple held by `Engine` keeps
+        the buffers alive for the whole kernel call, so nothing below `_apply` needs to count.
+        """
+
+        def codegen(context, builder, signature, args):
+            source = context.make_array(signature.args[0])(context, builder, value=args[0])
+            target = context.make_array(signature.return_type)(context, builder)
+            context.populate_array(
+                target,
+                data=source.data,
+                shape=source.shape,
+                strides=source.strides,
+                itemsize=source.itemsize,
+                meminfo=None,
+                parent=None,
+            )
+            return target._getvalue()
+
+        return array(array), codegen
+
 
 # Reject codes (schemas.codes.Reject), as plain ints so the kernels compile them in.
 R_UNKNOWN_INSTRUMENT = 1001
@@ -246,48 +271,38 @@ EMPTY = -1
 
 
 @njit(cache=True)
-def _grow(ev):
-    bigger = np.zeros((ev.shape[0] * 2, EV_WIDTH), dtype=np.int64)
-    bigger[: ev.shape[0]] = ev
-    return bigger
-
-
-@njit(cache=True)
 def _emit(ev, n, typ, ci, a, b, c, d, e, f, g, h, i, j, k, m):
-    if n >= ev.shape[0]:
-        ev = _grow(ev)
-    row = ev[n]
-    row[E_TYPE] = typ
-    row[E_CMD] = ci
-    row[2] = a
-    row[3] = b
-    row[4] = c
-    row[5] = d
-    row[6] = e
-    row[7] = f
-    row[8] = g
-    row[9] = h
-    row[10] = i
-    row[11] = j
-    row[12] = k
-    row[13] = m
-    return ev, n + 1
+    """Write one event row. `_apply` checked the room before the command began."""
+    ev[n, E_TYPE] = typ
+    ev[n, E_CMD] = ci
+    ev[n, 2] = a
+    ev[n, 3] = b
+    ev[n, 4] = c
+    ev[n, 5] = d
+    ev[n, 6] = e
+    ev[n, 7] = f
+    ev[n, 8] = g
+    ev[n, 9] = h
+    ev[n, 10] = i
+    ev[n, 11] = j
+    ev[n, 12] = k
+    ev[n, 13] = m
+    return n + 1
 
 
 @njit(cache=True)
-def _reject(st, ev, n, ci, account, code, order_id, instr):
-    iid = st[ST_INSTRS][instr, I_ID] if 0 <= instr < st[ST_INSTRS].shape[0] else 0
+def _reject(instrs, ev, n, ci, account, code, order_id, instr):
+    iid = instrs[instr, I_ID] if 0 <= instr < instrs.shape[0] else 0
     return _emit(ev, n, EV_REJECTED, ci, account, code, order_id, iid, 0, 0, 0, 0, 0, 0, 0, 0)
 
 
 @njit(cache=True)
-def _cash(st, ev, n, ci, account, d_avail, d_held, d_escrow, d_collat, reason, ref):
+def _cash(accts, ev, n, ci, account, d_avail, d_held, d_escrow, d_collat, reason, ref):
     """Apply one account's balance deltas and emit the CashChanged row."""
-    acct = st[ST_ACCTS][account]
-    acct[A_AVAIL] += d_avail
-    acct[A_HELD] += d_held
-    acct[A_ESCROW] += d_escrow
-    acct[A_COLLAT] += d_collat
+    accts[account, A_AVAIL] += d_avail
+    accts[account, A_HELD] += d_held
+    accts[account, A_ESCROW] += d_escrow
+    accts[account, A_COLLAT] += d_collat
     return _emit(
         ev, n, EV_CASH, ci, account, d_avail, d_held, d_escrow, d_collat, reason, ref, 0, 0, 0, 0, 0
     )
@@ -364,24 +379,15 @@ def _ht_del(ht, key):
 
 @njit(cache=True)
 def _alloc(meta, rows, free_col, hwm_col, link_col):
-    head = meta[free_col]
+    head = meta[0, free_col]
     if head != EMPTY:
-        meta[free_col] = rows[head, link_col]
+        meta[0, free_col] = rows[head, link_col]
         return head
-    slot = meta[hwm_col]
+    slot = meta[0, hwm_col]
     if slot >= rows.shape[0]:
         return EMPTY
-    meta[hwm_col] = slot + 1
+    meta[0, hwm_col] = slot + 1
     return slot
-
-
-@njit(cache=True)
-def _room(st, pool_rows, hwm_col, live_col):
-    """Rows still available in a pool: capacity minus live rows."""
-    return st[pool_rows].shape[0] - st[ST_META][0, live_col]
-
-
-# ============================================================================ positions
 
 
 @njit(cache=True)
@@ -390,38 +396,38 @@ def _pos_key(account, instr):
 
 
 @njit(cache=True)
-def _pos_find(st, account, instr):
-    return _ht_get(st[ST_POS_HT], _pos_key(account, instr))
+def _pos_find(pht, account, instr):
+    return _ht_get(pht, _pos_key(account, instr))
 
 
 @njit(cache=True)
-def _pos_get(st, account, instr):
+def _pos_get(
+    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, account, instr
+):
     """Return the position row, creating it (caller checked room first)."""
-    row = _ht_get(st[ST_POS_HT], _pos_key(account, instr))
+    row = _ht_get(pht, _pos_key(account, instr))
     if row != EMPTY:
         return row
-    meta = st[ST_META][0]
-    pos = st[ST_POS]
     row = _alloc(meta, pos, M_POS_FREE, M_POS_HWM, P_NEXT)
     pos[row, :] = 0
     pos[row, P_ACCOUNT] = account
     pos[row, P_INSTR] = instr
     pos[row, P_NEXT] = EMPTY
-    meta[M_POS_LIVE] += 1
-    _ht_put(st[ST_POS_HT], _pos_key(account, instr), row)
+    meta[0, M_POS_LIVE] += 1
+    instrs[instr, I_POSITIONS] += 1
+    _ht_put(pht, _pos_key(account, instr), row)
     return row
 
 
 @njit(cache=True)
-def _pos_free(st, row):
-    meta = st[ST_META][0]
-    pos = st[ST_POS]
-    _ht_del(st[ST_POS_HT], _pos_key(pos[row, P_ACCOUNT], pos[row, P_INSTR]))
+def _pos_free(meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, row):
+    instrs[pos[row, P_INSTR], I_POSITIONS] -= 1
+    _ht_del(pht, _pos_key(pos[row, P_ACCOUNT], pos[row, P_INSTR]))
     pos[row, :] = 0
     pos[row, P_ACCOUNT] = EMPTY
-    pos[row, P_NEXT] = meta[M_POS_FREE]
-    meta[M_POS_FREE] = row
-    meta[M_POS_LIVE] -= 1
+    pos[row, P_NEXT] = meta[0, M_POS_FREE]
+    meta[0, M_POS_FREE] = row
+    meta[0, M_POS_LIVE] -= 1
 
 
 # ============================================================================ capacity
@@ -433,14 +439,14 @@ def _cap_key(account, capkey, hour):
 
 
 @njit(cache=True)
-def _cap_free_for(st, account, instr):
+def _cap_free_for(
+    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, account, instr
+):
     """Smallest unused capacity over the instrument's delivery hours (0 if any hour is missing)."""
-    ins = st[ST_INSTRS][instr]
-    cap = st[ST_CAP]
-    ht = st[ST_CAP_HT]
+    ht = cht
     best = -1
-    for h in range(ins[I_HOURS]):
-        row = _ht_get(ht, _cap_key(account, ins[I_CAPKEY], ins[I_HOUR0] + h))
+    for h in range(instrs[instr, I_HOURS]):
+        row = _ht_get(ht, _cap_key(account, instrs[instr, I_CAPKEY], instrs[instr, I_HOUR0] + h))
         if row == EMPTY:
             return 0
         free = cap[row, C_CAP] - cap[row, C_USED]
@@ -450,13 +456,28 @@ def _cap_free_for(st, account, instr):
 
 
 @njit(cache=True)
-def _cap_use(st, account, instr, delta):
+def _cap_use(
+    meta,
+    cfg,
+    accts,
+    instrs,
+    orders,
+    levels,
+    lht,
+    pos,
+    pht,
+    cap,
+    cht,
+    obl,
+    gtd,
+    account,
+    instr,
+    delta,
+):
     """Add `delta` GPUs to the committed capacity of every delivery hour of the instrument."""
-    ins = st[ST_INSTRS][instr]
-    cap = st[ST_CAP]
-    ht = st[ST_CAP_HT]
-    for h in range(ins[I_HOURS]):
-        row = _ht_get(ht, _cap_key(account, ins[I_CAPKEY], ins[I_HOUR0] + h))
+    ht = cht
+    for h in range(instrs[instr, I_HOURS]):
+        row = _ht_get(ht, _cap_key(account, instrs[instr, I_CAPKEY], instrs[instr, I_HOUR0] + h))
         if row != EMPTY:
             cap[row, C_USED] = max(cap[row, C_USED] + delta, 0)
 
@@ -476,185 +497,205 @@ def _level_key(instr, side, price):
 
 
 @njit(cache=True)
-def _level_get_or_add(st, instr, side, price):
-    levels = st[ST_LEVELS]
+def _level_get_or_add(
+    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, instr, side, price
+):
     key = _level_key(instr, side, price)
-    lv = _ht_get(st[ST_LEVEL_HT], key)
+    lv = _ht_get(lht, key)
     if lv != EMPTY:
         return lv
-    meta = st[ST_META][0]
     lv = _alloc(meta, levels, M_LEVEL_FREE, M_LEVEL_HWM, L_NEXT)
-    meta[M_LEVELS_LIVE] += 1
-    row = levels[lv]
-    row[L_PRICE] = price
-    row[L_HEAD] = EMPTY
-    row[L_TAIL] = EMPTY
-    row[L_LOTS] = 0
-    row[L_COUNT] = 0
-    row[L_BOOK] = instr * 2 + side
-    _ht_put(st[ST_LEVEL_HT], key, lv)
-    ins = st[ST_INSTRS][instr]
-    best = ins[I_BEST + side]
-    worst = ins[I_WORST + side]
+    meta[0, M_LEVELS_LIVE] += 1
+    levels[lv, L_PRICE] = price
+    levels[lv, L_HEAD] = EMPTY
+    levels[lv, L_TAIL] = EMPTY
+    levels[lv, L_LOTS] = 0
+    levels[lv, L_COUNT] = 0
+    levels[lv, L_BOOK] = instr * 2 + side
+    _ht_put(lht, key, lv)
+    best = instrs[instr, I_BEST + side]
+    worst = instrs[instr, I_WORST + side]
     if best == EMPTY:
-        row[L_PREV] = EMPTY
-        row[L_NEXT] = EMPTY
-        ins[I_BEST + side] = lv
-        ins[I_WORST + side] = lv
+        levels[lv, L_PREV] = EMPTY
+        levels[lv, L_NEXT] = EMPTY
+        instrs[instr, I_BEST + side] = lv
+        instrs[instr, I_WORST + side] = lv
     elif _better(price, levels[best, L_PRICE], side):
-        row[L_PREV] = EMPTY
-        row[L_NEXT] = best
+        levels[lv, L_PREV] = EMPTY
+        levels[lv, L_NEXT] = best
         levels[best, L_PREV] = lv
-        ins[I_BEST + side] = lv
+        instrs[instr, I_BEST + side] = lv
     elif not _better(price, levels[worst, L_PRICE], side):
-        row[L_PREV] = worst
-        row[L_NEXT] = EMPTY
+        levels[lv, L_PREV] = worst
+        levels[lv, L_NEXT] = EMPTY
         levels[worst, L_NEXT] = lv
-        ins[I_WORST + side] = lv
+        instrs[instr, I_WORST + side] = lv
     else:
         cur = levels[best, L_NEXT]
         while _better(levels[cur, L_PRICE], price, side):
             cur = levels[cur, L_NEXT]
         prev = levels[cur, L_PREV]
-        row[L_PREV] = prev
-        row[L_NEXT] = cur
+        levels[lv, L_PREV] = prev
+        levels[lv, L_NEXT] = cur
         levels[prev, L_NEXT] = lv
         levels[cur, L_PREV] = lv
     return lv
 
 
 @njit(cache=True)
-def _level_remove(st, lv):
-    levels = st[ST_LEVELS]
-    row = levels[lv]
-    book = row[L_BOOK]
+def _level_remove(meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, lv):
+    book = levels[lv, L_BOOK]
     instr = book >> 1
     side = book & 1
-    ins = st[ST_INSTRS][instr]
-    prev = row[L_PREV]
-    nxt = row[L_NEXT]
+    prev = levels[lv, L_PREV]
+    nxt = levels[lv, L_NEXT]
     if prev == EMPTY:
-        ins[I_BEST + side] = nxt
+        instrs[instr, I_BEST + side] = nxt
     else:
         levels[prev, L_NEXT] = nxt
     if nxt == EMPTY:
-        ins[I_WORST + side] = prev
+        instrs[instr, I_WORST + side] = prev
     else:
         levels[nxt, L_PREV] = prev
-    _ht_del(st[ST_LEVEL_HT], _level_key(instr, side, row[L_PRICE]))
-    meta = st[ST_META][0]
-    row[L_BOOK] = EMPTY
-    row[L_NEXT] = meta[M_LEVEL_FREE]
-    meta[M_LEVEL_FREE] = lv
-    meta[M_LEVELS_LIVE] -= 1
+    _ht_del(lht, _level_key(instr, side, levels[lv, L_PRICE]))
+    levels[lv, L_BOOK] = EMPTY
+    levels[lv, L_NEXT] = meta[0, M_LEVEL_FREE]
+    meta[0, M_LEVEL_FREE] = lv
+    meta[0, M_LEVELS_LIVE] -= 1
 
 
 # ============================================================================ orders
 
 
 @njit(cache=True)
-def _order_slot(st, order_id):
+def _order_slot(orders, order_id):
     """Slot of a live order id, or EMPTY."""
     if order_id <= 0:
         return EMPTY
     slot = order_id & ORDER_SLOT_MASK
-    orders = st[ST_ORDERS]
     if slot >= orders.shape[0] or orders[slot, O_ID] != order_id:
         return EMPTY
     return slot
 
 
 @njit(cache=True)
-def _order_new(st, account, instr, side, price, lots, flags, expire):
-    meta = st[ST_META][0]
-    orders = st[ST_ORDERS]
+def _order_new(
+    meta,
+    cfg,
+    accts,
+    instrs,
+    orders,
+    levels,
+    lht,
+    pos,
+    pht,
+    cap,
+    cht,
+    obl,
+    gtd,
+    account,
+    instr,
+    side,
+    price,
+    lots,
+    flags,
+    expire,
+):
     slot = _alloc(meta, orders, M_ORDER_FREE, M_ORDER_HWM, O_NEXT)
-    meta[M_ORDER_SEQ] += 1
-    meta[M_ORDERS_LIVE] += 1
-    o = orders[slot]
-    o[O_ID] = (meta[M_ORDER_SEQ] << ORDER_SLOT_BITS) | slot
-    o[O_ACCOUNT] = account
-    o[O_INSTR] = instr
-    o[O_SIDE] = side
-    o[O_PRICE] = price
-    o[O_LOTS] = lots
-    o[O_FILLED] = 0
-    o[O_FLAGS] = flags
-    o[O_EXPIRE] = expire
-    o[O_PREV] = EMPTY
-    o[O_NEXT] = EMPTY
-    o[O_LEVEL] = EMPTY
-    o[O_UNIT] = 0
-    o[O_COVERED] = 0
+    meta[0, M_ORDER_SEQ] += 1
+    meta[0, M_ORDERS_LIVE] += 1
+    orders[slot, O_ID] = (meta[0, M_ORDER_SEQ] << ORDER_SLOT_BITS) | slot
+    orders[slot, O_ACCOUNT] = account
+    orders[slot, O_INSTR] = instr
+    orders[slot, O_SIDE] = side
+    orders[slot, O_PRICE] = price
+    orders[slot, O_LOTS] = lots
+    orders[slot, O_FILLED] = 0
+    orders[slot, O_FLAGS] = flags
+    orders[slot, O_EXPIRE] = expire
+    orders[slot, O_PREV] = EMPTY
+    orders[slot, O_NEXT] = EMPTY
+    orders[slot, O_LEVEL] = EMPTY
+    orders[slot, O_UNIT] = 0
+    orders[slot, O_COVERED] = 0
     # Append to the account's list of open orders (cancel-all walks it in placement order).
-    acct = st[ST_ACCTS][account]
-    tail = acct[A_TAIL]
-    o[O_APREV] = tail
-    o[O_ANEXT] = EMPTY
+    tail = accts[account, A_TAIL]
+    orders[slot, O_APREV] = tail
+    orders[slot, O_ANEXT] = EMPTY
     if tail == EMPTY:
-        acct[A_HEAD] = slot
+        accts[account, A_HEAD] = slot
     else:
         orders[tail, O_ANEXT] = slot
-    acct[A_TAIL] = slot
-    acct[A_OPEN] += 1
+    accts[account, A_TAIL] = slot
+    accts[account, A_OPEN] += 1
     return slot
 
 
 @njit(cache=True)
-def _order_free(st, slot):
-    meta = st[ST_META][0]
-    orders = st[ST_ORDERS]
-    o = orders[slot]
-    acct = st[ST_ACCTS][o[O_ACCOUNT]]
-    prev = o[O_APREV]
-    nxt = o[O_ANEXT]
+def _order_free(meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, slot):
+    account = orders[slot, O_ACCOUNT]
+    prev = orders[slot, O_APREV]
+    nxt = orders[slot, O_ANEXT]
     if prev == EMPTY:
-        acct[A_HEAD] = nxt
+        accts[account, A_HEAD] = nxt
     else:
         orders[prev, O_ANEXT] = nxt
     if nxt == EMPTY:
-        acct[A_TAIL] = prev
+        accts[account, A_TAIL] = prev
     else:
         orders[nxt, O_APREV] = prev
-    acct[A_OPEN] -= 1
-    o[O_ID] = 0
-    o[O_LOTS] = 0
-    o[O_NEXT] = meta[M_ORDER_FREE]
-    meta[M_ORDER_FREE] = slot
-    meta[M_ORDERS_LIVE] -= 1
+    accts[account, A_OPEN] -= 1
+    orders[slot, O_ID] = 0
+    orders[slot, O_LOTS] = 0
+    orders[slot, O_NEXT] = meta[0, M_ORDER_FREE]
+    meta[0, M_ORDER_FREE] = slot
+    meta[0, M_ORDERS_LIVE] -= 1
 
 
 @njit(cache=True)
-def _book_append(st, slot):
+def _book_append(meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, slot):
     """Rest an order at the back of its price level."""
-    orders = st[ST_ORDERS]
-    o = orders[slot]
-    lv = _level_get_or_add(st, o[O_INSTR], o[O_SIDE], o[O_PRICE])
-    levels = st[ST_LEVELS]
+    lv = _level_get_or_add(
+        meta,
+        cfg,
+        accts,
+        instrs,
+        orders,
+        levels,
+        lht,
+        pos,
+        pht,
+        cap,
+        cht,
+        obl,
+        gtd,
+        orders[slot, O_INSTR],
+        orders[slot, O_SIDE],
+        orders[slot, O_PRICE],
+    )
     tail = levels[lv, L_TAIL]
-    o[O_PREV] = tail
-    o[O_NEXT] = EMPTY
-    o[O_LEVEL] = lv
+    orders[slot, O_PREV] = tail
+    orders[slot, O_NEXT] = EMPTY
+    orders[slot, O_LEVEL] = lv
     if tail == EMPTY:
         levels[lv, L_HEAD] = slot
     else:
         orders[tail, O_NEXT] = slot
     levels[lv, L_TAIL] = slot
-    levels[lv, L_LOTS] += o[O_LOTS]
+    levels[lv, L_LOTS] += orders[slot, O_LOTS]
     levels[lv, L_COUNT] += 1
+    instrs[orders[slot, O_INSTR], I_ORDERS] += 1
 
 
 @njit(cache=True)
-def _book_unlink(st, slot):
+def _book_unlink(meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, slot):
     """Take a resting order out of its level, removing the level when it empties."""
-    orders = st[ST_ORDERS]
-    levels = st[ST_LEVELS]
-    o = orders[slot]
-    lv = o[O_LEVEL]
+    lv = orders[slot, O_LEVEL]
     if lv == EMPTY:
         return
-    prev = o[O_PREV]
-    nxt = o[O_NEXT]
+    instrs[orders[slot, O_INSTR], I_ORDERS] -= 1
+    prev = orders[slot, O_PREV]
+    nxt = orders[slot, O_NEXT]
     if prev == EMPTY:
         levels[lv, L_HEAD] = nxt
     else:
@@ -663,159 +704,305 @@ def _book_unlink(st, slot):
         levels[lv, L_TAIL] = prev
     else:
         orders[nxt, O_PREV] = prev
-    levels[lv, L_LOTS] -= o[O_LOTS]
+    levels[lv, L_LOTS] -= orders[slot, O_LOTS]
     levels[lv, L_COUNT] -= 1
-    o[O_LEVEL] = EMPTY
-    o[O_PREV] = EMPTY
-    o[O_NEXT] = EMPTY
+    orders[slot, O_LEVEL] = EMPTY
+    orders[slot, O_PREV] = EMPTY
+    orders[slot, O_NEXT] = EMPTY
     if levels[lv, L_COUNT] == 0:
-        _level_remove(st, lv)
+        _level_remove(
+            meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, lv
+        )
 
 
 @njit(cache=True)
-def _release(st, ev, n, ci, slot, lots):
+def _release(
+    meta,
+    cfg,
+    accts,
+    instrs,
+    orders,
+    levels,
+    lht,
+    pos,
+    pht,
+    cap,
+    cht,
+    obl,
+    gtd,
+    ev,
+    n,
+    ci,
+    slot,
+    lots,
+):
     """Release the holds and reservations behind `lots` unfilled lots of an order."""
-    o = st[ST_ORDERS][slot]
-    account = o[O_ACCOUNT]
-    if o[O_SIDE] == BUY:
-        amount = o[O_UNIT] * lots
+    account = orders[slot, O_ACCOUNT]
+    if orders[slot, O_SIDE] == BUY:
+        amount = orders[slot, O_UNIT] * lots
     else:
         # Uncovered lots are released first: they tie up capacity and collateral.
-        uncovered_total = o[O_LOTS] - o[O_COVERED]
+        uncovered_total = orders[slot, O_LOTS] - orders[slot, O_COVERED]
         unc = min(lots, uncovered_total)
         cov = lots - unc
         if cov > 0:
-            prow = _pos_find(st, account, o[O_INSTR])
-            st[ST_POS][prow, P_RESERVED] -= cov
-            o[O_COVERED] -= cov
+            prow = _pos_find(pht, account, orders[slot, O_INSTR])
+            pos[prow, P_RESERVED] -= cov
+            orders[slot, O_COVERED] -= cov
         if unc > 0:
-            _cap_use(st, account, o[O_INSTR], -unc)
-        amount = o[O_UNIT] * unc
+            _cap_use(
+                meta,
+                cfg,
+                accts,
+                instrs,
+                orders,
+                levels,
+                lht,
+                pos,
+                pht,
+                cap,
+                cht,
+                obl,
+                gtd,
+                account,
+                orders[slot, O_INSTR],
+                -unc,
+            )
+        amount = orders[slot, O_UNIT] * unc
     if amount != 0:
-        ev, n = _cash(st, ev, n, ci, account, amount, -amount, 0, 0, CR_RELEASE, o[O_ID])
-    return ev, n
+        n = _cash(accts, ev, n, ci, account, amount, -amount, 0, 0, CR_RELEASE, orders[slot, O_ID])
+    return n
 
 
 @njit(cache=True)
-def _reduce(st, ev, n, ci, slot, lots, event_type, reason):
+def _reduce(
+    meta,
+    cfg,
+    accts,
+    instrs,
+    orders,
+    levels,
+    lht,
+    pos,
+    pht,
+    cap,
+    cht,
+    obl,
+    gtd,
+    ev,
+    n,
+    ci,
+    slot,
+    lots,
+    event_type,
+    reason,
+):
     """Cancel or expire `lots` of an order (all of them removes it), releasing what they held."""
-    orders = st[ST_ORDERS]
-    o = orders[slot]
-    remaining = o[O_LOTS] - lots
-    ev, n = _emit(
-        ev, n, event_type, ci, o[O_ID], o[O_ACCOUNT], _iid(st, o[O_INSTR]), lots, remaining, reason,
+    remaining = orders[slot, O_LOTS] - lots
+    n = _emit(
+        ev, n, event_type, ci, orders[slot, O_ID], orders[slot, O_ACCOUNT], _iid(instrs, orders[slot, O_INSTR]), lots, remaining, reason,
         0, 0, 0, 0, 0, 0,
     )  # fmt: skip
-    ev, n = _release(st, ev, n, ci, slot, lots)
-    if o[O_LEVEL] != EMPTY:
-        st[ST_LEVELS][o[O_LEVEL], L_LOTS] -= lots
-    o[O_LOTS] = remaining
+    n = _release(
+        meta,
+        cfg,
+        accts,
+        instrs,
+        orders,
+        levels,
+        lht,
+        pos,
+        pht,
+        cap,
+        cht,
+        obl,
+        gtd,
+        ev,
+        n,
+        ci,
+        slot,
+        lots,
+    )
+    if orders[slot, O_LEVEL] != EMPTY:
+        levels[orders[slot, O_LEVEL], L_LOTS] -= lots
+    orders[slot, O_LOTS] = remaining
     if remaining == 0:
-        _book_unlink(st, slot)
-        _order_free(st, slot)
-    return ev, n
+        _book_unlink(
+            meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, slot
+        )
+        _order_free(
+            meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, slot
+        )
+    return n
 
 
 # ============================================================================ trades
 
 
 @njit(cache=True)
-def _cover_short(st, account, instr, prow, q):
+def _cover_short(
+    meta,
+    cfg,
+    accts,
+    instrs,
+    orders,
+    levels,
+    lht,
+    pos,
+    pht,
+    cap,
+    cht,
+    obl,
+    gtd,
+    account,
+    instr,
+    prow,
+    q,
+):
     """A buy of q lots by a short account: release escrow and collateral pro rata."""
-    pos = st[ST_POS][prow]
-    short = -pos[P_LOTS]
+    short = -pos[prow, P_LOTS]
     if short <= 0:
         return 0, 0
     c = min(q, short)
-    escrow = pos[P_ESCROW] * c // short
-    collat = pos[P_COLLAT] * c // short
-    fees = pos[P_FEES] * c // short
-    pos[P_ESCROW] -= escrow
-    pos[P_COLLAT] -= collat
-    pos[P_FEES] -= fees
-    _cap_use(st, account, instr, -c)
+    escrow = pos[prow, P_ESCROW] * c // short
+    collat = pos[prow, P_COLLAT] * c // short
+    fees = pos[prow, P_FEES] * c // short
+    pos[prow, P_ESCROW] -= escrow
+    pos[prow, P_COLLAT] -= collat
+    pos[prow, P_FEES] -= fees
+    _cap_use(
+        meta,
+        cfg,
+        accts,
+        instrs,
+        orders,
+        levels,
+        lht,
+        pos,
+        pht,
+        cap,
+        cht,
+        obl,
+        gtd,
+        account,
+        instr,
+        -c,
+    )
     return escrow, collat
 
 
 @njit(cache=True)
-def _fill(st, ev, n, ci, instr, maker, taker, price, q):
+def _fill(
+    meta,
+    cfg,
+    accts,
+    instrs,
+    orders,
+    levels,
+    lht,
+    pos,
+    pht,
+    cap,
+    cht,
+    obl,
+    gtd,
+    ev,
+    n,
+    ci,
+    instr,
+    maker,
+    taker,
+    price,
+    q,
+):
     """Execute q lots between a resting maker and the taker at the maker's price."""
-    meta = st[ST_META][0]
-    cfg = st[ST_CFG][0]
-    orders = st[ST_ORDERS]
-    ins = st[ST_INSTRS][instr]
-    mo = orders[maker]
-    to = orders[taker]
-    taker_side = to[O_SIDE]
+    taker_side = orders[taker, O_SIDE]
     if taker_side == BUY:
         buy, sell = taker, maker
-        bps_buy, bps_sell = cfg[CFG_TAKER_BPS], cfg[CFG_MAKER_BPS]
+        bps_buy, bps_sell = cfg[0, CFG_TAKER_BPS], cfg[0, CFG_MAKER_BPS]
     else:
         buy, sell = maker, taker
-        bps_buy, bps_sell = cfg[CFG_MAKER_BPS], cfg[CFG_TAKER_BPS]
-    bo = orders[buy]
-    so = orders[sell]
-    unit = ins[I_NOTIONAL_UNIT] * price
+        bps_buy, bps_sell = cfg[0, CFG_MAKER_BPS], cfg[0, CFG_TAKER_BPS]
+    unit = instrs[instr, I_NOTIONAL_UNIT] * price
     notional = unit * q
     fee_buy = notional * bps_buy // BPS
-    q_cov = min(q, so[O_COVERED])
+    q_cov = min(q, orders[sell, O_COVERED])
     q_unc = q - q_cov
     n_cov = unit * q_cov
     n_unc = unit * q_unc
     fee_cov = n_cov * bps_sell // BPS
     fee_unc = n_unc * bps_sell // BPS
     fee_sell = fee_cov + fee_unc
-    meta[M_TRADE_SEQ] += 1
-    trade_id = meta[M_TRADE_SEQ]
+    meta[0, M_TRADE_SEQ] += 1
+    trade_id = meta[0, M_TRADE_SEQ]
     if taker_side == BUY:
         maker_fee, taker_fee = fee_sell, fee_buy
     else:
         maker_fee, taker_fee = fee_buy, fee_sell
-    ev, n = _emit(
-        ev, n, EV_TRADE, ci, trade_id, ins[I_ID], price, q, taker_side, mo[O_ID], to[O_ID],
-        mo[O_ACCOUNT], to[O_ACCOUNT], maker_fee, taker_fee, 0,
+    n = _emit(
+        ev, n, EV_TRADE, ci, trade_id, instrs[instr, I_ID], price, q, taker_side, orders[maker, O_ID], orders[taker, O_ID],
+        orders[maker, O_ACCOUNT], orders[taker, O_ACCOUNT], maker_fee, taker_fee, 0,
     )  # fmt: skip
     # buyer: pay from the hold, cover any short first
-    ba = bo[O_ACCOUNT]
-    brow = _pos_get(st, ba, instr)
-    hold = bo[O_UNIT] * q
-    escrow, collat = _cover_short(st, ba, instr, brow, q)
-    st[ST_POS][brow, P_LOTS] += q
-    ev, n = _cash(
-        st, ev, n, ci, ba, hold - notional - fee_buy + escrow + collat, -hold, -escrow, -collat,
+    ba = orders[buy, O_ACCOUNT]
+    brow = _pos_get(
+        meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, ba, instr
+    )
+    hold = orders[buy, O_UNIT] * q
+    escrow, collat = _cover_short(
+        meta,
+        cfg,
+        accts,
+        instrs,
+        orders,
+        levels,
+        lht,
+        pos,
+        pht,
+        cap,
+        cht,
+        obl,
+        gtd,
+        ba,
+        instr,
+        brow,
+        q,
+    )
+    pos[brow, P_LOTS] += q
+    n = _cash(accts, ev, n, ci, ba, hold - notional - fee_buy + escrow + collat, -hold, -escrow, -collat,
         CR_TRADE, trade_id,
     )  # fmt: skip
     # seller: covered lots close a long and are paid now; uncovered lots open a short into escrow
-    sa = so[O_ACCOUNT]
-    srow = _pos_get(st, sa, instr)
-    spos = st[ST_POS][srow]
-    spos[P_LOTS] -= q
-    spos[P_RESERVED] -= q_cov
-    so[O_COVERED] -= q_cov
+    sa = orders[sell, O_ACCOUNT]
+    srow = _pos_get(
+        meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, sa, instr
+    )
+    pos[srow, P_LOTS] -= q
+    pos[srow, P_RESERVED] -= q_cov
+    orders[sell, O_COVERED] -= q_cov
     to_escrow = n_unc - fee_unc
-    collat_moved = so[O_UNIT] * q_unc
-    spos[P_ESCROW] += to_escrow
-    spos[P_FEES] += fee_unc
-    spos[P_COLLAT] += collat_moved
-    ev, n = _cash(
-        st, ev, n, ci, sa, n_cov - fee_cov, -collat_moved, to_escrow, collat_moved,
+    collat_moved = orders[sell, O_UNIT] * q_unc
+    pos[srow, P_ESCROW] += to_escrow
+    pos[srow, P_FEES] += fee_unc
+    pos[srow, P_COLLAT] += collat_moved
+    n = _cash(accts, ev, n, ci, sa, n_cov - fee_cov, -collat_moved, to_escrow, collat_moved,
         CR_TRADE, trade_id,
     )  # fmt: skip
     if fee_buy + fee_sell != 0:
-        ev, n = _cash(st, ev, n, ci, ACCT_FEES, fee_buy + fee_sell, 0, 0, 0, CR_FEE, trade_id)
-    ev, n = _emit(
-        ev, n, EV_POSITION, ci, ba, ins[I_ID], q, st[ST_POS][brow, P_LOTS], PR_TRADE, trade_id,
+        n = _cash(accts, ev, n, ci, ACCT_FEES, fee_buy + fee_sell, 0, 0, 0, CR_FEE, trade_id)
+    n = _emit(
+        ev, n, EV_POSITION, ci, ba, instrs[instr, I_ID], q, pos[brow, P_LOTS], PR_TRADE, trade_id,
         0, 0, 0, 0, 0, 0,
     )  # fmt: skip
-    ev, n = _emit(
+    n = _emit(
         ev,
         n,
         EV_POSITION,
         ci,
         sa,
-        ins[I_ID],
+        instrs[instr, I_ID],
         -q,
-        spos[P_LOTS],
+        pos[srow, P_LOTS],
         PR_TRADE,
         trade_id,
         0,
@@ -825,14 +1012,14 @@ def _fill(st, ev, n, ci, instr, maker, taker, price, q):
         0,
         0,
     )
-    mo[O_LOTS] -= q
-    mo[O_FILLED] += q
-    to[O_LOTS] -= q
-    to[O_FILLED] += q
-    st[ST_LEVELS][mo[O_LEVEL], L_LOTS] -= q
-    ins[I_LAST_PRICE] = price
-    ins[I_VOLUME] += q
-    return ev, n
+    orders[maker, O_LOTS] -= q
+    orders[maker, O_FILLED] += q
+    orders[taker, O_LOTS] -= q
+    orders[taker, O_FILLED] += q
+    levels[orders[maker, O_LEVEL], L_LOTS] -= q
+    instrs[instr, I_LAST_PRICE] = price
+    instrs[instr, I_VOLUME] += q
+    return n
 
 
 @njit(cache=True)
@@ -841,11 +1028,29 @@ def _crosses(side, level_price, limit):
 
 
 @njit(cache=True)
-def _fok_fillable(st, instr, side, limit, account, stp, lots):
+def _fok_fillable(
+    meta,
+    cfg,
+    accts,
+    instrs,
+    orders,
+    levels,
+    lht,
+    pos,
+    pht,
+    cap,
+    cht,
+    obl,
+    gtd,
+    instr,
+    side,
+    limit,
+    account,
+    stp,
+    lots,
+):
     """Lots an FOK order would fill before matching stops (self-trade rules included)."""
-    levels = st[ST_LEVELS]
-    orders = st[ST_ORDERS]
-    lv = st[ST_INSTRS][instr, I_BEST + (1 - side)]
+    lv = instrs[instr, I_BEST + (1 - side)]
     total = 0
     while lv != EMPTY and total < lots and _crosses(side, levels[lv, L_PRICE], limit):
         o = levels[lv, L_HEAD]
@@ -861,74 +1066,300 @@ def _fok_fillable(st, instr, side, limit, account, stp, lots):
 
 
 @njit(cache=True)
-def _match(st, ev, n, ci, taker, limit):
+def _match(
+    meta,
+    cfg,
+    accts,
+    instrs,
+    orders,
+    levels,
+    lht,
+    pos,
+    pht,
+    cap,
+    cht,
+    obl,
+    gtd,
+    ev,
+    n,
+    ci,
+    taker,
+    limit,
+):
     """Match the taker against the opposite book up to its limit price. Return (ev, n, alive)."""
-    orders = st[ST_ORDERS]
-    levels = st[ST_LEVELS]
-    to = orders[taker]
-    instr = to[O_INSTR]
-    side = to[O_SIDE]
-    account = to[O_ACCOUNT]
-    stp = (to[O_FLAGS] >> F_STP_SHIFT) & 7
-    ins = st[ST_INSTRS][instr]
-    lv = ins[I_BEST + (1 - side)]
-    while lv != EMPTY and to[O_LOTS] > 0:
+    instr = orders[taker, O_INSTR]
+    side = orders[taker, O_SIDE]
+    account = orders[taker, O_ACCOUNT]
+    stp = (orders[taker, O_FLAGS] >> F_STP_SHIFT) & 7
+    lv = instrs[instr, I_BEST + (1 - side)]
+    while lv != EMPTY and orders[taker, O_LOTS] > 0:
         price = levels[lv, L_PRICE]
         if not _crosses(side, price, limit):
             break
         o = levels[lv, L_HEAD]
         next_lv = levels[lv, L_NEXT]
-        while o != EMPTY and to[O_LOTS] > 0:
+        while o != EMPTY and orders[taker, O_LOTS] > 0:
             next_o = orders[o, O_NEXT]
             if orders[o, O_ACCOUNT] == account and stp != STP_NONE:
                 if stp == STP_CANCEL_MAKER:
-                    ev, n = _reduce(
-                        st, ev, n, ci, o, orders[o, O_LOTS], EV_CANCELLED, CX_SELF_TRADE
+                    n = _reduce(
+                        meta,
+                        cfg,
+                        accts,
+                        instrs,
+                        orders,
+                        levels,
+                        lht,
+                        pos,
+                        pht,
+                        cap,
+                        cht,
+                        obl,
+                        gtd,
+                        ev,
+                        n,
+                        ci,
+                        o,
+                        orders[o, O_LOTS],
+                        EV_CANCELLED,
+                        CX_SELF_TRADE,
                     )
                 elif stp == STP_DECREMENT:
-                    d = min(orders[o, O_LOTS], to[O_LOTS])
-                    ev, n = _reduce(st, ev, n, ci, o, d, EV_CANCELLED, CX_SELF_TRADE)
-                    ev, n = _reduce(st, ev, n, ci, taker, d, EV_CANCELLED, CX_SELF_TRADE)
+                    d = min(orders[o, O_LOTS], orders[taker, O_LOTS])
+                    n = _reduce(
+                        meta,
+                        cfg,
+                        accts,
+                        instrs,
+                        orders,
+                        levels,
+                        lht,
+                        pos,
+                        pht,
+                        cap,
+                        cht,
+                        obl,
+                        gtd,
+                        ev,
+                        n,
+                        ci,
+                        o,
+                        d,
+                        EV_CANCELLED,
+                        CX_SELF_TRADE,
+                    )
+                    n = _reduce(
+                        meta,
+                        cfg,
+                        accts,
+                        instrs,
+                        orders,
+                        levels,
+                        lht,
+                        pos,
+                        pht,
+                        cap,
+                        cht,
+                        obl,
+                        gtd,
+                        ev,
+                        n,
+                        ci,
+                        taker,
+                        d,
+                        EV_CANCELLED,
+                        CX_SELF_TRADE,
+                    )
                     if orders[taker, O_ID] == 0:
-                        return ev, n, False
+                        return n, False
                 else:
                     if stp == STP_CANCEL_BOTH:
-                        ev, n = _reduce(
-                            st, ev, n, ci, o, orders[o, O_LOTS], EV_CANCELLED, CX_SELF_TRADE
+                        n = _reduce(
+                            meta,
+                            cfg,
+                            accts,
+                            instrs,
+                            orders,
+                            levels,
+                            lht,
+                            pos,
+                            pht,
+                            cap,
+                            cht,
+                            obl,
+                            gtd,
+                            ev,
+                            n,
+                            ci,
+                            o,
+                            orders[o, O_LOTS],
+                            EV_CANCELLED,
+                            CX_SELF_TRADE,
                         )
-                    ev, n = _reduce(st, ev, n, ci, taker, to[O_LOTS], EV_CANCELLED, CX_SELF_TRADE)
-                    return ev, n, False
+                    n = _reduce(
+                        meta,
+                        cfg,
+                        accts,
+                        instrs,
+                        orders,
+                        levels,
+                        lht,
+                        pos,
+                        pht,
+                        cap,
+                        cht,
+                        obl,
+                        gtd,
+                        ev,
+                        n,
+                        ci,
+                        taker,
+                        orders[taker, O_LOTS],
+                        EV_CANCELLED,
+                        CX_SELF_TRADE,
+                    )
+                    return n, False
             else:
-                q = min(to[O_LOTS], orders[o, O_LOTS])
-                ev, n = _fill(st, ev, n, ci, instr, o, taker, price, q)
+                q = min(orders[taker, O_LOTS], orders[o, O_LOTS])
+                n = _fill(
+                    meta,
+                    cfg,
+                    accts,
+                    instrs,
+                    orders,
+                    levels,
+                    lht,
+                    pos,
+                    pht,
+                    cap,
+                    cht,
+                    obl,
+                    gtd,
+                    ev,
+                    n,
+                    ci,
+                    instr,
+                    o,
+                    taker,
+                    price,
+                    q,
+                )
                 if orders[o, O_LOTS] == 0:
-                    _book_unlink(st, o)
-                    _order_free(st, o)
+                    _book_unlink(
+                        meta,
+                        cfg,
+                        accts,
+                        instrs,
+                        orders,
+                        levels,
+                        lht,
+                        pos,
+                        pht,
+                        cap,
+                        cht,
+                        obl,
+                        gtd,
+                        o,
+                    )
+                    _order_free(
+                        meta,
+                        cfg,
+                        accts,
+                        instrs,
+                        orders,
+                        levels,
+                        lht,
+                        pos,
+                        pht,
+                        cap,
+                        cht,
+                        obl,
+                        gtd,
+                        o,
+                    )
             o = next_o
         # Every order of the level was filled or cancelled (so the level is gone) or the taker
         # is done; only this level's orders were touched, so the saved neighbour is still valid.
         lv = next_lv
     if orders[taker, O_ID] == 0:
-        return ev, n, False
-    return ev, n, True
+        return n, False
+    return n, True
 
 
 @njit(cache=True)
-def _rest_or_finish(st, ev, n, ci, slot, new_order):
+def _rest_or_finish(
+    meta,
+    cfg,
+    accts,
+    instrs,
+    orders,
+    levels,
+    lht,
+    pos,
+    pht,
+    cap,
+    cht,
+    obl,
+    gtd,
+    ev,
+    n,
+    ci,
+    slot,
+    new_order,
+):
     """After matching: rest a GTC/GTD remainder, cancel an IOC/FOK/market remainder."""
-    orders = st[ST_ORDERS]
-    o = orders[slot]
-    if o[O_LOTS] == 0:
-        _order_free(st, slot)
-        return ev, n
-    tif = o[O_FLAGS] & 3
-    if tif == TIF_IOC or tif == TIF_FOK or (o[O_FLAGS] & F_MARKET) != 0:
-        return _reduce(st, ev, n, ci, slot, o[O_LOTS], EV_CANCELLED, CX_IOC)
-    if o[O_LEVEL] == EMPTY:
-        _book_append(st, slot)
+    if orders[slot, O_LOTS] == 0:
+        _order_free(
+            meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, slot
+        )
+        return n
+    tif = orders[slot, O_FLAGS] & 3
+    if tif == TIF_IOC or tif == TIF_FOK or (orders[slot, O_FLAGS] & F_MARKET) != 0:
+        return _reduce(
+            meta,
+            cfg,
+            accts,
+            instrs,
+            orders,
+            levels,
+            lht,
+            pos,
+            pht,
+            cap,
+            cht,
+            obl,
+            gtd,
+            ev,
+            n,
+            ci,
+            slot,
+            orders[slot, O_LOTS],
+            EV_CANCELLED,
+            CX_IOC,
+        )
+    if orders[slot, O_LEVEL] == EMPTY:
+        _book_append(
+            meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, slot
+        )
         if tif == TIF_GTD and new_order:
-            _gtd_push(st, o[O_EXPIRE], o[O_ID])
-    return ev, n
+            _gtd_push(
+                meta,
+                cfg,
+                accts,
+                instrs,
+                orders,
+                levels,
+                lht,
+                pos,
+                pht,
+                cap,
+                cht,
+                obl,
+                gtd,
+                orders[slot, O_EXPIRE],
+                orders[slot, O_ID],
+            )
+    return n
 
 
 # ============================================================================ GTD expiry heap
@@ -950,11 +1381,12 @@ def _heap_swap(heap, a, b):
 
 
 @njit(cache=True)
-def _gtd_push(st, expire, order_id):
-    meta = st[ST_META][0]
-    heap = st[ST_GTD]
-    i = meta[M_GTD_SIZE]
-    meta[M_GTD_SIZE] = i + 1
+def _gtd_push(
+    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, expire, order_id
+):
+    heap = gtd
+    i = meta[0, M_GTD_SIZE]
+    meta[0, M_GTD_SIZE] = i + 1
     heap[i, 0] = expire
     heap[i, 1] = order_id
     while i > 0:
@@ -966,11 +1398,10 @@ def _gtd_push(st, expire, order_id):
 
 
 @njit(cache=True)
-def _gtd_pop(st):
-    meta = st[ST_META][0]
-    heap = st[ST_GTD]
-    size = meta[M_GTD_SIZE] - 1
-    meta[M_GTD_SIZE] = size
+def _gtd_pop(meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd):
+    heap = gtd
+    size = meta[0, M_GTD_SIZE] - 1
+    meta[0, M_GTD_SIZE] = size
     order_id = heap[0, 1]
     heap[0, 0] = heap[size, 0]
     heap[0, 1] = heap[size, 1]
@@ -995,402 +1426,888 @@ ACCOUNT_FIRST_USER = 10
 
 
 @njit(cache=True)
-def _unit_hold(ins, price, taker_bps):
+def _unit_hold(instrs, instr, price, taker_bps):
     """Cash held per lot of a bid: notional at its limit plus the taker fee, rounded up."""
-    notional = ins[I_NOTIONAL_UNIT] * price
+    notional = instrs[instr, I_NOTIONAL_UNIT] * price
     return notional + (notional * taker_bps + BPS - 1) // BPS
 
 
 @njit(cache=True)
-def _user_account(st, account):
-    return ACCOUNT_FIRST_USER <= account < st[ST_ACCTS].shape[0]
+def _user_account(accts, account):
+    return ACCOUNT_FIRST_USER <= account < accts.shape[0]
 
 
 @njit(cache=True)
-def _long_free(st, account, instr):
+def _long_free(
+    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, account, instr
+):
     """Long lots not yet promised to open asks (what can be resold)."""
-    prow = _pos_find(st, account, instr)
+    prow = _pos_find(pht, account, instr)
     if prow == EMPTY:
         return 0
-    pos = st[ST_POS][prow]
-    return max(pos[P_LOTS] - pos[P_RESERVED], 0)
+    return max(pos[prow, P_LOTS] - pos[prow, P_RESERVED], 0)
 
 
 @njit(cache=True)
-def _pool_room(st, lots):
+def _pool_room(meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, lots):
     """Reject code if the pools cannot take one more order matching up to `lots` makers."""
-    meta = st[ST_META][0]
-    if meta[M_ORDERS_LIVE] >= st[ST_ORDERS].shape[0]:
+    if meta[0, M_ORDERS_LIVE] >= orders.shape[0]:
         return R_ENGINE_FULL
-    if meta[M_LEVELS_LIVE] >= st[ST_LEVELS].shape[0]:
+    if meta[0, M_LEVELS_LIVE] >= levels.shape[0]:
         return R_ENGINE_FULL
-    if st[ST_POS].shape[0] - meta[M_POS_LIVE] < lots + 1:
+    if pos.shape[0] - meta[0, M_POS_LIVE] < lots + 1:
         return R_ENGINE_FULL
-    if meta[M_GTD_SIZE] >= st[ST_GTD].shape[0]:
+    if meta[0, M_GTD_SIZE] >= gtd.shape[0]:
         return R_ENGINE_FULL
     return 0
 
 
 @njit(cache=True)
-def _iid(st, instr):
-    return st[ST_INSTRS][instr, I_ID]
+def _iid(instrs, instr):
+    return instrs[instr, I_ID]
 
 
 @njit(cache=True)
-def _list(st, ev, n, ci, cmd):
+def _list(
+    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, ev, n, ci, cmds
+):
     """List an instrument in the slot the facade chose (it mirrors closures in command order)."""
-    cfg = st[ST_CFG][0]
-    row = st[ST_INSTRS][cmd[C0_INSTR]]
+    row = instrs[cmds[ci, C0_INSTR]]
     row[:] = 0
-    hours = cmd[C0_AUX]
-    row[I_ID] = cmd[C0_ORDER]
+    hours = cmds[ci, C0_AUX]
+    row[I_ID] = cmds[ci, C0_ORDER]
     row[I_STATE] = INSTR_OPEN
-    row[I_GPU] = cmd[C0_ACCOUNT]
-    row[I_REGION] = cmd[C0_SIDE]
-    row[I_PRODUCT] = cmd[C0_FLAGS]
-    row[I_START] = cmd[C0_EXPIRE]
+    row[I_GPU] = cmds[ci, C0_ACCOUNT]
+    row[I_REGION] = cmds[ci, C0_SIDE]
+    row[I_PRODUCT] = cmds[ci, C0_FLAGS]
+    row[I_START] = cmds[ci, C0_EXPIRE]
     row[I_HOURS] = hours
-    row[I_GATE] = cmd[C0_AUX2]
-    row[I_BAND_LO] = cmd[C0_PRICE]
-    row[I_BAND_HI] = cmd[C0_AUX3]
-    row[I_LOTS_MAX] = cmd[C0_LOTS]
+    row[I_GATE] = cmds[ci, C0_AUX2]
+    row[I_BAND_LO] = cmds[ci, C0_PRICE]
+    row[I_BAND_HI] = cmds[ci, C0_AUX3]
+    row[I_LOTS_MAX] = cmds[ci, C0_LOTS]
     row[I_BEST] = EMPTY
     row[I_BEST + 1] = EMPTY
     row[I_WORST] = EMPTY
     row[I_WORST + 1] = EMPTY
-    row[I_CAPKEY] = cmd[C0_ACCOUNT] * cfg[CFG_REGIONS] + cmd[C0_SIDE]
-    row[I_HOUR0] = cmd[C0_EXPIRE] // NS_PER_HOUR
-    row[I_NOTIONAL_UNIT] = cfg[CFG_TICK_MICROS] * hours
-    row[I_COLLAT_UNIT] = cfg[CFG_PENALTY_MICROS] * hours
-    meta = st[ST_META][0]
-    meta[M_INSTR_SEQ] = max(meta[M_INSTR_SEQ], cmd[C0_ORDER])
-    return _emit(ev, n, EV_LISTED, ci, row[I_ID], cmd[C0_INSTR], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+    row[I_CAPKEY] = cmds[ci, C0_ACCOUNT] * cfg[0, CFG_REGIONS] + cmds[ci, C0_SIDE]
+    row[I_HOUR0] = cmds[ci, C0_EXPIRE] // NS_PER_HOUR
+    row[I_NOTIONAL_UNIT] = cfg[0, CFG_TICK_MICROS] * hours
+    row[I_COLLAT_UNIT] = cfg[0, CFG_PENALTY_MICROS] * hours
+    meta[0, M_INSTR_SEQ] = max(meta[0, M_INSTR_SEQ], cmds[ci, C0_ORDER])
+    return _emit(ev, n, EV_LISTED, ci, row[I_ID], cmds[ci, C0_INSTR], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
 
 
 @njit(cache=True)
-def _check_instrument(st, instr):
+def _check_instrument(
+    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, instr
+):
     if instr == INSTR_NOT_TRADING:
         return R_INSTRUMENT_NOT_TRADING
-    if instr < 0 or instr >= st[ST_INSTRS].shape[0] or st[ST_INSTRS][instr, I_STATE] == 0:
+    if instr < 0 or instr >= instrs.shape[0] or instrs[instr, I_STATE] == 0:
         return R_UNKNOWN_INSTRUMENT
-    if st[ST_INSTRS][instr, I_STATE] != INSTR_OPEN:
+    if instrs[instr, I_STATE] != INSTR_OPEN:
         return R_INSTRUMENT_NOT_TRADING
     return 0
 
 
 @njit(cache=True)
-def _check_price(ins, price):
+def _check_price(instrs, instr, price):
     if price <= 0:
         return R_PRICE_INVALID
-    if price < ins[I_BAND_LO] or price > ins[I_BAND_HI]:
+    if price < instrs[instr, I_BAND_LO] or price > instrs[instr, I_BAND_HI]:
         return R_PRICE_OUT_OF_BAND
     return 0
 
 
 @njit(cache=True)
-def _check_lots(ins, lots):
+def _check_lots(instrs, instr, lots):
     if lots <= 0:
         return R_LOTS_INVALID
-    if lots > ins[I_LOTS_MAX]:
+    if lots > instrs[instr, I_LOTS_MAX]:
         return R_LOTS_ABOVE_MAX
     return 0
 
 
 @njit(cache=True)
-def _would_take(st, instr, side, price):
-    best = st[ST_INSTRS][instr, I_BEST + (1 - side)]
-    return best != EMPTY and _crosses(side, st[ST_LEVELS][best, L_PRICE], price)
+def _would_take(
+    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, instr, side, price
+):
+    best = instrs[instr, I_BEST + (1 - side)]
+    return best != EMPTY and _crosses(side, levels[best, L_PRICE], price)
 
 
 @njit(cache=True)
-def _sell_cover(st, account, instr, lots, covered_now, uncovered_now):
+def _sell_cover(
+    meta,
+    cfg,
+    accts,
+    instrs,
+    orders,
+    levels,
+    lht,
+    pos,
+    pht,
+    cap,
+    cht,
+    obl,
+    gtd,
+    account,
+    instr,
+    lots,
+    covered_now,
+    uncovered_now,
+):
     """Split an ask into covered and uncovered lots; return (covered, code).
 
     `covered_now`/`uncovered_now` are what the order already holds (amend), released first.
     """
-    covered = min(lots, _long_free(st, account, instr) + covered_now)
+    covered = min(
+        lots,
+        _long_free(
+            meta,
+            cfg,
+            accts,
+            instrs,
+            orders,
+            levels,
+            lht,
+            pos,
+            pht,
+            cap,
+            cht,
+            obl,
+            gtd,
+            account,
+            instr,
+        )
+        + covered_now,
+    )
     uncovered = lots - covered
-    if uncovered > uncovered_now and _cap_free_for(st, account, instr) < uncovered - uncovered_now:
+    if (
+        uncovered > uncovered_now
+        and _cap_free_for(
+            meta,
+            cfg,
+            accts,
+            instrs,
+            orders,
+            levels,
+            lht,
+            pos,
+            pht,
+            cap,
+            cht,
+            obl,
+            gtd,
+            account,
+            instr,
+        )
+        < uncovered - uncovered_now
+    ):
         return covered, R_INSUFFICIENT_COVER
     return covered, 0
 
 
 @njit(cache=True)
-def _place(st, ev, n, ci, cmd):
-    cfg = st[ST_CFG][0]
-    meta = st[ST_META][0]
-    account = cmd[C0_ACCOUNT]
-    instr = cmd[C0_INSTR]
-    side = cmd[C0_SIDE]
-    price = cmd[C0_PRICE]
-    lots = cmd[C0_LOTS]
-    flags = cmd[C0_FLAGS]
+def _place(
+    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, ev, n, ci, cmds
+):
+    account = cmds[ci, C0_ACCOUNT]
+    instr = cmds[ci, C0_INSTR]
+    side = cmds[ci, C0_SIDE]
+    price = cmds[ci, C0_PRICE]
+    lots = cmds[ci, C0_LOTS]
+    flags = cmds[ci, C0_FLAGS]
     tif = flags & 3
     market = (flags & F_MARKET) != 0
     post_only = (flags & F_POST_ONLY) != 0
     stp = (flags >> F_STP_SHIFT) & 7
-    if not _user_account(st, account):
-        return _reject(st, ev, n, ci, account, R_UNKNOWN_ACCOUNT, 0, instr)
-    code = _check_instrument(st, instr)
+    if not _user_account(accts, account):
+        return _reject(instrs, ev, n, ci, account, R_UNKNOWN_ACCOUNT, 0, instr)
+    code = _check_instrument(
+        meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, instr
+    )
     if code != 0:
-        return _reject(st, ev, n, ci, account, code, 0, instr)
-    ins = st[ST_INSTRS][instr]
-    code = _check_lots(ins, lots)
+        return _reject(instrs, ev, n, ci, account, code, 0, instr)
+    code = _check_lots(instrs, instr, lots)
     if code != 0:
-        return _reject(st, ev, n, ci, account, code, 0, instr)
+        return _reject(instrs, ev, n, ci, account, code, 0, instr)
     if (side != BUY and side != SELL) or stp > STP_DECREMENT:
-        return _reject(st, ev, n, ci, account, R_ORDER_TYPE_INVALID, 0, instr)
+        return _reject(instrs, ev, n, ci, account, R_ORDER_TYPE_INVALID, 0, instr)
     if market:
         # Market orders never rest: GTC means IOC; they trade up to a protection price.
         if post_only or tif == TIF_GTD:
-            return _reject(st, ev, n, ci, account, R_ORDER_TYPE_INVALID, 0, instr)
-        best = ins[I_BEST + (1 - side)]
+            return _reject(instrs, ev, n, ci, account, R_ORDER_TYPE_INVALID, 0, instr)
+        best = instrs[instr, I_BEST + (1 - side)]
         if best == EMPTY:
-            return _reject(st, ev, n, ci, account, R_NO_LIQUIDITY, 0, instr)
-        ref = st[ST_LEVELS][best, L_PRICE]
+            return _reject(instrs, ev, n, ci, account, R_NO_LIQUIDITY, 0, instr)
+        ref = levels[best, L_PRICE]
         if side == BUY:
-            price = min(ref * (BPS + cfg[CFG_PROTECTION_BPS]) // BPS, ins[I_BAND_HI])
+            price = min(ref * (BPS + cfg[0, CFG_PROTECTION_BPS]) // BPS, instrs[instr, I_BAND_HI])
         else:
-            price = max(-(-ref * (BPS - cfg[CFG_PROTECTION_BPS]) // BPS), ins[I_BAND_LO])
+            price = max(
+                -(-ref * (BPS - cfg[0, CFG_PROTECTION_BPS]) // BPS), instrs[instr, I_BAND_LO]
+            )
     else:
-        code = _check_price(ins, price)
+        code = _check_price(instrs, instr, price)
         if code != 0:
-            return _reject(st, ev, n, ci, account, code, 0, instr)
+            return _reject(instrs, ev, n, ci, account, code, 0, instr)
         if post_only and (tif == TIF_IOC or tif == TIF_FOK):
-            return _reject(st, ev, n, ci, account, R_ORDER_TYPE_INVALID, 0, instr)
-    if tif == TIF_GTD and cmd[C0_EXPIRE] <= meta[M_NOW]:
-        return _reject(st, ev, n, ci, account, R_EXPIRY_INVALID, 0, instr)
-    if post_only and _would_take(st, instr, side, price):
-        return _reject(st, ev, n, ci, account, R_POST_ONLY_WOULD_TAKE, 0, instr)
-    acct = st[ST_ACCTS][account]
-    if acct[A_OPEN] >= cfg[CFG_ORDERS_OPEN_MAX]:
-        return _reject(st, ev, n, ci, account, R_OPEN_ORDERS_LIMIT, 0, instr)
-    code = _pool_room(st, lots)
+            return _reject(instrs, ev, n, ci, account, R_ORDER_TYPE_INVALID, 0, instr)
+    if tif == TIF_GTD and cmds[ci, C0_EXPIRE] <= meta[0, M_NOW]:
+        return _reject(instrs, ev, n, ci, account, R_EXPIRY_INVALID, 0, instr)
+    if post_only and _would_take(
+        meta,
+        cfg,
+        accts,
+        instrs,
+        orders,
+        levels,
+        lht,
+        pos,
+        pht,
+        cap,
+        cht,
+        obl,
+        gtd,
+        instr,
+        side,
+        price,
+    ):
+        return _reject(instrs, ev, n, ci, account, R_POST_ONLY_WOULD_TAKE, 0, instr)
+    if accts[account, A_OPEN] >= cfg[0, CFG_ORDERS_OPEN_MAX]:
+        return _reject(instrs, ev, n, ci, account, R_OPEN_ORDERS_LIMIT, 0, instr)
+    code = _pool_room(
+        meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, lots
+    )
     if code != 0:
-        return _reject(st, ev, n, ci, account, code, 0, instr)
-    if tif == TIF_FOK and _fok_fillable(st, instr, side, price, account, stp, lots) < lots:
-        return _reject(st, ev, n, ci, account, R_FOK_NOT_FILLABLE, 0, instr)
+        return _reject(instrs, ev, n, ci, account, code, 0, instr)
+    if (
+        tif == TIF_FOK
+        and _fok_fillable(
+            meta,
+            cfg,
+            accts,
+            instrs,
+            orders,
+            levels,
+            lht,
+            pos,
+            pht,
+            cap,
+            cht,
+            obl,
+            gtd,
+            instr,
+            side,
+            price,
+            account,
+            stp,
+            lots,
+        )
+        < lots
+    ):
+        return _reject(instrs, ev, n, ci, account, R_FOK_NOT_FILLABLE, 0, instr)
     covered = 0
     if side == BUY:
-        unit = _unit_hold(ins, price, cfg[CFG_TAKER_BPS])
+        unit = _unit_hold(instrs, instr, price, cfg[0, CFG_TAKER_BPS])
         hold = unit * lots
     else:
-        covered, code = _sell_cover(st, account, instr, lots, 0, 0)
+        covered, code = _sell_cover(
+            meta,
+            cfg,
+            accts,
+            instrs,
+            orders,
+            levels,
+            lht,
+            pos,
+            pht,
+            cap,
+            cht,
+            obl,
+            gtd,
+            account,
+            instr,
+            lots,
+            0,
+            0,
+        )
         if code != 0:
-            return _reject(st, ev, n, ci, account, code, 0, instr)
-        unit = ins[I_COLLAT_UNIT]
+            return _reject(instrs, ev, n, ci, account, code, 0, instr)
+        unit = instrs[instr, I_COLLAT_UNIT]
         hold = unit * (lots - covered)
-    if hold > acct[A_AVAIL]:
-        return _reject(st, ev, n, ci, account, R_INSUFFICIENT_CASH, 0, instr)
+    if hold > accts[account, A_AVAIL]:
+        return _reject(instrs, ev, n, ci, account, R_INSUFFICIENT_CASH, 0, instr)
     # --- accepted: from here on nothing can refuse -------------------------------------------
-    expire = cmd[C0_EXPIRE] if tif == TIF_GTD else 0
-    slot = _order_new(st, account, instr, side, price, lots, flags, expire)
-    o = st[ST_ORDERS][slot]
-    o[O_UNIT] = unit
-    o[O_COVERED] = covered
-    ev, n = _emit(
-        ev, n, EV_ACCEPTED, ci, o[O_ID], account, ins[I_ID], side, price, lots, flags, expire,
+    expire = cmds[ci, C0_EXPIRE] if tif == TIF_GTD else 0
+    slot = _order_new(
+        meta,
+        cfg,
+        accts,
+        instrs,
+        orders,
+        levels,
+        lht,
+        pos,
+        pht,
+        cap,
+        cht,
+        obl,
+        gtd,
+        account,
+        instr,
+        side,
+        price,
+        lots,
+        flags,
+        expire,
+    )
+    orders[slot, O_UNIT] = unit
+    orders[slot, O_COVERED] = covered
+    n = _emit(
+        ev, n, EV_ACCEPTED, ci, orders[slot, O_ID], account, instrs[instr, I_ID], side, price, lots, flags, expire,
         0, 0, 0, 0,
     )  # fmt: skip
     if hold != 0:
-        ev, n = _cash(st, ev, n, ci, account, -hold, hold, 0, 0, CR_HOLD, o[O_ID])
+        n = _cash(accts, ev, n, ci, account, -hold, hold, 0, 0, CR_HOLD, orders[slot, O_ID])
     if side == SELL:
         if covered > 0:
-            st[ST_POS][_pos_get(st, account, instr), P_RESERVED] += covered
+            pos[
+                _pos_get(
+                    meta,
+                    cfg,
+                    accts,
+                    instrs,
+                    orders,
+                    levels,
+                    lht,
+                    pos,
+                    pht,
+                    cap,
+                    cht,
+                    obl,
+                    gtd,
+                    account,
+                    instr,
+                ),
+                P_RESERVED,
+            ] += covered
         if lots > covered:
-            _cap_use(st, account, instr, lots - covered)
-    ev, n, alive = _match(st, ev, n, ci, slot, price)
+            _cap_use(
+                meta,
+                cfg,
+                accts,
+                instrs,
+                orders,
+                levels,
+                lht,
+                pos,
+                pht,
+                cap,
+                cht,
+                obl,
+                gtd,
+                account,
+                instr,
+                lots - covered,
+            )
+    n, alive = _match(
+        meta,
+        cfg,
+        accts,
+        instrs,
+        orders,
+        levels,
+        lht,
+        pos,
+        pht,
+        cap,
+        cht,
+        obl,
+        gtd,
+        ev,
+        n,
+        ci,
+        slot,
+        price,
+    )
     if alive:
-        ev, n = _rest_or_finish(st, ev, n, ci, slot, True)
-    return ev, n
+        n = _rest_or_finish(
+            meta,
+            cfg,
+            accts,
+            instrs,
+            orders,
+            levels,
+            lht,
+            pos,
+            pht,
+            cap,
+            cht,
+            obl,
+            gtd,
+            ev,
+            n,
+            ci,
+            slot,
+            True,
+        )
+    return n
 
 
 @njit(cache=True)
-def _owned_order(st, ev, n, ci, account, order_id):
+def _owned_order(
+    meta,
+    cfg,
+    accts,
+    instrs,
+    orders,
+    levels,
+    lht,
+    pos,
+    pht,
+    cap,
+    cht,
+    obl,
+    gtd,
+    ev,
+    n,
+    ci,
+    account,
+    order_id,
+):
     """Return (slot, ev, n); slot EMPTY after emitting the rejection."""
-    slot = _order_slot(st, order_id)
+    slot = _order_slot(orders, order_id)
     if slot == EMPTY:
-        ev, n = _reject(st, ev, n, ci, account, R_UNKNOWN_ORDER, order_id, -1)
-        return EMPTY, ev, n
-    if st[ST_ORDERS][slot, O_ACCOUNT] != account:
-        ev, n = _reject(st, ev, n, ci, account, R_NOT_ORDER_OWNER, order_id, -1)
-        return EMPTY, ev, n
-    return slot, ev, n
+        n = _reject(instrs, ev, n, ci, account, R_UNKNOWN_ORDER, order_id, -1)
+        return EMPTY, n
+    if orders[slot, O_ACCOUNT] != account:
+        n = _reject(instrs, ev, n, ci, account, R_NOT_ORDER_OWNER, order_id, -1)
+        return EMPTY, n
+    return slot, n
 
 
 @njit(cache=True)
-def _cancel(st, ev, n, ci, cmd):
-    slot, ev, n = _owned_order(st, ev, n, ci, cmd[C0_ACCOUNT], cmd[C0_ORDER])
+def _cancel(
+    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, ev, n, ci, cmds
+):
+    slot, n = _owned_order(
+        meta,
+        cfg,
+        accts,
+        instrs,
+        orders,
+        levels,
+        lht,
+        pos,
+        pht,
+        cap,
+        cht,
+        obl,
+        gtd,
+        ev,
+        n,
+        ci,
+        cmds[ci, C0_ACCOUNT],
+        cmds[ci, C0_ORDER],
+    )
     if slot == EMPTY:
-        return ev, n
-    lots = st[ST_ORDERS][slot, O_LOTS]
-    return _reduce(st, ev, n, ci, slot, lots, EV_CANCELLED, CX_USER)
+        return n
+    lots = orders[slot, O_LOTS]
+    return _reduce(
+        meta,
+        cfg,
+        accts,
+        instrs,
+        orders,
+        levels,
+        lht,
+        pos,
+        pht,
+        cap,
+        cht,
+        obl,
+        gtd,
+        ev,
+        n,
+        ci,
+        slot,
+        lots,
+        EV_CANCELLED,
+        CX_USER,
+    )
 
 
 @njit(cache=True)
-def _cancel_all(st, ev, n, ci, cmd):
-    account = cmd[C0_ACCOUNT]
-    instr = cmd[C0_INSTR]
-    if not _user_account(st, account):
-        return _reject(st, ev, n, ci, account, R_UNKNOWN_ACCOUNT, 0, instr)
+def _cancel_all(
+    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, ev, n, ci, cmds
+):
+    account = cmds[ci, C0_ACCOUNT]
+    instr = cmds[ci, C0_INSTR]
+    if not _user_account(accts, account):
+        return _reject(instrs, ev, n, ci, account, R_UNKNOWN_ACCOUNT, 0, instr)
     if instr != INSTR_ALL:
-        code = _check_instrument(st, instr)
+        code = _check_instrument(
+            meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, instr
+        )
         if code != 0:
-            return _reject(st, ev, n, ci, account, code, 0, instr)
-    orders = st[ST_ORDERS]
-    slot = st[ST_ACCTS][account, A_HEAD]
+            return _reject(instrs, ev, n, ci, account, code, 0, instr)
+    slot = accts[account, A_HEAD]
     while slot != EMPTY:
         nxt = orders[slot, O_ANEXT]
         if instr == INSTR_ALL or orders[slot, O_INSTR] == instr:
-            ev, n = _reduce(st, ev, n, ci, slot, orders[slot, O_LOTS], EV_CANCELLED, CX_CANCEL_ALL)
+            n = _reduce(
+                meta,
+                cfg,
+                accts,
+                instrs,
+                orders,
+                levels,
+                lht,
+                pos,
+                pht,
+                cap,
+                cht,
+                obl,
+                gtd,
+                ev,
+                n,
+                ci,
+                slot,
+                orders[slot, O_LOTS],
+                EV_CANCELLED,
+                CX_CANCEL_ALL,
+            )
         slot = nxt
-    return ev, n
+    return n
 
 
 @njit(cache=True)
-def _amend(st, ev, n, ci, cmd):
-    cfg = st[ST_CFG][0]
-    account = cmd[C0_ACCOUNT]
-    order_id = cmd[C0_ORDER]
-    price = cmd[C0_PRICE]
-    lots = cmd[C0_LOTS]
-    slot, ev, n = _owned_order(st, ev, n, ci, account, order_id)
+def _amend(
+    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, ev, n, ci, cmds
+):
+    account = cmds[ci, C0_ACCOUNT]
+    order_id = cmds[ci, C0_ORDER]
+    price = cmds[ci, C0_PRICE]
+    lots = cmds[ci, C0_LOTS]
+    slot, n = _owned_order(
+        meta,
+        cfg,
+        accts,
+        instrs,
+        orders,
+        levels,
+        lht,
+        pos,
+        pht,
+        cap,
+        cht,
+        obl,
+        gtd,
+        ev,
+        n,
+        ci,
+        account,
+        order_id,
+    )
     if slot == EMPTY:
-        return ev, n
-    o = st[ST_ORDERS][slot]
-    instr = o[O_INSTR]
-    ins = st[ST_INSTRS][instr]
-    code = _check_lots(ins, lots)
+        return n
+    instr = orders[slot, O_INSTR]
+    code = _check_lots(instrs, instr, lots)
     if code == 0:
-        code = _check_price(ins, price)
-    if code == 0 and price == o[O_PRICE] and lots == o[O_LOTS]:
+        code = _check_price(instrs, instr, price)
+    if code == 0 and price == orders[slot, O_PRICE] and lots == orders[slot, O_LOTS]:
         code = R_AMEND_NO_CHANGE
     if code != 0:
-        return _reject(st, ev, n, ci, account, code, order_id, instr)
-    side = o[O_SIDE]
-    if price == o[O_PRICE] and lots < o[O_LOTS]:
+        return _reject(instrs, ev, n, ci, account, code, order_id, instr)
+    side = orders[slot, O_SIDE]
+    if price == orders[slot, O_PRICE] and lots < orders[slot, O_LOTS]:
         # A pure decrease keeps time priority: release what the cut lots held.
-        ev, n = _emit(
-            ev, n, EV_AMENDED, ci, order_id, account, ins[I_ID], price, lots, 1, 0, 0, 0, 0, 0, 0
+        n = _emit(
+            ev,
+            n,
+            EV_AMENDED,
+            ci,
+            order_id,
+            account,
+            instrs[instr, I_ID],
+            price,
+            lots,
+            1,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
         )
-        cut = o[O_LOTS] - lots
-        ev, n = _release(st, ev, n, ci, slot, cut)
-        st[ST_LEVELS][o[O_LEVEL], L_LOTS] -= cut
-        o[O_LOTS] = lots
-        return ev, n
-    if (o[O_FLAGS] & F_POST_ONLY) != 0 and _would_take(st, instr, side, price):
-        return _reject(st, ev, n, ci, account, R_POST_ONLY_WOULD_TAKE, order_id, instr)
-    code = _pool_room(st, lots)
+        cut = orders[slot, O_LOTS] - lots
+        n = _release(
+            meta,
+            cfg,
+            accts,
+            instrs,
+            orders,
+            levels,
+            lht,
+            pos,
+            pht,
+            cap,
+            cht,
+            obl,
+            gtd,
+            ev,
+            n,
+            ci,
+            slot,
+            cut,
+        )
+        levels[orders[slot, O_LEVEL], L_LOTS] -= cut
+        orders[slot, O_LOTS] = lots
+        return n
+    if (orders[slot, O_FLAGS] & F_POST_ONLY) != 0 and _would_take(
+        meta,
+        cfg,
+        accts,
+        instrs,
+        orders,
+        levels,
+        lht,
+        pos,
+        pht,
+        cap,
+        cht,
+        obl,
+        gtd,
+        instr,
+        side,
+        price,
+    ):
+        return _reject(instrs, ev, n, ci, account, R_POST_ONLY_WOULD_TAKE, order_id, instr)
+    code = _pool_room(
+        meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, lots
+    )
     if code != 0:
-        return _reject(st, ev, n, ci, account, code, order_id, instr)
-    acct = st[ST_ACCTS][account]
-    old_lots = o[O_LOTS]
+        return _reject(instrs, ev, n, ci, account, code, order_id, instr)
+    old_lots = orders[slot, O_LOTS]
     if side == BUY:
-        unit = _unit_hold(ins, price, cfg[CFG_TAKER_BPS])
-        delta_hold = unit * lots - o[O_UNIT] * old_lots
+        unit = _unit_hold(instrs, instr, price, cfg[0, CFG_TAKER_BPS])
+        delta_hold = unit * lots - orders[slot, O_UNIT] * old_lots
         covered = 0
     else:
-        old_cov = o[O_COVERED]
+        old_cov = orders[slot, O_COVERED]
         old_unc = old_lots - old_cov
-        covered, code = _sell_cover(st, account, instr, lots, old_cov, old_unc)
+        covered, code = _sell_cover(
+            meta,
+            cfg,
+            accts,
+            instrs,
+            orders,
+            levels,
+            lht,
+            pos,
+            pht,
+            cap,
+            cht,
+            obl,
+            gtd,
+            account,
+            instr,
+            lots,
+            old_cov,
+            old_unc,
+        )
         if code != 0:
-            return _reject(st, ev, n, ci, account, code, order_id, instr)
-        unit = o[O_UNIT]
+            return _reject(instrs, ev, n, ci, account, code, order_id, instr)
+        unit = orders[slot, O_UNIT]
         delta_hold = unit * ((lots - covered) - old_unc)
-    if delta_hold > acct[A_AVAIL]:
-        return _reject(st, ev, n, ci, account, R_INSUFFICIENT_CASH, order_id, instr)
+    if delta_hold > accts[account, A_AVAIL]:
+        return _reject(instrs, ev, n, ci, account, R_INSUFFICIENT_CASH, order_id, instr)
     # --- accepted: re-price loses time priority and may trade ---------------------------------
-    _book_unlink(st, slot)
-    ev, n = _emit(
-        ev, n, EV_AMENDED, ci, order_id, account, ins[I_ID], price, lots, 0, 0, 0, 0, 0, 0, 0
+    _book_unlink(meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, slot)
+    n = _emit(
+        ev,
+        n,
+        EV_AMENDED,
+        ci,
+        order_id,
+        account,
+        instrs[instr, I_ID],
+        price,
+        lots,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
     )
     if delta_hold != 0:
-        ev, n = _cash(st, ev, n, ci, account, -delta_hold, delta_hold, 0, 0, CR_HOLD, order_id)
+        n = _cash(accts, ev, n, ci, account, -delta_hold, delta_hold, 0, 0, CR_HOLD, order_id)
     if side == SELL:
-        if covered != o[O_COVERED]:
-            st[ST_POS][_pos_get(st, account, instr), P_RESERVED] += covered - o[O_COVERED]
-        _cap_use(st, account, instr, (lots - covered) - (old_lots - o[O_COVERED]))
-        o[O_COVERED] = covered
-    o[O_UNIT] = unit
-    o[O_PRICE] = price
-    o[O_LOTS] = lots
-    ev, n, alive = _match(st, ev, n, ci, slot, price)
+        if covered != orders[slot, O_COVERED]:
+            pos[
+                _pos_get(
+                    meta,
+                    cfg,
+                    accts,
+                    instrs,
+                    orders,
+                    levels,
+                    lht,
+                    pos,
+                    pht,
+                    cap,
+                    cht,
+                    obl,
+                    gtd,
+                    account,
+                    instr,
+                ),
+                P_RESERVED,
+            ] += covered - orders[slot, O_COVERED]
+        _cap_use(
+            meta,
+            cfg,
+            accts,
+            instrs,
+            orders,
+            levels,
+            lht,
+            pos,
+            pht,
+            cap,
+            cht,
+            obl,
+            gtd,
+            account,
+            instr,
+            (lots - covered) - (old_lots - orders[slot, O_COVERED]),
+        )
+        orders[slot, O_COVERED] = covered
+    orders[slot, O_UNIT] = unit
+    orders[slot, O_PRICE] = price
+    orders[slot, O_LOTS] = lots
+    n, alive = _match(
+        meta,
+        cfg,
+        accts,
+        instrs,
+        orders,
+        levels,
+        lht,
+        pos,
+        pht,
+        cap,
+        cht,
+        obl,
+        gtd,
+        ev,
+        n,
+        ci,
+        slot,
+        price,
+    )
     if alive:
-        ev, n = _rest_or_finish(st, ev, n, ci, slot, False)
-    return ev, n
+        n = _rest_or_finish(
+            meta,
+            cfg,
+            accts,
+            instrs,
+            orders,
+            levels,
+            lht,
+            pos,
+            pht,
+            cap,
+            cht,
+            obl,
+            gtd,
+            ev,
+            n,
+            ci,
+            slot,
+            False,
+        )
+    return n
 
 
 # ============================================================================ cash and capacity
 
 
 @njit(cache=True)
-def _deposit(st, ev, n, ci, cmd):
-    cfg = st[ST_CFG][0]
-    account = cmd[C0_ACCOUNT]
-    amount = cmd[C0_AUX]
-    if not _user_account(st, account):
-        return _reject(st, ev, n, ci, account, R_UNKNOWN_ACCOUNT, 0, -1)
-    if amount <= 0 or amount > cfg[CFG_DEPOSIT_MAX]:
-        return _reject(st, ev, n, ci, account, R_AMOUNT_INVALID, 0, -1)
-    if st[ST_ACCTS][account, A_AVAIL] + amount > cfg[CFG_BALANCE_MAX]:
-        return _reject(st, ev, n, ci, account, R_BALANCE_LIMIT, 0, -1)
-    ev, n = _cash(st, ev, n, ci, account, amount, 0, 0, 0, CR_DEPOSIT, 0)
-    return _cash(st, ev, n, ci, ACCT_EXTERNAL, -amount, 0, 0, 0, CR_DEPOSIT, 0)
+def _deposit(
+    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, ev, n, ci, cmds
+):
+    account = cmds[ci, C0_ACCOUNT]
+    amount = cmds[ci, C0_AUX]
+    if not _user_account(accts, account):
+        return _reject(instrs, ev, n, ci, account, R_UNKNOWN_ACCOUNT, 0, -1)
+    if amount <= 0 or amount > cfg[0, CFG_DEPOSIT_MAX]:
+        return _reject(instrs, ev, n, ci, account, R_AMOUNT_INVALID, 0, -1)
+    if accts[account, A_AVAIL] + amount > cfg[0, CFG_BALANCE_MAX]:
+        return _reject(instrs, ev, n, ci, account, R_BALANCE_LIMIT, 0, -1)
+    n = _cash(accts, ev, n, ci, account, amount, 0, 0, 0, CR_DEPOSIT, 0)
+    return _cash(accts, ev, n, ci, ACCT_EXTERNAL, -amount, 0, 0, 0, CR_DEPOSIT, 0)
 
 
 @njit(cache=True)
-def _withdraw(st, ev, n, ci, cmd):
-    account = cmd[C0_ACCOUNT]
-    amount = cmd[C0_AUX]
-    if not _user_account(st, account):
-        return _reject(st, ev, n, ci, account, R_UNKNOWN_ACCOUNT, 0, -1)
+def _withdraw(
+    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, ev, n, ci, cmds
+):
+    account = cmds[ci, C0_ACCOUNT]
+    amount = cmds[ci, C0_AUX]
+    if not _user_account(accts, account):
+        return _reject(instrs, ev, n, ci, account, R_UNKNOWN_ACCOUNT, 0, -1)
     if amount <= 0:
-        return _reject(st, ev, n, ci, account, R_AMOUNT_INVALID, 0, -1)
-    if amount > st[ST_ACCTS][account, A_AVAIL]:
-        return _reject(st, ev, n, ci, account, R_INSUFFICIENT_CASH, 0, -1)
-    ev, n = _cash(st, ev, n, ci, account, -amount, 0, 0, 0, CR_WITHDRAWAL, 0)
-    return _cash(st, ev, n, ci, ACCT_EXTERNAL, amount, 0, 0, 0, CR_WITHDRAWAL, 0)
+        return _reject(instrs, ev, n, ci, account, R_AMOUNT_INVALID, 0, -1)
+    if amount > accts[account, A_AVAIL]:
+        return _reject(instrs, ev, n, ci, account, R_INSUFFICIENT_CASH, 0, -1)
+    n = _cash(accts, ev, n, ci, account, -amount, 0, 0, 0, CR_WITHDRAWAL, 0)
+    return _cash(accts, ev, n, ci, ACCT_EXTERNAL, amount, 0, 0, 0, CR_WITHDRAWAL, 0)
 
 
 @njit(cache=True)
-def _capacity(st, ev, n, ci, cmd):
+def _capacity(
+    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, ev, n, ci, cmds
+):
     """Set a provider's GPUs for every hour in [start, end) of one GPU model and region."""
-    cfg = st[ST_CFG][0]
-    meta = st[ST_META][0]
-    account = cmd[C0_ACCOUNT]
-    capkey = cmd[C0_AUX]
-    start = cmd[C0_AUX2]
-    end = cmd[C0_AUX3]
-    gpus = cmd[C0_LOTS]
-    if not _user_account(st, account):
-        return _reject(st, ev, n, ci, account, R_UNKNOWN_ACCOUNT, 0, -1)
+    account = cmds[ci, C0_ACCOUNT]
+    capkey = cmds[ci, C0_AUX]
+    start = cmds[ci, C0_AUX2]
+    end = cmds[ci, C0_AUX3]
+    gpus = cmds[ci, C0_LOTS]
+    if not _user_account(accts, account):
+        return _reject(instrs, ev, n, ci, account, R_UNKNOWN_ACCOUNT, 0, -1)
     if (
         end <= start
         or start < 0
-        or end - start > cfg[CFG_CAPACITY_HOURS_MAX]
+        or end - start > cfg[0, CFG_CAPACITY_HOURS_MAX]
         or gpus < 0
-        or gpus > cfg[CFG_CAPACITY_GPUS_MAX]
+        or gpus > cfg[0, CFG_CAPACITY_GPUS_MAX]
         or capkey < 0
         or capkey >= 64
     ):
-        return _reject(st, ev, n, ci, account, R_CAPACITY_RANGE_INVALID, 0, -1)
-    cap = st[ST_CAP]
-    ht = st[ST_CAP_HT]
+        return _reject(instrs, ev, n, ci, account, R_CAPACITY_RANGE_INVALID, 0, -1)
+    ht = cht
     missing = 0
     for h in range(start, end):
         row = _ht_get(ht, _cap_key(account, capkey, h))
         if row == EMPTY:
             missing += 1
         elif cap[row, C_USED] > gpus:
-            return _reject(st, ev, n, ci, account, R_CAPACITY_BELOW_COMMITTED, 0, -1)
-    if cap.shape[0] - meta[M_CAP_LIVE] < missing:
-        return _reject(st, ev, n, ci, account, R_ENGINE_FULL, 0, -1)
+            return _reject(instrs, ev, n, ci, account, R_CAPACITY_BELOW_COMMITTED, 0, -1)
+    if cap.shape[0] - meta[0, M_CAP_LIVE] < missing:
+        return _reject(instrs, ev, n, ci, account, R_ENGINE_FULL, 0, -1)
     for h in range(start, end):
         key = _cap_key(account, capkey, h)
         row = _ht_get(ht, key)
         if row == EMPTY:
             row = _alloc(meta, cap, M_CAP_FREE, M_CAP_HWM, C_NEXT)
-            meta[M_CAP_LIVE] += 1
+            meta[0, M_CAP_LIVE] += 1
             cap[row, C_KEY] = key
             cap[row, C_USED] = 0
             cap[row, C_NEXT] = EMPTY
@@ -1403,34 +2320,77 @@ def _capacity(st, ev, n, ci, cmd):
 
 
 @njit(cache=True)
-def _expire_gtd(st, ev, n, ci):
-    meta = st[ST_META][0]
-    heap = st[ST_GTD]
-    while meta[M_GTD_SIZE] > 0 and heap[0, 0] <= meta[M_NOW]:
-        slot = _order_slot(st, _gtd_pop(st))
+def _expire_gtd(
+    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, ev, n, ci
+):
+    heap = gtd
+    while meta[0, M_GTD_SIZE] > 0 and heap[0, 0] <= meta[0, M_NOW]:
+        slot = _order_slot(
+            orders,
+            _gtd_pop(meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd),
+        )
         if slot != EMPTY:
-            lots = st[ST_ORDERS][slot, O_LOTS]
-            ev, n = _reduce(st, ev, n, ci, slot, lots, EV_EXPIRED, XP_GTD)
-    return ev, n
+            lots = orders[slot, O_LOTS]
+            n = _reduce(
+                meta,
+                cfg,
+                accts,
+                instrs,
+                orders,
+                levels,
+                lht,
+                pos,
+                pht,
+                cap,
+                cht,
+                obl,
+                gtd,
+                ev,
+                n,
+                ci,
+                slot,
+                lots,
+                EV_EXPIRED,
+                XP_GTD,
+            )
+    return n
 
 
 @njit(cache=True)
-def _close_instrument(st, ev, n, ci, instr):
+def _close_instrument(
+    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, ev, n, ci, instr
+):
     """Gate closure: expire resting orders, turn positions into delivery obligations."""
-    ins = st[ST_INSTRS][instr]
-    levels = st[ST_LEVELS]
-    orders = st[ST_ORDERS]
     for side in (BUY, SELL):
-        while ins[I_BEST + side] != EMPTY:
-            slot = levels[ins[I_BEST + side], L_HEAD]
-            ev, n = _reduce(st, ev, n, ci, slot, orders[slot, O_LOTS], EV_EXPIRED, XP_GATE)
-    ins[I_STATE] = INSTR_CLOSED
-    pos = st[ST_POS]
-    meta = st[ST_META][0]
-    rows = np.empty(meta[M_POS_HWM], dtype=np.int64)
+        while instrs[instr, I_BEST + side] != EMPTY:
+            slot = levels[instrs[instr, I_BEST + side], L_HEAD]
+            n = _reduce(
+                meta,
+                cfg,
+                accts,
+                instrs,
+                orders,
+                levels,
+                lht,
+                pos,
+                pht,
+                cap,
+                cht,
+                obl,
+                gtd,
+                ev,
+                n,
+                ci,
+                slot,
+                orders[slot, O_LOTS],
+                EV_EXPIRED,
+                XP_GATE,
+            )
+    instrs[instr, I_STATE] = INSTR_CLOSED
+    rows = np.empty(meta[0, M_POS_HWM], dtype=np.int64)
     count = 0
     open_interest = 0
-    for r in range(meta[M_POS_HWM]):
+    for r in range(meta[0, M_POS_HWM]):
         if pos[r, P_ACCOUNT] != EMPTY and pos[r, P_INSTR] == instr:
             rows[count] = r
             count += 1
@@ -1442,12 +2402,14 @@ def _close_instrument(st, ev, n, ci, instr):
     for k in range(count):
         accounts[k] = pos[rows[k], P_ACCOUNT]
     rows = rows[np.argsort(accounts)]
-    ev, n = _emit(ev, n, EV_CLOSED, ci, ins[I_ID], instr, open_interest, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+    n = _emit(
+        ev, n, EV_CLOSED, ci, instrs[instr, I_ID], instr, open_interest, 0, 0, 0, 0, 0, 0, 0, 0, 0
+    )
     for r in rows:
         lots = pos[r, P_LOTS]
         if lots != 0:
-            ev, n = _emit(
-                ev, n, EV_POSITION, ci, pos[r, P_ACCOUNT], ins[I_ID], -lots, 0, PR_ASSIGNED, 0,
+            n = _emit(
+                ev, n, EV_POSITION, ci, pos[r, P_ACCOUNT], instrs[instr, I_ID], -lots, 0, PR_ASSIGNED, 0,
                 0, 0, 0, 0, 0, 0,
             )  # fmt: skip
     li = 0
@@ -1474,249 +2436,831 @@ def _close_instrument(st, ev, n, ci, instr):
             pos[r, P_COLLAT] -= collat
             short_left -= gpus
             long_left -= gpus
-            ev, n = _assign(
-                st, ev, n, ci, instr, pos[r, P_ACCOUNT], holder, gpus, escrow, fees, collat
+            n = _assign(
+                meta,
+                cfg,
+                accts,
+                instrs,
+                orders,
+                levels,
+                lht,
+                pos,
+                pht,
+                cap,
+                cht,
+                obl,
+                gtd,
+                ev,
+                n,
+                ci,
+                instr,
+                pos[r, P_ACCOUNT],
+                holder,
+                gpus,
+                escrow,
+                fees,
+                collat,
             )
     for r in rows:
         # What a position holds beyond its obligations (a short that was bought back) goes home.
         escrow = pos[r, P_ESCROW]
         collat = pos[r, P_COLLAT]
         if escrow != 0 or collat != 0:
-            ev, n = _cash(
-                st, ev, n, ci, pos[r, P_ACCOUNT], escrow + collat, 0, -escrow, -collat,
-                CR_SHORT_COVERED, ins[I_ID],
+            n = _cash(accts, ev, n, ci, pos[r, P_ACCOUNT], escrow + collat, 0, -escrow, -collat,
+                CR_SHORT_COVERED, instrs[instr, I_ID],
             )  # fmt: skip
-        _pos_free(st, r)
-    return ev, n
+        _pos_free(meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, r)
+    return n
 
 
 @njit(cache=True)
-def _assign(st, ev, n, ci, instr, provider, holder, gpus, escrow, fees, collat):
-    meta = st[ST_META][0]
-    ins = st[ST_INSTRS][instr]
-    obl = st[ST_OBL]
+def _assign(
+    meta,
+    cfg,
+    accts,
+    instrs,
+    orders,
+    levels,
+    lht,
+    pos,
+    pht,
+    cap,
+    cht,
+    obl,
+    gtd,
+    ev,
+    n,
+    ci,
+    instr,
+    provider,
+    holder,
+    gpus,
+    escrow,
+    fees,
+    collat,
+):
     b = _alloc(meta, obl, M_OBL_FREE, M_OBL_HWM, B_NEXT)
-    meta[M_OBL_SEQ] += 1
-    meta[M_OBL_LIVE] += 1
-    row = obl[b]
-    row[B_ID] = (meta[M_OBL_SEQ] << ORDER_SLOT_BITS) | b
-    row[B_STATE] = OBL_ASSIGNED
-    row[B_PROVIDER] = provider
-    row[B_HOLDER] = holder
-    row[B_GPUS] = gpus
-    row[B_START] = ins[I_START]
-    row[B_HOURS] = ins[I_HOURS]
-    row[B_HOURS_LEFT] = ins[I_HOURS]
-    row[B_ESCROW_LEFT] = escrow
-    row[B_FEES_LEFT] = fees
-    row[B_COLLAT_LEFT] = collat
-    row[B_INSTR_ID] = ins[I_ID]
-    row[B_GPU] = ins[I_GPU]
-    row[B_REGION] = ins[I_REGION]
-    row[B_PRODUCT] = ins[I_PRODUCT]
-    row[B_NEXT] = EMPTY
-    row[B_RELEASED] = 0
+    meta[0, M_OBL_SEQ] += 1
+    meta[0, M_OBL_LIVE] += 1
+    obl[b, B_ID] = (meta[0, M_OBL_SEQ] << ORDER_SLOT_BITS) | b
+    obl[b, B_STATE] = OBL_ASSIGNED
+    obl[b, B_PROVIDER] = provider
+    obl[b, B_HOLDER] = holder
+    obl[b, B_GPUS] = gpus
+    obl[b, B_START] = instrs[instr, I_START]
+    obl[b, B_HOURS] = instrs[instr, I_HOURS]
+    obl[b, B_HOURS_LEFT] = instrs[instr, I_HOURS]
+    obl[b, B_ESCROW_LEFT] = escrow
+    obl[b, B_FEES_LEFT] = fees
+    obl[b, B_COLLAT_LEFT] = collat
+    obl[b, B_INSTR_ID] = instrs[instr, I_ID]
+    obl[b, B_GPU] = instrs[instr, I_GPU]
+    obl[b, B_REGION] = instrs[instr, I_REGION]
+    obl[b, B_PRODUCT] = instrs[instr, I_PRODUCT]
+    obl[b, B_NEXT] = EMPTY
+    obl[b, B_RELEASED] = 0
     return _emit(
-        ev, n, EV_ASSIGNED, ci, row[B_ID], provider, holder, gpus, ins[I_START], ins[I_HOURS],
-        escrow, ins[I_ID], 0, 0, 0, 0,
+        ev, n, EV_ASSIGNED, ci, obl[b, B_ID], provider, holder, gpus, instrs[instr, I_START], instrs[instr, I_HOURS],
+        escrow, instrs[instr, I_ID], 0, 0, 0, 0,
     )  # fmt: skip
 
 
 @njit(cache=True)
-def _release_hour(st, ev, n, ci, b):
+def _release_hour(
+    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, ev, n, ci, b
+):
     """Pay the provider one delivered hour: its share of escrow and of collateral."""
-    row = st[ST_OBL][b]
-    left = row[B_HOURS_LEFT]
-    escrow = row[B_ESCROW_LEFT] // left
-    collat = row[B_COLLAT_LEFT] // left
-    fees = row[B_FEES_LEFT] // left
-    row[B_ESCROW_LEFT] -= escrow
-    row[B_COLLAT_LEFT] -= collat
-    row[B_FEES_LEFT] -= fees
-    row[B_HOURS_LEFT] = left - 1
-    row[B_RELEASED] += escrow
+    left = obl[b, B_HOURS_LEFT]
+    escrow = obl[b, B_ESCROW_LEFT] // left
+    collat = obl[b, B_COLLAT_LEFT] // left
+    fees = obl[b, B_FEES_LEFT] // left
+    obl[b, B_ESCROW_LEFT] -= escrow
+    obl[b, B_COLLAT_LEFT] -= collat
+    obl[b, B_FEES_LEFT] -= fees
+    obl[b, B_HOURS_LEFT] = left - 1
+    obl[b, B_RELEASED] += escrow
     if escrow != 0 or collat != 0:
-        ev, n = _cash(
-            st, ev, n, ci, row[B_PROVIDER], escrow + collat, 0, -escrow, -collat,
-            CR_DELIVERY_RELEASE, row[B_ID],
+        n = _cash(accts, ev, n, ci, obl[b, B_PROVIDER], escrow + collat, 0, -escrow, -collat,
+            CR_DELIVERY_RELEASE, obl[b, B_ID],
         )  # fmt: skip
-    return ev, n
+    return n
 
 
 @njit(cache=True)
-def _settle(st, ev, n, ci, b, outcome):
+def _settle(
+    meta,
+    cfg,
+    accts,
+    instrs,
+    orders,
+    levels,
+    lht,
+    pos,
+    pht,
+    cap,
+    cht,
+    obl,
+    gtd,
+    ev,
+    n,
+    ci,
+    b,
+    outcome,
+):
     """Close an obligation: undelivered hours refund the holder, plus the penalty."""
-    row = st[ST_OBL][b]
-    holder = row[B_HOLDER]
-    provider = row[B_PROVIDER]
-    refund = row[B_ESCROW_LEFT]
-    fees = row[B_FEES_LEFT]
-    penalty = row[B_COLLAT_LEFT]
+    holder = obl[b, B_HOLDER]
+    provider = obl[b, B_PROVIDER]
+    refund = obl[b, B_ESCROW_LEFT]
+    fees = obl[b, B_FEES_LEFT]
+    penalty = obl[b, B_COLLAT_LEFT]
     if refund != 0:
-        ev, n = _cash(st, ev, n, ci, provider, 0, 0, -refund, 0, CR_DELIVERY_REFUND, row[B_ID])
+        n = _cash(accts, ev, n, ci, provider, 0, 0, -refund, 0, CR_DELIVERY_REFUND, obl[b, B_ID])
     if fees != 0:
-        ev, n = _cash(st, ev, n, ci, ACCT_FEES, -fees, 0, 0, 0, CR_DELIVERY_REFUND, row[B_ID])
+        n = _cash(accts, ev, n, ci, ACCT_FEES, -fees, 0, 0, 0, CR_DELIVERY_REFUND, obl[b, B_ID])
     if refund + fees != 0:
-        ev, n = _cash(st, ev, n, ci, holder, refund + fees, 0, 0, 0, CR_DELIVERY_REFUND, row[B_ID])
+        n = _cash(
+            accts, ev, n, ci, holder, refund + fees, 0, 0, 0, CR_DELIVERY_REFUND, obl[b, B_ID]
+        )
     if penalty != 0:
-        ev, n = _cash(st, ev, n, ci, provider, 0, 0, 0, -penalty, CR_DELIVERY_PENALTY, row[B_ID])
-        ev, n = _cash(st, ev, n, ci, holder, penalty, 0, 0, 0, CR_DELIVERY_PENALTY, row[B_ID])
-    delivered = row[B_HOURS] - row[B_HOURS_LEFT]
-    ev, n = _emit(
-        ev, n, EV_SETTLED, ci, row[B_ID], provider, holder, outcome, delivered,
-        row[B_HOURS_LEFT], row[B_RELEASED], refund + fees, penalty, 0, 0, 0,
+        n = _cash(accts, ev, n, ci, provider, 0, 0, 0, -penalty, CR_DELIVERY_PENALTY, obl[b, B_ID])
+        n = _cash(accts, ev, n, ci, holder, penalty, 0, 0, 0, CR_DELIVERY_PENALTY, obl[b, B_ID])
+    delivered = obl[b, B_HOURS] - obl[b, B_HOURS_LEFT]
+    n = _emit(
+        ev, n, EV_SETTLED, ci, obl[b, B_ID], provider, holder, outcome, delivered,
+        obl[b, B_HOURS_LEFT], obl[b, B_RELEASED], refund + fees, penalty, 0, 0, 0,
     )  # fmt: skip
-    meta = st[ST_META][0]
-    row[B_STATE] = OBL_FREE
-    row[B_ID] = 0
-    row[B_NEXT] = meta[M_OBL_FREE]
-    meta[M_OBL_FREE] = b
-    meta[M_OBL_LIVE] -= 1
-    return ev, n
+    obl[b, B_STATE] = OBL_FREE
+    obl[b, B_ID] = 0
+    obl[b, B_NEXT] = meta[0, M_OBL_FREE]
+    meta[0, M_OBL_FREE] = b
+    meta[0, M_OBL_LIVE] -= 1
+    return n
 
 
 @njit(cache=True)
-def _deliver_to(st, ev, n, ci, b, hours_done):
+def _deliver_to(
+    meta,
+    cfg,
+    accts,
+    instrs,
+    orders,
+    levels,
+    lht,
+    pos,
+    pht,
+    cap,
+    cht,
+    obl,
+    gtd,
+    ev,
+    n,
+    ci,
+    b,
+    hours_done,
+):
     """Release every hour up to `hours_done` delivered hours."""
-    row = st[ST_OBL][b]
-    while row[B_HOURS] - row[B_HOURS_LEFT] < hours_done and row[B_HOURS_LEFT] > 0:
-        ev, n = _release_hour(st, ev, n, ci, b)
-    return ev, n
+    while obl[b, B_HOURS] - obl[b, B_HOURS_LEFT] < hours_done and obl[b, B_HOURS_LEFT] > 0:
+        n = _release_hour(
+            meta,
+            cfg,
+            accts,
+            instrs,
+            orders,
+            levels,
+            lht,
+            pos,
+            pht,
+            cap,
+            cht,
+            obl,
+            gtd,
+            ev,
+            n,
+            ci,
+            b,
+        )
+    return n
 
 
 @njit(cache=True)
-def _elapsed_hours(st, b):
-    row = st[ST_OBL][b]
-    now = st[ST_META][0, M_NOW]
-    return min(max((now - row[B_START]) // NS_PER_HOUR, 0), row[B_HOURS])
+def _elapsed_hours(meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, b):
+    now = meta[0, M_NOW]
+    return min(max((now - obl[b, B_START]) // NS_PER_HOUR, 0), obl[b, B_HOURS])
 
 
 @njit(cache=True)
-def _clock(st, ev, n, ci, cmd):
-    meta = st[ST_META][0]
-    cfg = st[ST_CFG][0]
-    if cmd[C0_AUX] > meta[M_NOW]:
-        meta[M_NOW] = cmd[C0_AUX]
-    now = meta[M_NOW]
-    ev, n = _expire_gtd(st, ev, n, ci)
-    instrs = st[ST_INSTRS]
+def _clock(
+    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, ev, n, ci, cmds
+):
+    if cmds[ci, C0_AUX] > meta[0, M_NOW]:
+        meta[0, M_NOW] = cmds[ci, C0_AUX]
+    now = meta[0, M_NOW]
+    n = _expire_gtd(
+        meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, ev, n, ci
+    )
     for i in range(instrs.shape[0]):
         if instrs[i, I_STATE] == INSTR_OPEN and instrs[i, I_GATE] <= now:
-            ev, n = _close_instrument(st, ev, n, ci, i)
-    obl = st[ST_OBL]
-    for b in range(meta[M_OBL_HWM]):
+            n = _close_instrument(
+                meta,
+                cfg,
+                accts,
+                instrs,
+                orders,
+                levels,
+                lht,
+                pos,
+                pht,
+                cap,
+                cht,
+                obl,
+                gtd,
+                ev,
+                n,
+                ci,
+                i,
+            )
+    for b in range(meta[0, M_OBL_HWM]):
         state = obl[b, B_STATE]
-        if state == OBL_ASSIGNED and now >= obl[b, B_START] + cfg[CFG_DEADLINE_NS]:
-            ev, n = _settle(st, ev, n, ci, b, DO_FAILED)
+        if state == OBL_ASSIGNED and now >= obl[b, B_START] + cfg[0, CFG_DEADLINE_NS]:
+            n = _settle(
+                meta,
+                cfg,
+                accts,
+                instrs,
+                orders,
+                levels,
+                lht,
+                pos,
+                pht,
+                cap,
+                cht,
+                obl,
+                gtd,
+                ev,
+                n,
+                ci,
+                b,
+                DO_FAILED,
+            )
         elif state == OBL_CONFIRMED:
-            ev, n = _deliver_to(st, ev, n, ci, b, _elapsed_hours(st, b))
+            n = _deliver_to(
+                meta,
+                cfg,
+                accts,
+                instrs,
+                orders,
+                levels,
+                lht,
+                pos,
+                pht,
+                cap,
+                cht,
+                obl,
+                gtd,
+                ev,
+                n,
+                ci,
+                b,
+                _elapsed_hours(
+                    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, b
+                ),
+            )
             if obl[b, B_HOURS_LEFT] == 0:
-                ev, n = _settle(st, ev, n, ci, b, DO_DELIVERED)
-    return ev, n
+                n = _settle(
+                    meta,
+                    cfg,
+                    accts,
+                    instrs,
+                    orders,
+                    levels,
+                    lht,
+                    pos,
+                    pht,
+                    cap,
+                    cht,
+                    obl,
+                    gtd,
+                    ev,
+                    n,
+                    ci,
+                    b,
+                    DO_DELIVERED,
+                )
+    return n
 
 
 @njit(cache=True)
-def _obligation(st, ev, n, ci, cmd):
+def _obligation(
+    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, ev, n, ci, cmds
+):
     """Return (slot, ev, n) for a delivery command; slot EMPTY after a rejection."""
-    account = cmd[C0_ACCOUNT]
-    oid = cmd[C0_ORDER]
+    account = cmds[ci, C0_ACCOUNT]
+    oid = cmds[ci, C0_ORDER]
     b = oid & ORDER_SLOT_MASK if oid > 0 else EMPTY
-    obl = st[ST_OBL]
     if b == EMPTY or b >= obl.shape[0] or obl[b, B_ID] != oid:
-        ev, n = _reject(st, ev, n, ci, account, R_UNKNOWN_OBLIGATION, oid, -1)
-        return EMPTY, ev, n
+        n = _reject(instrs, ev, n, ci, account, R_UNKNOWN_OBLIGATION, oid, -1)
+        return EMPTY, n
     if account != ACCT_EXTERNAL and account != obl[b, B_PROVIDER]:
-        ev, n = _reject(st, ev, n, ci, account, R_NOT_OBLIGATION_PROVIDER, oid, -1)
-        return EMPTY, ev, n
-    return b, ev, n
+        n = _reject(instrs, ev, n, ci, account, R_NOT_OBLIGATION_PROVIDER, oid, -1)
+        return EMPTY, n
+    return b, n
 
 
 @njit(cache=True)
-def _confirm(st, ev, n, ci, cmd):
-    b, ev, n = _obligation(st, ev, n, ci, cmd)
+def _confirm(
+    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, ev, n, ci, cmds
+):
+    b, n = _obligation(
+        meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, ev, n, ci, cmds
+    )
     if b == EMPTY:
-        return ev, n
-    row = st[ST_OBL][b]
-    if row[B_STATE] != OBL_ASSIGNED:
-        return _reject(st, ev, n, ci, cmd[C0_ACCOUNT], R_OBLIGATION_STATE, row[B_ID], -1)
-    row[B_STATE] = OBL_CONFIRMED
-    ev, n = _emit(
-        ev, n, EV_STARTED, ci, row[B_ID], row[B_PROVIDER], row[B_HOLDER], 0, 0, 0, 0, 0, 0, 0, 0, 0
+        return n
+    if obl[b, B_STATE] != OBL_ASSIGNED:
+        return _reject(
+            instrs, ev, n, ci, cmds[ci, C0_ACCOUNT], R_OBLIGATION_STATE, obl[b, B_ID], -1
+        )
+    obl[b, B_STATE] = OBL_CONFIRMED
+    n = _emit(
+        ev,
+        n,
+        EV_STARTED,
+        ci,
+        obl[b, B_ID],
+        obl[b, B_PROVIDER],
+        obl[b, B_HOLDER],
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
     )
     # A confirmation that arrives late still pays the hours already elapsed.
-    ev, n = _deliver_to(st, ev, n, ci, b, _elapsed_hours(st, b))
-    if row[B_HOURS_LEFT] == 0:
-        ev, n = _settle(st, ev, n, ci, b, DO_DELIVERED)
-    return ev, n
+    n = _deliver_to(
+        meta,
+        cfg,
+        accts,
+        instrs,
+        orders,
+        levels,
+        lht,
+        pos,
+        pht,
+        cap,
+        cht,
+        obl,
+        gtd,
+        ev,
+        n,
+        ci,
+        b,
+        _elapsed_hours(
+            meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, b
+        ),
+    )
+    if obl[b, B_HOURS_LEFT] == 0:
+        n = _settle(
+            meta,
+            cfg,
+            accts,
+            instrs,
+            orders,
+            levels,
+            lht,
+            pos,
+            pht,
+            cap,
+            cht,
+            obl,
+            gtd,
+            ev,
+            n,
+            ci,
+            b,
+            DO_DELIVERED,
+        )
+    return n
 
 
 @njit(cache=True)
-def _fail(st, ev, n, ci, cmd):
-    b, ev, n = _obligation(st, ev, n, ci, cmd)
+def _fail(
+    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, ev, n, ci, cmds
+):
+    b, n = _obligation(
+        meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, ev, n, ci, cmds
+    )
     if b == EMPTY:
-        return ev, n
-    row = st[ST_OBL][b]
-    claimed = cmd[C0_LOTS]
-    if claimed < 0 or claimed > row[B_HOURS]:
-        return _reject(st, ev, n, ci, cmd[C0_ACCOUNT], R_AMOUNT_INVALID, row[B_ID], -1)
-    if row[B_STATE] == OBL_CONFIRMED:
+        return n
+    claimed = cmds[ci, C0_LOTS]
+    if claimed < 0 or claimed > obl[b, B_HOURS]:
+        return _reject(instrs, ev, n, ci, cmds[ci, C0_ACCOUNT], R_AMOUNT_INVALID, obl[b, B_ID], -1)
+    if obl[b, B_STATE] == OBL_CONFIRMED:
         # Hours count as delivered only once they have passed and the provider claims them.
-        ev, n = _deliver_to(st, ev, n, ci, b, min(claimed, _elapsed_hours(st, b)))
-    delivered = row[B_HOURS] - row[B_HOURS_LEFT]
-    return _settle(st, ev, n, ci, b, DO_INTERRUPTED if delivered > 0 else DO_FAILED)
+        n = _deliver_to(
+            meta,
+            cfg,
+            accts,
+            instrs,
+            orders,
+            levels,
+            lht,
+            pos,
+            pht,
+            cap,
+            cht,
+            obl,
+            gtd,
+            ev,
+            n,
+            ci,
+            b,
+            min(
+                claimed,
+                _elapsed_hours(
+                    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, b
+                ),
+            ),
+        )
+    delivered = obl[b, B_HOURS] - obl[b, B_HOURS_LEFT]
+    return _settle(
+        meta,
+        cfg,
+        accts,
+        instrs,
+        orders,
+        levels,
+        lht,
+        pos,
+        pht,
+        cap,
+        cht,
+        obl,
+        gtd,
+        ev,
+        n,
+        ci,
+        b,
+        DO_INTERRUPTED if delivered > 0 else DO_FAILED,
+    )
 
 
 # ============================================================================ dispatcher
 
 
 @njit(cache=True)
-def _apply(cmds, st, ev):
-    """Apply every command row in order; return (events, event count)."""
-    n = 0
-    for ci in range(cmds.shape[0]):
-        cmd = cmds[ci]
-        op = cmd[C0_OP]
-        if op == OP_PLACE:
-            ev, n = _place(st, ev, n, ci, cmd)
-        elif op == OP_CANCEL:
-            ev, n = _cancel(st, ev, n, ci, cmd)
-        elif op == OP_AMEND:
-            ev, n = _amend(st, ev, n, ci, cmd)
-        elif op == OP_CANCEL_ALL:
-            ev, n = _cancel_all(st, ev, n, ci, cmd)
-        elif op == OP_DEPOSIT:
-            ev, n = _deposit(st, ev, n, ci, cmd)
-        elif op == OP_WITHDRAW:
-            ev, n = _withdraw(st, ev, n, ci, cmd)
-        elif op == OP_CAPACITY:
-            ev, n = _capacity(st, ev, n, ci, cmd)
-        elif op == OP_CLOCK:
-            ev, n = _clock(st, ev, n, ci, cmd)
-        elif op == OP_CONFIRM:
-            ev, n = _confirm(st, ev, n, ci, cmd)
-        elif op == OP_FAIL:
-            ev, n = _fail(st, ev, n, ci, cmd)
-        elif op == OP_LIST:
-            ev, n = _list(st, ev, n, ci, cmd)
-        else:
-            # OP_REJECT: the facade refused it (unknown symbol, malformed); code in C0_AUX.
-            ev, n = _reject(st, ev, n, ci, cmd[C0_ACCOUNT], cmd[C0_AUX], cmd[C0_ORDER], -1)
-    return ev, n
+def _room_needed(
+    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, cmds, ci
+):
+    """Upper bound on the event rows one command can emit (checked before it runs)."""
+    op = cmds[ci, C0_OP]
+    account = cmds[ci, C0_ACCOUNT]
+    open_orders = accts[account, A_OPEN] if 0 <= account < accts.shape[0] else 0
+    if op == OP_PLACE or op == OP_AMEND:
+        # accept + hold + remainder; per lot at most one fill (6 rows) or one decrement (4 rows);
+        # self-trade cancels of the account's own orders (2 rows each)
+        lots = min(max(cmds[ci, C0_LOTS], 0), cfg[0, CFG_LOTS_MAX])
+        return 8 + 7 * lots + 2 * open_orders
+    if op == OP_CANCEL_ALL:
+        return 1 + 2 * open_orders
+    if op == OP_CLOCK:
+        return _clock_room(
+            meta,
+            cfg,
+            accts,
+            instrs,
+            orders,
+            levels,
+            lht,
+            pos,
+            pht,
+            cap,
+            cht,
+            obl,
+            gtd,
+            max(meta[0, M_NOW], cmds[ci, C0_AUX]),
+        )
+    if op == OP_CONFIRM or op == OP_FAIL:
+        return 8 + 2 * HOURS_MAX
+    return 4
+
+
+HOURS_MAX = 168
 
 
 @njit(cache=True)
-def _rebuild(st):
+def _clock_room(meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, now):
+    """Event rows a clock tick at `now` can emit: expiries, closures, delivery progress."""
+    rows = 2 * _gtd_due(gtd, meta[0, M_GTD_SIZE], now)
+    for i in range(instrs.shape[0]):
+        if instrs[i, I_STATE] == INSTR_OPEN and instrs[i, I_GATE] <= now:
+            p = instrs[i, I_POSITIONS]
+            rows += 1 + 2 * instrs[i, I_ORDERS] + 3 * p + p * (2 * HOURS_MAX + 8)
+    for b in range(meta[0, M_OBL_HWM]):
+        if obl[b, B_STATE] != OBL_FREE:
+            rows += 2 * obl[b, B_HOURS_LEFT] + 8
+    return rows
+
+
+@njit(cache=True)
+def _gtd_due(heap, size, now):
+    """How many heap entries expire at `now` (walks only the entries that do)."""
+    count = 0
+    stack = [0]
+    stack.pop()
+    if size > 0:
+        stack.append(0)
+    while len(stack) > 0:
+        i = stack.pop()
+        if heap[i, 0] <= now:
+            count += 1
+            for child in (2 * i + 1, 2 * i + 2):
+                if child < size:
+                    stack.append(child)
+    return count
+
+
+@njit(cache=True)
+def _apply(cmds_in, first, st, ev_in, n):
+    """Apply command rows from `first` on, writing events from row `n`.
+
+    Returns (event count, next command). The next command is below `len(cmds)` when the event
+    buffer has no room for it: nothing of it has run; grow the buffer and call again from there.
+    """
+    meta, cfg, accts = _unmanaged(st[0]), _unmanaged(st[1]), _unmanaged(st[2])
+    instrs, orders, levels = _unmanaged(st[3]), _unmanaged(st[4]), _unmanaged(st[5])
+    lht, pos, pht = _unmanaged(st[6]), _unmanaged(st[7]), _unmanaged(st[8])
+    cap, cht, obl, gtd = (
+        _unmanaged(st[9]),
+        _unmanaged(st[10]),
+        _unmanaged(st[11]),
+        _unmanaged(st[12]),
+    )
+    ev = _unmanaged(ev_in)
+    cmds = _unmanaged(cmds_in)
+    for ci in range(first, cmds.shape[0]):
+        if (
+            n
+            + _room_needed(
+                meta,
+                cfg,
+                accts,
+                instrs,
+                orders,
+                levels,
+                lht,
+                pos,
+                pht,
+                cap,
+                cht,
+                obl,
+                gtd,
+                cmds,
+                ci,
+            )
+            > ev.shape[0]
+        ):
+            return n, ci
+        op = cmds[ci, C0_OP]
+        if op == OP_PLACE:
+            n = _place(
+                meta,
+                cfg,
+                accts,
+                instrs,
+                orders,
+                levels,
+                lht,
+                pos,
+                pht,
+                cap,
+                cht,
+                obl,
+                gtd,
+                ev,
+                n,
+                ci,
+                cmds,
+            )
+        elif op == OP_CANCEL:
+            n = _cancel(
+                meta,
+                cfg,
+                accts,
+                instrs,
+                orders,
+                levels,
+                lht,
+                pos,
+                pht,
+                cap,
+                cht,
+                obl,
+                gtd,
+                ev,
+                n,
+                ci,
+                cmds,
+            )
+        elif op == OP_AMEND:
+            n = _amend(
+                meta,
+                cfg,
+                accts,
+                instrs,
+                orders,
+                levels,
+                lht,
+                pos,
+                pht,
+                cap,
+                cht,
+                obl,
+                gtd,
+                ev,
+                n,
+                ci,
+                cmds,
+            )
+        elif op == OP_CANCEL_ALL:
+            n = _cancel_all(
+                meta,
+                cfg,
+                accts,
+                instrs,
+                orders,
+                levels,
+                lht,
+                pos,
+                pht,
+                cap,
+                cht,
+                obl,
+                gtd,
+                ev,
+                n,
+                ci,
+                cmds,
+            )
+        elif op == OP_DEPOSIT:
+            n = _deposit(
+                meta,
+                cfg,
+                accts,
+                instrs,
+                orders,
+                levels,
+                lht,
+                pos,
+                pht,
+                cap,
+                cht,
+                obl,
+                gtd,
+                ev,
+                n,
+                ci,
+                cmds,
+            )
+        elif op == OP_WITHDRAW:
+            n = _withdraw(
+                meta,
+                cfg,
+                accts,
+                instrs,
+                orders,
+                levels,
+                lht,
+                pos,
+                pht,
+                cap,
+                cht,
+                obl,
+                gtd,
+                ev,
+                n,
+                ci,
+                cmds,
+            )
+        elif op == OP_CAPACITY:
+            n = _capacity(
+                meta,
+                cfg,
+                accts,
+                instrs,
+                orders,
+                levels,
+                lht,
+                pos,
+                pht,
+                cap,
+                cht,
+                obl,
+                gtd,
+                ev,
+                n,
+                ci,
+                cmds,
+            )
+        elif op == OP_CLOCK:
+            n = _clock(
+                meta,
+                cfg,
+                accts,
+                instrs,
+                orders,
+                levels,
+                lht,
+                pos,
+                pht,
+                cap,
+                cht,
+                obl,
+                gtd,
+                ev,
+                n,
+                ci,
+                cmds,
+            )
+        elif op == OP_CONFIRM:
+            n = _confirm(
+                meta,
+                cfg,
+                accts,
+                instrs,
+                orders,
+                levels,
+                lht,
+                pos,
+                pht,
+                cap,
+                cht,
+                obl,
+                gtd,
+                ev,
+                n,
+                ci,
+                cmds,
+            )
+        elif op == OP_FAIL:
+            n = _fail(
+                meta,
+                cfg,
+                accts,
+                instrs,
+                orders,
+                levels,
+                lht,
+                pos,
+                pht,
+                cap,
+                cht,
+                obl,
+                gtd,
+                ev,
+                n,
+                ci,
+                cmds,
+            )
+        elif op == OP_LIST:
+            n = _list(
+                meta,
+                cfg,
+                accts,
+                instrs,
+                orders,
+                levels,
+                lht,
+                pos,
+                pht,
+                cap,
+                cht,
+                obl,
+                gtd,
+                ev,
+                n,
+                ci,
+                cmds,
+            )
+        else:
+            # OP_REJECT: the facade refused it (malformed); the code is in C0_AUX.
+            n = _reject(
+                instrs, ev, n, ci, cmds[ci, C0_ACCOUNT], cmds[ci, C0_AUX], cmds[ci, C0_ORDER], -1
+            )
+    return n, cmds.shape[0]
+
+
+@njit(cache=True)
+def _rebuild(meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd):
     """Re-index levels, positions and capacity rows after a restore."""
-    meta = st[ST_META][0]
-    levels = st[ST_LEVELS]
-    for lv in range(meta[M_LEVEL_HWM]):
+    for lv in range(meta[0, M_LEVEL_HWM]):
         book = levels[lv, L_BOOK]
         if book != EMPTY:
-            _ht_put(st[ST_LEVEL_HT], _level_key(book >> 1, book & 1, levels[lv, L_PRICE]), lv)
-    pos = st[ST_POS]
-    for r in range(meta[M_POS_HWM]):
+            _ht_put(lht, _level_key(book >> 1, book & 1, levels[lv, L_PRICE]), lv)
+    for r in range(meta[0, M_POS_HWM]):
         if pos[r, P_ACCOUNT] != EMPTY:
-            _ht_put(st[ST_POS_HT], _pos_key(pos[r, P_ACCOUNT], pos[r, P_INSTR]), r)
-    cap = st[ST_CAP]
-    for r in range(meta[M_CAP_HWM]):
-        _ht_put(st[ST_CAP_HT], cap[r, C_KEY], r)
+            _ht_put(pht, _pos_key(pos[r, P_ACCOUNT], pos[r, P_INSTR]), r)
+    for r in range(meta[0, M_CAP_HWM]):
+        _ht_put(cht, cap[r, C_KEY], r)

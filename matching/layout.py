@@ -47,7 +47,8 @@ CFG_BALANCE_MAX = 8
 CFG_CAPACITY_GPUS_MAX = 9
 CFG_CAPACITY_HOURS_MAX = 10
 CFG_TICK_MICROS = 11
-CFG_REGIONS = 12  # regions in the catalog (capacity key = gpu * regions + region)
+CFG_REGIONS = 12
+CFG_LOTS_MAX = 13  # the catalog's lots per order  # regions in the catalog (capacity key = gpu * regions + region)
 CFG_WIDTH = 16
 
 # --- accounts -------------------------------------------------------------------------------
@@ -61,6 +62,7 @@ I_BEST = 11  # + side: best level of the bid (11) and ask (12) book
 I_WORST = 13  # + side
 I_CAPKEY, I_HOUR0, I_NOTIONAL_UNIT, I_COLLAT_UNIT = 15, 16, 17, 18
 I_LAST_PRICE, I_VOLUME = 19, 20
+I_ORDERS, I_POSITIONS = 21, 22  # resting orders and open positions (bound a tick's events)
 I_WIDTH = 24
 INSTR_FREE, INSTR_OPEN, INSTR_CLOSED = 0, 1, 2
 # What a command's instrument column holds when it names no open instrument.

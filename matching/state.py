@@ -78,6 +78,7 @@ def new_state(config: EngineConfig, catalog: Catalog) -> State:
     c[lay.CFG_CAPACITY_HOURS_MAX] = config.capacity_hours_max
     c[lay.CFG_TICK_MICROS] = catalog.tick_micros
     c[lay.CFG_REGIONS] = len(catalog.regions)
+    c[lay.CFG_LOTS_MAX] = catalog.lots_max
     accounts = z((config.accounts_max, lay.A_WIDTH), dtype=np.int64)
     accounts[:, lay.A_HEAD] = -1
     accounts[:, lay.A_TAIL] = -1
@@ -183,4 +184,4 @@ def restore_state(data: bytes, catalog: Catalog) -> tuple[State, EngineConfig]:
 def _rebuild_indexes(st: State) -> None:
     from matching.kernels import _rebuild
 
-    _rebuild(st)
+    _rebuild(*st)

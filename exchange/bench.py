@@ -1,0 +1,19 @@
+"""`gx bench`: commands that measure the exchange and print figures (never timed assertions).
+
+Each benchmark lives in its own module and registers one subcommand of the `bench` group here.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from exchange import bench_matching
+
+__all__ = ["register"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `bench` group and every benchmark under it."""
+    parser = subparsers.add_parser("bench", help="measure throughput and memory")
+    group = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    bench_matching.register(group)
