@@ -401,9 +401,7 @@ def _pos_find(pht, account, instr):
 
 
 @njit(cache=True)
-def _pos_get(
-    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, account, instr
-):
+def _pos_get(meta, instrs, pos, pht, account, instr):
     """Return the position row, creating it (caller checked room first)."""
     row = _ht_get(pht, _pos_key(account, instr))
     if row != EMPTY:
@@ -420,7 +418,7 @@ def _pos_get(
 
 
 @njit(cache=True)
-def _pos_free(meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, row):
+def _pos_free(meta, instrs, pos, pht, row):
     instrs[pos[row, P_INSTR], I_POSITIONS] -= 1
     _ht_del(pht, _pos_key(pos[row, P_ACCOUNT], pos[row, P_INSTR]))
     pos[row, :] = 0
@@ -439,9 +437,7 @@ def _cap_key(account, capkey, hour):
 
 
 @njit(cache=True)
-def _cap_free_for(
-    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, account, instr
-):
+def _cap_free_for(instrs, cap, cht, account, instr):
     """Smallest unused capacity over the instrument's delivery hours (0 if any hour is missing)."""
     ht = cht
     best = -1
@@ -456,24 +452,7 @@ def _cap_free_for(
 
 
 @njit(cache=True)
-def _cap_use(
-    meta,
-    cfg,
-    accts,
-    instrs,
-    orders,
-    levels,
-    lht,
-    pos,
-    pht,
-    cap,
-    cht,
-    obl,
-    gtd,
-    account,
-    instr,
-    delta,
-):
+def _cap_use(instrs, cap, cht, account, instr, delta):
     """Add `delta` GPUs to the committed capacity of every delivery hour of the instrument."""
     ht = cht
     for h in range(instrs[instr, I_HOURS]):
@@ -497,9 +476,7 @@ def _level_key(instr, side, price):
 
 
 @njit(cache=True)
-def _level_get_or_add(
-    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, instr, side, price
-):
+def _level_get_or_add(meta, instrs, levels, lht, instr, side, price):
     key = _level_key(instr, side, price)
     lv = _ht_get(lht, key)
     if lv != EMPTY:
@@ -543,7 +520,7 @@ def _level_get_or_add(
 
 
 @njit(cache=True)
-def _level_remove(meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, lv):
+def _level_remove(meta, instrs, levels, lht, lv):
     book = levels[lv, L_BOOK]
     instr = book >> 1
     side = book & 1
@@ -579,28 +556,7 @@ def _order_slot(orders, order_id):
 
 
 @njit(cache=True)
-def _order_new(
-    meta,
-    cfg,
-    accts,
-    instrs,
-    orders,
-    levels,
-    lht,
-    pos,
-    pht,
-    cap,
-    cht,
-    obl,
-    gtd,
-    account,
-    instr,
-    side,
-    price,
-    lots,
-    flags,
-    expire,
-):
+def _order_new(meta, accts, orders, account, instr, side, price, lots, flags, expire):
     slot = _alloc(meta, orders, M_ORDER_FREE, M_ORDER_HWM, O_NEXT)
     meta[0, M_ORDER_SEQ] += 1
     meta[0, M_ORDERS_LIVE] += 1
@@ -632,7 +588,7 @@ def _order_new(
 
 
 @njit(cache=True)
-def _order_free(meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, slot):
+def _order_free(meta, accts, orders, slot):
     account = orders[slot, O_ACCOUNT]
     prev = orders[slot, O_APREV]
     nxt = orders[slot, O_ANEXT]
@@ -653,22 +609,13 @@ def _order_free(meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, ch
 
 
 @njit(cache=True)
-def _book_append(meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, slot):
+def _book_append(meta, instrs, orders, levels, lht, slot):
     """Rest an order at the back of its price level."""
     lv = _level_get_or_add(
         meta,
-        cfg,
-        accts,
         instrs,
-        orders,
         levels,
         lht,
-        pos,
-        pht,
-        cap,
-        cht,
-        obl,
-        gtd,
         orders[slot, O_INSTR],
         orders[slot, O_SIDE],
         orders[slot, O_PRICE],
@@ -688,7 +635,7 @@ def _book_append(meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, c
 
 
 @njit(cache=True)
-def _book_unlink(meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, slot):
+def _book_unlink(meta, instrs, orders, levels, lht, slot):
     """Take a resting order out of its level, removing the level when it empties."""
     lv = orders[slot, O_LEVEL]
     if lv == EMPTY:
@@ -710,32 +657,11 @@ def _book_unlink(meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, c
     orders[slot, O_PREV] = EMPTY
     orders[slot, O_NEXT] = EMPTY
     if levels[lv, L_COUNT] == 0:
-        _level_remove(
-            meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, lv
-        )
+        _level_remove(meta, instrs, levels, lht, lv)
 
 
 @njit(cache=True)
-def _release(
-    meta,
-    cfg,
-    accts,
-    instrs,
-    orders,
-    levels,
-    lht,
-    pos,
-    pht,
-    cap,
-    cht,
-    obl,
-    gtd,
-    ev,
-    n,
-    ci,
-    slot,
-    lots,
-):
+def _release(accts, instrs, orders, pos, pht, cap, cht, ev, n, ci, slot, lots):
     """Release the holds and reservations behind `lots` unfilled lots of an order."""
     account = orders[slot, O_ACCOUNT]
     if orders[slot, O_SIDE] == BUY:
@@ -750,24 +676,7 @@ def _release(
             pos[prow, P_RESERVED] -= cov
             orders[slot, O_COVERED] -= cov
         if unc > 0:
-            _cap_use(
-                meta,
-                cfg,
-                accts,
-                instrs,
-                orders,
-                levels,
-                lht,
-                pos,
-                pht,
-                cap,
-                cht,
-                obl,
-                gtd,
-                account,
-                orders[slot, O_INSTR],
-                -unc,
-            )
+            _cap_use(instrs, cap, cht, account, orders[slot, O_INSTR], -unc)
         amount = orders[slot, O_UNIT] * unc
     if amount != 0:
         n = _cash(accts, ev, n, ci, account, amount, -amount, 0, 0, CR_RELEASE, orders[slot, O_ID])
@@ -777,7 +686,6 @@ def _release(
 @njit(cache=True)
 def _reduce(
     meta,
-    cfg,
     accts,
     instrs,
     orders,
@@ -787,8 +695,6 @@ def _reduce(
     pht,
     cap,
     cht,
-    obl,
-    gtd,
     ev,
     n,
     ci,
@@ -803,36 +709,13 @@ def _reduce(
         ev, n, event_type, ci, orders[slot, O_ID], orders[slot, O_ACCOUNT], _iid(instrs, orders[slot, O_INSTR]), lots, remaining, reason,
         0, 0, 0, 0, 0, 0,
     )  # fmt: skip
-    n = _release(
-        meta,
-        cfg,
-        accts,
-        instrs,
-        orders,
-        levels,
-        lht,
-        pos,
-        pht,
-        cap,
-        cht,
-        obl,
-        gtd,
-        ev,
-        n,
-        ci,
-        slot,
-        lots,
-    )
+    n = _release(accts, instrs, orders, pos, pht, cap, cht, ev, n, ci, slot, lots)
     if orders[slot, O_LEVEL] != EMPTY:
         levels[orders[slot, O_LEVEL], L_LOTS] -= lots
     orders[slot, O_LOTS] = remaining
     if remaining == 0:
-        _book_unlink(
-            meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, slot
-        )
-        _order_free(
-            meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, slot
-        )
+        _book_unlink(meta, instrs, orders, levels, lht, slot)
+        _order_free(meta, accts, orders, slot)
     return n
 
 
@@ -840,25 +723,7 @@ def _reduce(
 
 
 @njit(cache=True)
-def _cover_short(
-    meta,
-    cfg,
-    accts,
-    instrs,
-    orders,
-    levels,
-    lht,
-    pos,
-    pht,
-    cap,
-    cht,
-    obl,
-    gtd,
-    account,
-    instr,
-    prow,
-    q,
-):
+def _cover_short(instrs, pos, cap, cht, account, instr, prow, q):
     """A buy of q lots by a short account: release escrow and collateral pro rata."""
     short = -pos[prow, P_LOTS]
     if short <= 0:
@@ -870,24 +735,7 @@ def _cover_short(
     pos[prow, P_ESCROW] -= escrow
     pos[prow, P_COLLAT] -= collat
     pos[prow, P_FEES] -= fees
-    _cap_use(
-        meta,
-        cfg,
-        accts,
-        instrs,
-        orders,
-        levels,
-        lht,
-        pos,
-        pht,
-        cap,
-        cht,
-        obl,
-        gtd,
-        account,
-        instr,
-        -c,
-    )
+    _cap_use(instrs, cap, cht, account, instr, -c)
     return escrow, collat
 
 
@@ -899,13 +747,10 @@ def _fill(
     instrs,
     orders,
     levels,
-    lht,
     pos,
     pht,
     cap,
     cht,
-    obl,
-    gtd,
     ev,
     n,
     ci,
@@ -943,40 +788,11 @@ def _fill(
         ev, n, EV_TRADE, ci, trade_id, instrs[instr, I_ID], price, q, taker_side, orders[maker, O_ID], orders[taker, O_ID],
         orders[maker, O_ACCOUNT], orders[taker, O_ACCOUNT], maker_fee, taker_fee, 0,
     )  # fmt: skip
-    # buyer: pay from the hold, cover any short first
-    ba = orders[buy, O_ACCOUNT]
-    brow = _pos_get(
-        meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, ba, instr
-    )
-    hold = orders[buy, O_UNIT] * q
-    escrow, collat = _cover_short(
-        meta,
-        cfg,
-        accts,
-        instrs,
-        orders,
-        levels,
-        lht,
-        pos,
-        pht,
-        cap,
-        cht,
-        obl,
-        gtd,
-        ba,
-        instr,
-        brow,
-        q,
-    )
-    pos[brow, P_LOTS] += q
-    n = _cash(accts, ev, n, ci, ba, hold - notional - fee_buy + escrow + collat, -hold, -escrow, -collat,
-        CR_TRADE, trade_id,
-    )  # fmt: skip
+    # The seller's side moves first, so a buyer who is also the seller (a self-trade allowed by
+    # STP "none") sees the short it just opened and covers it, releasing escrow and capacity.
     # seller: covered lots close a long and are paid now; uncovered lots open a short into escrow
     sa = orders[sell, O_ACCOUNT]
-    srow = _pos_get(
-        meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, sa, instr
-    )
+    srow = _pos_get(meta, instrs, pos, pht, sa, instr)
     pos[srow, P_LOTS] -= q
     pos[srow, P_RESERVED] -= q_cov
     orders[sell, O_COVERED] -= q_cov
@@ -985,13 +801,24 @@ def _fill(
     pos[srow, P_ESCROW] += to_escrow
     pos[srow, P_FEES] += fee_unc
     pos[srow, P_COLLAT] += collat_moved
+    # buyer: pay from the hold, cover any short first
+    ba = orders[buy, O_ACCOUNT]
+    brow = _pos_get(meta, instrs, pos, pht, ba, instr)
+    hold = orders[buy, O_UNIT] * q
+    escrow, collat = _cover_short(instrs, pos, cap, cht, ba, instr, brow, q)
+    pos[brow, P_LOTS] += q
+    buyer_lots = pos[brow, P_LOTS]
+    seller_lots = pos[srow, P_LOTS]
+    n = _cash(accts, ev, n, ci, ba, hold - notional - fee_buy + escrow + collat, -hold, -escrow, -collat,
+        CR_TRADE, trade_id,
+    )  # fmt: skip
     n = _cash(accts, ev, n, ci, sa, n_cov - fee_cov, -collat_moved, to_escrow, collat_moved,
         CR_TRADE, trade_id,
     )  # fmt: skip
     if fee_buy + fee_sell != 0:
         n = _cash(accts, ev, n, ci, ACCT_FEES, fee_buy + fee_sell, 0, 0, 0, CR_FEE, trade_id)
     n = _emit(
-        ev, n, EV_POSITION, ci, ba, instrs[instr, I_ID], q, pos[brow, P_LOTS], PR_TRADE, trade_id,
+        ev, n, EV_POSITION, ci, ba, instrs[instr, I_ID], q, buyer_lots, PR_TRADE, trade_id,
         0, 0, 0, 0, 0, 0,
     )  # fmt: skip
     n = _emit(
@@ -1002,7 +829,7 @@ def _fill(
         sa,
         instrs[instr, I_ID],
         -q,
-        pos[srow, P_LOTS],
+        seller_lots,
         PR_TRADE,
         trade_id,
         0,
@@ -1028,27 +855,7 @@ def _crosses(side, level_price, limit):
 
 
 @njit(cache=True)
-def _fok_fillable(
-    meta,
-    cfg,
-    accts,
-    instrs,
-    orders,
-    levels,
-    lht,
-    pos,
-    pht,
-    cap,
-    cht,
-    obl,
-    gtd,
-    instr,
-    side,
-    limit,
-    account,
-    stp,
-    lots,
-):
+def _fok_fillable(instrs, orders, levels, instr, side, limit, account, stp, lots):
     """Lots an FOK order would fill before matching stops (self-trade rules included)."""
     lv = instrs[instr, I_BEST + (1 - side)]
     total = 0
@@ -1067,24 +874,7 @@ def _fok_fillable(
 
 @njit(cache=True)
 def _match(
-    meta,
-    cfg,
-    accts,
-    instrs,
-    orders,
-    levels,
-    lht,
-    pos,
-    pht,
-    cap,
-    cht,
-    obl,
-    gtd,
-    ev,
-    n,
-    ci,
-    taker,
-    limit,
+    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, ev, n, ci, taker, limit
 ):
     """Match the taker against the opposite book up to its limit price. Return (ev, n, alive)."""
     instr = orders[taker, O_INSTR]
@@ -1104,7 +894,6 @@ def _match(
                 if stp == STP_CANCEL_MAKER:
                     n = _reduce(
                         meta,
-                        cfg,
                         accts,
                         instrs,
                         orders,
@@ -1114,8 +903,6 @@ def _match(
                         pht,
                         cap,
                         cht,
-                        obl,
-                        gtd,
                         ev,
                         n,
                         ci,
@@ -1128,7 +915,6 @@ def _match(
                     d = min(orders[o, O_LOTS], orders[taker, O_LOTS])
                     n = _reduce(
                         meta,
-                        cfg,
                         accts,
                         instrs,
                         orders,
@@ -1138,8 +924,6 @@ def _match(
                         pht,
                         cap,
                         cht,
-                        obl,
-                        gtd,
                         ev,
                         n,
                         ci,
@@ -1150,7 +934,6 @@ def _match(
                     )
                     n = _reduce(
                         meta,
-                        cfg,
                         accts,
                         instrs,
                         orders,
@@ -1160,8 +943,6 @@ def _match(
                         pht,
                         cap,
                         cht,
-                        obl,
-                        gtd,
                         ev,
                         n,
                         ci,
@@ -1176,7 +957,6 @@ def _match(
                     if stp == STP_CANCEL_BOTH:
                         n = _reduce(
                             meta,
-                            cfg,
                             accts,
                             instrs,
                             orders,
@@ -1186,8 +966,6 @@ def _match(
                             pht,
                             cap,
                             cht,
-                            obl,
-                            gtd,
                             ev,
                             n,
                             ci,
@@ -1198,7 +976,6 @@ def _match(
                         )
                     n = _reduce(
                         meta,
-                        cfg,
                         accts,
                         instrs,
                         orders,
@@ -1208,8 +985,6 @@ def _match(
                         pht,
                         cap,
                         cht,
-                        obl,
-                        gtd,
                         ev,
                         n,
                         ci,
@@ -1228,13 +1003,10 @@ def _match(
                     instrs,
                     orders,
                     levels,
-                    lht,
                     pos,
                     pht,
                     cap,
                     cht,
-                    obl,
-                    gtd,
                     ev,
                     n,
                     ci,
@@ -1245,38 +1017,8 @@ def _match(
                     q,
                 )
                 if orders[o, O_LOTS] == 0:
-                    _book_unlink(
-                        meta,
-                        cfg,
-                        accts,
-                        instrs,
-                        orders,
-                        levels,
-                        lht,
-                        pos,
-                        pht,
-                        cap,
-                        cht,
-                        obl,
-                        gtd,
-                        o,
-                    )
-                    _order_free(
-                        meta,
-                        cfg,
-                        accts,
-                        instrs,
-                        orders,
-                        levels,
-                        lht,
-                        pos,
-                        pht,
-                        cap,
-                        cht,
-                        obl,
-                        gtd,
-                        o,
-                    )
+                    _book_unlink(meta, instrs, orders, levels, lht, o)
+                    _order_free(meta, accts, orders, o)
             o = next_o
         # Every order of the level was filled or cancelled (so the level is gone) or the taker
         # is done; only this level's orders were touched, so the saved neighbour is still valid.
@@ -1288,36 +1030,16 @@ def _match(
 
 @njit(cache=True)
 def _rest_or_finish(
-    meta,
-    cfg,
-    accts,
-    instrs,
-    orders,
-    levels,
-    lht,
-    pos,
-    pht,
-    cap,
-    cht,
-    obl,
-    gtd,
-    ev,
-    n,
-    ci,
-    slot,
-    new_order,
+    meta, accts, instrs, orders, levels, lht, pos, pht, cap, cht, gtd, ev, n, ci, slot, new_order
 ):
     """After matching: rest a GTC/GTD remainder, cancel an IOC/FOK/market remainder."""
     if orders[slot, O_LOTS] == 0:
-        _order_free(
-            meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, slot
-        )
+        _order_free(meta, accts, orders, slot)
         return n
     tif = orders[slot, O_FLAGS] & 3
     if tif == TIF_IOC or tif == TIF_FOK or (orders[slot, O_FLAGS] & F_MARKET) != 0:
         return _reduce(
             meta,
-            cfg,
             accts,
             instrs,
             orders,
@@ -1327,8 +1049,6 @@ def _rest_or_finish(
             pht,
             cap,
             cht,
-            obl,
-            gtd,
             ev,
             n,
             ci,
@@ -1338,27 +1058,11 @@ def _rest_or_finish(
             CX_IOC,
         )
     if orders[slot, O_LEVEL] == EMPTY:
-        _book_append(
-            meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, slot
-        )
+        _book_append(meta, instrs, orders, levels, lht, slot)
         if tif == TIF_GTD and new_order:
-            _gtd_push(
-                meta,
-                cfg,
-                accts,
-                instrs,
-                orders,
-                levels,
-                lht,
-                pos,
-                pht,
-                cap,
-                cht,
-                obl,
-                gtd,
-                orders[slot, O_EXPIRE],
-                orders[slot, O_ID],
-            )
+            if meta[0, M_GTD_SIZE] >= gtd.shape[0]:
+                _gtd_compact(meta, orders, gtd)  # room was checked before the order was accepted
+            _gtd_push(meta, gtd, orders[slot, O_EXPIRE], orders[slot, O_ID])
     return n
 
 
@@ -1381,9 +1085,7 @@ def _heap_swap(heap, a, b):
 
 
 @njit(cache=True)
-def _gtd_push(
-    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, expire, order_id
-):
+def _gtd_push(meta, gtd, expire, order_id):
     heap = gtd
     i = meta[0, M_GTD_SIZE]
     meta[0, M_GTD_SIZE] = i + 1
@@ -1398,7 +1100,7 @@ def _gtd_push(
 
 
 @njit(cache=True)
-def _gtd_pop(meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd):
+def _gtd_pop(meta, gtd):
     heap = gtd
     size = meta[0, M_GTD_SIZE] - 1
     meta[0, M_GTD_SIZE] = size
@@ -1438,9 +1140,7 @@ def _user_account(accts, account):
 
 
 @njit(cache=True)
-def _long_free(
-    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, account, instr
-):
+def _long_free(pos, pht, account, instr):
     """Long lots not yet promised to open asks (what can be resold)."""
     prow = _pos_find(pht, account, instr)
     if prow == EMPTY:
@@ -1449,17 +1149,54 @@ def _long_free(
 
 
 @njit(cache=True)
-def _pool_room(meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, lots):
-    """Reject code if the pools cannot take one more order matching up to `lots` makers."""
-    if meta[0, M_ORDERS_LIVE] >= orders.shape[0]:
+def _pool_room(meta, orders, levels, pos, gtd, lots, new_order, gtd_order):
+    """Reject code if the pools cannot take an order (new, or amended when `new_order` is
+    False) that may rest on a new level and trade with up to `lots` makers."""
+    if new_order and meta[0, M_ORDERS_LIVE] >= orders.shape[0]:
         return R_ENGINE_FULL
     if meta[0, M_LEVELS_LIVE] >= levels.shape[0]:
         return R_ENGINE_FULL
     if pos.shape[0] - meta[0, M_POS_LIVE] < lots + 1:
         return R_ENGINE_FULL
-    if meta[0, M_GTD_SIZE] >= gtd.shape[0]:
-        return R_ENGINE_FULL
+    if gtd_order and meta[0, M_GTD_SIZE] >= gtd.shape[0]:
+        # Entries of cancelled orders wait in the heap until their time; count the live ones.
+        if _gtd_live(orders, gtd, meta[0, M_GTD_SIZE]) >= gtd.shape[0]:
+            return R_ENGINE_FULL
     return 0
+
+
+@njit(cache=True)
+def _gtd_live(orders, gtd, size):
+    live = 0
+    for i in range(size):
+        if _order_slot(orders, gtd[i, 1]) != EMPTY:
+            live += 1
+    return live
+
+
+@njit(cache=True)
+def _gtd_compact(meta, orders, gtd):
+    """Drop the entries of orders no longer live and restore the heap order."""
+    size = 0
+    for i in range(meta[0, M_GTD_SIZE]):
+        if _order_slot(orders, gtd[i, 1]) != EMPTY:
+            gtd[size, 0] = gtd[i, 0]
+            gtd[size, 1] = gtd[i, 1]
+            size += 1
+    meta[0, M_GTD_SIZE] = size
+    for start in range(size // 2 - 1, -1, -1):
+        i = start
+        while True:
+            left = 2 * i + 1
+            if left >= size:
+                break
+            child = left
+            if left + 1 < size and _heap_less(gtd, left + 1, left):
+                child = left + 1
+            if not _heap_less(gtd, child, i):
+                break
+            _heap_swap(gtd, i, child)
+            i = child
 
 
 @njit(cache=True)
@@ -1468,9 +1205,7 @@ def _iid(instrs, instr):
 
 
 @njit(cache=True)
-def _list(
-    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, ev, n, ci, cmds
-):
+def _list(meta, cfg, instrs, ev, n, ci, cmds):
     """List an instrument in the slot the facade chose (it mirrors closures in command order)."""
     row = instrs[cmds[ci, C0_INSTR]]
     row[:] = 0
@@ -1499,9 +1234,7 @@ def _list(
 
 
 @njit(cache=True)
-def _check_instrument(
-    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, instr
-):
+def _check_instrument(instrs, instr):
     if instr == INSTR_NOT_TRADING:
         return R_INSTRUMENT_NOT_TRADING
     if instr < 0 or instr >= instrs.shape[0] or instrs[instr, I_STATE] == 0:
@@ -1530,89 +1263,29 @@ def _check_lots(instrs, instr, lots):
 
 
 @njit(cache=True)
-def _would_take(
-    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, instr, side, price
-):
+def _would_take(instrs, levels, instr, side, price):
     best = instrs[instr, I_BEST + (1 - side)]
     return best != EMPTY and _crosses(side, levels[best, L_PRICE], price)
 
 
 @njit(cache=True)
-def _sell_cover(
-    meta,
-    cfg,
-    accts,
-    instrs,
-    orders,
-    levels,
-    lht,
-    pos,
-    pht,
-    cap,
-    cht,
-    obl,
-    gtd,
-    account,
-    instr,
-    lots,
-    covered_now,
-    uncovered_now,
-):
+def _sell_cover(instrs, pos, pht, cap, cht, account, instr, lots, covered_now, uncovered_now):
     """Split an ask into covered and uncovered lots; return (covered, code).
 
     `covered_now`/`uncovered_now` are what the order already holds (amend), released first.
     """
-    covered = min(
-        lots,
-        _long_free(
-            meta,
-            cfg,
-            accts,
-            instrs,
-            orders,
-            levels,
-            lht,
-            pos,
-            pht,
-            cap,
-            cht,
-            obl,
-            gtd,
-            account,
-            instr,
-        )
-        + covered_now,
-    )
+    covered = min(lots, _long_free(pos, pht, account, instr) + covered_now)
     uncovered = lots - covered
     if (
         uncovered > uncovered_now
-        and _cap_free_for(
-            meta,
-            cfg,
-            accts,
-            instrs,
-            orders,
-            levels,
-            lht,
-            pos,
-            pht,
-            cap,
-            cht,
-            obl,
-            gtd,
-            account,
-            instr,
-        )
-        < uncovered - uncovered_now
+        and _cap_free_for(instrs, cap, cht, account, instr) < uncovered - uncovered_now
     ):
         return covered, R_INSUFFICIENT_COVER
     return covered, 0
 
 
 @njit(cache=True)
-def _place(
-    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, ev, n, ci, cmds
-):
+def _place(meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, gtd, ev, n, ci, cmds):
     account = cmds[ci, C0_ACCOUNT]
     instr = cmds[ci, C0_INSTR]
     side = cmds[ci, C0_SIDE]
@@ -1625,9 +1298,7 @@ def _place(
     stp = (flags >> F_STP_SHIFT) & 7
     if not _user_account(accts, account):
         return _reject(instrs, ev, n, ci, account, R_UNKNOWN_ACCOUNT, 0, instr)
-    code = _check_instrument(
-        meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, instr
-    )
+    code = _check_instrument(instrs, instr)
     if code != 0:
         return _reject(instrs, ev, n, ci, account, code, 0, instr)
     code = _check_lots(instrs, instr, lots)
@@ -1657,56 +1328,16 @@ def _place(
             return _reject(instrs, ev, n, ci, account, R_ORDER_TYPE_INVALID, 0, instr)
     if tif == TIF_GTD and cmds[ci, C0_EXPIRE] <= meta[0, M_NOW]:
         return _reject(instrs, ev, n, ci, account, R_EXPIRY_INVALID, 0, instr)
-    if post_only and _would_take(
-        meta,
-        cfg,
-        accts,
-        instrs,
-        orders,
-        levels,
-        lht,
-        pos,
-        pht,
-        cap,
-        cht,
-        obl,
-        gtd,
-        instr,
-        side,
-        price,
-    ):
+    if post_only and _would_take(instrs, levels, instr, side, price):
         return _reject(instrs, ev, n, ci, account, R_POST_ONLY_WOULD_TAKE, 0, instr)
     if accts[account, A_OPEN] >= cfg[0, CFG_ORDERS_OPEN_MAX]:
         return _reject(instrs, ev, n, ci, account, R_OPEN_ORDERS_LIMIT, 0, instr)
-    code = _pool_room(
-        meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, lots
-    )
+    code = _pool_room(meta, orders, levels, pos, gtd, lots, True, tif == TIF_GTD)
     if code != 0:
         return _reject(instrs, ev, n, ci, account, code, 0, instr)
     if (
         tif == TIF_FOK
-        and _fok_fillable(
-            meta,
-            cfg,
-            accts,
-            instrs,
-            orders,
-            levels,
-            lht,
-            pos,
-            pht,
-            cap,
-            cht,
-            obl,
-            gtd,
-            instr,
-            side,
-            price,
-            account,
-            stp,
-            lots,
-        )
-        < lots
+        and _fok_fillable(instrs, orders, levels, instr, side, price, account, stp, lots) < lots
     ):
         return _reject(instrs, ev, n, ci, account, R_FOK_NOT_FILLABLE, 0, instr)
     covered = 0
@@ -1714,26 +1345,7 @@ def _place(
         unit = _unit_hold(instrs, instr, price, cfg[0, CFG_TAKER_BPS])
         hold = unit * lots
     else:
-        covered, code = _sell_cover(
-            meta,
-            cfg,
-            accts,
-            instrs,
-            orders,
-            levels,
-            lht,
-            pos,
-            pht,
-            cap,
-            cht,
-            obl,
-            gtd,
-            account,
-            instr,
-            lots,
-            0,
-            0,
-        )
+        covered, code = _sell_cover(instrs, pos, pht, cap, cht, account, instr, lots, 0, 0)
         if code != 0:
             return _reject(instrs, ev, n, ci, account, code, 0, instr)
         unit = instrs[instr, I_COLLAT_UNIT]
@@ -1742,28 +1354,7 @@ def _place(
         return _reject(instrs, ev, n, ci, account, R_INSUFFICIENT_CASH, 0, instr)
     # --- accepted: from here on nothing can refuse -------------------------------------------
     expire = cmds[ci, C0_EXPIRE] if tif == TIF_GTD else 0
-    slot = _order_new(
-        meta,
-        cfg,
-        accts,
-        instrs,
-        orders,
-        levels,
-        lht,
-        pos,
-        pht,
-        cap,
-        cht,
-        obl,
-        gtd,
-        account,
-        instr,
-        side,
-        price,
-        lots,
-        flags,
-        expire,
-    )
+    slot = _order_new(meta, accts, orders, account, instr, side, price, lots, flags, expire)
     orders[slot, O_UNIT] = unit
     orders[slot, O_COVERED] = covered
     n = _emit(
@@ -1774,110 +1365,21 @@ def _place(
         n = _cash(accts, ev, n, ci, account, -hold, hold, 0, 0, CR_HOLD, orders[slot, O_ID])
     if side == SELL:
         if covered > 0:
-            pos[
-                _pos_get(
-                    meta,
-                    cfg,
-                    accts,
-                    instrs,
-                    orders,
-                    levels,
-                    lht,
-                    pos,
-                    pht,
-                    cap,
-                    cht,
-                    obl,
-                    gtd,
-                    account,
-                    instr,
-                ),
-                P_RESERVED,
-            ] += covered
+            pos[_pos_get(meta, instrs, pos, pht, account, instr), P_RESERVED] += covered
         if lots > covered:
-            _cap_use(
-                meta,
-                cfg,
-                accts,
-                instrs,
-                orders,
-                levels,
-                lht,
-                pos,
-                pht,
-                cap,
-                cht,
-                obl,
-                gtd,
-                account,
-                instr,
-                lots - covered,
-            )
+            _cap_use(instrs, cap, cht, account, instr, lots - covered)
     n, alive = _match(
-        meta,
-        cfg,
-        accts,
-        instrs,
-        orders,
-        levels,
-        lht,
-        pos,
-        pht,
-        cap,
-        cht,
-        obl,
-        gtd,
-        ev,
-        n,
-        ci,
-        slot,
-        price,
+        meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, ev, n, ci, slot, price
     )
     if alive:
         n = _rest_or_finish(
-            meta,
-            cfg,
-            accts,
-            instrs,
-            orders,
-            levels,
-            lht,
-            pos,
-            pht,
-            cap,
-            cht,
-            obl,
-            gtd,
-            ev,
-            n,
-            ci,
-            slot,
-            True,
+            meta, accts, instrs, orders, levels, lht, pos, pht, cap, cht, gtd, ev, n, ci, slot, True
         )
     return n
 
 
 @njit(cache=True)
-def _owned_order(
-    meta,
-    cfg,
-    accts,
-    instrs,
-    orders,
-    levels,
-    lht,
-    pos,
-    pht,
-    cap,
-    cht,
-    obl,
-    gtd,
-    ev,
-    n,
-    ci,
-    account,
-    order_id,
-):
+def _owned_order(instrs, orders, ev, n, ci, account, order_id):
     """Return (slot, ev, n); slot EMPTY after emitting the rejection."""
     slot = _order_slot(orders, order_id)
     if slot == EMPTY:
@@ -1890,35 +1392,13 @@ def _owned_order(
 
 
 @njit(cache=True)
-def _cancel(
-    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, ev, n, ci, cmds
-):
-    slot, n = _owned_order(
-        meta,
-        cfg,
-        accts,
-        instrs,
-        orders,
-        levels,
-        lht,
-        pos,
-        pht,
-        cap,
-        cht,
-        obl,
-        gtd,
-        ev,
-        n,
-        ci,
-        cmds[ci, C0_ACCOUNT],
-        cmds[ci, C0_ORDER],
-    )
+def _cancel(meta, accts, instrs, orders, levels, lht, pos, pht, cap, cht, ev, n, ci, cmds):
+    slot, n = _owned_order(instrs, orders, ev, n, ci, cmds[ci, C0_ACCOUNT], cmds[ci, C0_ORDER])
     if slot == EMPTY:
         return n
     lots = orders[slot, O_LOTS]
     return _reduce(
         meta,
-        cfg,
         accts,
         instrs,
         orders,
@@ -1928,8 +1408,6 @@ def _cancel(
         pht,
         cap,
         cht,
-        obl,
-        gtd,
         ev,
         n,
         ci,
@@ -1941,17 +1419,13 @@ def _cancel(
 
 
 @njit(cache=True)
-def _cancel_all(
-    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, ev, n, ci, cmds
-):
+def _cancel_all(meta, accts, instrs, orders, levels, lht, pos, pht, cap, cht, ev, n, ci, cmds):
     account = cmds[ci, C0_ACCOUNT]
     instr = cmds[ci, C0_INSTR]
     if not _user_account(accts, account):
         return _reject(instrs, ev, n, ci, account, R_UNKNOWN_ACCOUNT, 0, instr)
     if instr != INSTR_ALL:
-        code = _check_instrument(
-            meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, instr
-        )
+        code = _check_instrument(instrs, instr)
         if code != 0:
             return _reject(instrs, ev, n, ci, account, code, 0, instr)
     slot = accts[account, A_HEAD]
@@ -1960,7 +1434,6 @@ def _cancel_all(
         if instr == INSTR_ALL or orders[slot, O_INSTR] == instr:
             n = _reduce(
                 meta,
-                cfg,
                 accts,
                 instrs,
                 orders,
@@ -1970,8 +1443,6 @@ def _cancel_all(
                 pht,
                 cap,
                 cht,
-                obl,
-                gtd,
                 ev,
                 n,
                 ci,
@@ -1985,33 +1456,12 @@ def _cancel_all(
 
 
 @njit(cache=True)
-def _amend(
-    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, ev, n, ci, cmds
-):
+def _amend(meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, gtd, ev, n, ci, cmds):
     account = cmds[ci, C0_ACCOUNT]
     order_id = cmds[ci, C0_ORDER]
     price = cmds[ci, C0_PRICE]
     lots = cmds[ci, C0_LOTS]
-    slot, n = _owned_order(
-        meta,
-        cfg,
-        accts,
-        instrs,
-        orders,
-        levels,
-        lht,
-        pos,
-        pht,
-        cap,
-        cht,
-        obl,
-        gtd,
-        ev,
-        n,
-        ci,
-        account,
-        order_id,
-    )
+    slot, n = _owned_order(instrs, orders, ev, n, ci, account, order_id)
     if slot == EMPTY:
         return n
     instr = orders[slot, O_INSTR]
@@ -2044,51 +1494,15 @@ def _amend(
             0,
         )
         cut = orders[slot, O_LOTS] - lots
-        n = _release(
-            meta,
-            cfg,
-            accts,
-            instrs,
-            orders,
-            levels,
-            lht,
-            pos,
-            pht,
-            cap,
-            cht,
-            obl,
-            gtd,
-            ev,
-            n,
-            ci,
-            slot,
-            cut,
-        )
+        n = _release(accts, instrs, orders, pos, pht, cap, cht, ev, n, ci, slot, cut)
         levels[orders[slot, O_LEVEL], L_LOTS] -= cut
         orders[slot, O_LOTS] = lots
         return n
     if (orders[slot, O_FLAGS] & F_POST_ONLY) != 0 and _would_take(
-        meta,
-        cfg,
-        accts,
-        instrs,
-        orders,
-        levels,
-        lht,
-        pos,
-        pht,
-        cap,
-        cht,
-        obl,
-        gtd,
-        instr,
-        side,
-        price,
+        instrs, levels, instr, side, price
     ):
         return _reject(instrs, ev, n, ci, account, R_POST_ONLY_WOULD_TAKE, order_id, instr)
-    code = _pool_room(
-        meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, lots
-    )
+    code = _pool_room(meta, orders, levels, pos, gtd, lots, False, False)
     if code != 0:
         return _reject(instrs, ev, n, ci, account, code, order_id, instr)
     old_lots = orders[slot, O_LOTS]
@@ -2100,24 +1514,7 @@ def _amend(
         old_cov = orders[slot, O_COVERED]
         old_unc = old_lots - old_cov
         covered, code = _sell_cover(
-            meta,
-            cfg,
-            accts,
-            instrs,
-            orders,
-            levels,
-            lht,
-            pos,
-            pht,
-            cap,
-            cht,
-            obl,
-            gtd,
-            account,
-            instr,
-            lots,
-            old_cov,
-            old_unc,
+            instrs, pos, pht, cap, cht, account, instr, lots, old_cov, old_unc
         )
         if code != 0:
             return _reject(instrs, ev, n, ci, account, code, order_id, instr)
@@ -2126,7 +1523,7 @@ def _amend(
     if delta_hold > accts[account, A_AVAIL]:
         return _reject(instrs, ev, n, ci, account, R_INSUFFICIENT_CASH, order_id, instr)
     # --- accepted: re-price loses time priority and may trade ---------------------------------
-    _book_unlink(meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, slot)
+    _book_unlink(meta, instrs, orders, levels, lht, slot)
     n = _emit(
         ev,
         n,
@@ -2149,40 +1546,13 @@ def _amend(
         n = _cash(accts, ev, n, ci, account, -delta_hold, delta_hold, 0, 0, CR_HOLD, order_id)
     if side == SELL:
         if covered != orders[slot, O_COVERED]:
-            pos[
-                _pos_get(
-                    meta,
-                    cfg,
-                    accts,
-                    instrs,
-                    orders,
-                    levels,
-                    lht,
-                    pos,
-                    pht,
-                    cap,
-                    cht,
-                    obl,
-                    gtd,
-                    account,
-                    instr,
-                ),
-                P_RESERVED,
-            ] += covered - orders[slot, O_COVERED]
+            pos[_pos_get(meta, instrs, pos, pht, account, instr), P_RESERVED] += (
+                covered - orders[slot, O_COVERED]
+            )
         _cap_use(
-            meta,
-            cfg,
-            accts,
             instrs,
-            orders,
-            levels,
-            lht,
-            pos,
-            pht,
             cap,
             cht,
-            obl,
-            gtd,
             account,
             instr,
             (lots - covered) - (old_lots - orders[slot, O_COVERED]),
@@ -2192,29 +1562,11 @@ def _amend(
     orders[slot, O_PRICE] = price
     orders[slot, O_LOTS] = lots
     n, alive = _match(
-        meta,
-        cfg,
-        accts,
-        instrs,
-        orders,
-        levels,
-        lht,
-        pos,
-        pht,
-        cap,
-        cht,
-        obl,
-        gtd,
-        ev,
-        n,
-        ci,
-        slot,
-        price,
+        meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, ev, n, ci, slot, price
     )
     if alive:
         n = _rest_or_finish(
             meta,
-            cfg,
             accts,
             instrs,
             orders,
@@ -2224,7 +1576,6 @@ def _amend(
             pht,
             cap,
             cht,
-            obl,
             gtd,
             ev,
             n,
@@ -2239,9 +1590,7 @@ def _amend(
 
 
 @njit(cache=True)
-def _deposit(
-    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, ev, n, ci, cmds
-):
+def _deposit(cfg, accts, instrs, ev, n, ci, cmds):
     account = cmds[ci, C0_ACCOUNT]
     amount = cmds[ci, C0_AUX]
     if not _user_account(accts, account):
@@ -2255,9 +1604,7 @@ def _deposit(
 
 
 @njit(cache=True)
-def _withdraw(
-    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, ev, n, ci, cmds
-):
+def _withdraw(accts, instrs, ev, n, ci, cmds):
     account = cmds[ci, C0_ACCOUNT]
     amount = cmds[ci, C0_AUX]
     if not _user_account(accts, account):
@@ -2271,9 +1618,7 @@ def _withdraw(
 
 
 @njit(cache=True)
-def _capacity(
-    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, ev, n, ci, cmds
-):
+def _capacity(meta, cfg, accts, instrs, cap, cht, ev, n, ci, cmds):
     """Set a provider's GPUs for every hour in [start, end) of one GPU model and region."""
     account = cmds[ci, C0_ACCOUNT]
     capkey = cmds[ci, C0_AUX]
@@ -2325,15 +1670,11 @@ def _expire_gtd(
 ):
     heap = gtd
     while meta[0, M_GTD_SIZE] > 0 and heap[0, 0] <= meta[0, M_NOW]:
-        slot = _order_slot(
-            orders,
-            _gtd_pop(meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd),
-        )
+        slot = _order_slot(orders, _gtd_pop(meta, gtd))
         if slot != EMPTY:
             lots = orders[slot, O_LOTS]
             n = _reduce(
                 meta,
-                cfg,
                 accts,
                 instrs,
                 orders,
@@ -2343,8 +1684,6 @@ def _expire_gtd(
                 pht,
                 cap,
                 cht,
-                obl,
-                gtd,
                 ev,
                 n,
                 ci,
@@ -2358,7 +1697,7 @@ def _expire_gtd(
 
 @njit(cache=True)
 def _close_instrument(
-    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, ev, n, ci, instr
+    meta, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, ev, n, ci, instr
 ):
     """Gate closure: expire resting orders, turn positions into delivery obligations."""
     for side in (BUY, SELL):
@@ -2366,7 +1705,6 @@ def _close_instrument(
             slot = levels[instrs[instr, I_BEST + side], L_HEAD]
             n = _reduce(
                 meta,
-                cfg,
                 accts,
                 instrs,
                 orders,
@@ -2376,8 +1714,6 @@ def _close_instrument(
                 pht,
                 cap,
                 cht,
-                obl,
-                gtd,
                 ev,
                 n,
                 ci,
@@ -2438,18 +1774,8 @@ def _close_instrument(
             long_left -= gpus
             n = _assign(
                 meta,
-                cfg,
-                accts,
                 instrs,
-                orders,
-                levels,
-                lht,
-                pos,
-                pht,
-                cap,
-                cht,
                 obl,
-                gtd,
                 ev,
                 n,
                 ci,
@@ -2469,36 +1795,12 @@ def _close_instrument(
             n = _cash(accts, ev, n, ci, pos[r, P_ACCOUNT], escrow + collat, 0, -escrow, -collat,
                 CR_SHORT_COVERED, instrs[instr, I_ID],
             )  # fmt: skip
-        _pos_free(meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, r)
+        _pos_free(meta, instrs, pos, pht, r)
     return n
 
 
 @njit(cache=True)
-def _assign(
-    meta,
-    cfg,
-    accts,
-    instrs,
-    orders,
-    levels,
-    lht,
-    pos,
-    pht,
-    cap,
-    cht,
-    obl,
-    gtd,
-    ev,
-    n,
-    ci,
-    instr,
-    provider,
-    holder,
-    gpus,
-    escrow,
-    fees,
-    collat,
-):
+def _assign(meta, instrs, obl, ev, n, ci, instr, provider, holder, gpus, escrow, fees, collat):
     b = _alloc(meta, obl, M_OBL_FREE, M_OBL_HWM, B_NEXT)
     meta[0, M_OBL_SEQ] += 1
     meta[0, M_OBL_LIVE] += 1
@@ -2526,9 +1828,7 @@ def _assign(
 
 
 @njit(cache=True)
-def _release_hour(
-    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, ev, n, ci, b
-):
+def _release_hour(accts, obl, ev, n, ci, b):
     """Pay the provider one delivered hour: its share of escrow and of collateral."""
     left = obl[b, B_HOURS_LEFT]
     escrow = obl[b, B_ESCROW_LEFT] // left
@@ -2547,26 +1847,7 @@ def _release_hour(
 
 
 @njit(cache=True)
-def _settle(
-    meta,
-    cfg,
-    accts,
-    instrs,
-    orders,
-    levels,
-    lht,
-    pos,
-    pht,
-    cap,
-    cht,
-    obl,
-    gtd,
-    ev,
-    n,
-    ci,
-    b,
-    outcome,
-):
+def _settle(meta, accts, obl, ev, n, ci, b, outcome):
     """Close an obligation: undelivered hours refund the holder, plus the penalty."""
     holder = obl[b, B_HOLDER]
     provider = obl[b, B_PROVIDER]
@@ -2598,52 +1879,15 @@ def _settle(
 
 
 @njit(cache=True)
-def _deliver_to(
-    meta,
-    cfg,
-    accts,
-    instrs,
-    orders,
-    levels,
-    lht,
-    pos,
-    pht,
-    cap,
-    cht,
-    obl,
-    gtd,
-    ev,
-    n,
-    ci,
-    b,
-    hours_done,
-):
+def _deliver_to(accts, obl, ev, n, ci, b, hours_done):
     """Release every hour up to `hours_done` delivered hours."""
     while obl[b, B_HOURS] - obl[b, B_HOURS_LEFT] < hours_done and obl[b, B_HOURS_LEFT] > 0:
-        n = _release_hour(
-            meta,
-            cfg,
-            accts,
-            instrs,
-            orders,
-            levels,
-            lht,
-            pos,
-            pht,
-            cap,
-            cht,
-            obl,
-            gtd,
-            ev,
-            n,
-            ci,
-            b,
-        )
+        n = _release_hour(accts, obl, ev, n, ci, b)
     return n
 
 
 @njit(cache=True)
-def _elapsed_hours(meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, b):
+def _elapsed_hours(meta, obl, b):
     now = meta[0, M_NOW]
     return min(max((now - obl[b, B_START]) // NS_PER_HOUR, 0), obl[b, B_HOURS])
 
@@ -2661,98 +1905,21 @@ def _clock(
     for i in range(instrs.shape[0]):
         if instrs[i, I_STATE] == INSTR_OPEN and instrs[i, I_GATE] <= now:
             n = _close_instrument(
-                meta,
-                cfg,
-                accts,
-                instrs,
-                orders,
-                levels,
-                lht,
-                pos,
-                pht,
-                cap,
-                cht,
-                obl,
-                gtd,
-                ev,
-                n,
-                ci,
-                i,
+                meta, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, ev, n, ci, i
             )
     for b in range(meta[0, M_OBL_HWM]):
         state = obl[b, B_STATE]
         if state == OBL_ASSIGNED and now >= obl[b, B_START] + cfg[0, CFG_DEADLINE_NS]:
-            n = _settle(
-                meta,
-                cfg,
-                accts,
-                instrs,
-                orders,
-                levels,
-                lht,
-                pos,
-                pht,
-                cap,
-                cht,
-                obl,
-                gtd,
-                ev,
-                n,
-                ci,
-                b,
-                DO_FAILED,
-            )
+            n = _settle(meta, accts, obl, ev, n, ci, b, DO_FAILED)
         elif state == OBL_CONFIRMED:
-            n = _deliver_to(
-                meta,
-                cfg,
-                accts,
-                instrs,
-                orders,
-                levels,
-                lht,
-                pos,
-                pht,
-                cap,
-                cht,
-                obl,
-                gtd,
-                ev,
-                n,
-                ci,
-                b,
-                _elapsed_hours(
-                    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, b
-                ),
-            )
+            n = _deliver_to(accts, obl, ev, n, ci, b, _elapsed_hours(meta, obl, b))
             if obl[b, B_HOURS_LEFT] == 0:
-                n = _settle(
-                    meta,
-                    cfg,
-                    accts,
-                    instrs,
-                    orders,
-                    levels,
-                    lht,
-                    pos,
-                    pht,
-                    cap,
-                    cht,
-                    obl,
-                    gtd,
-                    ev,
-                    n,
-                    ci,
-                    b,
-                    DO_DELIVERED,
-                )
+                n = _settle(meta, accts, obl, ev, n, ci, b, DO_DELIVERED)
     return n
 
 
 @njit(cache=True)
-def _obligation(
-    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, ev, n, ci, cmds
-):
+def _obligation(instrs, obl, ev, n, ci, cmds):
     """Return (slot, ev, n) for a delivery command; slot EMPTY after a rejection."""
     account = cmds[ci, C0_ACCOUNT]
     oid = cmds[ci, C0_ORDER]
@@ -2767,12 +1934,8 @@ def _obligation(
 
 
 @njit(cache=True)
-def _confirm(
-    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, ev, n, ci, cmds
-):
-    b, n = _obligation(
-        meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, ev, n, ci, cmds
-    )
+def _confirm(meta, accts, instrs, obl, ev, n, ci, cmds):
+    b, n = _obligation(instrs, obl, ev, n, ci, cmds)
     if b == EMPTY:
         return n
     if obl[b, B_STATE] != OBL_ASSIGNED:
@@ -2799,59 +1962,15 @@ def _confirm(
         0,
     )
     # A confirmation that arrives late still pays the hours already elapsed.
-    n = _deliver_to(
-        meta,
-        cfg,
-        accts,
-        instrs,
-        orders,
-        levels,
-        lht,
-        pos,
-        pht,
-        cap,
-        cht,
-        obl,
-        gtd,
-        ev,
-        n,
-        ci,
-        b,
-        _elapsed_hours(
-            meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, b
-        ),
-    )
+    n = _deliver_to(accts, obl, ev, n, ci, b, _elapsed_hours(meta, obl, b))
     if obl[b, B_HOURS_LEFT] == 0:
-        n = _settle(
-            meta,
-            cfg,
-            accts,
-            instrs,
-            orders,
-            levels,
-            lht,
-            pos,
-            pht,
-            cap,
-            cht,
-            obl,
-            gtd,
-            ev,
-            n,
-            ci,
-            b,
-            DO_DELIVERED,
-        )
+        n = _settle(meta, accts, obl, ev, n, ci, b, DO_DELIVERED)
     return n
 
 
 @njit(cache=True)
-def _fail(
-    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, ev, n, ci, cmds
-):
-    b, n = _obligation(
-        meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, ev, n, ci, cmds
-    )
+def _fail(meta, accts, instrs, obl, ev, n, ci, cmds):
+    b, n = _obligation(instrs, obl, ev, n, ci, cmds)
     if b == EMPTY:
         return n
     claimed = cmds[ci, C0_LOTS]
@@ -2859,61 +1978,16 @@ def _fail(
         return _reject(instrs, ev, n, ci, cmds[ci, C0_ACCOUNT], R_AMOUNT_INVALID, obl[b, B_ID], -1)
     if obl[b, B_STATE] == OBL_CONFIRMED:
         # Hours count as delivered only once they have passed and the provider claims them.
-        n = _deliver_to(
-            meta,
-            cfg,
-            accts,
-            instrs,
-            orders,
-            levels,
-            lht,
-            pos,
-            pht,
-            cap,
-            cht,
-            obl,
-            gtd,
-            ev,
-            n,
-            ci,
-            b,
-            min(
-                claimed,
-                _elapsed_hours(
-                    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, b
-                ),
-            ),
-        )
+        n = _deliver_to(accts, obl, ev, n, ci, b, min(claimed, _elapsed_hours(meta, obl, b)))
     delivered = obl[b, B_HOURS] - obl[b, B_HOURS_LEFT]
-    return _settle(
-        meta,
-        cfg,
-        accts,
-        instrs,
-        orders,
-        levels,
-        lht,
-        pos,
-        pht,
-        cap,
-        cht,
-        obl,
-        gtd,
-        ev,
-        n,
-        ci,
-        b,
-        DO_INTERRUPTED if delivered > 0 else DO_FAILED,
-    )
+    return _settle(meta, accts, obl, ev, n, ci, b, DO_INTERRUPTED if delivered > 0 else DO_FAILED)
 
 
 # ============================================================================ dispatcher
 
 
 @njit(cache=True)
-def _room_needed(
-    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, cmds, ci
-):
+def _room_needed(meta, cfg, accts, instrs, obl, gtd, cmds, ci):
     """Upper bound on the event rows one command can emit (checked before it runs)."""
     op = cmds[ci, C0_OP]
     account = cmds[ci, C0_ACCOUNT]
@@ -2926,22 +2000,7 @@ def _room_needed(
     if op == OP_CANCEL_ALL:
         return 1 + 2 * open_orders
     if op == OP_CLOCK:
-        return _clock_room(
-            meta,
-            cfg,
-            accts,
-            instrs,
-            orders,
-            levels,
-            lht,
-            pos,
-            pht,
-            cap,
-            cht,
-            obl,
-            gtd,
-            max(meta[0, M_NOW], cmds[ci, C0_AUX]),
-        )
+        return _clock_room(meta, instrs, obl, gtd, max(meta[0, M_NOW], cmds[ci, C0_AUX]))
     if op == OP_CONFIRM or op == OP_FAIL:
         return 8 + 2 * HOURS_MAX
     return 4
@@ -2951,7 +2010,7 @@ HOURS_MAX = 168
 
 
 @njit(cache=True)
-def _clock_room(meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, now):
+def _clock_room(meta, instrs, obl, gtd, now):
     """Event rows a clock tick at `now` can emit: expiries, closures, delivery progress."""
     rows = 2 * _gtd_due(gtd, meta[0, M_GTD_SIZE], now)
     for i in range(instrs.shape[0]):
@@ -3001,27 +2060,7 @@ def _apply(cmds_in, first, st, ev_in, n):
     ev = _unmanaged(ev_in)
     cmds = _unmanaged(cmds_in)
     for ci in range(first, cmds.shape[0]):
-        if (
-            n
-            + _room_needed(
-                meta,
-                cfg,
-                accts,
-                instrs,
-                orders,
-                levels,
-                lht,
-                pos,
-                pht,
-                cap,
-                cht,
-                obl,
-                gtd,
-                cmds,
-                ci,
-            )
-            > ev.shape[0]
-        ):
+        if n + _room_needed(meta, cfg, accts, instrs, obl, gtd, cmds, ci) > ev.shape[0]:
             return n, ci
         op = cmds[ci, C0_OP]
         if op == OP_PLACE:
@@ -3037,7 +2076,6 @@ def _apply(cmds_in, first, st, ev_in, n):
                 pht,
                 cap,
                 cht,
-                obl,
                 gtd,
                 ev,
                 n,
@@ -3046,23 +2084,7 @@ def _apply(cmds_in, first, st, ev_in, n):
             )
         elif op == OP_CANCEL:
             n = _cancel(
-                meta,
-                cfg,
-                accts,
-                instrs,
-                orders,
-                levels,
-                lht,
-                pos,
-                pht,
-                cap,
-                cht,
-                obl,
-                gtd,
-                ev,
-                n,
-                ci,
-                cmds,
+                meta, accts, instrs, orders, levels, lht, pos, pht, cap, cht, ev, n, ci, cmds
             )
         elif op == OP_AMEND:
             n = _amend(
@@ -3077,7 +2099,6 @@ def _apply(cmds_in, first, st, ev_in, n):
                 pht,
                 cap,
                 cht,
-                obl,
                 gtd,
                 ev,
                 n,
@@ -3086,84 +2107,14 @@ def _apply(cmds_in, first, st, ev_in, n):
             )
         elif op == OP_CANCEL_ALL:
             n = _cancel_all(
-                meta,
-                cfg,
-                accts,
-                instrs,
-                orders,
-                levels,
-                lht,
-                pos,
-                pht,
-                cap,
-                cht,
-                obl,
-                gtd,
-                ev,
-                n,
-                ci,
-                cmds,
+                meta, accts, instrs, orders, levels, lht, pos, pht, cap, cht, ev, n, ci, cmds
             )
         elif op == OP_DEPOSIT:
-            n = _deposit(
-                meta,
-                cfg,
-                accts,
-                instrs,
-                orders,
-                levels,
-                lht,
-                pos,
-                pht,
-                cap,
-                cht,
-                obl,
-                gtd,
-                ev,
-                n,
-                ci,
-                cmds,
-            )
+            n = _deposit(cfg, accts, instrs, ev, n, ci, cmds)
         elif op == OP_WITHDRAW:
-            n = _withdraw(
-                meta,
-                cfg,
-                accts,
-                instrs,
-                orders,
-                levels,
-                lht,
-                pos,
-                pht,
-                cap,
-                cht,
-                obl,
-                gtd,
-                ev,
-                n,
-                ci,
-                cmds,
-            )
+            n = _withdraw(accts, instrs, ev, n, ci, cmds)
         elif op == OP_CAPACITY:
-            n = _capacity(
-                meta,
-                cfg,
-                accts,
-                instrs,
-                orders,
-                levels,
-                lht,
-                pos,
-                pht,
-                cap,
-                cht,
-                obl,
-                gtd,
-                ev,
-                n,
-                ci,
-                cmds,
-            )
+            n = _capacity(meta, cfg, accts, instrs, cap, cht, ev, n, ci, cmds)
         elif op == OP_CLOCK:
             n = _clock(
                 meta,
@@ -3185,65 +2136,11 @@ def _apply(cmds_in, first, st, ev_in, n):
                 cmds,
             )
         elif op == OP_CONFIRM:
-            n = _confirm(
-                meta,
-                cfg,
-                accts,
-                instrs,
-                orders,
-                levels,
-                lht,
-                pos,
-                pht,
-                cap,
-                cht,
-                obl,
-                gtd,
-                ev,
-                n,
-                ci,
-                cmds,
-            )
+            n = _confirm(meta, accts, instrs, obl, ev, n, ci, cmds)
         elif op == OP_FAIL:
-            n = _fail(
-                meta,
-                cfg,
-                accts,
-                instrs,
-                orders,
-                levels,
-                lht,
-                pos,
-                pht,
-                cap,
-                cht,
-                obl,
-                gtd,
-                ev,
-                n,
-                ci,
-                cmds,
-            )
+            n = _fail(meta, accts, instrs, obl, ev, n, ci, cmds)
         elif op == OP_LIST:
-            n = _list(
-                meta,
-                cfg,
-                accts,
-                instrs,
-                orders,
-                levels,
-                lht,
-                pos,
-                pht,
-                cap,
-                cht,
-                obl,
-                gtd,
-                ev,
-                n,
-                ci,
-                cmds,
-            )
+            n = _list(meta, cfg, instrs, ev, n, ci, cmds)
         else:
             # OP_REJECT: the facade refused it (malformed); the code is in C0_AUX.
             n = _reject(

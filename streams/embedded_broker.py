@@ -34,12 +34,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-__all__ = [
-    "API_KEY_FETCH",
-    "API_KEY_PRODUCE",
-    "EmbeddedBroker",
-    "EmbeddedBrokerError",
-]
+__all__ = ["API_KEY_FETCH", "API_KEY_PRODUCE", "EmbeddedBroker", "EmbeddedBrokerError"]
 
 API_KEY_PRODUCE = 0
 API_KEY_FETCH = 1

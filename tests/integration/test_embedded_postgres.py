@@ -27,8 +27,7 @@ async def _round_trip(dsn: str) -> list[tuple[int, str]]:
     try:
         await conn.execute("CREATE TABLE gpu_hours (id bigint PRIMARY KEY, region text NOT NULL)")
         await conn.executemany(
-            "INSERT INTO gpu_hours (id, region) VALUES ($1, $2)",
-            [(1, "eu-west"), (2, "us-east")],
+            "INSERT INTO gpu_hours (id, region) VALUES ($1, $2)", [(1, "eu-west"), (2, "us-east")]
         )
         rows = await conn.fetch("SELECT id, region FROM gpu_hours ORDER BY id")
         return [(row["id"], row["region"]) for row in rows]
@@ -120,9 +119,7 @@ def test_open_database_prefers_gx_database_url(monkeypatch: pytest.MonkeyPatch) 
 
 
 @pytest.mark.timeout(60)
-def test_open_database_starts_embedded_cluster_without_url(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_open_database_starts_embedded_cluster_without_url(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(DATABASE_URL_ENV, raising=False)
     assert database_url() is None
     with open_database(database="gx_open") as dsn:
