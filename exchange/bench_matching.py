@@ -358,7 +358,8 @@ def _replay_config(plan: Plan, catalog: Catalog, accounts: int) -> EngineConfig:
         levels_max=levels + 1,
         positions_max=accounts + catalog.lots_max + 1,
         capacity_rows_max=max(accounts, 16),
-        obligations_max=16,
+        # every open position may become an obligation at gate closure: room for all of them
+        obligations_max=2 * (accounts + catalog.lots_max + 1),
         orders_open_max=max(plan.new_pos.size, 1),
         capacity_gpus_max=max(CAPACITY_GPUS_MIN, sell_lots),
     )
@@ -493,7 +494,7 @@ def _warm_up() -> float:
 def bench_replay(records: np.ndarray, peer: str | None) -> Report:
     """Replay the records through the engine (and the peer); return the report."""
     accounts = ACCOUNTS
-    _progress("loading the kernel (a cold compile takes about two minutes)")
+    _progress("loading the kernel (a cold compile takes about 30 s)")
     compile_s = _warm_up()
     plan = Plan(records, accounts)
     catalog = _replay_catalog(records)
@@ -641,7 +642,7 @@ def _resting_config(instruments: int, resting: int, hours: int) -> EngineConfig:
         levels_max=max(min(resting, instruments * 2 * RESTING_DEPTH_TICKS), 1),
         positions_max=1 << 11,
         capacity_rows_max=sellers * hours,
-        obligations_max=16,
+        obligations_max=1 << 12,
         orders_open_max=max(resting, 1),
         capacity_hours_max=hours,
     )
@@ -700,7 +701,7 @@ def bench_resting(instruments: int, resting: int, seed: int = SEED_DEFAULT) -> R
     """List `instruments` books, rest `resting` orders over them; report memory."""
     if instruments <= 0 or resting <= 0:
         raise SystemExit("--instruments and --resting: expected positive counts")
-    _progress("loading the kernel (a cold compile takes about two minutes)")
+    _progress("loading the kernel (a cold compile takes about 30 s)")
     compile_s = _warm_up()
     catalog = _resting_catalog(instruments)
     hours = _hours_span(catalog, instruments)

@@ -48,7 +48,7 @@ def order_flags(
 ) -> int:
     """Pack an order's time in force, type, post-only and self-trade mode into kernel flags."""
     flags = _TIF[tif] | (_STP[stp] << lay.F_STP_SHIFT)
-    if order_type is OrderType.MARKET:
+    if order_type == OrderType.MARKET:  # equal, not identical: a plain 'market' counts too
         flags |= lay.F_MARKET
     if post_only:
         flags |= lay.F_POST_ONLY

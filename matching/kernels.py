@@ -144,6 +144,7 @@ from matching.layout import (
     M_POS_HWM,
     M_POS_LIVE,
     M_TRADE_SEQ,
+    M_TRANSFER_SEQ,
     O_ACCOUNT,
     O_ANEXT,
     O_APREV,
@@ -1149,7 +1150,7 @@ def _long_free(pos, pht, account, instr):
 
 
 @njit(cache=True)
-def _pool_room(meta, orders, levels, pos, gtd, lots, new_order, gtd_order):
+def _pool_room(meta, orders, levels, pos, obl, gtd, lots, new_order, gtd_order):
     """Reject code if the pools cannot take an order (new, or amended when `new_order` is
     False) that may rest on a new level and trade with up to `lots` makers."""
     if new_order and meta[0, M_ORDERS_LIVE] >= orders.shape[0]:
@@ -1157,6 +1158,9 @@ def _pool_room(meta, orders, levels, pos, gtd, lots, new_order, gtd_order):
     if meta[0, M_LEVELS_LIVE] >= levels.shape[0]:
         return R_ENGINE_FULL
     if pos.shape[0] - meta[0, M_POS_LIVE] < lots + 1:
+        return R_ENGINE_FULL
+    # Gate closure cannot refuse: every position it may turn into an obligation needs a free row.
+    if obl.shape[0] - meta[0, M_OBL_LIVE] < meta[0, M_POS_LIVE] + lots + 1:
         return R_ENGINE_FULL
     if gtd_order and meta[0, M_GTD_SIZE] >= gtd.shape[0]:
         # Entries of cancelled orders wait in the heap until their time; count the live ones.
@@ -1285,7 +1289,9 @@ def _sell_cover(instrs, pos, pht, cap, cht, account, instr, lots, covered_now, u
 
 
 @njit(cache=True)
-def _place(meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, gtd, ev, n, ci, cmds):
+def _place(
+    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, ev, n, ci, cmds
+):
     account = cmds[ci, C0_ACCOUNT]
     instr = cmds[ci, C0_INSTR]
     side = cmds[ci, C0_SIDE]
@@ -1332,7 +1338,7 @@ def _place(meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, gt
         return _reject(instrs, ev, n, ci, account, R_POST_ONLY_WOULD_TAKE, 0, instr)
     if accts[account, A_OPEN] >= cfg[0, CFG_ORDERS_OPEN_MAX]:
         return _reject(instrs, ev, n, ci, account, R_OPEN_ORDERS_LIMIT, 0, instr)
-    code = _pool_room(meta, orders, levels, pos, gtd, lots, True, tif == TIF_GTD)
+    code = _pool_room(meta, orders, levels, pos, obl, gtd, lots, True, tif == TIF_GTD)
     if code != 0:
         return _reject(instrs, ev, n, ci, account, code, 0, instr)
     if (
@@ -1456,7 +1462,9 @@ def _cancel_all(meta, accts, instrs, orders, levels, lht, pos, pht, cap, cht, ev
 
 
 @njit(cache=True)
-def _amend(meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, gtd, ev, n, ci, cmds):
+def _amend(
+    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, ev, n, ci, cmds
+):
     account = cmds[ci, C0_ACCOUNT]
     order_id = cmds[ci, C0_ORDER]
     price = cmds[ci, C0_PRICE]
@@ -1502,7 +1510,7 @@ def _amend(meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, gt
         instrs, levels, instr, side, price
     ):
         return _reject(instrs, ev, n, ci, account, R_POST_ONLY_WOULD_TAKE, order_id, instr)
-    code = _pool_room(meta, orders, levels, pos, gtd, lots, False, False)
+    code = _pool_room(meta, orders, levels, pos, obl, gtd, lots, False, False)
     if code != 0:
         return _reject(instrs, ev, n, ci, account, code, order_id, instr)
     old_lots = orders[slot, O_LOTS]
@@ -1590,7 +1598,7 @@ def _amend(meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, gt
 
 
 @njit(cache=True)
-def _deposit(cfg, accts, instrs, ev, n, ci, cmds):
+def _deposit(meta, cfg, accts, instrs, ev, n, ci, cmds):
     account = cmds[ci, C0_ACCOUNT]
     amount = cmds[ci, C0_AUX]
     if not _user_account(accts, account):
@@ -1599,12 +1607,14 @@ def _deposit(cfg, accts, instrs, ev, n, ci, cmds):
         return _reject(instrs, ev, n, ci, account, R_AMOUNT_INVALID, 0, -1)
     if accts[account, A_AVAIL] + amount > cfg[0, CFG_BALANCE_MAX]:
         return _reject(instrs, ev, n, ci, account, R_BALANCE_LIMIT, 0, -1)
-    n = _cash(accts, ev, n, ci, account, amount, 0, 0, 0, CR_DEPOSIT, 0)
-    return _cash(accts, ev, n, ci, ACCT_EXTERNAL, -amount, 0, 0, 0, CR_DEPOSIT, 0)
+    meta[0, M_TRANSFER_SEQ] += 1
+    ref = meta[0, M_TRANSFER_SEQ]
+    n = _cash(accts, ev, n, ci, account, amount, 0, 0, 0, CR_DEPOSIT, ref)
+    return _cash(accts, ev, n, ci, ACCT_EXTERNAL, -amount, 0, 0, 0, CR_DEPOSIT, ref)
 
 
 @njit(cache=True)
-def _withdraw(accts, instrs, ev, n, ci, cmds):
+def _withdraw(meta, accts, instrs, ev, n, ci, cmds):
     account = cmds[ci, C0_ACCOUNT]
     amount = cmds[ci, C0_AUX]
     if not _user_account(accts, account):
@@ -1613,8 +1623,10 @@ def _withdraw(accts, instrs, ev, n, ci, cmds):
         return _reject(instrs, ev, n, ci, account, R_AMOUNT_INVALID, 0, -1)
     if amount > accts[account, A_AVAIL]:
         return _reject(instrs, ev, n, ci, account, R_INSUFFICIENT_CASH, 0, -1)
-    n = _cash(accts, ev, n, ci, account, -amount, 0, 0, 0, CR_WITHDRAWAL, 0)
-    return _cash(accts, ev, n, ci, ACCT_EXTERNAL, amount, 0, 0, 0, CR_WITHDRAWAL, 0)
+    meta[0, M_TRANSFER_SEQ] += 1
+    ref = meta[0, M_TRANSFER_SEQ]
+    n = _cash(accts, ev, n, ci, account, -amount, 0, 0, 0, CR_WITHDRAWAL, ref)
+    return _cash(accts, ev, n, ci, ACCT_EXTERNAL, amount, 0, 0, 0, CR_WITHDRAWAL, ref)
 
 
 @njit(cache=True)
@@ -2076,6 +2088,7 @@ def _apply(cmds_in, first, st, ev_in, n):
                 pht,
                 cap,
                 cht,
+                obl,
                 gtd,
                 ev,
                 n,
@@ -2099,6 +2112,7 @@ def _apply(cmds_in, first, st, ev_in, n):
                 pht,
                 cap,
                 cht,
+                obl,
                 gtd,
                 ev,
                 n,
@@ -2110,9 +2124,9 @@ def _apply(cmds_in, first, st, ev_in, n):
                 meta, accts, instrs, orders, levels, lht, pos, pht, cap, cht, ev, n, ci, cmds
             )
         elif op == OP_DEPOSIT:
-            n = _deposit(cfg, accts, instrs, ev, n, ci, cmds)
+            n = _deposit(meta, cfg, accts, instrs, ev, n, ci, cmds)
         elif op == OP_WITHDRAW:
-            n = _withdraw(accts, instrs, ev, n, ci, cmds)
+            n = _withdraw(meta, accts, instrs, ev, n, ci, cmds)
         elif op == OP_CAPACITY:
             n = _capacity(meta, cfg, accts, instrs, cap, cht, ev, n, ci, cmds)
         elif op == OP_CLOCK:

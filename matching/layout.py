@@ -32,6 +32,7 @@ M_CAP_HWM, M_CAP_FREE = 12, 13
 M_OBL_HWM, M_OBL_FREE = 14, 15
 M_GTD_SIZE = 16
 M_ORDERS_LIVE, M_LEVELS_LIVE, M_POS_LIVE, M_CAP_LIVE, M_OBL_LIVE = 17, 18, 19, 20, 21
+M_TRANSFER_SEQ = 22  # deposits and withdrawals: the ref_id of their CashChanged
 M_WIDTH = 24
 
 # --- cfg: limits and fees, set once (one row) ----------------------------------------------------
