@@ -43,7 +43,7 @@ def _money(st: State) -> list[str]:
     if (users < 0).any():
         bad = np.argwhere(users < 0)[0]
         out.append(f"money: account {bad[0] + lay.ACCT_FEES} bucket {bad[1]} is negative")
-    held = defaultdict(int)
+    held: dict[int, int] = defaultdict(int)
     for o in _live_orders(st):
         lots = int(o[lay.O_LOTS])
         if o[lay.O_SIDE] == lay.BUY:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import msgspec
 
-from schemas.units import MICROS_PER_USD, decimal_to_int, usd_to_micros
+from schemas.units import MICROS_PER_USD, NS_PER_SECOND, decimal_to_int, usd_to_micros
 
 __all__ = ["GpuModel", "Product", "Catalog", "CatalogError", "load_catalog"]
 
@@ -88,39 +88,66 @@ class Catalog(msgspec.Struct, frozen=True, kw_only=True):
         return self.products.index(self.product(code))
 
 
+class _GpuFile(msgspec.Struct, frozen=True):
+    model: str
+    memory_gb: int
+    interconnect: str
+    reference_price_usd: str
+
+
+class _CatalogFile(msgspec.Struct, frozen=True):
+    """The catalog file as written: decimals as strings, durations in seconds."""
+
+    tick_usd: str
+    regions: list[str]
+    gpus: list[_GpuFile]
+    products: list[Product]
+    lots_max: int
+    price_band_min_usd: str
+    price_band_max_usd: str
+    market_protection_bps: int
+    gate_closure_lead_s: int
+    maker_fee_bps: int
+    taker_fee_bps: int
+    penalty_per_gpu_hour_usd: str
+    provisioning_deadline_s: int
+
+
 def _ticks(text: str, tick_micros: int, field: str) -> int:
     return decimal_to_int(text, Decimal(tick_micros) / MICROS_PER_USD, field)
 
 
-def parse_catalog(raw: dict[str, object]) -> Catalog:
+def parse_catalog(raw: object) -> Catalog:
     """Build a Catalog from the decoded catalog file, checking every limit."""
-    tick_micros = usd_to_micros(str(raw["tick_usd"]))
+    try:
+        f = msgspec.convert(raw, _CatalogFile)
+    except msgspec.ValidationError as error:
+        raise CatalogError(f"catalog file: {error}") from None
+    tick_micros = usd_to_micros(f.tick_usd)
     if tick_micros <= 0:
-        raise CatalogError(f"tick_usd: expected a positive amount, found {raw['tick_usd']}")
-    gpus = tuple(
-        GpuModel(
-            model=str(g["model"]),
-            memory_gb=int(g["memory_gb"]),
-            interconnect=str(g["interconnect"]),
-            reference_price_ticks=_ticks(g["reference_price_usd"], tick_micros, "reference_price"),
-        )
-        for g in raw["gpus"]  # type: ignore[attr-defined]
-    )
-    products = tuple(msgspec.convert(p, Product) for p in raw["products"])  # type: ignore[attr-defined]
+        raise CatalogError(f"tick_usd: expected a positive amount, found {f.tick_usd}")
     catalog = Catalog(
         tick_micros=tick_micros,
-        regions=tuple(str(r) for r in raw["regions"]),  # type: ignore[attr-defined]
-        gpus=gpus,
-        products=products,
-        lots_max=int(raw["lots_max"]),  # type: ignore[arg-type]
-        price_band_min_ticks=_ticks(str(raw["price_band_min_usd"]), tick_micros, "price_band_min"),
-        price_band_max_ticks=_ticks(str(raw["price_band_max_usd"]), tick_micros, "price_band_max"),
-        market_protection_bps=int(raw["market_protection_bps"]),  # type: ignore[arg-type]
-        gate_closure_lead_ns=int(raw["gate_closure_lead_s"]) * 1_000_000_000,  # type: ignore[arg-type]
-        maker_fee_bps=int(raw["maker_fee_bps"]),  # type: ignore[arg-type]
-        taker_fee_bps=int(raw["taker_fee_bps"]),  # type: ignore[arg-type]
-        penalty_per_gpu_hour_micros=usd_to_micros(str(raw["penalty_per_gpu_hour_usd"])),
-        provisioning_deadline_ns=int(raw["provisioning_deadline_s"]) * 1_000_000_000,  # type: ignore[arg-type]
+        regions=tuple(f.regions),
+        gpus=tuple(
+            GpuModel(
+                model=g.model,
+                memory_gb=g.memory_gb,
+                interconnect=g.interconnect,
+                reference_price_ticks=_ticks(g.reference_price_usd, tick_micros, "reference_price"),
+            )
+            for g in f.gpus
+        ),
+        products=tuple(f.products),
+        lots_max=f.lots_max,
+        price_band_min_ticks=_ticks(f.price_band_min_usd, tick_micros, "price_band_min"),
+        price_band_max_ticks=_ticks(f.price_band_max_usd, tick_micros, "price_band_max"),
+        market_protection_bps=f.market_protection_bps,
+        gate_closure_lead_ns=f.gate_closure_lead_s * NS_PER_SECOND,
+        maker_fee_bps=f.maker_fee_bps,
+        taker_fee_bps=f.taker_fee_bps,
+        penalty_per_gpu_hour_micros=usd_to_micros(f.penalty_per_gpu_hour_usd),
+        provisioning_deadline_ns=f.provisioning_deadline_s * NS_PER_SECOND,
     )
     _check(catalog)
     return catalog

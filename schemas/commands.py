@@ -32,7 +32,7 @@ class _Command(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     ts_init: int = 0
 
 
-class PlaceOrder(_Command, tag="PlaceOrder"):
+class PlaceOrder(_Command, tag="PlaceOrder", frozen=True):
     account: int
     symbol: str
     side: Side
@@ -46,12 +46,12 @@ class PlaceOrder(_Command, tag="PlaceOrder"):
     client_order_id: str = ""
 
 
-class CancelOrder(_Command, tag="CancelOrder"):
+class CancelOrder(_Command, tag="CancelOrder", frozen=True):
     account: int
     order_id: int
 
 
-class AmendOrder(_Command, tag="AmendOrder"):
+class AmendOrder(_Command, tag="AmendOrder", frozen=True):
     """Change price and/or remaining lots. A pure lot decrease keeps time priority."""
 
     account: int
@@ -60,24 +60,24 @@ class AmendOrder(_Command, tag="AmendOrder"):
     lots: int
 
 
-class CancelAll(_Command, tag="CancelAll"):
+class CancelAll(_Command, tag="CancelAll", frozen=True):
     account: int
     symbol: str | None = None
 
 
-class Deposit(_Command, tag="Deposit"):
+class Deposit(_Command, tag="Deposit", frozen=True):
     account: int
     amount_micros: int
     ref: str = ""
 
 
-class Withdraw(_Command, tag="Withdraw"):
+class Withdraw(_Command, tag="Withdraw", frozen=True):
     account: int
     amount_micros: int
     ref: str = ""
 
 
-class CapacityUpdate(_Command, tag="CapacityUpdate"):
+class CapacityUpdate(_Command, tag="CapacityUpdate", frozen=True):
     """Set a provider's GPUs of one model and region for every hour in [start_ns, end_ns)."""
 
     account: int
@@ -88,16 +88,16 @@ class CapacityUpdate(_Command, tag="CapacityUpdate"):
     gpus: int
 
 
-class ClockTick(_Command, tag="ClockTick"):
+class ClockTick(_Command, tag="ClockTick", frozen=True):
     ts_ns: int
 
 
-class DeliveryConfirmed(_Command, tag="DeliveryConfirmed"):
+class DeliveryConfirmed(_Command, tag="DeliveryConfirmed", frozen=True):
     account: int
     obligation_id: int
 
 
-class DeliveryFailed(_Command, tag="DeliveryFailed"):
+class DeliveryFailed(_Command, tag="DeliveryFailed", frozen=True):
     """Delivery failed or was interrupted after `hours_delivered` hours."""
 
     account: int

@@ -39,7 +39,7 @@ class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     ts_event: int = 0
 
 
-class OrderAccepted(_Event, tag="OrderAccepted"):
+class OrderAccepted(_Event, tag="OrderAccepted", frozen=True):
     order_id: int
     account: int
     symbol: str
@@ -54,7 +54,7 @@ class OrderAccepted(_Event, tag="OrderAccepted"):
     client_order_id: str = ""
 
 
-class OrderRejected(_Event, tag="OrderRejected"):
+class OrderRejected(_Event, tag="OrderRejected", frozen=True):
     """An order command (place, amend, cancel, cancel-all) refused; nothing changed."""
 
     account: int
@@ -65,7 +65,7 @@ class OrderRejected(_Event, tag="OrderRejected"):
     client_order_id: str = ""
 
 
-class CommandRejected(_Event, tag="CommandRejected"):
+class CommandRejected(_Event, tag="CommandRejected", frozen=True):
     """A non-order command (deposit, capacity, delivery, malformed input) refused."""
 
     command: str
@@ -74,7 +74,7 @@ class CommandRejected(_Event, tag="CommandRejected"):
     account: int = 0
 
 
-class OrderCancelled(_Event, tag="OrderCancelled"):
+class OrderCancelled(_Event, tag="OrderCancelled", frozen=True):
     """Lots were cancelled; `lots_remaining` > 0 means the order still rests (self-trade decrement)."""
 
     order_id: int
@@ -85,7 +85,7 @@ class OrderCancelled(_Event, tag="OrderCancelled"):
     reason: int
 
 
-class OrderExpired(_Event, tag="OrderExpired"):
+class OrderExpired(_Event, tag="OrderExpired", frozen=True):
     order_id: int
     account: int
     symbol: str
@@ -93,7 +93,7 @@ class OrderExpired(_Event, tag="OrderExpired"):
     reason: int
 
 
-class OrderAmended(_Event, tag="OrderAmended"):
+class OrderAmended(_Event, tag="OrderAmended", frozen=True):
     order_id: int
     account: int
     symbol: str
@@ -102,7 +102,7 @@ class OrderAmended(_Event, tag="OrderAmended"):
     priority_kept: bool
 
 
-class TradeExecuted(_Event, tag="TradeExecuted"):
+class TradeExecuted(_Event, tag="TradeExecuted", frozen=True):
     trade_id: int
     symbol: str
     price_ticks: int
@@ -116,7 +116,7 @@ class TradeExecuted(_Event, tag="TradeExecuted"):
     taker_fee_micros: int
 
 
-class CashChanged(_Event, tag="CashChanged"):
+class CashChanged(_Event, tag="CashChanged", frozen=True):
     """One account's balances moved. The deltas of all CashChanged of one command sum to zero."""
 
     account: int
@@ -128,7 +128,7 @@ class CashChanged(_Event, tag="CashChanged"):
     ref_id: int
 
 
-class PositionChanged(_Event, tag="PositionChanged"):
+class PositionChanged(_Event, tag="PositionChanged", frozen=True):
     account: int
     symbol: str
     delta_lots: int
@@ -137,7 +137,7 @@ class PositionChanged(_Event, tag="PositionChanged"):
     ref_id: int
 
 
-class CapacityUpdated(_Event, tag="CapacityUpdated"):
+class CapacityUpdated(_Event, tag="CapacityUpdated", frozen=True):
     account: int
     gpu: str
     region: str
@@ -146,7 +146,7 @@ class CapacityUpdated(_Event, tag="CapacityUpdated"):
     gpus: int
 
 
-class InstrumentListed(_Event, tag="InstrumentListed"):
+class InstrumentListed(_Event, tag="InstrumentListed", frozen=True):
     instrument_id: int
     symbol: str
     gpu: str
@@ -160,13 +160,13 @@ class InstrumentListed(_Event, tag="InstrumentListed"):
     lots_max: int
 
 
-class InstrumentClosed(_Event, tag="InstrumentClosed"):
+class InstrumentClosed(_Event, tag="InstrumentClosed", frozen=True):
     instrument_id: int
     symbol: str
     open_interest_lots: int
 
 
-class DeliveryAssigned(_Event, tag="DeliveryAssigned"):
+class DeliveryAssigned(_Event, tag="DeliveryAssigned", frozen=True):
     obligation_id: int
     symbol: str
     provider: int
@@ -177,13 +177,13 @@ class DeliveryAssigned(_Event, tag="DeliveryAssigned"):
     escrow_micros: int
 
 
-class DeliveryStarted(_Event, tag="DeliveryStarted"):
+class DeliveryStarted(_Event, tag="DeliveryStarted", frozen=True):
     obligation_id: int
     provider: int
     holder: int
 
 
-class DeliverySettled(_Event, tag="DeliverySettled"):
+class DeliverySettled(_Event, tag="DeliverySettled", frozen=True):
     obligation_id: int
     provider: int
     holder: int
