@@ -6,7 +6,7 @@ Rejections are grouped by the stage that refuses, like exchange-core's result co
 
 from __future__ import annotations
 
-from enum import Enum, IntEnum
+from enum import IntEnum, StrEnum
 
 __all__ = [
     "Side",
@@ -22,24 +22,24 @@ __all__ = [
 ]
 
 
-class Side(str, Enum):
+class Side(StrEnum):
     BUY = "buy"
     SELL = "sell"
 
 
-class OrderType(str, Enum):
+class OrderType(StrEnum):
     LIMIT = "limit"
     MARKET = "market"
 
 
-class TimeInForce(str, Enum):
+class TimeInForce(StrEnum):
     GTC = "gtc"
     GTD = "gtd"
     IOC = "ioc"
     FOK = "fok"
 
 
-class SelfTradePrevention(str, Enum):
+class SelfTradePrevention(StrEnum):
     """What happens when an order would trade against its own account's resting order."""
 
     NONE = "none"
