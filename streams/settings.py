@@ -1,0 +1,58 @@
+"""One typed settings object, read from `GX_*` environment variables.
+
+Every default runs the embedded sandbox: no Kafka bootstrap means the embedded mock cluster, no
+database URL means a private PostgreSQL cluster.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import msgspec
+
+__all__ = ["Settings", "load_settings", "ENV_PREFIX"]
+
+ENV_PREFIX = "GX_"
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Where the exchange's processes connect and how they behave."""
+
+    kafka_bootstrap: str | None = None  # GX_KAFKA_BOOTSTRAP; None: the embedded mock cluster
+    database_url: str | None = None  # GX_DATABASE_URL; None: a private PostgreSQL cluster
+    topic_prefix: str = "gx."  # GX_TOPIC_PREFIX
+    shards: int = 1  # GX_SHARDS: partitions of gx.commands and gx.events
+    marketdata_partitions: int = 4
+    provisioning_partitions: int = 4
+    replication_factor: int = 1  # GX_REPLICATION_FACTOR: 3 on a real cluster
+    min_insync_replicas: int = 1
+    kafka_transactions: bool = (
+        False  # GX_KAFKA_TRANSACTIONS: real Kafka only (the mock's are not real)
+    )
+    snapshot_every_commands: int = 50_000  # GX_SNAPSHOT_EVERY_COMMANDS
+    engine_batch_max: int = 4096  # commands per engine step
+    settle_batch_max: int = 5000  # events per settlement transaction
+    clock_interval_ms: int = 1000  # GX_CLOCK_INTERVAL_MS
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8080
+    log_level: str = "WARNING"  # quiet by default
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read every `GX_<FIELD>` variable that names a settings field; refuse unknown ones."""
+    env = os.environ if environ is None else environ
+    fields = set(Settings.__struct_fields__)
+    raw: dict[str, str] = {}
+    for key, value in env.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        name = key[len(ENV_PREFIX) :].lower()
+        if name not in fields:
+            known = ", ".join(ENV_PREFIX + f.upper() for f in sorted(fields))
+            raise ValueError(f"{key}: not a setting; known settings are {known}")
+        raw[name] = value
+    try:
+        return msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as error:
+        raise ValueError(f"settings: {error} (from the GX_* environment)") from None
