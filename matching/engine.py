@@ -84,7 +84,9 @@ class Engine:
         self.state: State = _state if _state is not None else new_state(self.config, catalog)
         self._events = np.zeros((4096, lay.EV_WIDTH), dtype=np.int64)
         self._symbols: dict[str, int] = {}  # open instruments: symbol -> slot
-        self._gates: dict[int, int] = {}  # open slot -> gate closure time
+        # open slot -> (its key, its symbol, its gate closure time)
+        self._open: dict[int, tuple[InstrumentKey, str, int]] = {}
+        self._gates: list[tuple[int, int]] = []  # heap of (gate closure time, slot)
         self._listings: dict[int, evt.InstrumentListed] = {}  # instrument id -> its listing
         self._listing_hour = -1
         self._reindex_symbols()
@@ -165,14 +167,17 @@ class Engine:
     def _reindex_symbols(self) -> None:
         instrs = self.state[lay.ST_INSTRS]
         self._symbols.clear()
+        self._open.clear()
         self._gates.clear()
         self._listings.clear()
         for slot in np.flatnonzero(instrs[:, lay.I_STATE] != lay.INSTR_FREE):
-            listing = self._listing(self._key_of_slot(int(slot)), int(instrs[slot, lay.I_ID]))
+            key = self._key_of_slot(int(slot))
+            listing = self._listing(key, int(instrs[slot, lay.I_ID]))
             self._listings[listing.instrument_id] = listing
             if instrs[slot, lay.I_STATE] == lay.INSTR_OPEN:
                 self._symbols[listing.symbol] = int(slot)
-                self._gates[int(slot)] = listing.gate_close_ns
+                self._open[int(slot)] = (key, listing.symbol, listing.gate_close_ns)
+                heapq.heappush(self._gates, (listing.gate_close_ns, int(slot)))
         # Listing always takes the lowest free slot, so slots depend on the arrays alone.
         self._free_slots = [
             int(s) for s in np.flatnonzero(instrs[:, lay.I_STATE] != lay.INSTR_OPEN)
@@ -186,18 +191,16 @@ class Engine:
         The kernel closes every open instrument whose gate has come before it lists anything at
         the same tick, so a slot freed by a closure can be listed again at once, in any batching.
         """
-        for slot, gate in list(self._gates.items()):
-            if gate <= now:
-                del self._gates[slot]
-                heapq.heappush(self._free_slots, slot)
-        if self._gates.keys() != set(self._symbols.values()):
-            open_slots = self._gates.keys()
-            self._symbols = {s: slot for s, slot in self._symbols.items() if slot in open_slots}
+        while self._gates and self._gates[0][0] <= now:
+            _, slot = heapq.heappop(self._gates)
+            _, symbol, _ = self._open.pop(slot)
+            del self._symbols[symbol]
+            heapq.heappush(self._free_slots, slot)
         hour = now // NS_PER_HOUR
         if hour == self._listing_hour:
             return  # the due set changes only when an hour boundary passes
         self._listing_hour = hour
-        listed = {parse_symbol(s) for s in self._symbols}
+        listed = {key for key, _, _ in self._open.values()}
         for key in due_listings(self.catalog, now, listed, self.config.gpus, self.config.regions):
             if not self._free_slots:
                 break  # instruments_max reached: the rest are listed once slots free up
@@ -227,7 +230,8 @@ class Engine:
         listing = self._listing(key, instrument_id)
         self._listings[instrument_id] = listing
         self._symbols[listing.symbol] = slot
-        self._gates[slot] = listing.gate_close_ns
+        self._open[slot] = (key, listing.symbol, listing.gate_close_ns)
+        heapq.heappush(self._gates, (listing.gate_close_ns, slot))
         row[lay.C0_OP] = lay.OP_LIST
         row[lay.C0_INSTR] = slot
         row[lay.C0_ORDER] = instrument_id
@@ -355,16 +359,13 @@ class Engine:
         for r in self._events[:count].tolist():
             ci = int(batch.command[r[lay.E_CMD]])
             seq += 1
-            e = self._event(r, commands[ci])
-            out.append(
-                msgspec.structs.replace(
-                    e,
-                    shard=shard,
-                    seq=seq,
-                    input_offset=-1 if offsets is None else int(offsets[ci]),
-                    ts_event=batch.now[ci],
-                )
-            )
+            base = {
+                "shard": shard,
+                "seq": seq,
+                "input_offset": -1 if offsets is None else int(offsets[ci]),
+                "ts_event": batch.now[ci],
+            }
+            out.append(self._event(r, commands[ci], base))
         meta[lay.M_EVENT_SEQ] = seq
         return out
 
@@ -372,11 +373,12 @@ class Engine:
         listing = self._listings.get(instrument_id)
         return listing.symbol if listing is not None else ""
 
-    def _event(self, r: list[int], c: cmd.Command) -> msgspec.Struct:
+    def _event(self, r: list[int], c: cmd.Command, base: dict[str, int]) -> msgspec.Struct:
         t = r[lay.E_TYPE]
         f = r[2:]
         if t == lay.EV_CASH:
             return evt.CashChanged(
+                **base,
                 account=f[0],
                 available_delta=f[1],
                 held_delta=f[2],
@@ -387,6 +389,7 @@ class Engine:
             )
         if t == lay.EV_POSITION:
             return evt.PositionChanged(
+                **base,
                 account=f[0],
                 symbol=self._symbol(f[1]),
                 delta_lots=f[2],
@@ -396,6 +399,7 @@ class Engine:
             )
         if t == lay.EV_TRADE:
             return evt.TradeExecuted(
+                **base,
                 trade_id=f[0],
                 symbol=self._symbol(f[1]),
                 price_ticks=f[2],
@@ -411,6 +415,7 @@ class Engine:
         if t == lay.EV_ACCEPTED:
             flags = f[6]
             return evt.OrderAccepted(
+                **base,
                 order_id=f[0],
                 account=f[1],
                 symbol=self._symbol(f[2]),
@@ -426,6 +431,7 @@ class Engine:
             )
         if t == lay.EV_CANCELLED:
             return evt.OrderCancelled(
+                **base,
                 order_id=f[0],
                 account=f[1],
                 symbol=self._symbol(f[2]),
@@ -435,10 +441,16 @@ class Engine:
             )
         if t == lay.EV_EXPIRED:
             return evt.OrderExpired(
-                order_id=f[0], account=f[1], symbol=self._symbol(f[2]), lots=f[3], reason=f[5]
+                **base,
+                order_id=f[0],
+                account=f[1],
+                symbol=self._symbol(f[2]),
+                lots=f[3],
+                reason=f[5],
             )
         if t == lay.EV_AMENDED:
             return evt.OrderAmended(
+                **base,
                 order_id=f[0],
                 account=f[1],
                 symbol=self._symbol(f[2]),
@@ -447,10 +459,11 @@ class Engine:
                 priority_kept=bool(f[5]),
             )
         if t == lay.EV_REJECTED:
-            return self._rejected(f, c)
+            return self._rejected(f, c, base)
         if t == lay.EV_CAPACITY:
             gpu, region = divmod(f[1], len(self.catalog.regions))
             return evt.CapacityUpdated(
+                **base,
                 account=f[0],
                 gpu=self.catalog.gpus[gpu].model,
                 region=self.catalog.regions[region],
@@ -459,13 +472,14 @@ class Engine:
                 gpus=f[4],
             )
         if t == lay.EV_LISTED:
-            return self._listings[f[0]]
+            return msgspec.structs.replace(self._listings[f[0]], **base)
         if t == lay.EV_CLOSED:
             return evt.InstrumentClosed(
-                instrument_id=f[0], symbol=self._symbol(f[0]), open_interest_lots=f[2]
+                **base, instrument_id=f[0], symbol=self._symbol(f[0]), open_interest_lots=f[2]
             )
         if t == lay.EV_ASSIGNED:
             return evt.DeliveryAssigned(
+                **base,
                 obligation_id=f[0],
                 symbol=self._symbol(f[7]),
                 provider=f[1],
@@ -476,9 +490,10 @@ class Engine:
                 escrow_micros=f[6],
             )
         if t == lay.EV_STARTED:
-            return evt.DeliveryStarted(obligation_id=f[0], provider=f[1], holder=f[2])
+            return evt.DeliveryStarted(**base, obligation_id=f[0], provider=f[1], holder=f[2])
         if t == lay.EV_SETTLED:
             return evt.DeliverySettled(
+                **base,
                 obligation_id=f[0],
                 provider=f[1],
                 holder=f[2],
@@ -491,12 +506,13 @@ class Engine:
             )
         raise AssertionError(f"event row type {t} has no decoder")
 
-    def _rejected(self, f: list[int], c: cmd.Command) -> msgspec.Struct:
+    def _rejected(self, f: list[int], c: cmd.Command, base: dict[str, int]) -> msgspec.Struct:
         code = f[1]
         reason = Reject(code).name
         if isinstance(c, _ORDER_COMMANDS):
             symbol = getattr(c, "symbol", None) or self._symbol(f[3])
             return evt.OrderRejected(
+                **base,
                 account=f[0],
                 code=code,
                 reason=reason,
@@ -504,7 +520,9 @@ class Engine:
                 order_id=f[2],
                 client_order_id=getattr(c, "client_order_id", ""),
             )
-        return evt.CommandRejected(command=type(c).__name__, code=code, reason=reason, account=f[0])
+        return evt.CommandRejected(
+            **base, command=type(c).__name__, code=code, reason=reason, account=f[0]
+        )
 
 
 class _Refused(Exception):

@@ -7,6 +7,7 @@ the Monday they start (`2026-11-30`). All times are UTC.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import lru_cache
 
 import msgspec
 
@@ -71,6 +72,7 @@ def format_symbol(key: InstrumentKey) -> str:
     return f"{key.gpu}.{key.region}.{key.product}.{stamp}"
 
 
+@lru_cache(maxsize=8192)  # pure, and the same few symbols arrive again and again
 def parse_symbol(symbol: str) -> InstrumentKey:
     """Parse a symbol, checking that its delivery start lies on the product's grid."""
     parts = symbol.split(".")
