@@ -137,3 +137,30 @@ class Simulation:
             stp=rng.choice(["none", "cancel_taker", "cancel_maker", "cancel_both", "decrement"]),
             expire_ns=self.now + rng.randint(1, 90) * MINUTE_NS if tif == "gtd" else 0,
         )
+
+
+def run_simulation(catalog, seed: int, batches: int, config=None):
+    """Drive a seeded simulation through `Engine.apply` with input offsets.
+
+    Returns (engine, command log, every event). `config` defaults to the tests' SMALL engine.
+    """
+    from matching.engine import Engine
+    from tests.conftest import SMALL, T0_NS
+
+    engine = Engine(catalog, config or SMALL)
+    log: list = []
+
+    def apply(commands: list) -> list:
+        offsets = range(len(log), len(log) + len(commands))
+        log.extend(commands)
+        return engine.apply(commands, offsets)
+
+    events = apply([c.ClockTick(ts_ns=T0_NS)])
+    sim = Simulation(seed, [x.symbol for x in events if isinstance(x, e.InstrumentListed)], T0_NS)
+    rng = random.Random(seed)
+    events += apply(sim.opening())
+    for _ in range(batches):
+        out = apply(sim.batch(rng.randint(1, 40)))
+        sim.observe(out)
+        events += out
+    return engine, log, events

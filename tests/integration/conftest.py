@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import os
 from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
 
+import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.embedded_broker import EmbeddedBroker
+from streams.embedded_postgres import EmbeddedPostgres
 
 T = TypeVar("T")
 
@@ -19,6 +23,32 @@ test_deadline_s = 30
 def run(coro: Coroutine[Any, Any, T], timeout_s: float = test_deadline_s) -> T:
     """Run ``coro`` on a fresh event loop, failing it after ``timeout_s`` seconds."""
     return asyncio.run(asyncio.wait_for(coro, timeout_s))
+
+
+_databases = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[EmbeddedPostgres]:
+    """One private PostgreSQL cluster for the whole session, stopped at its end."""
+    with EmbeddedPostgres(database="gx_test") as pg:
+        yield pg
+
+
+@pytest.fixture
+def dsn(postgres: EmbeddedPostgres) -> str:
+    """A fresh, empty database in the session's cluster, so no state leaks between tests."""
+    name = f"gx_test_{os.getpid()}_{next(_databases)}"
+
+    async def create() -> None:
+        conn = await asyncpg.connect(postgres.dsn)
+        try:
+            await conn.execute(f"CREATE DATABASE {name}")
+        finally:
+            await conn.close()
+
+    run(create())
+    return postgres.dsn.rsplit("/", 1)[0] + "/" + name
 
 
 @pytest.fixture

@@ -1,0 +1,263 @@
+"""The market-data process (`gx marketdata`): gx.events -> MarketData -> gx.marketdata.
+
+A plain aiokafka batch loop over every partition of the events topic, read from the beginning:
+
+    getmany(events) -> decode -> MarketData.apply -> flush caught-up shards -> produce, key = symbol
+
+Idempotent by construction: the state is rebuilt from the log at every start, and the same log
+gives the same messages, so a restart republishes messages that clients already hold under the
+same (symbol, seq); they drop a delta whose seq is not above the one they have. A command's events
+are published together once the shard's next command shows up or the partition is read up to its
+high watermark (the engine produces all events of a command at once).
+
+An event record that does not decode is logged with its partition and offset, counted, and skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+import time
+from typing import Any
+
+import msgspec
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from schemas.codec import DecodeError, decode_event
+from streams.marketdata_book import MarketData
+from streams.marketdata_messages import MarketDataMessage, encode_message
+from streams.process import serve
+from streams.settings import Settings, load_settings
+from streams.topics import topics
+
+__all__ = [
+    "MarketDataProcess",
+    "ProcessStats",
+    "add_arguments",
+    "main",
+    "no_broker_message",
+    "run_from_args",
+]
+
+log = logging.getLogger("gx.marketdata")
+
+poll_timeout_ms = 100
+poll_records_max = 10_000
+linger_ms = 5
+progress_every_s = 10.0
+snapshot_every_deltas = 1000  # a full book follows every N-th delta of a symbol
+partitions_wait_s = 30.0
+no_broker_message = (
+    "no Kafka broker: set GX_KAFKA_BOOTSTRAP=host:port (or pass --bootstrap), "
+    "or run everything embedded with `make sandbox`"
+)
+
+
+class ProcessStats(msgspec.Struct, kw_only=True):
+    """Counters of one market-data process (since it started)."""
+
+    records: int = 0  # event records read, malformed ones included
+    events: int = 0
+    malformed: int = 0
+    messages: int = 0  # market-data messages produced
+    batches: int = 0
+
+
+class MarketDataProcess:
+    """Read every events partition from the start; publish market data keyed by symbol."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        mock_broker: bool = False,
+        snapshot_every: int = snapshot_every_deltas,
+    ) -> None:
+        if not settings.kafka_bootstrap:
+            raise ValueError(no_broker_message)
+        self.settings = settings
+        self.mock_broker = mock_broker
+        names = topics(settings)
+        self.events_topic = names["events"].name
+        self.marketdata_topic = names["marketdata"].name
+        self.md = MarketData(snapshot_every=snapshot_every)
+        self.stats = ProcessStats()
+        self._stopping = asyncio.Event()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._partitions: list[TopicPartition] = []
+
+    def stop(self) -> None:
+        """Ask the loop to finish its current batch and close."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Consume, compute and produce until `stop()`."""
+        try:
+            await self._open()
+            last_progress = time.monotonic()
+            while not self._stopping.is_set():
+                await self.step()
+                if time.monotonic() - last_progress >= progress_every_s:
+                    last_progress = time.monotonic()
+                    log.info("progress %s", msgspec.json.encode(self.stats).decode())
+        finally:
+            await self._close()
+
+    async def step(self) -> int:
+        """One batch: read, apply, flush the shards that are caught up, produce; return records."""
+        assert self._consumer is not None
+        batches = await self._consumer.getmany(
+            *self._partitions, timeout_ms=poll_timeout_ms, max_records=poll_records_max
+        )
+        out: list[MarketDataMessage] = []
+        count = 0
+        for tp, records in batches.items():
+            for record in records:
+                count += 1
+                out += self._apply(tp.partition, record.offset, record.value)
+        self.stats.records += count
+        out += await self._flush_caught_up()
+        await self._produce(out)
+        self.stats.batches += 1 if count else 0
+        return count
+
+    def _apply(self, partition: int, offset: int, value: bytes | None) -> list[MarketDataMessage]:
+        try:
+            if value is None:
+                raise DecodeError("the record has no value")
+            event = decode_event(value)
+        except DecodeError as error:
+            self.stats.malformed += 1
+            log.warning(
+                "malformed event record skipped: topic=%s partition=%d offset=%d: %s",
+                self.events_topic,
+                partition,
+                offset,
+                error,
+            )
+            return []
+        self.stats.events += 1
+        return self.md.apply(event)
+
+    async def _flush_caught_up(self) -> list[MarketDataMessage]:
+        """Complete the pending command of every shard whose partition is read to its end."""
+        assert self._consumer is not None
+        out: list[MarketDataMessage] = []
+        for shard in self.md.pending_shards():
+            tp = TopicPartition(self.events_topic, shard)
+            if tp not in self._partitions:
+                out += self.md.flush(shard)  # a shard with no partition of its own: never waits
+                continue
+            # read_committed reads up to the last stable offset, which is the end to wait for
+            end = self._consumer.last_stable_offset(tp) or self._consumer.highwater(tp)
+            if end is not None and await self._consumer.position(tp) >= end:
+                out += self.md.flush(shard)
+        return out
+
+    async def _produce(self, messages: list[MarketDataMessage]) -> None:
+        if not messages:
+            return
+        assert self._producer is not None
+        futures = [
+            await self._producer.send(
+                self.marketdata_topic, encode_message(m), key=m.symbol.encode()
+            )
+            for m in messages
+        ]
+        await asyncio.gather(*futures)
+        self.stats.messages += len(messages)
+
+    async def _open(self) -> None:
+        bootstrap = self.settings.kafka_bootstrap
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=linger_ms
+        )
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            # The mock writes transaction markers with CRC 0 (streams/embedded_broker.py).
+            check_crcs=not self.mock_broker,
+        )
+        await self._producer.start()
+        await self._consumer.start()
+        self._partitions = await self._events_partitions()
+        self._consumer.assign(self._partitions)
+        await self._consumer.seek_to_beginning(*self._partitions)
+        log.info("reading %s (%d partitions)", self.events_topic, len(self._partitions))
+
+    async def _events_partitions(self) -> list[TopicPartition]:
+        assert self._producer is not None
+        try:
+            async with asyncio.timeout(partitions_wait_s):
+                found = await self._producer.partitions_for(self.events_topic)
+        except (TimeoutError, KafkaError):
+            found = set()
+        if not found:
+            raise RuntimeError(
+                f"topic {self.events_topic} not found: create it with `gx topics create`"
+            )
+        return [TopicPartition(self.events_topic, p) for p in sorted(found)]
+
+    async def _close(self) -> None:
+        consumer, producer = self._consumer, self._producer
+        self._consumer = self._producer = None
+        for closing in (consumer, producer):
+            if closing is not None:
+                with contextlib.suppress(Exception):
+                    await closing.stop()
+
+
+# ---------------------------------------------------------------------- process entry point
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the process's options (shared by `gx marketdata` and `python -m streams.marketdata`)."""
+    parser.add_argument("--bootstrap", help="Kafka bootstrap servers (default: GX_KAFKA_BOOTSTRAP)")
+    parser.add_argument(
+        "--mock-broker",
+        action="store_true",
+        help="the broker is librdkafka's mock cluster: skip CRC checks (never on real Kafka)",
+    )
+    parser.add_argument(
+        "--snapshot-every",
+        type=int,
+        default=snapshot_every_deltas,
+        help="publish a full book after every N-th delta of a symbol (0: never)",
+    )
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Run the market-data process from parsed arguments; return the exit status."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        settings = load_settings()
+        overrides: dict[str, Any] = {}
+        if args.bootstrap:
+            overrides["kafka_bootstrap"] = args.bootstrap
+        settings = msgspec.structs.replace(settings, **overrides)
+        logging.getLogger("gx").setLevel(settings.log_level.upper())
+        process = MarketDataProcess(
+            settings, mock_broker=args.mock_broker, snapshot_every=args.snapshot_every
+        )
+    except ValueError as error:
+        print(f"gx marketdata: {error}", file=sys.stderr)
+        return 2
+    return serve(process, "marketdata", (RuntimeError,), lambda: process.stats)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m streams.marketdata ...`."""
+    parser = argparse.ArgumentParser(prog="python -m streams.marketdata")
+    add_arguments(parser)
+    return run_from_args(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,482 @@
+"""The settlement writer settles a simulated market into PostgreSQL exactly once in effect.
+
+A seeded simulation runs through the engine; its events are produced to the events topic of the
+embedded broker and settled into an embedded PostgreSQL. The ledger must then agree with the
+engine's own state (balances, positions, resting orders), hold postings that sum to zero after
+every commit, and stay unchanged under replay, duplicates and garbage.
+
+`python -m tests.integration.test_settlement` runs the benchmark (`bench_settlement`) and prints
+settled events per second; it is not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import asyncpg
+import msgspec
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from exchange.cli import main as gx_main
+from matching import layout as lay
+from matching.engine import Engine
+from schemas import events as e
+from schemas.catalog import Catalog, load_catalog
+from schemas.codec import encode
+from streams.embedded_broker import EmbeddedBroker
+from streams.embedded_postgres import EmbeddedPostgres
+from streams.settings import Settings
+from streams.settlement import Malformed, SettlementWriter, decode_record, plan_commit
+from streams.topics import shard_key, topics
+from tests.conftest import SMALL
+from tests.simulation import run_simulation
+
+from .conftest import run
+
+pytestmark = pytest.mark.timeout(60)
+
+SEED = 5
+BATCHES = 60  # seed 5 at 60 batches: open positions, held cash, escrow and deliveries all occur
+settle_deadline_s = 20.0
+
+
+# ============================================================================ the market
+
+
+class Market(msgspec.Struct):
+    """A simulated shard: its engine after the run and every event it produced, in order."""
+
+    engine: Engine
+    events: list[Any]
+
+
+def simulate(catalog: Catalog, seed: int, batches: int, shard: int = 0) -> Market:
+    """Drive a seeded simulation through `Engine.apply` with input offsets."""
+    config = msgspec.structs.replace(SMALL, shard=shard)
+    engine, _, events = run_simulation(catalog, seed, batches, config)
+    return Market(engine=engine, events=events)
+
+
+def engine_balances(engine: Engine) -> dict[tuple[int, int], int]:
+    """Non-zero (account, bucket) balances; buckets 1..4 are available, held, escrow, collateral."""
+    accounts = engine.state[lay.ST_ACCTS]
+    columns = (lay.A_AVAIL, lay.A_HELD, lay.A_ESCROW, lay.A_COLLAT)
+    return {
+        (account, bucket + 1): int(accounts[account, column])
+        for account in range(len(accounts))
+        for bucket, column in enumerate(columns)
+        if accounts[account, column] != 0
+    }
+
+
+def engine_positions(engine: Engine) -> dict[tuple[int, str], int]:
+    """Non-zero positions by (account, symbol)."""
+    st = engine.state
+    pos = st[lay.ST_POS][: int(st[lay.ST_META][0, lay.M_POS_HWM])]
+    instrs = st[lay.ST_INSTRS]
+    return {
+        (int(p[lay.P_ACCOUNT]), engine._symbol(int(instrs[p[lay.P_INSTR], lay.I_ID]))): int(
+            p[lay.P_LOTS]
+        )
+        for p in pos
+        if p[lay.P_ACCOUNT] != -1 and p[lay.P_LOTS] != 0
+    }
+
+
+def engine_resting_orders(engine: Engine) -> dict[int, int]:
+    """Resting lots by order id."""
+    st = engine.state
+    orders = st[lay.ST_ORDERS][: int(st[lay.ST_META][0, lay.M_ORDER_HWM])]
+    return {int(o[lay.O_ID]): int(o[lay.O_LOTS]) for o in orders if o[lay.O_ID] != 0}
+
+
+# ============================================================================ fixtures
+
+
+@pytest.fixture(scope="module")
+def market() -> Market:
+    return simulate(load_catalog(), SEED, BATCHES)
+
+
+@pytest.fixture
+def broker() -> Iterator[EmbeddedBroker]:
+    with EmbeddedBroker(broker_count=1) as embedded:
+        yield embedded
+
+
+def settings_for(broker: EmbeddedBroker, batch_max: int = 5000, shards: int = 1) -> Settings:
+    settings = Settings(settle_batch_max=batch_max, shards=shards)
+    topic = topics(settings)["events"]
+    broker.create_topic(topic.name, topic.partitions)
+    return settings
+
+
+# ============================================================================ helpers
+
+
+async def produce(
+    bootstrap: str, topic: str, values: list[bytes | None], partition: int = 0
+) -> int:
+    """Produce `values` to one partition in order (key = shard); return the end offset."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+    )
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(topic, value, key=shard_key(partition), partition=partition)
+            for value in values
+        ]
+        metadata = await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return int(metadata[-1].offset) + 1
+
+
+async def settle(
+    settings: Settings,
+    dsn: str,
+    bootstrap: str,
+    until: dict[int, int] | None,
+    *,
+    on_commit: Any = None,
+    stop_after_transactions: int | None = None,
+) -> SettlementWriter:
+    """Run a writer until its committed positions reach `until` (or after N commits); stop it."""
+    writer = SettlementWriter(settings, dsn, bootstrap, check_crcs=False, on_commit=on_commit)
+    task = asyncio.create_task(writer.run())
+    deadline = time.monotonic() + settle_deadline_s
+    while time.monotonic() < deadline and not task.done():
+        if until is not None and writer.positions == until:
+            break
+        if (
+            stop_after_transactions is not None
+            and writer.counters.transactions >= stop_after_transactions
+        ):
+            break
+        await asyncio.sleep(0.02)
+    if task.done():
+        task.result()  # raise what stopped it
+    await writer.stop()
+    await task
+    if until is not None and stop_after_transactions is None:
+        assert writer.positions == until, f"not caught up: {writer.positions} != {until}"
+    return writer
+
+
+async def fetch_all(dsn: str, query: str) -> list[tuple[Any, ...]]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return [tuple(r) for r in await conn.fetch(query)]
+    finally:
+        await conn.close()
+
+
+async def execute(dsn: str, statement: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+_SNAPSHOT_QUERIES = (
+    "SELECT * FROM postings ORDER BY event_partition, event_offset, posting_index",
+    "SELECT * FROM trades ORDER BY shard, trade_id",
+    "SELECT * FROM orders ORDER BY shard, order_id",
+    "SELECT * FROM positions ORDER BY account, symbol",
+    "SELECT * FROM deliveries ORDER BY shard, obligation_id",
+    "SELECT * FROM shard_positions ORDER BY consumer, shard",
+)
+
+
+async def snapshot(dsn: str) -> list[list[tuple[Any, ...]]]:
+    """Every ledger row (consumer_positions left out: replays legitimately move it)."""
+    return [await fetch_all(dsn, q) for q in _SNAPSHOT_QUERIES]
+
+
+async def postings_sum(dsn: str) -> int:
+    rows = await fetch_all(dsn, "SELECT coalesce(sum(amount_micros), 0)::bigint FROM postings")
+    return int(rows[0][0])
+
+
+def encoded(events: list[Any]) -> list[bytes | None]:
+    return [encode(x) for x in events]
+
+
+# ============================================================================ tests
+
+
+def test_settled_ledger_equals_engine_balances_positions_orders_and_trades(
+    market: Market, broker: EmbeddedBroker, dsn: str
+) -> None:
+    settings = settings_for(broker, batch_max=500)
+    topic = topics(settings)["events"].name
+    sums: list[int] = []
+
+    async def check_zero(conn: Any) -> None:
+        sums.append(
+            int(await conn.fetchval("SELECT coalesce(sum(amount_micros), 0) FROM postings"))
+        )
+
+    async def scenario() -> tuple[SettlementWriter, list[Any], list[Any]]:
+        end = await produce(broker.bootstrap_servers, topic, encoded(market.events))
+        writer = await settle(
+            settings, dsn, broker.bootstrap_servers, {0: end}, on_commit=check_zero
+        )
+        balances = await fetch_all(
+            dsn, "SELECT account, bucket, amount_micros FROM balances WHERE amount_micros <> 0"
+        )
+        other = [await fetch_all(dsn, q) for q in _CHECK_QUERIES]
+        return writer, balances, other
+
+    writer, balances, (trades, positions, resting, orders, deliveries, filled) = run(scenario())
+    kinds = Counter(type(x).__name__ for x in market.events)
+    assert len(sums) == writer.counters.transactions > 1
+    assert set(sums) == {0}, "the postings must sum to zero after every commit"
+    assert {(a, b): amount for a, b, amount in balances} == engine_balances(market.engine)
+    assert {b for (_, b) in engine_balances(market.engine)} == {1, 2, 3, 4}  # all buckets used
+    assert trades[0][0] == kinds["TradeExecuted"] > 0
+    assert {(a, s): lots for a, s, lots in positions} == engine_positions(market.engine) != {}
+    assert dict(resting) == engine_resting_orders(market.engine) != {}
+    assert orders[0][0] == kinds["OrderAccepted"]
+    assert deliveries == [(kinds["DeliveryAssigned"], kinds["DeliverySettled"])]
+    assert kinds["DeliverySettled"] > 0
+    assert filled[0][0] == 2 * sum(x.lots for x in market.events if type(x) is e.TradeExecuted)
+    assert writer.counters.events_settled == len(market.events)
+    assert writer.counters.malformed == writer.counters.duplicates == 0
+
+
+_CHECK_QUERIES = (
+    "SELECT count(*) FROM trades",
+    "SELECT account, symbol, lots FROM positions WHERE lots <> 0",
+    "SELECT order_id, lots_open FROM orders WHERE status = 1",
+    "SELECT count(*) FROM orders",
+    "SELECT count(*), count(*) FILTER (WHERE state = 3) FROM deliveries",
+    "SELECT sum(lots_filled)::bigint FROM orders",
+)
+
+
+def test_stopping_and_restarting_mid_stream_keeps_postings_zero_sum_and_loses_nothing(
+    market: Market, broker: EmbeddedBroker, dsn: str
+) -> None:
+    # Tiny batches: most transactions end inside a command and must hold its tail back.
+    settings = settings_for(broker, batch_max=7)
+    topic = topics(settings)["events"].name
+    sums: list[int] = []
+
+    async def check_zero(conn: Any) -> None:
+        sums.append(
+            int(await conn.fetchval("SELECT coalesce(sum(amount_micros), 0) FROM postings"))
+        )
+
+    async def scenario() -> tuple[list[int], list[dict[int, int]], list[Any]]:
+        half = len(market.events) // 2
+        bootstrap = broker.bootstrap_servers
+        await produce(bootstrap, topic, encoded(market.events[:half]))
+        after_stop: list[int] = []
+        stopped_at: list[dict[int, int]] = []
+        for _ in range(3):  # stop mid-stream, restart from the stored position
+            writer = await settle(
+                settings, dsn, bootstrap, None, on_commit=check_zero, stop_after_transactions=5
+            )
+            stopped_at.append(writer.positions)
+            after_stop.append(await postings_sum(dsn))
+        end = await produce(bootstrap, topic, encoded(market.events[half:]))
+        await settle(settings, dsn, bootstrap, {0: end}, on_commit=check_zero)
+        balances = await fetch_all(
+            dsn, "SELECT account, bucket, amount_micros FROM balances WHERE amount_micros <> 0"
+        )
+        return after_stop, stopped_at, balances
+
+    after_stop, stopped_at, balances = run(scenario())
+    assert after_stop == [0, 0, 0]
+    offsets = [p[0] for p in stopped_at]
+    assert 0 < offsets[0] < offsets[1] < offsets[2] < len(market.events) // 2
+    assert set(sums) == {0} and len(sums) > 15
+    assert {(a, b): amount for a, b, amount in balances} == engine_balances(market.engine)
+
+
+def test_replay_from_offset_zero_and_duplicate_records_change_nothing(
+    market: Market, broker: EmbeddedBroker, dsn: str
+) -> None:
+    settings = settings_for(broker, batch_max=1000)
+    topic = topics(settings)["events"].name
+    count = len(market.events)
+
+    async def scenario() -> tuple[list[Any], list[list[Any]], list[SettlementWriter]]:
+        bootstrap = broker.bootstrap_servers
+        end = await produce(bootstrap, topic, encoded(market.events))
+        await settle(settings, dsn, bootstrap, {0: end})
+        before = await snapshot(dsn)
+        after: list[list[Any]] = []
+        writers = []
+        # 1. Redelivery: the consumer position goes back to the start of the log.
+        await execute(dsn, "UPDATE consumer_positions SET next_offset = 0")
+        writers.append(await settle(settings, dsn, bootstrap, {0: end}))
+        after.append(await snapshot(dsn))
+        # 2. Forget the shard sequences too: only the conflict keys and seq guards remain.
+        await execute(dsn, "UPDATE consumer_positions SET next_offset = 0")
+        await execute(dsn, "DELETE FROM shard_positions")
+        writers.append(await settle(settings, dsn, bootstrap, {0: end}))
+        after.append(await snapshot(dsn))
+        # 3. Every event produced a second time, at new offsets.
+        end2 = await produce(bootstrap, topic, encoded(market.events))
+        writers.append(await settle(settings, dsn, bootstrap, {0: end2}))
+        after.append(await snapshot(dsn))
+        return before, after, writers
+
+    before, after, writers = run(scenario())
+    assert before[0] and before[1] and before[2]
+    for i, rows in enumerate(after):
+        assert rows == before, f"replay {i + 1} changed the ledger"
+    assert writers[0].counters.duplicates == count and writers[0].counters.events_settled == 0
+    # Without shard sequences every event is re-applied, and every insert conflicts.
+    assert writers[1].counters.events_settled == count
+    assert writers[2].counters.duplicates == count and writers[2].counters.events_settled == 0
+
+
+def test_garbage_records_are_logged_counted_dead_lettered_and_skipped(
+    market: Market, broker: EmbeddedBroker, dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = settings_for(broker)
+    topic = topics(settings)["events"].name
+    # Cut inside a deposit: between its two CashChanged events (the command's cash must still
+    # be settled in one transaction, the garbage in between notwithstanding).
+    cut = next(
+        i + 1
+        for i, x in enumerate(market.events)
+        if type(x) is e.CashChanged and x.reason == 1 and x.account != 0
+    )
+    sample = market.events[cut]
+    assert (
+        type(sample) is e.CashChanged and sample.input_offset == market.events[cut - 1].input_offset
+    )
+    overflow = msgspec.structs.replace(sample, available_delta=2**63 + 5)
+    gap = msgspec.structs.replace(sample, seq=10**9)
+    garbage: list[bytes | None] = [
+        b"\xc1 not msgpack",
+        msgspec.msgpack.encode({"type": "PriceSpiked", "shard": 0, "seq": 1}),
+        msgspec.msgpack.encode(overflow),
+        None,
+        encode(gap),
+    ]
+    values = encoded(market.events[:cut]) + garbage + encoded(market.events[cut:])
+
+    async def scenario() -> tuple[SettlementWriter, list[Any], list[Any]]:
+        end = await produce(broker.bootstrap_servers, topic, values)
+        writer = await settle(settings, dsn, broker.bootstrap_servers, {0: end})
+        balances = await fetch_all(
+            dsn, "SELECT account, bucket, amount_micros FROM balances WHERE amount_micros <> 0"
+        )
+        dead = await fetch_all(dsn, 'SELECT partition, "offset", reason FROM dead_letters')
+        return writer, balances, dead
+
+    with caplog.at_level(logging.WARNING, logger="gx.settle"):
+        writer, balances, dead = run(scenario())
+    assert writer.counters.malformed == 4
+    assert writer.counters.seq_gaps == 1
+    assert writer.counters.events_settled == len(market.events)
+    assert {(a, b): amount for a, b, amount in balances} == engine_balances(market.engine)
+    offsets = list(range(cut, cut + len(garbage)))
+    assert sorted(offset for _, offset, _ in dead) == offsets
+    assert {p for p, _, _ in dead} == {0}
+    reasons = " | ".join(r for _, _, r in dead)
+    for expected in ("undecodable", "available_delta", "no value", "sequence gap"):
+        assert expected in reasons
+    for offset in offsets:
+        assert f"[0]@{offset}:" in caplog.text
+
+
+def test_plan_holds_back_an_incomplete_command_and_dead_letters_an_unbalanced_one() -> None:
+    def cash(seq: int, command: int, amount: int) -> e.CashChanged:
+        return e.CashChanged(
+            account=10, available_delta=amount, held_delta=0, escrow_delta=0,
+            collateral_delta=0, reason=1, ref_id=1, shard=0, seq=seq, input_offset=command,
+        )  # fmt: skip
+
+    pending = [
+        (0, cash(1, 100, 5)),
+        (1, cash(2, 100, -5)),
+        (2, Malformed("junk", b"x")),
+        (3, cash(3, 101, 7)),  # unbalanced: settled only as a dead letter
+        (4, cash(2, 100, -5)),  # a duplicate
+        (5, cash(4, 102, 9)),  # trailing, incomplete
+    ]
+    plan = plan_commit(pending, {}, caught_up=True)
+    assert plan.count == 5
+    assert [offset for offset, _ in plan.events] == [0, 1]
+    assert [(offset, why.split(":")[0]) for offset, why, _ in plan.dead] == [
+        (2, "junk"),
+        (3, "unbalanced command"),
+    ]
+    assert (plan.duplicates, plan.malformed, plan.unbalanced, plan.last_seq) == (1, 1, 1, {0: 3})
+    balanced_tail = [*pending[:5], (5, cash(4, 102, 0)), (6, cash(5, 102, 0))]
+    assert plan_commit(balanced_tail, {}, caught_up=False).count == 5
+    assert plan_commit(balanced_tail, {}, caught_up=True).count == 7
+    assert plan_commit(pending[:3], {0: 2}, caught_up=False).count == 3  # all duplicates or junk
+
+
+def test_decode_record_names_what_is_wrong() -> None:
+    assert isinstance(decode_record(b"\x00"), Malformed)
+    bad = decode_record(msgspec.msgpack.encode({"type": "CashChanged", "seq": 1}))
+    assert isinstance(bad, Malformed) and "undecodable" in bad.reason
+    too_big = e.PositionChanged(
+        account=1, symbol="x", delta_lots=1, position_lots=2**64 - 1, reason=1, ref_id=1, seq=1
+    )
+    result = decode_record(msgspec.msgpack.encode(too_big))
+    assert isinstance(result, Malformed) and "position_lots" in result.reason
+
+
+def test_gx_settle_without_kafka_bootstrap_says_what_to_set(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("GX_KAFKA_BOOTSTRAP", raising=False)
+    assert gx_main(["settle"]) == 2
+    assert "GX_KAFKA_BOOTSTRAP" in capsys.readouterr().err
+
+
+# ============================================================================ benchmark
+
+
+def bench_settlement(shards: int = 4, batches: int = 300, batch_max: int = 5000) -> dict[str, Any]:
+    """Settle `shards` simulated shards from the embedded broker; return events per second."""
+    catalog = load_catalog()
+    markets = [simulate(catalog, SEED + s, batches, shard=s) for s in range(shards)]
+    with EmbeddedBroker(broker_count=1) as broker, EmbeddedPostgres(database="gx_bench") as pg:
+        settings = settings_for(broker, batch_max=batch_max, shards=shards)
+        topic = topics(settings)["events"].name
+
+        async def scenario() -> tuple[float, SettlementWriter]:
+            ends = {
+                s: await produce(broker.bootstrap_servers, topic, encoded(m.events), partition=s)
+                for s, m in enumerate(markets)
+            }
+            started = time.perf_counter()
+            writer = await settle(settings, pg.dsn, broker.bootstrap_servers, ends)
+            return time.perf_counter() - started, writer
+
+        elapsed_s, writer = run(scenario(), timeout_s=600)
+    c = writer.counters
+    return {
+        "events": c.events_settled,
+        "postings": c.postings,
+        "trades": c.trades,
+        "transactions": c.transactions,
+        "seconds": round(elapsed_s, 3),
+        "events_per_s": round(c.events_settled / elapsed_s),
+        "postings_per_s": round(c.postings / elapsed_s),
+    }
+
+
+if __name__ == "__main__":
+    shards = int(sys.argv[1]) if len(sys.argv) > 1 else 4
+    batches = int(sys.argv[2]) if len(sys.argv) > 2 else 300
+    print(bench_settlement(shards, batches))
