@@ -1,0 +1,18 @@
+"""Numba kernels: the whole single-writer state machine over preallocated int64 arrays.
+
+Private by convention (`_name`): only `matching.engine` calls them, after validating input.
+`_apply` takes the state tuple (see `matching.layout`) and hands its arrays down as plain
+arguments: no tuple lookups and no row views below it, so the hot path does no reference counting.
+Kernels write event rows into `ev` and return the new count; `_apply` checks the room a command
+can need before running it. They never raise on
+bad input (refusals are events) and never reads a clock or a random source.
+
+One module per concern, imported in this order: `_base` (codes, event rows, cash), `pools`
+(hash tables, positions, capacity), `book` (levels, orders), `expiry` (GTD heap), `trades`
+(matching and fills), `orders` (order commands and risk), `accounts` (cash and capacity),
+`lifecycle` (listing, clock, gate closure, delivery), `dispatch` (`_apply`, `_rebuild`).
+"""
+
+from matching.kernels.dispatch import _apply, _rebuild
+
+__all__ = ["_apply", "_rebuild"]

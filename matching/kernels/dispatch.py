@@ -1,0 +1,213 @@
+"""The entry point: room checks and the command dispatcher, and re-indexing after restore."""
+
+from __future__ import annotations
+
+from numba import njit
+
+from matching.kernels._base import EMPTY, _reject, _unmanaged
+from matching.kernels.accounts import _capacity, _deposit, _withdraw
+from matching.kernels.book import _level_key
+from matching.kernels.expiry import _gtd_due
+from matching.kernels.lifecycle import _clock, _confirm, _fail, _list
+from matching.kernels.orders import _amend, _cancel, _cancel_all, _place
+from matching.kernels.pools import _ht_put, _pos_key
+from matching.layout import (
+    A_OPEN,
+    B_HOURS_LEFT,
+    B_STATE,
+    C0_ACCOUNT,
+    C0_AUX,
+    C0_LOTS,
+    C0_OP,
+    C0_ORDER,
+    C_KEY,
+    CFG_LOTS_MAX,
+    I_GATE,
+    I_ORDERS,
+    I_POSITIONS,
+    I_STATE,
+    INSTR_OPEN,
+    L_BOOK,
+    L_PRICE,
+    M_CAP_HWM,
+    M_GTD_SIZE,
+    M_LEVEL_HWM,
+    M_NOW,
+    M_OBL_HWM,
+    M_POS_HWM,
+    OBL_FREE,
+    OP_AMEND,
+    OP_CANCEL,
+    OP_CANCEL_ALL,
+    OP_CAPACITY,
+    OP_CLOCK,
+    OP_CONFIRM,
+    OP_DEPOSIT,
+    OP_FAIL,
+    OP_LIST,
+    OP_PLACE,
+    OP_WITHDRAW,
+    P_ACCOUNT,
+    P_INSTR,
+)
+
+
+@njit(cache=True)
+def _room_needed(meta, cfg, accts, instrs, obl, gtd, cmds, ci):
+    """Upper bound on the event rows one command can emit (checked before it runs)."""
+    op = cmds[ci, C0_OP]
+    account = cmds[ci, C0_ACCOUNT]
+    open_orders = accts[account, A_OPEN] if 0 <= account < accts.shape[0] else 0
+    if op == OP_PLACE or op == OP_AMEND:
+        # accept + hold + remainder; per lot at most one fill (6 rows) or one decrement (4 rows);
+        # self-trade cancels of the account's own orders (2 rows each)
+        lots = min(max(cmds[ci, C0_LOTS], 0), cfg[0, CFG_LOTS_MAX])
+        return 8 + 7 * lots + 2 * open_orders
+    if op == OP_CANCEL_ALL:
+        return 1 + 2 * open_orders
+    if op == OP_CLOCK:
+        return _clock_room(meta, instrs, obl, gtd, max(meta[0, M_NOW], cmds[ci, C0_AUX]))
+    if op == OP_CONFIRM or op == OP_FAIL:
+        return 8 + 2 * HOURS_MAX
+    return 4
+
+
+HOURS_MAX = 168
+
+
+@njit(cache=True)
+def _clock_room(meta, instrs, obl, gtd, now):
+    """Event rows a clock tick at `now` can emit: expiries, closures, delivery progress."""
+    rows = 2 * _gtd_due(gtd, meta[0, M_GTD_SIZE], now)
+    for i in range(instrs.shape[0]):
+        if instrs[i, I_STATE] == INSTR_OPEN and instrs[i, I_GATE] <= now:
+            p = instrs[i, I_POSITIONS]
+            rows += 1 + 2 * instrs[i, I_ORDERS] + 3 * p + p * (2 * HOURS_MAX + 8)
+    for b in range(meta[0, M_OBL_HWM]):
+        if obl[b, B_STATE] != OBL_FREE:
+            rows += 2 * obl[b, B_HOURS_LEFT] + 8
+    return rows
+
+
+@njit(cache=True)
+def _apply(cmds_in, first, st, ev_in, n):
+    """Apply command rows from `first` on, writing events from row `n`.
+
+    Returns (event count, next command). The next command is below `len(cmds)` when the event
+    buffer has no room for it: nothing of it has run; grow the buffer and call again from there.
+    """
+    meta, cfg, accts = _unmanaged(st[0]), _unmanaged(st[1]), _unmanaged(st[2])
+    instrs, orders, levels = _unmanaged(st[3]), _unmanaged(st[4]), _unmanaged(st[5])
+    lht, pos, pht = _unmanaged(st[6]), _unmanaged(st[7]), _unmanaged(st[8])
+    cap, cht, obl, gtd = (
+        _unmanaged(st[9]),
+        _unmanaged(st[10]),
+        _unmanaged(st[11]),
+        _unmanaged(st[12]),
+    )
+    ev = _unmanaged(ev_in)
+    cmds = _unmanaged(cmds_in)
+    for ci in range(first, cmds.shape[0]):
+        if n + _room_needed(meta, cfg, accts, instrs, obl, gtd, cmds, ci) > ev.shape[0]:
+            return n, ci
+        op = cmds[ci, C0_OP]
+        if op == OP_PLACE:
+            n = _place(
+                meta,
+                cfg,
+                accts,
+                instrs,
+                orders,
+                levels,
+                lht,
+                pos,
+                pht,
+                cap,
+                cht,
+                obl,
+                gtd,
+                ev,
+                n,
+                ci,
+                cmds,
+            )
+        elif op == OP_CANCEL:
+            n = _cancel(
+                meta, accts, instrs, orders, levels, lht, pos, pht, cap, cht, ev, n, ci, cmds
+            )
+        elif op == OP_AMEND:
+            n = _amend(
+                meta,
+                cfg,
+                accts,
+                instrs,
+                orders,
+                levels,
+                lht,
+                pos,
+                pht,
+                cap,
+                cht,
+                obl,
+                gtd,
+                ev,
+                n,
+                ci,
+                cmds,
+            )
+        elif op == OP_CANCEL_ALL:
+            n = _cancel_all(
+                meta, accts, instrs, orders, levels, lht, pos, pht, cap, cht, ev, n, ci, cmds
+            )
+        elif op == OP_DEPOSIT:
+            n = _deposit(meta, cfg, accts, instrs, ev, n, ci, cmds)
+        elif op == OP_WITHDRAW:
+            n = _withdraw(meta, accts, instrs, ev, n, ci, cmds)
+        elif op == OP_CAPACITY:
+            n = _capacity(meta, cfg, accts, instrs, cap, cht, ev, n, ci, cmds)
+        elif op == OP_CLOCK:
+            n = _clock(
+                meta,
+                cfg,
+                accts,
+                instrs,
+                orders,
+                levels,
+                lht,
+                pos,
+                pht,
+                cap,
+                cht,
+                obl,
+                gtd,
+                ev,
+                n,
+                ci,
+                cmds,
+            )
+        elif op == OP_CONFIRM:
+            n = _confirm(meta, accts, instrs, obl, ev, n, ci, cmds)
+        elif op == OP_FAIL:
+            n = _fail(meta, accts, instrs, obl, ev, n, ci, cmds)
+        elif op == OP_LIST:
+            n = _list(meta, cfg, instrs, ev, n, ci, cmds)
+        else:
+            # OP_REJECT: the facade refused it (malformed); the code is in C0_AUX.
+            n = _reject(
+                instrs, ev, n, ci, cmds[ci, C0_ACCOUNT], cmds[ci, C0_AUX], cmds[ci, C0_ORDER], -1
+            )
+    return n, cmds.shape[0]
+
+
+@njit(cache=True)
+def _rebuild(meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd):
+    """Re-index levels, positions and capacity rows after a restore."""
+    for lv in range(meta[0, M_LEVEL_HWM]):
+        book = levels[lv, L_BOOK]
+        if book != EMPTY:
+            _ht_put(lht, _level_key(book >> 1, book & 1, levels[lv, L_PRICE]), lv)
+    for r in range(meta[0, M_POS_HWM]):
+        if pos[r, P_ACCOUNT] != EMPTY:
+            _ht_put(pht, _pos_key(pos[r, P_ACCOUNT], pos[r, P_INSTR]), r)
+    for r in range(meta[0, M_CAP_HWM]):
+        _ht_put(cht, cap[r, C_KEY], r)

@@ -1,0 +1,464 @@
+"""Time-driven work: listing, GTD expiry, gate closure, delivery assignment and settlement."""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from matching.kernels._base import (
+    CR_DELIVERY_PENALTY,
+    CR_DELIVERY_REFUND,
+    CR_DELIVERY_RELEASE,
+    CR_SHORT_COVERED,
+    DO_DELIVERED,
+    DO_FAILED,
+    DO_INTERRUPTED,
+    EMPTY,
+    NS_PER_HOUR,
+    PR_ASSIGNED,
+    R_AMOUNT_INVALID,
+    R_NOT_OBLIGATION_PROVIDER,
+    R_OBLIGATION_STATE,
+    R_UNKNOWN_OBLIGATION,
+    XP_GATE,
+    XP_GTD,
+    _cash,
+    _emit,
+    _reject,
+)
+from matching.kernels.book import _order_slot, _reduce
+from matching.kernels.expiry import _gtd_pop
+from matching.kernels.pools import _alloc, _pos_free
+from matching.layout import (
+    ACCT_EXTERNAL,
+    ACCT_FEES,
+    B_COLLAT_LEFT,
+    B_ESCROW_LEFT,
+    B_FEES_LEFT,
+    B_GPU,
+    B_GPUS,
+    B_HOLDER,
+    B_HOURS,
+    B_HOURS_LEFT,
+    B_ID,
+    B_INSTR_ID,
+    B_NEXT,
+    B_PRODUCT,
+    B_PROVIDER,
+    B_REGION,
+    B_RELEASED,
+    B_START,
+    B_STATE,
+    BUY,
+    C0_ACCOUNT,
+    C0_AUX,
+    C0_AUX2,
+    C0_AUX3,
+    C0_EXPIRE,
+    C0_FLAGS,
+    C0_INSTR,
+    C0_LOTS,
+    C0_ORDER,
+    C0_PRICE,
+    C0_SIDE,
+    CFG_DEADLINE_NS,
+    CFG_PENALTY_MICROS,
+    CFG_REGIONS,
+    CFG_TICK_MICROS,
+    EV_ASSIGNED,
+    EV_CLOSED,
+    EV_EXPIRED,
+    EV_LISTED,
+    EV_POSITION,
+    EV_SETTLED,
+    EV_STARTED,
+    I_BAND_HI,
+    I_BAND_LO,
+    I_BEST,
+    I_CAPKEY,
+    I_COLLAT_UNIT,
+    I_GATE,
+    I_GPU,
+    I_HOUR0,
+    I_HOURS,
+    I_ID,
+    I_LOTS_MAX,
+    I_NOTIONAL_UNIT,
+    I_PRODUCT,
+    I_REGION,
+    I_START,
+    I_STATE,
+    I_WORST,
+    INSTR_CLOSED,
+    INSTR_OPEN,
+    L_HEAD,
+    M_GTD_SIZE,
+    M_INSTR_SEQ,
+    M_NOW,
+    M_OBL_FREE,
+    M_OBL_HWM,
+    M_OBL_LIVE,
+    M_OBL_SEQ,
+    M_POS_HWM,
+    O_LOTS,
+    OBL_ASSIGNED,
+    OBL_CONFIRMED,
+    OBL_FREE,
+    ORDER_SLOT_BITS,
+    ORDER_SLOT_MASK,
+    P_ACCOUNT,
+    P_COLLAT,
+    P_ESCROW,
+    P_FEES,
+    P_INSTR,
+    P_LOTS,
+    SELL,
+)
+
+
+@njit(cache=True)
+def _list(meta, cfg, instrs, ev, n, ci, cmds):
+    """List an instrument in the slot the facade chose (it mirrors closures in command order)."""
+    row = instrs[cmds[ci, C0_INSTR]]
+    row[:] = 0
+    hours = cmds[ci, C0_AUX]
+    row[I_ID] = cmds[ci, C0_ORDER]
+    row[I_STATE] = INSTR_OPEN
+    row[I_GPU] = cmds[ci, C0_ACCOUNT]
+    row[I_REGION] = cmds[ci, C0_SIDE]
+    row[I_PRODUCT] = cmds[ci, C0_FLAGS]
+    row[I_START] = cmds[ci, C0_EXPIRE]
+    row[I_HOURS] = hours
+    row[I_GATE] = cmds[ci, C0_AUX2]
+    row[I_BAND_LO] = cmds[ci, C0_PRICE]
+    row[I_BAND_HI] = cmds[ci, C0_AUX3]
+    row[I_LOTS_MAX] = cmds[ci, C0_LOTS]
+    row[I_BEST] = EMPTY
+    row[I_BEST + 1] = EMPTY
+    row[I_WORST] = EMPTY
+    row[I_WORST + 1] = EMPTY
+    row[I_CAPKEY] = cmds[ci, C0_ACCOUNT] * cfg[0, CFG_REGIONS] + cmds[ci, C0_SIDE]
+    row[I_HOUR0] = cmds[ci, C0_EXPIRE] // NS_PER_HOUR
+    row[I_NOTIONAL_UNIT] = cfg[0, CFG_TICK_MICROS] * hours
+    row[I_COLLAT_UNIT] = cfg[0, CFG_PENALTY_MICROS] * hours
+    meta[0, M_INSTR_SEQ] = max(meta[0, M_INSTR_SEQ], cmds[ci, C0_ORDER])
+    return _emit(ev, n, EV_LISTED, ci, row[I_ID], cmds[ci, C0_INSTR], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+
+
+@njit(cache=True)
+def _expire_gtd(
+    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, ev, n, ci
+):
+    heap = gtd
+    while meta[0, M_GTD_SIZE] > 0 and heap[0, 0] <= meta[0, M_NOW]:
+        slot = _order_slot(orders, _gtd_pop(meta, gtd))
+        if slot != EMPTY:
+            lots = orders[slot, O_LOTS]
+            n = _reduce(
+                meta,
+                accts,
+                instrs,
+                orders,
+                levels,
+                lht,
+                pos,
+                pht,
+                cap,
+                cht,
+                ev,
+                n,
+                ci,
+                slot,
+                lots,
+                EV_EXPIRED,
+                XP_GTD,
+            )
+    return n
+
+
+@njit(cache=True)
+def _close_instrument(
+    meta, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, ev, n, ci, instr
+):
+    """Gate closure: expire resting orders, turn positions into delivery obligations."""
+    for side in (BUY, SELL):
+        while instrs[instr, I_BEST + side] != EMPTY:
+            slot = levels[instrs[instr, I_BEST + side], L_HEAD]
+            n = _reduce(
+                meta,
+                accts,
+                instrs,
+                orders,
+                levels,
+                lht,
+                pos,
+                pht,
+                cap,
+                cht,
+                ev,
+                n,
+                ci,
+                slot,
+                orders[slot, O_LOTS],
+                EV_EXPIRED,
+                XP_GATE,
+            )
+    instrs[instr, I_STATE] = INSTR_CLOSED
+    rows = np.empty(meta[0, M_POS_HWM], dtype=np.int64)
+    count = 0
+    open_interest = 0
+    for r in range(meta[0, M_POS_HWM]):
+        if pos[r, P_ACCOUNT] != EMPTY and pos[r, P_INSTR] == instr:
+            rows[count] = r
+            count += 1
+            if pos[r, P_LOTS] > 0:
+                open_interest += pos[r, P_LOTS]
+    rows = rows[:count]
+    # Assignment is by account id, so the outcome is a function of the positions alone.
+    accounts = np.empty(count, dtype=np.int64)
+    for k in range(count):
+        accounts[k] = pos[rows[k], P_ACCOUNT]
+    rows = rows[np.argsort(accounts)]
+    n = _emit(
+        ev, n, EV_CLOSED, ci, instrs[instr, I_ID], instr, open_interest, 0, 0, 0, 0, 0, 0, 0, 0, 0
+    )
+    for r in rows:
+        lots = pos[r, P_LOTS]
+        if lots != 0:
+            n = _emit(
+                ev, n, EV_POSITION, ci, pos[r, P_ACCOUNT], instrs[instr, I_ID], -lots, 0, PR_ASSIGNED, 0,
+                0, 0, 0, 0, 0, 0,
+            )  # fmt: skip
+    li = 0
+    long_left = 0
+    for r in rows:
+        if pos[r, P_LOTS] >= 0:
+            continue
+        short_total = -pos[r, P_LOTS]
+        short_left = short_total
+        while short_left > 0:
+            while long_left == 0:
+                while pos[rows[li], P_LOTS] <= 0:
+                    li += 1
+                long_left = pos[rows[li], P_LOTS]
+                li += 1
+            gpus = min(short_left, long_left)
+            holder = pos[rows[li - 1], P_ACCOUNT]
+            last = gpus == short_left
+            escrow = pos[r, P_ESCROW] if last else pos[r, P_ESCROW] * gpus // short_left
+            fees = pos[r, P_FEES] if last else pos[r, P_FEES] * gpus // short_left
+            collat = pos[r, P_COLLAT] if last else pos[r, P_COLLAT] * gpus // short_left
+            pos[r, P_ESCROW] -= escrow
+            pos[r, P_FEES] -= fees
+            pos[r, P_COLLAT] -= collat
+            short_left -= gpus
+            long_left -= gpus
+            n = _assign(
+                meta,
+                instrs,
+                obl,
+                ev,
+                n,
+                ci,
+                instr,
+                pos[r, P_ACCOUNT],
+                holder,
+                gpus,
+                escrow,
+                fees,
+                collat,
+            )
+    for r in rows:
+        # What a position holds beyond its obligations (a short that was bought back) goes home.
+        escrow = pos[r, P_ESCROW]
+        collat = pos[r, P_COLLAT]
+        if escrow != 0 or collat != 0:
+            n = _cash(accts, ev, n, ci, pos[r, P_ACCOUNT], escrow + collat, 0, -escrow, -collat,
+                CR_SHORT_COVERED, instrs[instr, I_ID],
+            )  # fmt: skip
+        _pos_free(meta, instrs, pos, pht, r)
+    return n
+
+
+@njit(cache=True)
+def _assign(meta, instrs, obl, ev, n, ci, instr, provider, holder, gpus, escrow, fees, collat):
+    b = _alloc(meta, obl, M_OBL_FREE, M_OBL_HWM, B_NEXT)
+    meta[0, M_OBL_SEQ] += 1
+    meta[0, M_OBL_LIVE] += 1
+    obl[b, B_ID] = (meta[0, M_OBL_SEQ] << ORDER_SLOT_BITS) | b
+    obl[b, B_STATE] = OBL_ASSIGNED
+    obl[b, B_PROVIDER] = provider
+    obl[b, B_HOLDER] = holder
+    obl[b, B_GPUS] = gpus
+    obl[b, B_START] = instrs[instr, I_START]
+    obl[b, B_HOURS] = instrs[instr, I_HOURS]
+    obl[b, B_HOURS_LEFT] = instrs[instr, I_HOURS]
+    obl[b, B_ESCROW_LEFT] = escrow
+    obl[b, B_FEES_LEFT] = fees
+    obl[b, B_COLLAT_LEFT] = collat
+    obl[b, B_INSTR_ID] = instrs[instr, I_ID]
+    obl[b, B_GPU] = instrs[instr, I_GPU]
+    obl[b, B_REGION] = instrs[instr, I_REGION]
+    obl[b, B_PRODUCT] = instrs[instr, I_PRODUCT]
+    obl[b, B_NEXT] = EMPTY
+    obl[b, B_RELEASED] = 0
+    return _emit(
+        ev, n, EV_ASSIGNED, ci, obl[b, B_ID], provider, holder, gpus, instrs[instr, I_START], instrs[instr, I_HOURS],
+        escrow, instrs[instr, I_ID], 0, 0, 0, 0,
+    )  # fmt: skip
+
+
+@njit(cache=True)
+def _release_hour(accts, obl, ev, n, ci, b):
+    """Pay the provider one delivered hour: its share of escrow and of collateral."""
+    left = obl[b, B_HOURS_LEFT]
+    escrow = obl[b, B_ESCROW_LEFT] // left
+    collat = obl[b, B_COLLAT_LEFT] // left
+    fees = obl[b, B_FEES_LEFT] // left
+    obl[b, B_ESCROW_LEFT] -= escrow
+    obl[b, B_COLLAT_LEFT] -= collat
+    obl[b, B_FEES_LEFT] -= fees
+    obl[b, B_HOURS_LEFT] = left - 1
+    obl[b, B_RELEASED] += escrow
+    if escrow != 0 or collat != 0:
+        n = _cash(accts, ev, n, ci, obl[b, B_PROVIDER], escrow + collat, 0, -escrow, -collat,
+            CR_DELIVERY_RELEASE, obl[b, B_ID],
+        )  # fmt: skip
+    return n
+
+
+@njit(cache=True)
+def _settle(meta, accts, obl, ev, n, ci, b, outcome):
+    """Close an obligation: undelivered hours refund the holder, plus the penalty."""
+    holder = obl[b, B_HOLDER]
+    provider = obl[b, B_PROVIDER]
+    refund = obl[b, B_ESCROW_LEFT]
+    fees = obl[b, B_FEES_LEFT]
+    penalty = obl[b, B_COLLAT_LEFT]
+    if refund != 0:
+        n = _cash(accts, ev, n, ci, provider, 0, 0, -refund, 0, CR_DELIVERY_REFUND, obl[b, B_ID])
+    if fees != 0:
+        n = _cash(accts, ev, n, ci, ACCT_FEES, -fees, 0, 0, 0, CR_DELIVERY_REFUND, obl[b, B_ID])
+    if refund + fees != 0:
+        n = _cash(
+            accts, ev, n, ci, holder, refund + fees, 0, 0, 0, CR_DELIVERY_REFUND, obl[b, B_ID]
+        )
+    if penalty != 0:
+        n = _cash(accts, ev, n, ci, provider, 0, 0, 0, -penalty, CR_DELIVERY_PENALTY, obl[b, B_ID])
+        n = _cash(accts, ev, n, ci, holder, penalty, 0, 0, 0, CR_DELIVERY_PENALTY, obl[b, B_ID])
+    delivered = obl[b, B_HOURS] - obl[b, B_HOURS_LEFT]
+    n = _emit(
+        ev, n, EV_SETTLED, ci, obl[b, B_ID], provider, holder, outcome, delivered,
+        obl[b, B_HOURS_LEFT], obl[b, B_RELEASED], refund + fees, penalty, 0, 0, 0,
+    )  # fmt: skip
+    obl[b, B_STATE] = OBL_FREE
+    obl[b, B_ID] = 0
+    obl[b, B_NEXT] = meta[0, M_OBL_FREE]
+    meta[0, M_OBL_FREE] = b
+    meta[0, M_OBL_LIVE] -= 1
+    return n
+
+
+@njit(cache=True)
+def _deliver_to(accts, obl, ev, n, ci, b, hours_done):
+    """Release every hour up to `hours_done` delivered hours."""
+    while obl[b, B_HOURS] - obl[b, B_HOURS_LEFT] < hours_done and obl[b, B_HOURS_LEFT] > 0:
+        n = _release_hour(accts, obl, ev, n, ci, b)
+    return n
+
+
+@njit(cache=True)
+def _elapsed_hours(meta, obl, b):
+    now = meta[0, M_NOW]
+    return min(max((now - obl[b, B_START]) // NS_PER_HOUR, 0), obl[b, B_HOURS])
+
+
+@njit(cache=True)
+def _clock(
+    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, ev, n, ci, cmds
+):
+    if cmds[ci, C0_AUX] > meta[0, M_NOW]:
+        meta[0, M_NOW] = cmds[ci, C0_AUX]
+    now = meta[0, M_NOW]
+    n = _expire_gtd(
+        meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, ev, n, ci
+    )
+    for i in range(instrs.shape[0]):
+        if instrs[i, I_STATE] == INSTR_OPEN and instrs[i, I_GATE] <= now:
+            n = _close_instrument(
+                meta, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, ev, n, ci, i
+            )
+    for b in range(meta[0, M_OBL_HWM]):
+        state = obl[b, B_STATE]
+        if state == OBL_ASSIGNED and now >= obl[b, B_START] + cfg[0, CFG_DEADLINE_NS]:
+            n = _settle(meta, accts, obl, ev, n, ci, b, DO_FAILED)
+        elif state == OBL_CONFIRMED:
+            n = _deliver_to(accts, obl, ev, n, ci, b, _elapsed_hours(meta, obl, b))
+            if obl[b, B_HOURS_LEFT] == 0:
+                n = _settle(meta, accts, obl, ev, n, ci, b, DO_DELIVERED)
+    return n
+
+
+@njit(cache=True)
+def _obligation(instrs, obl, ev, n, ci, cmds):
+    """Return (slot, ev, n) for a delivery command; slot EMPTY after a rejection."""
+    account = cmds[ci, C0_ACCOUNT]
+    oid = cmds[ci, C0_ORDER]
+    b = oid & ORDER_SLOT_MASK if oid > 0 else EMPTY
+    if b == EMPTY or b >= obl.shape[0] or obl[b, B_ID] != oid:
+        n = _reject(instrs, ev, n, ci, account, R_UNKNOWN_OBLIGATION, oid, -1)
+        return EMPTY, n
+    if account != ACCT_EXTERNAL and account != obl[b, B_PROVIDER]:
+        n = _reject(instrs, ev, n, ci, account, R_NOT_OBLIGATION_PROVIDER, oid, -1)
+        return EMPTY, n
+    return b, n
+
+
+@njit(cache=True)
+def _confirm(meta, accts, instrs, obl, ev, n, ci, cmds):
+    b, n = _obligation(instrs, obl, ev, n, ci, cmds)
+    if b == EMPTY:
+        return n
+    if obl[b, B_STATE] != OBL_ASSIGNED:
+        return _reject(
+            instrs, ev, n, ci, cmds[ci, C0_ACCOUNT], R_OBLIGATION_STATE, obl[b, B_ID], -1
+        )
+    obl[b, B_STATE] = OBL_CONFIRMED
+    n = _emit(
+        ev,
+        n,
+        EV_STARTED,
+        ci,
+        obl[b, B_ID],
+        obl[b, B_PROVIDER],
+        obl[b, B_HOLDER],
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+    )
+    # A confirmation that arrives late still pays the hours already elapsed.
+    n = _deliver_to(accts, obl, ev, n, ci, b, _elapsed_hours(meta, obl, b))
+    if obl[b, B_HOURS_LEFT] == 0:
+        n = _settle(meta, accts, obl, ev, n, ci, b, DO_DELIVERED)
+    return n
+
+
+@njit(cache=True)
+def _fail(meta, accts, instrs, obl, ev, n, ci, cmds):
+    b, n = _obligation(instrs, obl, ev, n, ci, cmds)
+    if b == EMPTY:
+        return n
+    claimed = cmds[ci, C0_LOTS]
+    if claimed < 0 or claimed > obl[b, B_HOURS]:
+        return _reject(instrs, ev, n, ci, cmds[ci, C0_ACCOUNT], R_AMOUNT_INVALID, obl[b, B_ID], -1)
+    if obl[b, B_STATE] == OBL_CONFIRMED:
+        # Hours count as delivered only once they have passed and the provider claims them.
+        n = _deliver_to(accts, obl, ev, n, ci, b, min(claimed, _elapsed_hours(meta, obl, b)))
+    delivered = obl[b, B_HOURS] - obl[b, B_HOURS_LEFT]
+    return _settle(meta, accts, obl, ev, n, ci, b, DO_INTERRUPTED if delivered > 0 else DO_FAILED)
