@@ -256,6 +256,8 @@ class Engine:
             if isinstance(command, cmd.ClockTick) and isinstance(command.ts_ns, int):
                 now = max(now, command.ts_ns)
             try:
+                if getattr(command, "shard", self.config.shard) != self.config.shard:
+                    raise _Refused(Reject.WRONG_SHARD)
                 self._encode_one(command, row, now)
             except _Refused as refused:
                 row[:] = 0

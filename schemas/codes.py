@@ -67,6 +67,7 @@ class Reject(IntEnum):
     CAPACITY_RANGE_INVALID = 1012
     EXPIRY_INVALID = 1013
     MALFORMED = 1014
+    WRONG_SHARD = 1015  # the command names another shard than the engine that received it
     # 2xxx: risk
     INSUFFICIENT_CASH = 2001
     INSUFFICIENT_COVER = 2002

@@ -256,6 +256,8 @@ class ReferenceExchange:
 
     def _dispatch(self, index: int, c: cmd.Command, out: list, listed: list) -> None:
         try:
+            if getattr(c, "shard", self.config.shard) != self.config.shard:
+                raise _Refused(Reject.WRONG_SHARD)
             _check_ints(c)
             if isinstance(c, cmd.ClockTick):
                 self._clock(c, out, listed)
