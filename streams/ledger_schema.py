@@ -189,7 +189,52 @@ CREATE TABLE dead_letters (
 );
 """
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "ledger", _V1_LEDGER),)
+# Market-data history, queryable in SQL: candles and the GPU price index are functions of the
+# settled trades (the same integer definitions as the live feed in streams/marketdata_book.py).
+_V2_MARKET_HISTORY = """
+CREATE FUNCTION product_hours(symbol text) RETURNS bigint LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE split_part(symbol, '.', 3) WHEN '1h' THEN 1 WHEN '1d' THEN 24 ELSE 168 END::bigint
+$$;
+
+-- OHLCV of trades with ts_event in [start_ns, start_ns + interval_ns), per symbol.
+CREATE FUNCTION candles(interval_ns bigint)
+RETURNS TABLE (symbol text, interval_ns bigint, start_ns bigint, open_ticks bigint,
+               high_ticks bigint, low_ticks bigint, close_ticks bigint, volume_lots bigint,
+               trades bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT t.symbol, candles.interval_ns, t.ts_event / candles.interval_ns * candles.interval_ns,
+           (array_agg(t.price_ticks ORDER BY t.ts_event, t.shard, t.trade_id))[1],
+           max(t.price_ticks), min(t.price_ticks),
+           (array_agg(t.price_ticks ORDER BY t.ts_event DESC, t.shard DESC, t.trade_id DESC))[1],
+           sum(t.lots)::bigint, count(*)
+    FROM trades t
+    GROUP BY t.symbol, t.ts_event / candles.interval_ns * candles.interval_ns
+$$;
+
+CREATE VIEW candles_1m AS SELECT * FROM candles(60000000000);
+CREATE VIEW candles_1h AS SELECT * FROM candles(3600000000000);
+CREATE VIEW candles_1d AS SELECT * FROM candles(86400000000000);
+
+-- Per GPU model: volume-weighted price per GPU-hour over the window (at_ns - window_ns, at_ns],
+-- floor(sum(price x lots x hours) / sum(lots x hours)); price 0 with volume 0 when empty.
+CREATE FUNCTION price_index(gpu text, at_ns bigint, window_ns bigint DEFAULT 86400000000000)
+RETURNS TABLE (price_ticks bigint, volume_gpu_hours bigint, volume_lots bigint, trades bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT COALESCE(sum(t.price_ticks * t.lots * product_hours(t.symbol))::bigint
+                    / NULLIF(sum(t.lots * product_hours(t.symbol))::bigint, 0), 0),
+           COALESCE(sum(t.lots * product_hours(t.symbol)), 0)::bigint,
+           COALESCE(sum(t.lots), 0)::bigint,
+           count(*)
+    FROM trades t
+    WHERE split_part(t.symbol, '.', 1) = gpu
+      AND t.ts_event > at_ns - window_ns AND t.ts_event <= at_ns
+$$;
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "ledger", _V1_LEDGER),
+    Migration(2, "market history", _V2_MARKET_HISTORY),
+)
 
 _CREATE_MIGRATIONS_TABLE = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
