@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from exchange import bench_matching
+from exchange import bench_matching, bench_pipeline
 
 __all__ = ["register"]
 
@@ -17,3 +17,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("bench", help="measure throughput and memory")
     group = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     bench_matching.register(group)
+    bench_pipeline.register(group)

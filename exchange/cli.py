@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from exchange import bench, cli_marketdata, cli_settle, cli_streams
+from exchange import bench, cli_audit, cli_marketdata, cli_provision, cli_settle, cli_streams
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -13,7 +13,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gx", description="GPU-hour exchange")
     subparsers = parser.add_subparsers(dest="command", required=True)
     bench.register(subparsers)
+    cli_audit.register(subparsers)
     cli_marketdata.register(subparsers)
+    cli_provision.register(subparsers)
     cli_settle.register(subparsers)
     cli_streams.register(subparsers)
     return parser

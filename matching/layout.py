@@ -10,13 +10,15 @@ from __future__ import annotations
 # --- state tuple members -------------------------------------------------------------------
 ST_META, ST_CFG, ST_ACCTS, ST_INSTRS, ST_ORDERS, ST_LEVELS, ST_LEVEL_HT = 0, 1, 2, 3, 4, 5, 6
 ST_POS, ST_POS_HT, ST_CAP, ST_CAP_HT, ST_OBL, ST_GTD = 7, 8, 9, 10, 11, 12
-ST_COUNT = 13
+ST_SCRATCH = 13  # working rows for gate closure (sorting positions); never stored
+ST_COUNT = 14
 ST_NAMES = (
     "meta", "cfg", "accounts", "instruments", "orders", "levels", "level_ht",
-    "positions", "position_ht", "capacity", "capacity_ht", "obligations", "gtd_heap",
+    "positions", "position_ht", "capacity", "capacity_ht", "obligations", "gtd_heap", "scratch",
 )  # fmt: skip
-# Arrays rebuilt on restore rather than stored (their layout depends on insertion history).
-HASH_TABLES = (ST_LEVEL_HT, ST_POS_HT, ST_CAP_HT)
+# Arrays rebuilt on restore rather than stored: indexes (their layout depends on insertion
+# history) and scratch space. They are not part of the state hash either.
+NOT_STORED = (ST_LEVEL_HT, ST_POS_HT, ST_CAP_HT, ST_SCRATCH)
 
 # --- meta: counters and allocator heads (one row) ---------------------------------------------
 M_NOW = 0  # engine time, ns: the last clock tick

@@ -97,6 +97,7 @@ def new_state(config: EngineConfig, catalog: Catalog) -> State:
     st[lay.ST_CAP_HT] = _table(config.capacity_rows_max)
     st[lay.ST_OBL] = z((config.obligations_max, lay.B_WIDTH), dtype=np.int64)
     st[lay.ST_GTD] = z((config.orders_max, 2), dtype=np.int64)
+    st[lay.ST_SCRATCH] = z((config.positions_max, 2), dtype=np.int64)
     return tuple(st)
 
 
@@ -126,7 +127,7 @@ _BLANK_ACCOUNT = np.array([0, 0, 0, 0, 0, -1, -1, 0], dtype=np.int64)
 
 def _canonical(st: State) -> list[bytes]:
     return [
-        b"" if i in lay.HASH_TABLES else np.ascontiguousarray(_used_rows(st, i)).tobytes()
+        b"" if i in lay.NOT_STORED else np.ascontiguousarray(_used_rows(st, i)).tobytes()
         for i in range(lay.ST_COUNT)
     ]
 
@@ -173,7 +174,7 @@ def restore_state(data: bytes, catalog: Catalog) -> tuple[State, EngineConfig]:
         raise ValueError("snapshot was taken under another catalog; restore with that catalog")
     st = new_state(snap.config, catalog)
     for i, raw in enumerate(snap.arrays):
-        if i in lay.HASH_TABLES:
+        if i in lay.NOT_STORED:
             continue
         rows = np.frombuffer(raw, dtype=np.int64).reshape(-1, st[i].shape[1])
         st[i][: rows.shape[0]] = rows

@@ -2,10 +2,12 @@
 
 Private by convention (`_name`): only `matching.engine` calls them, after validating input.
 `_apply` takes the state tuple (see `matching.layout`) and hands its arrays down as plain
-arguments: no tuple lookups and no row views below it, so the hot path does no reference counting.
-Kernels write event rows into `ev` and return the new count; `_apply` checks the room a command
-can need before running it. They never raise on
-bad input (refusals are events) and never reads a clock or a random source.
+arguments; kernels index 2-D arrays directly, never through row views.
+
+Every kernel is compiled with `_nrt=False`: no Numba runtime, so no reference counting on any
+array argument (it was most of the time per command) and no allocation. Kernels write event rows
+into `ev` and return the new count; `_apply` checks the room a command can need before running
+it. They never raise on bad input (refusals are events) and never read a clock or a random source.
 
 One module per concern, imported in this order: `_base` (codes, event rows, cash), `pools`
 (hash tables, positions, capacity), `book` (levels, orders), `expiry` (GTD heap), `trades`

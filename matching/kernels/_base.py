@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from numba import config, njit
-from numba.extending import intrinsic
+from numba import njit
 
 from matching.layout import (
     A_AVAIL,
@@ -16,39 +15,6 @@ from matching.layout import (
     EV_REJECTED,
     I_ID,
 )
-
-if config.DISABLE_JIT:
-
-    def _unmanaged(array):
-        return array
-
-else:
-
-    @intrinsic
-    def _unmanaged(typingctx, array):
-        """The same array without its memory-manager handle, so passing it costs no refcounts.
-
-        Numba counts references with atomic instructions on every array argument and view; on
-        the engine's hot path that was most of the time. The state tuple held by `Engine` keeps
-        the buffers alive for the whole kernel call, so nothing below `_apply` needs to count.
-        """
-
-        def codegen(context, builder, signature, args):
-            source = context.make_array(signature.args[0])(context, builder, value=args[0])
-            target = context.make_array(signature.return_type)(context, builder)
-            context.populate_array(
-                target,
-                data=source.data,
-                shape=source.shape,
-                strides=source.strides,
-                itemsize=source.itemsize,
-                meminfo=None,
-                parent=None,
-            )
-            return target._getvalue()
-
-        return array(array), codegen
-
 
 # Reject codes (schemas.codes.Reject), as plain ints so the kernels compile them in.
 R_UNKNOWN_INSTRUMENT = 1001
@@ -157,7 +123,7 @@ BPS = 10_000
 EMPTY = -1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _emit(ev, n, typ, ci, a, b, c, d, e, f, g, h, i, j, k, m):
     """Write one event row. `_apply` checked the room before the command began."""
     ev[n, E_TYPE] = typ
@@ -177,13 +143,13 @@ def _emit(ev, n, typ, ci, a, b, c, d, e, f, g, h, i, j, k, m):
     return n + 1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _reject(instrs, ev, n, ci, account, code, order_id, instr):
     iid = instrs[instr, I_ID] if 0 <= instr < instrs.shape[0] else 0
     return _emit(ev, n, EV_REJECTED, ci, account, code, order_id, iid, 0, 0, 0, 0, 0, 0, 0, 0)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _cash(accts, ev, n, ci, account, d_avail, d_held, d_escrow, d_collat, reason, ref):
     """Apply one account's balance deltas and emit the CashChanged row."""
     accts[account, A_AVAIL] += d_avail
@@ -198,6 +164,6 @@ def _cash(accts, ev, n, ci, account, d_avail, d_held, d_escrow, d_collat, reason
 ACCOUNT_FIRST_USER = 10
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _iid(instrs, instr):
     return instrs[instr, I_ID]

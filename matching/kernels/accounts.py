@@ -45,7 +45,7 @@ from matching.layout import (
 )
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _deposit(meta, cfg, accts, instrs, ev, n, ci, cmds):
     account = cmds[ci, C0_ACCOUNT]
     amount = cmds[ci, C0_AUX]
@@ -61,7 +61,7 @@ def _deposit(meta, cfg, accts, instrs, ev, n, ci, cmds):
     return _cash(accts, ev, n, ci, ACCT_EXTERNAL, -amount, 0, 0, 0, CR_DEPOSIT, ref)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _withdraw(meta, accts, instrs, ev, n, ci, cmds):
     account = cmds[ci, C0_ACCOUNT]
     amount = cmds[ci, C0_AUX]
@@ -77,7 +77,7 @@ def _withdraw(meta, accts, instrs, ev, n, ci, cmds):
     return _cash(accts, ev, n, ci, ACCT_EXTERNAL, amount, 0, 0, 0, CR_WITHDRAWAL, ref)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _capacity(meta, cfg, accts, instrs, cap, cht, ev, n, ci, cmds):
     """Set a provider's GPUs for every hour in [start, end) of one GPU model and region."""
     account = cmds[ci, C0_ACCOUNT]

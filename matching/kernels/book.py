@@ -51,18 +51,18 @@ from matching.layout import (
 )
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _better(a, b, side):
     """Whether price a has priority over price b on this side of the book."""
     return a > b if side == BUY else a < b
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _level_key(instr, side, price):
     return ((instr * 2 + side) << 31) | price
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _level_get_or_add(meta, instrs, levels, lht, instr, side, price):
     key = _level_key(instr, side, price)
     lv = _ht_get(lht, key)
@@ -106,7 +106,7 @@ def _level_get_or_add(meta, instrs, levels, lht, instr, side, price):
     return lv
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _level_remove(meta, instrs, levels, lht, lv):
     book = levels[lv, L_BOOK]
     instr = book >> 1
@@ -128,7 +128,7 @@ def _level_remove(meta, instrs, levels, lht, lv):
     meta[0, M_LEVELS_LIVE] -= 1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _order_slot(orders, order_id):
     """Slot of a live order id, or EMPTY."""
     if order_id <= 0:
@@ -139,7 +139,7 @@ def _order_slot(orders, order_id):
     return slot
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _order_new(meta, accts, orders, account, instr, side, price, lots, flags, expire):
     slot = _alloc(meta, orders, M_ORDER_FREE, M_ORDER_HWM, O_NEXT)
     meta[0, M_ORDER_SEQ] += 1
@@ -171,7 +171,7 @@ def _order_new(meta, accts, orders, account, instr, side, price, lots, flags, ex
     return slot
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _order_free(meta, accts, orders, slot):
     account = orders[slot, O_ACCOUNT]
     prev = orders[slot, O_APREV]
@@ -192,7 +192,7 @@ def _order_free(meta, accts, orders, slot):
     meta[0, M_ORDERS_LIVE] -= 1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _book_append(meta, instrs, orders, levels, lht, slot):
     """Rest an order at the back of its price level."""
     lv = _level_get_or_add(
@@ -218,7 +218,7 @@ def _book_append(meta, instrs, orders, levels, lht, slot):
     instrs[orders[slot, O_INSTR], I_ORDERS] += 1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _book_unlink(meta, instrs, orders, levels, lht, slot):
     """Take a resting order out of its level, removing the level when it empties."""
     lv = orders[slot, O_LEVEL]
@@ -244,7 +244,7 @@ def _book_unlink(meta, instrs, orders, levels, lht, slot):
         _level_remove(meta, instrs, levels, lht, lv)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _release(accts, instrs, orders, pos, pht, cap, cht, ev, n, ci, slot, lots):
     """Release the holds and reservations behind `lots` unfilled lots of an order."""
     account = orders[slot, O_ACCOUNT]
@@ -267,7 +267,7 @@ def _release(accts, instrs, orders, pos, pht, cap, cht, ev, n, ci, slot, lots):
     return n
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _reduce(
     meta,
     accts,

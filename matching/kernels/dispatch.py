@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from numba import njit
 
-from matching.kernels._base import EMPTY, _reject, _unmanaged
+from matching.kernels._base import EMPTY, _reject
 from matching.kernels.accounts import _capacity, _deposit, _withdraw
 from matching.kernels.book import _level_key
 from matching.kernels.expiry import _gtd_due
@@ -52,7 +52,7 @@ from matching.layout import (
 )
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _room_needed(meta, cfg, accts, instrs, obl, gtd, cmds, ci):
     """Upper bound on the event rows one command can emit (checked before it runs)."""
     op = cmds[ci, C0_OP]
@@ -75,7 +75,7 @@ def _room_needed(meta, cfg, accts, instrs, obl, gtd, cmds, ci):
 HOURS_MAX = 168
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _clock_room(meta, instrs, obl, gtd, now):
     """Event rows a clock tick at `now` can emit: expiries, closures, delivery progress."""
     rows = 2 * _gtd_due(gtd, meta[0, M_GTD_SIZE], now)
@@ -89,24 +89,15 @@ def _clock_room(meta, instrs, obl, gtd, now):
     return rows
 
 
-@njit(cache=True)
-def _apply(cmds_in, first, st, ev_in, n):
+@njit(cache=True, _nrt=False)
+def _apply(cmds, first, st, ev, n):
     """Apply command rows from `first` on, writing events from row `n`.
 
     Returns (event count, next command). The next command is below `len(cmds)` when the event
     buffer has no room for it: nothing of it has run; grow the buffer and call again from there.
     """
-    meta, cfg, accts = _unmanaged(st[0]), _unmanaged(st[1]), _unmanaged(st[2])
-    instrs, orders, levels = _unmanaged(st[3]), _unmanaged(st[4]), _unmanaged(st[5])
-    lht, pos, pht = _unmanaged(st[6]), _unmanaged(st[7]), _unmanaged(st[8])
-    cap, cht, obl, gtd = (
-        _unmanaged(st[9]),
-        _unmanaged(st[10]),
-        _unmanaged(st[11]),
-        _unmanaged(st[12]),
-    )
-    ev = _unmanaged(ev_in)
-    cmds = _unmanaged(cmds_in)
+    meta, cfg, accts, instrs, orders, levels, lht = st[0], st[1], st[2], st[3], st[4], st[5], st[6]
+    pos, pht, cap, cht, obl, gtd, scratch = st[7], st[8], st[9], st[10], st[11], st[12], st[13]
     for ci in range(first, cmds.shape[0]):
         if n + _room_needed(meta, cfg, accts, instrs, obl, gtd, cmds, ci) > ev.shape[0]:
             return n, ci
@@ -180,6 +171,7 @@ def _apply(cmds_in, first, st, ev_in, n):
                 cht,
                 obl,
                 gtd,
+                scratch,
                 ev,
                 n,
                 ci,
@@ -199,8 +191,8 @@ def _apply(cmds_in, first, st, ev_in, n):
     return n, cmds.shape[0]
 
 
-@njit(cache=True)
-def _rebuild(meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd):
+@njit(cache=True, _nrt=False)
+def _rebuild(meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, scratch):
     """Re-index levels, positions and capacity rows after a restore."""
     for lv in range(meta[0, M_LEVEL_HWM]):
         book = levels[lv, L_BOOK]

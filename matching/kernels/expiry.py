@@ -9,12 +9,12 @@ from matching.kernels.book import _order_slot
 from matching.layout import M_GTD_SIZE
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _heap_less(heap, a, b):
     return heap[a, 0] < heap[b, 0] or (heap[a, 0] == heap[b, 0] and heap[a, 1] < heap[b, 1])
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _heap_swap(heap, a, b):
     t0 = heap[a, 0]
     t1 = heap[a, 1]
@@ -24,7 +24,7 @@ def _heap_swap(heap, a, b):
     heap[b, 1] = t1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _gtd_push(meta, gtd, expire, order_id):
     heap = gtd
     i = meta[0, M_GTD_SIZE]
@@ -39,7 +39,7 @@ def _gtd_push(meta, gtd, expire, order_id):
         i = parent
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _gtd_pop(meta, gtd):
     heap = gtd
     size = meta[0, M_GTD_SIZE] - 1
@@ -62,7 +62,7 @@ def _gtd_pop(meta, gtd):
     return order_id
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _gtd_live(orders, gtd, size):
     live = 0
     for i in range(size):
@@ -71,7 +71,7 @@ def _gtd_live(orders, gtd, size):
     return live
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _gtd_compact(meta, orders, gtd):
     """Drop the entries of orders no longer live and restore the heap order."""
     size = 0
@@ -96,19 +96,11 @@ def _gtd_compact(meta, orders, gtd):
             i = child
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _gtd_due(heap, size, now):
-    """How many heap entries expire at `now` (walks only the entries that do)."""
+    """How many heap entries expire at `now` (a tick's worth of work; no allocation)."""
     count = 0
-    stack = [0]
-    stack.pop()
-    if size > 0:
-        stack.append(0)
-    while len(stack) > 0:
-        i = stack.pop()
+    for i in range(size):
         if heap[i, 0] <= now:
             count += 1
-            for child in (2 * i + 1, 2 * i + 2):
-                if child < size:
-                    stack.append(child)
     return count

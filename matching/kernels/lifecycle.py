@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 from numba import njit
 
 from matching.kernels._base import (
@@ -116,7 +115,7 @@ from matching.layout import (
 )
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _list(meta, cfg, instrs, ev, n, ci, cmds):
     """List an instrument in the slot the facade chose (it mirrors closures in command order)."""
     row = instrs[cmds[ci, C0_INSTR]]
@@ -145,7 +144,7 @@ def _list(meta, cfg, instrs, ev, n, ci, cmds):
     return _emit(ev, n, EV_LISTED, ci, row[I_ID], cmds[ci, C0_INSTR], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _expire_gtd(
     meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, ev, n, ci
 ):
@@ -176,9 +175,9 @@ def _expire_gtd(
     return n
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _close_instrument(
-    meta, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, ev, n, ci, instr
+    meta, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, scratch, ev, n, ci, instr
 ):
     """Gate closure: expire resting orders, turn positions into delivery obligations."""
     for side in (BUY, SELL):
@@ -204,25 +203,23 @@ def _close_instrument(
                 XP_GATE,
             )
     instrs[instr, I_STATE] = INSTR_CLOSED
-    rows = np.empty(meta[0, M_POS_HWM], dtype=np.int64)
+    # Collect (account, row) of the instrument's positions in the scratch rows, sorted by
+    # account: assignment is by account id, so the outcome is a function of the positions alone.
     count = 0
     open_interest = 0
     for r in range(meta[0, M_POS_HWM]):
         if pos[r, P_ACCOUNT] != EMPTY and pos[r, P_INSTR] == instr:
-            rows[count] = r
+            scratch[count, 0] = pos[r, P_ACCOUNT]
+            scratch[count, 1] = r
             count += 1
             if pos[r, P_LOTS] > 0:
                 open_interest += pos[r, P_LOTS]
-    rows = rows[:count]
-    # Assignment is by account id, so the outcome is a function of the positions alone.
-    accounts = np.empty(count, dtype=np.int64)
-    for k in range(count):
-        accounts[k] = pos[rows[k], P_ACCOUNT]
-    rows = rows[np.argsort(accounts)]
+    _heapsort_rows(scratch, count)
     n = _emit(
         ev, n, EV_CLOSED, ci, instrs[instr, I_ID], instr, open_interest, 0, 0, 0, 0, 0, 0, 0, 0, 0
     )
-    for r in rows:
+    for k in range(count):
+        r = scratch[k, 1]
         lots = pos[r, P_LOTS]
         if lots != 0:
             n = _emit(
@@ -231,19 +228,20 @@ def _close_instrument(
             )  # fmt: skip
     li = 0
     long_left = 0
-    for r in rows:
+    for k in range(count):
+        r = scratch[k, 1]
         if pos[r, P_LOTS] >= 0:
             continue
         short_total = -pos[r, P_LOTS]
         short_left = short_total
         while short_left > 0:
             while long_left == 0:
-                while pos[rows[li], P_LOTS] <= 0:
+                while pos[scratch[li, 1], P_LOTS] <= 0:
                     li += 1
-                long_left = pos[rows[li], P_LOTS]
+                long_left = pos[scratch[li, 1], P_LOTS]
                 li += 1
             gpus = min(short_left, long_left)
-            holder = pos[rows[li - 1], P_ACCOUNT]
+            holder = pos[scratch[li - 1, 1], P_ACCOUNT]
             last = gpus == short_left
             escrow = pos[r, P_ESCROW] if last else pos[r, P_ESCROW] * gpus // short_left
             fees = pos[r, P_FEES] if last else pos[r, P_FEES] * gpus // short_left
@@ -268,7 +266,8 @@ def _close_instrument(
                 fees,
                 collat,
             )
-    for r in rows:
+    for k in range(count):
+        r = scratch[k, 1]
         # What a position holds beyond its obligations (a short that was bought back) goes home.
         escrow = pos[r, P_ESCROW]
         collat = pos[r, P_COLLAT]
@@ -280,7 +279,7 @@ def _close_instrument(
     return n
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _assign(meta, instrs, obl, ev, n, ci, instr, provider, holder, gpus, escrow, fees, collat):
     b = _alloc(meta, obl, M_OBL_FREE, M_OBL_HWM, B_NEXT)
     meta[0, M_OBL_SEQ] += 1
@@ -308,7 +307,7 @@ def _assign(meta, instrs, obl, ev, n, ci, instr, provider, holder, gpus, escrow,
     )  # fmt: skip
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _release_hour(accts, obl, ev, n, ci, b):
     """Pay the provider one delivered hour: its share of escrow and of collateral."""
     left = obl[b, B_HOURS_LEFT]
@@ -327,7 +326,7 @@ def _release_hour(accts, obl, ev, n, ci, b):
     return n
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _settle(meta, accts, obl, ev, n, ci, b, outcome):
     """Close an obligation: undelivered hours refund the holder, plus the penalty."""
     holder = obl[b, B_HOLDER]
@@ -359,7 +358,7 @@ def _settle(meta, accts, obl, ev, n, ci, b, outcome):
     return n
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _deliver_to(accts, obl, ev, n, ci, b, hours_done):
     """Release every hour up to `hours_done` delivered hours."""
     while obl[b, B_HOURS] - obl[b, B_HOURS_LEFT] < hours_done and obl[b, B_HOURS_LEFT] > 0:
@@ -367,15 +366,32 @@ def _deliver_to(accts, obl, ev, n, ci, b, hours_done):
     return n
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _elapsed_hours(meta, obl, b):
     now = meta[0, M_NOW]
     return min(max((now - obl[b, B_START]) // NS_PER_HOUR, 0), obl[b, B_HOURS])
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _clock(
-    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, ev, n, ci, cmds
+    meta,
+    cfg,
+    accts,
+    instrs,
+    orders,
+    levels,
+    lht,
+    pos,
+    pht,
+    cap,
+    cht,
+    obl,
+    gtd,
+    scratch,
+    ev,
+    n,
+    ci,
+    cmds,
 ):
     if cmds[ci, C0_AUX] > meta[0, M_NOW]:
         meta[0, M_NOW] = cmds[ci, C0_AUX]
@@ -386,7 +402,22 @@ def _clock(
     for i in range(instrs.shape[0]):
         if instrs[i, I_STATE] == INSTR_OPEN and instrs[i, I_GATE] <= now:
             n = _close_instrument(
-                meta, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, ev, n, ci, i
+                meta,
+                accts,
+                instrs,
+                orders,
+                levels,
+                lht,
+                pos,
+                pht,
+                cap,
+                cht,
+                obl,
+                scratch,
+                ev,
+                n,
+                ci,
+                i,
             )
     for b in range(meta[0, M_OBL_HWM]):
         state = obl[b, B_STATE]
@@ -399,7 +430,7 @@ def _clock(
     return n
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _obligation(instrs, obl, ev, n, ci, cmds):
     """Return (slot, ev, n) for a delivery command; slot EMPTY after a rejection."""
     account = cmds[ci, C0_ACCOUNT]
@@ -414,7 +445,7 @@ def _obligation(instrs, obl, ev, n, ci, cmds):
     return b, n
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _confirm(meta, accts, instrs, obl, ev, n, ci, cmds):
     b, n = _obligation(instrs, obl, ev, n, ci, cmds)
     if b == EMPTY:
@@ -449,7 +480,7 @@ def _confirm(meta, accts, instrs, obl, ev, n, ci, cmds):
     return n
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _fail(meta, accts, instrs, obl, ev, n, ci, cmds):
     b, n = _obligation(instrs, obl, ev, n, ci, cmds)
     if b == EMPTY:
@@ -462,3 +493,29 @@ def _fail(meta, accts, instrs, obl, ev, n, ci, cmds):
         n = _deliver_to(accts, obl, ev, n, ci, b, min(claimed, _elapsed_hours(meta, obl, b)))
     delivered = obl[b, B_HOURS] - obl[b, B_HOURS_LEFT]
     return _settle(meta, accts, obl, ev, n, ci, b, DO_INTERRUPTED if delivered > 0 else DO_FAILED)
+
+
+@njit(cache=True, _nrt=False)
+def _heapsort_rows(a, count):
+    """Sort rows a[:count] by column 0 in place (no allocation: kernels run without NRT)."""
+    for start in range(count // 2 - 1, -1, -1):
+        _sift_down(a, start, count)
+    for end in range(count - 1, 0, -1):
+        for col in range(a.shape[1]):
+            a[0, col], a[end, col] = a[end, col], a[0, col]
+        _sift_down(a, 0, end)
+
+
+@njit(cache=True, _nrt=False)
+def _sift_down(a, i, size):
+    while True:
+        child = 2 * i + 1
+        if child >= size:
+            return
+        if child + 1 < size and a[child + 1, 0] > a[child, 0]:
+            child += 1
+        if a[child, 0] <= a[i, 0]:
+            return
+        for col in range(a.shape[1]):
+            a[i, col], a[child, col] = a[child, col], a[i, col]
+        i = child

@@ -100,19 +100,19 @@ from matching.layout import (
 )
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _unit_hold(instrs, instr, price, taker_bps):
     """Cash held per lot of a bid: notional at its limit plus the taker fee, rounded up."""
     notional = instrs[instr, I_NOTIONAL_UNIT] * price
     return notional + (notional * taker_bps + BPS - 1) // BPS
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _user_account(accts, account):
     return ACCOUNT_FIRST_USER <= account < accts.shape[0]
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _long_free(pos, pht, account, instr):
     """Long lots not yet promised to open asks (what can be resold)."""
     prow = _pos_find(pht, account, instr)
@@ -121,7 +121,7 @@ def _long_free(pos, pht, account, instr):
     return max(pos[prow, P_LOTS] - pos[prow, P_RESERVED], 0)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _pool_room(meta, orders, levels, pos, obl, gtd, lots, new_order, gtd_order):
     """Reject code if the pools cannot take an order (new, or amended when `new_order` is
     False) that may rest on a new level and trade with up to `lots` makers."""
@@ -141,7 +141,7 @@ def _pool_room(meta, orders, levels, pos, obl, gtd, lots, new_order, gtd_order):
     return 0
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _check_instrument(instrs, instr):
     if instr == INSTR_NOT_TRADING:
         return R_INSTRUMENT_NOT_TRADING
@@ -152,7 +152,7 @@ def _check_instrument(instrs, instr):
     return 0
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _check_price(instrs, instr, price):
     if price <= 0:
         return R_PRICE_INVALID
@@ -161,7 +161,7 @@ def _check_price(instrs, instr, price):
     return 0
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _check_lots(instrs, instr, lots):
     if lots <= 0:
         return R_LOTS_INVALID
@@ -170,13 +170,13 @@ def _check_lots(instrs, instr, lots):
     return 0
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _would_take(instrs, levels, instr, side, price):
     best = instrs[instr, I_BEST + (1 - side)]
     return best != EMPTY and _crosses(side, levels[best, L_PRICE], price)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _sell_cover(instrs, pos, pht, cap, cht, account, instr, lots, covered_now, uncovered_now):
     """Split an ask into covered and uncovered lots; return (covered, code).
 
@@ -192,7 +192,7 @@ def _sell_cover(instrs, pos, pht, cap, cht, account, instr, lots, covered_now, u
     return covered, 0
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _place(
     meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, ev, n, ci, cmds
 ):
@@ -288,7 +288,7 @@ def _place(
     return n
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _owned_order(instrs, orders, ev, n, ci, account, order_id):
     """Return (slot, ev, n); slot EMPTY after emitting the rejection."""
     slot = _order_slot(orders, order_id)
@@ -301,7 +301,7 @@ def _owned_order(instrs, orders, ev, n, ci, account, order_id):
     return slot, n
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _cancel(meta, accts, instrs, orders, levels, lht, pos, pht, cap, cht, ev, n, ci, cmds):
     slot, n = _owned_order(instrs, orders, ev, n, ci, cmds[ci, C0_ACCOUNT], cmds[ci, C0_ORDER])
     if slot == EMPTY:
@@ -328,7 +328,7 @@ def _cancel(meta, accts, instrs, orders, levels, lht, pos, pht, cap, cht, ev, n,
     )
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _cancel_all(meta, accts, instrs, orders, levels, lht, pos, pht, cap, cht, ev, n, ci, cmds):
     account = cmds[ci, C0_ACCOUNT]
     instr = cmds[ci, C0_INSTR]
@@ -365,7 +365,7 @@ def _cancel_all(meta, accts, instrs, orders, levels, lht, pos, pht, cap, cht, ev
     return n
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _amend(
     meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, ev, n, ci, cmds
 ):

@@ -21,14 +21,14 @@ from matching.layout import (
 )
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _ht_home(key, mask):
     s = (key & 0x7FFFFFFF) * 0x7FEB352D + (key >> 31) * 0x68E31DA5
     s ^= s >> 29
     return s & mask
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _ht_get(ht, key):
     mask = ht.shape[0] - 1
     i = _ht_home(key, mask)
@@ -41,7 +41,7 @@ def _ht_get(ht, key):
         i = (i + 1) & mask
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _ht_put(ht, key, value):
     mask = ht.shape[0] - 1
     i = _ht_home(key, mask)
@@ -51,7 +51,7 @@ def _ht_put(ht, key, value):
     ht[i, 1] = value
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _ht_del(ht, key):
     mask = ht.shape[0] - 1
     i = _ht_home(key, mask)
@@ -79,7 +79,7 @@ def _ht_del(ht, key):
     ht[i, 1] = EMPTY
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _alloc(meta, rows, free_col, hwm_col, link_col):
     head = meta[0, free_col]
     if head != EMPTY:
@@ -92,17 +92,17 @@ def _alloc(meta, rows, free_col, hwm_col, link_col):
     return slot
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _pos_key(account, instr):
     return (account << 20) | instr
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _pos_find(pht, account, instr):
     return _ht_get(pht, _pos_key(account, instr))
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _pos_get(meta, instrs, pos, pht, account, instr):
     """Return the position row, creating it (caller checked room first)."""
     row = _ht_get(pht, _pos_key(account, instr))
@@ -119,7 +119,7 @@ def _pos_get(meta, instrs, pos, pht, account, instr):
     return row
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _pos_free(meta, instrs, pos, pht, row):
     instrs[pos[row, P_INSTR], I_POSITIONS] -= 1
     _ht_del(pht, _pos_key(pos[row, P_ACCOUNT], pos[row, P_INSTR]))
@@ -130,12 +130,12 @@ def _pos_free(meta, instrs, pos, pht, row):
     meta[0, M_POS_LIVE] -= 1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _cap_key(account, capkey, hour):
     return (((account << 6) | capkey) << 20) | (hour & 0xFFFFF)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _cap_free_for(instrs, cap, cht, account, instr):
     """Smallest unused capacity over the instrument's delivery hours (0 if any hour is missing)."""
     ht = cht
@@ -150,7 +150,7 @@ def _cap_free_for(instrs, cap, cht, account, instr):
     return max(best, 0)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _cap_use(instrs, cap, cht, account, instr, delta):
     """Add `delta` GPUs to the committed capacity of every delivery hour of the instrument."""
     ht = cht

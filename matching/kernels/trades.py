@@ -66,7 +66,7 @@ from matching.layout import (
 )
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _cover_short(instrs, pos, cap, cht, account, instr, prow, q):
     """A buy of q lots by a short account: release escrow and collateral pro rata."""
     short = -pos[prow, P_LOTS]
@@ -83,7 +83,7 @@ def _cover_short(instrs, pos, cap, cht, account, instr, prow, q):
     return escrow, collat
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _fill(
     meta,
     cfg,
@@ -193,12 +193,12 @@ def _fill(
     return n
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _crosses(side, level_price, limit):
     return level_price <= limit if side == BUY else level_price >= limit
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _fok_fillable(instrs, orders, levels, instr, side, limit, account, stp, lots):
     """Lots an FOK order would fill before matching stops (self-trade rules included)."""
     lv = instrs[instr, I_BEST + (1 - side)]
@@ -216,7 +216,7 @@ def _fok_fillable(instrs, orders, levels, instr, side, limit, account, stp, lots
     return total
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _match(
     meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, ev, n, ci, taker, limit
 ):
@@ -372,7 +372,7 @@ def _match(
     return n, True
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _rest_or_finish(
     meta, accts, instrs, orders, levels, lht, pos, pht, cap, cht, gtd, ev, n, ci, slot, new_order
 ):

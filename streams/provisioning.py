@@ -1,0 +1,532 @@
+"""The provisioning process (`gx provision`): delivery obligations <-> provider agents.
+
+A faust-streaming worker (ARCHITECTURE 5) with two agents and one table:
+
+    gx.events        -> DeliveryAssigned / DeliveryStarted / DeliverySettled, engine time
+                     -> ProvisionRequested on gx.provisioning (key = provider)
+    gx.provisioning  -> ProvisionConfirmed / ProvisionFailed from the providers
+                     -> DeliveryConfirmed / DeliveryFailed on gx.commands (key = shard)
+
+Each obligation's lifecycle lives in the table `obligations` keyed by obligation id:
+
+    assigned -> requested -> confirmed | failed -> settled
+
+`requested`: the "assigned" request went out at gate closure; the "start" request follows once
+engine time reaches the delivery start. `confirmed` / `failed`: the outcome was sent to the
+engine (or the engine said so itself). `settled`: the engine settled it; nothing more happens.
+
+Time is engine time, never the wall clock: the latest `ts_event` of each shard. The provisioning
+deadline (start + the catalog's 15 minutes) is checked against the time of the last *complete*
+command (one whose events are all read: a later command's event has arrived), so the engine's
+own auto-fail at the deadline tick, which shares that tick's events, is seen first. The engine
+auto-fails an unconfirmed delivery anyway; our `DeliveryFailed(account=0)` is a courtesy that
+the engine refuses harmlessly when it is late (UNKNOWN_OBLIGATION once the obligation is settled
+and its slot freed). Engine time only moves when events flow: a quiet shard delays the "start"
+request and the courtesy fail until its next event.
+
+At-least-once and idempotent: faust commits offsets after the handlers ran, so a crash replays
+some records. Every handler looks at the obligation's state first, and every message sent is
+remembered in the table before the next record, so a replayed event or a provider's repeated
+reply sends nothing twice (a crash between send and table write can still repeat one message,
+which the provider and the engine both drop). Money never lives here: the engine settles.
+
+Against librdkafka's mock cluster faust needs `topic_allow_declare=False` and
+`topic_disable_leader=True`, and every topic, the tables' changelogs included
+(`changelog_topics`), must exist beforehand (create them through the mock's API). The tables
+write their changelog partition by key hash (`_KeyedTable`) because records from two differently
+partitioned topics update them; run one worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+import zlib
+from typing import Any, Literal, Protocol, TypeVar
+
+import faust
+import msgspec
+from faust.types import StreamT
+
+from schemas import commands as c
+from schemas import events as e
+from schemas.catalog import load_catalog
+from schemas.codec import DecodeError, decode_event, encode
+from streams.process import serve
+from streams.provisioning_messages import (
+    ProvisionConfirmed,
+    ProvisionFailed,
+    ProvisionMessage,
+    ProvisionRequested,
+    decode_provision,
+    encode_provision,
+    provider_key,
+)
+from streams.settings import Settings, load_settings
+from streams.topics import shard_key, topics
+
+__all__ = [
+    "Lifecycle",
+    "ObligationRecord",
+    "Outgoing",
+    "ProvisioningProcess",
+    "ProvisioningStats",
+    "ShardClock",
+    "add_arguments",
+    "app_id_default",
+    "changelog_topics",
+    "main",
+    "run_from_args",
+]
+
+log = logging.getLogger("gx.provisioning")
+_T = TypeVar("_T")
+
+app_id_default = "gx-provisioning"
+open_obligations_max = 100_000  # obligations awaiting an outcome, scanned at every time step
+session_timeout_s = 6.0
+deadline_reason = "provisioning deadline passed"
+no_broker_message = (
+    "no Kafka broker: set GX_KAFKA_BOOTSTRAP=host:port (or pass --bootstrap), "
+    "or run everything embedded with `make sandbox`"
+)
+
+State = Literal["assigned", "requested", "confirmed", "failed", "settled"]
+_awaiting: tuple[State, ...] = ("assigned", "requested")
+
+
+class ObligationRecord(msgspec.Struct, kw_only=True):
+    """One obligation's provisioning lifecycle (the value of the `obligations` table)."""
+
+    obligation_id: int
+    shard: int
+    symbol: str
+    provider: int
+    holder: int
+    gpus: int
+    start_ns: int
+    end_ns: int
+    deadline_ns: int
+    state: State = "assigned"
+    start_requested: bool = False  # the "start" stage request went out
+
+
+class ShardClock(msgspec.Struct, kw_only=True):
+    """Engine time of one shard (the value of the `clocks` store; in memory in the worker)."""
+
+    now_ns: int = 0  # the latest ts_event seen
+    input_offset: int = -1  # the command of the latest event
+    complete_ns: int = 0  # ts_event of the latest command whose events are all read
+
+
+class Outgoing(msgspec.Struct, frozen=True):
+    """A record to produce: to `role` ("commands" or "provisioning")."""
+
+    role: Literal["commands", "provisioning"]
+    key: bytes
+    value: bytes
+    partition: int | None = None
+
+
+class ProvisioningStats(msgspec.Struct, kw_only=True):
+    """Counters of one provisioning process (since it started)."""
+
+    events: int = 0
+    malformed: int = 0  # records of either topic that did not decode
+    replies: int = 0  # provider confirmations and failures read
+    ignored_replies: int = 0  # unknown obligation, wrong provider, or already decided
+    requests: int = 0  # ProvisionRequested sent
+    confirmed: int = 0  # DeliveryConfirmed sent
+    failed: int = 0  # DeliveryFailed sent on a provider's report
+    deadline_failed: int = 0  # DeliveryFailed sent by the deadline
+
+
+class Store(Protocol):
+    """The key-value tables the lifecycle keeps its state in (a dict, or a faust Table)."""
+
+    def get(self, key: Any, /) -> Any: ...
+
+    def __setitem__(self, key: Any, value: Any) -> None: ...
+
+    def items(self) -> Any: ...
+
+
+def _load(raw: Any, kind: type[_T]) -> _T:
+    return msgspec.convert(raw, kind)
+
+
+def _dump(value: msgspec.Struct) -> Any:
+    # Plain JSON-able values: faust's changelog recovery decodes values with the app's default
+    # JSON serializer whatever the table's schema says.
+    return msgspec.to_builtins(value)
+
+
+class Lifecycle:
+    """The provisioning decisions over two stores; returns what to send, sends nothing.
+
+    Keys are strings (`str(obligation_id)`, `str(shard)`), values the structs as JSON-able builtins.
+    """
+
+    def __init__(
+        self, obligations: Store, clocks: Store, deadline_ns: int, stats: ProvisioningStats
+    ) -> None:
+        if deadline_ns <= 0:
+            raise ValueError(f"deadline_ns: expected > 0, found {deadline_ns}")
+        self.obligations = obligations
+        self.clocks = clocks
+        self.deadline_ns = deadline_ns
+        self.stats = stats
+        self._open: dict[int, set[int]] | None = None  # shard -> obligations awaiting outcome
+
+    # ------------------------------------------------------------------ events
+
+    def on_event(self, event: Any) -> list[Outgoing]:
+        """Apply one engine event: track its obligation and engine time; fire due timers."""
+        self.stats.events += 1
+        shard = event.shard
+        clock = self._clock(shard)
+        before = (clock.now_ns, clock.complete_ns)
+        if event.input_offset != clock.input_offset:
+            clock.complete_ns = clock.now_ns  # the previous command's events are all read
+            clock.input_offset = event.input_offset
+            self.clocks[str(shard)] = _dump(clock)
+        if event.ts_event > clock.now_ns:
+            clock.now_ns = event.ts_event
+            self.clocks[str(shard)] = _dump(clock)
+        out: list[Outgoing] = []
+        if isinstance(event, e.DeliveryAssigned):
+            out += self._assigned(event)
+        elif isinstance(event, e.DeliveryStarted):
+            self._engine_outcome(event.obligation_id, "confirmed")
+        elif isinstance(event, e.DeliverySettled):
+            self._engine_outcome(event.obligation_id, "settled")
+        if out or (clock.now_ns, clock.complete_ns) != before:
+            out += self._timers(shard, clock)  # only when time moved or an obligation came
+        return out
+
+    def _assigned(self, ev: e.DeliveryAssigned) -> list[Outgoing]:
+        if self._get(ev.obligation_id) is not None:
+            return []  # a replayed event
+        record = ObligationRecord(
+            obligation_id=ev.obligation_id,
+            shard=ev.shard,
+            symbol=ev.symbol,
+            provider=ev.provider,
+            holder=ev.holder,
+            gpus=ev.gpus,
+            start_ns=ev.start_ns,
+            end_ns=ev.end_ns,
+            deadline_ns=ev.start_ns + self.deadline_ns,
+        )
+        open_ids = self._open_ids(ev.shard)
+        if len(open_ids) >= open_obligations_max:
+            raise RuntimeError(
+                f"open obligations: more than open_obligations_max={open_obligations_max}"
+            )
+        open_ids.add(record.obligation_id)
+        record.state = "requested"
+        self._put(record)
+        return [self._request(record, "assigned")]
+
+    def _engine_outcome(self, obligation_id: int, state: State) -> None:
+        record = self._get(obligation_id)
+        if record is None or record.state == "settled" or record.state == state:
+            return
+        if state == "confirmed" and record.state == "failed":
+            return  # our failure is on its way; the engine will settle it
+        record.state = state
+        self._put(record)
+        if state == "settled":
+            self._open_ids(record.shard).discard(obligation_id)
+
+    def _timers(self, shard: int, clock: ShardClock) -> list[Outgoing]:
+        out: list[Outgoing] = []
+        for obligation_id in sorted(self._open_ids(shard)):
+            record = self._get(obligation_id)
+            if record is None or record.state not in _awaiting:
+                continue
+            if not record.start_requested and clock.now_ns >= record.start_ns:
+                record.start_requested = True
+                self._put(record)
+                out.append(self._request(record, "start"))
+            if clock.complete_ns >= record.deadline_ns:
+                record.state = "failed"
+                self._put(record)
+                self.stats.deadline_failed += 1
+                out.append(
+                    self._command(
+                        record,
+                        c.DeliveryFailed(
+                            account=0,
+                            obligation_id=obligation_id,
+                            hours_delivered=0,
+                            reason=deadline_reason,
+                        ),
+                    )
+                )
+        return out
+
+    # ------------------------------------------------------------------ provider replies
+
+    def on_reply(self, message: ProvisionMessage) -> list[Outgoing]:
+        """Apply one message of gx.provisioning; requests (our own) are ignored."""
+        if isinstance(message, ProvisionRequested):
+            return []
+        self.stats.replies += 1
+        record = self._get(message.obligation_id)
+        if record is None or record.provider != message.provider:
+            self.stats.ignored_replies += 1
+            log.warning(
+                "reply for an unknown obligation or from another provider ignored: %s", message
+            )
+            return []
+        if isinstance(message, ProvisionConfirmed):
+            return self._confirmed(record)
+        return self._failed(record, message)
+
+    def _confirmed(self, record: ObligationRecord) -> list[Outgoing]:
+        if record.state not in _awaiting:
+            self.stats.ignored_replies += 1
+            return []
+        record.state = "confirmed"
+        self._put(record)
+        self.stats.confirmed += 1
+        command = c.DeliveryConfirmed(account=record.provider, obligation_id=record.obligation_id)
+        return [self._command(record, command)]
+
+    def _failed(self, record: ObligationRecord, message: ProvisionFailed) -> list[Outgoing]:
+        if record.state not in (*_awaiting, "confirmed"):
+            self.stats.ignored_replies += 1
+            return []
+        record.state = "failed"
+        self._put(record)
+        self.stats.failed += 1
+        command = c.DeliveryFailed(
+            account=record.provider,
+            obligation_id=record.obligation_id,
+            hours_delivered=message.hours_delivered,
+            reason=message.reason,
+        )
+        return [self._command(record, command)]
+
+    # ------------------------------------------------------------------ leaves
+
+    def _request(self, record: ObligationRecord, stage: Literal["assigned", "start"]) -> Outgoing:
+        self.stats.requests += 1
+        message = ProvisionRequested(
+            obligation_id=record.obligation_id,
+            provider=record.provider,
+            holder=record.holder,
+            symbol=record.symbol,
+            gpus=record.gpus,
+            start_ns=record.start_ns,
+            end_ns=record.end_ns,
+            deadline_ns=record.deadline_ns,
+            stage=stage,
+        )
+        return Outgoing("provisioning", provider_key(record.provider), encode_provision(message))
+
+    @staticmethod
+    def _command(record: ObligationRecord, command: c.Command) -> Outgoing:
+        return Outgoing("commands", shard_key(record.shard), encode(command), record.shard)
+
+    def _get(self, obligation_id: int) -> ObligationRecord | None:
+        raw = self.obligations.get(str(obligation_id))
+        return None if raw is None else _load(raw, ObligationRecord)
+
+    def _put(self, record: ObligationRecord) -> None:
+        self.obligations[str(record.obligation_id)] = _dump(record)
+
+    def _clock(self, shard: int) -> ShardClock:
+        raw = self.clocks.get(str(shard))
+        return ShardClock() if raw is None else _load(raw, ShardClock)
+
+    def _open_ids(self, shard: int) -> set[int]:
+        if self._open is None:  # first use after a start: index the recovered table once
+            self._open = {}
+            for _, raw in self.obligations.items():
+                record = _load(raw, ObligationRecord)
+                if record.state != "settled":
+                    self._open.setdefault(record.shard, set()).add(record.obligation_id)
+        return self._open.setdefault(shard, set())
+
+
+# ---------------------------------------------------------------------- the faust worker
+
+
+class _KeyedTable(faust.Table):
+    """A table whose changelog partition follows from the key alone.
+
+    Records of two differently partitioned topics write it, so the source record's partition
+    (faust's default) does not fit; `use_partitioner` would need producer metadata that faust
+    does not load for changelogs it did not declare.
+    """
+
+    def partition_for_key(self, key: Any) -> int | None:
+        return zlib.crc32(str(key).encode()) % (self.partitions or 1)
+
+
+def changelog_topics(app_id: str = app_id_default) -> list[str]:
+    """The tables' changelog topics, which must exist before the worker starts on the mock."""
+    return [f"{app_id}-obligations-changelog"]
+
+
+class ProvisioningProcess:
+    """A faust worker running the `Lifecycle` between gx.events, gx.provisioning, gx.commands."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        deadline_ns: int | None = None,
+        mock_broker: bool = False,
+        app_id: str = app_id_default,
+    ) -> None:
+        """Describe the worker; nothing connects until `run()`.
+
+        `deadline_ns`: how long after delivery start a confirmation may come (default: the
+        catalog's provisioning deadline, which the engine enforces too).
+        `mock_broker`: the broker is librdkafka's mock cluster (skip CRC checks, declare no
+        topics); never against real Kafka.
+        """
+        if not settings.kafka_bootstrap:
+            raise ValueError(no_broker_message)
+        if deadline_ns is None:
+            deadline_ns = load_catalog().provisioning_deadline_ns
+        self.settings = settings
+        self.stats = ProvisioningStats()
+        self._stopping = asyncio.Event()
+        names = topics(settings)
+        self.app = faust.App(
+            app_id,
+            broker=f"kafka://{settings.kafka_bootstrap}",
+            store="memory://",
+            web_enabled=False,
+            topic_allow_declare=not mock_broker,
+            topic_disable_leader=True,
+            broker_check_crcs=not mock_broker,
+            topic_partitions=settings.provisioning_partitions,
+            consumer_auto_offset_reset="earliest",
+            # A restarted worker rejoins quickly even if the broker kept the old member.
+            broker_session_timeout=session_timeout_s,
+            broker_heartbeat_interval=1.0,
+            broker_rebalance_timeout=session_timeout_s,
+        )
+        schema: faust.Schema = faust.Schema(key_serializer="json", value_serializer="json")
+        tables = [
+            _KeyedTable(
+                self.app,
+                name=name,
+                schema=schema,
+                partitions=settings.provisioning_partitions,
+                beacon=self.app.tables.beacon,
+            )
+            for name in ("obligations",)
+        ]
+        for table in tables:
+            self.app.tables.add(table)
+        # Engine time is not kept in a table: the first event after a restart sets it again, and
+        # a changelog record per command would cost more than the late timer it could save.
+        self.lifecycle = Lifecycle(tables[0], {}, deadline_ns, self.stats)
+        raw: dict[str, Any] = {"value_type": bytes, "key_serializer": "raw"}
+        raw["value_serializer"] = "raw"
+        self._topics = {
+            "events": self.app.topic(names["events"].name, **raw),
+            "provisioning": self.app.topic(names["provisioning"].name, **raw),
+            "commands": self.app.topic(names["commands"].name, **raw),
+        }
+        self.app.agent(self._topics["events"], name="provisioning-events")(self._on_events)
+        self.app.agent(self._topics["provisioning"], name="provisioning-replies")(self._on_replies)
+
+    def stop(self) -> None:
+        """Ask the worker to stop."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Start the worker and run it until `stop()`."""
+        await self.app.start()
+        try:
+            await self._stopping.wait()
+        finally:
+            with contextlib.suppress(Exception):
+                await self.app.stop()
+
+    async def _on_events(self, stream: StreamT[bytes]) -> None:
+        async for value in stream:
+            try:
+                event = decode_event(value)
+            except (DecodeError, TypeError) as error:
+                self.stats.malformed += 1
+                log.warning("malformed event record skipped: %s", error)
+                continue
+            await self._send(self.lifecycle.on_event(event))
+
+    async def _on_replies(self, stream: StreamT[bytes]) -> None:
+        async for value in stream:
+            try:
+                message = decode_provision(value)
+            except (msgspec.DecodeError, TypeError) as error:
+                self.stats.malformed += 1
+                log.warning("malformed provisioning record skipped: %s", error)
+                continue
+            await self._send(self.lifecycle.on_reply(message))
+
+    async def _send(self, out: list[Outgoing]) -> None:
+        # Wait for every send before the next record, so a committed offset is never ahead.
+        futures = [
+            await self._topics[o.role].send(key=o.key, value=o.value, partition=o.partition)
+            for o in out
+        ]
+        for future in futures:
+            await future
+
+
+# ---------------------------------------------------------------------- process entry point
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the process's options (shared by `gx provision` and `python -m streams.provisioning`)."""
+    parser.add_argument("--bootstrap", help="Kafka bootstrap servers (default: GX_KAFKA_BOOTSTRAP)")
+    parser.add_argument(
+        "--mock-broker",
+        action="store_true",
+        help="the broker is librdkafka's mock cluster: skip CRC checks, declare no topics",
+    )
+    parser.add_argument(
+        "--deadline-s",
+        type=int,
+        default=None,
+        help="seconds after delivery start to wait for a confirmation (default: the catalog's)",
+    )
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Run the provisioning process from parsed arguments; return the exit status."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        settings = load_settings()
+        if args.bootstrap:
+            settings = msgspec.structs.replace(settings, kafka_bootstrap=args.bootstrap)
+        logging.getLogger("gx").setLevel(settings.log_level.upper())
+        deadline_ns = None if args.deadline_s is None else args.deadline_s * 1_000_000_000
+        process = ProvisioningProcess(
+            settings, deadline_ns=deadline_ns, mock_broker=args.mock_broker
+        )
+    except ValueError as error:
+        print(f"gx provision: {error}", file=sys.stderr)
+        return 2
+    return serve(process, "provision", (RuntimeError,), lambda: process.stats)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m streams.provisioning ...`."""
+    parser = argparse.ArgumentParser(prog="python -m streams.provisioning")
+    add_arguments(parser)
+    return run_from_args(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
