@@ -184,6 +184,7 @@ class MarketDataProcess:
             isolation_level="read_committed",
             # The mock writes transaction markers with CRC 0 (streams/embedded_broker.py).
             check_crcs=not self.mock_broker,
+            fetch_max_wait_ms=self.settings.kafka_fetch_wait_ms,
         )
         await self._producer.start()
         await self._consumer.start()

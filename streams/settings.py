@@ -30,6 +30,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     kafka_transactions: bool = (
         False  # GX_KAFKA_TRANSACTIONS: real Kafka only (the mock's are not real)
     )
+    # An idle fetch waits this long for data; aiokafka's 500 ms default stalls every stage that
+    # has caught up (seen in `gx bench pipeline`).
+    kafka_fetch_wait_ms: int = 10  # GX_KAFKA_FETCH_WAIT_MS
     snapshot_every_commands: int = 50_000  # GX_SNAPSHOT_EVERY_COMMANDS
     engine_batch_max: int = 4096  # commands per engine step
     settle_batch_max: int = 5000  # events per settlement transaction

@@ -515,6 +515,7 @@ class SettlementWriter:
         """
         if settings.settle_batch_max < 1:
             raise ValueError(f"settle_batch_max: expected >= 1, found {settings.settle_batch_max}")
+        self._fetch_wait_ms = settings.kafka_fetch_wait_ms
         events_topic = topics(settings)["events"]
         self.topic = events_topic.name
         self._partitions_n = events_topic.partitions
@@ -552,6 +553,7 @@ class SettlementWriter:
             auto_offset_reset="earliest",
             isolation_level="read_committed",
             check_crcs=self._check_crcs,
+            fetch_max_wait_ms=self._fetch_wait_ms,
         )
         try:
             await self._connect()
