@@ -58,11 +58,12 @@ def order_flags(
 class _Batch:
     """Rows built while encoding one batch: one per command, plus one per listing."""
 
-    def __init__(self, size: int) -> None:
-        self.rows = np.zeros((size, lay.CMD_WIDTH), dtype=np.int64)
+    def __init__(self, commands: int) -> None:
+        rows = commands + 16  # room for a tick's listings before growing
+        self.rows = np.zeros((rows, lay.CMD_WIDTH), dtype=np.int64)
         self.count = 0
-        self.command = np.zeros(size, dtype=np.int64)  # row -> index of its command
-        self.now = [0] * size  # engine time as of each command (for ts_event)
+        self.command = np.zeros(rows, dtype=np.int64)  # row -> index of its command
+        self.now = [0] * commands  # engine time as of each command (for ts_event)
 
     def next_row(self, command_index: int) -> np.ndarray:
         if self.count == len(self.rows):
@@ -248,9 +249,8 @@ class Engine:
     # ------------------------------------------------------------------ encoding
 
     def _encode(self, commands: Sequence[cmd.Command]) -> _Batch:
-        batch = _Batch(len(commands) + 16)
+        batch = _Batch(len(commands))
         now = self.now_ns
-        batch.now = [0] * len(commands)
         for i, command in enumerate(commands):
             row = batch.next_row(i)
             if isinstance(command, cmd.ClockTick) and isinstance(command.ts_ns, int):
