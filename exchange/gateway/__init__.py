@@ -1,0 +1,1 @@
+"""The gateway: REST and WebSocket API over the exchange's Kafka topics."""

@@ -1,0 +1,243 @@
+"""The gateway's wire format, shared by the server (`exchange/gateway/`) and the SDK (`exchange/client/`).
+
+Numbers on the wire
+- Prices are decimal strings at the tick's precision (tick 0.001 USD per GPU-hour: `"2.400"`);
+  a price that is not a whole number of ticks is refused with `PRICE_OFF_TICK`.
+- Quantities are decimal strings of whole lots (`"5"`; one lot = one GPU for the instrument's
+  whole delivery window).
+- Money is a decimal string of USD at micro-dollar precision (`"12.345678"`).
+- Timestamps are `ts_ns`: strings of integer UNIX nanoseconds. Ids (order, trade, obligation)
+  are JSON integers.
+
+REST (`/api/v1`) signing: the headers `GX-KEY`, `GX-TS` (milliseconds), `GX-NONCE` (any string of
+8-64 characters from [A-Za-z0-9_-], never reused by a key) and `GX-SIGNATURE`, the lowercase hex
+HMAC-SHA256, keyed by the key's secret, of `ts_ms + nonce + METHOD + path + body`, where path
+includes the query string (`/api/v1/orders?status=open`) and body is the raw request body (empty
+for GET/DELETE). Accepted within +-5 s of the server's clock. The WebSocket logs on with
+`session.logon` signed the same way over method `GET`, path `/ws` and an empty body.
+
+WebSocket `/ws`: one JSON object per text frame.
+- Request  `{"id": 1, "method": "subscribe", "params": {...}}`
+- Answer   `{"id": 1, "status": 200, "result": {...}}`, or
+           `{"id": 1, "status": 4xx, "error": {"code": "...", "msg": "...", "retryable": false}}`
+           (429 adds `"retry_after_ms"`).
+- Every push has `"channel"` and `"conn_seq"` (+1 per push on this connection, from 1).
+- `book`: `{"channel": "book", "type": "snapshot", "symbol", "depth", "seq", "bids", "asks",
+  "checksum", "ts_ns"}` first, then `"type": "update"` with `seq` = `prev_seq` + 1. Levels are
+  `[price, qty]`, bids best (highest) first, asks best (lowest) first; in an update a level's qty
+  is absolute and `"0"` removes it, and a level pushed out of the subscribed depth is removed
+  explicitly. `checksum` is `book_checksum` of the book after the message.
+- `trades`, `ticker`, `candles`, `index`: pushes with `seq` and `prev_seq` (the previous push of
+  the same channel and symbol); `seq` is the position of the source record in `gx.marketdata`, so
+  it rises but is not contiguous.
+- `executions`, `balances`, `positions` (after logon): a `"type": "snapshot"` on subscribe, then
+  `"type": "update"` pushes with `account_seq` (the engine sequence of the event) and
+  `prev_account_seq` (that of the previous push of the channel for the account).
+- `heartbeat` every second: `{"channel": "heartbeat", "conn_seq", "ts_ns", "seqs": {"book:SYM": n}}`.
+- `resync_required`: `{"channel": C, "type": "resync_required", "symbol": S, "reason": "..."}`;
+  the subscription has stopped; subscribe again for a fresh snapshot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import zlib
+from collections.abc import Sequence
+from decimal import Decimal
+from enum import StrEnum
+
+from schemas.units import UnitError, decimal_to_int, int_to_decimal
+
+__all__ = [
+    "ErrorCode",
+    "ERROR_STATUS",
+    "RETRYABLE",
+    "WireError",
+    "CHECKSUM_LEVELS",
+    "book_checksum",
+    "signature",
+    "signing_payload",
+    "HEADER_KEY",
+    "HEADER_TS",
+    "HEADER_NONCE",
+    "HEADER_SIGNATURE",
+    "WS_LOGON_METHOD",
+    "WS_LOGON_PATH",
+    "Prices",
+    "qty_to_str",
+    "qty_from_str",
+    "money_to_str",
+    "ns_to_str",
+    "with_conn_seq",
+]
+
+HEADER_KEY = "GX-KEY"
+HEADER_TS = "GX-TS"
+HEADER_NONCE = "GX-NONCE"
+HEADER_SIGNATURE = "GX-SIGNATURE"
+WS_LOGON_METHOD = "GET"
+WS_LOGON_PATH = "/ws"
+
+CHECKSUM_LEVELS = 10  # levels per side in a book checksum
+
+
+class ErrorCode(StrEnum):
+    """Stable error codes of the gateway; engine refusals use `schemas.codes.Reject` names."""
+
+    BAD_REQUEST = "BAD_REQUEST"  # malformed JSON, wrong field types, missing fields
+    PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
+    UNKNOWN_METHOD = "UNKNOWN_METHOD"
+    UNKNOWN_CHANNEL = "UNKNOWN_CHANNEL"
+    UNKNOWN_SYMBOL = "UNKNOWN_SYMBOL"
+    PRICE_OFF_TICK = "PRICE_OFF_TICK"
+    QTY_INVALID = "QTY_INVALID"
+    UNAUTHORIZED = "UNAUTHORIZED"  # no key, unknown or revoked key
+    BAD_SIGNATURE = "BAD_SIGNATURE"
+    TIMESTAMP_EXPIRED = "TIMESTAMP_EXPIRED"
+    NONCE_REUSED = "NONCE_REUSED"
+    NOT_LOGGED_ON = "NOT_LOGGED_ON"
+    FORBIDDEN = "FORBIDDEN"  # the key lacks the scope the method needs
+    UNKNOWN_ORDER = "UNKNOWN_ORDER"  # also another account's order: its existence is not told
+    NOT_FOUND = "NOT_FOUND"
+    RATE_LIMITED = "RATE_LIMITED"
+    TIMEOUT = "TIMEOUT"  # the engine did not answer in time; ask order.status
+    UNAVAILABLE = "UNAVAILABLE"
+    REJECTED = "REJECTED"  # the engine refused; `engine_code` and `reason` say why
+
+
+ERROR_STATUS: dict[str, int] = {
+    ErrorCode.BAD_REQUEST: 400,
+    ErrorCode.PAYLOAD_TOO_LARGE: 413,
+    ErrorCode.UNKNOWN_METHOD: 400,
+    ErrorCode.UNKNOWN_CHANNEL: 400,
+    ErrorCode.UNKNOWN_SYMBOL: 404,
+    ErrorCode.PRICE_OFF_TICK: 400,
+    ErrorCode.QTY_INVALID: 400,
+    ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.BAD_SIGNATURE: 401,
+    ErrorCode.TIMESTAMP_EXPIRED: 401,
+    ErrorCode.NONCE_REUSED: 401,
+    ErrorCode.NOT_LOGGED_ON: 401,
+    ErrorCode.FORBIDDEN: 403,
+    ErrorCode.UNKNOWN_ORDER: 404,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.TIMEOUT: 504,
+    ErrorCode.UNAVAILABLE: 503,
+    ErrorCode.REJECTED: 422,
+}
+
+RETRYABLE = frozenset({ErrorCode.RATE_LIMITED, ErrorCode.TIMEOUT, ErrorCode.UNAVAILABLE})
+
+
+class WireError(ValueError):
+    """A request the gateway refuses: a stable `code`, a message naming the field, and a status."""
+
+    def __init__(self, code: str, msg: str, *, retry_after_ms: int = 0, **extra: object) -> None:
+        super().__init__(msg)
+        self.code = str(code)
+        self.msg = msg
+        self.status = ERROR_STATUS.get(self.code, 422)
+        self.retryable = self.code in RETRYABLE
+        self.retry_after_ms = retry_after_ms
+        self.extra = extra
+
+    def body(self) -> dict[str, object]:
+        """The `error` object of an answer."""
+        error: dict[str, object] = {"code": self.code, "msg": self.msg, "retryable": self.retryable}
+        if self.retry_after_ms:
+            error["retry_after_ms"] = self.retry_after_ms
+        error.update(self.extra)
+        return error
+
+
+def book_checksum(asks: Sequence[Sequence[str]], bids: Sequence[Sequence[str]]) -> int:
+    """CRC32 (unsigned) of the top asks ascending then top bids descending, as sent.
+
+    Each level is written `price:qty`; levels are joined by `,`; the asks part and the bids part
+    by `|`. `asks` and `bids` are best first, as on the wire.
+    """
+    text = (
+        ",".join(f"{p}:{q}" for p, q in asks[:CHECKSUM_LEVELS])
+        + "|"
+        + ",".join(f"{p}:{q}" for p, q in bids[:CHECKSUM_LEVELS])
+    )
+    return zlib.crc32(text.encode())
+
+
+def signing_payload(ts_ms: int | str, nonce: str, method: str, path: str, body: bytes) -> bytes:
+    """The bytes a request signature covers: ts_ms + nonce + METHOD + path + body."""
+    return f"{ts_ms}{nonce}{method.upper()}{path}".encode() + body
+
+
+def signature(
+    secret: str, ts_ms: int | str, nonce: str, method: str, path: str, body: bytes = b""
+) -> str:
+    """Sign a request: lowercase hex HMAC-SHA256 keyed by the API secret."""
+    payload = signing_payload(ts_ms, nonce, method, path, body)
+    return hmac.new(secret.encode(), payload, hashlib.sha256).hexdigest()
+
+
+class Prices:
+    """Convert prices between integer ticks and decimal strings for one tick size."""
+
+    def __init__(self, tick_micros: int) -> None:
+        if tick_micros <= 0:
+            raise ValueError(f"tick_micros: expected > 0, found {tick_micros}")
+        self.tick = Decimal(tick_micros) / Decimal(1_000_000)
+
+    def to_str(self, ticks: int) -> str:
+        """Format integer ticks as a price string at the tick's precision."""
+        return int_to_decimal(ticks, self.tick)
+
+    def from_str(self, text: object, field: str = "price") -> int:
+        """Parse a price string into ticks; refuse non-strings, non-numbers and off-tick values."""
+        if not isinstance(text, str):
+            raise WireError(
+                ErrorCode.BAD_REQUEST, f"{field}: expected a decimal string, found {text!r}"
+            )
+        try:
+            ticks = decimal_to_int(text, self.tick, field)
+        except UnitError as error:
+            code = ErrorCode.PRICE_OFF_TICK if "multiple" in str(error) else ErrorCode.BAD_REQUEST
+            raise WireError(code, str(error)) from None
+        if ticks <= 0:
+            raise WireError(ErrorCode.BAD_REQUEST, f"{field}: expected > 0, found {text!r}")
+        return ticks
+
+
+def qty_to_str(lots: int) -> str:
+    """Format whole lots as a quantity string."""
+    return str(lots)
+
+
+def qty_from_str(text: object, field: str = "qty") -> int:
+    """Parse a quantity string of whole lots (> 0)."""
+    if not isinstance(text, str):
+        raise WireError(ErrorCode.BAD_REQUEST, f"{field}: expected a decimal string, found {text!r}")
+    try:
+        lots = decimal_to_int(text, Decimal(1), field)
+    except UnitError as error:
+        raise WireError(ErrorCode.QTY_INVALID, str(error)) from None
+    if lots <= 0:
+        raise WireError(ErrorCode.QTY_INVALID, f"{field}: expected whole lots > 0, found {text!r}")
+    return lots
+
+
+_MICRO = Decimal("0.000001")
+
+
+def money_to_str(micros: int) -> str:
+    """Format integer micro-dollars as a USD decimal string."""
+    return int_to_decimal(micros, _MICRO)
+
+
+def ns_to_str(ns: int) -> str:
+    """Format integer nanoseconds as the wire's `ts_ns` string."""
+    return str(ns)
+
+
+def with_conn_seq(body: bytes, conn_seq: int) -> bytes:
+    """Put `conn_seq` first into a push body encoded once for every subscriber (`{"channel"...}`)."""
+    return b'{"conn_seq":' + str(conn_seq).encode() + b"," + body[1:]
