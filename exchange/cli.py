@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from exchange import bench, cli_audit, cli_marketdata, cli_provision, cli_settle, cli_streams
+from exchange import (
+    bench,
+    cli_audit,
+    cli_keys,
+    cli_marketdata,
+    cli_provision,
+    cli_settle,
+    cli_streams,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     bench.register(subparsers)
     cli_audit.register(subparsers)
+    cli_keys.register(subparsers)
     cli_marketdata.register(subparsers)
     cli_provision.register(subparsers)
     cli_settle.register(subparsers)

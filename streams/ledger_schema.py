@@ -231,9 +231,42 @@ LANGUAGE sql STABLE AS $$
 $$;
 """
 
+# The gateway's shared state, so that every gateway instance agrees (exchange/gateway/keys.py).
+# API keys hold no secret: a key's secret is derived from the gateway's master key and its id;
+# only its sha256 is stored, to confirm the gateway runs with the master key that made the key.
+_V3_GATEWAY = """
+CREATE TABLE api_keys (
+    key_id        text    PRIMARY KEY,
+    account       bigint  NOT NULL,
+    scopes        text[]  NOT NULL,
+    secret_sha256 bytea   NOT NULL,
+    created_ns    bigint  NOT NULL,
+    revoked       boolean NOT NULL DEFAULT false
+);
+CREATE INDEX api_keys_by_account ON api_keys (account);
+
+-- Nonces seen per key; rows older than the signature window are pruned by time.
+CREATE TABLE api_nonces (
+    key_id text   NOT NULL,
+    nonce  text   NOT NULL,
+    ts_ms  bigint NOT NULL,
+    PRIMARY KEY (key_id, nonce)
+);
+CREATE INDEX api_nonces_by_ts ON api_nonces (ts_ms);
+
+-- Client order ids reserved by order placement: a retry finds its id taken on any instance.
+CREATE TABLE client_orders (
+    account         bigint NOT NULL,
+    client_order_id text   NOT NULL,
+    ts_ns           bigint NOT NULL,
+    PRIMARY KEY (account, client_order_id)
+);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "ledger", _V1_LEDGER),
     Migration(2, "market history", _V2_MARKET_HISTORY),
+    Migration(3, "gateway", _V3_GATEWAY),
 )
 
 _CREATE_MIGRATIONS_TABLE = """

@@ -39,6 +39,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     clock_interval_ms: int = 1000  # GX_CLOCK_INTERVAL_MS
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8080
+    # GX_GATEWAY_MASTER_KEY: API secrets are derived from it (exchange/gateway/keys.py); at least
+    # 32 characters, the same on every gateway, never in the database.
+    gateway_master_key: str = ""
     log_level: str = "WARNING"  # quiet by default
 
 

@@ -1,0 +1,246 @@
+"""Typed results of the SDK: frozen msgspec Structs converted from the gateway's JSON.
+
+Prices, quantities and money are `decimal.Decimal` (the wire sends decimal strings; a Decimal
+keeps the tick's precision: `Decimal("2.400")`). Timestamps are integer UNIX nanoseconds
+(`*_ns`), ids are integers. Field names are the wire's (API.md), so a field means the same thing
+in the SDK, in REST answers and in WebSocket pushes. Fields the gateway may leave out have
+defaults, and fields the SDK does not know are ignored, so newer gateways still decode.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import msgspec
+
+__all__ = [
+    "Market",
+    "Level",
+    "OrderBook",
+    "Trade",
+    "Candle",
+    "Ticker",
+    "Balance",
+    "Position",
+    "Order",
+    "Fill",
+    "OrderResult",
+    "RouteChild",
+    "RouteResult",
+    "Execution",
+    "ProvisionRequest",
+    "ModelError",
+    "to_model",
+]
+
+Level = tuple[Decimal, Decimal]  # (price, qty)
+M = TypeVar("M")
+
+
+class _Model(msgspec.Struct, frozen=True, kw_only=True):
+    pass
+
+
+class Market(_Model):
+    """A listed instrument (`GET /instruments`), with the catalog's tick."""
+
+    symbol: str
+    gpu: str = ""
+    region: str = ""
+    product: str = ""
+    start_ns: int = 0
+    hours: int = 0
+    gate_close_ns: int = 0
+    status: str = ""
+    lots_max: int = 0
+    price_band_min: Decimal | None = None
+    price_band_max: Decimal | None = None
+    tick: Decimal | None = None
+
+
+class OrderBook(_Model):
+    """An order book snapshot (`GET /book/{symbol}`): levels best first."""
+
+    symbol: str
+    seq: int = 0
+    bids: list[Level] = []
+    asks: list[Level] = []
+    checksum: int = 0
+    ts_ns: int = 0
+
+
+class Trade(_Model):
+    """A public trade; `side` is the aggressor's."""
+
+    trade_id: int
+    symbol: str = ""
+    price: Decimal
+    qty: Decimal
+    side: str = ""
+    ts_ns: int = 0
+    seq: int = 0  # position in gx.marketdata (WebSocket pushes only)
+
+
+class Candle(_Model):
+    """One OHLCV bar starting at `start_ns`."""
+
+    start_ns: int
+    open: Decimal
+    high: Decimal
+    low: Decimal
+    close: Decimal
+    volume: Decimal
+    trades: int = 0
+    symbol: str = ""
+    interval: str = ""
+
+    def ohlcv(self) -> list[int | Decimal]:
+        """Return the ccxt row `[ts_ms, open, high, low, close, volume]`."""
+        ts_ms = self.start_ns // 1_000_000
+        return [ts_ms, self.open, self.high, self.low, self.close, self.volume]
+
+
+class Ticker(_Model):
+    """Best bid and ask and the last trade of an instrument (None where there is none)."""
+
+    symbol: str
+    bid: Decimal | None = None
+    bid_qty: Decimal | None = None
+    ask: Decimal | None = None
+    ask_qty: Decimal | None = None
+    last: Decimal | None = None
+    last_qty: Decimal | None = None
+    ts_ns: int = 0
+    seq: int = 0
+
+
+class Balance(_Model):
+    """An account's cash in USD by bucket."""
+
+    account: int | str | None = None
+    available: Decimal
+    held: Decimal = Decimal(0)
+    escrow: Decimal = Decimal(0)
+    collateral: Decimal = Decimal(0)
+    ts_ns: int = 0
+    account_seq: int = 0
+
+
+class Position(_Model):
+    """Signed lots held in an instrument: long > 0 (GPU-hours to receive), short < 0."""
+
+    symbol: str
+    qty: Decimal
+    delta: Decimal | None = None  # the change of the push that produced it (WebSocket only)
+
+
+class Order(_Model):
+    """An order as the gateway reports it; `cum_qty + leaves_qty = qty` while it lives."""
+
+    order_id: int
+    client_order_id: str = ""
+    symbol: str = ""
+    side: str = ""
+    type: str = "limit"
+    tif: str = "gtc"
+    price: Decimal | None = None
+    qty: Decimal = Decimal(0)
+    cum_qty: Decimal = Decimal(0)
+    leaves_qty: Decimal = Decimal(0)
+    status: str = ""
+    post_only: bool = False
+    stp: str = ""
+    expire_ns: int = 0
+    ts_ns: int = 0
+    reject_code: str | None = None
+    reason: str | None = None
+
+
+class Fill(_Model):
+    """One execution of one of the account's orders."""
+
+    trade_id: int
+    order_id: int
+    symbol: str = ""
+    side: str = ""
+    price: Decimal
+    qty: Decimal
+    fee: Decimal = Decimal(0)
+    liquidity: str = ""
+    ts_ns: int = 0
+
+
+class OrderResult(_Model):
+    """What placing an order did: the order and its immediate fills.
+
+    `duplicate` is true when the gateway recognised the `client_order_id` of an earlier attempt
+    and answered with that attempt's order (its fills are then not repeated).
+    """
+
+    order: Order
+    fills: list[Fill] = []
+    duplicate: bool = False
+
+
+class RouteChild(_Model):
+    """One child order of a routed order; `order` is None and `error` set if it was refused."""
+
+    order: Order | None = None
+    fills: list[Fill] = []
+    error: dict[str, Any] | None = None
+
+
+class RouteResult(_Model):
+    """What a routed buy did: its child orders and the GPU-hours bought and still missing."""
+
+    children: list[RouteChild] = []
+    gpu_hours_filled: int = 0
+    gpu_hours_left: int = 0
+
+
+class Execution(_Model):
+    """A private execution report (`executions` channel).
+
+    `exec_type` is the wire's (`new`, `trade`, `amended`, `canceled`, `expired`, `rejected`) or
+    `snapshot` for each open order of the snapshot sent on subscribe. Trade fields are set only
+    when `exec_type` is `trade`.
+    """
+
+    exec_type: str
+    order: Order
+    last_price: Decimal | None = None
+    last_qty: Decimal | None = None
+    trade_id: int | None = None
+    fee: Decimal | None = None
+    liquidity: str | None = None
+    reject_code: str | None = None
+    reason: str | None = None
+    account_seq: int = 0
+    ts_ns: int = 0
+
+
+class ProvisionRequest(_Model):
+    """A provisioning request to a provider: deliver `gpus` GPUs of `symbol` to `holder`."""
+
+    obligation_id: int
+    symbol: str = ""
+    holder: int | str | None = None
+    gpus: int = 0
+    start_ns: int = 0
+    end_ns: int = 0
+    deadline_ns: int = 0
+    stage: str = ""
+
+
+class ModelError(ValueError):
+    """A gateway answer that does not have the shape API.md specifies."""
+
+
+def to_model(data: Any, kind: type[M]) -> M:
+    """Convert decoded JSON to a model; numeric strings become Decimal or int as the type says."""
+    try:
+        return msgspec.convert(data, kind, strict=False)
+    except msgspec.ValidationError as error:
+        name = getattr(kind, "__name__", str(kind))
+        raise ModelError(f"{name}: the gateway's answer does not match API.md: {error}") from None

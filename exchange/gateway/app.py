@@ -1,0 +1,205 @@
+"""The gateway application: Litestar routes (REST, `/ws`), errors, start-up, and `serve`.
+
+`GatewayServer` owns what one gateway process holds (the hub's Kafka clients, a PostgreSQL pool,
+the key store) and runs Litestar on uvicorn; tests and the sandbox start it in-process on a
+loopback port, `gx gateway` in the foreground.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import uvicorn
+from litestar import Litestar, Request, Response, WebSocket, websocket
+from litestar.exceptions import HTTPException
+from litestar.openapi import OpenAPIConfig
+
+from exchange.gateway.context import Gateway
+from exchange.gateway.hub import Hub
+from exchange.gateway.keys import KeyStore
+from exchange.gateway.ratelimit import RateLimits
+from exchange.gateway.rest import (
+    AccountController,
+    OrderController,
+    ProviderController,
+    PublicController,
+)
+from exchange.gateway.ws import Connection
+from exchange.wire import ErrorCode, Prices, WireError
+from schemas.catalog import Catalog, load_catalog
+from streams.ledger_schema import migrate
+from streams.settings import Settings
+
+__all__ = ["GatewayServer", "build_app", "request_body_bytes_max", "ready_wait_s"]
+
+log = logging.getLogger("gx.gateway")
+
+request_body_bytes_max = 65_536  # REST bodies; larger ones get PAYLOAD_TOO_LARGE
+ws_frame_bytes_max = 1_048_576  # uvicorn closes a socket sending more (1009); smaller: answered
+ready_wait_s = 60.0  # how long start() waits for the gateway to read the topics to their end
+_HTTP_CODES = {
+    400: ErrorCode.BAD_REQUEST,
+    401: ErrorCode.UNAUTHORIZED,
+    403: ErrorCode.FORBIDDEN,
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.BAD_REQUEST,
+    413: ErrorCode.PAYLOAD_TOO_LARGE,
+    429: ErrorCode.RATE_LIMITED,
+}
+
+
+def _wire_error(_: Request[Any, Any, Any], error: WireError) -> Response[Any]:
+    headers = {}
+    if error.retry_after_ms:
+        headers["Retry-After"] = str(max(1, -(-error.retry_after_ms // 1000)))
+    return Response({"error": error.body()}, status_code=error.status, headers=headers)
+
+
+def _http_error(_: Request[Any, Any, Any], error: HTTPException) -> Response[Any]:
+    code = _HTTP_CODES.get(error.status_code, ErrorCode.BAD_REQUEST)
+    detail = str(error.detail)
+    extra = getattr(error, "extra", None)
+    if extra:
+        detail += f": {extra}"
+    wire = WireError(code, detail)
+    return Response({"error": wire.body()}, status_code=error.status_code)
+
+
+@websocket("/ws")
+async def _socket(socket: WebSocket[Any, Any, Any]) -> None:
+    gateway: Gateway = socket.app.state.gateway
+    ip = socket.client.host if socket.client else "?"
+    await socket.accept()
+    try:
+        gateway.connections.open(ip)
+    except WireError as error:
+        await socket.send_text(f'{{"id":null,"status":429,"error":{error.body()!r}}}')
+        await socket.close(code=1008, reason="too many connections from this address")
+        return
+    try:
+        await Connection(gateway, socket, ip).serve()
+    finally:
+        gateway.connections.close(ip)
+
+
+def build_app(gateway: Gateway, extra_handlers: list[Any] | None = None) -> Litestar:
+    """The Litestar application serving one gateway."""
+    app = Litestar(
+        route_handlers=[
+            PublicController,
+            AccountController,
+            OrderController,
+            ProviderController,
+            _socket,
+            *(extra_handlers or []),
+        ],
+        exception_handlers={WireError: _wire_error, HTTPException: _http_error},
+        openapi_config=OpenAPIConfig(
+            title="gpu-exchange gateway", version="1", path="/api/v1/schema"
+        ),
+        request_max_body_size=request_body_bytes_max,
+    )
+    app.state.gateway = gateway
+    return app
+
+
+class GatewayServer:
+    """One gateway: connect to Kafka and PostgreSQL, read the topics, serve HTTP and WebSocket."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        dsn: str,
+        *,
+        catalog: Catalog | None = None,
+        mock_broker: bool = False,
+        host: str | None = None,
+        port: int | None = None,
+        limits: RateLimits | None = None,
+        extra_handlers: list[Any] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.dsn = dsn
+        self.catalog = catalog or load_catalog()
+        self.mock_broker = mock_broker
+        self.host = host or settings.gateway_host
+        self.port = settings.gateway_port if port is None else port
+        self.limits = limits
+        self.extra_handlers = extra_handlers
+        self.gateway: Gateway | None = None
+        self._pool: asyncpg.Pool | None = None
+        self._server: uvicorn.Server | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Connect, read the topics to their end, and listen; return once serving."""
+        self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=8)
+        async with self._pool.acquire() as conn:
+            await migrate(conn)
+        keys = KeyStore(self._pool, self.settings.gateway_master_key)
+        hub = Hub(self.settings, Prices(self.catalog.tick_micros), mock_broker=self.mock_broker)
+        await hub.start()
+        self.gateway = Gateway(self.catalog, hub, keys, self._pool, self.limits)
+        try:
+            async with asyncio.timeout(ready_wait_s):
+                await hub.ready.wait()
+        except TimeoutError:
+            log.warning("topics not read to their end after %.0f s; serving anyway", ready_wait_s)
+        config = uvicorn.Config(
+            build_app(self.gateway, self.extra_handlers),
+            host=self.host,
+            port=self.port,
+            log_level="warning",
+            ws_max_size=ws_frame_bytes_max,
+            lifespan="off",
+        )
+        self._server = uvicorn.Server(config)
+        self._task = asyncio.create_task(self._server.serve())
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()  # raises why it could not listen
+                raise RuntimeError(f"gateway: could not listen on {self.host}:{self.port}")
+            await asyncio.sleep(0.02)
+        if self.port == 0:
+            sockets = self._server.servers[0].sockets
+            self.port = sockets[0].getsockname()[1]
+
+    @property
+    def url(self) -> str:
+        """The HTTP base URL."""
+        return f"http://{self.host}:{self.port}"
+
+    async def stop(self) -> None:
+        """Stop listening (closing sockets), then the hub and the pool."""
+        if self._server is not None and self._task is not None:
+            self._server.should_exit = True
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._task, 10)
+        if self.gateway is not None:
+            await self.gateway.hub.stop()
+        if self._pool is not None:
+            await self._pool.close()
+
+    async def run(self) -> None:
+        """Serve until the server exits (SIGINT/SIGTERM are uvicorn's)."""
+        await self.start()
+        try:
+            assert self._task is not None
+            await self._task
+        finally:
+            await self.stop()
+
+
+@contextlib.asynccontextmanager
+async def running(server: GatewayServer) -> AsyncIterator[GatewayServer]:
+    """Start a gateway for the body of a `with`; stop it after."""
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()

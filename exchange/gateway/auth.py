@@ -1,0 +1,204 @@
+"""Verify signed requests (REST headers and the WebSocket `session.logon`) and check scopes.
+
+The signature is `wire.signature(secret, ts_ms, nonce, METHOD, path, body)`, accepted within
+SIGNATURE_WINDOW_MS of the server's clock, with a nonce the key has never used. Checks run
+cheapest first, and the nonce is recorded only after the signature holds, so requests that
+anyone could forge never use up a key's nonces.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+from collections.abc import Mapping
+
+from exchange import wire
+from exchange.gateway.keys import (
+    KEY_ID_HEX_CHARS,
+    KEY_ID_PREFIX,
+    NONCE_HORIZON_MS,
+    SCOPES,
+    ApiKey,
+    KeyStore,
+    MasterKeyMismatch,
+    is_key_id,
+)
+from exchange.wire import ErrorCode, WireError
+
+__all__ = [
+    "SIGNATURE_WINDOW_MS",
+    "NONCE_CHARS_MIN",
+    "NONCE_CHARS_MAX",
+    "verify",
+    "require_scope",
+    "headers_of",
+]
+
+SIGNATURE_WINDOW_MS = 5_000  # accepted clock difference, either way
+NONCE_CHARS_MIN = 8
+NONCE_CHARS_MAX = 64
+TS_DIGITS_MAX = 19  # fits a bigint
+ECHO_CHARS_MAX = 80  # of a client's value quoted back in an error message
+
+# A nonce must stay recorded for as long as its request could be accepted.
+assert NONCE_HORIZON_MS > 2 * SIGNATURE_WINDOW_MS
+
+_NONCE_RE = re.compile(f"[A-Za-z0-9_-]{{{NONCE_CHARS_MIN},{NONCE_CHARS_MAX}}}")
+_TS_RE = re.compile(f"[0-9]{{1,{TS_DIGITS_MAX}}}")
+_SIGNATURE_HEX_CHARS = 64
+
+
+def _echo(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= ECHO_CHARS_MAX else text[: ECHO_CHARS_MAX - 3] + "..."
+
+
+def _timestamp(ts_ms: object, now_ms: int) -> int:
+    """Return ts_ms as an integer within the window, else raise TIMESTAMP_EXPIRED."""
+    if isinstance(ts_ms, int) and not isinstance(ts_ms, bool):
+        value = ts_ms
+    elif isinstance(ts_ms, str) and _TS_RE.fullmatch(ts_ms):
+        value = int(ts_ms)
+    else:
+        raise WireError(
+            ErrorCode.TIMESTAMP_EXPIRED,
+            f"ts_ms ({wire.HEADER_TS}): expected integer UNIX milliseconds, found {_echo(ts_ms)}",
+        )
+    if abs(value - now_ms) > SIGNATURE_WINDOW_MS:
+        raise WireError(
+            ErrorCode.TIMESTAMP_EXPIRED,
+            f"ts_ms ({wire.HEADER_TS}): expected within {SIGNATURE_WINDOW_MS} ms of the server's "
+            f"clock {now_ms}, found {value} ({value - now_ms:+d} ms); sync the clock and sign "
+            "each request just before sending it",
+        )
+    return value
+
+
+async def verify(
+    store: KeyStore,
+    key_id: object,
+    ts_ms: object,
+    nonce: object,
+    signature_hex: object,
+    method: str,
+    path: str,
+    body: bytes,
+    now_ms: int,
+) -> ApiKey:
+    """Return the key that signed this request, or raise WireError with a stable code.
+
+    Arguments are as received (header strings, or JSON values of `session.logon`); `path`
+    includes the query string, `body` is the raw body, `now_ms` the server's UNIX milliseconds.
+    Codes: UNAUTHORIZED (missing, unknown or revoked key), TIMESTAMP_EXPIRED, BAD_REQUEST (nonce
+    format), BAD_SIGNATURE, NONCE_REUSED.
+    """
+    if not key_id:
+        raise WireError(
+            ErrorCode.UNAUTHORIZED, f"key ({wire.HEADER_KEY}): expected an API key, found none"
+        )
+    if not is_key_id(key_id):
+        raise WireError(
+            ErrorCode.UNAUTHORIZED,
+            f"key ({wire.HEADER_KEY}): expected {KEY_ID_PREFIX!r} and {KEY_ID_HEX_CHARS} "
+            f"lowercase hex characters, found {_echo(key_id)}",
+        )
+    assert isinstance(key_id, str)
+    ts_value = _timestamp(ts_ms, now_ms)
+    if not isinstance(nonce, str) or _NONCE_RE.fullmatch(nonce) is None:
+        raise WireError(
+            ErrorCode.BAD_REQUEST,
+            f"nonce ({wire.HEADER_NONCE}): expected {NONCE_CHARS_MIN}-{NONCE_CHARS_MAX} characters "
+            f"from [A-Za-z0-9_-], found {_echo(nonce)}",
+        )
+    try:
+        key = await store.get(key_id)
+    except MasterKeyMismatch:
+        raise WireError(
+            ErrorCode.UNAUTHORIZED,
+            f"key ({wire.HEADER_KEY}): expected a key this gateway can verify, found {key_id} "
+            "issued under another master key; create a new key or tell the operator",
+        ) from None
+    if key is None:
+        raise WireError(
+            ErrorCode.UNAUTHORIZED,
+            f"key ({wire.HEADER_KEY}): expected a key issued by this exchange, found unknown "
+            f"key {key_id}",
+        )
+    if key.revoked:
+        raise WireError(
+            ErrorCode.UNAUTHORIZED,
+            f"key ({wire.HEADER_KEY}): expected an active key, found {key_id} revoked; use "
+            "another key or create one",
+        )
+    _check_signature(store.secret_of(key_id), ts_ms, nonce, signature_hex, method, path, body)
+    if not await store.use_nonce(key_id, nonce, ts_value):
+        raise WireError(
+            ErrorCode.NONCE_REUSED,
+            f"nonce ({wire.HEADER_NONCE}): expected one key {key_id} has not used, found "
+            f"{nonce!r} used before; use a fresh nonce for every request",
+        )
+    return key
+
+
+def _check_signature(
+    secret: str,
+    ts_ms: object,
+    nonce: str,
+    signature_hex: object,
+    method: str,
+    path: str,
+    body: bytes,
+) -> None:
+    """Raise BAD_SIGNATURE unless `signature_hex` signs the request with `secret`."""
+    # The timestamp is signed as the client sent it (a header string, or a JSON integer).
+    assert isinstance(ts_ms, int | str)
+    expected = wire.signature(secret, ts_ms, nonce, method, path, body)
+    given = signature_hex if isinstance(signature_hex, str) else ""
+    # Compare bytes: compare_digest refuses str with non-ASCII characters.
+    if hmac.compare_digest(expected.encode(), given.encode("utf-8", "replace")):
+        return
+    if len(given) != _SIGNATURE_HEX_CHARS or given.strip("0123456789abcdef"):
+        found = f"{_echo(signature_hex)} ({len(given)} characters)"
+        raise WireError(
+            ErrorCode.BAD_SIGNATURE,
+            f"signature ({wire.HEADER_SIGNATURE}): expected {_SIGNATURE_HEX_CHARS} lowercase hex "
+            f"characters, found {found}",
+        )
+    signed = wire.signing_payload(ts_ms, nonce, method, path, b"").decode()
+    raise WireError(
+        ErrorCode.BAD_SIGNATURE,
+        f"signature ({wire.HEADER_SIGNATURE}): expected HMAC-SHA256 keyed by the key's secret "
+        f"of {_echo(signed)} followed by the {len(body)}-byte body, found a signature of "
+        "something else (check the secret, the path with its query string, and the raw body)",
+    )
+
+
+def require_scope(key: ApiKey, scope: str) -> None:
+    """Raise WireError(FORBIDDEN) unless `key` has `scope`."""
+    if scope not in SCOPES:
+        raise ValueError(f"scope: expected one of {', '.join(SCOPES)}, found {scope!r}")
+    if scope not in key.scopes:
+        raise WireError(
+            ErrorCode.FORBIDDEN,
+            f"key {key.key_id}: this needs scope {scope!r}, the key has "
+            f"{', '.join(key.scopes) or 'none'}",
+        )
+
+
+def headers_of(headers: Mapping[str, str]) -> tuple[str, str, str, str]:
+    """Return (key, ts, nonce, signature) from request headers, matched case-insensitively.
+
+    Raises WireError(UNAUTHORIZED) naming the headers that are absent or empty.
+    """
+    lowered = {name.lower(): value for name, value in headers.items()}
+    names = (wire.HEADER_KEY, wire.HEADER_TS, wire.HEADER_NONCE, wire.HEADER_SIGNATURE)
+    values = tuple(lowered.get(name.lower(), "") for name in names)
+    missing = [name for name, value in zip(names, values, strict=True) if not value]
+    if missing:
+        raise WireError(
+            ErrorCode.UNAUTHORIZED,
+            f"expected the signing headers {', '.join(names)}, found {', '.join(missing)} "
+            "missing (see exchange/wire.py for how to sign)",
+        )
+    key, ts, nonce, signature = values
+    return key, ts, nonce, signature

@@ -1,0 +1,174 @@
+"""What every request handler of one gateway shares: the hub, the desk, keys, rate limits."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import asyncpg
+
+from exchange.gateway import auth
+from exchange.gateway.hub import Hub
+from exchange.gateway.keys import SCOPES, ApiKey, KeyStore
+from exchange.gateway.orders import OrderDesk
+from exchange.gateway.ratelimit import ConnectionCounter, RateLimiter, RateLimits
+from exchange.wire import ErrorCode, Prices, WireError
+from schemas.catalog import Catalog
+
+__all__ = ["Gateway"]
+
+
+class Gateway:
+    """One gateway's shared state; handlers reach it as `request.app.state.gateway`."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        hub: Hub,
+        keys: KeyStore,
+        pool: asyncpg.Pool,
+        limits: RateLimits | None = None,
+    ) -> None:
+        self.catalog = catalog
+        self.prices = Prices(catalog.tick_micros)
+        self.hub = hub
+        self.keys = keys
+        self.pool = pool
+        self.limits = limits or RateLimits()
+        self.desk = OrderDesk(hub, keys, catalog, self.prices)
+        lim = self.limits
+        self.limiters = {
+            "rest_key": RateLimiter(
+                lim.rest_per_key_per_s, lim.rest_per_key_burst, name="REST requests per key"
+            ),
+            "rest_ip": RateLimiter(
+                lim.rest_per_ip_per_s, lim.rest_per_ip_burst, name="REST requests per IP"
+            ),
+            "ws_message": RateLimiter(
+                lim.ws_messages_per_conn_per_s,
+                lim.ws_messages_per_conn_burst,
+                name="WebSocket messages per connection",
+            ),
+            "orders": RateLimiter(
+                lim.orders_per_key_per_s, lim.orders_per_key_burst, name="orders per key"
+            ),
+        }
+        self.connections = ConnectionCounter(lim.ws_connections_per_ip)
+        self._gpus = {g.model for g in catalog.gpus}
+        self._curves = {
+            f"{g.model}.{r}.{p.code}"
+            for g in catalog.gpus
+            for r in catalog.regions
+            for p in catalog.products
+        }
+
+    # ------------------------------------------------------------------ limits and auth
+
+    def check_rate(self, name: str, kind: str) -> None:
+        """Take a token from the named bucket of a limiter; raise RATE_LIMITED when empty."""
+        self.limiters[kind].check(name, time.monotonic())
+
+    def check_ip(self, request: Any) -> None:
+        """Apply the per-IP REST limit."""
+        client = request.client
+        self.check_rate(f"ip:{client.host if client else '?'}", "rest_ip")
+
+    async def verify(
+        self,
+        key_id: object,
+        ts_ms: object,
+        nonce: object,
+        signature: object,
+        method: str,
+        path: str,
+        body: bytes,
+    ) -> ApiKey:
+        """Verify a signed request or logon; return its key."""
+        now_ms = time.time_ns() // 1_000_000
+        return await auth.verify(
+            self.keys, key_id, ts_ms, nonce, signature, method, path, body, now_ms
+        )
+
+    async def authenticate(self, request: Any, scope: str) -> ApiKey:
+        """Verify a signed REST request and its scope; apply the per-key and per-IP limits."""
+        self.check_ip(request)
+        key_id, ts_ms, nonce, signature = auth.headers_of(request.headers)
+        raw_path = request.scope.get("raw_path") or request.scope["path"].encode()
+        path = raw_path.decode("latin-1")
+        query = request.scope.get("query_string", b"")
+        if query:
+            path += "?" + query.decode("latin-1")
+        body = await request.body()
+        key = await self.verify(key_id, ts_ms, nonce, signature, request.method, path, body)
+        self.check_rate(f"key:{key.key_id}", "rest_key")
+        auth.require_scope(key, scope)
+        return key
+
+    def known_symbol(self, channel: str, symbol: str) -> bool:
+        """Tell whether a channel's symbol exists (listed instrument, GPU model, curve)."""
+        if channel == "index":
+            return symbol in self._gpus
+        if channel == "curve":
+            return symbol in self._curves
+        return bool(self.hub.accounts.is_listed(symbol))
+
+    def connections_closed(self, connection: Any) -> None:
+        """Forget what a closed connection held (its message bucket)."""
+        self.limiters["ws_message"].forget(f"conn:{connection.id}")
+
+    # ------------------------------------------------------------------ keys
+
+    async def list_keys(self, account: int) -> list[dict[str, Any]]:
+        """The account's keys, without secrets."""
+        keys = await self.keys.list(account)
+        return [
+            {
+                "key": k.key_id,
+                "scopes": list(k.scopes),
+                "created_ns": str(k.created_ns),
+                "revoked": k.revoked,
+            }
+            for k in keys
+        ]
+
+    async def create_key(self, caller: ApiKey, scopes: Any) -> dict[str, Any]:
+        """Create a key for the caller's account with at most the caller's scopes."""
+        if (
+            not isinstance(scopes, list)
+            or not scopes
+            or not all(isinstance(s, str) for s in scopes)
+        ):
+            raise WireError(ErrorCode.BAD_REQUEST, f"scopes: expected a list of {SCOPES}")
+        extra = set(scopes) - set(caller.scopes)
+        if extra:
+            raise WireError(ErrorCode.FORBIDDEN, f"scopes: this key cannot grant {sorted(extra)}")
+        key, secret = await self.keys.create(caller.account, scopes)
+        return {"key": key.key_id, "secret": secret, "scopes": list(key.scopes)}
+
+    async def revoke_key(self, account: int, key_id: str) -> dict[str, Any]:
+        """Revoke one of the account's keys."""
+        if not await self.keys.revoke(account, key_id):
+            raise WireError(ErrorCode.NOT_FOUND, f"no key {key_id!r} of this account")
+        return {"key": key_id, "revoked": True}
+
+    def catalog_view(self) -> dict[str, Any]:
+        """The catalog as the wire shows it (prices as decimal strings)."""
+        cat = self.catalog
+        p = self.prices
+        return {
+            "tick": p.to_str(1),
+            "lots_max": cat.lots_max,
+            "regions": list(cat.regions),
+            "gpus": [
+                {
+                    "model": g.model,
+                    "memory_gb": g.memory_gb,
+                    "interconnect": g.interconnect,
+                    "reference_price": p.to_str(g.reference_price_ticks),
+                }
+                for g in cat.gpus
+            ],
+            "products": [{"code": pr.code, "hours": pr.hours} for pr in cat.products],
+            "maker_fee_bps": cat.maker_fee_bps,
+            "taker_fee_bps": cat.taker_fee_bps,
+        }

@@ -1,0 +1,407 @@
+"""The gateway's Kafka side: one producer, three readers, the fan-out to connections.
+
+    gx.events       -> Accounts (private feeds, order state) -> pushes to logged-on connections
+                    -> completes the commands this gateway sent (by their gx.commands offset)
+    gx.marketdata   -> MarketFeed (books, trades, candles, index, curve) -> pushes to subscribers
+    gx.provisioning -> outstanding requests per provider -> pushes to provider connections
+    commands        -> gx.commands (partition = shard), provider replies -> gx.provisioning
+
+Every gateway reads the three topics from their beginning, so any number of them serve the same
+sequence numbers: they are stateless apart from what the log rebuilds. A command's events are
+complete once an event of a later command of the same shard arrives, or once the partition is
+read to its end (the engine produces all events of a command at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from exchange.gateway.accounts import Accounts
+from exchange.gateway.market_feed import MarketFeed, StreamKey
+from exchange.wire import ErrorCode, Prices, WireError
+from schemas import commands as c
+from schemas import events as e
+from schemas.codec import DecodeError, decode_event, encode
+from streams.marketdata_messages import decode_message
+from streams.provisioning_messages import (
+    ProvisionConfirmed,
+    ProvisionFailed,
+    ProvisionMessage,
+    ProvisionRequested,
+    decode_provision,
+    encode_provision,
+    provider_key,
+)
+from streams.settings import Settings
+from streams.topics import shard_key, topics
+
+__all__ = ["Hub", "Subscriber", "HubStats", "command_timeout_s"]
+
+log = logging.getLogger("gx.gateway")
+
+poll_timeout_ms = 50
+poll_records_max = 10_000
+linger_ms = 1
+command_timeout_s = 5.0  # a command the engine has not answered by then is reported TIMEOUT
+recent_commands_max = 100_000  # completed commands kept for answers that arrive late
+partitions_wait_s = 30.0
+
+
+class Subscriber(Protocol):
+    """A connection as the hub sees it: pushes must not block."""
+
+    def push(self, key: Any, body: bytes) -> None: ...
+
+
+class HubStats:
+    """Counters of one gateway's readers (since it started)."""
+
+    def __init__(self) -> None:
+        self.events = 0
+        self.marketdata = 0
+        self.provisioning = 0
+        self.malformed = 0
+        self.commands_sent = 0
+
+
+class _Reader:
+    """One topic read by assignment from its beginning."""
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        self.partitions: list[TopicPartition] = []
+        self.consumer: AIOKafkaConsumer | None = None
+
+
+class Hub:
+    """Read the exchange's topics, keep the gateway's projections, send commands, fan out."""
+
+    def __init__(self, settings: Settings, prices: Prices, *, mock_broker: bool = False) -> None:
+        if not settings.kafka_bootstrap:
+            raise ValueError("the gateway needs GX_KAFKA_BOOTSTRAP (or `make sandbox`)")
+        self.settings = settings
+        self.mock_broker = mock_broker
+        names = topics(settings)
+        self.commands_topic = names["commands"].name
+        self.provisioning_topic = names["provisioning"].name
+        self.accounts = Accounts(prices)
+        self.feed = MarketFeed(prices)
+        self.stats = HubStats()
+        self.public: dict[StreamKey, set[Subscriber]] = {}
+        self.private: dict[int, set[Subscriber]] = {}  # account -> its logged-on connections
+        self.outstanding: dict[int, dict[int, ProvisionRequested]] = {}  # provider -> requests
+        self.ready = asyncio.Event()  # every topic read up to where it ended at start
+        self._readers = {
+            "events": _Reader(names["events"].name),
+            "marketdata": _Reader(names["marketdata"].name),
+            "provisioning": _Reader(self.provisioning_topic),
+        }
+        self._producer: AIOKafkaProducer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[Any]] = set()
+        # command completion: per shard the offset whose events are arriving, and its events
+        self._current: dict[int, tuple[int, list[e.Event]]] = {}
+        self._done: OrderedDict[tuple[int, int], list[e.Event]] = OrderedDict()
+        self._waiting: dict[tuple[int, int], asyncio.Future[list[e.Event]]] = {}
+        self._caught_up: set[str] = set()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Connect, assign every partition of the three topics, start reading."""
+        bootstrap = self.settings.kafka_bootstrap
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=linger_ms
+        )
+        await self._producer.start()
+        for name, reader in self._readers.items():
+            reader.consumer = AIOKafkaConsumer(
+                bootstrap_servers=bootstrap,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                isolation_level="read_committed",
+                # The mock writes transaction markers with CRC 0 (streams/embedded_broker.py).
+                check_crcs=not self.mock_broker,
+                fetch_max_wait_ms=self.settings.kafka_fetch_wait_ms,
+            )
+            await reader.consumer.start()
+            reader.partitions = await self._partitions(reader.topic)
+            reader.consumer.assign(reader.partitions)
+            await reader.consumer.seek_to_beginning(*reader.partitions)
+            self._tasks.append(asyncio.create_task(self._read(name, reader)))
+
+    async def stop(self) -> None:
+        """Stop reading, finish background commands, close the clients."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._background:
+            await asyncio.wait(self._background, timeout=command_timeout_s)
+        for reader in self._readers.values():
+            if reader.consumer is not None:
+                with contextlib.suppress(Exception):
+                    await reader.consumer.stop()
+        if self._producer is not None:
+            with contextlib.suppress(Exception):
+                await self._producer.stop()
+        for future in self._waiting.values():
+            if not future.done():
+                future.cancel()
+
+    async def _partitions(self, topic: str) -> list[TopicPartition]:
+        assert self._producer is not None
+        try:
+            async with asyncio.timeout(partitions_wait_s):
+                found = await self._producer.partitions_for(topic)
+        except (TimeoutError, KafkaError):
+            found = set()
+        if not found:
+            raise RuntimeError(f"topic {topic} not found: create it with `gx topics create`")
+        return [TopicPartition(topic, p) for p in sorted(found)]
+
+    # ------------------------------------------------------------------ reading
+
+    async def _read(self, name: str, reader: _Reader) -> None:
+        consumer = reader.consumer
+        assert consumer is not None
+        while True:
+            try:
+                batches = await consumer.getmany(
+                    *reader.partitions, timeout_ms=poll_timeout_ms, max_records=poll_records_max
+                )
+            except KafkaError as error:
+                log.warning("reading %s: %s; retrying", reader.topic, error)
+                await asyncio.sleep(0.5)
+                continue
+            for tp, records in batches.items():
+                for record in records:
+                    self._apply(name, tp.partition, record.offset, record.value)
+            ended = await self._ended(consumer, reader.partitions)
+            if name == "events":
+                self._complete_ended(ended)
+            if name not in self._caught_up and len(ended) == len(reader.partitions):
+                self._caught_up.add(name)
+                if len(self._caught_up) == len(self._readers):
+                    self.ready.set()
+
+    @staticmethod
+    async def _ended(consumer: AIOKafkaConsumer, partitions: list[TopicPartition]) -> list[int]:
+        ended = []
+        for tp in partitions:
+            end = consumer.last_stable_offset(tp) or consumer.highwater(tp)
+            if end is not None and await consumer.position(tp) >= end:
+                ended.append(tp.partition)
+        return ended
+
+    def _apply(self, name: str, partition: int, offset: int, value: bytes | None) -> None:
+        try:
+            if value is None:
+                raise DecodeError("the record has no value")
+            if name == "events":
+                self._on_event(decode_event(value))
+            elif name == "marketdata":
+                self._on_marketdata(decode_message(value), partition, offset)
+            else:
+                self._on_provisioning(decode_provision(value))
+        except DecodeError as error:
+            self.stats.malformed += 1
+            topic = self._readers[name].topic
+            log.warning(
+                "malformed record skipped: topic=%s partition=%d offset=%d: %s",
+                topic,
+                partition,
+                offset,
+                error,
+            )
+
+    def _on_event(self, event: e.Event) -> None:
+        self.stats.events += 1
+        for account, channel, body in self.accounts.apply(event):
+            for subscriber in self.private.get(account, ()):
+                subscriber.push(channel, body)
+        if isinstance(event, e.DeliverySettled):
+            self.outstanding.get(event.provider, {}).pop(event.obligation_id, None)
+        current = self._current.get(event.shard)
+        if current is not None and current[0] != event.input_offset:
+            self._finish(event.shard, *current)
+            current = None
+        if current is None:
+            self._resolve(event.shard, event.input_offset - 1)
+            current = (event.input_offset, [])
+            self._current[event.shard] = current
+        current[1].append(event)
+
+    def _on_marketdata(self, message: Any, partition: int, offset: int) -> None:
+        self.stats.marketdata += 1
+        for key, body in self.feed.apply(message, partition, offset):
+            for subscriber in self.public.get(key, ()):
+                subscriber.push(key, body)
+
+    def _on_provisioning(self, message: ProvisionMessage) -> None:
+        self.stats.provisioning += 1
+        if isinstance(message, ProvisionRequested):
+            self.outstanding.setdefault(message.provider, {})[message.obligation_id] = message
+            body = provision_push(message)
+            for subscriber in self.private.get(message.provider, ()):
+                subscriber.push("provisioning", body)
+        elif isinstance(message, ProvisionConfirmed | ProvisionFailed):
+            self.outstanding.get(message.provider, {}).pop(message.obligation_id, None)
+
+    # ------------------------------------------------------------------ command completion
+
+    def _complete_ended(self, ended_partitions: Iterable[int]) -> None:
+        """A shard whose partition is read to its end has all events of its last command."""
+        for shard in ended_partitions:
+            current = self._current.pop(shard, None)
+            if current is not None:
+                self._finish(shard, *current)
+
+    def _finish(self, shard: int, input_offset: int, events: list[e.Event]) -> None:
+        key = (shard, input_offset)
+        self._done[key] = events
+        if len(self._done) > recent_commands_max:
+            self._done.popitem(last=False)
+        self._resolve(shard, input_offset)
+
+    def _resolve(self, shard: int, up_to_offset: int) -> None:
+        """Answer every waiting command of the shard up to an offset the engine has passed.
+
+        A command that produced no event (a cancel-all with nothing open) ends when a later one
+        shows up.
+        """
+        if not self._waiting:
+            return
+        for waiting_key in [k for k in self._waiting if k[0] == shard and k[1] <= up_to_offset]:
+            future = self._waiting.pop(waiting_key)
+            if not future.done():
+                future.set_result(self._done.get(waiting_key, []))
+
+    async def submit(self, command: c.Command) -> list[e.Event]:
+        """Send a command to its shard; return the events it caused, once all have arrived.
+
+        Raises WireError(TIMEOUT) when the engine has not answered within command_timeout_s
+        (the command may still take effect: ask `order.status`).
+        """
+        offset = await self.send_command(command)
+        key = (command.shard, offset)
+        if key in self._done:
+            return self._done[key]
+        future: asyncio.Future[list[e.Event]] = asyncio.get_running_loop().create_future()
+        self._waiting[key] = future
+        try:
+            async with asyncio.timeout(command_timeout_s):
+                return await future
+        except TimeoutError:
+            raise WireError(
+                ErrorCode.TIMEOUT,
+                f"the engine has not answered command offset {offset} within "
+                f"{command_timeout_s:g} s; it may still take effect (ask order.status)",
+            ) from None
+        finally:
+            self._waiting.pop(key, None)
+
+    async def send_command(self, command: c.Command) -> int:
+        """Produce a command to gx.commands; return its offset."""
+        if self._producer is None:
+            raise WireError(ErrorCode.UNAVAILABLE, "the gateway is not connected to Kafka")
+        try:
+            future = await self._producer.send(
+                self.commands_topic,
+                encode(command),
+                key=shard_key(command.shard),
+                partition=command.shard,
+            )
+            metadata = await future
+        except KafkaError as error:
+            raise WireError(ErrorCode.UNAVAILABLE, f"gx.commands: {error}") from None
+        self.stats.commands_sent += 1
+        return int(metadata.offset)
+
+    def submit_later(self, command: c.Command) -> None:
+        """Send a command from a connection that is going away (cancel-on-disconnect)."""
+        task = asyncio.create_task(self._submit_quietly(command))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _submit_quietly(self, command: c.Command) -> None:
+        try:
+            await self.submit(command)
+        except WireError as error:
+            log.warning("background %s: %s", type(command).__name__, error.msg)
+
+    async def send_provision(self, message: ProvisionConfirmed | ProvisionFailed) -> None:
+        """Produce a provider's reply to gx.provisioning (key = provider)."""
+        if self._producer is None:
+            raise WireError(ErrorCode.UNAVAILABLE, "the gateway is not connected to Kafka")
+        try:
+            future = await self._producer.send(
+                self.provisioning_topic,
+                encode_provision(message),
+                key=provider_key(message.provider),
+            )
+            await future
+        except KafkaError as error:
+            raise WireError(ErrorCode.UNAVAILABLE, f"gx.provisioning: {error}") from None
+
+    # ------------------------------------------------------------------ subscriptions
+
+    def subscribe_public(self, subscriber: Subscriber, key: StreamKey) -> None:
+        """Add a subscriber to a public stream (book depths are computed while watched)."""
+        subscribers = self.public.setdefault(key, set())
+        if subscriber not in subscribers:
+            subscribers.add(subscriber)
+            if key[0] == "book":
+                self.feed.watch(key)
+
+    def unsubscribe_public(self, subscriber: Subscriber, key: StreamKey) -> None:
+        """Remove a subscriber from a public stream."""
+        subscribers = self.public.get(key)
+        if subscribers is None or subscriber not in subscribers:
+            return
+        subscribers.discard(subscriber)
+        if key[0] == "book":
+            self.feed.unwatch(key)
+        if not subscribers:
+            del self.public[key]
+
+    def attach_account(self, subscriber: Subscriber, account: int) -> None:
+        """Route an account's private pushes to a logged-on connection."""
+        self.private.setdefault(account, set()).add(subscriber)
+
+    def detach_account(self, subscriber: Subscriber, account: int) -> None:
+        """Stop routing an account's private pushes to a connection."""
+        subscribers = self.private.get(account)
+        if subscribers is not None:
+            subscribers.discard(subscriber)
+            if not subscribers:
+                del self.private[account]
+
+
+def provision_push(message: ProvisionRequested) -> bytes:
+    """The `provisioning` push body of a request (ids as integers, times as strings)."""
+    return orjson.dumps(
+        {
+            "channel": "provisioning",
+            "type": "request",
+            "obligation_id": message.obligation_id,
+            "symbol": message.symbol,
+            "provider": message.provider,
+            "holder": message.holder,
+            "gpus": message.gpus,
+            "start_ns": str(message.start_ns),
+            "end_ns": str(message.end_ns),
+            "deadline_ns": str(message.deadline_ns),
+            "stage": message.stage,
+        }
+    )

@@ -1,0 +1,312 @@
+"""API keys in PostgreSQL, stored without their secrets; nonces and client order ids beside them.
+
+Why the secret is derived, not stored. Verifying an HMAC signature needs the key's secret, yet a
+stolen copy of the database must not reveal any secret. So the secret is never stored: it is
+
+    secret = urlsafe_b64(HMAC-SHA256(master_key, key_id)), without padding (43 characters)
+
+where `master_key` is the gateway's setting `GX_GATEWAY_MASTER_KEY`. The master key lives in the
+gateways' configuration, never in the database. A row of `api_keys` holds the key's account,
+scopes, revoked flag and `sha256(secret)`; the hash lets a gateway confirm that it derives the
+secret the key was issued with, so a gateway started with the wrong master key says so instead of
+refusing every signature. A database leak alone then reveals no secret, and the master key must be
+long and random (`MASTER_KEY_CHARS_MIN`), since the stored hash would let a weak one be guessed.
+Changing the master key invalidates every key issued under the old one.
+
+Every gateway instance shares this state: a key revoked on one instance stops working on all of
+them within `KEY_CACHE_TTL_S`; a nonce (`use_nonce`) or a client order id (`reserve_client_order`)
+is taken once across all instances.
+"""
+
+from __future__ import annotations
+
+import base64
+import builtins
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+
+import asyncpg
+import msgspec
+
+from exchange.wire import ErrorCode, WireError
+from schemas.ids import ACCOUNT_FIRST_USER
+
+__all__ = [
+    "SCOPES",
+    "ApiKey",
+    "KeyStore",
+    "MasterKeyMismatch",
+    "check_master_key",
+    "derive_secret",
+    "is_key_id",
+    "KEY_ID_PREFIX",
+    "KEY_ID_HEX_CHARS",
+    "MASTER_KEY_CHARS_MIN",
+    "KEY_CACHE_TTL_S",
+    "KEY_CACHE_ENTRIES_MAX",
+    "KEYS_PER_ACCOUNT_MAX",
+    "NONCE_HORIZON_MS",
+    "NONCE_PRUNE_INTERVAL_S",
+    "CLIENT_ORDER_ID_CHARS_MAX",
+]
+
+log = logging.getLogger("gx.gateway.keys")
+
+SCOPES = ("read", "trade", "provide")
+
+KEY_ID_PREFIX = "gx"
+KEY_ID_HEX_CHARS = 24  # 96 random bits
+MASTER_KEY_CHARS_MIN = 32
+KEY_CACHE_TTL_S = 1.0  # a revoke reaches every gateway instance within this
+KEY_CACHE_ENTRIES_MAX = 10_000
+KEYS_PER_ACCOUNT_MAX = 20  # active (not revoked) keys
+# Nonces older than this (by their request's ts_ms) are deleted. It must exceed the whole
+# signature window (auth.SIGNATURE_WINDOW_MS on both sides), so that no nonce is forgotten while
+# its request could still be accepted; auth.py asserts it.
+NONCE_HORIZON_MS = 60_000
+NONCE_PRUNE_INTERVAL_S = 10.0  # per gateway instance
+CLIENT_ORDER_ID_CHARS_MAX = 64
+ACCOUNT_MAX = 2**63 - 1  # bigint
+
+_KEY_ID_RE = re.compile(f"{KEY_ID_PREFIX}[0-9a-f]{{{KEY_ID_HEX_CHARS}}}")
+
+
+class MasterKeyMismatch(RuntimeError):
+    """Raise when a stored key was issued under another master key than this gateway's."""
+
+
+class ApiKey(msgspec.Struct, frozen=True):
+    """An API key as the gateway sees it: never its secret."""
+
+    key_id: str
+    account: int
+    scopes: tuple[str, ...]  # in SCOPES order
+    revoked: bool = False
+    created_ns: int = 0
+
+
+def is_key_id(text: object) -> bool:
+    """Tell whether `text` has the form of a key id: "gx" and 24 lowercase hex characters."""
+    return isinstance(text, str) and _KEY_ID_RE.fullmatch(text) is not None
+
+
+def check_master_key(master_key: str) -> None:
+    """Raise ValueError unless `master_key` has at least MASTER_KEY_CHARS_MIN characters."""
+    if len(master_key) < MASTER_KEY_CHARS_MIN:
+        raise ValueError(
+            f"gateway master key: expected at least {MASTER_KEY_CHARS_MIN} characters, found "
+            f"{len(master_key)}; set GX_GATEWAY_MASTER_KEY to a long random string, e.g. from "
+            "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+        )
+
+
+def derive_secret(master_key: str, key_id: str) -> str:
+    """Return a key's secret: unpadded urlsafe base64 of HMAC-SHA256(master_key, key_id)."""
+    digest = hmac.new(master_key.encode(), key_id.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def _secret_sha256(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def _scopes_of(scopes: Iterable[str]) -> tuple[str, ...]:
+    """Validate scopes and return them in SCOPES order, without duplicates."""
+    if isinstance(scopes, str):
+        raise WireError(
+            ErrorCode.BAD_REQUEST, f"scopes: expected a list of scopes, found {scopes!r}"
+        )
+    given = builtins.list(scopes)
+    unknown = [s for s in given if s not in SCOPES]
+    if unknown or not given:
+        raise WireError(
+            ErrorCode.BAD_REQUEST,
+            f"scopes: expected one or more of {', '.join(SCOPES)}, found {given!r}",
+        )
+    return tuple(s for s in SCOPES if s in given)
+
+
+def _key_of(row: asyncpg.Record) -> ApiKey:
+    return ApiKey(
+        key_id=row["key_id"],
+        account=int(row["account"]),
+        scopes=tuple(s for s in SCOPES if s in row["scopes"]),
+        revoked=bool(row["revoked"]),
+        created_ns=int(row["created_ns"]),
+    )
+
+
+class KeyStore:
+    """API keys, nonces and client order reservations of every gateway instance, in PostgreSQL.
+
+    `pool` is an asyncpg pool on a database migrated to version 3 (`streams.ledger_schema`);
+    `master_key` is `GX_GATEWAY_MASTER_KEY`. `clock_s` (monotonic seconds) times the cache and the
+    nonce pruning; `clock_ns` (UNIX ns) stamps new keys.
+    """
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        master_key: str,
+        *,
+        clock_s: Callable[[], float] = time.monotonic,
+        clock_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        check_master_key(master_key)
+        self._pool = pool
+        self._master_key = master_key
+        self._clock_s = clock_s
+        self._clock_ns = clock_ns
+        self._cache: OrderedDict[str, tuple[float, ApiKey]] = OrderedDict()
+        self._nonces_pruned_s = -NONCE_PRUNE_INTERVAL_S  # prune on the first use
+
+    def secret_of(self, key_id: str) -> str:
+        """Derive the secret of `key_id` from the master key (the database holds no secret)."""
+        return derive_secret(self._master_key, key_id)
+
+    async def create(self, account: int, scopes: Iterable[str]) -> tuple[ApiKey, str]:
+        """Issue a key for `account` with `scopes`; return it and its secret, shown only now.
+
+        Raises WireError(BAD_REQUEST) for a system account, unknown scopes, or an account that
+        already has KEYS_PER_ACCOUNT_MAX active keys.
+        """
+        if isinstance(account, bool) or not ACCOUNT_FIRST_USER <= account <= ACCOUNT_MAX:
+            raise WireError(
+                ErrorCode.BAD_REQUEST,
+                f"account: expected a user account >= {ACCOUNT_FIRST_USER}, found {account!r}",
+            )
+        ordered = _scopes_of(scopes)
+        key_id = KEY_ID_PREFIX + secrets.token_hex(KEY_ID_HEX_CHARS // 2)
+        secret = self.secret_of(key_id)
+        created_ns = self._clock_ns()
+        # The count and the insert are one statement; concurrent creates may overshoot slightly.
+        inserted = await self._pool.fetchval(
+            """
+            INSERT INTO api_keys (key_id, account, scopes, secret_sha256, created_ns)
+            SELECT $1, $2, $3, $4, $5
+            WHERE (SELECT count(*) FROM api_keys WHERE account = $2 AND NOT revoked) < $6
+            RETURNING true
+            """,
+            key_id,
+            account,
+            builtins.list(ordered),
+            _secret_sha256(secret),
+            created_ns,
+            KEYS_PER_ACCOUNT_MAX,
+        )
+        if not inserted:
+            raise WireError(
+                ErrorCode.BAD_REQUEST,
+                f"account {account}: expected at most {KEYS_PER_ACCOUNT_MAX} active keys, found "
+                f"{KEYS_PER_ACCOUNT_MAX} already; revoke one first",
+            )
+        key = ApiKey(key_id=key_id, account=account, scopes=ordered, created_ns=created_ns)
+        return key, secret
+
+    async def get(self, key_id: str) -> ApiKey | None:
+        """Return the key (revoked ones too), or None when unknown; cached for KEY_CACHE_TTL_S.
+
+        Raises MasterKeyMismatch when the key was issued under another master key.
+        """
+        now_s = self._clock_s()
+        cached = self._cache.get(key_id)
+        if cached is not None and cached[0] > now_s:
+            return cached[1]
+        row = await self._pool.fetchrow(
+            "SELECT key_id, account, scopes, secret_sha256, created_ns, revoked "
+            "FROM api_keys WHERE key_id = $1",
+            key_id,
+        )
+        if row is None:
+            # Unknown ids are not cached: a key created on another instance works at once, and
+            # random ids cannot push real keys out of the cache.
+            self._cache.pop(key_id, None)
+            return None
+        if not hmac.compare_digest(
+            bytes(row["secret_sha256"]), _secret_sha256(self.secret_of(key_id))
+        ):
+            log.error("key %s was issued under another GX_GATEWAY_MASTER_KEY than this one", key_id)
+            raise MasterKeyMismatch(
+                f"key {key_id}: issued under another gateway master key; run every gateway with "
+                "the GX_GATEWAY_MASTER_KEY the key was created with, or issue a new key"
+            )
+        key = _key_of(row)
+        self._cache[key_id] = (now_s + KEY_CACHE_TTL_S, key)
+        self._cache.move_to_end(key_id)
+        while len(self._cache) > KEY_CACHE_ENTRIES_MAX:
+            self._cache.popitem(last=False)
+        return key
+
+    async def list(self, account: int) -> builtins.list[ApiKey]:
+        """Return every key of `account`, revoked ones too, oldest first."""
+        rows = await self._pool.fetch(
+            "SELECT key_id, account, scopes, created_ns, revoked FROM api_keys "
+            "WHERE account = $1 ORDER BY created_ns, key_id",
+            account,
+        )
+        return [_key_of(row) for row in rows]
+
+    async def revoke(self, account: int, key_id: str) -> bool:
+        """Revoke `key_id` if `account` owns it; return False when it does not (or no such key).
+
+        Revoking an already revoked key returns True. Other gateway instances stop accepting the
+        key within KEY_CACHE_TTL_S; this one at once.
+        """
+        found = await self._pool.fetchval(
+            "UPDATE api_keys SET revoked = true WHERE key_id = $1 AND account = $2 RETURNING true",
+            key_id,
+            account,
+        )
+        if found:
+            self._cache.pop(key_id, None)
+        return bool(found)
+
+    async def use_nonce(self, key_id: str, nonce: str, ts_ms: int) -> bool:
+        """Record `nonce` for `key_id`; return False when the key has used it before.
+
+        Every NONCE_PRUNE_INTERVAL_S, first delete nonces older than NONCE_HORIZON_MS before
+        `ts_ms` (their requests are outside the signature window anyway).
+        """
+        now_s = self._clock_s()
+        if now_s - self._nonces_pruned_s >= NONCE_PRUNE_INTERVAL_S:
+            self._nonces_pruned_s = now_s
+            await self.prune_nonces(ts_ms - NONCE_HORIZON_MS)
+        status = await self._pool.execute(
+            "INSERT INTO api_nonces (key_id, nonce, ts_ms) VALUES ($1, $2, $3) "
+            "ON CONFLICT DO NOTHING",
+            key_id,
+            nonce,
+            ts_ms,
+        )
+        return bool(status == "INSERT 0 1")
+
+    async def prune_nonces(self, before_ms: int) -> int:
+        """Delete nonces whose request ts_ms is before `before_ms`; return how many."""
+        status = await self._pool.execute("DELETE FROM api_nonces WHERE ts_ms < $1", before_ms)
+        return int(status.split()[-1])
+
+    async def reserve_client_order(self, account: int, client_order_id: str, ts_ns: int) -> bool:
+        """Reserve `client_order_id` for `account`; return False when it was reserved before.
+
+        Raises WireError(BAD_REQUEST) for an empty id or one over CLIENT_ORDER_ID_CHARS_MAX.
+        """
+        if not 0 < len(client_order_id) <= CLIENT_ORDER_ID_CHARS_MAX:
+            raise WireError(
+                ErrorCode.BAD_REQUEST,
+                f"client_order_id: expected 1-{CLIENT_ORDER_ID_CHARS_MAX} characters, found "
+                f"{len(client_order_id)}",
+            )
+        status = await self._pool.execute(
+            "INSERT INTO client_orders (account, client_order_id, ts_ns) VALUES ($1, $2, $3) "
+            "ON CONFLICT DO NOTHING",
+            account,
+            client_order_id,
+            ts_ns,
+        )
+        return bool(status == "INSERT 0 1")

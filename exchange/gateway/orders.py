@@ -1,0 +1,464 @@
+"""Order entry: validate a request, make it a command, send it, answer with what the engine did.
+
+Shared by REST and the WebSocket, so both refuse the same input with the same codes:
+- the gateway refuses malformed requests (BAD_REQUEST naming the field), unknown symbols
+  (UNKNOWN_SYMBOL), prices off tick (PRICE_OFF_TICK), quantities that are not whole lots
+  (QTY_INVALID) and other accounts' orders (UNKNOWN_ORDER, telling nothing of their existence)
+  before anything reaches Kafka;
+- the engine refuses the rest (cash, band, size, limits); its refusal comes back with the
+  `schemas.codes.Reject` name as the code and status 422.
+
+`client_order_id` makes placement idempotent across gateway instances: it is reserved in
+PostgreSQL before the command is sent, and a retry finds the order the first attempt made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import time
+from typing import Any, Protocol, TypeVar
+
+import msgspec
+
+from exchange.gateway.hub import Hub, command_timeout_s
+from exchange.wire import ErrorCode, Prices, WireError, money_to_str, qty_from_str, qty_to_str
+from schemas import commands as c
+from schemas import events as e
+from schemas.catalog import Catalog
+from schemas.codes import OrderType, Reject, SelfTradePrevention, Side, TimeInForce
+from schemas.symbols import SymbolError, parse_symbol
+from streams.provisioning_messages import ProvisionConfirmed, ProvisionFailed
+
+__all__ = ["OrderDesk", "ClientOrders", "client_order_id_max", "route_children_max", "parse_params"]
+
+client_order_id_max = 36
+route_children_max = 50  # child orders one routed order may place
+_CLIENT_ORDER_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,36}$")
+_duplicate_poll_s = 0.02
+T = TypeVar("T", bound=msgspec.Struct)
+
+
+class ClientOrders(Protocol):
+    """Where client order ids are reserved (the key store in PostgreSQL)."""
+
+    async def reserve_client_order(
+        self, account: int, client_order_id: str, ts_ns: int
+    ) -> bool: ...
+
+
+# ---------------------------------------------------------------------- request parameters
+
+
+class _Params(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class PlaceParams(_Params, kw_only=True):
+    symbol: str
+    side: Side
+    qty: str
+    type: OrderType = OrderType.LIMIT
+    price: str | None = None
+    tif: TimeInForce = TimeInForce.GTC
+    post_only: bool = False
+    stp: SelfTradePrevention = SelfTradePrevention.CANCEL_TAKER
+    expire_ns: str = "0"
+    client_order_id: str = ""
+
+
+class OrderRef(_Params, kw_only=True):
+    order_id: int = 0
+    client_order_id: str = ""
+
+
+class AmendParams(OrderRef, kw_only=True):
+    price: str
+    qty: str
+
+
+class CancelAllParams(_Params, kw_only=True):
+    symbol: str | None = None
+
+
+class RouteParams(_Params, kw_only=True):
+    gpu: str
+    gpu_hours: int
+    start_ns: str
+    end_ns: str
+    max_price: str
+    regions: list[str] = []
+    products: list[str] = []
+    client_order_id: str = ""
+
+
+class CapacityParams(_Params, kw_only=True):
+    gpu: str
+    region: str
+    start_ns: str
+    end_ns: str
+    gpus: int
+
+
+class ConfirmParams(_Params, kw_only=True):
+    obligation_id: int
+    access: str = ""
+
+
+class FailParams(_Params, kw_only=True):
+    obligation_id: int
+    hours_delivered: int = 0
+    reason: str = ""
+
+
+def parse_params(params: Any, kind: type[T]) -> T:
+    """Convert request params to a typed Struct; refuse with BAD_REQUEST naming the field."""
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise WireError(ErrorCode.BAD_REQUEST, f"params: expected an object, found {params!r}")
+    try:
+        return msgspec.convert(params, kind)
+    except msgspec.ValidationError as error:
+        raise WireError(ErrorCode.BAD_REQUEST, f"params: {error}") from None
+
+
+def _ns(text: str, field: str) -> int:
+    if not text.isdigit() or len(text) > 19:
+        raise WireError(
+            ErrorCode.BAD_REQUEST, f"{field}: expected integer nanoseconds, found {text!r}"
+        )
+    return int(text)
+
+
+def _reject(events: list[e.Event]) -> None:
+    """Raise the engine's refusal, if the command was refused."""
+    for event in events:
+        if isinstance(event, e.OrderRejected | e.CommandRejected):
+            try:
+                name = Reject(event.code).name
+            except ValueError:
+                name = str(event.code)
+            raise WireError(name, event.reason, engine_code=event.code)
+
+
+# ---------------------------------------------------------------------- the desk
+
+
+class OrderDesk:
+    """Order entry and provider actions for one gateway."""
+
+    def __init__(
+        self, hub: Hub, client_orders: ClientOrders, catalog: Catalog, prices: Prices
+    ) -> None:
+        self.hub = hub
+        self.client_orders = client_orders
+        self.catalog = catalog
+        self.prices = prices
+        self.shard = 0  # one shard today; every command still carries it
+
+    @property
+    def accounts(self) -> Any:
+        return self.hub.accounts
+
+    # ------------------------------------------------------------------ orders
+
+    def _symbol(self, symbol: str) -> str:
+        try:
+            parse_symbol(symbol)
+        except SymbolError as error:
+            raise WireError(ErrorCode.UNKNOWN_SYMBOL, str(error)) from None
+        if not self.accounts.is_listed(symbol):
+            raise WireError(ErrorCode.UNKNOWN_SYMBOL, f"symbol {symbol!r} is not listed")
+        return symbol
+
+    async def place(self, account: int, params: Any) -> dict[str, Any]:
+        """Place an order; answer `{"order", "fills"}` (a retry answers the first order)."""
+        p = parse_params(params, PlaceParams)
+        symbol = self._symbol(p.symbol)
+        lots = qty_from_str(p.qty)
+        if p.type is OrderType.LIMIT:
+            if p.price is None:
+                raise WireError(ErrorCode.BAD_REQUEST, "price: a limit order needs a price")
+            price_ticks = self.prices.from_str(p.price)
+        else:
+            price_ticks = 0 if p.price is None else self.prices.from_str(p.price)
+        expire_ns = _ns(p.expire_ns, "expire_ns")
+        cid = p.client_order_id or "gx-" + secrets.token_hex(8)
+        if not _CLIENT_ORDER_ID.match(cid):
+            raise WireError(
+                ErrorCode.BAD_REQUEST,
+                f"client_order_id: expected 1-{client_order_id_max} characters of "
+                f"[A-Za-z0-9_.:-], found {cid!r}",
+            )
+        if not await self.client_orders.reserve_client_order(account, cid, time.time_ns()):
+            return await self._existing(account, cid)
+        command = c.PlaceOrder(
+            shard=self.shard,
+            ts_init=time.time_ns(),
+            account=account,
+            symbol=symbol,
+            side=p.side,
+            lots=lots,
+            price_ticks=price_ticks,
+            order_type=p.type,
+            tif=p.tif,
+            post_only=p.post_only,
+            stp=p.stp,
+            expire_ns=expire_ns,
+            client_order_id=cid,
+        )
+        events = await self.hub.submit(command)
+        return self._placed(account, cid, events)
+
+    def _placed(self, account: int, cid: str, events: list[e.Event]) -> dict[str, Any]:
+        accepted = next((ev for ev in events if isinstance(ev, e.OrderAccepted)), None)
+        if accepted is None:
+            rejected = self.accounts.order_by_client_id(account, cid)
+            _reject(events)
+            raise WireError(
+                ErrorCode.UNAVAILABLE, "the engine answered without a decision", order=rejected
+            )
+        order = self.accounts.order(account, accepted.order_id)
+        fills = [
+            self._fill(ev, accepted.order_id, account)
+            for ev in events
+            if isinstance(ev, e.TradeExecuted) and ev.taker_order_id == accepted.order_id
+        ]
+        return {"order": order, "fills": fills}
+
+    async def _existing(self, account: int, cid: str) -> dict[str, Any]:
+        """Answer a retry: the order its first attempt made (waiting for it to arrive)."""
+        deadline = time.monotonic() + command_timeout_s
+        while True:
+            order = self.accounts.order_by_client_id(account, cid)
+            if order is not None:
+                if order.get("status") == "rejected":
+                    raise WireError(
+                        str(order.get("reject_code") or "REJECTED"),
+                        str(order.get("reason") or "the order was rejected"),
+                        duplicate=True,
+                    )
+                return {"order": order, "fills": [], "duplicate": True}
+            if time.monotonic() >= deadline:
+                raise WireError(
+                    ErrorCode.TIMEOUT,
+                    f"client_order_id {cid!r} was used before and its order has not arrived; "
+                    "ask order.status",
+                )
+            await asyncio.sleep(_duplicate_poll_s)
+
+    def _fill(self, trade: e.TradeExecuted, order_id: int, account: int) -> dict[str, Any]:
+        taker = trade.taker_order_id == order_id
+        side = (
+            trade.aggressor_side if taker else ("sell" if trade.aggressor_side == "buy" else "buy")
+        )
+        fee = trade.taker_fee_micros if taker else trade.maker_fee_micros
+        return {
+            "trade_id": trade.trade_id,
+            "order_id": order_id,
+            "symbol": trade.symbol,
+            "side": str(side),
+            "price": self.prices.to_str(trade.price_ticks),
+            "qty": qty_to_str(trade.lots),
+            "fee": money_to_str(fee),
+            "liquidity": "taker" if taker else "maker",
+            "ts_ns": str(trade.ts_event),
+        }
+
+    def _own_order(self, account: int, ref: OrderRef) -> int:
+        """The order id a request names, if it is the account's own; else UNKNOWN_ORDER."""
+        order_id = ref.order_id
+        if not order_id and ref.client_order_id:
+            order = self.accounts.order_by_client_id(account, ref.client_order_id)
+            order_id = int(order["order_id"]) if order else 0
+        if not order_id and not ref.client_order_id:
+            raise WireError(ErrorCode.BAD_REQUEST, "params: give order_id or client_order_id")
+        if not order_id or self.accounts.owner(order_id) != account:
+            raise WireError(
+                ErrorCode.UNKNOWN_ORDER,
+                f"no order {ref.order_id or ref.client_order_id!r} of this account",
+            )
+        return order_id
+
+    async def amend(self, account: int, params: Any) -> dict[str, Any]:
+        """Amend an order's price and remaining quantity."""
+        p = parse_params(params, AmendParams)
+        order_id = self._own_order(account, p)
+        command = c.AmendOrder(
+            shard=self.shard,
+            ts_init=time.time_ns(),
+            account=account,
+            order_id=order_id,
+            price_ticks=self.prices.from_str(p.price),
+            lots=qty_from_str(p.qty),
+        )
+        events = await self.hub.submit(command)
+        _reject(events)
+        return {"order": self.accounts.order(account, order_id)}
+
+    async def cancel(self, account: int, params: Any) -> dict[str, Any]:
+        """Cancel one order."""
+        p = parse_params(params, OrderRef)
+        order_id = self._own_order(account, p)
+        command = c.CancelOrder(
+            shard=self.shard, ts_init=time.time_ns(), account=account, order_id=order_id
+        )
+        events = await self.hub.submit(command)
+        _reject(events)
+        return {"order": self.accounts.order(account, order_id)}
+
+    async def cancel_all(self, account: int, params: Any) -> dict[str, Any]:
+        """Cancel every open order of the account (of one symbol if given)."""
+        p = parse_params(params, CancelAllParams)
+        if p.symbol is not None:
+            self._symbol(p.symbol)
+        if not self.accounts.open_orders(account, p.symbol):
+            return {"canceled": 0}
+        command = c.CancelAll(
+            shard=self.shard, ts_init=time.time_ns(), account=account, symbol=p.symbol
+        )
+        events = await self.hub.submit(command)
+        _reject(events)
+        canceled = sum(1 for ev in events if isinstance(ev, e.OrderCancelled))
+        return {"canceled": canceled}
+
+    def status(self, account: int, params: Any) -> dict[str, Any]:
+        """The order a client order id or order id names (the lost-response lookup)."""
+        p = parse_params(params, OrderRef)
+        if p.client_order_id:
+            order = self.accounts.order_by_client_id(account, p.client_order_id)
+        elif p.order_id and self.accounts.owner(p.order_id) == account:
+            order = self.accounts.order(account, p.order_id)
+        else:
+            order = None
+        if order is None:
+            raise WireError(
+                ErrorCode.UNKNOWN_ORDER,
+                f"no order {p.client_order_id or p.order_id!r} of this account",
+            )
+        return {"order": order}
+
+    # ------------------------------------------------------------------ routing
+
+    async def route(self, account: int, params: Any) -> dict[str, Any]:
+        """Buy GPU-hours of a model in a window, cheapest asks first, as IOC child orders."""
+        p = parse_params(params, RouteParams)
+        if p.gpu_hours <= 0:
+            raise WireError(ErrorCode.QTY_INVALID, f"gpu_hours: expected > 0, found {p.gpu_hours}")
+        start_ns, end_ns = _ns(p.start_ns, "start_ns"), _ns(p.end_ns, "end_ns")
+        max_ticks = self.prices.from_str(p.max_price, "max_price")
+        plan = self._route_plan(p, start_ns, end_ns, max_ticks)
+        prefix = p.client_order_id or "rt-" + secrets.token_hex(6)
+        children = []
+        filled = 0
+        for index, (symbol, lots, price_ticks, hours) in enumerate(plan):
+            child = {
+                "symbol": symbol,
+                "side": "buy",
+                "type": "limit",
+                "price": self.prices.to_str(price_ticks),
+                "qty": qty_to_str(lots),
+                "tif": "ioc",
+                "client_order_id": f"{prefix}-{index}",
+            }
+            try:
+                result = await self.place(account, child)
+            except WireError as error:
+                children.append(
+                    {"order": None, "fills": [], "error": error.body(), "request": child}
+                )
+                continue
+            children.append(result)
+            order = result["order"] or {}
+            filled += int(order.get("cum_qty", "0")) * hours
+        return {
+            "children": children,
+            "gpu_hours_filled": filled,
+            "gpu_hours_left": max(0, p.gpu_hours - filled),
+        }
+
+    def _route_plan(
+        self, p: RouteParams, start_ns: int, end_ns: int, max_ticks: int
+    ) -> list[tuple[str, int, int, int]]:
+        """(symbol, lots, limit ticks, hours per lot) per child, cheapest GPU-hour first."""
+        offers: list[tuple[int, int, str, int, int]] = []  # ticks, start, symbol, lots, hours
+        for instrument in self.accounts.instruments():
+            symbol = instrument["symbol"]
+            key = parse_symbol(symbol)
+            if key.gpu != p.gpu or (p.regions and key.region not in p.regions):
+                continue
+            if (p.products and key.product not in p.products) or key.start_ns < start_ns:
+                continue
+            if key.end_ns > end_ns:
+                continue
+            for ticks, lots in self.hub.feed.ask_levels(symbol):
+                if ticks > max_ticks:
+                    break
+                offers.append((ticks, key.start_ns, symbol, lots, key.hours))
+        offers.sort()
+        left = p.gpu_hours
+        chosen: dict[str, list[int]] = {}  # symbol -> [lots, worst ticks, hours]
+        for ticks, _, symbol, lots, hours in offers:
+            take = min(lots, left // hours)
+            if take <= 0:
+                continue
+            entry = chosen.setdefault(symbol, [0, ticks, hours])
+            entry[0] += take
+            entry[1] = max(entry[1], ticks)
+            left -= take * hours
+            if left <= 0 or len(chosen) >= route_children_max:
+                break
+        return [(symbol, v[0], v[1], v[2]) for symbol, v in chosen.items()]
+
+    # ------------------------------------------------------------------ providers
+
+    async def capacity(self, account: int, params: Any) -> dict[str, Any]:
+        """Set a provider's GPUs of a model and region over a window."""
+        p = parse_params(params, CapacityParams)
+        command = c.CapacityUpdate(
+            shard=self.shard,
+            ts_init=time.time_ns(),
+            account=account,
+            gpu=p.gpu,
+            region=p.region,
+            start_ns=_ns(p.start_ns, "start_ns"),
+            end_ns=_ns(p.end_ns, "end_ns"),
+            gpus=p.gpus,
+        )
+        events = await self.hub.submit(command)
+        _reject(events)
+        return {"status": "accepted"}
+
+    def _outstanding(self, account: int, obligation_id: int) -> None:
+        if obligation_id not in self.hub.outstanding.get(account, {}):
+            raise WireError(
+                ErrorCode.NOT_FOUND,
+                f"obligation {obligation_id}: no outstanding provisioning request to this provider",
+            )
+
+    async def confirm(self, account: int, params: Any) -> dict[str, Any]:
+        """Confirm a delivery with access details."""
+        p = parse_params(params, ConfirmParams)
+        self._outstanding(account, p.obligation_id)
+        await self.hub.send_provision(
+            ProvisionConfirmed(obligation_id=p.obligation_id, provider=account, access=p.access)
+        )
+        return {"obligation_id": p.obligation_id}
+
+    async def fail(self, account: int, params: Any) -> dict[str, Any]:
+        """Report a delivery failed (or interrupted after `hours_delivered` hours)."""
+        p = parse_params(params, FailParams)
+        self._outstanding(account, p.obligation_id)
+        if p.hours_delivered < 0:
+            raise WireError(ErrorCode.BAD_REQUEST, "hours_delivered: expected >= 0")
+        await self.hub.send_provision(
+            ProvisionFailed(
+                obligation_id=p.obligation_id,
+                provider=account,
+                hours_delivered=p.hours_delivered,
+                reason=p.reason,
+            )
+        )
+        return {"obligation_id": p.obligation_id}

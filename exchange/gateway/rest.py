@@ -1,0 +1,312 @@
+"""REST `/api/v1`: market data in public, account and order entry signed (exchange/API.md).
+
+Handlers are thin: market data comes from the gateway's MarketFeed, account state from its
+Accounts projection (the same state the WebSocket serves), ledger entries from PostgreSQL, and
+order entry goes through the same OrderDesk as the WebSocket, so both refuse alike.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Controller, Request, delete, get, patch, post
+from litestar.params import Parameter
+
+from exchange.gateway.context import Gateway
+from exchange.gateway.orders import AmendParams, CapacityParams, PlaceParams, RouteParams
+from exchange.wire import ErrorCode, WireError, money_to_str
+
+__all__ = ["PublicController", "AccountController", "OrderController", "ProviderController"]
+
+limit_max = 1000
+_BUCKETS = {1: "available", 2: "held", 3: "escrow", 4: "collateral"}
+
+
+def _gateway(request: Request[Any, Any, Any]) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+def _limit(limit: int) -> int:
+    if not 1 <= limit <= limit_max:
+        raise WireError(ErrorCode.BAD_REQUEST, f"limit: expected 1-{limit_max}, found {limit}")
+    return limit
+
+
+def _body(data: msgspec.Struct) -> dict[str, Any]:
+    body: dict[str, Any] = msgspec.to_builtins(data)
+    return body
+
+
+class PublicController(Controller):
+    """Market data: no signature needed."""
+
+    path = "/api/v1"
+    tags = ["market data"]
+
+    @get("/instruments")
+    async def instruments(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
+        """List the catalog and the instruments trading now."""
+        gw = _gateway(request)
+        gw.check_ip(request)
+        return {"instruments": gw.hub.accounts.instruments(), "catalog": gw.catalog_view()}
+
+    @get("/book/{symbol:str}")
+    async def book(
+        self, request: Request[Any, Any, Any], symbol: str, depth: int = 10
+    ) -> dict[str, Any]:
+        """Return the order book of an instrument to a depth, with its seq and checksum."""
+        gw = _gateway(request)
+        gw.check_ip(request)
+        book = gw.hub.feed.book(symbol, _limit(depth))
+        if book is None:
+            raise WireError(ErrorCode.UNKNOWN_SYMBOL, f"no book for {symbol!r}")
+        return book
+
+    @get("/trades/{symbol:str}")
+    async def trades(
+        self, request: Request[Any, Any, Any], symbol: str, limit: int = 100
+    ) -> dict[str, Any]:
+        """Return an instrument's latest trades, newest first."""
+        gw = _gateway(request)
+        gw.check_ip(request)
+        return {"symbol": symbol, "trades": gw.hub.feed.trades(symbol, _limit(limit))}
+
+    @get("/candles/{symbol:str}")
+    async def candles(
+        self, request: Request[Any, Any, Any], symbol: str, interval: str = "1m", limit: int = 100
+    ) -> dict[str, Any]:
+        """Return an instrument's candles of an interval (1m, 1h, 1d), oldest first."""
+        gw = _gateway(request)
+        gw.check_ip(request)
+        if interval not in ("1m", "1h", "1d"):
+            raise WireError(
+                ErrorCode.BAD_REQUEST, f"interval: expected 1m, 1h or 1d, found {interval!r}"
+            )
+        rows = gw.hub.feed.candles(symbol, interval, _limit(limit))
+        return {"symbol": symbol, "interval": interval, "candles": rows}
+
+    @get("/index/{gpu:str}")
+    async def index(self, request: Request[Any, Any, Any], gpu: str) -> dict[str, Any]:
+        """Return the GPU price index of a model (24 h volume-weighted price per GPU-hour)."""
+        gw = _gateway(request)
+        gw.check_ip(request)
+        if not gw.known_symbol("index", gpu):
+            raise WireError(ErrorCode.UNKNOWN_SYMBOL, f"unknown GPU model {gpu!r}")
+        index = gw.hub.feed.index(gpu)
+        return index or {
+            "gpu": gpu,
+            "price": None,
+            "volume_gpu_hours": 0,
+            "trades": 0,
+            "ts_ns": "0",
+        }
+
+    @get("/curve/{gpu:str}/{region:str}/{product:str}")
+    async def curve(
+        self, request: Request[Any, Any, Any], gpu: str, region: str, product: str
+    ) -> dict[str, Any]:
+        """Return the forward curve of a GPU model, region and product by delivery start."""
+        gw = _gateway(request)
+        gw.check_ip(request)
+        name = f"{gpu}.{region}.{product}"
+        if not gw.known_symbol("curve", name):
+            raise WireError(ErrorCode.UNKNOWN_SYMBOL, f"unknown curve {name!r}")
+        return {"curve": name, "points": gw.hub.feed.curve(name)}
+
+
+class AccountController(Controller):
+    """What an account holds and did: signed, scope `read`."""
+
+    path = "/api/v1"
+    tags = ["account"]
+
+    @get("/balances")
+    async def balances(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
+        """Return the account's cash by bucket."""
+        key = await _gateway(request).authenticate(request, "read")
+        balances: dict[str, Any] = _gateway(request).hub.accounts.balances(key.account)
+        return balances
+
+    @get("/positions")
+    async def positions(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
+        """Return the account's positions (short < 0)."""
+        key = await _gateway(request).authenticate(request, "read")
+        return {"positions": _gateway(request).hub.accounts.positions(key.account)}
+
+    @get("/fills")
+    async def fills(
+        self, request: Request[Any, Any, Any], symbol: str | None = None, limit: int = 100
+    ) -> dict[str, Any]:
+        """Return the account's fills, newest first."""
+        gw = _gateway(request)
+        key = await gw.authenticate(request, "read")
+        return {"fills": gw.hub.accounts.fills(key.account, symbol, _limit(limit))}
+
+    @get("/ledger")
+    async def ledger(self, request: Request[Any, Any, Any], limit: int = 100) -> dict[str, Any]:
+        """Return the account's ledger postings, newest first (settled in PostgreSQL)."""
+        gw = _gateway(request)
+        key = await gw.authenticate(request, "read")
+        rows = await gw.pool.fetch(
+            "SELECT seq, ts_event, bucket, amount_micros, reason, ref_id FROM postings "
+            "WHERE account = $1 ORDER BY seq DESC, posting_index DESC LIMIT $2",
+            key.account,
+            _limit(limit),
+        )
+        entries = [
+            {
+                "seq": row["seq"],
+                "ts_ns": str(row["ts_event"]),
+                "bucket": _BUCKETS.get(row["bucket"], str(row["bucket"])),
+                "amount": money_to_str(row["amount_micros"]),
+                "reason": row["reason"],
+                "ref_id": row["ref_id"],
+            }
+            for row in rows
+        ]
+        return {"entries": entries}
+
+    @get("/deliveries")
+    async def deliveries(
+        self, request: Request[Any, Any, Any], role: str = "holder"
+    ) -> dict[str, Any]:
+        """Return the account's deliveries as provider or as holder."""
+        gw = _gateway(request)
+        key = await gw.authenticate(request, "read")
+        if role not in ("provider", "holder"):
+            raise WireError(
+                ErrorCode.BAD_REQUEST, f"role: expected provider or holder, found {role!r}"
+            )
+        return {"deliveries": gw.hub.accounts.deliveries(key.account, role)}
+
+    @get("/keys")
+    async def keys(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
+        """List the account's API keys (never their secrets)."""
+        gw = _gateway(request)
+        key = await gw.authenticate(request, "read")
+        return {"keys": await gw.list_keys(key.account)}
+
+    @post("/keys", status_code=200)
+    async def create_key(
+        self, request: Request[Any, Any, Any], data: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Create an API key with at most the caller's scopes; the secret is shown once."""
+        gw = _gateway(request)
+        key = await gw.authenticate(request, "trade")
+        return await gw.create_key(key, data.get("scopes"))
+
+    @delete("/keys/{key_id:str}", status_code=200)
+    async def revoke_key(self, request: Request[Any, Any, Any], key_id: str) -> dict[str, Any]:
+        """Revoke one of the account's API keys."""
+        gw = _gateway(request)
+        key = await gw.authenticate(request, "trade")
+        return await gw.revoke_key(key.account, key_id)
+
+
+class OrderController(Controller):
+    """Order entry and order state: signed."""
+
+    path = "/api/v1"
+    tags = ["orders"]
+
+    @get("/orders")
+    async def orders(
+        self, request: Request[Any, Any, Any], status: str = "open", symbol: str | None = None
+    ) -> dict[str, Any]:
+        """List the account's open or closed orders."""
+        gw = _gateway(request)
+        key = await gw.authenticate(request, "read")
+        if status == "open":
+            return {"orders": gw.hub.accounts.open_orders(key.account, symbol)}
+        if status == "closed":
+            return {"orders": gw.hub.accounts.closed_orders(key.account, symbol)}
+        raise WireError(ErrorCode.BAD_REQUEST, f"status: expected open or closed, found {status!r}")
+
+    @get("/orders/{order_id:int}")
+    async def order(self, request: Request[Any, Any, Any], order_id: int) -> dict[str, Any]:
+        """Return one of the account's orders."""
+        gw = _gateway(request)
+        key = await gw.authenticate(request, "read")
+        return gw.desk.status(key.account, {"order_id": order_id})["order"]  # type: ignore[no-any-return]
+
+    @get("/orders/client/{client_order_id:str}")
+    async def order_by_client_id(
+        self, request: Request[Any, Any, Any], client_order_id: str
+    ) -> dict[str, Any]:
+        """Return the order a client order id names (the lost-response lookup)."""
+        gw = _gateway(request)
+        key = await gw.authenticate(request, "read")
+        return gw.desk.status(key.account, {"client_order_id": client_order_id})["order"]  # type: ignore[no-any-return]
+
+    @post("/orders", status_code=200)
+    async def place(self, request: Request[Any, Any, Any], data: PlaceParams) -> dict[str, Any]:
+        """Place an order; a retry with the same client_order_id returns the first order."""
+        gw = _gateway(request)
+        key = await gw.authenticate(request, "trade")
+        gw.check_rate(f"orders:{key.key_id}", "orders")
+        return await gw.desk.place(key.account, _body(data))
+
+    @patch("/orders/{order_id:int}")
+    async def amend(
+        self, request: Request[Any, Any, Any], order_id: int, data: AmendParams
+    ) -> dict[str, Any]:
+        """Amend an order's price and remaining quantity."""
+        gw = _gateway(request)
+        key = await gw.authenticate(request, "trade")
+        gw.check_rate(f"orders:{key.key_id}", "orders")
+        body = _body(data)
+        body["order_id"] = order_id
+        return await gw.desk.amend(key.account, body)
+
+    @delete("/orders/{order_id:int}", status_code=200)
+    async def cancel(self, request: Request[Any, Any, Any], order_id: int) -> dict[str, Any]:
+        """Cancel one order."""
+        gw = _gateway(request)
+        key = await gw.authenticate(request, "trade")
+        gw.check_rate(f"orders:{key.key_id}", "orders")
+        return await gw.desk.cancel(key.account, {"order_id": order_id})
+
+    @delete("/orders", status_code=200)
+    async def cancel_all(
+        self,
+        request: Request[Any, Any, Any],
+        symbol: str | None = Parameter(default=None, required=False),
+    ) -> dict[str, Any]:
+        """Cancel every open order of the account (of one symbol if given)."""
+        gw = _gateway(request)
+        key = await gw.authenticate(request, "trade")
+        gw.check_rate(f"orders:{key.key_id}", "orders")
+        return await gw.desk.cancel_all(key.account, {"symbol": symbol})
+
+    @post("/route", status_code=200)
+    async def route(self, request: Request[Any, Any, Any], data: RouteParams) -> dict[str, Any]:
+        """Buy GPU-hours of a model across regions and products, cheapest first."""
+        gw = _gateway(request)
+        key = await gw.authenticate(request, "trade")
+        gw.check_rate(f"orders:{key.key_id}", "orders")
+        return await gw.desk.route(key.account, _body(data))
+
+
+class ProviderController(Controller):
+    """Providers: capacity. Deliveries are answered by the account controller."""
+
+    path = "/api/v1"
+    tags = ["providers"]
+
+    @post("/capacity", status_code=200)
+    async def capacity(
+        self, request: Request[Any, Any, Any], data: CapacityParams
+    ) -> dict[str, Any]:
+        """Set the provider's GPUs of a model and region over a window."""
+        gw = _gateway(request)
+        key = await gw.authenticate(request, "provide")
+        return await gw.desk.capacity(key.account, _body(data))
+
+    @get("/capacity")
+    async def capacity_list(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
+        """List the provider's capacity as the engine accepted it."""
+        gw = _gateway(request)
+        key = await gw.authenticate(request, "provide")
+        return {"capacity": gw.hub.accounts.capacity(key.account)}

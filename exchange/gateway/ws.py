@@ -1,0 +1,456 @@
+"""The WebSocket endpoint `/ws`: one `Connection` per socket.
+
+A connection reads requests one at a time (so a client's commands reach the engine in the order
+it sent them) and writes through one bounded queue drained by a writer task, which numbers every
+push with `conn_seq`. Push bodies come encoded once for all subscribers; only `conn_seq` is
+spliced in per connection. A subscription whose pushes no longer fit the queue is stopped with a
+`resync_required` push: a slow client is told, never silently skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections import deque
+from typing import Any
+
+import msgspec
+import orjson
+
+from exchange.gateway.context import Gateway
+from exchange.gateway.hub import provision_push
+from exchange.gateway.market_feed import BOOK_DEPTHS, StreamKey
+from exchange.gateway.orders import parse_params
+from exchange.wire import ErrorCode, WireError, with_conn_seq
+from schemas import commands as c
+
+__all__ = [
+    "Connection",
+    "send_queue_max",
+    "message_bytes_max",
+    "heartbeat_interval_s",
+    "dead_man_timeout_ms_max",
+]
+
+log = logging.getLogger("gx.gateway.ws")
+
+send_queue_max = 2_000  # pushes waiting for a slow client before its subscription is stopped
+message_bytes_max = 16_384  # a larger request is refused (PAYLOAD_TOO_LARGE); the socket stays
+heartbeat_interval_s = 1.0
+dead_man_timeout_ms_min = 100
+dead_man_timeout_ms_max = 3_600_000
+symbols_per_subscribe_max = 100
+
+PUBLIC_CHANNELS = frozenset({"book", "trades", "ticker", "candles", "index", "curve"})
+PRIVATE_CHANNELS = {
+    "executions": "read",
+    "balances": "read",
+    "positions": "read",
+    "provisioning": "provide",
+}
+CANCEL_ON_DISCONNECT = ("none", "connection", "account")
+CANDLE_INTERVALS = ("1m", "1h", "1d")
+
+_ids = itertools.count(1)
+_ANSWER, _PUSH = 0, 1
+
+
+class _Logon(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    key: str
+    ts_ms: int | str
+    nonce: str
+    signature: str
+    cancel_on_disconnect: str = "none"
+
+
+class _Subscribe(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    channel: str
+    symbols: list[str] = []
+    depth: int = 10
+    interval: str = "1m"
+    resume_from_seq: int | None = None
+
+
+class _DeadMan(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    timeout_ms: int
+
+
+def _stream_name(key: Any) -> str:
+    return ":".join(str(part) for part in key) if isinstance(key, tuple) else str(key)
+
+
+class Connection:
+    """One WebSocket client: requests in, answers and pushes out."""
+
+    def __init__(self, gateway: Gateway, socket: Any, ip: str) -> None:
+        self.gw = gateway
+        self.socket = socket
+        self.ip = ip
+        self.id = next(_ids)
+        self.conn_seq = 0
+        self.account: int | None = None
+        self.scopes: frozenset[str] = frozenset()
+        self.key_id = ""
+        self.cancel_on_disconnect = "none"
+        self.public: set[StreamKey] = set()
+        self.private: set[str] = set()
+        self.placed: set[int] = set()  # order ids placed through this connection
+        self._queue: deque[tuple[int, Any, bytes]] = deque()
+        self._wakeup = asyncio.Event()
+        self._closed = False
+        self._dead_man: asyncio.TimerHandle | None = None
+        # Pushes a subscribe queues after its answer: snapshot first, then the updates after it.
+        self._after_answer: list[tuple[Any, bytes]] = []
+
+    # ------------------------------------------------------------------ the socket
+
+    async def serve(self) -> None:
+        """Run the connection until the client goes away."""
+        writer = asyncio.create_task(self._write())
+        heartbeat = asyncio.create_task(self._heartbeat())
+        try:
+            while True:
+                message = await self.socket.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                data = message.get("text")
+                if data is None:
+                    data = message.get("bytes") or b""
+                await self._handle(data)
+        finally:
+            self._closed = True
+            for task in (writer, heartbeat):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            self._detach()
+
+    async def _write(self) -> None:
+        send = self.socket.send
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue:
+                kind, _, body = self._queue.popleft()
+                if kind == _PUSH:
+                    self.conn_seq += 1
+                    body = with_conn_seq(body, self.conn_seq)
+                await send({"type": "websocket.send", "text": body.decode()})
+
+    def _enqueue(self, kind: int, key: Any, body: bytes) -> None:
+        self._queue.append((kind, key, body))
+        self._wakeup.set()
+
+    def push(self, key: Any, body: bytes) -> None:
+        """Queue a push from the hub; stop the subscription if the client cannot keep up."""
+        if self._closed:
+            return
+        if len(self._queue) >= send_queue_max:
+            self._overflow(key)
+            return
+        if isinstance(key, str) and key not in self.private:
+            return  # a private channel of this account this connection did not subscribe to
+        self._enqueue(_PUSH, key, body)
+
+    def _overflow(self, key: Any) -> None:
+        if isinstance(key, tuple):
+            if key not in self.public:
+                return
+            self.public.discard(key)
+            self.gw.hub.unsubscribe_public(self, key)
+            channel, symbol = key[0], key[1]
+        else:
+            if key not in self.private:
+                return
+            self.private.discard(key)
+            channel, symbol = key, None
+        log.info("connection %d: %s too slow, resync required", self.id, _stream_name(key))
+        body = {"channel": channel, "type": "resync_required", "symbol": symbol}
+        body["reason"] = f"the client read too slowly: more than {send_queue_max} pushes waited"
+        self._enqueue(_PUSH, key, orjson.dumps(body))
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(heartbeat_interval_s)
+            seqs: dict[str, int] = {}
+            for key in self.public:
+                seqs[_stream_name(key)] = self.gw.hub.feed.last_seq(key)
+            if self.account is not None:
+                for channel in self.private:
+                    seqs[channel] = self.gw.hub.accounts.last_seq(self.account, channel)
+            body = {"channel": "heartbeat", "ts_ns": str(time.time_ns()), "seqs": seqs}
+            self._enqueue(_PUSH, "heartbeat", orjson.dumps(body))
+
+    def _detach(self) -> None:
+        hub = self.gw.hub
+        for key in list(self.public):
+            hub.unsubscribe_public(self, key)
+        self.public.clear()
+        if self._dead_man is not None:
+            self._dead_man.cancel()
+        if self.account is None:
+            return
+        hub.detach_account(self, self.account)
+        self.gw.connections_closed(self)
+        if self.cancel_on_disconnect == "account":
+            hub.submit_later(c.CancelAll(account=self.account, ts_init=time.time_ns()))
+        elif self.cancel_on_disconnect == "connection":
+            for order_id in sorted(self.placed):
+                order = hub.accounts.order(self.account, order_id)
+                if order is not None and order["status"] in ("new", "partially_filled"):
+                    hub.submit_later(
+                        c.CancelOrder(
+                            account=self.account, order_id=order_id, ts_init=time.time_ns()
+                        )
+                    )
+
+    # ------------------------------------------------------------------ requests
+
+    def _answer(self, request_id: Any, result: Any) -> None:
+        body = orjson.dumps({"id": request_id, "status": 200, "result": result})
+        self._enqueue(_ANSWER, None, body)
+
+    def _error(self, request_id: Any, error: WireError) -> None:
+        body = orjson.dumps({"id": request_id, "status": error.status, "error": error.body()})
+        self._enqueue(_ANSWER, None, body)
+
+    async def _handle(self, data: str | bytes) -> None:
+        request_id: Any = None
+        try:
+            if len(data) > message_bytes_max:
+                raise WireError(
+                    ErrorCode.PAYLOAD_TOO_LARGE,
+                    f"request: at most {message_bytes_max} bytes, found {len(data)}",
+                )
+            self.gw.check_rate(f"conn:{self.id}", "ws_message")
+            try:
+                request = orjson.loads(data)
+            except orjson.JSONDecodeError as error:
+                raise WireError(ErrorCode.BAD_REQUEST, f"request: not JSON ({error})") from None
+            if not isinstance(request, dict):
+                raise WireError(ErrorCode.BAD_REQUEST, "request: expected a JSON object")
+            request_id = request.get("id")
+            if not isinstance(request_id, int | str) or isinstance(request_id, bool):
+                request_id = None
+                raise WireError(ErrorCode.BAD_REQUEST, "id: expected an integer or a string")
+            method = request.get("method")
+            if not isinstance(method, str):
+                raise WireError(ErrorCode.BAD_REQUEST, "method: expected a string")
+            params = request.get("params", {})
+            result = await self._dispatch(method, params)
+            # No await between the subscription and here: no update can overtake its snapshot.
+            self._answer(request_id, result)
+            for key, body in self._after_answer:
+                self._enqueue(_PUSH, key, body)
+        except WireError as error:
+            self._error(request_id, error)
+        finally:
+            self._after_answer = []
+
+    async def _dispatch(self, method: str, params: Any) -> Any:
+        if method == "ping":
+            return {"ts_ns": str(time.time_ns())}
+        if method == "session.logon":
+            return await self._logon(params)
+        if method == "subscribe":
+            return self._subscribe(params)
+        if method == "unsubscribe":
+            return self._unsubscribe(params)
+        entry = _ACCOUNT_METHODS.get(method)
+        if entry is None:
+            raise WireError(ErrorCode.UNKNOWN_METHOD, f"method: {method!r} is not a method")
+        scope, handler = entry
+        account = self._require(scope)
+        if method.startswith("order.") and method != "order.status":
+            self.gw.check_rate(f"orders:{self.key_id}", "orders")
+        return await handler(self, account, params)
+
+    def _require(self, scope: str) -> int:
+        if self.account is None:
+            raise WireError(ErrorCode.NOT_LOGGED_ON, "log on first (session.logon)")
+        if scope not in self.scopes:
+            raise WireError(ErrorCode.FORBIDDEN, f"this key lacks the {scope!r} scope")
+        return self.account
+
+    async def _logon(self, params: Any) -> dict[str, Any]:
+        p = parse_params(params, _Logon)
+        if self.account is not None:
+            raise WireError(ErrorCode.BAD_REQUEST, "session.logon: already logged on")
+        if p.cancel_on_disconnect not in CANCEL_ON_DISCONNECT:
+            raise WireError(
+                ErrorCode.BAD_REQUEST,
+                f"cancel_on_disconnect: expected one of {CANCEL_ON_DISCONNECT}, "
+                f"found {p.cancel_on_disconnect!r}",
+            )
+        key = await self.gw.verify(p.key, p.ts_ms, p.nonce, p.signature, "GET", "/ws", b"")
+        self.account = key.account
+        self.scopes = frozenset(key.scopes)
+        self.key_id = key.key_id
+        self.cancel_on_disconnect = p.cancel_on_disconnect
+        self.gw.hub.attach_account(self, key.account)
+        return {"account": key.account, "scopes": sorted(self.scopes)}
+
+    # ------------------------------------------------------------------ subscriptions
+
+    def _public_key(self, p: _Subscribe, symbol: str) -> StreamKey:
+        feed = self.gw.hub.feed
+        if p.channel == "book":
+            if p.depth not in BOOK_DEPTHS:
+                raise WireError(
+                    ErrorCode.BAD_REQUEST, f"depth: expected one of {BOOK_DEPTHS}, found {p.depth}"
+                )
+            key: StreamKey = ("book", symbol, p.depth)
+        elif p.channel == "candles":
+            if p.interval not in CANDLE_INTERVALS:
+                raise WireError(
+                    ErrorCode.BAD_REQUEST,
+                    f"interval: expected one of {CANDLE_INTERVALS}, found {p.interval!r}",
+                )
+            key = ("candles", symbol, p.interval)
+        else:
+            key = (p.channel, symbol)
+        if not self.gw.known_symbol(p.channel, symbol) and symbol not in feed.symbols():
+            raise WireError(ErrorCode.UNKNOWN_SYMBOL, f"{p.channel}: unknown symbol {symbol!r}")
+        return key
+
+    def _subscribe(self, params: Any) -> dict[str, Any]:
+        p = parse_params(params, _Subscribe)
+        if p.channel in PRIVATE_CHANNELS:
+            return self._subscribe_private(p.channel)
+        if p.channel not in PUBLIC_CHANNELS:
+            raise WireError(ErrorCode.UNKNOWN_CHANNEL, f"channel: {p.channel!r} is not a channel")
+        if not p.symbols or len(p.symbols) > symbols_per_subscribe_max:
+            raise WireError(
+                ErrorCode.BAD_REQUEST,
+                f"symbols: expected 1-{symbols_per_subscribe_max} symbols, found {len(p.symbols)}",
+            )
+        keys = [self._public_key(p, symbol) for symbol in p.symbols]  # all valid, or none
+        feed = self.gw.hub.feed
+        if p.channel == "book":
+            for key in keys:
+                if feed.snapshot(key) is None:
+                    raise WireError(
+                        ErrorCode.UNAVAILABLE, f"book {key[1]}: not synchronised yet; retry"
+                    )
+        pushes: list[tuple[StreamKey, bytes]] = []
+        resumed = True
+        for key in keys:
+            if key in self.public:
+                self.gw.hub.unsubscribe_public(self, key)
+            self.gw.hub.subscribe_public(self, key)
+            self.public.add(key)
+            replay = None
+            if p.resume_from_seq is not None:
+                replay = feed.resume(key, p.resume_from_seq)
+            if replay is not None:
+                pushes += [(key, body) for body in replay]
+                continue
+            resumed = False
+            if p.channel == "book":
+                snapshot = feed.snapshot(key)
+                assert snapshot is not None
+                pushes.append((key, snapshot))
+        result = {"channel": p.channel, "symbols": p.symbols, "resumed": resumed}
+        self._after_answer = pushes
+        return result
+
+    def _subscribe_private(self, channel: str) -> dict[str, Any]:
+        account = self._require(PRIVATE_CHANNELS[channel])
+        accounts = self.gw.hub.accounts
+        pushes: list[tuple[Any, bytes]]
+        if channel == "executions":
+            pushes = [(channel, accounts.executions_snapshot(account))]
+        elif channel == "balances":
+            pushes = [(channel, accounts.balances_snapshot(account))]
+        elif channel == "positions":
+            pushes = [(channel, accounts.positions_snapshot(account))]
+        else:
+            outstanding = self.gw.hub.outstanding.get(account, {})
+            pushes = [(channel, provision_push(r)) for _, r in sorted(outstanding.items())]
+        self.private.add(channel)
+        self._after_answer = pushes
+        return {"channel": channel, "symbols": [], "resumed": False}
+
+    def _unsubscribe(self, params: Any) -> dict[str, Any]:
+        p = parse_params(params, _Subscribe)
+        if p.channel in PRIVATE_CHANNELS:
+            self.private.discard(p.channel)
+            return {"channel": p.channel, "symbols": []}
+        for key in list(self.public):
+            if key[0] == p.channel and key[1] in p.symbols:
+                self.public.discard(key)
+                self.gw.hub.unsubscribe_public(self, key)
+        return {"channel": p.channel, "symbols": p.symbols}
+
+    # ------------------------------------------------------------------ account methods
+
+    async def _place(self, account: int, params: Any) -> dict[str, Any]:
+        result = await self.gw.desk.place(account, params)
+        order = result.get("order")
+        if order and order.get("order_id"):
+            self.placed.add(int(order["order_id"]))
+        return result
+
+    async def _amend(self, account: int, params: Any) -> dict[str, Any]:
+        return await self.gw.desk.amend(account, params)
+
+    async def _cancel(self, account: int, params: Any) -> dict[str, Any]:
+        return await self.gw.desk.cancel(account, params)
+
+    async def _cancel_all(self, account: int, params: Any) -> dict[str, Any]:
+        return await self.gw.desk.cancel_all(account, params)
+
+    async def _status(self, account: int, params: Any) -> dict[str, Any]:
+        return self.gw.desk.status(account, params)
+
+    async def _route(self, account: int, params: Any) -> dict[str, Any]:
+        return await self.gw.desk.route(account, params)
+
+    async def _capacity(self, account: int, params: Any) -> dict[str, Any]:
+        return await self.gw.desk.capacity(account, params)
+
+    async def _confirm(self, account: int, params: Any) -> dict[str, Any]:
+        return await self.gw.desk.confirm(account, params)
+
+    async def _fail(self, account: int, params: Any) -> dict[str, Any]:
+        return await self.gw.desk.fail(account, params)
+
+    async def _cancel_all_after(self, account: int, params: Any) -> dict[str, Any]:
+        """Arm (or disarm with 0) the dead-man timer: cancel everything unless re-armed."""
+        p = parse_params(params, _DeadMan)
+        if self._dead_man is not None:
+            self._dead_man.cancel()
+            self._dead_man = None
+        if p.timeout_ms == 0:
+            return {"armed": False, "deadline_ms": None}
+        if not dead_man_timeout_ms_min <= p.timeout_ms <= dead_man_timeout_ms_max:
+            raise WireError(
+                ErrorCode.BAD_REQUEST,
+                f"timeout_ms: expected 0 or {dead_man_timeout_ms_min}-{dead_man_timeout_ms_max}, "
+                f"found {p.timeout_ms}",
+            )
+        loop = asyncio.get_running_loop()
+        self._dead_man = loop.call_later(p.timeout_ms / 1000, self._dead_man_fired, account)
+        return {"armed": True, "deadline_ms": str(int(time.time() * 1000) + p.timeout_ms)}
+
+    def _dead_man_fired(self, account: int) -> None:
+        self._dead_man = None
+        log.info("connection %d: cancel_all_after fired for account %d", self.id, account)
+        self.gw.hub.submit_later(c.CancelAll(account=account, ts_init=time.time_ns()))
+
+
+_ACCOUNT_METHODS = {
+    "order.place": ("trade", Connection._place),
+    "order.amend": ("trade", Connection._amend),
+    "order.cancel": ("trade", Connection._cancel),
+    "order.cancel_all": ("trade", Connection._cancel_all),
+    "order.status": ("read", Connection._status),
+    "order.route": ("trade", Connection._route),
+    "cancel_all_after": ("trade", Connection._cancel_all_after),
+    "capacity.update": ("provide", Connection._capacity),
+    "provision.confirm": ("provide", Connection._confirm),
+    "provision.fail": ("provide", Connection._fail),
+}

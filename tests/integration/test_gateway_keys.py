@@ -1,0 +1,452 @@
+"""API keys in PostgreSQL: issued, listed and revoked; secrets derived, never stored; requests
+verified with a stable code for every refusal; nonces and client order ids taken once."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+import msgspec
+import pytest
+
+from exchange import cli_keys, wire
+from exchange.gateway import auth
+from exchange.gateway.keys import (
+    KEY_CACHE_TTL_S,
+    KEYS_PER_ACCOUNT_MAX,
+    NONCE_HORIZON_MS,
+    NONCE_PRUNE_INTERVAL_S,
+    ApiKey,
+    KeyStore,
+    MasterKeyMismatch,
+    derive_secret,
+    is_key_id,
+)
+from exchange.wire import ErrorCode, WireError
+from streams.ledger_schema import migrate
+
+from .conftest import run
+
+pytestmark = pytest.mark.timeout(60)
+
+MASTER_KEY = "test-master-key-0123456789abcdefghijklmnop"
+OTHER_MASTER_KEY = "another-master-key-0123456789abcdefghijklm"
+ALICE, BOB = 10, 11
+NOW_MS = 1_790_000_000_000
+
+
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now_s = 1000.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+@asynccontextmanager
+async def opened(dsn: str, **store_options: Any) -> AsyncIterator[tuple[asyncpg.Pool, KeyStore]]:
+    """A migrated database's pool and a KeyStore over it."""
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+    try:
+        async with pool.acquire() as conn:
+            await migrate(conn)
+        yield pool, KeyStore(pool, store_options.pop("master_key", MASTER_KEY), **store_options)
+    finally:
+        await pool.close()
+
+
+def with_store(dsn: str, body: Callable[[asyncpg.Pool, KeyStore], Awaitable[None]]) -> None:
+    async def main() -> None:
+        async with opened(dsn) as (pool, store):
+            await body(pool, store)
+
+    run(main())
+
+
+class Request(msgspec.Struct, kw_only=True):
+    """A signed request's parts, as verify() takes them."""
+
+    key_id: object
+    ts_ms: object = NOW_MS
+    nonce: object = "nonce-0001"
+    signature_hex: object = ""
+    method: str = "POST"
+    path: str = "/api/v1/orders?symbol=H100-SXM.us-east.1h.2026-12-01T14"
+    body: bytes = b'{"symbol":"H100-SXM.us-east.1h.2026-12-01T14","side":"buy"}'
+
+
+def signed(secret: str, key_id: object, **parts: Any) -> Request:
+    """A request signed with `secret` as a client would sign it."""
+    request = Request(key_id=key_id, **parts)
+    assert isinstance(request.ts_ms, int | str) and isinstance(request.nonce, str)
+    request.signature_hex = wire.signature(
+        secret, request.ts_ms, request.nonce, request.method, request.path, request.body
+    )
+    return request
+
+
+async def verify(store: KeyStore, request: Request, now_ms: int = NOW_MS) -> ApiKey:
+    return await auth.verify(
+        store,
+        request.key_id,
+        request.ts_ms,
+        request.nonce,
+        request.signature_hex,
+        request.method,
+        request.path,
+        request.body,
+        now_ms,
+    )
+
+
+async def refused(store: KeyStore, request: Request, now_ms: int = NOW_MS) -> WireError:
+    with pytest.raises(WireError) as caught:
+        await verify(store, request, now_ms)
+    return caught.value
+
+
+# ============================================================================ keys
+
+
+def test_create_get_list_and_revoke_only_by_the_owner(dsn):
+    async def body(pool: asyncpg.Pool, store: KeyStore) -> None:
+        key, secret = await store.create(ALICE, ["trade", "read", "trade"])
+        assert is_key_id(key.key_id) and len(key.key_id) == 26
+        assert key.account == ALICE and key.scopes == ("read", "trade") and not key.revoked
+        assert secret == store.secret_of(key.key_id) and len(secret) == 43
+        assert await store.get(key.key_id) == key
+        assert await store.get("gx" + "0" * 24) is None
+        other, _ = await store.create(ALICE, ["provide"])
+        await store.create(BOB, ["read"])
+        assert [k.key_id for k in await store.list(ALICE)] == [key.key_id, other.key_id]
+
+        assert not await store.revoke(BOB, key.key_id)  # not Bob's key
+        assert not (await store.get(key.key_id)).revoked  # type: ignore[union-attr]
+        assert await store.revoke(ALICE, key.key_id)
+        assert await store.revoke(ALICE, key.key_id)  # again: still revoked, still True
+        assert not await store.revoke(ALICE, "gx" + "0" * 24)
+        assert (await store.get(key.key_id)).revoked  # type: ignore[union-attr]
+        listed = {k.key_id: k.revoked for k in await store.list(ALICE)}
+        assert listed == {key.key_id: True, other.key_id: False}
+
+    with_store(dsn, body)
+
+
+def test_create_refuses_unknown_scopes_system_accounts_and_too_many_keys(dsn):
+    async def body(pool: asyncpg.Pool, store: KeyStore) -> None:
+        for scopes in ([], ["admin"], "read"):
+            with pytest.raises(WireError, match="scopes") as caught:
+                await store.create(ALICE, scopes)
+            assert caught.value.code == ErrorCode.BAD_REQUEST
+        with pytest.raises(WireError, match="user account"):
+            await store.create(1, ["read"])  # the fee account
+        keys = [(await store.create(ALICE, ["read"]))[0] for _ in range(KEYS_PER_ACCOUNT_MAX)]
+        with pytest.raises(WireError, match="active keys"):
+            await store.create(ALICE, ["read"])
+        await store.revoke(ALICE, keys[0].key_id)
+        await store.create(ALICE, ["read"])  # a revoked key frees its place
+
+    with_store(dsn, body)
+
+
+def test_master_key_must_be_long():
+    with pytest.raises(ValueError, match="GX_GATEWAY_MASTER_KEY"):
+        KeyStore(None, "short")  # type: ignore[arg-type]
+
+
+def test_secret_is_derived_stably_and_the_database_holds_none_of_it(dsn):
+    async def body(pool: asyncpg.Pool, store: KeyStore) -> None:
+        key, secret = await store.create(ALICE, ["read", "trade", "provide"])
+        # Another gateway instance with the same master key derives the same secret.
+        assert KeyStore(pool, MASTER_KEY).secret_of(key.key_id) == secret
+        assert derive_secret(MASTER_KEY, key.key_id) == secret
+        assert derive_secret(OTHER_MASTER_KEY, key.key_id) != secret
+        raw = base64.urlsafe_b64decode(secret + "=")
+        assert len(raw) == 32
+
+        rows = await pool.fetch("SELECT * FROM api_keys")
+        assert len(rows) == 1
+        as_text = " ".join(str(value) for value in rows[0].values())
+        as_bytes = b"".join(
+            value if isinstance(value, bytes) else str(value).encode() for value in rows[0].values()
+        )
+        table_dump = await pool.fetchval("SELECT string_agg(t::text, '|') FROM api_keys t")
+        for haystack in (as_text, table_dump):
+            assert secret not in haystack and raw.hex() not in haystack
+        for needle in (secret.encode(), raw):
+            assert needle not in as_bytes
+        assert MASTER_KEY not in table_dump
+
+    with_store(dsn, body)
+
+
+def test_gateway_with_another_master_key_says_so(dsn):
+    async def main() -> None:
+        async with opened(dsn) as (pool, store):
+            key, secret = await store.create(ALICE, ["read"])
+            wrong = KeyStore(pool, OTHER_MASTER_KEY)
+            with pytest.raises(MasterKeyMismatch, match="GX_GATEWAY_MASTER_KEY"):
+                await wrong.get(key.key_id)
+            error = await refused(wrong, signed(secret, key.key_id))
+            assert error.code == ErrorCode.UNAUTHORIZED and "master key" in error.msg
+
+    run(main())
+
+
+def test_revoke_reaches_other_instances_within_the_cache_ttl(dsn):
+    async def main() -> None:
+        clock = Clock()
+        async with opened(dsn, clock_s=clock) as (pool, other_instance):
+            this_instance = KeyStore(pool, MASTER_KEY, clock_s=clock)
+            key, _ = await this_instance.create(ALICE, ["read"])
+            assert not (await other_instance.get(key.key_id)).revoked  # type: ignore[union-attr]
+            assert await this_instance.revoke(ALICE, key.key_id)
+            clock.now_s += KEY_CACHE_TTL_S / 2
+            assert not (await other_instance.get(key.key_id)).revoked  # type: ignore[union-attr]
+            clock.now_s += KEY_CACHE_TTL_S
+            assert (await other_instance.get(key.key_id)).revoked  # type: ignore[union-attr]
+
+    run(main())
+
+
+# ============================================================================ verification
+
+
+def test_verify_accepts_a_good_signature_for_rest_and_ws_logon(dsn):
+    async def body(pool: asyncpg.Pool, store: KeyStore) -> None:
+        key, secret = await store.create(ALICE, ["read", "trade"])
+        # REST: header strings, a query string and a body.
+        assert await verify(store, signed(secret, key.key_id, ts_ms=str(NOW_MS))) == key
+        # WebSocket logon: a JSON integer ts_ms, GET /ws and no body.
+        logon = signed(
+            secret,
+            key.key_id,
+            nonce="logon_nonce-1",
+            method=wire.WS_LOGON_METHOD,
+            path=wire.WS_LOGON_PATH,
+            body=b"",
+        )
+        assert await verify(store, logon) == key
+        # The edges of the window are inside it.
+        window = auth.SIGNATURE_WINDOW_MS
+        for i, now_ms in enumerate((NOW_MS - window, NOW_MS + window)):
+            assert await verify(store, signed(secret, key.key_id, nonce=f"edge-{i:04d}"), now_ms)
+
+    with_store(dsn, body)
+
+
+def test_verify_refuses_each_bad_request_with_its_code(dsn):
+    async def body(pool: asyncpg.Pool, store: KeyStore) -> None:
+        key, secret = await store.create(ALICE, ["read"])
+        revoked, revoked_secret = await store.create(ALICE, ["read"])
+        await store.revoke(ALICE, revoked.key_id)
+        window = auth.SIGNATURE_WINDOW_MS
+        cases: list[tuple[str, Request, str, str]] = [
+            ("missing key", signed(secret, ""), ErrorCode.UNAUTHORIZED, "found none"),
+            ("malformed key", signed(secret, "abc"), ErrorCode.UNAUTHORIZED, "hex"),
+            ("unknown key", signed(secret, "gx" + "f" * 24), ErrorCode.UNAUTHORIZED, "unknown"),
+            (
+                "revoked key",
+                signed(revoked_secret, revoked.key_id),
+                ErrorCode.UNAUTHORIZED,
+                "revoked",
+            ),
+            (
+                "ts not an integer",
+                signed(secret, key.key_id, ts_ms="17.5"),
+                ErrorCode.TIMESTAMP_EXPIRED,
+                "integer",
+            ),
+            (
+                "ts a boolean",
+                Request(key_id=key.key_id, ts_ms=True),
+                ErrorCode.TIMESTAMP_EXPIRED,
+                "integer",
+            ),
+            (
+                "ts too old",
+                signed(secret, key.key_id, ts_ms=NOW_MS - window - 1),
+                ErrorCode.TIMESTAMP_EXPIRED,
+                "-5001 ms",
+            ),
+            (
+                "ts too new",
+                signed(secret, key.key_id, ts_ms=str(NOW_MS + window + 1)),
+                ErrorCode.TIMESTAMP_EXPIRED,
+                "+5001 ms",
+            ),
+            (
+                "nonce too short",
+                signed(secret, key.key_id, nonce="short"),
+                ErrorCode.BAD_REQUEST,
+                "8-64",
+            ),
+            (
+                "nonce with bad characters",
+                signed(secret, key.key_id, nonce="nonce with spaces"),
+                ErrorCode.BAD_REQUEST,
+                "[A-Za-z0-9_-]",
+            ),
+            (
+                "signed with another secret",
+                signed(derive_secret(OTHER_MASTER_KEY, key.key_id), key.key_id),
+                ErrorCode.BAD_SIGNATURE,
+                "HMAC-SHA256",
+            ),
+            (
+                "signature not hex",
+                Request(key_id=key.key_id, signature_hex="zz" * 32),
+                ErrorCode.BAD_SIGNATURE,
+                "64 lowercase hex",
+            ),
+            (
+                "signature not a string",
+                Request(key_id=key.key_id, signature_hex=None),
+                ErrorCode.BAD_SIGNATURE,
+                "64 lowercase hex",
+            ),
+            (
+                "signature with non-ASCII characters",
+                Request(key_id=key.key_id, signature_hex="é" * 64),
+                ErrorCode.BAD_SIGNATURE,
+                "64 lowercase hex",
+            ),
+        ]
+        for name, request, code, words in cases:
+            error = await refused(store, request)
+            assert (name, error.code) == (name, code)
+            assert words in error.msg, (name, error.msg)
+            assert secret not in error.msg and revoked_secret not in error.msg
+
+        good = signed(secret, key.key_id)
+        tampered = msgspec.structs.replace(good, body=good.body + b" ")
+        error = await refused(store, tampered)
+        assert error.code == ErrorCode.BAD_SIGNATURE and f"{len(tampered.body)}-byte" in error.msg
+        other_path = msgspec.structs.replace(good, path="/api/v1/orders")
+        assert (await refused(store, other_path)).code == ErrorCode.BAD_SIGNATURE
+
+        assert await verify(store, good) == key
+        replay = await refused(store, good)
+        assert replay.code == ErrorCode.NONCE_REUSED and "nonce-0001" in replay.msg
+
+    with_store(dsn, body)
+
+
+def test_bad_signature_does_not_burn_the_nonce(dsn):
+    async def body(pool: asyncpg.Pool, store: KeyStore) -> None:
+        key, secret = await store.create(ALICE, ["read"])
+        forged = signed(derive_secret(OTHER_MASTER_KEY, key.key_id), key.key_id, nonce="N" * 16)
+        assert (await refused(store, forged)).code == ErrorCode.BAD_SIGNATURE
+        assert await pool.fetchval("SELECT count(*) FROM api_nonces") == 0
+        assert await verify(store, signed(secret, key.key_id, nonce="N" * 16)) == key
+
+    with_store(dsn, body)
+
+
+def test_nonces_are_per_key_and_pruned_past_the_horizon(dsn):
+    async def main() -> None:
+        clock = Clock()
+        async with opened(dsn, clock_s=clock) as (pool, store):
+            a, b = "gx" + "a" * 24, "gx" + "b" * 24
+            assert await store.use_nonce(a, "nonce-0001", NOW_MS)
+            assert not await store.use_nonce(a, "nonce-0001", NOW_MS + 1)
+            assert await store.use_nonce(b, "nonce-0001", NOW_MS)
+            # Not pruned before the interval has passed ...
+            later_ms = NOW_MS + NONCE_HORIZON_MS + 1
+            assert await store.use_nonce(a, "nonce-0002", later_ms)
+            assert await pool.fetchval("SELECT count(*) FROM api_nonces") == 3
+            # ... then everything older than the horizon goes.
+            clock.now_s += NONCE_PRUNE_INTERVAL_S
+            assert await store.use_nonce(a, "nonce-0003", later_ms)
+            rows = await pool.fetch("SELECT nonce FROM api_nonces ORDER BY nonce")
+            assert [row["nonce"] for row in rows] == ["nonce-0002", "nonce-0003"]
+
+    run(main())
+
+
+def test_require_scope_names_the_missing_scope():
+    key = ApiKey(key_id="gx" + "1" * 24, account=ALICE, scopes=("read",))
+    auth.require_scope(key, "read")
+    with pytest.raises(WireError) as caught:
+        auth.require_scope(key, "trade")
+    assert caught.value.code == ErrorCode.FORBIDDEN and caught.value.status == 403
+    assert "'trade'" in caught.value.msg and "read" in caught.value.msg
+    with pytest.raises(ValueError, match="scope"):
+        auth.require_scope(key, "admin")
+
+
+def test_headers_are_read_case_insensitively_and_required():
+    headers = {"gx-key": "gxk", "GX-TS": "1", "Gx-Nonce": "n", "GX-SIGNATURE": "s", "Host": "h"}
+    assert auth.headers_of(headers) == ("gxk", "1", "n", "s")
+    with pytest.raises(WireError) as caught:
+        auth.headers_of({"GX-KEY": "gxk", "GX-TS": "", "GX-NONCE": "n"})
+    assert caught.value.code == ErrorCode.UNAUTHORIZED
+    assert "GX-TS, GX-SIGNATURE missing" in caught.value.msg
+
+
+# ============================================================================ client orders
+
+
+def test_reserve_client_order_is_idempotent_per_account(dsn):
+    async def body(pool: asyncpg.Pool, store: KeyStore) -> None:
+        assert await store.reserve_client_order(ALICE, "c1", 1)
+        assert not await store.reserve_client_order(ALICE, "c1", 2)
+        assert await store.reserve_client_order(BOB, "c1", 3)
+        assert await store.reserve_client_order(ALICE, "c2", 4)
+        with pytest.raises(WireError, match="client_order_id"):
+            await store.reserve_client_order(ALICE, "", 5)
+        assert await pool.fetchval("SELECT ts_ns FROM client_orders WHERE account = $1", BOB) == 3
+
+    with_store(dsn, body)
+
+
+# ============================================================================ gx keys
+
+
+class _Settings(msgspec.Struct):
+    database_url: str | None = None
+    gateway_master_key: str = MASTER_KEY
+
+
+def gx_keys(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="gx")
+    cli_keys.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["keys", *argv])
+    return int(args.handler(args))
+
+
+def test_gx_keys_create_list_revoke(dsn, monkeypatch, capsys):
+    monkeypatch.setattr(cli_keys, "load_settings", lambda: _Settings())
+    account = ["--account", str(ALICE), "--database-url", dsn]
+    assert gx_keys(["create", *account, "--scopes", "read,trade"]) == 0
+    created = json.loads(capsys.readouterr().out)
+    assert set(created) == {"key", "secret", "account", "scopes"}
+    assert created["account"] == ALICE and created["scopes"] == ["read", "trade"]
+    assert created["secret"] == derive_secret(MASTER_KEY, created["key"])
+
+    assert gx_keys(["list", *account]) == 0
+    listed = json.loads(capsys.readouterr().out)["keys"]
+    assert [(k["key"], k["revoked"]) for k in listed] == [(created["key"], False)]
+    assert "secret" not in listed[0] and int(listed[0]["created_ns"]) > 0
+
+    bob = ["--account", str(BOB), "--database-url", dsn]
+    assert gx_keys(["revoke", *bob, "--key", created["key"]]) == 1
+    assert "no key" in capsys.readouterr().err
+    assert gx_keys(["revoke", *account, "--key", created["key"]]) == 0
+    assert json.loads(capsys.readouterr().out) == {"key": created["key"], "revoked": True}
+
+    assert gx_keys(["create", *account, "--scopes", "read,admin"]) == 1
+    assert "scopes" in capsys.readouterr().err
+
+
+def test_gx_keys_refuses_without_a_master_key(monkeypatch, capsys):
+    monkeypatch.setattr(cli_keys, "load_settings", lambda: _Settings(gateway_master_key=""))
+    assert gx_keys(["list", "--account", str(ALICE), "--database-url", "postgresql://x/y"]) == 2
+    assert "GX_GATEWAY_MASTER_KEY" in capsys.readouterr().err
