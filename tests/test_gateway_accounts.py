@@ -747,6 +747,35 @@ def test_deliveries_follow_assignment_start_and_settlement(simulated, seed):
         accounts.deliveries(10, "owner")
 
 
+def test_a_delivery_moves_from_assigned_to_started_to_settled(catalog):
+    m = _Market(catalog).funded()
+    m.place(PROVIDER, "sell", 2)
+    m.place(BUYER, "buy", 2)
+    key = parse_symbol(m.symbol)
+
+    def seen() -> list[tuple[int, str, str | None]]:
+        out = []
+        for account, role in ((PROVIDER, "provider"), (BUYER, "holder")):
+            out += [
+                (d["gpus"], d["state"], d["outcome"]) for d in m.accounts.deliveries(account, role)
+            ]
+        return out
+
+    m.run(c.ClockTick(ts_ns=key.start_ns - catalog.gate_closure_lead_ns))
+    assert seen() == [(2, "assigned", None)] * 2
+    assert (
+        m.accounts.deliveries(PROVIDER, "holder") == m.accounts.deliveries(BUYER, "provider") == []
+    )
+    (obligation,) = m.accounts.deliveries(BUYER, "holder")
+    assert obligation["symbol"] == m.symbol
+    assert (obligation["start_ns"], obligation["end_ns"]) == (str(key.start_ns), str(key.end_ns))
+    m.run(c.ClockTick(ts_ns=key.start_ns))
+    m.run(c.DeliveryConfirmed(account=PROVIDER, obligation_id=obligation["obligation_id"]))
+    assert seen() == [(2, "started", None)] * 2
+    m.run(c.ClockTick(ts_ns=key.end_ns))
+    assert seen() == [(2, "settled", "delivered")] * 2
+
+
 def test_capacity_ranges_follow_updates(catalog):
     m = _Market(catalog)
     key = parse_symbol(m.symbol)
@@ -776,6 +805,29 @@ def test_capacity_ranges_follow_updates(catalog):
     assert m.accounts.capacity(PROVIDER)[0]["gpu"] == gpu
     update(0, 6, 0)
     assert m.accounts.capacity(PROVIDER) == []
+
+
+def test_capacity_whose_hours_are_over_is_dropped_at_the_next_update(catalog):
+    accounts = _accounts(catalog)
+
+    def update(seq: int, now: int, first: int, last: int) -> None:
+        ev = e.CapacityUpdated(
+            seq=seq,
+            ts_event=now * HOUR_NS,
+            account=7,
+            gpu="H100-SXM",
+            region="us-east",
+            start_ns=first * HOUR_NS,
+            end_ns=last * HOUR_NS,
+            gpus=3,
+        )
+        assert accounts.apply(ev) == []
+
+    update(1, 0, 0, 2)
+    update(2, 2, 3, 4)
+    assert [(r["start_ns"], r["end_ns"]) for r in accounts.capacity(7)] == [
+        (str(3 * HOUR_NS), str(4 * HOUR_NS))
+    ]
 
 
 @given(st.integers(min_value=-(10**18), max_value=10**18))

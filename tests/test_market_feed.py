@@ -36,7 +36,8 @@ from tests.conftest import SMALL
 from tests.simulation import run_simulation
 
 PRICES = Prices(1000)  # tick 0.001 USD
-BATCHES = 120
+BATCHES = 40  # the traded instruments are still open at the end (gate closure after ~3 h)
+LONG_BATCHES = 120  # long enough for their gate closures
 DEEP = msgspec.structs.replace(SMALL, orders_open_max=64)  # deeper books than SMALL allows
 SYM = "H100-SXM.us-east.1h.2026-12-01T14"
 
@@ -46,8 +47,8 @@ Book = tuple[dict[int, int], dict[int, int]]  # (bids, asks): price_ticks -> lot
 class Feed:
     """The stream of one seeded simulation: messages, and MarketData's book after each delta."""
 
-    def __init__(self, catalog, seed: int, snapshot_every: int = 0) -> None:
-        _, _, events = run_simulation(catalog, seed, BATCHES, DEEP)
+    def __init__(self, catalog, seed: int, snapshot_every: int = 0, batches: int = BATCHES) -> None:
+        _, _, events = run_simulation(catalog, seed, batches, DEEP)
         md = MarketData(snapshot_every=snapshot_every)
         self.messages: list[MarketDataMessage] = []
         self.after: list[Book | None] = []  # MarketData's book after each BookDelta
@@ -70,11 +71,13 @@ class Feed:
             self.after.append(book)
 
     def active_symbols(self) -> list[str]:
+        """Symbols still open at the end, the one with most deltas first."""
         counts: dict[str, int] = defaultdict(int)
         for m in self.messages:
             if isinstance(m, BookDelta):
                 counts[m.symbol] += 1
-        return sorted(counts, key=lambda s: -counts[s])
+        open_symbols = set(self.md.symbols())
+        return sorted((s for s in counts if s in open_symbols), key=lambda s: -counts[s])
 
 
 def top(book: Book, depth: int) -> tuple[list[list[str]], list[list[str]]]:
@@ -183,7 +186,10 @@ def test_checksum_string_is_asks_then_bids_as_sent():
 
 @pytest.mark.parametrize("seed", [1, 2])
 def test_watched_depths_rebuild_marketdata_book_after_every_delta(catalog, seed):
-    run = Feed(catalog, seed)
+    run = Feed(catalog, seed, batches=LONG_BATCHES)
+    assert run.md.stats.messages and len(run.active_symbols()) < len(
+        {m.symbol for m in run.messages if isinstance(m, BookDelta)}
+    )  # some traded instruments closed on the way
     feed = MarketFeed(PRICES)
     clients = run_clients(feed, run.messages, run.after)
     assert clients
@@ -275,7 +281,9 @@ def test_only_watched_depths_are_pushed_and_watches_are_counted(catalog):
 
 def test_an_update_that_misses_the_window_is_pushed_empty_with_the_next_seq():
     feed = MarketFeed(PRICES)
-    feed.apply(BookSnapshot(symbol=SYM, seq=3, bids=((2400, 5), (2399, 2)), asks=((2401, 1),)), 0, 0)
+    feed.apply(
+        BookSnapshot(symbol=SYM, seq=3, bids=((2400, 5), (2399, 2)), asks=((2401, 1),)), 0, 0
+    )
     feed.watch(("book", SYM, 1))
     pushes = feed.apply(BookDelta(symbol=SYM, seq=4, prev_seq=3, bids=((2398, 7),)), 0, 1)
     assert [k for k, _ in pushes] == [("book", SYM, 1)]  # the best did not move: no ticker
@@ -288,6 +296,9 @@ def test_an_update_that_misses_the_window_is_pushed_empty_with_the_next_seq():
     assert body["bids"] == [["2.400", "0"], ["2.399", "2"]]
     ticker = orjson.loads(pushes[1][1])
     assert pushes[1][0] == ("ticker", SYM)
+    # a delta that names a level at its old qty while it moves into the window still sends it
+    pushes = feed.apply(BookDelta(symbol=SYM, seq=6, prev_seq=5, bids=((2399, 0), (2398, 7))), 0, 3)
+    assert orjson.loads(pushes[0][1])["bids"] == [["2.399", "0"], ["2.398", "7"]]
     assert (ticker["bid"], ticker["bid_qty"], ticker["ask"], ticker["last"]) == (
         "2.399",
         "2",
@@ -302,7 +313,9 @@ def test_an_update_that_misses_the_window_is_pushed_empty_with_the_next_seq():
 def test_a_gap_unsyncs_the_symbol_until_the_next_snapshot(catalog):
     run = Feed(catalog, seed=1, snapshot_every=4)
     symbol = run.active_symbols()[0]
-    deltas = [i for i, m in enumerate(run.messages) if isinstance(m, BookDelta) and m.symbol == symbol]
+    deltas = [
+        i for i, m in enumerate(run.messages) if isinstance(m, BookDelta) and m.symbol == symbol
+    ]
     dropped = deltas[5]
     dropped_seq = run.messages[dropped].seq  # type: ignore[union-attr]
     resync = next(
@@ -398,6 +411,7 @@ def test_resume_returns_exactly_the_bodies_after_from_seq_or_none_when_too_old(c
             pushed[book_key] = []
         for key, body in feed.apply(m, 0, offset):
             pushed[key].append((orjson.loads(body)["seq"], body))
+    skipped = 0
     for key in (book_key, ("trades", symbol), ("ticker", symbol), ("candles", symbol, "1m")):
         bodies = pushed[key]
         assert len(bodies) > 6, key
@@ -405,12 +419,16 @@ def test_resume_returns_exactly_the_bodies_after_from_seq_or_none_when_too_old(c
         for back in range(5):
             from_seq = seqs[-1 - back]
             assert feed.resume(key, from_seq) == [b for _, b in bodies[len(bodies) - back :]]
-        if key[0] != "book":  # between two pushes: everything after the older one
-            assert feed.resume(key, seqs[-2] + 1) == [bodies[-1][1]]
+        if key[0] != "book":  # offsets are not contiguous: a seq between two pushes is fine
+            between = [i for i in range(-6, -1) if seqs[i + 1] - seqs[i] > 1]
+            for i in between:
+                assert feed.resume(key, seqs[i] + 1) == [b for _, b in bodies[i + 1 :]]
+            skipped += len(between)
         assert feed.resume(key, seqs[-6]) == [b for _, b in bodies[-5:]]
         assert feed.resume(key, seqs[-7]) is None  # the buffer no longer holds seqs[-6]
         assert feed.resume(key, seqs[-1] + 1) is None  # ahead of the stream
         assert feed.last_seq(key) == seqs[-1]
+    assert skipped > 0
     assert feed.resume(("book", symbol, 25), 0) is None  # never watched
     assert feed.resume(("trades", "NOPE"), 0) is None
 
@@ -447,8 +465,15 @@ def test_other_channels_chain_seq_to_record_offsets(catalog):
             elif key[0] == "ticker":
                 assert set(body) >= {"bid", "bid_qty", "ask", "ask_qty", "last", "last_qty"}
     assert set(seen) == {"trades", "ticker", "candles", "index", "curve"}
+    open_symbols = set(feed.symbols())
+    closed = 0
     for key, seq in last.items():
-        assert feed.last_seq(key) == seq
+        if key[0] in ("index", "curve") or key[1] in open_symbols:
+            assert feed.last_seq(key) == seq
+        else:  # gate closure: the instrument's streams are forgotten
+            assert feed.last_seq(key) == 0
+            closed += 1
+    assert closed
 
 
 def test_ticker_follows_best_and_last_trade():

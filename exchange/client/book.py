@@ -45,7 +45,9 @@ def _decimal(text: object, symbol: str, field: str) -> Decimal:
     try:
         return Decimal(text)
     except InvalidOperation:
-        raise BookOutOfSync(symbol, "malformed", f"{field} as a decimal string", repr(text)) from None
+        raise BookOutOfSync(
+            symbol, "malformed", f"{field} as a decimal string", repr(text)
+        ) from None
 
 
 def _int(value: object, symbol: str, field: str) -> int:

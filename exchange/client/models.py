@@ -38,11 +38,7 @@ Level = tuple[Decimal, Decimal]  # (price, qty)
 M = TypeVar("M")
 
 
-class _Model(msgspec.Struct, frozen=True, kw_only=True):
-    pass
-
-
-class Market(_Model):
+class Market(msgspec.Struct, frozen=True, kw_only=True):
     """A listed instrument (`GET /instruments`), with the catalog's tick."""
 
     symbol: str
@@ -59,7 +55,7 @@ class Market(_Model):
     tick: Decimal | None = None
 
 
-class OrderBook(_Model):
+class OrderBook(msgspec.Struct, frozen=True, kw_only=True):
     """An order book snapshot (`GET /book/{symbol}`): levels best first."""
 
     symbol: str
@@ -70,7 +66,7 @@ class OrderBook(_Model):
     ts_ns: int = 0
 
 
-class Trade(_Model):
+class Trade(msgspec.Struct, frozen=True, kw_only=True):
     """A public trade; `side` is the aggressor's."""
 
     trade_id: int
@@ -82,7 +78,7 @@ class Trade(_Model):
     seq: int = 0  # position in gx.marketdata (WebSocket pushes only)
 
 
-class Candle(_Model):
+class Candle(msgspec.Struct, frozen=True, kw_only=True):
     """One OHLCV bar starting at `start_ns`."""
 
     start_ns: int
@@ -101,7 +97,7 @@ class Candle(_Model):
         return [ts_ms, self.open, self.high, self.low, self.close, self.volume]
 
 
-class Ticker(_Model):
+class Ticker(msgspec.Struct, frozen=True, kw_only=True):
     """Best bid and ask and the last trade of an instrument (None where there is none)."""
 
     symbol: str
@@ -115,7 +111,7 @@ class Ticker(_Model):
     seq: int = 0
 
 
-class Balance(_Model):
+class Balance(msgspec.Struct, frozen=True, kw_only=True):
     """An account's cash in USD by bucket."""
 
     account: int | str | None = None
@@ -127,7 +123,7 @@ class Balance(_Model):
     account_seq: int = 0
 
 
-class Position(_Model):
+class Position(msgspec.Struct, frozen=True, kw_only=True):
     """Signed lots held in an instrument: long > 0 (GPU-hours to receive), short < 0."""
 
     symbol: str
@@ -135,7 +131,7 @@ class Position(_Model):
     delta: Decimal | None = None  # the change of the push that produced it (WebSocket only)
 
 
-class Order(_Model):
+class Order(msgspec.Struct, frozen=True, kw_only=True):
     """An order as the gateway reports it; `cum_qty + leaves_qty = qty` while it lives."""
 
     order_id: int
@@ -157,7 +153,7 @@ class Order(_Model):
     reason: str | None = None
 
 
-class Fill(_Model):
+class Fill(msgspec.Struct, frozen=True, kw_only=True):
     """One execution of one of the account's orders."""
 
     trade_id: int
@@ -171,7 +167,7 @@ class Fill(_Model):
     ts_ns: int = 0
 
 
-class OrderResult(_Model):
+class OrderResult(msgspec.Struct, frozen=True, kw_only=True):
     """What placing an order did: the order and its immediate fills.
 
     `duplicate` is true when the gateway recognised the `client_order_id` of an earlier attempt
@@ -183,7 +179,7 @@ class OrderResult(_Model):
     duplicate: bool = False
 
 
-class RouteChild(_Model):
+class RouteChild(msgspec.Struct, frozen=True, kw_only=True):
     """One child order of a routed order; `order` is None and `error` set if it was refused."""
 
     order: Order | None = None
@@ -191,7 +187,7 @@ class RouteChild(_Model):
     error: dict[str, Any] | None = None
 
 
-class RouteResult(_Model):
+class RouteResult(msgspec.Struct, frozen=True, kw_only=True):
     """What a routed buy did: its child orders and the GPU-hours bought and still missing."""
 
     children: list[RouteChild] = []
@@ -199,7 +195,7 @@ class RouteResult(_Model):
     gpu_hours_left: int = 0
 
 
-class Execution(_Model):
+class Execution(msgspec.Struct, frozen=True, kw_only=True):
     """A private execution report (`executions` channel).
 
     `exec_type` is the wire's (`new`, `trade`, `amended`, `canceled`, `expired`, `rejected`) or
@@ -220,7 +216,7 @@ class Execution(_Model):
     ts_ns: int = 0
 
 
-class ProvisionRequest(_Model):
+class ProvisionRequest(msgspec.Struct, frozen=True, kw_only=True):
     """A provisioning request to a provider: deliver `gpus` GPUs of `symbol` to `holder`."""
 
     obligation_id: int

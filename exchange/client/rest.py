@@ -137,7 +137,7 @@ class RestTransport:
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _delay(self, attempt: int, error: GatewayError) -> float:
-        backoff = self.retry_backoff_s * (2**attempt)
+        backoff = self.retry_backoff_s * 2.0**attempt
         return min(RETRY_DELAY_S_MAX, max(backoff, error.retry_after_ms / 1000))
 
     def build(self, method: str, url: str, content: bytes, private: bool) -> httpx.Request:
@@ -157,14 +157,16 @@ class RestTransport:
         try:
             response = await self._http.send(request)
         except httpx.TimeoutException as error:
-            raise NetworkError(f"{method} {url}: no answer in time ({error!r})", CLIENT_TIMEOUT_CODE)
+            raise NetworkError(
+                f"{method} {url}: no answer in time ({error!r})", CLIENT_TIMEOUT_CODE
+            ) from None
         except httpx.TransportError as error:
             raise NetworkError(f"{method} {url}: {error!r}") from None
         if response.status_code >= 400:
-            error = _error(response)
+            refusal = _error(response)
             if response.status_code >= 500:
-                error.retryable = True  # a 5xx may or may not say so; an idempotent retry is safe
-            raise error
+                refusal.retryable = True  # a 5xx may or may not say so; idempotent retries are safe
+            raise refusal
         if not response.content:
             return {}
         try:

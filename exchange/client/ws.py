@@ -125,10 +125,22 @@ class WsSession:
             raise self._stopped
 
     async def request(
-        self, method: str, params: Mapping[str, Any], *, timeout_s: float | None = None
+        self,
+        method: str,
+        params: Mapping[str, Any],
+        *,
+        timeout_s: float | None = None,
+        wait: bool = True,
     ) -> dict[str, Any]:
-        """Send a request once the session is ready; return its `result` or raise its error."""
-        await self.wait_ready(timeout_s)
+        """Send a request once the session is ready; return its `result` or raise its error.
+
+        With `wait=False` raise NetworkError at once when no connection is ready (subscriptions
+        use it: a new connection renews them itself).
+        """
+        if wait:
+            await self.wait_ready(timeout_s)
+        elif self._stopped is not None:
+            raise self._stopped
         ws = self._ws
         if ws is None:
             raise NetworkError(f"{method}: the connection closed before the request was sent")
@@ -139,6 +151,9 @@ class WsSession:
         if self._stopped is None:
             self._stopped = NetworkError("the client was closed")
         self._ready.set()  # wake waiters: they see `_stopped`
+        if self._ws is not None:
+            with contextlib.suppress(WebSocketException, OSError):
+                await self._ws.close()  # a normal close (1000), not the 1011 of a cancelled task
         runner, self._runner = self._runner, None
         if runner is not None:
             runner.cancel()
@@ -147,11 +162,7 @@ class WsSession:
         self._fail_pending(self._stopped)
 
     async def _call(
-        self,
-        ws: ClientConnection,
-        method: str,
-        params: Mapping[str, Any],
-        timeout_s: float | None,
+        self, ws: ClientConnection, method: str, params: Mapping[str, Any], timeout_s: float | None
     ) -> dict[str, Any]:
         request_id = next(self._ids)
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
@@ -246,7 +257,8 @@ class WsSession:
                     log.warning("no frame for %.1f s: connection dead", self.heartbeat_timeout_s)
                     return
                 except ConnectionClosed as error:
-                    log.warning("connection closed: %s", error)
+                    if self._stopped is None:
+                        log.warning("connection closed: %s", error)
                     return
                 try:
                     message = _decoder.decode(frame)
@@ -269,7 +281,9 @@ class WsSession:
         if isinstance(conn_seq, int):
             if conn_seq != self._conn_seq + 1:
                 log.warning(
-                    "conn_seq gap: expected %d, found %d; reconnecting", self._conn_seq + 1, conn_seq
+                    "conn_seq gap: expected %d, found %d; reconnecting",
+                    self._conn_seq + 1,
+                    conn_seq,
                 )
                 return False
             self._conn_seq = conn_seq

@@ -84,7 +84,6 @@ _EXECUTIONS, _BALANCES, _POSITIONS = 0, 1, 2
 
 Push = tuple[int, str, bytes]  # (account, channel, encoded body)
 
-_MICROS = 1_000_000
 _REJECT_NAMES = {int(code): code.name for code in Reject}
 _CANCEL_NAMES = {int(code): code.name for code in CancelReason}
 _EXPIRE_NAMES = {int(code): code.name for code in ExpireReason}
@@ -642,7 +641,7 @@ class Accounts:
             a.held += ev.held_delta
             held = _money(a.held)
         if ev.escrow_delta:
-            pass
+            a.escrow += ev.escrow_delta
             escrow = _money(a.escrow)
         if ev.collateral_delta:
             a.collateral += ev.collateral_delta

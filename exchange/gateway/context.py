@@ -15,7 +15,9 @@ from exchange.gateway.ratelimit import ConnectionCounter, RateLimiter, RateLimit
 from exchange.wire import ErrorCode, Prices, WireError
 from schemas.catalog import Catalog
 
-__all__ = ["Gateway"]
+__all__ = ["Gateway", "SEND_QUEUE_MAX"]
+
+SEND_QUEUE_MAX = 2_000  # pushes waiting for a slow client before its subscription is stopped
 
 
 class Gateway:
@@ -54,6 +56,7 @@ class Gateway:
             ),
         }
         self.connections = ConnectionCounter(lim.ws_connections_per_ip)
+        self.send_queue_max = SEND_QUEUE_MAX
         self._gpus = {g.model for g in catalog.gpus}
         self._curves = {
             f"{g.model}.{r}.{p.code}"

@@ -46,7 +46,7 @@ from streams.marketdata_messages import (
 
 __all__ = [
     "BOOK_DEPTHS",
-    "CANDLE_INTERVALS",
+    "CANDLE_INTERVAL_NAMES",
     "HISTORY_MAX",
     "RESUME_BUFFER_MAX",
     "CLOSED_SYMBOLS_MAX",
@@ -60,7 +60,7 @@ Push = tuple[StreamKey, bytes]
 
 BOOK_DEPTHS = (1, 10, 25, 100)  # depths a book subscription may ask for
 BOOK_DEPTH_MAX = max(BOOK_DEPTHS)  # also the deepest REST book
-CANDLE_INTERVALS: dict[int, str] = {NS_PER_MINUTE: "1m", NS_PER_HOUR: "1h", NS_PER_DAY: "1d"}
+CANDLE_INTERVAL_NAMES: dict[int, str] = {NS_PER_MINUTE: "1m", NS_PER_HOUR: "1h", NS_PER_DAY: "1d"}
 HISTORY_MAX = 1000  # trades per symbol, and candles per symbol and interval, kept for REST
 RESUME_BUFFER_MAX = 1000  # pushes kept per stream for `subscribe` with `resume_from_seq`
 CLOSED_SYMBOLS_MAX = 100_000  # closed instruments remembered so that a replay cannot revive them
@@ -349,10 +349,10 @@ class MarketFeed:
     def candles(self, symbol: str, interval: str, limit: int) -> list[dict[str, Any]]:
         """`GET /candles`: up to `limit` of the last candles of an interval, oldest first."""
         _check_limit(limit)
-        if interval not in CANDLE_INTERVALS.values():
+        if interval not in CANDLE_INTERVAL_NAMES.values():
             raise WireError(
                 ErrorCode.BAD_REQUEST,
-                f"interval: expected one of {', '.join(CANDLE_INTERVALS.values())}, "
+                f"interval: expected one of {', '.join(CANDLE_INTERVAL_NAMES.values())}, "
                 f"found {interval!r}",
             )
         found = self._candles.get((symbol, interval))
@@ -578,7 +578,7 @@ class MarketFeed:
         )
         stream.push(offset, body, self.resume_buffer_max)
         out: list[Push] = [(key, body)]
-        book.best = book.top()
+        book.best = book.top()  # unsynced since the last book push: the ticker says so (null)
         self._ticker(book, offset, m.ts_ns, out)
         return out
 
@@ -617,7 +617,7 @@ class MarketFeed:
     # ------------------------------------------------------------------ candles, index, curve
 
     def _on_candle(self, m: Candle, offset: int) -> list[Push]:
-        interval = CANDLE_INTERVALS.get(m.interval_ns)
+        interval = CANDLE_INTERVAL_NAMES.get(m.interval_ns)
         if interval is None:
             self.stats.unknown += 1
             return []
@@ -751,7 +751,7 @@ class MarketFeed:
         self._trades.pop(symbol, None)
         self._streams.pop(("trades", symbol), None)
         self._streams.pop(("ticker", symbol), None)
-        for interval in CANDLE_INTERVALS.values():
+        for interval in CANDLE_INTERVAL_NAMES.values():
             self._candles.pop((symbol, interval), None)
             self._streams.pop(("candles", symbol, interval), None)
 

@@ -29,7 +29,6 @@ from schemas import commands as c
 
 __all__ = [
     "Connection",
-    "send_queue_max",
     "message_bytes_max",
     "heartbeat_interval_s",
     "dead_man_timeout_ms_max",
@@ -37,7 +36,6 @@ __all__ = [
 
 log = logging.getLogger("gx.gateway.ws")
 
-send_queue_max = 2_000  # pushes waiting for a slow client before its subscription is stopped
 message_bytes_max = 16_384  # a larger request is refused (PAYLOAD_TOO_LARGE); the socket stays
 heartbeat_interval_s = 1.0
 dead_man_timeout_ms_min = 100
@@ -148,11 +146,11 @@ class Connection:
         """Queue a push from the hub; stop the subscription if the client cannot keep up."""
         if self._closed:
             return
-        if len(self._queue) >= send_queue_max:
-            self._overflow(key)
-            return
         if isinstance(key, str) and key not in self.private:
             return  # a private channel of this account this connection did not subscribe to
+        if len(self._queue) >= self.gw.send_queue_max:
+            self._overflow(key)
+            return
         self._enqueue(_PUSH, key, body)
 
     def _overflow(self, key: Any) -> None:
@@ -169,7 +167,7 @@ class Connection:
             channel, symbol = key, None
         log.info("connection %d: %s too slow, resync required", self.id, _stream_name(key))
         body = {"channel": channel, "type": "resync_required", "symbol": symbol}
-        body["reason"] = f"the client read too slowly: more than {send_queue_max} pushes waited"
+        body["reason"] = f"the client read too slowly: {self.gw.send_queue_max} pushes waited"
         self._enqueue(_PUSH, key, orjson.dumps(body))
 
     async def _heartbeat(self) -> None:

@@ -71,10 +71,11 @@ class Exchange:
         """Put commands straight into gx.commands (what the clock and operators do)."""
         assert self._producer is not None
         topic = topics(self.stack.settings)["commands"].name
-        for command in commands:
-            await self._producer.send_and_wait(
-                topic, encode(command), key=shard_key(0), partition=0
-            )
+        futures = [
+            await self._producer.send(topic, encode(command), key=shard_key(0), partition=0)
+            for command in commands
+        ]
+        await asyncio.gather(*futures)
 
     async def wait_for(self, check: Any, timeout_s: float = 10.0, what: str = "") -> Any:
         """Poll `check()` until it returns a true value; return it."""
@@ -186,6 +187,7 @@ class Socket:
         self.ws = ws
         self.pushes: list[dict[str, Any]] = []
         self.answers: dict[Any, dict[str, Any]] = {}
+        self.anonymous: list[dict[str, Any]] = []  # answers to requests without a usable id
         self._next_id = 0
         self._reader = asyncio.create_task(self._read())
         self.closed = asyncio.Event()
@@ -196,8 +198,10 @@ class Socket:
                 message = orjson.loads(raw)
                 if "channel" in message:
                     self.pushes.append(message)
+                elif message.get("id") is None:
+                    self.anonymous.append(message)
                 else:
-                    self.answers[message.get("id")] = message
+                    self.answers[message["id"]] = message
         except websockets.ConnectionClosed:
             pass
         finally:
