@@ -501,6 +501,35 @@ def test_resync_required_subscribes_again_for_a_fresh_snapshot():
     _run(gateway, body)
 
 
+def test_book_behind_its_heartbeat_seq_for_a_whole_interval_resyncs():
+    def script(gateway: FakeGateway, conn: _Conn, request: dict[str, Any]):
+        if request["method"] != "subscribe":
+            return []
+        seq = 10 if len(gateway.methods("subscribe")) == 1 else 30
+        return [_book("snapshot", seq, [["2.400", "5"]], [])]
+
+    gateway = FakeGateway(script)
+
+    async def body(url: str) -> None:
+        async with Client(BASE, ws_url=url) as c:
+            watch = c.watch_order_book(SYMBOL)
+            assert (await watch).seq == 10
+            beat = {"channel": "heartbeat", "ts_ns": "1", "seqs": {f"book:{SYMBOL}:10": 10}}
+            await gateway.conns[0].push(beat)  # in step: nothing happens
+            await gateway.conns[0].push({**beat, "seqs": {f"book:{SYMBOL}:10": 12}})
+            await asyncio.sleep(0.05)
+            assert len(gateway.requests) == 1  # update 12 may still be on its way
+            await gateway.conns[0].push({**beat, "seqs": {f"book:{SYMBOL}:10": 12}})
+            assert (await watch).seq == 30  # a heartbeat later it has not come: resync
+        assert [r["method"] for _, r in gateway.requests] == [
+            "subscribe",
+            "unsubscribe",
+            "subscribe",
+        ]
+
+    _run(gateway, body)
+
+
 def _trade(seq: int, prev_seq: int) -> dict[str, Any]:
     return {
         "channel": "trades",
@@ -620,6 +649,13 @@ def test_private_feeds_yield_typed_items_and_resubscribe_fresh_on_a_gap():
             execution = await orders.__anext__()
             assert execution.exec_type == "trade" and execution.last_qty == Decimal(1)
             assert execution.order.leaves_qty == Decimal(2) and execution.account_seq == 51
+            # The other side of a self-trade: the same account_seq, prev_account_seq = itself.
+            taker = {**fill, "order": {**ORDER, "order_id": 8, "side": "sell"}}
+            await conn.push(
+                {"channel": "executions", "type": "update", "account_seq": 51,
+                 "prev_account_seq": 51, "liquidity": "taker", "ts_ns": "5", **taker}
+            )  # fmt: skip
+            assert (await orders.__anext__()).order.order_id == 8
 
             positions = c.watch_positions()
             assert await positions == [Position(symbol=SYMBOL, qty=Decimal(3))]

@@ -11,8 +11,9 @@ Sequence rules, per subscription:
 - `trades`, `ticker`, `candles`, `index`, `curve`: `prev_seq` must be the last `seq` received; a
   gap unsubscribes and subscribes again with `resume_from_seq` = the last seq; pushes at or
   below it are dropped (replays).
-- `executions`, `balances`, `positions`: the same with `account_seq`/`prev_account_seq`, but a
-  gap unsubscribes and subscribes again for a fresh snapshot (private channels are not resumed).
+- `executions`, `balances`, `positions`: the same with `account_seq`/`prev_account_seq` (two
+  pushes may share an `account_seq`: both sides of a self-trade), but a gap unsubscribes and
+  subscribes again for a fresh snapshot (private channels are not resumed).
 - `resync_required` (the gateway already stopped the subscription) subscribes again for a fresh
   snapshot.
 After a reconnect every subscription is renewed: books and public channels with
@@ -210,6 +211,15 @@ def _view_for(channel: str, symbol: str, depth: int) -> _View:
 # ---------------------------------------------------------------------- subscriptions
 
 
+def _stale(channel: str, seq: int, last_seq: int) -> bool:
+    """Return whether a push was delivered before.
+
+    Two executions may share an `account_seq` (both sides of a self-trade: the taker's
+    `prev_account_seq` is then its own `account_seq`), so only an older account seq is stale.
+    """
+    return seq < last_seq if channel in _ACCOUNT_SEQ_CHANNELS else seq <= last_seq
+
+
 class _Subscription:
     def __init__(self, key: Key, params: dict[str, Any], view: _View) -> None:
         self.key = key
@@ -405,7 +415,7 @@ class Feeds:
         if msg.get("type") == "snapshot":
             sub.last_seq, sub.baseline = seq, True
             return True
-        if sub.last_seq is not None and seq <= sub.last_seq:
+        if sub.last_seq is not None and _stale(sub.channel, seq, sub.last_seq):
             return False  # already delivered (a replay after a resume or resubscribe)
         if sub.baseline and isinstance(prev, int) and prev != sub.last_seq:
             if not sub.resyncing:
@@ -428,8 +438,11 @@ class Feeds:
         if not isinstance(seqs, dict):
             return
         for name, seq in seqs.items():
-            channel, _, symbol = str(name).partition(":")
-            sub = self._subs.get((channel, symbol, ""))
+            parts = str(name).split(":")  # "book:SYM", or "book:SYM:depth"
+            if parts[0] != "book" or len(parts) < 2:
+                continue
+            symbol = parts[1]
+            sub = self._subs.get(("book", symbol, ""))
             if sub is None or not isinstance(sub.view, _BookView) or not isinstance(seq, int):
                 continue
             book, previous = sub.view.book, sub.heartbeat_seq

@@ -132,6 +132,7 @@ class GatewayServer:
         self.limits = limits
         self.extra_handlers = extra_handlers
         self.gateway: Gateway | None = None
+        self.app: Litestar | None = None
         self._pool: asyncpg.Pool | None = None
         self._server: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
@@ -150,8 +151,9 @@ class GatewayServer:
                 await hub.ready.wait()
         except TimeoutError:
             log.warning("topics not read to their end after %.0f s; serving anyway", ready_wait_s)
+        self.app = build_app(self.gateway, self.extra_handlers)
         config = uvicorn.Config(
-            build_app(self.gateway, self.extra_handlers),
+            self.app,
             host=self.host,
             port=self.port,
             log_level="warning",

@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 from litestar import Controller, Request, delete, get, patch, post
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, JSONBody
 
 from exchange.gateway.context import Gateway
 from exchange.gateway.orders import AmendParams, CapacityParams, PlaceParams, RouteParams
@@ -54,7 +54,7 @@ class PublicController(Controller):
 
     @get("/book/{symbol:str}")
     async def book(
-        self, request: Request[Any, Any, Any], symbol: str, depth: int = 10
+        self, request: Request[Any, Any, Any], symbol: FromPath[str], depth: FromQuery[int] = 10
     ) -> dict[str, Any]:
         """Return the order book of an instrument to a depth, with its seq and checksum."""
         gw = _gateway(request)
@@ -66,7 +66,7 @@ class PublicController(Controller):
 
     @get("/trades/{symbol:str}")
     async def trades(
-        self, request: Request[Any, Any, Any], symbol: str, limit: int = 100
+        self, request: Request[Any, Any, Any], symbol: FromPath[str], limit: FromQuery[int] = 100
     ) -> dict[str, Any]:
         """Return an instrument's latest trades, newest first."""
         gw = _gateway(request)
@@ -75,7 +75,11 @@ class PublicController(Controller):
 
     @get("/candles/{symbol:str}")
     async def candles(
-        self, request: Request[Any, Any, Any], symbol: str, interval: str = "1m", limit: int = 100
+        self,
+        request: Request[Any, Any, Any],
+        symbol: FromPath[str],
+        interval: FromQuery[str] = "1m",
+        limit: FromQuery[int] = 100,
     ) -> dict[str, Any]:
         """Return an instrument's candles of an interval (1m, 1h, 1d), oldest first."""
         gw = _gateway(request)
@@ -88,7 +92,7 @@ class PublicController(Controller):
         return {"symbol": symbol, "interval": interval, "candles": rows}
 
     @get("/index/{gpu:str}")
-    async def index(self, request: Request[Any, Any, Any], gpu: str) -> dict[str, Any]:
+    async def index(self, request: Request[Any, Any, Any], gpu: FromPath[str]) -> dict[str, Any]:
         """Return the GPU price index of a model (24 h volume-weighted price per GPU-hour)."""
         gw = _gateway(request)
         gw.check_ip(request)
@@ -105,7 +109,11 @@ class PublicController(Controller):
 
     @get("/curve/{gpu:str}/{region:str}/{product:str}")
     async def curve(
-        self, request: Request[Any, Any, Any], gpu: str, region: str, product: str
+        self,
+        request: Request[Any, Any, Any],
+        gpu: FromPath[str],
+        region: FromPath[str],
+        product: FromPath[str],
     ) -> dict[str, Any]:
         """Return the forward curve of a GPU model, region and product by delivery start."""
         gw = _gateway(request)
@@ -137,7 +145,10 @@ class AccountController(Controller):
 
     @get("/fills")
     async def fills(
-        self, request: Request[Any, Any, Any], symbol: str | None = None, limit: int = 100
+        self,
+        request: Request[Any, Any, Any],
+        symbol: FromQuery[str | None] = None,
+        limit: FromQuery[int] = 100,
     ) -> dict[str, Any]:
         """Return the account's fills, newest first."""
         gw = _gateway(request)
@@ -145,7 +156,9 @@ class AccountController(Controller):
         return {"fills": gw.hub.accounts.fills(key.account, symbol, _limit(limit))}
 
     @get("/ledger")
-    async def ledger(self, request: Request[Any, Any, Any], limit: int = 100) -> dict[str, Any]:
+    async def ledger(
+        self, request: Request[Any, Any, Any], limit: FromQuery[int] = 100
+    ) -> dict[str, Any]:
         """Return the account's ledger postings, newest first (settled in PostgreSQL)."""
         gw = _gateway(request)
         key = await gw.authenticate(request, "read")
@@ -170,7 +183,7 @@ class AccountController(Controller):
 
     @get("/deliveries")
     async def deliveries(
-        self, request: Request[Any, Any, Any], role: str = "holder"
+        self, request: Request[Any, Any, Any], role: FromQuery[str] = "holder"
     ) -> dict[str, Any]:
         """Return the account's deliveries as provider or as holder."""
         gw = _gateway(request)
@@ -190,7 +203,7 @@ class AccountController(Controller):
 
     @post("/keys", status_code=200)
     async def create_key(
-        self, request: Request[Any, Any, Any], data: dict[str, Any]
+        self, request: Request[Any, Any, Any], data: JSONBody[dict[str, Any]]
     ) -> dict[str, Any]:
         """Create an API key with at most the caller's scopes; the secret is shown once."""
         gw = _gateway(request)
@@ -198,7 +211,9 @@ class AccountController(Controller):
         return await gw.create_key(key, data.get("scopes"))
 
     @delete("/keys/{key_id:str}", status_code=200)
-    async def revoke_key(self, request: Request[Any, Any, Any], key_id: str) -> dict[str, Any]:
+    async def revoke_key(
+        self, request: Request[Any, Any, Any], key_id: FromPath[str]
+    ) -> dict[str, Any]:
         """Revoke one of the account's API keys."""
         gw = _gateway(request)
         key = await gw.authenticate(request, "trade")
@@ -213,7 +228,10 @@ class OrderController(Controller):
 
     @get("/orders")
     async def orders(
-        self, request: Request[Any, Any, Any], status: str = "open", symbol: str | None = None
+        self,
+        request: Request[Any, Any, Any],
+        status: FromQuery[str] = "open",
+        symbol: FromQuery[str | None] = None,
     ) -> dict[str, Any]:
         """List the account's open or closed orders."""
         gw = _gateway(request)
@@ -225,7 +243,9 @@ class OrderController(Controller):
         raise WireError(ErrorCode.BAD_REQUEST, f"status: expected open or closed, found {status!r}")
 
     @get("/orders/{order_id:int}")
-    async def order(self, request: Request[Any, Any, Any], order_id: int) -> dict[str, Any]:
+    async def order(
+        self, request: Request[Any, Any, Any], order_id: FromPath[int]
+    ) -> dict[str, Any]:
         """Return one of the account's orders."""
         gw = _gateway(request)
         key = await gw.authenticate(request, "read")
@@ -233,7 +253,7 @@ class OrderController(Controller):
 
     @get("/orders/client/{client_order_id:str}")
     async def order_by_client_id(
-        self, request: Request[Any, Any, Any], client_order_id: str
+        self, request: Request[Any, Any, Any], client_order_id: FromPath[str]
     ) -> dict[str, Any]:
         """Return the order a client order id names (the lost-response lookup)."""
         gw = _gateway(request)
@@ -241,7 +261,9 @@ class OrderController(Controller):
         return gw.desk.status(key.account, {"client_order_id": client_order_id})["order"]  # type: ignore[no-any-return]
 
     @post("/orders", status_code=200)
-    async def place(self, request: Request[Any, Any, Any], data: PlaceParams) -> dict[str, Any]:
+    async def place(
+        self, request: Request[Any, Any, Any], data: JSONBody[PlaceParams]
+    ) -> dict[str, Any]:
         """Place an order; a retry with the same client_order_id returns the first order."""
         gw = _gateway(request)
         key = await gw.authenticate(request, "trade")
@@ -250,7 +272,7 @@ class OrderController(Controller):
 
     @patch("/orders/{order_id:int}")
     async def amend(
-        self, request: Request[Any, Any, Any], order_id: int, data: AmendParams
+        self, request: Request[Any, Any, Any], order_id: FromPath[int], data: JSONBody[AmendParams]
     ) -> dict[str, Any]:
         """Amend an order's price and remaining quantity."""
         gw = _gateway(request)
@@ -261,7 +283,9 @@ class OrderController(Controller):
         return await gw.desk.amend(key.account, body)
 
     @delete("/orders/{order_id:int}", status_code=200)
-    async def cancel(self, request: Request[Any, Any, Any], order_id: int) -> dict[str, Any]:
+    async def cancel(
+        self, request: Request[Any, Any, Any], order_id: FromPath[int]
+    ) -> dict[str, Any]:
         """Cancel one order."""
         gw = _gateway(request)
         key = await gw.authenticate(request, "trade")
@@ -270,9 +294,7 @@ class OrderController(Controller):
 
     @delete("/orders", status_code=200)
     async def cancel_all(
-        self,
-        request: Request[Any, Any, Any],
-        symbol: str | None = Parameter(default=None, required=False),
+        self, request: Request[Any, Any, Any], symbol: FromQuery[str | None] = None
     ) -> dict[str, Any]:
         """Cancel every open order of the account (of one symbol if given)."""
         gw = _gateway(request)
@@ -281,7 +303,9 @@ class OrderController(Controller):
         return await gw.desk.cancel_all(key.account, {"symbol": symbol})
 
     @post("/route", status_code=200)
-    async def route(self, request: Request[Any, Any, Any], data: RouteParams) -> dict[str, Any]:
+    async def route(
+        self, request: Request[Any, Any, Any], data: JSONBody[RouteParams]
+    ) -> dict[str, Any]:
         """Buy GPU-hours of a model across regions and products, cheapest first."""
         gw = _gateway(request)
         key = await gw.authenticate(request, "trade")
@@ -297,7 +321,7 @@ class ProviderController(Controller):
 
     @post("/capacity", status_code=200)
     async def capacity(
-        self, request: Request[Any, Any, Any], data: CapacityParams
+        self, request: Request[Any, Any, Any], data: JSONBody[CapacityParams]
     ) -> dict[str, Any]:
         """Set the provider's GPUs of a model and region over a window."""
         gw = _gateway(request)

@@ -223,16 +223,20 @@ class Connection:
                     ErrorCode.PAYLOAD_TOO_LARGE,
                     f"request: at most {message_bytes_max} bytes, found {len(data)}",
                 )
-            self.gw.check_rate(f"conn:{self.id}", "ws_message")
             try:
                 request = orjson.loads(data)
             except orjson.JSONDecodeError as error:
+                self.gw.check_rate(f"conn:{self.id}", "ws_message")
                 raise WireError(ErrorCode.BAD_REQUEST, f"request: not JSON ({error})") from None
-            if not isinstance(request, dict):
-                raise WireError(ErrorCode.BAD_REQUEST, "request: expected a JSON object")
-            request_id = request.get("id")
+            if isinstance(request, dict):
+                request_id = request.get("id")
             if not isinstance(request_id, int | str) or isinstance(request_id, bool):
                 request_id = None
+            # after reading the id, so that a refusal names the request it refuses
+            self.gw.check_rate(f"conn:{self.id}", "ws_message")
+            if not isinstance(request, dict):
+                raise WireError(ErrorCode.BAD_REQUEST, "request: expected a JSON object")
+            if request_id is None:
                 raise WireError(ErrorCode.BAD_REQUEST, "id: expected an integer or a string")
             method = request.get("method")
             if not isinstance(method, str):

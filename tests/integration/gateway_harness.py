@@ -67,6 +67,11 @@ class Exchange:
         assert self.stack.gateway is not None and self.stack.gateway.gateway is not None
         return self.stack.gateway.gateway
 
+    @property
+    def gateway_app(self) -> Any:
+        assert self.stack.gateway is not None
+        return self.stack.gateway.app
+
     async def send(self, *commands: c.Command) -> None:
         """Put commands straight into gx.commands (what the clock and operators do)."""
         assert self._producer is not None
