@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from exchange import bench_matching, bench_pipeline
+from exchange import bench_feed, bench_matching, bench_pipeline
 
 __all__ = ["register"]
 
@@ -16,5 +16,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `bench` group and every benchmark under it."""
     parser = subparsers.add_parser("bench", help="measure throughput and memory")
     group = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    bench_feed.register(group)
     bench_matching.register(group)
     bench_pipeline.register(group)

@@ -8,6 +8,7 @@ import sys
 from exchange import (
     bench,
     cli_audit,
+    cli_gateway,
     cli_keys,
     cli_marketdata,
     cli_provision,
@@ -22,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     bench.register(subparsers)
     cli_audit.register(subparsers)
+    cli_gateway.register(subparsers)
     cli_keys.register(subparsers)
     cli_marketdata.register(subparsers)
     cli_provision.register(subparsers)

@@ -107,6 +107,7 @@ class LocalBook:
         self._synced = False
         self.checksum = 0
         self.ts_ns = 0
+        self.snapshots = 0  # snapshots applied: 1 after the first, one more per resync
 
     @property
     def seq(self) -> int:
@@ -182,6 +183,8 @@ class LocalBook:
         self.ts_ns = _int(msg.get("ts_ns", 0), self.symbol, "ts_ns")
         self._verify(msg.get("checksum"))
         self._synced = True
+        if kind == "snapshot":
+            self.snapshots += 1
         return True
 
     def _set_levels(self, side: _Side, levels: object) -> None:

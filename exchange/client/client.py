@@ -221,7 +221,11 @@ class Client:
         return to_model(answer, OrderResult)
 
     async def amend_order(self, id: int, price: Number, amount: Number) -> Order:
-        """Change an open order's price and total quantity."""
+        """Change an open order's price and remaining quantity.
+
+        `amount` is the lots still to fill (the engine's AmendOrder sets the remaining lots):
+        the order's `qty` becomes `cum_qty + amount`. A pure decrease keeps time priority.
+        """
         answer = await self.rest.request(
             "PATCH", f"/orders/{segment(id)}", body=amend_body(price, amount), private=True
         )
@@ -369,7 +373,10 @@ class Client:
         order_id: int | None = None,
         client_order_id: str | None = None,
     ) -> Order:
-        """Amend an order named by order id or client order id over the WebSocket."""
+        """Amend an order named by order id or client order id over the WebSocket.
+
+        `amount` is the remaining quantity, as in `amend_order`.
+        """
         params = {**_order_ref(order_id, client_order_id), **amend_body(price, amount)}
         answer = await self.session.request("order.amend", params)
         return to_model(answer.get("order"), Order)

@@ -132,21 +132,25 @@ class Position(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Order(msgspec.Struct, frozen=True, kw_only=True):
-    """An order as the gateway reports it; `cum_qty + leaves_qty = qty` while it lives."""
+    """An order as the gateway reports it; `cum_qty + leaves_qty = qty` while it lives.
+
+    A rejected placement (`status` "rejected", `order_id` 0) carries `reject_code` and `reason`,
+    and None for what the engine's refusal does not tell: side, type, tif, price, post_only, stp.
+    """
 
     order_id: int
     client_order_id: str = ""
     symbol: str = ""
-    side: str = ""
-    type: str = "limit"
-    tif: str = "gtc"
+    side: str | None = None
+    type: str | None = None
+    tif: str | None = None
     price: Decimal | None = None
     qty: Decimal = Decimal(0)
     cum_qty: Decimal = Decimal(0)
     leaves_qty: Decimal = Decimal(0)
     status: str = ""
-    post_only: bool = False
-    stp: str = ""
+    post_only: bool | None = None
+    stp: str | None = None
     expire_ns: int = 0
     ts_ns: int = 0
     reject_code: str | None = None

@@ -90,7 +90,7 @@ def order_body(
 
 
 def amend_body(price: Number, amount: Number) -> dict[str, Any]:
-    """Return the body of `PATCH /orders/{id}`: the new price and total quantity."""
+    """Return the body of `PATCH /orders/{id}`: the new price and remaining quantity."""
     return {"price": decimal_str(price), "qty": lots_str(amount)}
 
 

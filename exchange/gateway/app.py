@@ -15,7 +15,7 @@ from typing import Any
 
 import asyncpg
 import uvicorn
-from litestar import Litestar, Request, Response, WebSocket, websocket
+from litestar import Litestar, Request, Response
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 
@@ -29,7 +29,7 @@ from exchange.gateway.rest import (
     ProviderController,
     PublicController,
 )
-from exchange.gateway.ws import Connection
+from exchange.gateway.ws import serve_socket
 from exchange.wire import ErrorCode, Prices, WireError
 from schemas.catalog import Catalog, load_catalog
 from streams.ledger_schema import migrate
@@ -70,32 +70,26 @@ def _http_error(_: Request[Any, Any, Any], error: HTTPException) -> Response[Any
     return Response({"error": wire.body()}, status_code=error.status_code)
 
 
-@websocket("/ws")
-async def _socket(socket: WebSocket[Any, Any, Any]) -> None:
-    gateway: Gateway = socket.app.state.gateway
-    ip = socket.client.host if socket.client else "?"
-    await socket.accept()
-    try:
-        gateway.connections.open(ip)
-    except WireError as error:
-        await socket.send_text(f'{{"id":null,"status":429,"error":{error.body()!r}}}')
-        await socket.close(code=1008, reason="too many connections from this address")
-        return
-    try:
-        await Connection(gateway, socket, ip).serve()
-    finally:
-        gateway.connections.close(ip)
+def asgi_app(gateway: Gateway, app: Litestar) -> Any:
+    """`/ws` served directly, everything else by Litestar."""
+
+    async def serve(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket" and scope["path"] == "/ws":
+            await serve_socket(gateway, scope, receive, send)
+        else:
+            await app(scope, receive, send)
+
+    return serve
 
 
 def build_app(gateway: Gateway, extra_handlers: list[Any] | None = None) -> Litestar:
-    """The Litestar application serving one gateway."""
+    """The Litestar application serving one gateway's REST API."""
     app = Litestar(
         route_handlers=[
             PublicController,
             AccountController,
             OrderController,
             ProviderController,
-            _socket,
             *(extra_handlers or []),
         ],
         exception_handlers={WireError: _wire_error, HTTPException: _http_error},
@@ -153,11 +147,15 @@ class GatewayServer:
             log.warning("topics not read to their end after %.0f s; serving anyway", ready_wait_s)
         self.app = build_app(self.gateway, self.extra_handlers)
         config = uvicorn.Config(
-            self.app,
+            asgi_app(self.gateway, self.app),
             host=self.host,
             port=self.port,
             log_level="warning",
             ws_max_size=ws_frame_bytes_max,
+            # Compression would run zlib per message per connection: the fan-out's largest cost,
+            # for pushes of a few hundred bytes. Off: each push is framed as encoded, once.
+            ws_per_message_deflate=False,
+            ws="websockets-sansio",  # exchange/gateway/ws.py `Frames` batches writes through it
             lifespan="off",
         )
         self._server = uvicorn.Server(config)

@@ -54,6 +54,7 @@ linger_ms = 1
 command_timeout_s = 5.0  # a command the engine has not answered by then is reported TIMEOUT
 recent_commands_max = 100_000  # completed commands kept for answers that arrive late
 partitions_wait_s = 30.0
+resume_linger_s = 60.0  # a book depth nobody watches any more keeps its resume buffer this long
 
 
 class Subscriber(Protocol):
@@ -113,6 +114,7 @@ class Hub:
         self._done: OrderedDict[tuple[int, int], list[e.Event]] = OrderedDict()
         self._waiting: dict[tuple[int, int], asyncio.Future[list[e.Event]]] = {}
         self._caught_up: set[str] = set()
+        self._lingering: dict[StreamKey, asyncio.TimerHandle] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -141,6 +143,9 @@ class Hub:
 
     async def stop(self) -> None:
         """Stop reading, finish background commands, close the clients."""
+        for handle in self._lingering.values():
+            handle.cancel()
+        self._lingering.clear()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -328,6 +333,20 @@ class Hub:
         self.stats.commands_sent += 1
         return int(metadata.offset)
 
+    async def send_commands(self, commands: list[c.Command]) -> list[int]:
+        """Produce commands in one go (operators, benchmarks); return their offsets."""
+        if self._producer is None:
+            raise WireError(ErrorCode.UNAVAILABLE, "the gateway is not connected to Kafka")
+        futures = [
+            await self._producer.send(
+                self.commands_topic, encode(cmd), key=shard_key(cmd.shard), partition=cmd.shard
+            )
+            for cmd in commands
+        ]
+        offsets = [int(meta.offset) for meta in await asyncio.gather(*futures)]
+        self.stats.commands_sent += len(commands)
+        return offsets
+
     def submit_later(self, command: c.Command) -> None:
         """Send a command from a connection that is going away (cancel-on-disconnect)."""
         task = asyncio.create_task(self._submit_quietly(command))
@@ -359,9 +378,14 @@ class Hub:
     def subscribe_public(self, subscriber: Subscriber, key: StreamKey) -> None:
         """Add a subscriber to a public stream (book depths are computed while watched)."""
         subscribers = self.public.setdefault(key, set())
-        if subscriber not in subscribers:
-            subscribers.add(subscriber)
-            if key[0] == "book":
+        if subscriber in subscribers:
+            return
+        subscribers.add(subscriber)
+        if key[0] == "book":
+            lingering = self._lingering.pop(key, None)
+            if lingering is not None:
+                lingering.cancel()  # still watched: the resume buffer never stopped
+            else:
                 self.feed.watch(key)
 
     def unsubscribe_public(self, subscriber: Subscriber, key: StreamKey) -> None:
@@ -370,10 +394,18 @@ class Hub:
         if subscribers is None or subscriber not in subscribers:
             return
         subscribers.discard(subscriber)
-        if key[0] == "book":
-            self.feed.unwatch(key)
-        if not subscribers:
-            del self.public[key]
+        if subscribers:
+            return
+        del self.public[key]
+        if key[0] == "book" and key not in self._lingering:
+            # A client that lost its connection comes back with resume_from_seq: keep the
+            # depth (and its resume buffer) going for a while after its last subscriber left.
+            loop = asyncio.get_running_loop()
+            self._lingering[key] = loop.call_later(resume_linger_s, self._stop_watching, key)
+
+    def _stop_watching(self, key: StreamKey) -> None:
+        self._lingering.pop(key, None)
+        self.feed.unwatch(key)
 
     def attach_account(self, subscriber: Subscriber, account: int) -> None:
         """Route an account's private pushes to a logged-on connection."""

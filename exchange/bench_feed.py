@@ -1,0 +1,370 @@
+"""`gx bench feed`: WebSocket subscribers on one book while the engine moves it at a fixed rate.
+
+The exchange (embedded broker and PostgreSQL, engine, market data, gateway) runs in this process;
+the subscribers run in a second process (`python -m exchange.bench_feed --clients ...`), so the
+gateway and its clients do not share a core. The load is command pairs on one instrument: a
+provider offers one lot, a buyer takes it (IOC), so every command changes the book exactly once
+and every second one prints a trade. Command i is the book's update `base + i`, which gives each
+update its send time.
+
+Figures:
+- `lag_p50_ms` / `lag_p99_ms`: command produced -> the update it caused received by a subscriber
+  (engine, market data and gateway included; measured on `recorded` subscribers);
+- `messages_per_s`: pushes received per second by all subscribers together;
+- `updates_per_s`: book updates the engine caused per second (the offered rate, as achieved);
+- `resyncs`: subscriptions stopped with `resync_required` (clients too slow for the rate);
+- `missing`: updates the recorded subscribers never received before their resync (if any).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import orjson
+import uvloop
+
+from exchange.gateway.ratelimit import RateLimits
+from exchange.stack import Stack, StackOptions
+from schemas import commands as c
+from schemas.symbols import parse_symbol
+from schemas.units import NS_PER_HOUR
+from streams.embedded_broker import EmbeddedBroker
+from streams.embedded_postgres import open_database
+from streams.settings import Settings
+
+__all__ = ["register", "run", "bench_feed"]
+
+SUBSCRIBERS_DEFAULT = 1000
+RATE_DEFAULT = 5000  # book updates per second
+DURATION_S_DEFAULT = 10.0
+RECORDED_DEFAULT = 20  # subscribers that keep the receive time of every update
+MASTER_KEY = "bench-feed-master-key-not-a-secret-0000"
+PROVIDER, BUYER = 20, 21
+tick_s = 0.01  # the generator sends a batch every tick
+drain_s = 3.0  # after the load, how long the subscribers may catch up
+connect_batch = 50  # subscribers connecting at once
+
+Report = dict[str, Any]
+
+
+def register(bench_subparsers: argparse._SubParsersAction) -> None:
+    """Add `feed` to the `gx bench` group."""
+    p = bench_subparsers.add_parser(
+        "feed",
+        help="WebSocket subscribers on one book while the engine moves it",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--subscribers", type=int, default=SUBSCRIBERS_DEFAULT)
+    p.add_argument("--rate", type=int, default=RATE_DEFAULT, help="book updates per second")
+    p.add_argument("--duration", type=float, default=DURATION_S_DEFAULT, help="seconds of load")
+    p.add_argument("--recorded", type=int, default=RECORDED_DEFAULT)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the feed benchmark and print its figures."""
+    for name in ("subscribers", "rate", "duration", "recorded"):
+        if getattr(args, name) <= 0:
+            raise SystemExit(f"--{name}: expected > 0, found {getattr(args, name)}")
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("gx").setLevel(logging.WARNING)
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    report = bench_feed(args.subscribers, args.rate, args.duration, args.recorded)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        width = max(len(k) for k in report)
+        print("\n".join(f"{k:<{width}}  {v}" for k, v in report.items()))
+    return 0
+
+
+def _progress(text: str) -> None:
+    print(f"gx bench feed: {text}", file=sys.stderr, flush=True)
+
+
+def bench_feed(subscribers: int, rate: int, duration_s: float, recorded: int) -> Report:
+    """Start the exchange, the subscribers and the load; return the figures."""
+    with EmbeddedBroker(broker_count=1) as broker, open_database("gx_bench_feed") as dsn:
+        return uvloop.run(_bench(broker, dsn, subscribers, rate, duration_s, recorded))
+
+
+async def _bench(
+    broker: EmbeddedBroker, dsn: str, subscribers: int, rate: int, duration_s: float, recorded: int
+) -> Report:
+    settings = Settings(gateway_master_key=MASTER_KEY, kafka_fetch_wait_ms=5)
+    limits = RateLimits(ws_connections_per_ip=subscribers + 10)
+    stack = Stack(
+        broker, dsn, settings,
+        options=StackOptions(provisioning=False, settlement=False, limits=limits),
+    )  # fmt: skip
+    _progress("starting the exchange")
+    await stack.start()
+    try:
+        symbol, send = await _setup(stack)
+        assert stack.gateway is not None and stack.gateway.gateway is not None
+        feed = stack.gateway.gateway.hub.feed
+        url = stack.gateway.url.replace("http://", "ws://") + "/ws"
+        _progress(f"connecting {subscribers} subscribers to {symbol}")
+        clients = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "exchange.bench_feed", "--clients", url, symbol,
+            str(subscribers), str(recorded),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert clients.stdout is not None and clients.stdin is not None
+        ready = await clients.stdout.readline()
+        if not ready.startswith(b"ready"):
+            raise RuntimeError(f"the subscribers did not start: {ready!r}")
+        base = feed.last_seq(("book", symbol, 10))
+        _progress(f"load: {rate} updates/s for {duration_s:g} s")
+        sent_ns = await _load(send, symbol, rate, duration_s)
+        await asyncio.sleep(drain_s)
+        clients.stdin.close()
+        result = orjson.loads(await clients.stdout.read())
+        await clients.wait()
+    finally:
+        await stack.stop()
+    return _report(result, sent_ns, base, subscribers, duration_s)
+
+
+async def _setup(stack: Stack) -> tuple[str, Any]:
+    """List instruments at the current hour, fund the buyer, give the provider capacity."""
+    assert stack.gateway is not None and stack.gateway.gateway is not None
+    hub = stack.gateway.gateway.hub
+    send = hub.send_commands
+
+    now_ns = time.time_ns() // NS_PER_HOUR * NS_PER_HOUR
+    await send(
+        [c.ClockTick(ts_ns=now_ns)]
+        + [c.Deposit(account=a, amount_micros=10**13) for a in (PROVIDER, BUYER)]
+    )
+    deadline = time.monotonic() + 30
+    while not hub.accounts.instruments():
+        if time.monotonic() > deadline:
+            raise RuntimeError("no instrument listed")
+        await asyncio.sleep(0.05)
+    symbol = sorted(
+        i["symbol"]
+        for i in hub.accounts.instruments()
+        if i["symbol"].startswith("H100-SXM.us-east.1h.")
+    )[-1]
+    key = parse_symbol(symbol)
+    await send(
+        [c.CapacityUpdate(account=PROVIDER, gpu=key.gpu, region=key.region, start_ns=key.start_ns,
+                          end_ns=key.end_ns, gpus=1_000_000)]
+    )  # fmt: skip
+    # one first update so the book exists in the feed before anyone subscribes
+    await send(
+        [c.PlaceOrder(account=PROVIDER, symbol=symbol, side="sell", lots=1, price_ticks=9000)]
+    )
+    while hub.feed.snapshot(("book", symbol, 10)) is None:
+        hub.feed.watch(("book", symbol, 10))
+        await asyncio.sleep(0.05)
+    return symbol, send
+
+
+async def _load(send: Any, symbol: str, rate: int, duration_s: float) -> list[int]:
+    """Send offer/take pairs at `rate` commands per second; return each command's send time."""
+    per_tick = max(1, round(rate * tick_s))
+    total = int(rate * duration_s)
+    sent_ns: list[int] = []
+    start = time.monotonic()
+    i = 0
+    while i < total:
+        batch = []
+        for _ in range(min(per_tick, total - i)):
+            if (i + len(batch)) % 2 == 0:
+                batch.append(
+                    c.PlaceOrder(
+                        account=PROVIDER, symbol=symbol, side="sell", lots=1, price_ticks=2400
+                    )
+                )
+            else:
+                batch.append(c.PlaceOrder(account=BUYER, symbol=symbol, side="buy", lots=1,
+                                          price_ticks=2400, tif="ioc"))  # fmt: skip
+        now = time.time_ns()
+        await send(batch)
+        sent_ns += [now] * len(batch)
+        i += len(batch)
+        ahead = start + i / rate - time.monotonic()
+        if ahead > 0:
+            await asyncio.sleep(ahead)
+    return sent_ns
+
+
+def _report(result: dict[str, Any], sent_ns: list[int], base: int, subscribers: int,
+            duration_s: float) -> Report:  # fmt: skip
+    sent = np.asarray(sent_ns, dtype=np.int64)
+    lags: list[np.ndarray] = []
+    missing = 0
+    for seqs, recv in result["recorded"]:
+        s = np.asarray(seqs, dtype=np.int64) - base - 1
+        r = np.asarray(recv, dtype=np.int64)
+        keep = (s >= 0) & (s < len(sent))
+        lags.append((r[keep] - sent[s[keep]]) / 1e6)
+        missing += len(sent) - int(keep.sum())
+    lag = np.concatenate(lags) if lags else np.zeros(0)
+    return {
+        "subscribers": subscribers,
+        "connected": result["connected"],
+        "updates": len(sent_ns),
+        "updates_per_s": round(len(sent_ns) / duration_s),
+        "messages": result["messages"],
+        "messages_per_s": round(result["messages"] / result["receive_s"])
+        if result["receive_s"]
+        else 0,
+        "lag_p50_ms": round(float(np.percentile(lag, 50)), 2) if len(lag) else None,
+        "lag_p99_ms": round(float(np.percentile(lag, 99)), 2) if len(lag) else None,
+        "resyncs": result["resyncs"],
+        "missing": missing,
+    }
+
+
+# ============================================================================ the subscribers
+
+
+class _Subscriber(asyncio.Protocol):
+    """A minimal WebSocket client (RFC 6455) that counts frames and parses only what it records.
+
+    The subscribers share one core with nothing else to do but read; a full client library
+    parses every frame in Python and would measure itself instead of the gateway.
+    """
+
+    def __init__(self, host: str, symbol: str, record: bool, counts: dict[str, Any]) -> None:
+        self.host = host
+        self.symbol = symbol
+        self.record = record
+        self.counts = counts
+        self.buffer = bytearray()
+        self.upgraded = False
+        self.transport: asyncio.Transport | None = None
+        self.seqs: list[int] = []
+        self.recv: list[int] = []
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not asyncio's class
+        key = base64.b64encode(os.urandom(16)).decode()
+        transport.write(
+            f"GET /ws HTTP/1.1\r\nHost: {self.host}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+
+    def _send(self, message: dict[str, Any]) -> None:
+        payload = orjson.dumps(message)
+        mask = os.urandom(4)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        assert len(payload) < 126 and self.transport is not None
+        self.transport.write(bytes((0x81, 0x80 | len(payload))) + mask + masked)
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer
+        buffer += data
+        if not self.upgraded:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            if not buffer.startswith(b"HTTP/1.1 101"):
+                raise RuntimeError(f"upgrade refused: {bytes(buffer[:80])!r}")
+            del buffer[: end + 4]
+            self.upgraded = True
+            self._send({"id": 1, "method": "subscribe", "params": {
+                "channel": "book", "symbols": [self.symbol], "depth": 10}})  # fmt: skip
+            self._send({"id": 2, "method": "subscribe", "params": {
+                "channel": "trades", "symbols": [self.symbol]}})  # fmt: skip
+            self.counts["connected"] += 1
+        counts = self.counts
+        now = time.time_ns()
+        at = 0
+        size_all = len(buffer)
+        while size_all - at >= 2:
+            size = buffer[at + 1] & 0x7F
+            head = 2
+            if size == 126:
+                if size_all - at < 4:
+                    break
+                size = int.from_bytes(buffer[at + 2 : at + 4], "big")
+                head = 4
+            elif size == 127:
+                if size_all - at < 10:
+                    break
+                size = int.from_bytes(buffer[at + 2 : at + 10], "big")
+                head = 10
+            if size_all - at < head + size:
+                break
+            payload = bytes(buffer[at + head : at + head + size])
+            at += head + size
+            counts["messages"] += 1
+            if b"resync_required" in payload[:80]:
+                counts["resyncs"] += 1
+            elif self.record and payload.startswith(b'{"conn_seq"'):
+                message = orjson.loads(payload)
+                if message.get("channel") == "book" and message.get("type") == "update":
+                    self.seqs.append(message["seq"])
+                    self.recv.append(now)
+        del buffer[:at]
+        if at:
+            if counts["first_ns"] == 0:
+                counts["first_ns"] = now
+            counts["last_ns"] = now
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+async def _clients(url: str, symbol: str, subscribers: int, recorded: int) -> None:
+    counts: dict[str, Any] = {
+        "connected": 0, "messages": 0, "resyncs": 0, "first_ns": 0, "last_ns": 0,
+    }  # fmt: skip
+    host, port = url.removeprefix("ws://").removesuffix("/ws").split(":")
+    loop = asyncio.get_running_loop()
+    clients: list[_Subscriber] = []
+    for start in range(0, subscribers, connect_batch):
+        for i in range(start, min(start + connect_batch, subscribers)):
+            client = _Subscriber(f"{host}:{port}", symbol, i < recorded, counts)
+            await loop.create_connection(lambda client=client: client, host, int(port))
+            clients.append(client)
+        while counts["connected"] < len(clients):
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.5)  # the snapshots
+    counts["messages"] = 0
+    counts["first_ns"] = 0
+    print("ready", flush=True)
+    await loop.run_in_executor(None, sys.stdin.read)  # until the bench closes our stdin
+    for client in clients:
+        if client.transport is not None:
+            client.transport.close()
+    receive_s = (counts["last_ns"] - counts["first_ns"]) / 1e9
+    out = {
+        "connected": counts["connected"],
+        "messages": counts["messages"],
+        "resyncs": counts["resyncs"],
+        "receive_s": receive_s,
+        "recorded": [(cl.seqs, cl.recv) for cl in clients if cl.record],
+    }
+    sys.stdout.write(orjson.dumps(out).decode())
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 6 and sys.argv[1] == "--clients":
+        url, symbol, subscribers, recorded = (
+            sys.argv[2],
+            sys.argv[3],
+            int(sys.argv[4]),
+            int(sys.argv[5]),
+        )
+        uvloop.run(_clients(url, symbol, subscribers, recorded))
+    else:
+        raise SystemExit("usage: gx bench feed (this module's --clients mode is internal)")
