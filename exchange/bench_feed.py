@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import functools
 import json
 import logging
 import os
@@ -35,6 +36,7 @@ import uvloop
 from exchange.gateway.ratelimit import RateLimits
 from exchange.stack import Stack, StackOptions
 from schemas import commands as c
+from schemas.codes import Side, TimeInForce
 from schemas.symbols import parse_symbol
 from schemas.units import NS_PER_HOUR
 from streams.embedded_broker import EmbeddedBroker
@@ -165,7 +167,7 @@ async def _setup(stack: Stack) -> tuple[str, Any]:
     )  # fmt: skip
     # one first update so the book exists in the feed before anyone subscribes
     await send(
-        [c.PlaceOrder(account=PROVIDER, symbol=symbol, side="sell", lots=1, price_ticks=9000)]
+        [c.PlaceOrder(account=PROVIDER, symbol=symbol, side=Side.SELL, lots=1, price_ticks=9000)]
     )
     while hub.feed.snapshot(("book", symbol, 10)) is None:
         hub.feed.watch(("book", symbol, 10))
@@ -181,17 +183,17 @@ async def _load(send: Any, symbol: str, rate: int, duration_s: float) -> list[in
     start = time.monotonic()
     i = 0
     while i < total:
-        batch = []
+        batch: list[c.Command] = []
         for _ in range(min(per_tick, total - i)):
             if (i + len(batch)) % 2 == 0:
                 batch.append(
                     c.PlaceOrder(
-                        account=PROVIDER, symbol=symbol, side="sell", lots=1, price_ticks=2400
+                        account=PROVIDER, symbol=symbol, side=Side.SELL, lots=1, price_ticks=2400
                     )
                 )
             else:
-                batch.append(c.PlaceOrder(account=BUYER, symbol=symbol, side="buy", lots=1,
-                                          price_ticks=2400, tif="ioc"))  # fmt: skip
+                batch.append(c.PlaceOrder(account=BUYER, symbol=symbol, side=Side.BUY, lots=1,
+                                          price_ticks=2400, tif=TimeInForce.IOC))  # fmt: skip
         now = time.time_ns()
         await send(batch)
         sent_ns += [now] * len(batch)
@@ -247,15 +249,15 @@ class _Subscriber(asyncio.Protocol):
         self.counts = counts
         self.buffer = bytearray()
         self.upgraded = False
-        self.transport: asyncio.Transport | None = None
+        self.transport: Any = None  # uvloop's transports are not asyncio.Transport
         self.seqs: list[int] = []
         self.recv: list[int] = []
         self.closed = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's is not asyncio's class
+        self.transport = transport
         key = base64.b64encode(os.urandom(16)).decode()
-        transport.write(
+        self.transport.write(
             f"GET /ws HTTP/1.1\r\nHost: {self.host}\r\nUpgrade: websocket\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
             "Sec-WebSocket-Version: 13\r\n\r\n".encode()
@@ -324,6 +326,10 @@ class _Subscriber(asyncio.Protocol):
             self.closed.set_result(None)
 
 
+def _same(client: _Subscriber) -> _Subscriber:
+    return client
+
+
 async def _clients(url: str, symbol: str, subscribers: int, recorded: int) -> None:
     counts: dict[str, Any] = {
         "connected": 0, "messages": 0, "resyncs": 0, "first_ns": 0, "last_ns": 0,
@@ -334,7 +340,7 @@ async def _clients(url: str, symbol: str, subscribers: int, recorded: int) -> No
     for start in range(0, subscribers, connect_batch):
         for i in range(start, min(start + connect_batch, subscribers)):
             client = _Subscriber(f"{host}:{port}", symbol, i < recorded, counts)
-            await loop.create_connection(lambda client=client: client, host, int(port))
+            await loop.create_connection(functools.partial(_same, client), host, int(port))
             clients.append(client)
         while counts["connected"] < len(clients):
             await asyncio.sleep(0.01)

@@ -33,7 +33,8 @@ WebSocket `/ws`: one JSON object per text frame.
 - `executions`, `balances`, `positions` (after logon): a `"type": "snapshot"` on subscribe, then
   `"type": "update"` pushes with `account_seq` (the engine sequence of the event) and
   `prev_account_seq` (that of the previous push of the channel for the account).
-- `heartbeat` every second: `{"channel": "heartbeat", "conn_seq", "ts_ns", "seqs": {"book:SYM": n}}`.
+- `heartbeat` every second: `{"channel": "heartbeat", "conn_seq", "ts_ns", "seqs": {...}}` with the
+  last seq of each subscription, keyed `book:SYM:DEPTH`, `trades:SYM`, `executions`, ...
 - `resync_required`: `{"channel": C, "type": "resync_required", "symbol": S, "reason": "..."}`;
   the subscription has stopped; subscribe again for a fresh snapshot.
 """
@@ -215,7 +216,9 @@ def qty_to_str(lots: int) -> str:
 def qty_from_str(text: object, field: str = "qty") -> int:
     """Parse a quantity string of whole lots (> 0)."""
     if not isinstance(text, str):
-        raise WireError(ErrorCode.BAD_REQUEST, f"{field}: expected a decimal string, found {text!r}")
+        raise WireError(
+            ErrorCode.BAD_REQUEST, f"{field}: expected a decimal string, found {text!r}"
+        )
     try:
         lots = decimal_to_int(text, Decimal(1), field)
     except UnitError as error:

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 import orjson
@@ -333,7 +333,7 @@ class Hub:
         self.stats.commands_sent += 1
         return int(metadata.offset)
 
-    async def send_commands(self, commands: list[c.Command]) -> list[int]:
+    async def send_commands(self, commands: Sequence[c.Command]) -> list[int]:
         """Produce commands in one go (operators, benchmarks); return their offsets."""
         if self._producer is None:
             raise WireError(ErrorCode.UNAVAILABLE, "the gateway is not connected to Kafka")

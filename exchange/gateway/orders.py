@@ -140,7 +140,7 @@ def _reject(events: list[e.Event]) -> None:
                 name = Reject(event.code).name
             except ValueError:
                 name = str(event.code)
-            raise WireError(name, event.reason, engine_code=event.code)
+            raise WireError(name, event.reason, engine_code=event.code, reason=event.reason)
 
 
 # ---------------------------------------------------------------------- the desk
@@ -235,11 +235,10 @@ class OrderDesk:
             order = self.accounts.order_by_client_id(account, cid)
             if order is not None:
                 if order.get("status") == "rejected":
-                    raise WireError(
-                        str(order.get("reject_code") or "REJECTED"),
-                        str(order.get("reason") or "the order was rejected"),
-                        duplicate=True,
-                    )
+                    name = str(order.get("reject_code") or ErrorCode.REJECTED)
+                    reason = str(order.get("reason") or "the order was rejected")
+                    code = Reject[name].value if name in Reject.__members__ else 0
+                    raise WireError(name, reason, engine_code=code, reason=reason, duplicate=True)
                 return {"order": order, "fills": [], "duplicate": True}
             if time.monotonic() >= deadline:
                 raise WireError(
@@ -351,7 +350,7 @@ class OrderDesk:
         max_ticks = self.prices.from_str(p.max_price, "max_price")
         plan = self._route_plan(p, start_ns, end_ns, max_ticks)
         prefix = p.client_order_id or "rt-" + secrets.token_hex(6)
-        children = []
+        children: list[dict[str, Any]] = []
         filled = 0
         for index, (symbol, lots, price_ticks, hours) in enumerate(plan):
             child = {

@@ -25,7 +25,13 @@ def _state(ex) -> tuple:
 def test_ws_bad_requests_get_stable_codes_and_the_connection_survives(broker, dsn):
     async def scenario() -> None:
         async with running_exchange(broker, dsn) as ex:
-            order = {"symbol": ex.symbol, "side": "buy", "type": "limit", "price": "2.000", "qty": "1"}
+            order = {
+                "symbol": ex.symbol,
+                "side": "buy",
+                "type": "limit",
+                "price": "2.000",
+                "qty": "1",
+            }
             async with socket(ex) as ws:
                 # before logon: order entry and private channels are refused
                 answer = await ws.request("order.place", order)
@@ -62,7 +68,9 @@ def test_ws_bad_requests_get_stable_codes_and_the_connection_survives(broker, ds
                     assert answer["error"]["code"] == code, (method, params, answer)
                     assert answer["error"]["msg"], answer
                     assert answer["error"]["retryable"] is False
-                oversized = '{"id": 99, "method": "ping", "params": {"pad": "' + "x" * 20_000 + '"}}'
+                oversized = (
+                    '{"id": 99, "method": "ping", "params": {"pad": "' + "x" * 20_000 + '"}}'
+                )
                 await ws.send_raw(oversized)
                 await ws.send_raw('["an", "array"]')
                 answer = await ws.request("ping")
@@ -81,7 +89,13 @@ def test_ws_bad_requests_get_stable_codes_and_the_connection_survives(broker, ds
 def test_another_accounts_order_is_unknown_and_untouched(broker, dsn):
     async def scenario() -> None:
         async with running_exchange(broker, dsn) as ex:
-            order = {"symbol": ex.symbol, "side": "buy", "type": "limit", "price": "2.000", "qty": "1"}
+            order = {
+                "symbol": ex.symbol,
+                "side": "buy",
+                "type": "limit",
+                "price": "2.000",
+                "qty": "1",
+            }
             placed = await rest(ex, "POST", "/api/v1/orders", ex.keys["trader"], order)
             order_id = placed.json()["order"]["order_id"]
             async with socket(ex) as other:
@@ -133,7 +147,13 @@ def test_rest_signatures_refused_with_stable_codes(broker, dsn):
             from .gateway_harness import Keys
 
             reader = Keys(read_key.key_id, secret, TRADER)
-            order = {"symbol": ex.symbol, "side": "buy", "type": "limit", "price": "2.000", "qty": "1"}
+            order = {
+                "symbol": ex.symbol,
+                "side": "buy",
+                "type": "limit",
+                "price": "2.000",
+                "qty": "1",
+            }
             refused = await rest(ex, "POST", "/api/v1/orders", reader, order)
             assert refused.status_code == 403 and refused.json()["error"]["code"] == "FORBIDDEN"
             assert ex.gateway.hub.accounts.open_orders(TRADER) == []

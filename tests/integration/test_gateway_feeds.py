@@ -77,7 +77,9 @@ def test_every_channel_pushes_with_sequence_numbers_and_checksums(broker, dsn):
                     await place(seller, ex.symbol, "sell", price, qty)
                 bought = await place(watcher, ex.symbol, "buy", "2.600", "4")
                 assert bought["order"]["status"] == "filled"
-                await watcher.wait_push(lambda p: p["channel"] == "positions" and p["type"] == "update")
+                await watcher.wait_push(
+                    lambda p: p["channel"] == "positions" and p["type"] == "update"
+                )
                 await watcher.wait_push(lambda p: p["channel"] == "index")
                 await watcher.wait_push(lambda p: p["channel"] == "heartbeat")
                 pushes = list(watcher.pushes)
@@ -110,8 +112,12 @@ def test_every_channel_pushes_with_sequence_numbers_and_checksums(broker, dsn):
                 assert update["prev_account_seq"] == prev["account_seq"]
             assert updates[-1]["order"]["status"] == "filled"
             balances = [p for p in pushes if p["channel"] == "balances"]
-            assert balances[0]["type"] == "snapshot" and balances[0]["available"] == "1000000.000000"
-            assert ex.gateway.hub.accounts.balances(TRADER)["available"] == balances[-1]["available"]
+            assert (
+                balances[0]["type"] == "snapshot" and balances[0]["available"] == "1000000.000000"
+            )
+            assert (
+                ex.gateway.hub.accounts.balances(TRADER)["available"] == balances[-1]["available"]
+            )
             position = [p for p in pushes if p["channel"] == "positions"][-1]
             assert (position["symbol"], position["qty"]) == (ex.symbol, "4")
             heartbeat = [p for p in pushes if p["channel"] == "heartbeat"][-1]
@@ -129,21 +135,33 @@ def test_resume_from_seq_replays_what_was_missed(broker, dsn):
                 async with socket(ex) as first:
                     await first.request("subscribe", sub)
                     await place(seller, ex.symbol, "sell", "2.500", "1")
-                    seen = await first.wait_push(lambda p: p["channel"] == "book" and p["type"] == "update")
+                    seen = await first.wait_push(
+                        lambda p: p["channel"] == "book" and p["type"] == "update"
+                    )
                 # while disconnected, the book moves twice
                 await place(seller, ex.symbol, "sell", "2.400", "1")
                 await place(seller, ex.symbol, "sell", "2.300", "1")
                 async with socket(ex) as again:
-                    answer = await again.request("subscribe", {**sub, "resume_from_seq": seen["seq"]})
+                    answer = await again.request(
+                        "subscribe", {**sub, "resume_from_seq": seen["seq"]}
+                    )
                     assert answer["result"]["resumed"] is True
-                    replayed = await again.wait_push(lambda p: p["channel"] == "book" and p["asks"] and p["asks"][0][0] == "2.300")
+                    replayed = await again.wait_push(
+                        lambda p: (
+                            p["channel"] == "book" and p["asks"] and p["asks"][0][0] == "2.300"
+                        )
+                    )
                     books = again.channel("book")
                     assert all(p["type"] == "update" for p in books)
-                    assert books[0]["prev_seq"] == seen["seq"] and replayed["seq"] == seen["seq"] + 2
+                    assert (
+                        books[0]["prev_seq"] == seen["seq"] and replayed["seq"] == seen["seq"] + 2
+                    )
                     # too old a seq falls back to a snapshot
                     answer = await again.request("subscribe", {**sub, "resume_from_seq": 10**9})
                     assert answer["result"]["resumed"] is False
-                    snapshot = await again.wait_push(lambda p: p["channel"] == "book" and p["type"] == "snapshot")
+                    snapshot = await again.wait_push(
+                        lambda p: p["channel"] == "book" and p["type"] == "snapshot"
+                    )
                     assert [lvl[0] for lvl in snapshot["asks"]] == ["2.300", "2.400", "2.500"]
 
     run(scenario(), timeout_s=170)

@@ -21,7 +21,9 @@ def test_ws_order_trades_and_reports_executions_and_book(broker, dsn):
                     "subscribe", {"channel": "book", "symbols": [ex.symbol], "depth": 10}
                 )
                 assert sub["status"] == 200, sub
-                assert (await trader.request("subscribe", {"channel": "executions"}))["status"] == 200
+                assert (await trader.request("subscribe", {"channel": "executions"}))[
+                    "status"
+                ] == 200
                 snapshot = await trader.wait_push(lambda p: p["channel"] == "book")
                 assert snapshot["type"] == "snapshot" and snapshot["bids"] == []
 
@@ -75,7 +77,13 @@ def test_rest_places_lists_and_cancels(broker, dsn):
             instruments = await rest(ex, "GET", "/api/v1/instruments")
             assert instruments.status_code == 200
             assert ex.symbol in {i["symbol"] for i in instruments.json()["instruments"]}
-            body = {"symbol": ex.symbol, "side": "buy", "type": "limit", "price": "2.000", "qty": "2"}
+            body = {
+                "symbol": ex.symbol,
+                "side": "buy",
+                "type": "limit",
+                "price": "2.000",
+                "qty": "2",
+            }
             placed = await rest(ex, "POST", "/api/v1/orders", keys, body)
             assert placed.status_code == 200, placed.text
             order = placed.json()["order"]

@@ -31,13 +31,17 @@ def test_cancel_on_disconnect_by_connection_and_by_account(broker, dsn):
         async with running_exchange(broker, dsn) as ex:
             accounts = ex.gateway.hub.accounts
             # an order placed over REST is the account's, not the connection's
-            kept = await rest(ex, "POST", "/api/v1/orders", ex.keys["trader"], _order(ex.symbol, "1.000"))
+            kept = await rest(
+                ex, "POST", "/api/v1/orders", ex.keys["trader"], _order(ex.symbol, "1.000")
+            )
             kept_id = kept.json()["order"]["order_id"]
             async with socket(ex) as ws:
                 await ws.logon(ex.keys["trader"], cancel_on_disconnect="connection")
                 placed = await ws.request("order.place", _order(ex.symbol, "1.100", "c1"))
                 assert placed["status"] == 200
-            await ex.wait_for(lambda: len(accounts.open_orders(TRADER)) == 1, what="scope connection")
+            await ex.wait_for(
+                lambda: len(accounts.open_orders(TRADER)) == 1, what="scope connection"
+            )
             assert accounts.open_orders(TRADER)[0]["order_id"] == kept_id
 
             async with socket(ex) as ws:
@@ -73,7 +77,9 @@ def test_dead_man_timer_cancels_unless_rearmed(broker, dsn):
                 await asyncio.sleep(0.8)
                 assert len(accounts.open_orders(TRADER)) == 1
                 await ws.request("cancel_all_after", {"timeout_ms": 300})
-                await ex.wait_for(lambda: not accounts.open_orders(TRADER), what="the dead-man timer")
+                await ex.wait_for(
+                    lambda: not accounts.open_orders(TRADER), what="the dead-man timer"
+                )
                 assert (await ws.request("ping"))["status"] == 200  # the connection stays
 
     run(scenario(), timeout_s=170)
@@ -92,7 +98,9 @@ def test_rate_limits_answer_429_with_retry_after(broker, dsn):
                 answers = [await ws.request("ping") for _ in range(8)]
                 limited = [a for a in answers if a["status"] == 429]
                 assert limited and all(a["error"]["code"] == "RATE_LIMITED" for a in limited)
-                assert all(a["error"]["retryable"] and a["error"]["retry_after_ms"] > 0 for a in limited)
+                assert all(
+                    a["error"]["retryable"] and a["error"]["retry_after_ms"] > 0 for a in limited
+                )
                 await asyncio.sleep(limited[0]["error"]["retry_after_ms"] / 1000)
                 assert (await ws.request("ping"))["status"] == 200
             async with httpx.AsyncClient(base_url=ex.url) as client:
@@ -102,7 +110,8 @@ def test_rate_limits_answer_429_with_retry_after(broker, dsn):
             async with socket(ex) as ws:
                 await ws.logon(ex.keys["trader"])
                 answers = [
-                    await ws.request("order.place", _order(ex.symbol, "1.000", f"r{i}")) for i in range(3)
+                    await ws.request("order.place", _order(ex.symbol, "1.000", f"r{i}"))
+                    for i in range(3)
                 ]
                 assert [a["status"] for a in answers] == [200, 200, 429]
                 assert len(ex.gateway.hub.accounts.open_orders(TRADER)) == 2
@@ -125,16 +134,24 @@ def test_provider_streams_capacity_and_answers_provisioning(broker, dsn):
                 assert refused["error"]["code"] == "CAPACITY_RANGE_INVALID"
                 no_scope = await buyer.request("capacity.update", capacity)
                 assert no_scope["status"] == 200  # the trader key has every scope in this harness
-                assert (await provider.request("subscribe", {"channel": "provisioning"}))["status"] == 200
-                await provider.request("order.place", _order(ex.symbol, "2.000", side="sell", qty="2"))
+                assert (await provider.request("subscribe", {"channel": "provisioning"}))[
+                    "status"
+                ] == 200
+                await provider.request(
+                    "order.place", _order(ex.symbol, "2.000", side="sell", qty="2")
+                )
                 await buyer.request("order.place", _order(ex.symbol, "2.000", qty="2"))
                 # gate closure: the engine assigns the delivery, provisioning asks the provider
                 await ex.send(c.ClockTick(ts_ns=key.start_ns - 10 * 60 * 1_000_000_000))
-                request = await provider.wait_push(lambda p: p["channel"] == "provisioning", timeout_s=30)
+                request = await provider.wait_push(
+                    lambda p: p["channel"] == "provisioning", timeout_s=30
+                )
                 assert request["holder"] == TRADER and request["gpus"] == 2
                 assert request["stage"] == "assigned"
                 await ex.send(c.ClockTick(ts_ns=key.start_ns))
-                await provider.wait_push(lambda p: p["channel"] == "provisioning" and p["stage"] == "start", timeout_s=30)
+                await provider.wait_push(
+                    lambda p: p["channel"] == "provisioning" and p["stage"] == "start", timeout_s=30
+                )
                 confirm = {"obligation_id": request["obligation_id"], "access": "ssh gpu@10.0.0.7"}
                 assert (await provider.request("provision.confirm", confirm))["status"] == 200
                 deliveries = ex.gateway.hub.accounts.deliveries
@@ -173,18 +190,31 @@ def test_route_buys_the_cheapest_gpu_hours_across_regions(broker, dsn):
             async with socket(ex) as seller, socket(ex) as buyer:
                 await seller.logon(ex.keys["provider"])
                 await buyer.logon(ex.keys["trader"])
-                for symbol, price, qty in ((ex.symbol, "2.300", "3"), (west, "2.100", "2"), (ex.symbol, "2.900", "5")):
-                    placed = await seller.request("order.place", _order(symbol, price, side="sell", qty=qty))
+                for symbol, price, qty in (
+                    (ex.symbol, "2.300", "3"),
+                    (west, "2.100", "2"),
+                    (ex.symbol, "2.900", "5"),
+                ):
+                    placed = await seller.request(
+                        "order.place", _order(symbol, price, side="sell", qty=qty)
+                    )
                     assert placed["status"] == 200, placed
-                await ex.wait_for(lambda: hub.feed.ask_levels(west) and len(hub.feed.ask_levels(ex.symbol)) == 2)
+                await ex.wait_for(
+                    lambda: hub.feed.ask_levels(west) and len(hub.feed.ask_levels(ex.symbol)) == 2
+                )
                 route = {"gpu": key.gpu, "gpu_hours": 4, "start_ns": str(key.start_ns),
                          "end_ns": str(key.start_ns + HOUR_NS), "max_price": "2.500",
                          "regions": ["us-east", "us-west"], "products": ["1h"]}  # fmt: skip
                 answer = await buyer.request("order.route", route)
                 assert answer["status"] == 200, answer
                 result = answer["result"]
-                bought = [(ch["order"]["symbol"], ch["order"]["cum_qty"]) for ch in result["children"]]
-                assert bought == [(west, "2"), (ex.symbol, "2")]  # cheapest first, never above 2.500
+                bought = [
+                    (ch["order"]["symbol"], ch["order"]["cum_qty"]) for ch in result["children"]
+                ]
+                assert bought == [
+                    (west, "2"),
+                    (ex.symbol, "2"),
+                ]  # cheapest first, never above 2.500
                 assert result["gpu_hours_filled"] == 4 and result["gpu_hours_left"] == 0
                 assert all(ch["order"]["tif"] == "ioc" for ch in result["children"])
 
@@ -213,7 +243,12 @@ def test_openapi_document_lists_every_rest_route(broker, dsn):
             }
             assert routes and served == routes, served ^ routes
             assert isinstance(ex.gateway_app, Litestar)
-            for path in ("/api/v1/orders", "/api/v1/book/{symbol}", "/api/v1/route", "/api/v1/keys"):
+            for path in (
+                "/api/v1/orders",
+                "/api/v1/book/{symbol}",
+                "/api/v1/route",
+                "/api/v1/keys",
+            ):
                 assert any(p == path for p, _ in served), path
             place = document["paths"]["/api/v1/orders"]["post"]
             assert "requestBody" in place
