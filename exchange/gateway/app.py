@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -18,6 +19,7 @@ import uvicorn
 from litestar import Litestar, Request, Response
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
+from litestar.static_files import create_static_files_router
 
 from exchange.gateway.context import Gateway
 from exchange.gateway.hub import Hub
@@ -39,6 +41,7 @@ __all__ = ["GatewayServer", "build_app", "request_body_bytes_max", "ready_wait_s
 
 log = logging.getLogger("gx.gateway")
 
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"  # the market page's files
 request_body_bytes_max = 65_536  # REST bodies; larger ones get PAYLOAD_TOO_LARGE
 ws_frame_bytes_max = 1_048_576  # uvicorn closes a socket sending more (1009); smaller: answered
 ready_wait_s = 60.0  # how long start() waits for the gateway to read the topics to their end
@@ -83,7 +86,10 @@ def asgi_app(gateway: Gateway, app: Litestar) -> Any:
 
 
 def build_app(gateway: Gateway, extra_handlers: list[Any] | None = None) -> Litestar:
-    """The Litestar application serving one gateway's REST API."""
+    """The Litestar application serving one gateway's REST API and the market page (`/`)."""
+    page = create_static_files_router(
+        path="/", directories=[WEB_DIR], html_mode=True, include_in_schema=False, name="page"
+    )
     app = Litestar(
         route_handlers=[
             PublicController,
@@ -91,6 +97,7 @@ def build_app(gateway: Gateway, extra_handlers: list[Any] | None = None) -> Lite
             OrderController,
             ProviderController,
             *(extra_handlers or []),
+            page,
         ],
         exception_handlers={WireError: _wire_error, HTTPException: _http_error},
         openapi_config=OpenAPIConfig(
