@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from .conftest import run
@@ -97,5 +99,82 @@ def test_rest_places_lists_and_cancels(broker, dsn):
             assert cancelled.json()["order"]["status"] == "canceled"
             balances = await rest(ex, "GET", "/api/v1/balances", keys)
             assert balances.json()["held"] == "0.000000"
+
+    run(scenario(), timeout_s=170)
+
+
+def test_rest_account_history_keys_and_market_queries(broker, dsn):
+    async def scenario() -> None:
+        async with running_exchange(broker, dsn) as ex:
+            trader, provider = ex.keys["trader"], ex.keys["provider"]
+            sell = {
+                "symbol": ex.symbol,
+                "side": "sell",
+                "type": "limit",
+                "price": "2.450",
+                "qty": "3",
+            }
+            buy = {"symbol": ex.symbol, "side": "buy", "type": "limit", "price": "2.450", "qty": "2",
+                   "tif": "ioc"}  # fmt: skip
+            assert (await rest(ex, "POST", "/api/v1/orders", provider, sell)).status_code == 200
+            bought = await rest(ex, "POST", "/api/v1/orders", trader, buy)
+            assert bought.json()["order"]["status"] == "filled", bought.text
+            amend = await rest(
+                ex, "PATCH", f"/api/v1/orders/{(await rest(ex, 'GET', '/api/v1/orders', provider)).json()['orders'][0]['order_id']}",
+                provider, {"price": "2.500", "qty": "1"},
+            )  # fmt: skip
+            assert amend.status_code == 200 and amend.json()["order"]["price"] == "2.500"
+
+            fills = (await rest(ex, "GET", "/api/v1/fills", trader)).json()["fills"]
+            assert [(f["price"], f["qty"], f["liquidity"]) for f in fills] == [
+                ("2.450", "2", "taker")
+            ]
+            positions = (await rest(ex, "GET", "/api/v1/positions", trader)).json()["positions"]
+            assert positions == [{"symbol": ex.symbol, "qty": "2"}]
+            closed = (await rest(ex, "GET", "/api/v1/orders?status=closed", trader)).json()[
+                "orders"
+            ]
+            assert closed[0]["status"] == "filled"
+            by_cid = await rest(
+                ex, "GET", f"/api/v1/orders/client/{closed[0]['client_order_id']}", trader
+            )
+            assert by_cid.json()["order_id"] == closed[0]["order_id"]
+
+            # the ledger is settled asynchronously into PostgreSQL
+            async def ledger() -> list:
+                return (await rest(ex, "GET", "/api/v1/ledger?limit=50", trader)).json()["entries"]
+
+            for _ in range(100):
+                entries = await ledger()
+                if any(e["reason"] == 5 for e in entries):  # CashReason.TRADE
+                    break
+                await asyncio.sleep(0.1)
+            assert {e["bucket"] for e in entries} >= {"available", "held"}
+            trades = (await rest(ex, "GET", f"/api/v1/trades/{ex.symbol}")).json()["trades"]
+            assert trades[0]["price"] == "2.450" and trades[0]["qty"] == "2"
+            candles = (await rest(ex, "GET", f"/api/v1/candles/{ex.symbol}?interval=1m")).json()
+            assert candles["candles"][-1]["volume"] == "2"
+            gpu, region, product = ex.symbol.split(".")[:3]
+            index = (await rest(ex, "GET", f"/api/v1/index/{gpu}")).json()
+            assert index["price"] == "2.450"
+            curve = (await rest(ex, "GET", f"/api/v1/curve/{gpu}/{region}/{product}")).json()
+            assert any(p["symbol"] == ex.symbol for p in curve["points"])
+            assert (await rest(ex, "GET", "/api/v1/index/NOPE")).status_code == 404
+
+            # keys: create a read-only key, use it, list, revoke; it stops working
+            made = (await rest(ex, "POST", "/api/v1/keys", trader, {"scopes": ["read"]})).json()
+            from .gateway_harness import Keys
+
+            reader = Keys(made["key"], made["secret"], trader.account)
+            assert (await rest(ex, "GET", "/api/v1/balances", reader)).status_code == 200
+            too_much = await rest(ex, "POST", "/api/v1/keys", reader, {"scopes": ["trade"]})
+            assert too_much.status_code == 403
+            listed = (await rest(ex, "GET", "/api/v1/keys", trader)).json()["keys"]
+            assert made["key"] in {k["key"] for k in listed}
+            assert all("secret" not in k for k in listed)
+            revoked = await rest(ex, "DELETE", f"/api/v1/keys/{made['key']}", trader)
+            assert revoked.json()["revoked"] is True
+            await asyncio.sleep(1.2)  # the key cache's lifetime
+            assert (await rest(ex, "GET", "/api/v1/balances", reader)).status_code == 401
 
     run(scenario(), timeout_s=170)

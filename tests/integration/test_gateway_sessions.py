@@ -254,3 +254,49 @@ def test_openapi_document_lists_every_rest_route(broker, dsn):
             assert "requestBody" in place
 
     run(scenario(), timeout_s=170)
+
+
+def test_provider_reports_a_failure_and_the_holder_is_refunded(broker, dsn):
+    async def scenario() -> None:
+        async with running_exchange(broker, dsn, provisioning=True) as ex:
+            key = parse_symbol(ex.symbol)
+            accounts = ex.gateway.hub.accounts
+            async with socket(ex) as provider, socket(ex) as buyer:
+                await provider.logon(ex.keys["provider"])
+                await buyer.logon(ex.keys["trader"])
+                await provider.request("subscribe", {"channel": "provisioning"})
+                await provider.request(
+                    "order.place", _order(ex.symbol, "2.000", side="sell", qty="1")
+                )
+                await buyer.request("order.place", _order(ex.symbol, "2.000", qty="1"))
+                paid = accounts.balances(TRADER)["available"]
+                await ex.send(c.ClockTick(ts_ns=key.start_ns - 10 * 60 * 1_000_000_000))
+                request = await provider.wait_push(
+                    lambda p: p["channel"] == "provisioning", timeout_s=30
+                )
+                failed = await provider.request(
+                    "provision.fail",
+                    {
+                        "obligation_id": request["obligation_id"],
+                        "hours_delivered": 0,
+                        "reason": "rack down",
+                    },
+                )
+                assert failed["status"] == 200, failed
+                await ex.wait_for(
+                    lambda: [d for d in accounts.deliveries(TRADER, "holder") if d["state"] == "settled"],
+                    timeout_s=30, what="the failed delivery settled",
+                )  # fmt: skip
+                settled = accounts.deliveries(TRADER, "holder")[0]
+                assert settled["outcome"] == "failed"
+                # refund of the notional and the fee, plus the penalty from the provider
+                refunded = accounts.balances(TRADER)["available"]
+                from decimal import Decimal
+
+                assert Decimal(refunded) - Decimal(paid) >= Decimal("2.000") + Decimal("0.500")
+                again = await provider.request(
+                    "provision.fail", {"obligation_id": request["obligation_id"]}
+                )
+                assert again["error"]["code"] == "NOT_FOUND"  # answered once, nothing changes
+
+    run(scenario(), timeout_s=170)
