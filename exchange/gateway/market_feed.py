@@ -565,22 +565,27 @@ class MarketFeed:
             rows = self._trades[m.symbol] = deque(maxlen=self.history_max)
         rows.append(row)
         key: StreamKey = ("trades", m.symbol)
-        stream = self._stream(key)
-        body = orjson.dumps(
-            {
-                "channel": "trades",
-                "type": "update",
-                "symbol": m.symbol,
-                "seq": offset,
-                "prev_seq": stream.seq,
-                **row,
-            }
-        )
-        stream.push(offset, body, self.resume_buffer_max)
+        body = self._publish(key, offset, {**row})
         out: list[Push] = [(key, body)]
         book.best = book.top()  # unsynced since the last book push: the ticker says so (null)
         self._ticker(book, offset, m.ts_ns, out)
         return out
+
+    def _publish(self, key: StreamKey, offset: int, fields: dict[str, Any]) -> bytes:
+        """Encode an update of a record-offset stream (`seq` = offset), keep it for resume."""
+        stream = self._stream(key)
+        body = orjson.dumps(
+            {
+                "channel": key[0],
+                "type": "update",
+                "symbol": key[1],
+                "seq": offset,
+                "prev_seq": stream.seq,
+                **fields,
+            }
+        )
+        stream.push(offset, body, self.resume_buffer_max)
+        return body
 
     def _ticker_if_changed(self, book: _Book, offset: int, ts_ns: int, out: list[Push]) -> None:
         best = book.top()
@@ -594,14 +599,10 @@ class MarketFeed:
         last, last_lots = book.last
         price_str = self._price_str
         key: StreamKey = ("ticker", book.symbol)
-        stream = self._stream(key)
-        body = orjson.dumps(
+        body = self._publish(
+            key,
+            offset,
             {
-                "channel": "ticker",
-                "type": "update",
-                "symbol": book.symbol,
-                "seq": offset,
-                "prev_seq": stream.seq,
                 "bid": price_str(bid) if bid else None,
                 "bid_qty": qty_to_str(bid_lots) if bid else None,
                 "ask": price_str(ask) if ask else None,
@@ -609,9 +610,8 @@ class MarketFeed:
                 "last": price_str(last) if last else None,
                 "last_qty": qty_to_str(last_lots) if last else None,
                 "ts_ns": str(ts_ns),
-            }
+            },
         )
-        stream.push(offset, body, self.resume_buffer_max)
         out.append((key, body))
 
     # ------------------------------------------------------------------ candles, index, curve
@@ -648,20 +648,7 @@ class MarketFeed:
             candles.rows.append(row)
         candles.mark = mark
         key: StreamKey = ("candles", m.symbol, interval)
-        stream = self._stream(key)
-        body = orjson.dumps(
-            {
-                "channel": "candles",
-                "type": "update",
-                "symbol": m.symbol,
-                "interval": interval,
-                "seq": offset,
-                "prev_seq": stream.seq,
-                **row,
-                "ts_ns": str(m.ts_ns),
-            }
-        )
-        stream.push(offset, body, self.resume_buffer_max)
+        body = self._publish(key, offset, {"interval": interval, **row, "ts_ns": str(m.ts_ns)})
         return [(key, body)]
 
     def _on_index(self, m: IndexPrice, offset: int) -> list[Push]:
@@ -679,21 +666,11 @@ class MarketFeed:
             "ts_ns": str(m.ts_ns),
         }
         key: StreamKey = ("index", m.symbol)
-        stream = self._stream(key)
-        body = orjson.dumps(
-            {
-                "channel": "index",
-                "type": "update",
-                "symbol": m.symbol,
-                "seq": offset,
-                "prev_seq": stream.seq,
-                "price": price,
-                "volume_gpu_hours": volume,
-                "trades": m.trades,
-                "ts_ns": str(m.ts_ns),
-            }
+        body = self._publish(
+            key,
+            offset,
+            {"price": price, "volume_gpu_hours": volume, "trades": m.trades, "ts_ns": str(m.ts_ns)},
         )
-        stream.push(offset, body, self.resume_buffer_max)
         return [(key, body)]
 
     def _on_curve(self, m: ForwardCurvePoint, offset: int) -> list[Push]:
@@ -718,14 +695,10 @@ class MarketFeed:
         else:
             curve.points.pop(m.instrument, None)
         key: StreamKey = ("curve", m.symbol)
-        stream = self._stream(key)
-        body = orjson.dumps(
+        body = self._publish(
+            key,
+            offset,
             {
-                "channel": "curve",
-                "type": "update",
-                "symbol": m.symbol,
-                "seq": offset,
-                "prev_seq": stream.seq,
                 "instrument": m.instrument,
                 "start_ns": point["start_ns"],
                 "hours": m.hours,
@@ -734,9 +707,8 @@ class MarketFeed:
                 "ask": point["ask"],
                 "active": m.active,
                 "ts_ns": str(m.ts_ns),
-            }
+            },
         )
-        stream.push(offset, body, self.resume_buffer_max)
         if not m.active:
             self._close(m.instrument)
         return [(("curve", m.symbol), body)]
