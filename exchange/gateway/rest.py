@@ -14,6 +14,7 @@ from litestar import Controller, Request, delete, get, patch, post
 from litestar.params import FromPath, FromQuery, JSONBody
 
 from exchange.gateway.context import Gateway
+from exchange.gateway.keys import ApiKey
 from exchange.gateway.orders import AmendParams, CapacityParams, PlaceParams, RouteParams
 from exchange.wire import ErrorCode, WireError, money_to_str
 
@@ -26,6 +27,14 @@ _BUCKETS = {1: "available", 2: "held", 3: "escrow", 4: "collateral"}
 def _gateway(request: Request[Any, Any, Any]) -> Gateway:
     gateway: Gateway = request.app.state.gateway
     return gateway
+
+
+async def _order_entry(request: Request[Any, Any, Any]) -> tuple[Gateway, ApiKey]:
+    """Authenticate an order-entry request (scope `trade`) and apply the per-key order limit."""
+    gw = _gateway(request)
+    key = await gw.authenticate(request, "trade")
+    gw.check_rate(f"orders:{key.key_id}", "orders")
+    return gw, key
 
 
 def _limit(limit: int) -> int:
@@ -265,9 +274,7 @@ class OrderController(Controller):
         self, request: Request[Any, Any, Any], data: JSONBody[PlaceParams]
     ) -> dict[str, Any]:
         """Place an order; a retry with the same client_order_id returns the first order."""
-        gw = _gateway(request)
-        key = await gw.authenticate(request, "trade")
-        gw.check_rate(f"orders:{key.key_id}", "orders")
+        gw, key = await _order_entry(request)
         return await gw.desk.place(key.account, _body(data))
 
     @patch("/orders/{order_id:int}")
@@ -275,9 +282,7 @@ class OrderController(Controller):
         self, request: Request[Any, Any, Any], order_id: FromPath[int], data: JSONBody[AmendParams]
     ) -> dict[str, Any]:
         """Amend an order's price and remaining quantity."""
-        gw = _gateway(request)
-        key = await gw.authenticate(request, "trade")
-        gw.check_rate(f"orders:{key.key_id}", "orders")
+        gw, key = await _order_entry(request)
         body = _body(data)
         body["order_id"] = order_id
         return await gw.desk.amend(key.account, body)
@@ -287,9 +292,7 @@ class OrderController(Controller):
         self, request: Request[Any, Any, Any], order_id: FromPath[int]
     ) -> dict[str, Any]:
         """Cancel one order."""
-        gw = _gateway(request)
-        key = await gw.authenticate(request, "trade")
-        gw.check_rate(f"orders:{key.key_id}", "orders")
+        gw, key = await _order_entry(request)
         return await gw.desk.cancel(key.account, {"order_id": order_id})
 
     @delete("/orders", status_code=200)
@@ -297,9 +300,7 @@ class OrderController(Controller):
         self, request: Request[Any, Any, Any], symbol: FromQuery[str | None] = None
     ) -> dict[str, Any]:
         """Cancel every open order of the account (of one symbol if given)."""
-        gw = _gateway(request)
-        key = await gw.authenticate(request, "trade")
-        gw.check_rate(f"orders:{key.key_id}", "orders")
+        gw, key = await _order_entry(request)
         return await gw.desk.cancel_all(key.account, {"symbol": symbol})
 
     @post("/route", status_code=200)
@@ -307,9 +308,7 @@ class OrderController(Controller):
         self, request: Request[Any, Any, Any], data: JSONBody[RouteParams]
     ) -> dict[str, Any]:
         """Buy GPU-hours of a model across regions and products, cheapest first."""
-        gw = _gateway(request)
-        key = await gw.authenticate(request, "trade")
-        gw.check_rate(f"orders:{key.key_id}", "orders")
+        gw, key = await _order_entry(request)
         return await gw.desk.route(key.account, _body(data))
 
 
