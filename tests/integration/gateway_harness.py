@@ -176,12 +176,17 @@ def signed_headers(
 
 
 async def rest(
-    exchange: Exchange, method: str, path: str, keys: Keys | None = None, body: Any = None
+    exchange: Exchange,
+    method: str,
+    path: str,
+    keys: Keys | None = None,
+    body: Any = None,
+    base_url: str | None = None,
 ) -> httpx.Response:
-    """One REST request, signed when `keys` is given."""
+    """One REST request, signed when `keys` is given (to another gateway with `base_url`)."""
     raw = b"" if body is None else (body if isinstance(body, bytes) else orjson.dumps(body))
     headers = signed_headers(keys, method, path, raw) if keys else {}
-    async with httpx.AsyncClient(base_url=exchange.url, timeout=10) as client:
+    async with httpx.AsyncClient(base_url=base_url or exchange.url, timeout=10) as client:
         return await client.request(method, path, content=raw or None, headers=headers)
 
 

@@ -178,3 +178,40 @@ def test_rest_account_history_keys_and_market_queries(broker, dsn):
             assert (await rest(ex, "GET", "/api/v1/balances", reader)).status_code == 401
 
     run(scenario(), timeout_s=170)
+
+
+def test_two_gateways_share_sequence_numbers_and_client_order_ids(broker, dsn):
+    async def scenario() -> None:
+        async with running_exchange(broker, dsn) as ex:
+            from exchange.gateway.app import GatewayServer
+
+            second = GatewayServer(
+                ex.stack.settings, dsn, catalog=ex.stack.catalog, mock_broker=True, port=0
+            )
+            await second.start()
+            try:
+                order = {"symbol": ex.symbol, "side": "buy", "type": "limit", "price": "2.100",
+                         "qty": "1", "client_order_id": "same-everywhere"}  # fmt: skip
+                first = await rest(ex, "POST", "/api/v1/orders", ex.keys["trader"], order)
+                assert first.status_code == 200
+                retried = await rest(
+                    ex, "POST", "/api/v1/orders", ex.keys["trader"], order, base_url=second.url
+                )
+                assert second.url != ex.url
+                assert retried.json()["duplicate"] is True
+                assert retried.json()["order"]["order_id"] == first.json()["order"]["order_id"]
+                assert len(ex.gateway.hub.accounts.open_orders(TRADER)) == 1
+                # both read the same log: the same book under the same sequence number
+                hubs = (ex.gateway.hub, second.gateway.hub)
+                await ex.wait_for(
+                    lambda: hubs[0].feed.book(ex.symbol, 10) == hubs[1].feed.book(ex.symbol, 10)
+                    and hubs[0].feed.book(ex.symbol, 10)["bids"],
+                    what="the second gateway's book",
+                )  # fmt: skip
+                assert hubs[1].accounts.last_seq(TRADER, "executions") == hubs[0].accounts.last_seq(
+                    TRADER, "executions"
+                )
+            finally:
+                await second.stop()
+
+    run(scenario(), timeout_s=170)
