@@ -409,6 +409,9 @@ class ProvisioningProcess:
             topic_disable_leader=True,
             broker_check_crcs=not mock_broker,
             topic_partitions=settings.provisioning_partitions,
+            # faust creates its table's changelog itself: with the cluster's replication, or
+            # min.insync.replicas would refuse its writes.
+            topic_replication_factor=settings.replication_factor,
             consumer_auto_offset_reset="earliest",
             # A restarted worker rejoins quickly even if the broker kept the old member.
             broker_session_timeout=session_timeout_s,
