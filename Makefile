@@ -3,10 +3,20 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+CHROMIUM := /usr/bin/chromium
 
 .PHONY: install test test-fast lint bench clean
 
-install: $(STAMP)
+install: $(STAMP) $(CHROMIUM)
+
+# The browser test (tests/browser) drives Debian's Chromium through Playwright; never `playwright install`.
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else \
+		echo "make install: the browser test needs Chromium at $(CHROMIUM): run 'sudo apt-get install chromium', then 'make install' again." >&2; \
+		exit 1; \
+	fi
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

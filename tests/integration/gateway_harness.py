@@ -112,14 +112,19 @@ async def running_exchange(
     *,
     limits: RateLimits | None = None,
     provisioning: bool = False,
+    extra_handlers: list[Any] | None = None,
 ) -> AsyncIterator[Exchange]:
-    """Start the stack, list instruments, fund three accounts, give each a key with all scopes."""
+    """Start the stack, list instruments, fund three accounts, give each a key with all scopes.
+
+    `extra_handlers` are more gateway routes (the browser test adds the demo keys route).
+    """
     settings = Settings(gateway_master_key=MASTER_KEY, kafka_fetch_wait_ms=5)
     stack = Stack(
         broker,
         dsn,
         settings,
         options=StackOptions(provisioning=provisioning, settlement=True, limits=limits),
+        extra_handlers=extra_handlers,
     )
     await stack.start()
     exchange = Exchange(stack)

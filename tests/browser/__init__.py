@@ -1,0 +1,1 @@
+"""Browser tests: the market page in headless Chromium against an in-process exchange."""

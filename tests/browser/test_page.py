@@ -1,0 +1,209 @@
+"""The market page in headless Chromium, against the whole exchange running in-process.
+
+The test trades from the side (a provider and a maker over raw WebSockets) and from the page's
+own ticket, and checks that the page's book ladder, trades tape, charts, order list and provider
+panel follow; it also breaks the page's book and its connection on purpose and checks that the
+page repairs both (a checksum mismatch resyncs; a reconnect resumes with `resume_from_seq`).
+"""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from exchange.gateway.demo import demo_keys_route
+from exchange.wire import book_checksum
+from schemas.symbols import parse_symbol
+from tests.integration.conftest import run
+from tests.integration.gateway_harness import Exchange, Socket, rest, running_exchange, socket
+
+from .conftest import CHROMIUM_ARGS
+
+pytestmark = pytest.mark.timeout(120)
+
+scenario_s_max = 90
+expect_ms = 10_000  # how long each expectation waits for the page
+
+
+async def place(ws: Socket, symbol: str, side: str, price: str, qty: str) -> dict[str, Any]:
+    params = {"symbol": symbol, "side": side, "type": "limit", "price": price, "qty": qty}
+    answer = await ws.request("order.place", params)
+    assert answer["status"] == 200, answer
+    return answer["result"]
+
+
+CHECKSUM_BOOK = {  # 12 levels a side: the checksum covers only the top 10
+    "asks": [[f"{2 + i / 100:.3f}", str(i + 1)] for i in range(12)],
+    "bids": [[f"{1.99 - i / 100:.3f}", str(12 - i)] for i in range(12)],
+}
+
+
+async def check_checksums(page: Any) -> None:
+    """The page's CRC32 and book checksum equal zlib's and `wire.book_checksum`."""
+    texts = ["", "a", "2.500:3|2.300:6", "ünïcode ✓", "x" * 1000]
+    found = await page.evaluate(
+        """async ([texts, book]) => {
+            const { crc32 } = await import("/crc32.js");
+            const { bookChecksum } = await import("/book.js");
+            return { crcs: texts.map(crc32), book: bookChecksum(book.asks, book.bids) };
+        }""",
+        [texts, CHECKSUM_BOOK],
+    )
+    assert found["crcs"] == [zlib.crc32(t.encode()) for t in texts], found
+    assert found["book"] == book_checksum(CHECKSUM_BOOK["asks"], CHECKSUM_BOOK["bids"]), found
+
+
+async def prices(ladder: Any) -> list[str]:
+    """The prices of a ladder side's rows, top to bottom."""
+    rows = ladder.locator("tr[data-price]")
+    return list(await rows.evaluate_all("rows => rows.map(row => row.dataset.price)"))
+
+
+def demo_keys(ex: Exchange) -> dict[str, dict[str, Any]]:
+    """The body of /sandbox/demo.json for the harness's trader and provider keys."""
+    return {
+        name: {"key": k.key_id, "secret": k.secret, "account": k.account}
+        for name, k in ex.keys.items()
+        if name in ("trader", "provider")
+    }
+
+
+def test_page_follows_the_market_and_trades_from_its_ticket(
+    broker: Any, dsn: str, chromium: Path, screenshot_path: Path
+) -> None:
+    from playwright.async_api import async_playwright, expect
+
+    expect.set_options(timeout=expect_ms)
+
+    async def scenario() -> None:
+        served: dict[str, dict[str, Any]] = {}  # filled once the keys exist; served by reference
+        async with running_exchange(broker, dsn, extra_handlers=[demo_keys_route(served)]) as ex:
+            served.update(demo_keys(ex))
+            key = parse_symbol(ex.symbol)
+            async with async_playwright() as pw, socket(ex) as provider, socket(ex) as maker:
+                await provider.logon(ex.keys["provider"])
+                await maker.logon(ex.keys["maker"])
+                browser = await pw.chromium.launch(
+                    executable_path=str(chromium), args=CHROMIUM_ARGS
+                )
+                page = await browser.new_page(viewport={"width": 1440, "height": 1000})
+                problems: list[str] = []
+                page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+                page.on(
+                    "console",
+                    lambda m: problems.append(f"console: {m.text}") if m.type == "error" else None,
+                )
+                try:
+                    await check_page(ex, page, expect, provider, maker, key)
+                    assert not problems, problems
+                finally:
+                    await page.screenshot(path=str(screenshot_path), full_page=True)
+                    print(f"\nscreenshot of the market page: {screenshot_path}")
+                    await browser.close()
+
+    run(scenario(), timeout_s=scenario_s_max)
+
+
+async def check_page(
+    ex: Exchange, page: Any, expect: Any, provider: Socket, maker: Socket, key: Any
+) -> None:
+    """Drive the page through the scenario; `expect` is Playwright's, imported by the test."""
+    symbol = ex.symbol
+    await page.goto(ex.url + "/")
+    status = page.locator("#status")
+    await expect(status).to_have_attribute("data-state", "live")
+    await expect(status).to_contain_text("logged on")
+
+    # Pick another product first, so that choosing the harness's instrument is a real change.
+    await page.select_option("#pick-gpu", key.gpu)
+    await page.select_option("#pick-region", key.region)
+    await page.select_option("#pick-product", "1d")
+    await expect(page.locator("#symbol")).to_contain_text(".1d.")
+    await page.select_option("#pick-product", key.product)
+    await page.select_option("#pick-delivery", symbol)
+    await expect(page.locator("#symbol")).to_have_text(symbol)
+    await expect(page.locator("#book-meta")).to_have_attribute("data-synced", "true")
+    await check_checksums(page)
+
+    # The provider quotes and the maker lifts part of the best ask: ladder and tape follow.
+    asks = page.locator("#book-asks")
+    bids = page.locator("#book-bids")
+    await place(provider, symbol, "sell", "2.500", "3")
+    await place(provider, symbol, "sell", "2.600", "2")
+    await place(maker, symbol, "buy", "2.300", "6")
+    await place(maker, symbol, "buy", "2.350", "3")
+    await expect(asks.locator('tr[data-price="2.500"]')).to_have_attribute("data-qty", "3")
+    await expect(asks.locator('tr[data-price="2.600"]')).to_have_attribute("data-qty", "2")
+    await expect(bids.locator('tr[data-price="2.300"]')).to_have_attribute("data-qty", "6")
+    await expect(bids.locator('tr[data-price="2.350"]')).to_have_attribute("data-qty", "3")
+    # Asks read downwards to the best (lowest) next to the spread, bids from the best down.
+    assert await prices(asks) == ["2.600", "2.500"]
+    assert await prices(bids) == ["2.350", "2.300"]
+    await place(maker, symbol, "buy", "2.500", "1")
+    await expect(asks.locator('tr[data-price="2.500"]')).to_have_attribute("data-qty", "2")
+    trade = page.locator('#trades tr[data-price="2.500"]')
+    await expect(trade).to_have_count(1)
+    await expect(trade).to_have_attribute("data-qty", "1")
+    await expect(page.locator("#stat-last")).to_have_text("2.500")
+    await expect(page.locator("#candles rect.candle")).to_have_count(1)
+    await expect(page.locator("#index-price")).not_to_have_text("–")
+    await expect(page.locator("#curve circle.curve-point").first).to_be_visible()
+    await expect(page.locator(f'#capacity tr[data-gpu="{key.gpu}"]')).to_have_count(1)
+
+    # An order from the ticket rests in the book and is listed with its status.
+    await page.fill("#ticket-price", "2.400")
+    await page.fill("#ticket-qty", "2")
+    await page.click('label[for="side-buy"]')
+    await page.select_option("#ticket-tif", "gtc")
+    await page.click("#ticket-submit")
+    await expect(page.locator("#ticket-result")).to_have_attribute("data-status", "new")
+    await expect(bids.locator('tr[data-price="2.400"]')).to_have_attribute("data-qty", "2")
+    row = page.locator('#executions tr[data-status="new"]')
+    await expect(row).to_have_count(1)
+    order_id = int(await row.get_attribute("data-order-id"))
+    answer = await rest(ex, "GET", f"/api/v1/orders/{order_id}", ex.keys["trader"])
+    assert answer.json()["status"] == "new" and answer.json()["price"] == "2.400", answer.json()
+
+    # An IOC buy through the ask fills at once: the answer, the tape and the list say so.
+    await page.fill("#ticket-price", "2.600")
+    await page.fill("#ticket-qty", "1")
+    await page.select_option("#ticket-tif", "ioc")
+    await page.click("#ticket-submit")
+    await expect(page.locator("#ticket-result")).to_have_attribute("data-status", "filled")
+    await expect(page.locator('#trades tr[data-price="2.500"]')).to_have_count(2)
+    await expect(page.locator('#executions tr[data-status="filled"]')).to_have_count(1)
+
+    # Cancel from the list: the order is cancelled and leaves the ladder.
+    await page.click(f'#executions tr[data-order-id="{order_id}"] button.cancel')
+    await expect(page.locator(f'#executions tr[data-order-id="{order_id}"]')).to_have_attribute(
+        "data-status", "canceled"
+    )
+    await expect(bids.locator('tr[data-price="2.400"]')).to_have_count(0)
+
+    stats = await page.evaluate("() => ({...window.gx.state.stats})")
+    assert stats["checksumFailures"] == 0 and stats["resyncs"] == 0, stats
+    assert stats["updates"] >= 5, stats
+
+    # A corrupted local book fails the next checksum: the page resubscribes for a snapshot.
+    await page.evaluate("() => window.gx.state.book.asks.set('9.999', '1')")
+    await place(provider, symbol, "sell", "2.700", "5")
+    await expect(asks.locator('tr[data-price="2.700"]')).to_have_attribute("data-qty", "5")
+    await expect(asks.locator('tr[data-price="9.999"]')).to_have_count(0)
+    stats = await page.evaluate("() => ({...window.gx.state.stats})")
+    assert stats["checksumFailures"] == 1 and stats["resyncs"] == 1, stats
+
+    # A lost connection: the page reconnects, logs on again and resumes the book from its seq,
+    # receiving the update it missed while away instead of a new snapshot.
+    snapshots = stats["snapshots"]
+    await page.evaluate("() => window.gx.feed.drop('dropped by the test')")
+    await place(provider, symbol, "sell", "2.550", "4")
+    await expect(status).to_have_attribute("data-state", "live")
+    await expect(asks.locator('tr[data-price="2.550"]')).to_have_attribute("data-qty", "4")
+    stats = await page.evaluate("() => ({...window.gx.state.stats})")
+    assert stats["bookResumes"] == 1 and stats["snapshots"] == snapshots, stats
+    assert stats["checksumFailures"] == 1, stats
+    await expect(page.locator('#executions tr[data-status="canceled"]')).to_have_count(1)
+    await page.wait_for_timeout(300)  # let the last frame paint before the screenshot
