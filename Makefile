@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: install test test-fast lint bench clean
+.PHONY: install sandbox test test-fast lint bench clean
 
 install: $(STAMP) $(CHROMIUM)
 
@@ -23,6 +23,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# The whole exchange on embedded defaults with a living market: page on http://127.0.0.1:8080/.
+sandbox: install
+	$(BIN)/gx sandbox $(ARGS)
 
 # The whole suite, then the engine suites again with the JIT off so pure-Python paths stay correct.
 test: install

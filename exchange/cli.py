@@ -12,6 +12,7 @@ from exchange import (
     cli_keys,
     cli_marketdata,
     cli_provision,
+    cli_sandbox,
     cli_settle,
     cli_streams,
 )
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_keys.register(subparsers)
     cli_marketdata.register(subparsers)
     cli_provision.register(subparsers)
+    cli_sandbox.register(subparsers)
     cli_settle.register(subparsers)
     cli_streams.register(subparsers)
     return parser

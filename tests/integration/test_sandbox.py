@@ -1,0 +1,236 @@
+"""`gx sandbox`: the whole exchange embedded, with demo keys and bots, started and stopped cleanly.
+
+Two scenarios: the sandbox in-process with bots (page, demo keys that sign, trades and depth
+made by the bots through the gateway, an audit without violations, and nothing left running
+after the stop), and `gx sandbox --no-bots` as a subprocess stopped by SIGINT (exit status 0,
+PostgreSQL gone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from exchange.cli import build_parser
+from exchange.client import Client
+from exchange.sandbox import (
+    DEMO_PROVIDER_ACCOUNT,
+    DEMO_TRADER_ACCOUNT,
+    Sandbox,
+    SandboxOptions,
+    run_sandbox,
+)
+from streams.embedded_postgres import process_alive
+
+from .conftest import run
+
+pytestmark = pytest.mark.timeout(240)
+
+REPO = Path(__file__).resolve().parents[2]
+START_WAIT_S = 120.0  # a cold Numba compile included
+MARKET_WAIT_S = 40.0  # the bots' first trades and quotes
+STOP_WAIT_S = 60.0
+_PG_LINE = re.compile(r"PostgreSQL: private cluster on \S+ \(pid (\d+), (\S+)\)")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _children(pid: int) -> set[int]:
+    """The live processes whose parent is `pid` (zombies excluded)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+            if int(fields[1]) == pid and fields[0] not in ("Z", "X"):
+                found.add(int(entry.name))
+    return found
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    """The live processes whose command line contains `text` (a data directory, say)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            with contextlib.suppress(OSError):
+                if text.encode() in (entry / "cmdline").read_bytes():
+                    if process_alive(int(entry.name)):
+                        found.append(int(entry.name))
+    return found
+
+
+async def _until(check: Callable[[], Awaitable[Any]], timeout_s: float, what: str) -> Any:
+    """Await `check()` until it returns a true value; return it."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.5)
+
+
+def test_sandbox_with_bots_serves_page_demo_keys_and_a_trading_market() -> None:
+    before = _children(os.getpid())
+    out = io.StringIO()
+
+    async def scenario() -> tuple[Sandbox, int | None, str]:
+        stop = asyncio.Event()
+        ready: asyncio.Future[Sandbox] = asyncio.get_running_loop().create_future()
+        options = SandboxOptions(port=0, seed=5, status_interval_s=5.0, audit_interval_s=8.0)
+        running = asyncio.create_task(
+            run_sandbox(options, stop, out=out, ready=lambda s: ready.set_result(s))
+        )
+        try:
+            sandbox = await asyncio.wait_for(asyncio.shield(ready), START_WAIT_S)
+            pg_pid, data_dir = sandbox.postgres_pid, str(sandbox.postgres_dir)
+            assert pg_pid is not None and process_alive(pg_pid)
+            async with httpx.AsyncClient(base_url=sandbox.url, timeout=10) as http:
+                await _check_page_and_keys(http, sandbox)
+                symbol = await _check_trades(http, sandbox)
+                await _check_depth(http, symbol)
+
+            async def audited() -> bool:
+                return "audit: ok" in out.getvalue()
+
+            await _until(audited, MARKET_WAIT_S, "a clean audit")
+            assert "violations in" not in out.getvalue()
+            assert sandbox.bots is not None and sandbox.bots.stats.crashes == 0
+        finally:
+            stop.set()
+            await asyncio.wait_for(running, STOP_WAIT_S)
+        return sandbox, pg_pid, data_dir
+
+    sandbox, pg_pid, data_dir = run(scenario(), START_WAIT_S + 3 * MARKET_WAIT_S)
+    text = out.getvalue()
+    assert "gx sandbox ready in" in text and "gx sandbox: stopped" in text
+    assert sandbox.stack is None and sandbox.broker is None and sandbox.postgres is None
+    assert pg_pid is not None and not process_alive(pg_pid)
+    assert not Path(data_dir).exists()
+    assert _processes_mentioning(data_dir) == []
+    assert _children(os.getpid()) <= before
+
+
+async def _check_page_and_keys(http: httpx.AsyncClient, sandbox: Sandbox) -> None:
+    page = await http.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    demo = (await http.get("/sandbox/demo.json")).json()
+    assert demo["trader"]["account"] == DEMO_TRADER_ACCOUNT
+    assert demo["provider"]["account"] == DEMO_PROVIDER_ACCOUNT
+    for name in ("trader", "provider"):
+        keys = demo[name]
+        async with Client(sandbox.url, keys["key"], keys["secret"]) as client:
+            balance = await client.fetch_balance()  # a signed GET /api/v1/balances
+        assert balance.available == 1_000_000
+
+
+async def _check_trades(http: httpx.AsyncClient, sandbox: Sandbox) -> str:
+    """Return a symbol the bots have traded, read from the public trades endpoint."""
+    markets = (await http.get("/api/v1/instruments")).json()["instruments"]
+    assert markets, "nothing listed"
+    assert sandbox.bots is not None
+    quoted = [m.symbol for ms in sandbox.bots.world.quoted.values() for m in ms]
+    assert quoted, "the bots quote nothing"
+
+    async def traded() -> str | None:
+        for symbol in quoted:
+            trades = (await http.get(f"/api/v1/trades/{symbol}")).json()["trades"]
+            if trades:
+                return symbol
+        return None
+
+    symbol: str = await _until(traded, MARKET_WAIT_S, "a trade printed by the bots")
+    return symbol
+
+
+async def _check_depth(http: httpx.AsyncClient, symbol: str) -> None:
+    async def deep() -> bool:
+        book = (await http.get(f"/api/v1/book/{symbol}", params={"depth": 10})).json()
+        return len(book["bids"]) >= 2 and len(book["asks"]) >= 2
+
+    await _until(deep, MARKET_WAIT_S, f"two levels a side in {symbol}")
+
+
+def test_gx_sandbox_no_bots_stops_cleanly_on_sigint() -> None:
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GX_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    child = subprocess.Popen(
+        [*_sandbox_command(), "--no-bots", "--port", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    try:
+        pg_pid, data_dir, url = _read_until_ready(child, lines)
+        assert url == f"http://127.0.0.1:{port}/"
+        assert httpx.get(url, timeout=10).status_code == 200
+        child.send_signal(signal.SIGINT)
+        child.wait(timeout=STOP_WAIT_S)  # the output after the banner is a few lines
+        assert child.stdout is not None
+        lines.append(child.stdout.read())  # read() keeps what readline() buffered
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    output = "".join(lines)
+    assert child.returncode == 0, output
+    assert "bots           off (--no-bots)" in output
+    assert "SIGINT: stopping" in output and "gx sandbox: stopped" in output
+    assert not process_alive(pg_pid)
+    assert not Path(data_dir).exists()
+    assert _processes_mentioning(data_dir) == []
+
+
+def _sandbox_command() -> list[str]:
+    """`gx sandbox` once the `gx` command line registers it, else its module directly."""
+    subcommands = next(
+        (a.choices for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)),
+        {},
+    )
+    if "sandbox" in subcommands:
+        return [sys.executable, "-m", "exchange.cli", "sandbox"]
+    return [sys.executable, "-m", "exchange.cli_sandbox"]
+
+
+def _read_until_ready(child: subprocess.Popen[str], lines: list[str]) -> tuple[int, str, str]:
+    """Read the sandbox's output up to its page URL; return PostgreSQL's pid and dir, the URL."""
+    assert child.stdout is not None
+    deadline = time.monotonic() + START_WAIT_S
+    pg: tuple[int, str] | None = None
+    while time.monotonic() < deadline:
+        line = child.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        found = _PG_LINE.search(line)
+        if found:
+            pg = (int(found.group(1)), found.group(2))
+        if "market page" in line:
+            assert pg is not None, "".join(lines)
+            return pg[0], pg[1], line.split()[-1]
+    raise AssertionError("gx sandbox did not print its URL:\n" + "".join(lines))
