@@ -135,7 +135,8 @@ async def running_exchange(
         for account in (TRADER, MAKER, PROVIDER):
             await exchange.send(c.Deposit(account=account, amount_micros=FUNDS_MICROS))
         accounts = exchange.gateway.hub.accounts
-        await exchange.wait_for(lambda: accounts.instruments(), what="the listing")
+        # the first engine of a fresh checkout compiles its kernels here (about 25 s on 2 cores)
+        await exchange.wait_for(lambda: accounts.instruments(), timeout_s=180, what="the listing")
         exchange.symbol = first_symbol(exchange)
         key = parse_symbol(exchange.symbol)
         await exchange.send(
