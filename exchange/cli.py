@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from exchange import (
@@ -34,8 +35,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    # SIGTERM (a timeout, a supervisor) unwinds like Ctrl-C, so `with` blocks stop what they
+    # started: an embedded PostgreSQL is a separate process and would outlive us otherwise.
+    # Long-running processes install their own handlers on their event loop.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the `gx` command line."""
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     parser = build_parser()
     args = parser.parse_args(argv)
     return int(args.handler(args) or 0)
