@@ -4,8 +4,9 @@ Every bot is a real client of the gateway: an SDK `Client` with its own account 
 order entry, amends, cancels and provisioning answers over its WebSocket session, book reads and
 routed orders over REST, capacity and deliveries through `ProviderAgent`. So a sandbox with bots
 exercises the same path a trader's program does (signing, rate limits, the order desk, the
-engine, settlement, market data and the feeds), at a moderate load (about 20-40 commands per
-second in total) that leaves a 2-core machine responsive.
+engine, settlement, market data and the feeds), at a moderate load that leaves a 2-core machine
+responsive: about 20 commands per second in total (about 60 for the first seconds, while the
+books fill), 1-3 trades per second, the whole sandbox about a third of one core.
 
     providers   stream capacity for their GPU models and regions, quote ask ladders a little
                 above the fair price, and answer provisioning requests: most are confirmed,
@@ -477,7 +478,25 @@ class Quoter(Bot):
         return True
 
 
-class Provider(Quoter):
+class Delivering(Quoter):
+    """A quoter whose sold hours must be delivered: answers provisioning while it quotes."""
+
+    async def act(self) -> None:
+        agent = ProviderAgent(self.client)
+        provisioning = asyncio.create_task(agent.run(self.provision))
+        try:
+            await super().act()
+        finally:
+            provisioning.cancel()
+            with contextlib.suppress(asyncio.CancelledError, GatewayError):
+                await provisioning
+
+    async def provision(self, request: ProvisionRequest) -> ProvisionResult | None:
+        """Answer a provisioning request (None: no answer, e.g. to the gate-closure heads-up)."""
+        raise NotImplementedError
+
+
+class Provider(Delivering):
     """A GPU provider: capacity, an ask ladder above the fair price, provisioning answers."""
 
     requote_s = (1.0, 2.5)
@@ -491,16 +510,6 @@ class Provider(Quoter):
             ("sell", 0, self.world.ticks(first), self.rng.randint(*lots)),
             ("sell", 1, self.world.ticks(_bps(first, 150)), self.rng.randint(*lots)),
         ]
-
-    async def act(self) -> None:
-        agent = ProviderAgent(self.client)
-        provisioning = asyncio.create_task(agent.run(self.provision))
-        try:
-            await super().act()
-        finally:
-            provisioning.cancel()
-            with contextlib.suppress(asyncio.CancelledError, GatewayError):
-                await provisioning
 
     async def provision(self, request: ProvisionRequest) -> ProvisionResult | None:
         """Confirm most deliveries; fail some at the start and interrupt some later."""
@@ -530,7 +539,7 @@ class Provider(Quoter):
             self.stats.interrupted += 1
 
 
-class Maker(Quoter):
+class Maker(Delivering):
     """A market maker: two levels a side around the fair price; confirms every delivery."""
 
     requote_s = (0.3, 0.7)
@@ -558,16 +567,6 @@ class Maker(Quoter):
             ("sell", 0, t(_bps(fair, half)), self.rng.randint(*lots)),
             ("sell", 1, t(_bps(fair, half + step)), self.rng.randint(*lots)),
         ]
-
-    async def act(self) -> None:
-        agent = ProviderAgent(self.client)
-        provisioning = asyncio.create_task(agent.run(self.provision))
-        try:
-            await super().act()
-        finally:
-            provisioning.cancel()
-            with contextlib.suppress(asyncio.CancelledError, GatewayError):
-                await provisioning
 
     async def provision(self, request: ProvisionRequest) -> ProvisionResult | None:
         if request.stage != "start":
@@ -599,6 +598,9 @@ class Buyer(Bot):
     async def act(self) -> None:
         style = {"app": self.app, "algo": self.algo, "lab": self.lab}[self.spec.style]
         while not self.halt.is_set():
+            now_ns = time.time_ns()
+            for symbol in [s for s in self.held if not self.world.tradable(s, now_ns)]:
+                del self.held[symbol]  # gate closure made it a delivery: nothing to resell
             await style()
 
     def _quoted(self, hours: int) -> list[Market]:
@@ -644,10 +646,6 @@ class Buyer(Bot):
 
     async def algo(self) -> None:
         """Buy below the fair price, resell above it; otherwise make a small random trade."""
-        now_ns = time.time_ns()
-        holdings = [s for s, lots in self.held.items() if lots > 0]
-        for symbol in [s for s in holdings if not self.world.tradable(s, now_ns)]:
-            del self.held[symbol]  # gate closure made it a delivery: nothing left to resell
         m = self.world.pick(self._quoted(1), self.rng)
         if m is not None:
             fair = self.world.fair(m)

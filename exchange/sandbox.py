@@ -37,6 +37,7 @@ import asyncpg
 import msgspec
 
 from exchange.bots import Bots, BotSpec, roster
+from exchange.gateway.context import Gateway
 from exchange.gateway.demo import DEMO_PATH, demo_keys_route
 from exchange.gateway.keys import check_master_key
 from exchange.stack import Stack, StackOptions
@@ -421,7 +422,7 @@ class Sandbox:
             f"makers, {roles.count('buyer')} buyers (seed {self.options.seed})"
         )
 
-    def _gateway(self) -> Any:
+    def _gateway(self) -> Gateway:
         assert self.stack is not None and self.stack.gateway is not None
         assert self.stack.gateway.gateway is not None
         return self.stack.gateway.gateway
@@ -520,7 +521,11 @@ class Sandbox:
                         auditing = asyncio.create_task(self.audit_once(), name="audit")
                 if now >= next_status and not stop.is_set():
                     next_status = now + self.options.status_interval_s
-                    status = await self.status()
+                    try:
+                        status = await self.status()
+                    except (asyncpg.PostgresError, OSError) as error:
+                        self.progress.line(f"status unavailable: {error!r}")
+                        continue
                     rate = (status.commands - last_commands) / max(now - last_at, 1e-9)
                     last_commands, last_at = status.commands, now
                     self.progress.line(_status_line(status, rate))

@@ -104,6 +104,9 @@ def build_app(gateway: Gateway, extra_handlers: list[Any] | None = None) -> Lite
             title="gpu-exchange gateway", version="1", path="/api/v1/schema"
         ),
         request_max_body_size=request_body_bytes_max,
+        # Litestar's default logging config sets the root logger to INFO with its own handler:
+        # logging stays the process's (quiet by default).
+        logging_config=None,
     )
     app.state.gateway = gateway
     return app
