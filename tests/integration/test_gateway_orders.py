@@ -92,6 +92,9 @@ def test_rest_places_lists_and_cancels(broker, dsn):
             assert order["status"] == "new"
             listed = await rest(ex, "GET", "/api/v1/orders?status=open", keys)
             assert [o["order_id"] for o in listed.json()["orders"]] == [order["order_id"]]
+            # market data follows the engine's answer a moment later
+            feed = ex.gateway.hub.feed
+            await ex.wait_for(lambda: feed.book(ex.symbol, 10)["bids"], what="the bid in the book")
             book = await rest(ex, "GET", f"/api/v1/book/{ex.symbol}?depth=10")
             assert book.json()["bids"] == [["2.000", "2"]]
             cancelled = await rest(ex, "DELETE", f"/api/v1/orders/{order['order_id']}", keys)
@@ -150,6 +153,15 @@ def test_rest_account_history_keys_and_market_queries(broker, dsn):
                     break
                 await asyncio.sleep(0.1)
             assert {e["bucket"] for e in entries} >= {"available", "held"}
+            feed = ex.gateway.hub.feed
+            await ex.wait_for(
+                lambda: (
+                    feed.index(ex.symbol.split(".")[0])
+                    and feed.candles(ex.symbol, "1m", 1)
+                    and feed.trades(ex.symbol, 1)
+                ),
+                what="the trade's market data",
+            )
             trades = (await rest(ex, "GET", f"/api/v1/trades/{ex.symbol}")).json()["trades"]
             assert trades[0]["price"] == "2.450" and trades[0]["qty"] == "2"
             candles = (await rest(ex, "GET", f"/api/v1/candles/{ex.symbol}?interval=1m")).json()
