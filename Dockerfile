@@ -7,15 +7,13 @@
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
-# ---------------------------------------------------------------------------- build: a venv
-FROM ${PYTHON_IMAGE} AS build
+FROM ${PYTHON_IMAGE}
+
+LABEL org.opencontainers.image.title="gpu-exchange" \
+      org.opencontainers.image.description="GPU-hour exchange: gx engine, clock, settle, provision, marketdata, audit, gateway"
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
-
-# Every dependency ships manylinux wheels (numba, llvmlite, asyncpg, uvloop, confluent-kafka with
-# librdkafka inside, ...): no compiler needed.
-RUN python -m venv /opt/gx
 
 WORKDIR /src
 # Only what the package is built from (pyproject's packages.find and package-data); the rest of
@@ -25,19 +23,16 @@ COPY schemas ./schemas
 COPY matching ./matching
 COPY streams ./streams
 COPY exchange ./exchange
-# A regular (not editable) install: the code, schemas/catalog.json, exchange/web and API.md land in
-# site-packages, compiled to bytecode here because the runtime user cannot write there.
-RUN /opt/gx/bin/pip install --upgrade pip \
- && /opt/gx/bin/pip install .
+# Every dependency ships manylinux wheels (numba, llvmlite, asyncpg, uvloop, confluent-kafka with
+# librdkafka inside, ...): no compiler needed. A regular (not editable) install into the image's
+# own Python (the image has one purpose: no virtualenv): the code, schemas/catalog.json,
+# exchange/web and API.md land in site-packages, compiled to bytecode here because the runtime
+# user cannot write there. The sources go afterwards.
+RUN pip install --upgrade pip \
+ && pip install . \
+ && cd .. && rm -rf src
 
-# ---------------------------------------------------------------------------- runtime
-FROM ${PYTHON_IMAGE}
-
-LABEL org.opencontainers.image.title="gpu-exchange" \
-      org.opencontainers.image.description="GPU-hour exchange: gx engine, clock, settle, provision, marketdata, audit, gateway"
-
-ENV PATH=/opt/gx/bin:$PATH \
-    PYTHONUNBUFFERED=1 \
+ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     NUMBA_CACHE_DIR=/var/cache/gx/numba
 
@@ -49,8 +44,6 @@ RUN groupadd --system --gid 10001 gx \
         --shell /usr/sbin/nologin gx \
  && mkdir -p /var/lib/gx/audit /var/cache/gx/numba \
  && chown -R gx:gx /var/lib/gx /var/cache/gx
-
-COPY --from=build /opt/gx /opt/gx
 
 USER gx
 WORKDIR /var/lib/gx

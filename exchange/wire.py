@@ -49,6 +49,7 @@ from decimal import Decimal
 from enum import StrEnum
 
 from schemas.units import UnitError, decimal_to_int, int_to_decimal
+from schemas.units import micros_to_usd as money_to_str  # money on the wire: USD strings
 
 __all__ = [
     "ErrorCode",
@@ -226,14 +227,6 @@ def qty_from_str(text: object, field: str = "qty") -> int:
     if lots <= 0:
         raise WireError(ErrorCode.QTY_INVALID, f"{field}: expected whole lots > 0, found {text!r}")
     return lots
-
-
-_MICRO = Decimal("0.000001")
-
-
-def money_to_str(micros: int) -> str:
-    """Format integer micro-dollars as a USD decimal string."""
-    return int_to_decimal(micros, _MICRO)
 
 
 def ns_to_str(ns: int) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -203,13 +202,3 @@ class GatewayServer:
             await self._task
         finally:
             await self.stop()
-
-
-@contextlib.asynccontextmanager
-async def running(server: GatewayServer) -> AsyncIterator[GatewayServer]:
-    """Start a gateway for the body of a `with`; stop it after."""
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
