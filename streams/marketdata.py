@@ -26,6 +26,8 @@ from typing import Any
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.producer.message_accumulator import BatchBuilder
 
 from schemas.codec import DecodeError, decode_event
 from streams.marketdata_book import MarketData
@@ -51,6 +53,7 @@ linger_ms = 5
 progress_every_s = 10.0
 snapshot_every_deltas = 1000  # a full book follows every N-th delta of a symbol
 partitions_wait_s = 30.0
+partition_cache_max = 1 << 16  # symbols whose gx.marketdata partition is remembered
 no_broker_message = (
     "no Kafka broker: set GX_KAFKA_BOOTSTRAP=host:port (or pass --bootstrap), "
     "or run everything embedded with `make sandbox`"
@@ -90,6 +93,9 @@ class MarketDataProcess:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._partitions: list[TopicPartition] = []
+        self._partitioner = DefaultPartitioner()
+        self._partition_of: dict[bytes, int] = {}  # symbol key -> gx.marketdata partition
+        self._all_partitions: list[int] = []
 
     def stop(self) -> None:
         """Ask the loop to finish its current batch and close."""
@@ -160,15 +166,40 @@ class MarketDataProcess:
         return out
 
     async def _produce(self, messages: list[MarketDataMessage]) -> None:
+        """Send the messages as record batches, one run per partition, in order; await them all.
+
+        Batches built here skip aiokafka's per-message `send()` (a future and a Python murmur2
+        hash each); the partition of a symbol is the default partitioner's, computed once.
+        """
         if not messages:
             return
-        assert self._producer is not None
-        futures = [
-            await self._producer.send(
-                self.marketdata_topic, encode_message(m), key=m.symbol.encode()
-            )
-            for m in messages
-        ]
+        producer = self._producer
+        assert producer is not None
+        by_partition: dict[int, list[BatchBuilder]] = {}
+        for m in messages:
+            key = m.symbol.encode()
+            partition = self._partition_of.get(key)
+            if partition is None:
+                if len(self._partition_of) >= partition_cache_max:
+                    self._partition_of.clear()  # symbols roll forward; keep the cache bounded
+                partition = self._partition_of[key] = self._partitioner(
+                    key, self._all_partitions, self._all_partitions
+                )
+            batches = by_partition.get(partition)
+            if batches is None:
+                batches = by_partition[partition] = [producer.create_batch()]
+            value = encode_message(m)
+            if batches[-1].append(key=key, value=value, timestamp=None) is None:
+                batches.append(producer.create_batch())
+                if batches[-1].append(key=key, value=value, timestamp=None) is None:
+                    raise ValueError(f"market-data message of {len(value)} bytes exceeds a batch")
+        futures = []
+        for partition, batches in by_partition.items():
+            for batch in batches:
+                batch.close()
+                futures.append(
+                    await producer.send_batch(batch, self.marketdata_topic, partition=partition)
+                )
         await asyncio.gather(*futures)
         self.stats.messages += len(messages)
 
@@ -189,6 +220,7 @@ class MarketDataProcess:
         await self._producer.start()
         await self._consumer.start()
         self._partitions = await self._events_partitions()
+        self._all_partitions = await self._marketdata_partitions()
         self._consumer.assign(self._partitions)
         await self._consumer.seek_to_beginning(*self._partitions)
         log.info("reading %s (%d partitions)", self.events_topic, len(self._partitions))
@@ -205,6 +237,19 @@ class MarketDataProcess:
                 f"topic {self.events_topic} not found: create it with `gx topics create`"
             )
         return [TopicPartition(self.events_topic, p) for p in sorted(found)]
+
+    async def _marketdata_partitions(self) -> list[int]:
+        assert self._producer is not None
+        try:
+            async with asyncio.timeout(partitions_wait_s):
+                found = await self._producer.partitions_for(self.marketdata_topic)
+        except (TimeoutError, KafkaError):
+            found = set()
+        if not found:
+            raise RuntimeError(
+                f"topic {self.marketdata_topic} not found: create it with `gx topics create`"
+            )
+        return sorted(found)
 
     async def _close(self) -> None:
         consumer, producer = self._consumer, self._producer

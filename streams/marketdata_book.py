@@ -15,7 +15,7 @@ No I/O, no clock: time is the events' `ts_event`. The same events give the same 
 
 from __future__ import annotations
 
-import heapq
+import bisect
 import zlib
 from collections import deque
 from collections.abc import Iterable
@@ -92,29 +92,45 @@ class _Order:
 
 
 class _Book:
-    __slots__ = ("levels", "seq", "last_ticks", "curve")
+    """One symbol's levels: price -> lots per side, and each side's prices kept sorted ascending.
+
+    The sorted lists make the best price, the checksum's top levels and a snapshot's order a
+    slice instead of a sort or heap pass per command (bisect on a few hundred ints is a memmove).
+    """
+
+    __slots__ = ("levels", "prices", "seq", "last_ticks", "curve")
 
     def __init__(self) -> None:
         self.levels: tuple[dict[int, int], dict[int, int]] = ({}, {})  # price -> lots per side
+        self.prices: tuple[list[int], list[int]] = ([], [])  # each side's prices, ascending
         self.seq = 0
         self.last_ticks = 0
         self.curve = (0, 0, 0)  # (last, bid, ask) last published
 
+    def set_level(self, side: int, price: int, lots: int) -> None:
+        """Set a level's total lots (0 removes it)."""
+        levels, prices = self.levels[side], self.prices[side]
+        if lots:
+            if price not in levels:
+                bisect.insort(prices, price)
+            levels[price] = lots
+        elif levels.pop(price, None) is not None:
+            del prices[bisect.bisect_left(prices, price)]
+
     def best(self, side: int) -> int:
-        prices = self.levels[side]
+        prices = self.prices[side]
         if not prices:
             return 0
-        return max(prices) if side == BUY else min(prices)
+        return prices[-1] if side == BUY else prices[0]
 
     def sorted_levels(self, side: int, depth: int | None = None) -> tuple[Level, ...]:
-        prices = self.levels[side]
-        if depth is None:
-            order = sorted(prices, reverse=side == BUY)
-        elif side == BUY:
-            order = heapq.nlargest(depth, prices)
+        """The side's levels best first, `depth` of them (None: all)."""
+        levels, prices = self.levels[side], self.prices[side]
+        if side == BUY:
+            order = prices[::-1] if depth is None else prices[: -depth - 1 : -1]
         else:
-            order = heapq.nsmallest(depth, prices)
-        return tuple((p, prices[p]) for p in order)
+            order = prices if depth is None else prices[:depth]
+        return tuple((p, levels[p]) for p in order)
 
     def checksum(self) -> int:
         return book_checksum(
@@ -357,14 +373,9 @@ class MarketData:
         book = self._books.get(symbol)
         if book is None:
             book = self._books[symbol] = _Book()
-        levels = book.levels[side]
-        total = levels.get(price, 0)
+        total = book.levels[side].get(price, 0)
         before.setdefault(symbol, {}).setdefault((side, price), total)
-        total += lots
-        if total:
-            levels[price] = total
-        else:
-            levels.pop(price, None)
+        book.set_level(side, price, total + lots)
 
     def _delta(self, symbol: str, before: dict[tuple[int, int], int], ts: int) -> BookDelta | None:
         book = self._books[symbol]

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -123,13 +124,29 @@ def decode_record(value: bytes | None) -> Any:
 
 def _out_of_range(event: Any) -> str | None:
     """Name the first field the ledger's columns cannot hold, or return None."""
-    name = type(event).__name__
     if not (0 < event.seq <= _INT64_MAX and 0 <= event.shard <= _INT64_MAX):
+        name = type(event).__name__
         return (
             f"{name}: expected 1 <= seq and 0 <= shard (64-bit), found {event.seq}, {event.shard}"
         )
-    if type(event) not in _STORED_EVENTS:
+    checks = _FIELD_CHECKS.get(type(event))
+    if checks is None:
         return None  # only its shard and seq reach the database
+    ints, texts, smallints = checks
+    values = ints(event)
+    if max(values) > _INT64_MAX or min(values) < _INT64_MIN:
+        return _first_bad_field(event)
+    if texts is not None and "\x00" in "".join(texts(event)):
+        return _first_bad_field(event)
+    for value in smallints(event) if smallints is not None else ():
+        if not _INT16_MIN <= value <= _INT16_MAX:
+            return _first_bad_field(event)
+    return None
+
+
+def _first_bad_field(event: Any) -> str:
+    """The slow path of `_out_of_range`: find and describe the offending field."""
+    name = type(event).__name__
     for field, value in zip(event.__struct_fields__, msgspec.structs.astuple(event), strict=True):
         if type(value) is int and not _INT64_MIN <= value <= _INT64_MAX:
             return f"{name}.{field}: expected a 64-bit integer, found {value}"
@@ -139,7 +156,38 @@ def _out_of_range(event: Any) -> str | None:
         value = getattr(event, field)
         if not _INT16_MIN <= value <= _INT16_MAX:
             return f"{name}.{field}: expected a 16-bit code, found {value}"
-    return None
+    raise AssertionError(f"{name}: no field out of range")  # the fast path said there was one
+
+
+Getter = Callable[[Any], tuple[Any, ...]]
+
+
+def _getter(names: Sequence[str]) -> Getter | None:
+    """`attrgetter` that always returns a tuple (None for no names)."""
+    if not names:
+        return None
+    if len(names) == 1:
+        name = names[0]
+        return lambda obj: (getattr(obj, name),)
+    return operator.attrgetter(*names)
+
+
+def _field_checks(kind: type) -> tuple[Getter, Getter | None, Getter | None]:
+    """Per stored event type: getters of its integer, text and smallint fields."""
+    ints, texts = ["seq"], []
+    for field in msgspec.structs.fields(kind):
+        if field.type is str:
+            texts.append(field.name)
+        elif isinstance(field.type, type) and issubclass(field.type, int):
+            ints.append(field.name)
+    smallints = _getter(_SMALLINT_FIELDS.get(kind, ()))
+    all_ints = _getter(ints)
+    assert all_ints is not None
+    return all_ints, _getter(texts), smallints
+
+
+# Precomputed so that the check costs a few C calls per event, not a loop over its fields.
+_FIELD_CHECKS = {kind: _field_checks(kind) for kind in _STORED_EVENTS}
 
 
 # ============================================================================ planning
