@@ -1,7 +1,10 @@
 """`gx bench pipeline`: stream orders through broker, engine, settlement and market data, end to end.
 
-Everything runs in this one process on one asyncio loop (uvloop when installed), against the
-embedded broker (librdkafka's mock cluster) and an embedded PostgreSQL (or `GX_DATABASE_URL`):
+The embedded broker (librdkafka's mock cluster), the producer and the probe run in this process;
+the engine runner, the settlement writer and the market-data process run in one child process
+each, as `gx engine`, `gx settle` and `gx marketdata` do in production (exchange/bench_stages.py;
+`--one-process` puts them on this loop instead). The ledger is an embedded PostgreSQL (or
+`GX_DATABASE_URL`):
 
     producer -> gx.commands -> EngineRunner -> gx.events -> SettlementWriter (PostgreSQL ledger)
                                                          -> MarketDataProcess -> gx.marketdata
@@ -35,13 +38,14 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from exchange.bench_stages import Stage, StageSpec, start_stage, wait_ready
 from matching import layout as lay
 from matching.engine import Engine, EngineConfig
 from schemas import commands as cmd
@@ -52,10 +56,10 @@ from schemas.units import NS_PER_HOUR
 from streams.admin import create_topics
 from streams.embedded_broker import EmbeddedBroker
 from streams.embedded_postgres import EmbeddedPostgres, database_url
-from streams.engine_runner import EngineRunner
-from streams.marketdata import MarketDataProcess
+from streams.engine_runner import RunnerStats
+from streams.marketdata import ProcessStats
 from streams.settings import Settings
-from streams.settlement import SettlementWriter
+from streams.settlement import SettlementCounters
 from streams.topics import shard_key, topics
 
 __all__ = ["register", "run", "bench_pipeline", "generate_orders"]
@@ -110,8 +114,14 @@ def register(bench_subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--fetch-wait-ms",
         type=int,
-        help="diagnostic: fetch.max.wait.ms of every aiokafka consumer in the process (default: "
-        "aiokafka's 500; the mock holds an empty fetch that long even when data arrives)",
+        help="diagnostic: how long the stages' idle fetches wait (default: the kafka_fetch_wait_ms "
+        "setting; the mock holds an empty fetch that long even when data arrives)",
+    )
+    p.add_argument(
+        "--one-process",
+        action="store_true",
+        help="run engine, settlement and market data on the benchmark's own event loop "
+        "(default: one process each, as in production)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=run)
@@ -132,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
         args.seed,
         snapshots=args.snapshots,
         fetch_wait_ms=args.fetch_wait_ms,
+        one_process=args.one_process,
     )
     print(json.dumps(report) if args.json else _table(report))
     return 0
@@ -328,62 +339,68 @@ class Probe:
 
 
 class Pipeline:
-    """The processes under test, started as tasks on the running loop."""
+    """The processes under test: stages (child processes or tasks) and the probe on this loop."""
 
-    def __init__(self, settings: Settings, dsn: str, catalog: Catalog, config: EngineConfig,
-                 snapshots: bool, first_order: int, orders: int) -> None:  # fmt: skip
+    def __init__(self, settings: Settings, dsn: str, config: EngineConfig, snapshots: bool,
+                 first_order: int, orders: int, one_process: bool) -> None:  # fmt: skip
         bootstrap = settings.kafka_bootstrap
         assert bootstrap is not None
-        self.runner = EngineRunner(
-            settings, 0, catalog, config, mock_broker=True, snapshots=snapshots
-        )
-        self.settled_ns = 0  # wall time of the newest settlement commit
-        self.writer = SettlementWriter(
-            settings, dsn, bootstrap, check_crcs=False, on_commit=self._committed
-        )
-        self.marketdata = MarketDataProcess(settings, mock_broker=True)
+        self._specs = [
+            StageSpec("engine", settings, dsn, engine_config=config, snapshots=snapshots),
+            StageSpec("settlement", settings, dsn),
+            StageSpec("marketdata", settings, dsn),
+        ]
+        self.one_process = one_process
+        self.stages: dict[str, Stage] = {}
         events = TopicPartition(topics(settings)["events"].name, 0)
         self.probe = Probe(bootstrap, events, first_order, orders)
-        self._tasks: list[asyncio.Task[None]] = []
+        self._probe_task: asyncio.Task[None] | None = None
         self.setup_commands = first_order
         self.setup_events = 0  # known once the setup is settled
 
-    async def _committed(self, _connection: Any) -> None:
-        self.settled_ns = time.time_ns()
+    @property
+    def runner(self) -> RunnerStats:
+        return self.stages["engine"].stats  # type: ignore[no-any-return]
+
+    @property
+    def writer(self) -> SettlementCounters:
+        return self.stages["settlement"].stats  # type: ignore[no-any-return]
+
+    @property
+    def marketdata(self) -> ProcessStats:
+        return self.stages["marketdata"].stats  # type: ignore[no-any-return]
+
+    @property
+    def settled_ns(self) -> int:
+        """Wall time of the newest settlement commit."""
+        return self.stages["settlement"].settled_ns
 
     async def start(self) -> None:
-        """Start every process; return once the engine has recovered and runs."""
-        self._tasks = [
-            asyncio.create_task(self.runner.run(), name="engine"),
-            asyncio.create_task(self.writer.run(), name="settlement"),
-            asyncio.create_task(self.marketdata.run(), name="marketdata"),
-            asyncio.create_task(self.probe.run(), name="probe"),
-        ]
-        ready = asyncio.create_task(self.runner.ready.wait())
-        await asyncio.wait([ready, *self._tasks], return_when=asyncio.FIRST_COMPLETED)
-        if not ready.done():
-            ready.cancel()
-            self.check()
+        """Start every process; return once each runs (the engine recovered)."""
+        for spec in self._specs:
+            self.stages[spec.kind] = start_stage(spec, in_process=self.one_process)
+        self._probe_task = asyncio.create_task(self.probe.run(), name="probe")
+        await wait_ready(list(self.stages.values()), self.check)
 
     def check(self) -> None:
         """Raise the error of any process that stopped by itself."""
-        for task in self._tasks:
-            if task.done() and task.exception() is not None:
-                raise RuntimeError(f"{task.get_name()} failed: {task.exception()!r}")
+        for stage in self.stages.values():
+            stage.check()
+        task = self._probe_task
+        if task is not None and task.done() and task.exception() is not None:
+            raise RuntimeError(f"probe failed: {task.exception()!r}")
 
     def settled_events(self) -> int:
-        c = self.writer.counters
+        c = self.writer
         return c.events_settled + c.seq_gaps + c.malformed
 
     def slowest_read_events(self) -> int:
         """Events read by the slowest consumer of the events topic."""
-        return min(
-            self.writer.counters.records_read, self.marketdata.stats.records, self.probe.records
-        )
+        return min(self.writer.records_read, self.marketdata.records, self.probe.records)
 
     def backlog_bytes(self, produced_commands: int, command_bytes: float) -> float:
         """Unread bytes the engine and the events consumers have yet to catch up with."""
-        stats = self.runner.stats
+        stats = self.runner
         pending = max(produced_commands - stats.next_offset, 0)
         orders_applied = stats.commands - self.setup_commands
         per_command = (
@@ -396,14 +413,15 @@ class Pipeline:
 
     async def stop(self) -> None:
         """Stop every process and wait for them."""
-        self.runner.stop()
-        self.marketdata.stop()
         self.probe.stop()
-        await self.writer.stop()
-        results = await asyncio.gather(*self._tasks, return_exceptions=True)
-        for task, result in zip(self._tasks, results, strict=True):
-            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
-                _progress(f"{task.get_name()} stopped with {result!r}")
+        for name, stage in self.stages.items():
+            try:
+                await stage.stop()
+            except Exception as error:  # report, and still stop the others
+                _progress(f"{name} stopped with {error!r}")
+        if self._probe_task is not None:
+            with contextlib.suppress(Exception):
+                await self._probe_task
 
 
 async def _wait_for(done: Callable[[], bool], progress: Callable[[], int], what: str,
@@ -525,15 +543,17 @@ def _order_maker(orders: Orders, symbol: str) -> Callable[[int, int, int], list[
 
 
 async def _run_pipeline(
-    bootstrap: str, dsn: str, settings: Settings, orders: Orders, rate: float, snapshots: bool
+    bootstrap: str, dsn: str, settings: Settings, orders: Orders, options: RunOptions
 ) -> tuple[Report, list[bytes]]:
+    rate, snapshots, one_process = options.rate, options.snapshots, options.one_process
     catalog = load_catalog()
     count = len(orders.account)
     config = _config(count)
     market = _market(catalog, config)
     setup = [encode(c) for c in _setup_commands(market)]
-    pipe = Pipeline(settings, dsn, catalog, config, snapshots, len(setup), count)
-    _progress("starting engine, settlement, market data and the probe")
+    pipe = Pipeline(settings, dsn, config, snapshots, len(setup), count, one_process)
+    where = "on this loop" if one_process else "in processes of their own"
+    _progress(f"starting engine, settlement and market data {where}, and the probe")
     await pipe.start()
     producer = _new_producer(bootstrap)
     await producer.start()
@@ -562,18 +582,17 @@ async def _run_pipeline(
         )  # fmt: skip
         last_produced_ns = time.time_ns()
         end = len(setup) + count
-        runner = pipe.runner
-        await _wait_for(lambda: runner.stats.next_offset >= end,
-                        lambda: runner.stats.next_offset, "engine", pipe.check)  # fmt: skip
+        await _wait_for(lambda: pipe.runner.next_offset >= end,
+                        lambda: pipe.runner.next_offset, "engine", pipe.check)  # fmt: skip
         settled = await _wait_for(
-            lambda: pipe.settled_events() >= runner.stats.events,
+            lambda: pipe.settled_events() >= pipe.runner.events,
             pipe.settled_events, "settlement", pipe.check,
         )  # fmt: skip
         probe = pipe.probe
-        await _wait_for(lambda: probe.records >= runner.stats.events,
+        await _wait_for(lambda: probe.records >= pipe.runner.events,
                         lambda: probe.records, "probe", pipe.check)  # fmt: skip
-        await _wait_for(lambda: pipe.marketdata.stats.records >= runner.stats.events,
-                        lambda: pipe.marketdata.stats.records, "market data", pipe.check)  # fmt: skip
+        await _wait_for(lambda: pipe.marketdata.records >= pipe.runner.events,
+                        lambda: pipe.marketdata.records, "market data", pipe.check)  # fmt: skip
         settled_ns = pipe.settled_ns
     finally:
         await producer.stop()
@@ -588,14 +607,13 @@ async def _run_pipeline(
 
 async def _settle_setup(pipe: Pipeline, commands: int) -> int:
     """Wait until the setup is applied and settled; return its events."""
-    runner = pipe.runner
-    await _wait_for(lambda: runner.stats.next_offset >= commands,
-                    lambda: runner.stats.next_offset, "setup", pipe.check)  # fmt: skip
-    events = runner.stats.events
+    await _wait_for(lambda: pipe.runner.next_offset >= commands,
+                    lambda: pipe.runner.next_offset, "setup", pipe.check)  # fmt: skip
+    events = pipe.runner.events
     await _wait_for(lambda: pipe.settled_events() >= events and pipe.probe.records >= events,
                     pipe.settled_events, "setup settlement", pipe.check)  # fmt: skip
     pipe.setup_events = events
-    refused = pipe.writer.counters.malformed
+    refused = pipe.writer.malformed
     if refused:
         raise RuntimeError(f"setup: {refused} events were dead-lettered by settlement")
     return events
@@ -603,7 +621,7 @@ async def _settle_setup(pipe: Pipeline, commands: int) -> int:
 
 def _pipeline_report(pipe: Pipeline, count: int, rate: float, first_ns: int,
                      last_produced_ns: int, settled_ns: int, setup_events: int) -> Report:  # fmt: skip
-    probe, writer, runner = pipe.probe, pipe.writer.counters, pipe.runner.stats
+    probe, writer, runner = pipe.probe, pipe.writer, pipe.runner
     seen = probe.latency_ns[probe.latency_ns >= 0]
     elapsed_s = max(settled_ns - first_ns, 1) / 1e9
     produce_s = max(last_produced_ns - first_ns, 1) / 1e9
@@ -634,8 +652,8 @@ def _pipeline_report(pipe: Pipeline, count: int, rate: float, first_ns: int,
         "engine_batches": runner.batches,
         "engine_malformed": runner.malformed,
         "engine_snapshots": runner.snapshots,
-        "marketdata_messages": pipe.marketdata.stats.messages,
-        "marketdata_missed_events": runner.events - pipe.marketdata.stats.records,
+        "marketdata_messages": pipe.marketdata.messages,
+        "marketdata_missed_events": runner.events - pipe.marketdata.records,
     }
 
 
@@ -703,50 +721,37 @@ def bench_pipeline(
     *,
     snapshots: bool = False,
     fetch_wait_ms: int | None = None,
+    one_process: bool = False,
 ) -> Report:
-    """Run the whole benchmark in this process; return the report.
+    """Run the whole benchmark; return the report.
 
-    `fetch_wait_ms` (diagnostic) changes aiokafka's default `fetch_max_wait_ms` for every consumer
-    created in this process during the run, the stream processes' included, then restores it.
+    `fetch_wait_ms` (diagnostic) is the stages' `kafka_fetch_wait_ms` (how long an idle fetch
+    waits); `one_process` runs the stages on this process's loop instead of one process each.
     """
+    if fetch_wait_ms is not None and fetch_wait_ms < 0:
+        raise SystemExit(f"--fetch-wait-ms: expected >= 0, found {fetch_wait_ms}")
     workload = generate_orders(orders, seed)
-    with _consumer_fetch_wait(fetch_wait_ms):
-        report = _bench(workload, rate, snapshots)
-    report["consumer_fetch_wait_ms"] = (
-        _fetch_wait_default() if fetch_wait_ms is None else fetch_wait_ms
-    )
-    return report
-
-
-def _fetch_wait_default() -> int:
-    defaults = AIOKafkaConsumer.__init__.__kwdefaults__ or {}
-    return int(defaults.get("fetch_max_wait_ms", 500))
-
-
-@contextlib.contextmanager
-def _consumer_fetch_wait(ms: int | None) -> Iterator[None]:
-    defaults = AIOKafkaConsumer.__init__.__kwdefaults__
-    if ms is None or defaults is None:
-        yield
-        return
-    if ms < 0:
-        raise SystemExit(f"--fetch-wait-ms: expected >= 0, found {ms}")
-    before = defaults["fetch_max_wait_ms"]
-    defaults["fetch_max_wait_ms"] = ms
-    try:
-        yield
-    finally:
-        defaults["fetch_max_wait_ms"] = before
-
-
-def _bench(workload: Orders, rate: float, snapshots: bool) -> Report:
+    options = RunOptions(rate=rate, snapshots=snapshots, one_process=one_process)
     _progress("starting the embedded broker and database")
     with EmbeddedBroker(broker_count=1) as broker, contextlib.ExitStack() as stack:
         dsn = database_url()
         if dsn is None:
             dsn = stack.enter_context(EmbeddedPostgres(database="gx_bench")).dsn
         settings = Settings(kafka_bootstrap=broker.bootstrap_servers, database_url=dsn)
-        return _run(_main(broker, dsn, settings, workload, rate, snapshots))
+        if fetch_wait_ms is not None:
+            settings = msgspec.structs.replace(settings, kafka_fetch_wait_ms=fetch_wait_ms)
+        report = _run(_main(broker, dsn, settings, workload, options))
+    report["consumer_fetch_wait_ms"] = settings.kafka_fetch_wait_ms
+    report["stages"] = "one process" if one_process else "one process each"
+    return report
+
+
+class RunOptions(msgspec.Struct, frozen=True):
+    """How the pipeline runs: offered rate (0: flat out), engine snapshots, stage placement."""
+
+    rate: float = 0.0
+    snapshots: bool = False
+    one_process: bool = False
 
 
 def _run(coro: Awaitable[Report]) -> Report:
@@ -758,12 +763,12 @@ def _run(coro: Awaitable[Report]) -> Report:
 
 
 async def _main(broker: EmbeddedBroker, dsn: str, settings: Settings, workload: Orders,
-                rate: float, snapshots: bool) -> Report:  # fmt: skip
+                options: RunOptions) -> Report:  # fmt: skip
     await create_topics(settings, broker)
     for name in raw_topics:
         broker.create_topic(name, 1)
     bootstrap = broker.bootstrap_servers
-    report, payloads = await _run_pipeline(bootstrap, dsn, settings, workload, rate, snapshots)
+    report, payloads = await _run_pipeline(bootstrap, dsn, settings, workload, options)
     _progress(f"raw loop: {len(payloads)} messages through getmany -> send_batch")
     raw = await _raw_loop(bootstrap, payloads)
     report["raw_loop_msgs_per_s"] = round(raw)

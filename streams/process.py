@@ -27,7 +27,11 @@ def serve(
 
     Returns 0, or 3 after one of the `fatal` errors (printed as `gx NAME: error`).
     """
-    return asyncio.run(_serve(process, name, fatal, stats))
+    try:
+        import uvloop
+    except ImportError:  # the design card installs it; tolerate its absence
+        return asyncio.run(_serve(process, name, fatal, stats))
+    return uvloop.run(_serve(process, name, fatal, stats))
 
 
 async def _serve(

@@ -187,7 +187,9 @@ def _field_checks(kind: type) -> tuple[Getter, Getter | None, Getter | None]:
 
 
 # Precomputed so that the check costs a few C calls per event, not a loop over its fields.
-_FIELD_CHECKS = {kind: _field_checks(kind) for kind in _STORED_EVENTS}
+_FIELD_CHECKS: dict[type, tuple[Getter, Getter | None, Getter | None]] = {
+    kind: _field_checks(kind) for kind in _STORED_EVENTS
+}
 
 
 # ============================================================================ planning

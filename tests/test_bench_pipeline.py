@@ -1,4 +1,4 @@
-"""`gx bench pipeline` runs the whole pipeline in one process and prints its figures.
+"""`gx bench pipeline` runs the whole pipeline (stages in processes of their own, or on one loop).
 
 No timing is asserted (benchmarks print figures); only that nothing is lost or duplicated.
 """
@@ -25,11 +25,12 @@ KEYS = {
 }
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("placement", [[], ["--one-process"]], ids=["processes", "one-process"])
 def test_pipeline_bench_streams_orders_end_to_end_without_loss_or_duplicates(
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], placement: list[str]
 ) -> None:
-    assert main(["bench", "pipeline", "--orders", "2000", "--json"]) == 0
+    assert main(["bench", "pipeline", "--orders", "2000", "--json", *placement]) == 0
     report = json.loads(capsys.readouterr().out)
     assert KEYS <= report.keys()
     assert report["orders"] == 2000
