@@ -3,8 +3,9 @@
 One loop, one database connection, every partition of the events topic assigned by hand:
 
     getmany -> decode (msgspec) -> plan (dedupe, command boundaries) -> rows -> one transaction:
-    COPY into temporary staging tables, INSERT ... SELECT ... ON CONFLICT into the ledger,
-    upsert the consumer position -> commit.
+    COPY postings and trades straight into the ledger (under a savepoint), COPY the rest into
+    temporary staging tables and INSERT ... SELECT ... ON CONFLICT into the ledger, upsert the
+    consumer position -> commit.
 
 Exactly once in effect, at-least-once underneath:
 
@@ -14,7 +15,11 @@ Exactly once in effect, at-least-once underneath:
 - Duplicates are recognised twice over: the last settled event sequence per shard
   (`shard_positions`, same transaction) drops events already settled, even when the same event
   was produced again at a new offset; and every insert conflicts on its natural key, while the
-  orders, positions and deliveries upserts only move forward (guarded by `seq`).
+  orders, positions and deliveries upserts only move forward (guarded by `seq`). Postings and
+  trades, append-only and most of the rows, are copied into their tables directly: the sequence
+  check makes a conflict impossible in a ledger only this writer fills, and should one happen
+  anyway (a second writer under another consumer name), the savepoint rolls the copy back and
+  the rows take the staged ON CONFLICT DO NOTHING path instead.
 - A command's events (same shard and input offset) are settled in one transaction. Its
   CashChanged deltas sum to zero, so the sum of all postings is zero after every commit: a
   batch ends at the last complete command and holds back the trailing one, which is settled
@@ -93,6 +98,7 @@ class SettlementCounters(msgspec.Struct):
     unbalanced_commands: int = 0  # commands whose cash deltas do not sum to zero
     transactions: int = 0
     reconnects: int = 0
+    copy_conflicts: int = 0  # direct copies that met existing rows and went through ON CONFLICT
 
 
 class Malformed(msgspec.Struct, frozen=True):
@@ -537,11 +543,29 @@ class _Rows:
 
 _ORDER_EVENTS = (ev.OrderAccepted, ev.OrderCancelled, ev.OrderExpired, ev.OrderAmended)
 _DELIVERY_EVENTS = (ev.DeliveryAssigned, ev.DeliveryStarted, ev.DeliverySettled)
+# Staging tables of append-only ledger tables, which `_copy_new` fills without staging.
+_APPEND_ONLY = {"stage_postings": "postings", "stage_trades": "trades"}
 # Staging tables in the order their statements must run (orders exist before their updates).
 _APPLY_ORDER = tuple(table for table, _ in _STAGES)
 
 
 # ============================================================================ the writer
+
+
+async def _copy_new(conn: Any, table: str, rows: list[tuple[Any, ...]]) -> bool:
+    """COPY rows straight into an append-only ledger table; False (nothing written) on a conflict.
+
+    Several times cheaper than staging + INSERT ... ON CONFLICT (measured on postings). A
+    savepoint keeps the transaction usable when a row already exists.
+    """
+    try:
+        async with conn.transaction():  # a savepoint inside the commit's transaction
+            await conn.copy_records_to_table(table, records=rows)
+    except asyncpg.UniqueViolationError:
+        log.warning("%s: rows already present; settling this batch through ON CONFLICT", table)
+        return False
+    return True
+
 
 OnCommit = Callable[[Any], Awaitable[None]]
 
@@ -747,9 +771,15 @@ class SettlementWriter:
         conn = self._conn
         async with conn.transaction():
             for table in _APPLY_ORDER:
-                if table in staged:
-                    await conn.copy_records_to_table(table, records=staged[table])
-                    await conn.execute(_APPLY[table])
+                if table not in staged:
+                    continue
+                ledger_table = _APPEND_ONLY.get(table)
+                if ledger_table is not None:
+                    if await _copy_new(conn, ledger_table, staged[table]):
+                        continue
+                    self.counters.copy_conflicts += 1
+                await conn.copy_records_to_table(table, records=staged[table])
+                await conn.execute(_APPLY[table])
             await self._write_dead_letters(plans)
             await self._write_positions(next_offsets, seqs)
         for partition, plan in plans.items():

@@ -340,6 +340,7 @@ def test_replay_from_offset_zero_and_duplicate_records_change_nothing(
     assert writers[0].counters.duplicates == count and writers[0].counters.events_settled == 0
     # Without shard sequences every event is re-applied, and every insert conflicts.
     assert writers[1].counters.events_settled == count
+    assert writers[1].counters.copy_conflicts > 0  # the direct copies fell back to ON CONFLICT
     assert writers[2].counters.duplicates == count and writers[2].counters.events_settled == 0
 
 
