@@ -481,3 +481,37 @@ if __name__ == "__main__":
     shards = int(sys.argv[1]) if len(sys.argv) > 1 else 4
     batches = int(sys.argv[2]) if len(sys.argv) > 2 else 300
     print(bench_settlement(shards, batches))
+
+
+def test_writer_connection_updates_orders_by_index_however_large_the_ledger(dsn: str) -> None:
+    """The staged UPDATE joins by primary key, not by hashing the whole orders table.
+
+    Without the planner settings of `prepare_connection`, a staging table without statistics
+    made PostgreSQL hash the whole orders table at every commit (quadratic in the ledger).
+    """
+    from streams.settlement import _APPLY, prepare_connection
+
+    async def plan() -> str:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await prepare_connection(conn)
+            await conn.execute(
+                "INSERT INTO orders SELECT 0, i, i % 100, 'S', 'buy', 'limit', 'gtc', 2400, 5, 5, "
+                "0, 1, '', 0, i, 0, i, 0 FROM generate_series(1, 20000) AS i"
+            )
+            await conn.execute("ANALYZE orders")
+            async with conn.transaction():
+                await conn.execute(
+                    "INSERT INTO stage_order_updates SELECT 0, i, NULL, 2, false, 1, 0, "
+                    "30000, 30001, 0 FROM generate_series(1, 50) AS i"
+                )
+                rows = await conn.fetch("EXPLAIN ANALYZE " + _APPLY["stage_order_updates"])
+                updated = await conn.fetchval("SELECT count(*) FROM orders WHERE seq = 30001")
+            assert updated == 50
+            return "\n".join(r[0] for r in rows)
+        finally:
+            await conn.close()
+
+    found = run(plan())
+    assert "Index Scan using orders_pkey on orders" in found, found
+    assert "Seq Scan on orders" not in found, found
