@@ -219,36 +219,23 @@ class MarketDataProcess:
         )
         await self._producer.start()
         await self._consumer.start()
-        self._partitions = await self._events_partitions()
-        self._all_partitions = await self._marketdata_partitions()
+        events = await self._partitions_of(self.events_topic)
+        self._partitions = [TopicPartition(self.events_topic, p) for p in events]
+        self._all_partitions = await self._partitions_of(self.marketdata_topic)
         self._consumer.assign(self._partitions)
         await self._consumer.seek_to_beginning(*self._partitions)
         log.info("reading %s (%d partitions)", self.events_topic, len(self._partitions))
 
-    async def _events_partitions(self) -> list[TopicPartition]:
+    async def _partitions_of(self, topic: str) -> list[int]:
+        """The topic's partitions, waiting up to `partitions_wait_s` for it to exist."""
         assert self._producer is not None
         try:
             async with asyncio.timeout(partitions_wait_s):
-                found = await self._producer.partitions_for(self.events_topic)
+                found = await self._producer.partitions_for(topic)
         except (TimeoutError, KafkaError):
             found = set()
         if not found:
-            raise RuntimeError(
-                f"topic {self.events_topic} not found: create it with `gx topics create`"
-            )
-        return [TopicPartition(self.events_topic, p) for p in sorted(found)]
-
-    async def _marketdata_partitions(self) -> list[int]:
-        assert self._producer is not None
-        try:
-            async with asyncio.timeout(partitions_wait_s):
-                found = await self._producer.partitions_for(self.marketdata_topic)
-        except (TimeoutError, KafkaError):
-            found = set()
-        if not found:
-            raise RuntimeError(
-                f"topic {self.marketdata_topic} not found: create it with `gx topics create`"
-            )
+            raise RuntimeError(f"topic {topic} not found: create it with `gx topics create`")
         return sorted(found)
 
     async def _close(self) -> None:

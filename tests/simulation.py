@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import random
 
+import msgspec
+
 from schemas import commands as c
 from schemas import events as e
 from schemas.symbols import parse_symbol
@@ -148,9 +150,12 @@ def run_simulation(catalog, seed: int, batches: int, config=None):
     from tests.conftest import SMALL, T0_NS
 
     engine = Engine(catalog, config or SMALL)
+    shard = engine.config.shard
     log: list = []
 
     def apply(commands: list) -> list:
+        if shard:  # the simulation writes shard-0 commands; another shard refuses them
+            commands = [msgspec.structs.replace(command, shard=shard) for command in commands]
         offsets = range(len(log), len(log) + len(commands))
         log.extend(commands)
         return engine.apply(commands, offsets)

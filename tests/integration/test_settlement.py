@@ -477,12 +477,6 @@ def bench_settlement(shards: int = 4, batches: int = 300, batch_max: int = 5000)
     }
 
 
-if __name__ == "__main__":
-    shards = int(sys.argv[1]) if len(sys.argv) > 1 else 4
-    batches = int(sys.argv[2]) if len(sys.argv) > 2 else 300
-    print(bench_settlement(shards, batches))
-
-
 def test_writer_connection_updates_orders_by_index_however_large_the_ledger(dsn: str) -> None:
     """The staged UPDATE joins by primary key, not by hashing the whole orders table.
 
@@ -515,3 +509,9 @@ def test_writer_connection_updates_orders_by_index_however_large_the_ledger(dsn:
     found = run(plan())
     assert "Index Scan using orders_pkey on orders" in found, found
     assert "Seq Scan on orders" not in found, found
+
+
+if __name__ == "__main__":
+    shards = int(sys.argv[1]) if len(sys.argv) > 1 else 4
+    batches = int(sys.argv[2]) if len(sys.argv) > 2 else 300
+    print(bench_settlement(shards, batches))
