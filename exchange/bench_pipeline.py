@@ -41,6 +41,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import asyncpg
 import msgspec
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -262,7 +263,7 @@ class _EventHead(msgspec.Struct):
     input_offset: int = -1
 
 
-_head_decoder = msgspec.msgpack.Decoder(_EventHead)
+_heads_decoder = msgspec.msgpack.Decoder(list[_EventHead] | _EventHead)
 
 
 class Probe:
@@ -274,6 +275,7 @@ class Probe:
         self.produced_ns = np.zeros(orders, dtype=np.int64)  # filled in by the producer
         self.latency_ns = np.full(orders, -1, dtype=np.int64)
         self.records = 0
+        self.events = 0
         self.bytes = 0
         self.fills = 0
         self.duplicated = 0
@@ -290,7 +292,7 @@ class Probe:
     @property
     def event_bytes(self) -> float:
         """Mean encoded event size so far."""
-        return self.bytes / self.records if self.records > 100 else event_bytes_guess
+        return self.bytes / self.events if self.events > 100 else event_bytes_guess
 
     async def run(self) -> None:
         """Consume from the start until stopped."""
@@ -313,24 +315,26 @@ class Probe:
             await consumer.stop()
 
     def _observe(self, records: list[Any], now_ns: int) -> None:
-        decode = _head_decoder.decode
+        decode = _heads_decoder.decode
         first, n = self.first_order, len(self.latency_ns)
         latency, produced = self.latency_ns, self.produced_ns
         for record in records:
             value = record.value or b""
             self.bytes += len(value)
-            head = decode(value)
-            if head.seq < self.next_seq:
-                self.duplicated += 1
-                continue
-            if head.seq > self.next_seq:
-                self.seq_gaps += head.seq - self.next_seq
-            self.next_seq = head.seq + 1
-            if head.type == "TradeExecuted":
-                self.fills += 1
-            i = head.input_offset - first
-            if 0 <= i < n and latency[i] < 0:
-                latency[i] = now_ns - produced[i]
+            heads = decode(value)
+            for head in heads if isinstance(heads, list) else [heads]:
+                self.events += 1
+                if head.seq < self.next_seq:
+                    self.duplicated += 1
+                    continue
+                if head.seq > self.next_seq:
+                    self.seq_gaps += head.seq - self.next_seq
+                self.next_seq = head.seq + 1
+                if head.type == "TradeExecuted":
+                    self.fills += 1
+                i = head.input_offset - first
+                if 0 <= i < n and latency[i] < 0:
+                    latency[i] = now_ns - produced[i]
         self.records += len(records)
         self.last_event_ns = now_ns
 
@@ -396,7 +400,8 @@ class Pipeline:
 
     def slowest_read_events(self) -> int:
         """Events read by the slowest consumer of the events topic."""
-        return min(self.writer.records_read, self.marketdata.records, self.probe.records)
+        md = self.marketdata
+        return min(self.writer.events_read, md.events + md.malformed, self.probe.events)
 
     def backlog_bytes(self, produced_commands: int, command_bytes: float) -> float:
         """Unread bytes the engine and the events consumers have yet to catch up with."""
@@ -589,10 +594,10 @@ async def _run_pipeline(
             pipe.settled_events, "settlement", pipe.check,
         )  # fmt: skip
         probe = pipe.probe
-        await _wait_for(lambda: probe.records >= pipe.runner.events,
-                        lambda: probe.records, "probe", pipe.check)  # fmt: skip
-        await _wait_for(lambda: pipe.marketdata.records >= pipe.runner.events,
-                        lambda: pipe.marketdata.records, "market data", pipe.check)  # fmt: skip
+        await _wait_for(lambda: probe.events >= pipe.runner.events,
+                        lambda: probe.events, "probe", pipe.check)  # fmt: skip
+        await _wait_for(lambda: pipe.marketdata.events >= pipe.runner.events,
+                        lambda: pipe.marketdata.events, "market data", pipe.check)  # fmt: skip
         settled_ns = pipe.settled_ns
     finally:
         await producer.stop()
@@ -602,7 +607,22 @@ async def _run_pipeline(
     )
     report["settled_all"] = settled
     report["snapshots"] = snapshots
+    report.update(await _ledger_totals(dsn))
     return report, payloads
+
+
+async def _ledger_totals(dsn: str) -> Report:
+    """What the ledger holds: its postings must sum to zero and hold every fill once."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        row = await conn.fetchrow(
+            "SELECT (SELECT coalesce(sum(amount_micros), 0) FROM postings) AS postings_sum, "
+            "(SELECT count(*) FROM trades) AS trades"
+        )
+    finally:
+        await conn.close()
+    assert row is not None
+    return {"ledger_postings_sum": int(row["postings_sum"]), "ledger_trades": int(row["trades"])}
 
 
 async def _settle_setup(pipe: Pipeline, commands: int) -> int:
@@ -610,7 +630,7 @@ async def _settle_setup(pipe: Pipeline, commands: int) -> int:
     await _wait_for(lambda: pipe.runner.next_offset >= commands,
                     lambda: pipe.runner.next_offset, "setup", pipe.check)  # fmt: skip
     events = pipe.runner.events
-    await _wait_for(lambda: pipe.settled_events() >= events and pipe.probe.records >= events,
+    await _wait_for(lambda: pipe.settled_events() >= events and pipe.probe.events >= events,
                     pipe.settled_events, "setup settlement", pipe.check)  # fmt: skip
     pipe.setup_events = events
     refused = pipe.writer.malformed
@@ -649,11 +669,13 @@ def _pipeline_report(pipe: Pipeline, count: int, rate: float, first_ns: int,
         "settlement_seq_gaps": writer.seq_gaps,
         "settlement_dead_letters": writer.malformed + writer.unbalanced_commands,
         "settlement_transactions": writer.transactions,
+        "settlement_copy_conflicts": writer.copy_conflicts,
         "engine_batches": runner.batches,
         "engine_malformed": runner.malformed,
         "engine_snapshots": runner.snapshots,
         "marketdata_messages": pipe.marketdata.messages,
-        "marketdata_missed_events": runner.events - pipe.marketdata.records,
+        "marketdata_missed_events": runner.events - pipe.marketdata.events,
+        "event_records": probe.records,
     }
 
 

@@ -40,7 +40,7 @@ import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas import events as ev
-from schemas.codec import DecodeError, decode_event, encode
+from schemas.codec import DecodeError, decode_event, encode, split_event_record
 from schemas.codes import OrderType, Side, TimeInForce
 from streams.settings import Settings
 from streams.topics import topics
@@ -227,7 +227,7 @@ class Auditor:
     # ------------------------------------------------------------------ public API
 
     def feed(self, event: Any, raw: bytes | None = None) -> None:
-        """Replay one event; `raw` is its msgpack record value (re-encoded when None)."""
+        """Replay one event; `raw` is its msgpack encoding as logged (re-encoded when None)."""
         raw = encode(event) if raw is None else raw
         s = self._shards.get(event.shard)
         if s is None:
@@ -328,15 +328,15 @@ class Auditor:
         self.violate(Violation(kind, message, event.shard, event.seq, account))
 
     def _verify_anchor(self, s: _ShardState, event: Any, raw: bytes) -> bool:
-        """Check the checkpoint's last event against its head; True if `event` was it."""
+        """Check the checkpoint's last event against its head; True if `event` was audited.
+
+        The replay resumes at the record holding the checkpoint's last event: the events before
+        it in that record (a batch) were audited already and are passed over.
+        """
         if event.seq > s.seq:
             self.warnings.append(f"shard {s.shard}: the checkpoint's last event was not re-read")
         elif event.seq < s.seq:
-            self._violate(
-                "checkpoint_mismatch",
-                f"expected the checkpoint's last event (seq {s.seq}) first, found seq {event.seq}",
-                event,
-            )
+            return True  # earlier in the checkpoint's last record
         elif chain_step(s.prev_head, raw) != s.head:
             self._violate(
                 "checkpoint_mismatch",
@@ -671,25 +671,34 @@ def _capture(
 
 
 def _feed_record(auditor: Auditor, partition: int, offset: int, value: bytes | None) -> None:
+    """Replay the events of one gx.events record (a batch, or one event in the old format)."""
     where = f"partition {partition} offset {offset}"
     if value is None:
         auditor.violate(Violation("record_malformed", f"{where}: record has no value"))
         return
     try:
-        event = decode_event(value)
+        raws = split_event_record(value)
     except DecodeError as error:
-        auditor.violate(Violation("record_malformed", f"{where}: undecodable event: {error}"))
+        auditor.violate(Violation("record_malformed", f"{where}: undecodable record: {error}"))
         return
-    if event.shard != partition:
-        auditor.violate(
-            Violation(
-                "wrong_partition",
-                f"{where}: event of shard {event.shard} (expected {partition})",
-                event.shard,
-                event.seq,
+    for index, raw in enumerate(raws):
+        try:
+            event = decode_event(raw)
+        except DecodeError as error:
+            auditor.violate(
+                Violation("record_malformed", f"{where} event {index}: undecodable event: {error}")
             )
-        )
-    auditor.feed(event, value)
+            continue
+        if event.shard != partition:
+            auditor.violate(
+                Violation(
+                    "wrong_partition",
+                    f"{where}: event of shard {event.shard} (expected {partition})",
+                    event.shard,
+                    event.seq,
+                )
+            )
+        auditor.feed(event, raw)
 
 
 def _compare(

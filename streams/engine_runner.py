@@ -5,13 +5,17 @@ A plain aiokafka batch loop (ARCHITECTURE 5-6):
     getmany(commands[shard]) -> msgspec decode -> Engine.apply -> encode -> produce(events[shard])
     -> await delivery of the whole batch -> every N commands, snapshot (state, next input offset)
 
+A gx.events record holds the events of whole commands (`pack_records`; a command too big for
+one record is split, its records but the last marked with the `gx-partial` header), so a step
+of 1,000 commands is a handful of records, not 6,000.
+
 No loss, no duplicates, across kill -9 at any moment:
 
 - Every event carries its shard sequence number (`seq`, contiguous from 1) and the offset of the
   command that caused it. The engine is a pure function of the commands log, so replaying any
   suffix of the log from a snapshot regenerates exactly the events produced the first time.
-- Recovery loads the newest snapshot (or a fresh engine at offset 0), reads the LAST event of the
-  shard's events partition to learn the last sequence number produced, replays the commands from
+- Recovery loads the newest snapshot (or a fresh engine at offset 0), reads the LAST event (of
+  the last record) of the shard's events partition to learn the last sequence number produced, replays the commands from
   the snapshot's offset and drops every regenerated event whose seq is at or below it. The
   regenerated copy of that last event must equal the stored one byte for byte, or the runner
   stops: a divergence means a different engine, configuration or catalog, never something to
@@ -50,15 +54,17 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 
 from matching.engine import Engine, EngineConfig
 from schemas.catalog import Catalog, load_catalog
-from schemas.codec import DecodeError, decode_command, encode
+from schemas.codec import DecodeError, decode_command, encode, pack_events, split_event_record
 from schemas.commands import Command
 from streams.process import serve
 from streams.settings import Settings, load_settings
 from streams.snapshots import LeaseError, Snapshot, SnapshotStore
-from streams.topics import shard_key, topics
+from streams.topics import PARTIAL_HEADER, shard_key, topics
 
 __all__ = [
     "EngineRunner",
+    "EventRecord",
+    "pack_records",
     "Malformed",
     "RecoveryError",
     "RunnerStats",
@@ -71,6 +77,8 @@ __all__ = [
 log = logging.getLogger("gx.engine")
 
 record_batch_bytes_max = 512 * 1024  # one produce record batch; below the broker's 1 MiB default
+events_record_bytes_max = 128 * 1024  # one gx.events record (whole commands; see pack_records)
+_PARTIAL_HEADERS = [(PARTIAL_HEADER, b"1")]
 poll_timeout_ms = 100
 linger_ms = 5
 last_event_window_min = 16  # records read back from the end to find the last event
@@ -309,8 +317,8 @@ class EngineRunner:
                 start = max(begin, end - window)
                 value = await self._last_value_between(consumer, start, end)
                 if value is not None:
-                    seq = _event_seq(value)
-                    return seq, value
+                    last = _last_event_of(value)
+                    return _event_seq(last), last
                 if start == begin:
                     return None
                 window *= 4
@@ -402,7 +410,7 @@ class EngineRunner:
             return
         producer = self._producer
         assert producer is not None
-        payloads = [encode(e) for e in events]
+        payloads = pack_records(events, events_record_bytes_max)
         if not self.settings.kafka_transactions:
             # One record batch at a time: a later batch never lands after an earlier one failed,
             # so the log has no gaps for recovery to mistake for produced events.
@@ -418,16 +426,17 @@ class EngineRunner:
         self.stats.events += len(events)
 
     def _record_batches(
-        self, producer: AIOKafkaProducer, payloads: Sequence[bytes]
+        self, producer: AIOKafkaProducer, records: Sequence[EventRecord]
     ) -> list[BatchBuilder]:
         batches: list[BatchBuilder] = []
         batch = producer.create_batch()
-        for value in payloads:
-            if batch.append(key=self.key, value=value, timestamp=None) is None:
+        for record in records:
+            value, headers = record.value, _PARTIAL_HEADERS if record.partial else []
+            if batch.append(key=self.key, value=value, timestamp=None, headers=headers) is None:
                 batches.append(batch)
                 batch = producer.create_batch()
-                if batch.append(key=self.key, value=value, timestamp=None) is None:
-                    raise ValueError(f"event of {len(value)} bytes exceeds one record batch")
+                if batch.append(key=self.key, value=value, timestamp=None, headers=headers) is None:
+                    raise ValueError(f"record of {len(value)} bytes exceeds one record batch")
         batch.close()
         batches.append(batch)
         return batches
@@ -454,6 +463,64 @@ class _SeqOnly(msgspec.Struct, kw_only=True):
 
 
 _seq_only_decoder = msgspec.msgpack.Decoder(_SeqOnly)
+
+
+def _last_event_of(value: bytes) -> bytes:
+    """The encoded last event of a gx.events record."""
+    try:
+        events = split_event_record(value)
+    except DecodeError as error:
+        raise RecoveryError(f"the events log's last record does not decode: {error}") from None
+    if not events:
+        raise RecoveryError("the events log's last record holds no event")
+    return events[-1]
+
+
+class EventRecord(msgspec.Struct, frozen=True):
+    """One gx.events record value; `partial`: its last command goes on in the next record."""
+
+    value: bytes
+    partial: bool = False
+
+
+def pack_records(events: Sequence[Any], bytes_max: int) -> list[EventRecord]:
+    """Encode events into gx.events records: whole commands per record, in order.
+
+    A record closes before the next command's events would take it past `bytes_max` (the bytes
+    of its events; the array header adds at most 5); only a
+    command whose own events exceed `bytes_max` is split over several records, every one but
+    the last of them marked `partial` (the `PARTIAL_HEADER` record header on the topic).
+    """
+    records: list[EventRecord] = []
+    current: list[bytes] = []
+    size = 0
+    command: list[bytes] = []  # the events of the command being read
+    command_size = 0
+    key = None
+
+    def close_command() -> None:
+        nonlocal current, size
+        if current and size + command_size > bytes_max:
+            records.append(EventRecord(pack_events(current)))
+            current, size = [], 0
+        current.extend(command)
+        size += command_size
+
+    for event in events:
+        value = encode(event)
+        if event.input_offset != key:
+            close_command()
+            command, command_size, key = [], 0, event.input_offset
+        if command and command_size + len(value) > bytes_max:  # one command over several records
+            close_command()
+            records.append(EventRecord(pack_events(current), partial=True))
+            current, size, command, command_size = [], 0, [], 0
+        command.append(value)
+        command_size += len(value)
+    close_command()
+    if current:
+        records.append(EventRecord(pack_events(current)))
+    return records
 
 
 def _event_seq(value: bytes) -> int:

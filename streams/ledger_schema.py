@@ -60,7 +60,7 @@ class Migration(msgspec.Struct, frozen=True):
 _V1_LEDGER = """
 CREATE TABLE postings (
     event_partition integer  NOT NULL,  -- Kafka partition of the CashChanged record
-    event_offset    bigint   NOT NULL,  -- Kafka offset of the CashChanged record
+    event_offset    bigint   NOT NULL,  -- Kafka offset of the record holding the CashChanged
     posting_index   smallint NOT NULL,  -- bucket - 1: one posting per non-zero bucket delta
     shard           bigint   NOT NULL,
     seq             bigint   NOT NULL,
@@ -263,10 +263,21 @@ CREATE TABLE client_orders (
 );
 """
 
+# A gx.events record holds a batch of events (schemas/codec.py), so a Kafka position no longer
+# names one event; its shard sequence number does. Postings are keyed by (shard, seq, index), and
+# a trade by its id alone; the partition and offset columns stay, telling where each came from.
+_V4_EVENT_BATCHES = """
+ALTER TABLE postings DROP CONSTRAINT postings_pkey;
+ALTER TABLE postings DROP CONSTRAINT postings_shard_seq_posting_index_key;
+ALTER TABLE postings ADD PRIMARY KEY (shard, seq, posting_index);
+ALTER TABLE trades DROP CONSTRAINT trades_event_partition_event_offset_key;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "ledger", _V1_LEDGER),
     Migration(2, "market history", _V2_MARKET_HISTORY),
     Migration(3, "gateway", _V3_GATEWAY),
+    Migration(4, "event batches", _V4_EVENT_BATCHES),
 )
 
 _CREATE_MIGRATIONS_TABLE = """

@@ -6,9 +6,10 @@ A plain aiokafka batch loop over every partition of the events topic, read from 
 
 Idempotent by construction: the state is rebuilt from the log at every start, and the same log
 gives the same messages, so a restart republishes messages that clients already hold under the
-same (symbol, seq); they drop a delta whose seq is not above the one they have. A command's events
-are published together once the shard's next command shows up or the partition is read up to its
-high watermark (the engine produces all events of a command at once).
+same (symbol, seq); they drop a delta whose seq is not above the one they have. The events of one
+gx.events record (whole commands) are published together at its end: one book update per symbol
+and record. Single-event records (the first releases' format) are grouped by command instead,
+published once the shard's next command shows up or the partition is read to its end.
 
 An event record that does not decode is logged with its partition and offset, counted, and skipped.
 """
@@ -29,7 +30,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 
-from schemas.codec import DecodeError, decode_event
+from schemas.codec import DecodeError, decode_event_record, is_event_batch
 from streams.marketdata_book import MarketData
 from streams.marketdata_messages import MarketDataMessage, encode_message
 from streams.process import serve
@@ -58,6 +59,14 @@ no_broker_message = (
     "no Kafka broker: set GX_KAFKA_BOOTSTRAP=host:port (or pass --bootstrap), "
     "or run everything embedded with `make sandbox`"
 )
+
+
+def _shard_of(items: list[Any]) -> int | None:
+    """The shard of a record's events (of the first one that decoded)."""
+    for item in items:
+        if not isinstance(item, DecodeError):
+            return int(item.shard)
+    return None
 
 
 class ProcessStats(msgspec.Struct, kw_only=True):
@@ -133,22 +142,29 @@ class MarketDataProcess:
         return count
 
     def _apply(self, partition: int, offset: int, value: bytes | None) -> list[MarketDataMessage]:
-        try:
-            if value is None:
-                raise DecodeError("the record has no value")
-            event = decode_event(value)
-        except DecodeError as error:
-            self.stats.malformed += 1
-            log.warning(
-                "malformed event record skipped: topic=%s partition=%d offset=%d: %s",
-                self.events_topic,
-                partition,
-                offset,
-                error,
-            )
-            return []
-        self.stats.events += 1
-        return self.md.apply(event)
+        """One gx.events record: a batch of whole commands is published as one group at its
+        end; a single-event record (the first releases' format) groups by command."""
+        items = [] if value is None else decode_event_record(value)
+        out: list[MarketDataMessage] = []
+        batch = value is not None and is_event_batch(value)
+        for item in items:
+            if isinstance(item, DecodeError):
+                self._malformed(partition, offset, str(item))
+                continue
+            self.stats.events += 1
+            out += self.md.apply(item, offset if batch else None)
+        if value is None:
+            self._malformed(partition, offset, "the record has no value")
+        elif batch and (shard := _shard_of(items)) is not None:
+            out += self.md.flush(shard)
+        return out
+
+    def _malformed(self, partition: int, offset: int, why: str) -> None:
+        self.stats.malformed += 1
+        log.warning(
+            "malformed event record skipped: topic=%s partition=%d offset=%d: %s",
+            self.events_topic, partition, offset, why,
+        )  # fmt: skip
 
     async def _flush_caught_up(self) -> list[MarketDataMessage]:
         """Complete the pending command of every shard whose partition is read to its end."""

@@ -155,12 +155,12 @@ class _Index:
 
 
 class _Command:
-    """What one command did, collected until it is complete."""
+    """What one group of events (a command, or a record of whole commands) did, until complete."""
 
     __slots__ = ("offset", "ts_ns", "touched", "trades", "listed", "closed")
 
     def __init__(self, offset: int) -> None:
-        self.offset = offset
+        self.offset = offset  # the group key: input offset or gx.events record offset
         self.ts_ns = 0
         self.touched: dict[int, tuple[str, int, int, int] | None] = {}  # order id -> state before
         self.trades: list[e.TradeExecuted] = []
@@ -201,18 +201,24 @@ class MarketData:
 
     # ------------------------------------------------------------------ public API
 
-    def apply(self, event: e.Event) -> list[MarketDataMessage]:
-        """Take the next event; return the messages of the command(s) it shows to be complete."""
+    def apply(self, event: e.Event, group: int | None = None) -> list[MarketDataMessage]:
+        """Take the next event; return the messages of the group(s) it shows to be complete.
+
+        Events are published in groups: by default a group is one command (its `input_offset`);
+        a caller that knows better passes `group` (the process passes the gx.events record,
+        which holds whole commands) and calls `flush` when the group ends.
+        """
         self.stats.events += 1
         out: list[MarketDataMessage] = []
+        key = event.input_offset if group is None else group
         pending = self._pending.get(event.shard)
-        if pending is not None and pending.offset != event.input_offset:
+        if pending is not None and pending.offset != key:
             out += self.flush(event.shard)
             pending = None
         if not isinstance(event, _MARKET_EVENTS):
             return out
         if pending is None:
-            pending = self._pending[event.shard] = _Command(event.input_offset)
+            pending = self._pending[event.shard] = _Command(key)
         pending.ts_ns = max(pending.ts_ns, event.ts_event)
         self._record(pending, event)
         return out

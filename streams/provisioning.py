@@ -54,7 +54,7 @@ from faust.types import StreamT
 from schemas import commands as c
 from schemas import events as e
 from schemas.catalog import load_catalog
-from schemas.codec import DecodeError, decode_event, encode
+from schemas.codec import DecodeError, decode_event_record, encode
 from streams.process import serve
 from streams.provisioning_messages import (
     ProvisionConfirmed,
@@ -460,12 +460,15 @@ class ProvisioningProcess:
     async def _on_events(self, stream: StreamT[bytes]) -> None:
         async for value in stream:
             try:
-                event = decode_event(value)
-            except (DecodeError, TypeError) as error:
-                self.stats.malformed += 1
-                log.warning("malformed event record skipped: %s", error)
-                continue
-            await self._send(self.lifecycle.on_event(event))
+                events = decode_event_record(value)
+            except TypeError as error:  # not bytes
+                events = [DecodeError(str(error))]
+            for event in events:
+                if isinstance(event, DecodeError):
+                    self.stats.malformed += 1
+                    log.warning("malformed event skipped: %s", event)
+                    continue
+                await self._send(self.lifecycle.on_event(event))
 
     async def _on_replies(self, stream: StreamT[bytes]) -> None:
         async for value in stream:

@@ -20,6 +20,11 @@ Exactly once in effect, at-least-once underneath:
   check makes a conflict impossible in a ledger only this writer fills, and should one happen
   anyway (a second writer under another consumer name), the savepoint rolls the copy back and
   the rows take the staged ON CONFLICT DO NOTHING path instead.
+- Records are batches of whole commands (schemas/codec.py); a commit ends at a record that
+  completes its last command (no `gx-partial` header), and the stored position is always a
+  record boundary (a command split over records waits for its last record), which is where the
+  audit compares the ledger with its replay. Single-event records (the first format) follow the
+  rule below.
 - A command's events (same shard and input offset) are settled in one transaction. Its
   CashChanged deltas sum to zero, so the sum of all postings is zero after every commit: a
   batch ends at the last complete command and holds back the trailing one, which is settled
@@ -44,10 +49,10 @@ import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas import events as ev
-from schemas.codec import DecodeError, decode_event, encode
+from schemas.codec import DecodeError, decode_event_record, encode, is_event_batch
 from streams import ledger_schema as ls
 from streams.settings import Settings
-from streams.topics import topics
+from streams.topics import is_partial, topics
 
 __all__ = [
     "SettlementWriter",
@@ -90,6 +95,7 @@ class SettlementCounters(msgspec.Struct):
     """What the writer has done since it started (committed work only, except `records_read`)."""
 
     records_read: int = 0
+    events_read: int = 0  # events in those records (a record holds one or a batch)
     events_settled: int = 0
     postings: int = 0
     trades: int = 0
@@ -115,18 +121,20 @@ Entry = tuple[int, Any]  # (Kafka offset, event or Malformed)
 # ============================================================================ decoding
 
 
-def decode_record(value: bytes | None) -> Any:
-    """Decode one record value into an event, or a Malformed saying what is wrong with it."""
+def decode_record(value: bytes | None) -> list[Any]:
+    """Decode one gx.events record into its events, each an event or a Malformed saying what
+    is wrong with it (a record that does not decode at all is one Malformed)."""
     if value is None:
-        return Malformed("record has no value", None)
-    try:
-        event = decode_event(value)
-    except DecodeError as error:
-        return Malformed(f"undecodable event: {error}", value[:dead_letter_payload_bytes_max])
-    problem = _out_of_range(event)
-    if problem is not None:
-        return Malformed(problem, value[:dead_letter_payload_bytes_max])
-    return event
+        return [Malformed("record has no value", None)]
+    payload = value[:dead_letter_payload_bytes_max]
+    out: list[Any] = []
+    for event in decode_event_record(value):
+        if isinstance(event, DecodeError):
+            out.append(Malformed(f"undecodable event: {event}", payload))
+            continue
+        problem = _out_of_range(event)
+        out.append(event if problem is None else Malformed(problem, payload))
+    return out
 
 
 def _out_of_range(event: Any) -> str | None:
@@ -553,6 +561,39 @@ _APPLY_ORDER = tuple(table for table, _ in _STAGES)
 # ============================================================================ the writer
 
 
+class _Tail:
+    """What the last record read from a partition was, and its unsettled partial records."""
+
+    __slots__ = ("batch", "partial", "partial_offsets")
+
+    def __init__(self) -> None:
+        self.batch = False  # a batch record (not a single event of the old format)
+        self.partial = False  # its last command continues in the next record
+        self.partial_offsets: set[int] = set()  # pending records marked partial
+
+
+def _plan_at_record_boundary(
+    pending: list[Entry], last_seq: Mapping[int, int], complete: bool, partial: set[int]
+) -> Plan:
+    """`plan_commit`, never ending inside a batch record: the consumer position stays a record
+    boundary, which is where the audit compares the ledger with its replay.
+
+    A plan that would end inside a record (a command split over records is held back) ends
+    instead where that record starts, or before the partial records leading to it.
+    """
+    plan = plan_commit(pending, last_seq, complete)
+    cut = plan.count
+    if not 0 < cut < len(pending) or pending[cut][0] != pending[cut - 1][0]:
+        return plan
+    while cut > 0 and pending[cut - 1][0] == pending[cut][0]:
+        cut -= 1  # to the start of the record
+    while cut > 0 and pending[cut - 1][0] in partial:
+        cut -= 1  # the records before it continue into it: back to the command's start
+        while cut > 0 and pending[cut - 1][0] == pending[cut][0]:
+            cut -= 1
+    return plan_commit(pending[:cut], last_seq, True) if cut else Plan(last_seq=dict(last_seq))
+
+
 async def prepare_connection(conn: Any) -> list[int]:
     """Ready a writer's connection: migrate the ledger, create the staging tables, set the
     planner; return the migrations applied."""
@@ -620,6 +661,8 @@ class SettlementWriter:
         self._conn: Any = None
         self._partitions: list[TopicPartition] = []
         self._pending: dict[int, list[Entry]] = {}
+        self._tail: dict[int, _Tail] = {}  # per partition: what the last record read was
+        self._events_per_record = 1.0  # running mean, to size reads in events
         self._next_offset: dict[int, int] = {}
         self._last_seq: dict[int, int] = {}
         self._stopping = asyncio.Event()
@@ -717,6 +760,7 @@ class SettlementWriter:
         for tp in self._partitions:
             self._next_offset[tp.partition] = stored.get(tp.partition, 0)
             self._pending[tp.partition] = []
+            self._tail[tp.partition] = _Tail()
             kafka.seek(tp, self._next_offset[tp.partition])
 
     # ------------------------------------------------------------------ the loop
@@ -749,20 +793,42 @@ class SettlementWriter:
     async def _step(self, kafka: AIOKafkaConsumer) -> None:
         if self._conn is None:
             raise ConnectionError("no database connection")
+        # settle_batch_max counts events; a record holds one (old format) or a batch of them
+        records_max = max(1, int(self._batch_max / self._events_per_record))
         batches = await kafka.getmany(
-            *self._partitions, timeout_ms=poll_timeout_ms, max_records=self._batch_max
+            *self._partitions, timeout_ms=poll_timeout_ms, max_records=records_max
         )
+        read = 0
         for tp, records in batches.items():
-            pending = self._pending[tp.partition]
-            pending.extend((r.offset, decode_record(r.value)) for r in records)
+            pending, tail = self._pending[tp.partition], self._tail[tp.partition]
+            for r in records:
+                offset = r.offset
+                items = decode_record(r.value)
+                pending.extend((offset, item) for item in items)
+                read += len(items)
+                tail.partial = is_partial(r.headers)
+                tail.batch = r.value is not None and is_event_batch(r.value)
+                if tail.partial:
+                    tail.partial_offsets.add(offset)
             self.counters.records_read += len(records)
+        if read:
+            self.counters.events_read += read
+            records = sum(len(r) for r in batches.values())
+            self._events_per_record += 0.2 * (read / records - self._events_per_record)
         plans: dict[int, Plan] = {}
         seqs = self._last_seq
         for tp in self._partitions:
             pending = self._pending[tp.partition]
             if not pending:
                 continue
-            plan = plan_commit(pending, seqs, await _caught_up(kafka, tp))
+            tail = self._tail[tp.partition]
+            # The pending events end with a record. A batch record that is not marked partial
+            # ends its last command; a single-event record (old format) is only known to end
+            # one when nothing follows it yet.
+            complete = (tail.batch and not tail.partial) or (
+                not tail.batch and await _caught_up(kafka, tp)
+            )
+            plan = _plan_at_record_boundary(pending, seqs, complete, tail.partial_offsets)
             if plan.count:
                 plans[tp.partition] = plan
                 seqs = plan.last_seq
@@ -796,7 +862,12 @@ class SettlementWriter:
             await self._write_dead_letters(plans)
             await self._write_positions(next_offsets, seqs)
         for partition, plan in plans.items():
-            del self._pending[partition][: plan.count]
+            pending = self._pending[partition]
+            del pending[: plan.count]
+            partial = self._tail[partition].partial_offsets
+            if partial:  # forget the partial records settled in full
+                first = pending[0][0] if pending else None
+                partial.difference_update([o for o in partial if first is None or o < first])
         self._next_offset.update(next_offsets)
         self._last_seq = seqs
         self._count(plans, rows)

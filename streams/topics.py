@@ -6,7 +6,11 @@ import msgspec
 
 from streams.settings import Settings
 
-__all__ = ["Topic", "topics", "shard_key"]
+__all__ = ["PARTIAL_HEADER", "Topic", "is_partial", "topics", "shard_key"]
+
+# Header of a gx.events record whose last command continues in the next record (a command whose
+# events exceed one record; schemas/codec.py describes the records).
+PARTIAL_HEADER = "gx-partial"
 
 
 class Topic(msgspec.Struct, frozen=True):
@@ -34,3 +38,8 @@ def topics(settings: Settings) -> dict[str, Topic]:
 def shard_key(shard: int) -> bytes:
     """The message key of a shard's commands and events (partition = shard)."""
     return str(shard).encode()
+
+
+def is_partial(headers: object) -> bool:
+    """Whether a consumed gx.events record's headers mark its last command as continued."""
+    return any(name == PARTIAL_HEADER for name, _ in headers or ())  # type: ignore[attr-defined]

@@ -188,6 +188,10 @@ def test_checkpoint_resumes_to_the_same_head_and_state(simulated: tuple[Engine, 
     assert resumed.heads() == full.heads()
     assert resumed.balances() == full.balances()
     assert resumed.positions() == full.positions()
+    # Resumed at a batch record that holds more events before the checkpoint's last one.
+    batch = replay(events[cut - 5 :], Auditor(load_checkpoint(data)))
+    assert batch.violations == [] and batch.warnings == []
+    assert batch.heads() == full.heads() and batch.balances() == full.balances()
 
 
 def test_checkpoint_detects_a_rewritten_last_event_and_an_altered_file(

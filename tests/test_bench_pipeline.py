@@ -40,3 +40,5 @@ def test_pipeline_bench_streams_orders_end_to_end_without_loss_or_duplicates(
     assert report["fills"] > 0
     assert report["settled_fills"] == report["fills"]
     assert report["marketdata_missed_events"] == 0
+    assert report["ledger_postings_sum"] == 0
+    assert report["ledger_trades"] == report["fills"]

@@ -6,7 +6,7 @@ import msgspec
 import pytest
 
 from schemas import events as ev
-from schemas.codec import encode
+from schemas.codec import encode, pack_events
 from streams.settlement import Malformed, decode_record
 
 INT64_MAX = 2**63 - 1
@@ -34,10 +34,21 @@ def _trade(**changes: object) -> bytes:
 
 
 def test_an_event_in_range_decodes() -> None:
-    event = decode_record(_cash())
+    [event] = decode_record(_cash())
     assert isinstance(event, ev.CashChanged) and event.available_delta == -5
-    assert isinstance(decode_record(_trade()), ev.TradeExecuted)
-    assert decode_record(encode(event)) == event
+    assert isinstance(decode_record(_trade())[0], ev.TradeExecuted)
+    assert decode_record(encode(event)) == [event]
+
+
+def test_a_batch_record_decodes_to_its_events_and_a_bad_one_spoils_only_itself() -> None:
+    [cash] = decode_record(_cash())
+    [trade] = decode_record(_trade())
+    assert decode_record(pack_events([_cash(), _trade()])) == [cash, trade]
+    found = decode_record(pack_events([_cash(), _trade(lots=INT64_MAX + 1), _cash(seq=9)]))
+    assert found[0] == cash and found[2] == msgspec.structs.replace(cash, seq=9)
+    assert isinstance(found[1], Malformed)
+    assert found[1].reason.startswith("TradeExecuted.lots: expected a 64-bit integer")
+    assert decode_record(pack_events([])) == []
 
 
 @pytest.mark.parametrize(
@@ -54,12 +65,12 @@ def test_an_event_in_range_decodes() -> None:
     ],
 )
 def test_what_the_ledger_cannot_hold_is_malformed_and_named(value: bytes, reason: str) -> None:
-    found = decode_record(value)
+    [found] = decode_record(value)
     assert isinstance(found, Malformed), found
     assert found.reason.startswith(reason), found.reason
     assert found.payload == value
 
 
 def test_no_value_is_malformed() -> None:
-    found = decode_record(None)
+    [found] = decode_record(None)
     assert isinstance(found, Malformed) and found.payload is None

@@ -30,7 +30,7 @@ from exchange.gateway.market_feed import MarketFeed, StreamKey
 from exchange.wire import ErrorCode, Prices, WireError
 from schemas import commands as c
 from schemas import events as e
-from schemas.codec import DecodeError, decode_event, encode
+from schemas.codec import DecodeError, decode_event_record, encode
 from streams.marketdata_messages import decode_message
 from streams.provisioning_messages import (
     ProvisionConfirmed,
@@ -214,21 +214,24 @@ class Hub:
             if value is None:
                 raise DecodeError("the record has no value")
             if name == "events":
-                self._on_event(decode_event(value))
+                for event in decode_event_record(value):  # a bad event spoils only itself
+                    if isinstance(event, DecodeError):
+                        self._malformed(name, partition, offset, event)
+                    else:
+                        self._on_event(event)
             elif name == "marketdata":
                 self._on_marketdata(decode_message(value), partition, offset)
             else:
                 self._on_provisioning(decode_provision(value))
         except DecodeError as error:
-            self.stats.malformed += 1
-            topic = self._readers[name].topic
-            log.warning(
-                "malformed record skipped: topic=%s partition=%d offset=%d: %s",
-                topic,
-                partition,
-                offset,
-                error,
-            )
+            self._malformed(name, partition, offset, error)
+
+    def _malformed(self, name: str, partition: int, offset: int, error: Exception) -> None:
+        self.stats.malformed += 1
+        log.warning(
+            "malformed record skipped: topic=%s partition=%d offset=%d: %s",
+            self._readers[name].topic, partition, offset, error,
+        )  # fmt: skip
 
     def _on_event(self, event: e.Event) -> None:
         self.stats.events += 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 import asyncpg
@@ -66,9 +66,13 @@ async def consume(
     partitions: int,
     expected: int,
     timeout_s: float = 10.0,
+    count_of: Callable[[bytes], int] = lambda _: 1,
     **consumer_options: Any,
 ) -> dict[int, list[tuple[int, bytes]]]:
-    """Read ``expected`` records of ``topic`` by assignment; return (offset, value) by partition."""
+    """Read ``expected`` records of ``topic`` by assignment; return (offset, value) by partition.
+
+    ``count_of(value)`` says how much a record counts towards ``expected`` (the events of a
+    gx.events record, say)."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers,
         auto_offset_reset="earliest",
@@ -90,7 +94,7 @@ async def consume(
                 for record in records:
                     assert record.value is not None
                     received[tp.partition].append((record.offset, record.value))
-                    count += 1
+                    count += count_of(record.value)
         # One more short poll so that duplicates beyond ``expected`` would show up.
         for tp, records in (await consumer.getmany(timeout_ms=300)).items():
             for record in records:

@@ -32,9 +32,10 @@ from schemas.catalog import Catalog, load_catalog
 from schemas.codec import encode
 from streams.embedded_broker import EmbeddedBroker
 from streams.embedded_postgres import EmbeddedPostgres
+from streams.engine_runner import EventRecord, pack_records
 from streams.settings import Settings
 from streams.settlement import Malformed, SettlementWriter, decode_record, plan_commit
-from streams.topics import shard_key, topics
+from streams.topics import PARTIAL_HEADER, shard_key, topics
 from tests.conftest import SMALL
 from tests.simulation import run_simulation
 
@@ -121,19 +122,25 @@ def settings_for(broker: EmbeddedBroker, batch_max: int = 5000, shards: int = 1)
 # ============================================================================ helpers
 
 
-async def produce(
-    bootstrap: str, topic: str, values: list[bytes | None], partition: int = 0
-) -> int:
-    """Produce `values` to one partition in order (key = shard); return the end offset."""
+async def produce(bootstrap: str, topic: str, values: list[Any], partition: int = 0) -> int:
+    """Produce `values` (bytes, None or EventRecord) to one partition in order (key = shard);
+    return the end offset."""
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5
     )
     await producer.start()
     try:
-        futures = [
-            await producer.send(topic, value, key=shard_key(partition), partition=partition)
-            for value in values
-        ]
+        futures = []
+        for value in values:
+            headers = None
+            if isinstance(value, EventRecord):
+                headers = [(PARTIAL_HEADER, b"1")] if value.partial else None
+                value = value.value
+            futures.append(
+                await producer.send(
+                    topic, value, key=shard_key(partition), partition=partition, headers=headers
+                )
+            )
         metadata = await asyncio.gather(*futures)
     finally:
         await producer.stop()
@@ -208,14 +215,38 @@ async def postings_sum(dsn: str) -> int:
 
 
 def encoded(events: list[Any]) -> list[bytes | None]:
+    """One record per event (the first releases' format)."""
     return [encode(x) for x in events]
+
+
+BATCH_BYTES = 2048  # small batch records: about ten events each, big commands split
+
+
+def records(events: list[Any], layout: str) -> list[Any]:
+    """The events as gx.events records: one per event ("single") or batches of whole commands
+    as the engine writes them ("batches"), the commands too big for one record split over
+    several marked partial."""
+    return encoded(events) if layout == "single" else pack_records(events, BATCH_BYTES)
+
+
+def command_boundary_after(events: list[Any], index: int) -> int:
+    """The first index at or after `index` where a new command starts."""
+    while 0 < index < len(events) and events[index].input_offset == events[index - 1].input_offset:
+        index += 1
+    return index
+
+
+@pytest.fixture(params=["single", "batches"])
+def layout(request: pytest.FixtureRequest) -> str:
+    """How events are laid out in records."""
+    return str(request.param)
 
 
 # ============================================================================ tests
 
 
 def test_settled_ledger_equals_engine_balances_positions_orders_and_trades(
-    market: Market, broker: EmbeddedBroker, dsn: str
+    market: Market, broker: EmbeddedBroker, dsn: str, layout: str
 ) -> None:
     settings = settings_for(broker, batch_max=500)
     topic = topics(settings)["events"].name
@@ -227,7 +258,9 @@ def test_settled_ledger_equals_engine_balances_positions_orders_and_trades(
         )
 
     async def scenario() -> tuple[SettlementWriter, list[Any], list[Any]]:
-        end = await produce(broker.bootstrap_servers, topic, encoded(market.events))
+        values = records(market.events, layout)
+        assert layout == "single" or any(r.partial for r in values)  # splits are exercised
+        end = await produce(broker.bootstrap_servers, topic, values)
         writer = await settle(
             settings, dsn, broker.bootstrap_servers, {0: end}, on_commit=check_zero
         )
@@ -265,7 +298,7 @@ _CHECK_QUERIES = (
 
 
 def test_stopping_and_restarting_mid_stream_keeps_postings_zero_sum_and_loses_nothing(
-    market: Market, broker: EmbeddedBroker, dsn: str
+    market: Market, broker: EmbeddedBroker, dsn: str, layout: str
 ) -> None:
     # Tiny batches: most transactions end inside a command and must hold its tail back.
     settings = settings_for(broker, batch_max=7)
@@ -278,9 +311,9 @@ def test_stopping_and_restarting_mid_stream_keeps_postings_zero_sum_and_loses_no
         )
 
     async def scenario() -> tuple[list[int], list[dict[int, int]], list[Any]]:
-        half = len(market.events) // 2
+        half = command_boundary_after(market.events, len(market.events) // 2)
         bootstrap = broker.bootstrap_servers
-        await produce(bootstrap, topic, encoded(market.events[:half]))
+        await produce(bootstrap, topic, records(market.events[:half], layout))
         after_stop: list[int] = []
         stopped_at: list[dict[int, int]] = []
         for _ in range(3):  # stop mid-stream, restart from the stored position
@@ -289,7 +322,7 @@ def test_stopping_and_restarting_mid_stream_keeps_postings_zero_sum_and_loses_no
             )
             stopped_at.append(writer.positions)
             after_stop.append(await postings_sum(dsn))
-        end = await produce(bootstrap, topic, encoded(market.events[half:]))
+        end = await produce(bootstrap, topic, records(market.events[half:], layout))
         await settle(settings, dsn, bootstrap, {0: end}, on_commit=check_zero)
         balances = await fetch_all(
             dsn, "SELECT account, bucket, amount_micros FROM balances WHERE amount_micros <> 0"
@@ -426,13 +459,14 @@ def test_plan_holds_back_an_incomplete_command_and_dead_letters_an_unbalanced_on
 
 
 def test_decode_record_names_what_is_wrong() -> None:
-    assert isinstance(decode_record(b"\x00"), Malformed)
-    bad = decode_record(msgspec.msgpack.encode({"type": "CashChanged", "seq": 1}))
+    [junk] = decode_record(b"\x00")
+    assert isinstance(junk, Malformed)
+    [bad] = decode_record(msgspec.msgpack.encode({"type": "CashChanged", "seq": 1}))
     assert isinstance(bad, Malformed) and "undecodable" in bad.reason
     too_big = e.PositionChanged(
         account=1, symbol="x", delta_lots=1, position_lots=2**64 - 1, reason=1, ref_id=1, seq=1
     )
-    result = decode_record(msgspec.msgpack.encode(too_big))
+    [result] = decode_record(msgspec.msgpack.encode(too_big))
     assert isinstance(result, Malformed) and "position_lots" in result.reason
 
 
@@ -509,6 +543,30 @@ def test_writer_connection_updates_orders_by_index_however_large_the_ledger(dsn:
     found = run(plan())
     assert "Index Scan using orders_pkey on orders" in found, found
     assert "Seq Scan on orders" not in found, found
+
+
+def test_a_version_3_ledger_migrates_to_keys_by_shard_sequence(dsn: str) -> None:
+    """Migration 4: batch records share a Kafka position, so postings are keyed by (shard, seq)."""
+    from streams import ledger_schema as ls
+
+    posting = "INSERT INTO postings VALUES (0, 5, 0, 0, $1, 3, 10, 1, 100, 1, 0, 0)"
+
+    async def scenario() -> list[tuple[Any, ...]]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            assert await ls.migrate(conn, ls.MIGRATIONS[:3]) == [1, 2, 3]
+            await conn.execute(posting, 7)
+            with pytest.raises(asyncpg.UniqueViolationError):  # v3: one event per offset
+                await conn.execute(posting, 8)
+            assert await ls.migrate(conn) == [4]
+            await conn.execute(posting, 8)  # the next event of the same record
+            with pytest.raises(asyncpg.UniqueViolationError):  # v4: one posting per seq, bucket
+                await conn.execute(posting, 8)
+            return [tuple(r) for r in await conn.fetch("SELECT seq FROM postings ORDER BY seq")]
+        finally:
+            await conn.close()
+
+    assert run(scenario()) == [(7,), (8,)]
 
 
 if __name__ == "__main__":
