@@ -3,15 +3,18 @@
 The exchange (embedded broker and PostgreSQL, engine, market data, gateway) runs in this process;
 the subscribers run in a second process (`python -m exchange.bench_feed --clients ...`), so the
 gateway and its clients do not share a core. The load is command pairs on one instrument: a
-provider offers one lot, a buyer takes it (IOC), so every command changes the book exactly once
-and every second one prints a trade. Command i is the book's update `base + i`, which gives each
-update its send time.
+provider offers one lot, a buyer takes it (IOC), so every command changes the book and every
+second one prints a trade. Market data publishes one book update per symbol and gx.events record
+(a record holds the commands of one engine step), so the book updates are fewer than the
+commands; each take prints its own trade, and the k-th trade of the load is the (2k+1)-th
+command, which gives each trade print its send time.
 
 Figures:
-- `lag_p50_ms` / `lag_p99_ms`: command produced -> the update it caused received by a subscriber
+- `lag_p50_ms` / `lag_p99_ms`: take command produced -> its trade print received by a subscriber
   (engine, market data and gateway included; measured on `recorded` subscribers);
 - `messages_per_s`: pushes received per second by all subscribers together;
-- `updates_per_s`: book updates the engine caused per second (the offered rate, as achieved);
+- `updates_per_s`: commands sent per second, each a change of the book (the offered rate);
+- `book_updates_per_s`: book update pushes one subscriber received per second;
 - `resyncs`: subscriptions stopped with `resync_required` (clients too slow for the rate);
 - `missing`: updates the recorded subscribers never received before their resync (if any).
 """
@@ -115,7 +118,6 @@ async def _bench(
     try:
         symbol, send = await _setup(stack)
         assert stack.gateway is not None and stack.gateway.gateway is not None
-        feed = stack.gateway.gateway.hub.feed
         url = stack.gateway.url.replace("http://", "ws://") + "/ws"
         _progress(f"connecting {subscribers} subscribers to {symbol}")
         clients = await asyncio.create_subprocess_exec(
@@ -127,7 +129,6 @@ async def _bench(
         ready = await clients.stdout.readline()
         if not ready.startswith(b"ready"):
             raise RuntimeError(f"the subscribers did not start: {ready!r}")
-        base = feed.last_seq(("book", symbol, 10))
         _progress(f"load: {rate} updates/s for {duration_s:g} s")
         sent_ns = await _load(send, symbol, rate, duration_s)
         await asyncio.sleep(drain_s)
@@ -136,7 +137,7 @@ async def _bench(
         await clients.wait()
     finally:
         await stack.stop()
-    return _report(result, sent_ns, base, subscribers, duration_s)
+    return _report(result, sent_ns, subscribers, duration_s)
 
 
 async def _setup(stack: Stack) -> tuple[str, Any]:
@@ -204,23 +205,29 @@ async def _load(send: Any, symbol: str, rate: int, duration_s: float) -> list[in
     return sent_ns
 
 
-def _report(result: dict[str, Any], sent_ns: list[int], base: int, subscribers: int,
+def _report(result: dict[str, Any], sent_ns: list[int], subscribers: int,
             duration_s: float) -> Report:  # fmt: skip
     sent = np.asarray(sent_ns, dtype=np.int64)
+    takes = sent[1::2]  # the k-th take prints the k-th trade of the load
+    recorded = [(np.asarray(ids, dtype=np.int64), np.asarray(recv, dtype=np.int64))
+                for ids, recv, _ in result["recorded"]]  # fmt: skip
+    first = min((int(ids.min()) for ids, _ in recorded if len(ids)), default=0)
     lags: list[np.ndarray] = []
     missing = 0
-    for seqs, recv in result["recorded"]:
-        s = np.asarray(seqs, dtype=np.int64) - base - 1
-        r = np.asarray(recv, dtype=np.int64)
-        keep = (s >= 0) & (s < len(sent))
-        lags.append((r[keep] - sent[s[keep]]) / 1e6)
-        missing += len(sent) - int(keep.sum())
+    for ids, recv in recorded:
+        k = ids - first
+        keep = (k >= 0) & (k < len(takes))
+        lags.append((recv[keep] - takes[k[keep]]) / 1e6)
+        missing += len(takes) - int(keep.sum())
     lag = np.concatenate(lags) if lags else np.zeros(0)
+    books = [count for _, _, count in result["recorded"]]
     return {
         "subscribers": subscribers,
         "connected": result["connected"],
         "updates": len(sent_ns),
         "updates_per_s": round(len(sent_ns) / duration_s),
+        "trades": len(takes),
+        "book_updates_per_s": round(float(np.mean(books)) / duration_s) if books else 0,
         "messages": result["messages"],
         "messages_per_s": round(result["messages"] / result["receive_s"])
         if result["receive_s"]
@@ -250,8 +257,9 @@ class _Subscriber(asyncio.Protocol):
         self.buffer = bytearray()
         self.upgraded = False
         self.transport: Any = None  # uvloop's transports are not asyncio.Transport
-        self.seqs: list[int] = []
+        self.trade_ids: list[int] = []
         self.recv: list[int] = []
+        self.book_updates = 0
         self.closed = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -312,9 +320,12 @@ class _Subscriber(asyncio.Protocol):
                 counts["resyncs"] += 1
             elif self.record and payload.startswith(b'{"conn_seq"'):
                 message = orjson.loads(payload)
-                if message.get("channel") == "book" and message.get("type") == "update":
-                    self.seqs.append(message["seq"])
+                channel = message.get("channel")
+                if channel == "trades" and message.get("type") == "update":
+                    self.trade_ids.append(message["trade_id"])
                     self.recv.append(now)
+                elif channel == "book" and message.get("type") == "update":
+                    self.book_updates += 1
         del buffer[:at]
         if at:
             if counts["first_ns"] == 0:
@@ -358,7 +369,7 @@ async def _clients(url: str, symbol: str, subscribers: int, recorded: int) -> No
         "messages": counts["messages"],
         "resyncs": counts["resyncs"],
         "receive_s": receive_s,
-        "recorded": [(cl.seqs, cl.recv) for cl in clients if cl.record],
+        "recorded": [(cl.trade_ids, cl.recv, cl.book_updates) for cl in clients if cl.record],
     }
     sys.stdout.write(orjson.dumps(out).decode())
 

@@ -1,0 +1,27 @@
+"""`gx bench feed` runs subscribers against a live gateway and prints its figures.
+
+No timing is asserted (benchmarks print figures); only that every trade reached every recorded
+subscriber and the figures are there.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from exchange.cli import main
+
+
+@pytest.mark.timeout(120)
+def test_feed_bench_delivers_every_trade_to_its_subscribers(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = ["--subscribers", "6", "--recorded", "3", "--rate", "200", "--duration", "2"]
+    assert main(["bench", "feed", *args, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["connected"] == 6
+    assert report["updates"] == 400 and report["trades"] == 200
+    assert report["missing"] == 0 and report["resyncs"] == 0
+    assert report["lag_p50_ms"] is not None and report["lag_p99_ms"] >= report["lag_p50_ms"]
+    assert report["book_updates_per_s"] > 0 and report["messages"] > 0
