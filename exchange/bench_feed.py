@@ -322,8 +322,9 @@ class _Subscriber(asyncio.Protocol):
                 message = orjson.loads(payload)
                 channel = message.get("channel")
                 if channel == "trades" and message.get("type") == "update":
-                    self.trade_ids.append(message["trade_id"])
-                    self.recv.append(now)
+                    for trade in message["trades"]:
+                        self.trade_ids.append(trade["trade_id"])
+                        self.recv.append(now)
                 elif channel == "book" and message.get("type") == "update":
                     self.book_updates += 1
         del buffer[:at]

@@ -34,7 +34,8 @@ from streams.marketdata_messages import (
     IndexPrice,
     Level,
     MarketDataMessage,
-    TradePrint,
+    Trade,
+    TradePrints,
 )
 
 __all__ = [
@@ -320,20 +321,19 @@ class MarketData:
         out: list[MarketDataMessage] = []
         for symbol in command.listed:
             out.append(self.snapshot(symbol))
+        prints: dict[str, list[Trade]] = {}
         for trade in command.trades:
             book = self._books.get(trade.symbol)
             if book is not None:
                 book.last_ticks = trade.price_ticks
-            out.append(
-                TradePrint(
-                    symbol=trade.symbol,
-                    ts_ns=trade.ts_event,
-                    trade_id=trade.trade_id,
-                    price_ticks=trade.price_ticks,
-                    lots=trade.lots,
-                    aggressor_side=str(trade.aggressor_side),
+            prints.setdefault(trade.symbol, []).append(
+                Trade(
+                    trade.trade_id, trade.price_ticks, trade.lots, str(trade.aggressor_side),
+                    trade.ts_event,
                 )
-            )
+            )  # fmt: skip
+        for symbol, trades in prints.items():
+            out.append(TradePrints(symbol=symbol, ts_ns=trades[-1].ts_ns, trades=tuple(trades)))
         changed = self._move_orders(command)
         for symbol, levels in changed.items():
             delta = self._delta(symbol, levels, ts)

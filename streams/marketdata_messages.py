@@ -17,6 +17,8 @@ __all__ = [
     "BookSnapshot",
     "BookDelta",
     "TradePrint",
+    "TradePrints",
+    "Trade",
     "Candle",
     "IndexPrice",
     "ForwardCurvePoint",
@@ -61,6 +63,26 @@ class TradePrint(_Message, tag="TradePrint", frozen=True):
     aggressor_side: str  # "buy" or "sell"
 
 
+class Trade(msgspec.Struct, frozen=True, array_like=True):
+    """One trade of a `TradePrints`."""
+
+    trade_id: int
+    price_ticks: int
+    lots: int
+    aggressor_side: str  # "buy" or "sell"
+    ts_ns: int  # the trade's engine time
+
+
+class TradePrints(_Message, tag="TradePrints", frozen=True):
+    """The trades of one symbol in one gx.events record (or command), in trade order.
+
+    Supersedes one `TradePrint` per trade (still decoded from older logs): a burst of trades is
+    one message and one push per subscriber, not one per trade.
+    """
+
+    trades: tuple[Trade, ...] = ()
+
+
 class Candle(_Message, tag="Candle", frozen=True):
     """OHLCV of trades with ts_event in [start_ns, start_ns + interval_ns); sent when updated."""
 
@@ -103,8 +125,12 @@ class ForwardCurvePoint(_Message, tag="ForwardCurvePoint", frozen=True):
     active: bool = True
 
 
-MarketDataMessage = BookSnapshot | BookDelta | TradePrint | Candle | IndexPrice | ForwardCurvePoint
-MARKETDATA_TYPES = (BookSnapshot, BookDelta, TradePrint, Candle, IndexPrice, ForwardCurvePoint)
+MarketDataMessage = (
+    BookSnapshot | BookDelta | TradePrints | TradePrint | Candle | IndexPrice | ForwardCurvePoint
+)
+MARKETDATA_TYPES = (
+    BookSnapshot, BookDelta, TradePrints, TradePrint, Candle, IndexPrice, ForwardCurvePoint
+)  # fmt: skip
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(MarketDataMessage)

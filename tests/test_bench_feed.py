@@ -24,4 +24,4 @@ def test_feed_bench_delivers_every_trade_to_its_subscribers(
     assert report["updates"] == 400 and report["trades"] == 200
     assert report["missing"] == 0 and report["resyncs"] == 0
     assert report["lag_p50_ms"] is not None and report["lag_p99_ms"] >= report["lag_p50_ms"]
-    assert report["book_updates_per_s"] > 0 and report["messages"] > 0
+    assert report["messages"] >= 6 * 200  # every subscriber got every trade, at least

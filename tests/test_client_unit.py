@@ -530,17 +530,19 @@ def test_book_behind_its_heartbeat_seq_for_a_whole_interval_resyncs():
     _run(gateway, body)
 
 
-def _trade(seq: int, prev_seq: int) -> dict[str, Any]:
+def _trade(seq: int, prev_seq: int, ids: tuple[int, ...] = ()) -> dict[str, Any]:
+    """A `trades` push with the trades `ids` (default: one trade whose id is the seq)."""
+    rows = [
+        {"trade_id": i, "price": "2.400", "qty": "1", "side": "buy", "ts_ns": "1"}
+        for i in ids or (seq,)
+    ]
     return {
         "channel": "trades",
         "type": "update",
         "symbol": SYMBOL,
         "seq": seq,
         "prev_seq": prev_seq,
-        "trade_id": seq,
-        "price": "2.400",
-        "qty": "1",
-        "side": "buy",
+        "trades": rows,
         "ts_ns": "1",
     }
 
@@ -562,9 +564,10 @@ def test_trades_gap_resubscribes_resuming_from_the_last_seq():
             await conn.push(_trade(120, 100))  # replayed from the resume point
             await conn.push(_trade(130, 120))
             await conn.push(_trade(120, 100))  # a duplicate is dropped
-            await conn.push(_trade(135, 130))
-            got = [(await trades.__anext__()).trade_id for _ in range(3)]
-            assert got == [120, 130, 135]
+            await conn.push(_trade(135, 130, ids=(135, 136)))  # a push carries a batch
+            got = [await trades.__anext__() for _ in range(4)]
+            assert [t.trade_id for t in got] == [120, 130, 135, 136]
+            assert {(t.symbol, t.seq) for t in got[2:]} == {(SYMBOL, 135)}
         assert [r["method"] for _, r in gateway.requests] == [
             "subscribe",
             "unsubscribe",

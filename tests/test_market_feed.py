@@ -30,7 +30,9 @@ from streams.marketdata_messages import (
     ForwardCurvePoint,
     IndexPrice,
     MarketDataMessage,
+    Trade,
     TradePrint,
+    TradePrints,
 )
 from tests.conftest import SMALL
 from tests.simulation import run_simulation
@@ -385,7 +387,7 @@ def test_a_market_data_restart_republishing_everything_changes_nothing(catalog):
     for offset, m in enumerate(run.messages, start=n):
         pushed = {k[0] for k, _ in feed.apply(m, 0, offset)}
         assert not pushed & {"book", "trades", "ticker", "candles"}, m
-        replayed += isinstance(m, BookDelta | TradePrint | Candle)
+        replayed += isinstance(m, BookDelta | TradePrints | Candle)
     assert feed.stats.replayed >= replayed > 0
     later = (
         feed.book(symbol, 100),
@@ -453,8 +455,11 @@ def test_other_channels_chain_seq_to_record_offsets(catalog):
             assert body["seq"] == offset and body["prev_seq"] == last.get(key, 0), (key, body)
             last[key] = offset
             if key[0] == "trades":
-                assert isinstance(m, TradePrint) and body["trade_id"] == m.trade_id
-                assert (body["price"], body["qty"]) == (PRICES.to_str(m.price_ticks), str(m.lots))
+                assert isinstance(m, TradePrints)
+                assert [t["trade_id"] for t in body["trades"]] == [t.trade_id for t in m.trades]
+                assert [(t["price"], t["qty"]) for t in body["trades"]] == [
+                    (PRICES.to_str(t.price_ticks), str(t.lots)) for t in m.trades
+                ]
             elif key[0] == "candles":
                 assert isinstance(m, Candle) and body["interval"] == key[2]
                 assert body["volume"] == str(m.volume_lots) and body["start_ns"] == str(m.start_ns)
@@ -492,11 +497,26 @@ def test_ticker_follows_best_and_last_trade():
         2,
     )
     trade = TradePrint(symbol=SYM, trade_id=9, price_ticks=2405, lots=1, aggressor_side="buy")
-    pushes = feed.apply(trade, 0, 3)
+    pushes = feed.apply(trade, 0, 3)  # the first format: one trade per message
     assert [k for k, _ in pushes] == [("trades", SYM), ("ticker", SYM)]
+    assert [t["trade_id"] for t in orjson.loads(pushes[0][1])["trades"]] == [9]
     ticker = orjson.loads(pushes[1][1])
     assert (ticker["last"], ticker["last_qty"], ticker["prev_seq"]) == ("2.405", "1", 2)
     assert feed.best(SYM) == (2400, 5, 2405, 1)
+    burst = TradePrints(
+        symbol=SYM,
+        trades=(
+            Trade(9, 2405, 1, "buy", 5),
+            Trade(10, 2406, 2, "buy", 5),
+            Trade(11, 2407, 3, "buy", 6),
+        ),
+    )
+    pushes = feed.apply(burst, 0, 4)  # trade 9 was printed already
+    assert [k for k, _ in pushes] == [("trades", SYM), ("ticker", SYM)]
+    body = orjson.loads(pushes[0][1])
+    assert [(t["trade_id"], t["qty"]) for t in body["trades"]] == [(10, "2"), (11, "3")]
+    ticker = orjson.loads(pushes[1][1])
+    assert (ticker["last"], ticker["last_qty"]) == ("2.407", "3")
 
 
 def test_rest_queries_answer_from_the_messages(catalog):
@@ -518,7 +538,12 @@ def test_rest_queries_answer_from_the_messages(catalog):
     assert feed.best(symbol) == (best_bid, bids.get(best_bid, 0), best_ask, asks.get(best_ask, 0))
     assert feed.ask_levels(symbol) == sorted(asks.items())
 
-    prints = [m for m in run.messages if isinstance(m, TradePrint) and m.symbol == symbol]
+    prints = [
+        t
+        for m in run.messages
+        if isinstance(m, TradePrints) and m.symbol == symbol
+        for t in m.trades
+    ]
     assert len(prints) > 5
     assert feed.trades(symbol, 100) == [
         {

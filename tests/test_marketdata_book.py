@@ -25,7 +25,7 @@ from streams.marketdata_messages import (
     ForwardCurvePoint,
     IndexPrice,
     MarketDataMessage,
-    TradePrint,
+    TradePrints,
     decode_message,
     encode_message,
 )
@@ -132,7 +132,7 @@ def test_streamed_book_equals_engine_book_after_every_command(catalog, seed):
     for _ in range(BATCHES):
         run.step()
     kinds = {type(m).__name__ for m in run.messages}
-    assert kinds >= {"BookSnapshot", "BookDelta", "TradePrint", "Candle", "IndexPrice"}
+    assert kinds >= {"BookSnapshot", "BookDelta", "TradePrints", "Candle", "IndexPrice"}
     assert run.md.stats.unknown_orders == 0
     assert run.md.stats.not_resting == 0
     replayed = replay_deltas(run.messages)
@@ -206,7 +206,7 @@ def test_candle_volumes_equal_traded_lots(catalog):
                 prices[-1],
             )
             assert c.trades == len(prices)
-    prints = [m for m in run.messages if isinstance(m, TradePrint)]
+    prints = [t for m in run.messages if isinstance(m, TradePrints) for t in m.trades]
     assert [(p.trade_id, p.price_ticks, p.lots) for p in prints] == [
         (t.trade_id, t.price_ticks, t.lots) for t in trades
     ]

@@ -305,7 +305,7 @@ class Client:
         return self.feeds.watch("book", symbol, depth=_book_depth(limit))
 
     def watch_trades(self, symbol: str) -> Watch[Trade]:
-        """Watch the public trades of `symbol`, one Trade per push."""
+        """Watch the public trades of `symbol`: every trade, in order (a push carries a batch)."""
         return self.feeds.watch("trades", symbol)
 
     def watch_ticker(self, symbol: str) -> Watch[Ticker]:

@@ -152,6 +152,19 @@ class _ConvertView:
         pass
 
 
+class _TradesView:
+    """A `trades` push carries the trades of one engine step: each becomes one Trade."""
+
+    def items(self, msg: dict[str, Any]) -> list[Any]:
+        if msg.get("type", "update") != "update":
+            return []
+        common = {"symbol": msg.get("symbol", ""), "seq": msg.get("seq", 0)}
+        return [to_model({**common, **row}, Trade) for row in msg.get("trades") or []]
+
+    def reset(self) -> None:
+        pass
+
+
 class _ExecutionsView:
     def items(self, msg: dict[str, Any]) -> list[Any]:
         if msg.get("type") == "snapshot":
@@ -192,7 +205,7 @@ def _view_for(channel: str, symbol: str, depth: int) -> _View:
     if channel == "book":
         return _BookView(symbol, depth)
     if channel == "trades":
-        return _ConvertView(lambda m: to_model(m, Trade), ("update",))
+        return _TradesView()
     if channel == "ticker":
         return _ConvertView(lambda m: to_model(m, Ticker), ("update", "snapshot"))
     if channel == "candles":

@@ -41,7 +41,9 @@ from streams.marketdata_messages import (
     IndexPrice,
     Level,
     MarketDataMessage,
+    Trade,
     TradePrint,
+    TradePrints,
 )
 
 __all__ = [
@@ -232,6 +234,8 @@ class MarketFeed:
         self.stats.messages += 1
         if isinstance(message, BookDelta):
             return self._on_delta(message, offset)
+        if isinstance(message, TradePrints):
+            return self._on_trades(message, offset)
         if isinstance(message, TradePrint):
             return self._on_trade(message, offset)
         if isinstance(message, BookSnapshot):
@@ -544,6 +548,12 @@ class MarketFeed:
     # ------------------------------------------------------------------ trades and ticker
 
     def _on_trade(self, m: TradePrint, offset: int) -> list[Push]:
+        """One trade per message (the first format of gx.marketdata)."""
+        trade = Trade(m.trade_id, m.price_ticks, m.lots, m.aggressor_side, m.ts_ns)
+        return self._on_trades(TradePrints(symbol=m.symbol, ts_ns=m.ts_ns, trades=(trade,)), offset)
+
+    def _on_trades(self, m: TradePrints, offset: int) -> list[Push]:
+        """A symbol's trades of one gx.events record: one `trades` push and one ticker push."""
         if m.symbol in self._closed:
             self.stats.replayed += 1
             return []
@@ -551,23 +561,31 @@ class MarketFeed:
         if book is None:
             book = self._books[m.symbol] = _Book(m.symbol)
         book.known = True
-        if m.trade_id <= book.last_trade_id:
+        fresh = [t for t in m.trades if t.trade_id > book.last_trade_id]
+        if not fresh:
             self.stats.replayed += 1
             return []
-        book.last_trade_id, book.last = m.trade_id, (m.price_ticks, m.lots)
-        row = {
-            "trade_id": m.trade_id,
-            "price": self._price_str(m.price_ticks),
-            "qty": qty_to_str(m.lots),
-            "side": m.aggressor_side,
-            "ts_ns": str(m.ts_ns),
-        }
+        last = fresh[-1]
+        book.last_trade_id, book.last = last.trade_id, (last.price_ticks, last.lots)
         rows = self._trades.get(m.symbol)
         if rows is None:
             rows = self._trades[m.symbol] = deque(maxlen=self.history_max)
-        rows.append(row)
+        price_str = self._price_str
+        batch = [
+            {
+                "trade_id": t.trade_id,
+                "price": price_str(t.price_ticks),
+                "qty": qty_to_str(t.lots),
+                "side": t.aggressor_side,
+                "ts_ns": str(t.ts_ns),
+            }
+            for t in fresh
+        ]
+        rows.extend(batch)
         key: StreamKey = ("trades", m.symbol)
-        body = self._publish(key, offset, {**row})
+        body = self._publish(
+            key, offset, {"trades": [{**row} for row in batch], "ts_ns": str(m.ts_ns)}
+        )
         out: list[Push] = [(key, body)]
         book.best = book.top()  # unsynced since the last book push: the ticker says so (null)
         self._ticker(book, offset, m.ts_ns, out)

@@ -434,7 +434,7 @@ function onTrade(msg) {
     loadTrades(state.symbol);
   }
   state.tradeSeq = msg.seq;
-  mergeTrades([msg], true);
+  mergeTrades(msg.trades, true);
 }
 
 function onCandle(msg) {

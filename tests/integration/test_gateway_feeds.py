@@ -91,9 +91,12 @@ def test_every_channel_pushes_with_sequence_numbers_and_checksums(broker, dsn):
                 apply_book(book, push)
             assert book["asks"] == {"2.600": "1", "2.700": "1"} and book["bids"] == {}
 
-            trades = [p for p in pushes if p["channel"] == "trades"]
+            trade_pushes = [p for p in pushes if p["channel"] == "trades"]
+            trades = [t for p in trade_pushes for t in p["trades"]]
             assert [(t["price"], t["qty"]) for t in trades] == [("2.500", "3"), ("2.600", "1")]
-            assert trades[1]["prev_seq"] == trades[0]["seq"] and trades[0]["seq"] > 0
+            assert trade_pushes[0]["seq"] > 0
+            for before, push in zip(trade_pushes, trade_pushes[1:], strict=False):
+                assert push["prev_seq"] == before["seq"]
             assert trades[0]["side"] == "buy"
             ticker = [p for p in pushes if p["channel"] == "ticker"][-1]
             assert (ticker["ask"], ticker["last"], ticker["bid"]) == ("2.600", "2.600", None)

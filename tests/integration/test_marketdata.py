@@ -10,7 +10,7 @@ from aiokafka import AIOKafkaProducer
 from matching.engine import Engine
 from schemas.codec import encode
 from streams.marketdata import MarketDataProcess
-from streams.marketdata_messages import BookDelta, BookSnapshot, TradePrint, decode_message
+from streams.marketdata_messages import BookDelta, BookSnapshot, TradePrints, decode_message
 from streams.settings import Settings
 from streams.topics import shard_key, topics
 from tests.simulation import run_simulation
@@ -86,7 +86,7 @@ def test_process_publishes_books_equal_to_the_engine_and_skips_garbage(catalog, 
         by_symbol.setdefault(m.symbol, set()).add(partition)
     assert all(len(parts) == 1 for parts in by_symbol.values())
     ordered = [m for _, m in messages]
-    assert any(isinstance(m, TradePrint) for m in ordered)
+    assert any(isinstance(m, TradePrints) for m in ordered)
     books = replay_deltas(ordered)
     expected = engine_books(engine)
     nonempty = {s: b for s, b in books.items() if b[0] or b[1]}
