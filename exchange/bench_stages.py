@@ -28,6 +28,7 @@ from matching.engine import EngineConfig
 from schemas.catalog import load_catalog
 from streams.engine_runner import EngineRunner, RunnerStats
 from streams.marketdata import MarketDataProcess, ProcessStats
+from streams.process import tune_gc
 from streams.settings import Settings
 from streams.settlement import SettlementCounters, SettlementWriter
 
@@ -210,6 +211,7 @@ async def wait_ready(stages: list[Stage], check: Callable[[], None]) -> None:
 
 def _child(spec: StageSpec, slots: Any, stopping: Any) -> None:
     """Run one stage until the parent sets `stopping`; publish its counters meanwhile."""
+    tune_gc()
     try:
         import uvloop
 

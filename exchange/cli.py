@@ -17,6 +17,7 @@ from exchange import (
     cli_settle,
     cli_streams,
 )
+from streams.process import tune_gc
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,6 +46,7 @@ def _exit_on_sigterm(signum: int, _frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the `gx` command line."""
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    tune_gc()  # every gx command is a long-running process or a benchmark of one
     parser = build_parser()
     args = parser.parse_args(argv)
     return int(args.handler(args) or 0)
