@@ -253,7 +253,8 @@ class Hub:
     def _on_marketdata(self, message: Any, partition: int, offset: int) -> None:
         self.stats.marketdata += 1
         for key, body in self.feed.apply(message, partition, offset):
-            for subscriber in self.public.get(key, ()):
+            # a copy: a subscriber too slow for this push unsubscribes itself inside push()
+            for subscriber in tuple(self.public.get(key, ())):
                 subscriber.push(key, body)
 
     def _on_provisioning(self, message: ProvisionMessage) -> None:

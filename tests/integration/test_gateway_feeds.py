@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
 import socket as net
 import time
 from decimal import Decimal
 
 import orjson
 import pytest
-import websockets
 
 from exchange.wire import book_checksum
 from schemas import commands as c
@@ -171,49 +172,119 @@ def test_resume_from_seq_replays_what_was_missed(broker, dsn):
     run(scenario(), timeout_s=170)
 
 
+class _StalledClient:
+    """A WebSocket client that reads nothing until told to: its socket fills, then the server's.
+
+    Hand-made (RFC 6455) so that no library reads ahead into buffers of its own.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def connect(cls, url: str) -> _StalledClient:
+        host, port = url.removeprefix("http://").split(":")
+        raw = net.socket()
+        raw.setsockopt(net.SOL_SOCKET, net.SO_RCVBUF, 2048)
+        raw.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(raw, (host, int(port)))
+        # a small limit: the stream stops reading the socket once 8 KiB wait unread
+        reader, writer = await asyncio.open_connection(sock=raw, limit=4096)
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(
+            f"GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101"), head
+        return cls(reader, writer)
+
+    def send(self, message: dict) -> None:
+        payload = orjson.dumps(message)
+        assert len(payload) < 126
+        mask = os.urandom(4)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        self.writer.write(bytes((0x81, 0x80 | len(payload))) + mask + masked)
+
+    async def recv(self, timeout_s: float) -> dict:
+        """The next text message (control frames, such as pings, are passed over)."""
+        async with asyncio.timeout(timeout_s):
+            while True:
+                head = await self.reader.readexactly(2)
+                size = head[1] & 0x7F
+                if size == 126:
+                    size = int.from_bytes(await self.reader.readexactly(2), "big")
+                elif size == 127:
+                    size = int.from_bytes(await self.reader.readexactly(8), "big")
+                payload = await self.reader.readexactly(size)
+                if head[0] & 0x0F == 0x1:
+                    return orjson.loads(payload)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
 def test_a_slow_client_gets_resync_required_never_a_silent_gap(broker, dsn):
     async def scenario() -> None:
         async with running_exchange(broker, dsn) as ex:
             ex.gateway.send_queue_max = 20
-            raw = net.socket()
-            raw.setsockopt(net.SOL_SOCKET, net.SO_RCVBUF, 2048)
-            host, port = ex.url.removeprefix("http://").split(":")
-            raw.connect((host, int(port)))
-            # max_queue=1: the client library stops reading the socket once one message waits
-            async with websockets.connect(ex.ws_url, sock=raw, max_queue=1, max_size=None) as ws:
-                await ws.send(orjson.dumps({"id": 1, "method": "subscribe", "params": {
-                    "channel": "book", "symbols": [ex.symbol], "depth": 100}}).decode())  # fmt: skip
-                await asyncio.sleep(0.2)
-                # a burst of book changes straight into the log, while the client reads nothing;
-                # one order at a time, so that most land in event records of their own (market
-                # data publishes one book update per record, however many commands it holds)
-                for round_ in range(20):
-                    for i in range(500):
-                        await ex.send(c.PlaceOrder(account=PROVIDER, symbol=ex.symbol,
-                                                   side="sell", lots=1,
-                                                   price_ticks=3000 + round_ * 600 + i))  # fmt: skip
-                    await ex.send(c.CancelAll(account=PROVIDER))
-                await ex.wait_for(lambda: ex.gateway.hub.accounts.last_seq(PROVIDER, "executions") and
-                                  not ex.gateway.hub.accounts.open_orders(PROVIDER), timeout_s=60)  # fmt: skip
-                messages: list[dict] = []
-                # read everything queued: up to the notice, then until a pause (heartbeats go on)
-                give_up = time.monotonic() + 60
-                while time.monotonic() < give_up:
-                    resynced = any(m.get("type") == "resync_required" for m in messages)
-                    try:
-                        raw_message = await asyncio.wait_for(ws.recv(), 0.5 if resynced else 10)
-                    except TimeoutError:
-                        break
-                    messages.append(orjson.loads(raw_message))
+            client = await _StalledClient.connect(ex.url)
+            client.send({"id": 1, "method": "subscribe", "params": {
+                "channel": "trades", "symbols": [ex.symbol]}})  # fmt: skip
+            await asyncio.sleep(0.2)
+            # A slow network path: the server's send buffer for this client stays small (the
+            # kernel would otherwise grow it to megabytes on loopback and absorb any flood).
+            [connection] = ex.gateway.hub.public[("trades", ex.symbol)]
+            transport = connection.frames._protocol.transport  # the real server socket
+            transport.get_extra_info("socket").setsockopt(net.SOL_SOCKET, net.SO_SNDBUF, 8192)
+            # a flood of trades straight into the log while the client reads nothing. A push
+            # carries one engine step's trades, so the steps are made one by one: each group
+            # of commands waits until the gateway has the one before. 120 pushes of 60 trades
+            # (about 7 KB each): the sockets fill, then the queue. The provider sells one lot
+            # to the trader, who sells it back: positions stay where they were.
+            feed = ex.gateway.hub.feed
+            groups, per_group = 120, 60
+            for group in range(1, groups + 1):
+                commands: list[c.Command] = []
+                for seller, buyer in [(PROVIDER, TRADER), (TRADER, PROVIDER)] * (per_group // 2):
+                    commands += [
+                        c.PlaceOrder(account=seller, symbol=ex.symbol, side="sell", lots=1,
+                                     price_ticks=3000),
+                        c.PlaceOrder(account=buyer, symbol=ex.symbol, side="buy", lots=1,
+                                     price_ticks=3000, tif="ioc"),
+                    ]  # fmt: skip
+                await ex.send(*commands)
+
+                def traded(count: int = group * per_group) -> bool:  # trade ids count from 1
+                    newest = feed.trades(ex.symbol, 1)
+                    return bool(newest) and newest[0]["trade_id"] >= count
+
+                await ex.wait_for(traded, timeout_s=30, what=f"trade group {group}")
+            trades = groups * per_group
+            messages: list[dict] = []
+            # read everything queued: up to the notice, then until a pause (heartbeats go on)
+            give_up = time.monotonic() + 60
+            while time.monotonic() < give_up:
+                resynced = any(m.get("type") == "resync_required" for m in messages)
+                try:
+                    messages.append(await client.recv(0.5 if resynced else 10))
+                except (TimeoutError, asyncio.IncompleteReadError):  # quiet, or closed
+                    break
+            client.close()
             pushes = [m for m in messages if "channel" in m]
             check_chains(pushes)
             resync = [p for p in pushes if p.get("type") == "resync_required"]
             assert len(resync) == 1 and resync[0]["symbol"] == ex.symbol, resync
-            # every book push before the notice is contiguous; none follows it
-            books = [p for p in pushes if p["channel"] == "book"]
-            assert books[-1]["type"] == "resync_required"
-            updates = books[1:-1]
-            assert all(b["prev_seq"] + 1 == b["seq"] for b in updates)
-            assert all(u["seq"] == prev["seq"] + 1 for prev, u in zip(books, updates, strict=False))
+            assert resync[0]["channel"] == "trades"
+            # every trades push before the notice is contiguous; none follows it
+            flood = [p for p in pushes if p["channel"] == "trades"]
+            assert flood[-1]["type"] == "resync_required"
+            updates = flood[:-1]
+            assert all(
+                u["prev_seq"] == prev["seq"] for prev, u in zip(updates, updates[1:], strict=False)
+            )
+            received = [t["trade_id"] for u in updates for t in u["trades"]]
+            assert received == list(range(received[0], received[0] + len(received)))
+            assert 0 < len(received) < trades  # the client fell behind before the end
 
     run(scenario(), timeout_s=170)
