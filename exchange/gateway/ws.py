@@ -46,6 +46,12 @@ dead_man_timeout_ms_max = 3_600_000
 symbols_per_subscribe_max = 100
 frames_per_write_max = 256  # frames a writer hands to the socket at once
 flush_interval_s = 0.020  # at most one write pass per 20 ms under load (see _Flusher)
+# After a pass that wrote to this many connections, the next waits `wide_flush_interval_s`: a
+# socket write per connection is most of a wide fan-out's cost, so fewer, fuller writes give
+# lower latency there (`gx bench feed`, 1,000 subscribers at 5,000/s: p50 93 -> 35 ms, p99
+# 153 -> 78 ms) while narrow fan-outs keep the short interval (10 subscribers: p50 24 ms, not 34).
+wide_flush_connections = 500
+wide_flush_interval_s = 0.040
 
 PUBLIC_CHANNELS = frozenset({"book", "trades", "ticker", "candles", "index", "curve"})
 PRIVATE_CHANNELS = {
@@ -176,6 +182,7 @@ class _Flusher:
         self.dirty: set[Connection] = set()
         self.scheduled = False
         self.last_s = 0.0
+        self.last_count = 0  # connections the last pass wrote to
 
     def mark(self, connection: Connection) -> None:
         self.dirty.add(connection)
@@ -185,7 +192,9 @@ class _Flusher:
         loop = asyncio.get_running_loop()
         # At most one pass per interval: a socket write costs about as much as everything else
         # a push needs, so under load each write must carry many frames. When quiet, at once.
-        delay = self.last_s + flush_interval_s - loop.time()
+        wide = self.last_count >= wide_flush_connections
+        interval = wide_flush_interval_s if wide else flush_interval_s
+        delay = self.last_s + interval - loop.time()
         if delay > 0:
             loop.call_later(delay, self.flush)
         else:
@@ -195,6 +204,7 @@ class _Flusher:
         self.scheduled = False
         self.last_s = asyncio.get_running_loop().time()
         dirty, self.dirty = self.dirty, set()
+        self.last_count = len(dirty)
         for connection in dirty:
             connection.flush()
 
