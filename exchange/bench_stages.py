@@ -32,9 +32,8 @@ from streams.process import tune_gc
 from streams.settings import Settings
 from streams.settlement import SettlementCounters, SettlementWriter
 
-__all__ = ["Stage", "StageKind", "StageSpec", "start_stage", "wait_ready"]
+__all__ = ["Stage", "StageSpec", "start_stage", "wait_ready"]
 
-StageKind = Literal["engine", "settlement", "marketdata"]
 publish_every_s = 0.002
 start_timeout_s = 120.0  # a cold child compiles the engine's kernels before it is ready
 stop_timeout_s = 15.0
@@ -51,7 +50,7 @@ _READY, _FAILED, _SETTLED_NS, _FIRST_FIELD = 0, 1, 2, 3
 class StageSpec(msgspec.Struct, frozen=True):
     """Everything a stage needs to start, picklable for a child process."""
 
-    kind: str
+    kind: Literal["engine", "settlement", "marketdata"]
     settings: Settings
     dsn: str
     engine_config: EngineConfig | None = None
@@ -121,7 +120,7 @@ class _LocalStage:
     """A stage as a task on the benchmark's own loop."""
 
     def __init__(self, spec: StageSpec) -> None:
-        self.name = spec.kind
+        self.name: str = spec.kind
         self._running = _Running(spec)
         self._task = asyncio.create_task(self._running.process.run(), name=spec.kind)
 
@@ -150,7 +149,7 @@ class _ProcessStage:
     """A stage in a child process (spawned: no inherited loop, broker threads or sockets)."""
 
     def __init__(self, spec: StageSpec) -> None:
-        self.name = spec.kind
+        self.name: str = spec.kind
         self._type = _STATS[spec.kind]
         width = _FIRST_FIELD + len(self._type.__struct_fields__)
         context = multiprocessing.get_context("spawn")
