@@ -1,13 +1,14 @@
 """`gx bench feed`: WebSocket subscribers on one book while the engine moves it at a fixed rate.
 
-The exchange (embedded broker and PostgreSQL, engine, market data, gateway) runs in this process;
-the subscribers run in a second process (`python -m exchange.bench_feed --clients ...`), so the
-gateway and its clients do not share a core. The load is command pairs on one instrument: a
-provider offers one lot, a buyer takes it (IOC), so every command changes the book and every
-second one prints a trade. Market data publishes one book update per symbol and gx.events record
-(a record holds the commands of one engine step), so the book updates are fewer than the
-commands; each take prints its own trade, and the k-th trade of the load is the (2k+1)-th
-command, which gives each trade print its send time.
+As deployed, the engine and market data run in processes of their own (`exchange/bench_stages.py`;
+`--one-process` puts them on the gateway's loop); the gateway serves from this process and the
+subscribers run in another one (`python -m exchange.bench_feed --clients ...`), so the gateway
+and its clients do not share a core. The load is command pairs on one instrument: a provider
+offers two lots at one of `offer_levels` prices, a buyer takes one lot (IOC), so every engine
+step changes the book's levels and every second command prints a trade. Market data publishes
+one book update per symbol and gx.events record (a record holds the commands of one engine
+step), so the book updates are fewer than the commands; each take prints its own trade, and the
+k-th trade of the load is the (2k+1)-th command, which gives each trade print its send time.
 
 Figures:
 - `lag_p50_ms` / `lag_p99_ms`: take command produced -> its trade print received by a subscriber
@@ -36,8 +37,9 @@ import numpy as np
 import orjson
 import uvloop
 
+from exchange.bench_stages import Stage, StageSpec, start_stage, wait_ready
 from exchange.gateway.ratelimit import RateLimits
-from exchange.stack import Stack, StackOptions
+from exchange.stack import Stack, StackOptions, stack_engine_config
 from schemas import commands as c
 from schemas.codes import Side, TimeInForce
 from schemas.symbols import parse_symbol
@@ -57,6 +59,8 @@ PROVIDER, BUYER = 20, 21
 tick_s = 0.01  # the generator sends a batch every tick
 drain_s = 3.0  # after the load, how long the subscribers may catch up
 connect_batch = 50  # subscribers connecting at once
+offer_levels = 10  # the provider's offers cycle over this many prices
+offer_price_ticks = 2400  # the lowest of them
 
 Report = dict[str, Any]
 
@@ -73,6 +77,11 @@ def register(bench_subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--rate", type=int, default=RATE_DEFAULT, help="book updates per second")
     p.add_argument("--duration", type=float, default=DURATION_S_DEFAULT, help="seconds of load")
     p.add_argument("--recorded", type=int, default=RECORDED_DEFAULT)
+    p.add_argument(
+        "--one-process",
+        action="store_true",
+        help="run the engine and market data on the gateway's loop, not in processes of their own",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=run)
 
@@ -85,7 +94,9 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("gx").setLevel(logging.WARNING)
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
-    report = bench_feed(args.subscribers, args.rate, args.duration, args.recorded)
+    report = bench_feed(
+        args.subscribers, args.rate, args.duration, args.recorded, one_process=args.one_process
+    )
     if args.json:
         print(json.dumps(report))
     else:
@@ -98,24 +109,44 @@ def _progress(text: str) -> None:
     print(f"gx bench feed: {text}", file=sys.stderr, flush=True)
 
 
-def bench_feed(subscribers: int, rate: int, duration_s: float, recorded: int) -> Report:
+def bench_feed(
+    subscribers: int, rate: int, duration_s: float, recorded: int, *, one_process: bool = False
+) -> Report:
     """Start the exchange, the subscribers and the load; return the figures."""
     with EmbeddedBroker(broker_count=1) as broker, open_database("gx_bench_feed") as dsn:
-        return uvloop.run(_bench(broker, dsn, subscribers, rate, duration_s, recorded))
+        return uvloop.run(_bench(broker, dsn, subscribers, rate, duration_s, recorded, one_process))
 
 
 async def _bench(
-    broker: EmbeddedBroker, dsn: str, subscribers: int, rate: int, duration_s: float, recorded: int
+    broker: EmbeddedBroker,
+    dsn: str,
+    subscribers: int,
+    rate: int,
+    duration_s: float,
+    recorded: int,
+    one_process: bool,
 ) -> Report:
-    settings = Settings(gateway_master_key=MASTER_KEY, kafka_fetch_wait_ms=5)
+    settings = Settings(
+        gateway_master_key=MASTER_KEY, kafka_fetch_wait_ms=int(os.environ.get("FW", "5"))
+    )
     limits = RateLimits(ws_connections_per_ip=subscribers + 10)
     stack = Stack(
         broker, dsn, settings,
-        options=StackOptions(provisioning=False, settlement=False, limits=limits),
+        options=StackOptions(provisioning=False, settlement=False, limits=limits,
+                             engine=one_process, marketdata=one_process),
     )  # fmt: skip
     _progress("starting the exchange")
-    await stack.start()
+    stages: list[Stage] = []
     try:
+        if not one_process:
+            stack.create_topics()
+            stages = [
+                start_stage(StageSpec("engine", stack.settings, dsn,
+                                      engine_config=stack_engine_config), in_process=False),
+                start_stage(StageSpec("marketdata", stack.settings, dsn), in_process=False),
+            ]  # fmt: skip
+            await wait_ready(stages, lambda: [s.check() for s in stages])
+        await stack.start()
         symbol, send = await _setup(stack)
         assert stack.gateway is not None and stack.gateway.gateway is not None
         url = stack.gateway.url.replace("http://", "ws://") + "/ws"
@@ -137,6 +168,8 @@ async def _bench(
         await clients.wait()
     finally:
         await stack.stop()
+        for stage in stages:
+            await stage.stop()
     return _report(result, sent_ns, subscribers, duration_s)
 
 
@@ -177,7 +210,11 @@ async def _setup(stack: Stack) -> tuple[str, Any]:
 
 
 async def _load(send: Any, symbol: str, rate: int, duration_s: float) -> list[int]:
-    """Send offer/take pairs at `rate` commands per second; return each command's send time."""
+    """Send offer/take pairs at `rate` commands per second; return each command's send time.
+
+    An offer rests two lots at one of `offer_levels` prices at or below the take's limit, and a
+    take fills one lot from the best level: the levels change at every engine step.
+    """
     per_tick = max(1, round(rate * tick_s))
     total = int(rate * duration_s)
     sent_ns: list[int] = []
@@ -186,15 +223,15 @@ async def _load(send: Any, symbol: str, rate: int, duration_s: float) -> list[in
     while i < total:
         batch: list[c.Command] = []
         for _ in range(min(per_tick, total - i)):
-            if (i + len(batch)) % 2 == 0:
-                batch.append(
-                    c.PlaceOrder(
-                        account=PROVIDER, symbol=symbol, side=Side.SELL, lots=1, price_ticks=2400
-                    )
-                )
+            n = i + len(batch)
+            if n % 2 == 0:
+                price = offer_price_ticks + n // 2 % offer_levels
+                batch.append(c.PlaceOrder(account=PROVIDER, symbol=symbol, side=Side.SELL, lots=2,
+                                          price_ticks=price))  # fmt: skip
             else:
                 batch.append(c.PlaceOrder(account=BUYER, symbol=symbol, side=Side.BUY, lots=1,
-                                          price_ticks=2400, tif=TimeInForce.IOC))  # fmt: skip
+                                          price_ticks=offer_price_ticks + offer_levels,
+                                          tif=TimeInForce.IOC))  # fmt: skip
         now = time.time_ns()
         await send(batch)
         sent_ns += [now] * len(batch)
@@ -280,58 +317,76 @@ class _Subscriber(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         buffer = self.buffer
-        buffer += data
+        if buffer or not self.upgraded:
+            buffer += data
+            data = bytes(buffer)
+            buffer.clear()
         if not self.upgraded:
-            end = buffer.find(b"\r\n\r\n")
+            end = data.find(b"\r\n\r\n")
             if end < 0:
+                buffer += data
                 return
-            if not buffer.startswith(b"HTTP/1.1 101"):
-                raise RuntimeError(f"upgrade refused: {bytes(buffer[:80])!r}")
-            del buffer[: end + 4]
+            if not data.startswith(b"HTTP/1.1 101"):
+                raise RuntimeError(f"upgrade refused: {data[:80]!r}")
+            data = data[end + 4 :]
             self.upgraded = True
             self._send({"id": 1, "method": "subscribe", "params": {
                 "channel": "book", "symbols": [self.symbol], "depth": 10}})  # fmt: skip
             self._send({"id": 2, "method": "subscribe", "params": {
                 "channel": "trades", "symbols": [self.symbol]}})  # fmt: skip
             self.counts["connected"] += 1
-        counts = self.counts
         now = time.time_ns()
+        at = self._frames(data, now)
+        if at < len(data):
+            buffer += data[at:]
+        if at:
+            counts = self.counts
+            if counts["first_ns"] == 0:
+                counts["first_ns"] = now
+            counts["last_ns"] = now
+
+    def _frames(self, data: bytes, now: int) -> int:
+        """Count (and when recording, read) the whole frames in `data`; return the bytes used."""
         at = 0
-        size_all = len(buffer)
+        size_all = len(data)
+        messages = resyncs = 0
         while size_all - at >= 2:
-            size = buffer[at + 1] & 0x7F
+            size = data[at + 1] & 0x7F
             head = 2
             if size == 126:
                 if size_all - at < 4:
                     break
-                size = int.from_bytes(buffer[at + 2 : at + 4], "big")
+                size = int.from_bytes(data[at + 2 : at + 4], "big")
                 head = 4
             elif size == 127:
                 if size_all - at < 10:
                     break
-                size = int.from_bytes(buffer[at + 2 : at + 10], "big")
+                size = int.from_bytes(data[at + 2 : at + 10], "big")
                 head = 10
-            if size_all - at < head + size:
+            end = at + head + size
+            if end > size_all:
                 break
-            payload = bytes(buffer[at + head : at + head + size])
-            at += head + size
-            counts["messages"] += 1
-            if b"resync_required" in payload[:80]:
-                counts["resyncs"] += 1
-            elif self.record and payload.startswith(b'{"conn_seq"'):
-                message = orjson.loads(payload)
-                channel = message.get("channel")
-                if channel == "trades" and message.get("type") == "update":
-                    for trade in message["trades"]:
-                        self.trade_ids.append(trade["trade_id"])
-                        self.recv.append(now)
-                elif channel == "book" and message.get("type") == "update":
-                    self.book_updates += 1
-        del buffer[:at]
-        if at:
-            if counts["first_ns"] == 0:
-                counts["first_ns"] = now
-            counts["last_ns"] = now
+            messages += 1
+            if data.find(b"resync_required", at + head, min(end, at + head + 80)) >= 0:
+                resyncs += 1
+            elif self.record:
+                self._read(data[at + head : end], now)
+            at = end
+        self.counts["messages"] += messages
+        self.counts["resyncs"] += resyncs
+        return at
+
+    def _read(self, payload: bytes, now: int) -> None:
+        if not payload.startswith(b'{"conn_seq"'):
+            return
+        message = orjson.loads(payload)
+        channel = message.get("channel")
+        if channel == "trades" and message.get("type") == "update":
+            for trade in message["trades"]:
+                self.trade_ids.append(trade["trade_id"])
+                self.recv.append(now)
+        elif channel == "book" and message.get("type") == "update":
+            self.book_updates += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed.done():

@@ -50,6 +50,8 @@ class StackOptions(msgspec.Struct, frozen=True, kw_only=True):
     """Which stages run, and where the gateway listens."""
 
     clock: bool = False
+    engine: bool = True  # False: the engine runs elsewhere (a benchmark's child process)
+    marketdata: bool = True
     provisioning: bool = True
     settlement: bool = True
     gateway_host: str = "127.0.0.1"
@@ -103,18 +105,21 @@ class Stack:
         """Start every stage; return once the engine runs and the gateway serves."""
         self.create_topics()
         s, opts = self.settings, self.options
-        self.runner = EngineRunner(s, 0, self.catalog, self.engine_config, mock_broker=True)
-        self._spawn("engine", self.runner.run())
+        if opts.engine:
+            self.runner = EngineRunner(s, 0, self.catalog, self.engine_config, mock_broker=True)
+            self._spawn("engine", self.runner.run())
         if opts.settlement:
             assert s.kafka_bootstrap is not None
             self.settlement = SettlementWriter(s, self.dsn, s.kafka_bootstrap, check_crcs=False)
             self._spawn("settlement", self.settlement.run())
-        self.marketdata = MarketDataProcess(s, mock_broker=True)
-        self._spawn("marketdata", self.marketdata.run())
+        if opts.marketdata:
+            self.marketdata = MarketDataProcess(s, mock_broker=True)
+            self._spawn("marketdata", self.marketdata.run())
         if opts.provisioning:
             self.provisioning = ProvisioningProcess(s, mock_broker=True)
             self._spawn("provisioning", self.provisioning.run())
-        await self._wait_engine()
+        if opts.engine:
+            await self._wait_engine()
         if opts.clock:
             self.clock = Clock(s)
             self._spawn("clock", self.clock.run())

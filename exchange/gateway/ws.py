@@ -16,7 +16,7 @@ import logging
 import time
 import weakref
 from collections import deque
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import orjson
@@ -25,12 +25,13 @@ from exchange.gateway.context import Gateway
 from exchange.gateway.hub import provision_push
 from exchange.gateway.market_feed import BOOK_DEPTHS, StreamKey
 from exchange.gateway.orders import parse_params
-from exchange.wire import ErrorCode, WireError, with_conn_seq
+from exchange.wire import ErrorCode, WireError
 from schemas import commands as c
 
 __all__ = [
     "Connection",
     "Frames",
+    "frame_pushes",
     "serve_socket",
     "message_bytes_max",
     "heartbeat_interval_s",
@@ -45,13 +46,11 @@ dead_man_timeout_ms_min = 100
 dead_man_timeout_ms_max = 3_600_000
 symbols_per_subscribe_max = 100
 frames_per_write_max = 256  # frames a writer hands to the socket at once
-flush_interval_s = 0.020  # at most one write pass per 20 ms under load (see _Flusher)
-# After a pass that wrote to this many connections, the next waits `wide_flush_interval_s`: a
-# socket write per connection is most of a wide fan-out's cost, so fewer, fuller writes give
-# lower latency there (`gx bench feed`, 1,000 subscribers at 5,000/s: p50 93 -> 35 ms, p99
-# 153 -> 78 ms) while narrow fan-outs keep the short interval (10 subscribers: p50 24 ms, not 34).
-wide_flush_connections = 500
-wide_flush_interval_s = 0.040
+# The flusher's pacing (see _Flusher): after a write pass that took D seconds, the next starts
+# no sooner than flush_gap_ratio * D later, within [flush_gap_min_s, flush_gap_max_s].
+flush_gap_ratio = 2.0  # write passes use at most a third of the loop
+flush_gap_min_s = 0.002
+flush_gap_max_s = 0.050
 
 PUBLIC_CHANNELS = frozenset({"book", "trades", "ticker", "candles", "index", "curve"})
 PRIVATE_CHANNELS = {
@@ -64,7 +63,6 @@ CANCEL_ON_DISCONNECT = ("none", "connection", "account")
 CANDLE_INTERVALS = ("1m", "1h", "1d")
 
 _ids = itertools.count(1)
-_ANSWER, _PUSH = 0, 1
 
 
 class _Logon(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -101,6 +99,35 @@ def _text_frame(body: bytes) -> bytes:
     return bytes((0x81, 127)) + size.to_bytes(8, "big") + body
 
 
+_CONN_SEQ_SIZE = len(b'{"conn_seq":,')  # the spliced prefix without its digits
+
+
+def frame_pushes(pushes: list[bytes], conn_seq: int, parts: list[bytes]) -> int:
+    """Append the text frames of pushes numbered from `conn_seq` + 1 to `parts`; return the last.
+
+    A push is kept as its body without the leading `{` (shared by every subscriber), so a
+    frame is a header with `{"conn_seq":N,` (one bytes format) and that shared tail: the bytes
+    of `_text_frame(with_conn_seq(body, N))` without copying the body (a test compares them).
+    This is the inner loop of every fan-out: it runs once per push per subscriber.
+    """
+    digits = len(str(conn_seq + 1))
+    next_digit_at = 10**digits
+    for tail in pushes:
+        conn_seq += 1
+        if conn_seq == next_digit_at:
+            digits += 1
+            next_digit_at *= 10
+        size = _CONN_SEQ_SIZE + digits + len(tail)
+        if size < 126:
+            parts.append(b'\x81%c{"conn_seq":%d,' % (size, conn_seq))
+        elif size < 65_536:
+            parts.append(b'\x81~%c%c{"conn_seq":%d,' % (size >> 8, size & 0xFF, conn_seq))
+        else:
+            parts.append(b"\x81\x7f" + size.to_bytes(8, "big") + b'{"conn_seq":%d,' % conn_seq)
+        parts.append(tail)
+    return conn_seq
+
+
 class Frames:
     """Send text frames; a batch goes out in one socket write when the server allows it.
 
@@ -120,14 +147,13 @@ class Frames:
             for name in ("conn", "transport", "writable", "disconnected", "close_sent")
         )
         self._protocol = protocol if usable else None
-
-    @property
-    def batched(self) -> bool:
-        """Tell whether batches go out in one write."""
-        return self._protocol is not None
+        self.batched = usable  # batches go out in one write
+        self.raw = False  # frames built by the caller go out as they are (set at accept)
 
     async def accept(self) -> None:
         await self._send({"type": "websocket.accept"})
+        protocol = self._protocol
+        self.raw = protocol is not None and not protocol.conn.extensions
 
     async def close(self, code: int, reason: str) -> None:
         await self._send({"type": "websocket.close", "code": code, "reason": reason})
@@ -160,8 +186,7 @@ class Frames:
         """Write a batch at once; only when `writable()`."""
         protocol = self._protocol
         assert protocol is not None
-        if protocol.disconnected or protocol.close_sent or protocol.transport.is_closing():
-            raise ConnectionError("the client has gone")
+        self._check_open(protocol)
         if protocol.conn.extensions:  # frames would need transforming: let the protocol do it
             for body in bodies:
                 protocol.conn.send_text(body)
@@ -169,32 +194,54 @@ class Frames:
             return
         protocol.transport.write(b"".join([_text_frame(body) for body in bodies]))
 
+    def write_frames(self, frames: list[bytes]) -> None:
+        """Write frames built by the caller in one socket write; only when `writable()` and `raw`."""
+        transport = self._protocol.transport  # type: ignore[union-attr]
+        if transport.is_closing():
+            raise ConnectionError("the client has gone")
+        transport.write(b"".join(frames))
+
+    @staticmethod
+    def _check_open(protocol: Any) -> None:
+        if protocol.disconnected or protocol.close_sent or protocol.transport.is_closing():
+            raise ConnectionError("the client has gone")
+
 
 class _Flusher:
-    """Write every connection's queued frames once per event-loop turn.
+    """Write every connection's queued frames in one pass, paced by the cost of the last pass.
 
     A fan-out of one update to 1,000 subscribers queues 1,000 pushes; a writer task per
     connection would then wake 1,000 times per update. Instead the connections with something
-    queued are written in one pass, right after the code that queued (a `call_soon`).
+    queued are written in one pass, after the code that queued. A socket write (a system call,
+    about 10 us on loopback) per connection is most of a pass's cost, so a wide fan-out must put
+    many frames in each write: after a pass of D seconds the next waits `flush_gap_ratio` * D
+    (the loop keeps two thirds of its time for reading the log and serving requests). A pass to
+    ten subscribers takes a fraction of a millisecond, so a narrow fan-out goes out almost at
+    once, and one to a thousand waits tens of milliseconds, its writes several frames each.
+    (Fixed 20 and 40 ms gaps were measured first: `gx bench feed` in exchange/bench_feed.py.)
     """
 
     def __init__(self) -> None:
-        self.dirty: set[Connection] = set()
+        self.dirty: list[Connection] = []
         self.scheduled = False
-        self.last_s = 0.0
-        self.last_count = 0  # connections the last pass wrote to
+        self.next_s = 0.0  # time.monotonic() before which the next pass does not start
+        self._body = b""  # the push body a fan-out is queueing, and its tail (see tail_of)
+        self._tail = b""
+
+    def tail_of(self, body: bytes) -> bytes:
+        """Return a push body without its leading `{`, sliced once per fan-out, not per subscriber."""
+        if body is not self._body:
+            self._body, self._tail = body, body[1:]
+        return self._tail
 
     def mark(self, connection: Connection) -> None:
-        self.dirty.add(connection)
+        """Have the connection written in the next pass (marked twice, it is written once)."""
+        self.dirty.append(connection)
         if self.scheduled:
             return
         self.scheduled = True
         loop = asyncio.get_running_loop()
-        # At most one pass per interval: a socket write costs about as much as everything else
-        # a push needs, so under load each write must carry many frames. When quiet, at once.
-        wide = self.last_count >= wide_flush_connections
-        interval = wide_flush_interval_s if wide else flush_interval_s
-        delay = self.last_s + interval - loop.time()
+        delay = self.next_s - time.monotonic()
         if delay > 0:
             loop.call_later(delay, self.flush)
         else:
@@ -202,11 +249,13 @@ class _Flusher:
 
     def flush(self) -> None:
         self.scheduled = False
-        self.last_s = asyncio.get_running_loop().time()
-        dirty, self.dirty = self.dirty, set()
-        self.last_count = len(dirty)
+        start_s = time.monotonic()
+        dirty, self.dirty = self.dirty, []
         for connection in dirty:
             connection.flush()
+        end_s = time.monotonic()
+        gap_s = min(max((end_s - start_s) * flush_gap_ratio, flush_gap_min_s), flush_gap_max_s)
+        self.next_s = end_s + gap_s
 
 
 _flushers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Flusher] = (
@@ -239,7 +288,9 @@ class Connection:
         self.public: set[StreamKey] = set()
         self.private: set[str] = set()
         self.placed: set[int] = set()  # order ids placed through this connection
-        self._queue: deque[tuple[int, Any, bytes]] = deque()
+        # A push as its body without the `{` (see frame_pushes), an answer as (body,).
+        self._queue: deque[bytes | tuple[bytes]] = deque()
+        self._answers = 0  # answers in the queue
         self._wakeup = asyncio.Event()
         self._resume_task: asyncio.Task[None] | None = None
         self._flusher = _flusher()
@@ -279,29 +330,61 @@ class Connection:
         queue = self._queue
         batch = []
         for _ in range(min(len(queue), frames_per_write_max)):
-            kind, _, body = queue.popleft()
-            if kind == _PUSH:
+            item = queue.popleft()
+            if isinstance(item, bytes):
                 self.conn_seq += 1
-                body = with_conn_seq(body, self.conn_seq)
-            batch.append(body)
+                batch.append(b'{"conn_seq":%d,' % self.conn_seq + item)
+            else:
+                self._answers -= 1
+                batch.append(item[0])
         return batch
+
+    def _frames(self) -> list[bytes]:
+        """Take up to frames_per_write_max queued bodies as ready frames (pushes numbered)."""
+        queue = self._queue
+        parts: list[bytes] = []
+        if not self._answers and len(queue) <= frames_per_write_max:  # pushes only: at once
+            self.conn_seq = frame_pushes(cast(list[bytes], list(queue)), self.conn_seq, parts)
+            queue.clear()
+            return parts
+        pushes: list[bytes] = []
+        for _ in range(min(len(queue), frames_per_write_max)):
+            item = queue.popleft()
+            if isinstance(item, bytes):
+                pushes.append(item)
+                continue
+            self._answers -= 1
+            if pushes:
+                self.conn_seq = frame_pushes(pushes, self.conn_seq, parts)
+                pushes = []
+            parts.append(_text_frame(item[0]))
+        if pushes:
+            self.conn_seq = frame_pushes(pushes, self.conn_seq, parts)
+        return parts
 
     def flush(self) -> None:
         """Write what is queued, now, if the socket takes it (the flusher calls this)."""
-        if self._closed or not self._queue:
+        queue = self._queue
+        if self._closed or not queue:
             return
-        if not self.frames.batched:
+        frames = self.frames
+        if not frames.batched:
             self._wakeup.set()
             return
-        if not self.frames.writable():
+        if not frames.writable():
             if self._resume_task is None:  # the client reads slowly: write when it catches up
                 self._resume_task = asyncio.create_task(self._resume())
             return
         try:
-            while self._queue:
-                self.frames.write_now(self._batch())
+            if frames.raw:
+                while queue:
+                    frames.write_frames(self._frames())
+            else:
+                while queue:
+                    frames.write_now(self._batch())
         except ConnectionError:
-            self._queue.clear()
+            queue.clear()
+            self._answers = 0
 
     async def _resume(self) -> None:
         await self.frames.until_writable()
@@ -316,9 +399,19 @@ class Connection:
             while self._queue:
                 await self.frames.send(self._batch())
 
-    def _enqueue(self, kind: int, key: Any, body: bytes) -> None:
-        self._queue.append((kind, key, body))
-        self._flusher.mark(self)
+    def _enqueue(self, item: bytes | tuple[bytes]) -> None:
+        queue = self._queue
+        queue.append(item)
+        if len(queue) == 1:  # else the flusher has it already, or the resume task will
+            self._flusher.mark(self)
+
+    def _enqueue_push(self, body: bytes) -> None:
+        """Queue a push body (encoded once for every subscriber; conn_seq is spliced in later)."""
+        self._enqueue(self._flusher.tail_of(body))
+
+    def _enqueue_answer(self, body: bytes) -> None:
+        self._answers += 1
+        self._enqueue((body,))
 
     def push(self, key: Any, body: bytes) -> None:
         """Queue a push from the hub; stop the subscription if the client cannot keep up."""
@@ -329,7 +422,7 @@ class Connection:
         if len(self._queue) >= self.gw.send_queue_max:
             self._overflow(key)
             return
-        self._enqueue(_PUSH, key, body)
+        self._enqueue_push(body)
 
     def _overflow(self, key: Any) -> None:
         if isinstance(key, tuple):
@@ -346,7 +439,7 @@ class Connection:
         log.info("connection %d: %s too slow, resync required", self.id, _stream_name(key))
         body = {"channel": channel, "type": "resync_required", "symbol": symbol}
         body["reason"] = f"the client read too slowly: {self.gw.send_queue_max} pushes waited"
-        self._enqueue(_PUSH, key, orjson.dumps(body))
+        self._enqueue_push(orjson.dumps(body))
 
     async def _heartbeat(self) -> None:
         while True:
@@ -358,7 +451,7 @@ class Connection:
                 for channel in self.private:
                     seqs[channel] = self.gw.hub.accounts.last_seq(self.account, channel)
             body = {"channel": "heartbeat", "ts_ns": str(time.time_ns()), "seqs": seqs}
-            self._enqueue(_PUSH, "heartbeat", orjson.dumps(body))
+            self._enqueue_push(orjson.dumps(body))
 
     def _detach(self) -> None:
         hub = self.gw.hub
@@ -387,11 +480,11 @@ class Connection:
 
     def _answer(self, request_id: Any, result: Any) -> None:
         body = orjson.dumps({"id": request_id, "status": 200, "result": result})
-        self._enqueue(_ANSWER, None, body)
+        self._enqueue_answer(body)
 
     def _error(self, request_id: Any, error: WireError) -> None:
         body = orjson.dumps({"id": request_id, "status": error.status, "error": error.body()})
-        self._enqueue(_ANSWER, None, body)
+        self._enqueue_answer(body)
 
     async def _handle(self, data: str | bytes) -> None:
         request_id: Any = None
@@ -423,8 +516,8 @@ class Connection:
             result = await self._dispatch(method, params)
             # No await between the subscription and here: no update can overtake its snapshot.
             self._answer(request_id, result)
-            for key, body in self._after_answer:
-                self._enqueue(_PUSH, key, body)
+            for _key, body in self._after_answer:
+                self._enqueue_push(body)
         except WireError as error:
             self._error(request_id, error)
         finally:
