@@ -126,9 +126,7 @@ async def _bench(
     recorded: int,
     one_process: bool,
 ) -> Report:
-    settings = Settings(
-        gateway_master_key=MASTER_KEY, kafka_fetch_wait_ms=int(os.environ.get("FW", "5"))
-    )
+    settings = Settings(gateway_master_key=MASTER_KEY, kafka_fetch_wait_ms=5)
     limits = RateLimits(ws_connections_per_ip=subscribers + 10)
     stack = Stack(
         broker, dsn, settings,
