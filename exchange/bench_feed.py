@@ -24,11 +24,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import functools
 import json
 import logging
-import os
 import sys
 import time
 from typing import Any
@@ -37,15 +35,17 @@ import numpy as np
 import orjson
 import uvloop
 
+from exchange.bench_feed_load import BUYER, PROVIDER
 from exchange.bench_stages import Stage, StageSpec, start_stage, wait_ready
 from exchange.gateway.ratelimit import RateLimits
 from exchange.stack import Stack, StackOptions, stack_engine_config
 from schemas import commands as c
-from schemas.codes import Side, TimeInForce
+from schemas.codes import Side
 from schemas.symbols import parse_symbol
 from schemas.units import NS_PER_HOUR
 from streams.embedded_broker import EmbeddedBroker
 from streams.embedded_postgres import open_database
+from streams.marketdata_messages import TradePrints
 from streams.settings import Settings
 
 __all__ = ["register", "run", "bench_feed"]
@@ -55,12 +55,7 @@ RATE_DEFAULT = 5000  # book updates per second
 DURATION_S_DEFAULT = 10.0
 RECORDED_DEFAULT = 20  # subscribers that keep the receive time of every update
 MASTER_KEY = "bench-feed-master-key-not-a-secret-0000"
-PROVIDER, BUYER = 20, 21
-tick_s = 0.01  # the generator sends a batch every tick
 drain_s = 3.0  # after the load, how long the subscribers may catch up
-connect_batch = 50  # subscribers connecting at once
-offer_levels = 10  # the provider's offers cycle over this many prices
-offer_price_ticks = 2400  # the lowest of them
 
 Report = dict[str, Any]
 
@@ -143,14 +138,15 @@ async def _bench(
                                       engine_config=stack_engine_config), in_process=False),
                 start_stage(StageSpec("marketdata", stack.settings, dsn), in_process=False),
             ]  # fmt: skip
-            await wait_ready(stages, lambda: [s.check() for s in stages])
+            await wait_ready(stages, functools.partial(_check, stages))
         await stack.start()
-        symbol, send = await _setup(stack)
+        symbol = await _setup(stack)
+        arrived = _TradeArrivals(stack)
         assert stack.gateway is not None and stack.gateway.gateway is not None
         url = stack.gateway.url.replace("http://", "ws://") + "/ws"
         _progress(f"connecting {subscribers} subscribers to {symbol}")
         clients = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "exchange.bench_feed", "--clients", url, symbol,
+            sys.executable, "-m", "exchange.bench_feed_clients", url, symbol,
             str(subscribers), str(recorded),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         )  # fmt: skip
@@ -159,7 +155,7 @@ async def _bench(
         if not ready.startswith(b"ready"):
             raise RuntimeError(f"the subscribers did not start: {ready!r}")
         _progress(f"load: {rate} updates/s for {duration_s:g} s")
-        sent_ns = await _load(send, symbol, rate, duration_s)
+        sent_ns = await _load(stack, symbol, rate, duration_s)
         await asyncio.sleep(drain_s)
         clients.stdin.close()
         result = orjson.loads(await clients.stdout.read())
@@ -168,10 +164,15 @@ async def _bench(
         await stack.stop()
         for stage in stages:
             await stage.stop()
-    return _report(result, sent_ns, subscribers, duration_s)
+    return _report(result, sent_ns, arrived.ns, subscribers, duration_s)
 
 
-async def _setup(stack: Stack) -> tuple[str, Any]:
+def _check(stages: list[Stage]) -> None:
+    for stage in stages:
+        stage.check()
+
+
+async def _setup(stack: Stack) -> str:
     """List instruments at the current hour, fund the buyer, give the provider capacity."""
     assert stack.gateway is not None and stack.gateway.gateway is not None
     hub = stack.gateway.gateway.hub
@@ -204,58 +205,69 @@ async def _setup(stack: Stack) -> tuple[str, Any]:
     while hub.feed.snapshot(("book", symbol, 10)) is None:
         hub.feed.watch(("book", symbol, 10))
         await asyncio.sleep(0.05)
-    return symbol, send
+    return symbol
 
 
-async def _load(send: Any, symbol: str, rate: int, duration_s: float) -> list[int]:
-    """Send offer/take pairs at `rate` commands per second; return each command's send time.
-
-    An offer rests two lots at one of `offer_levels` prices at or below the take's limit, and a
-    take fills one lot from the best level: the levels change at every engine step.
-    """
-    per_tick = max(1, round(rate * tick_s))
-    total = int(rate * duration_s)
-    sent_ns: list[int] = []
-    start = time.monotonic()
-    i = 0
-    while i < total:
-        batch: list[c.Command] = []
-        for _ in range(min(per_tick, total - i)):
-            n = i + len(batch)
-            if n % 2 == 0:
-                price = offer_price_ticks + n // 2 % offer_levels
-                batch.append(c.PlaceOrder(account=PROVIDER, symbol=symbol, side=Side.SELL, lots=2,
-                                          price_ticks=price))  # fmt: skip
-            else:
-                batch.append(c.PlaceOrder(account=BUYER, symbol=symbol, side=Side.BUY, lots=1,
-                                          price_ticks=offer_price_ticks + offer_levels,
-                                          tif=TimeInForce.IOC))  # fmt: skip
-        now = time.time_ns()
-        await send(batch)
-        sent_ns += [now] * len(batch)
-        i += len(batch)
-        ahead = start + i / rate - time.monotonic()
-        if ahead > 0:
-            await asyncio.sleep(ahead)
+async def _load(stack: Stack, symbol: str, rate: int, duration_s: float) -> list[int]:
+    """Run the load process (exchange/bench_feed_load.py); return each command's send time."""
+    assert stack.gateway is not None and stack.gateway.gateway is not None
+    load = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "exchange.bench_feed_load", stack.broker.bootstrap_servers,
+        stack.gateway.gateway.hub.commands_topic, symbol, str(rate), str(duration_s),
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await load.communicate()
+    if load.returncode != 0:
+        raise RuntimeError(f"the load process failed (exit code {load.returncode})")
+    sent_ns: list[int] = orjson.loads(out)
     return sent_ns
 
 
-def _report(result: dict[str, Any], sent_ns: list[int], subscribers: int,
-            duration_s: float) -> Report:  # fmt: skip
+class _TradeArrivals:
+    """When the gateway's hub read each trade print of gx.marketdata (by trade id)."""
+
+    def __init__(self, stack: Stack) -> None:
+        assert stack.gateway is not None and stack.gateway.gateway is not None
+        self.ns: dict[int, int] = {}
+        stack.gateway.gateway.hub.taps.append(self._tap)
+
+    def _tap(self, message: Any) -> None:
+        if isinstance(message, TradePrints):
+            now = time.time_ns()
+            for trade in message.trades:
+                self.ns[trade.trade_id] = now
+
+
+def _report(result: dict[str, Any], sent_ns: list[int], arrived_ns: dict[int, int],
+            subscribers: int, duration_s: float) -> Report:  # fmt: skip
     sent = np.asarray(sent_ns, dtype=np.int64)
     takes = sent[1::2]  # the k-th take prints the k-th trade of the load
     recorded = [(np.asarray(ids, dtype=np.int64), np.asarray(recv, dtype=np.int64))
                 for ids, recv, _ in result["recorded"]]  # fmt: skip
     first = min((int(ids.min()) for ids, _ in recorded if len(ids)), default=0)
+    arrived = np.full(len(takes), -1, dtype=np.int64)  # the hub read trade `first + k` at
+    for trade_id, ns in arrived_ns.items():
+        if 0 <= trade_id - first < len(takes):
+            arrived[trade_id - first] = ns
     lags: list[np.ndarray] = []
+    fan_out: list[np.ndarray] = []
     missing = 0
     for ids, recv in recorded:
         k = ids - first
         keep = (k >= 0) & (k < len(takes))
         lags.append((recv[keep] - takes[k[keep]]) / 1e6)
+        seen = keep.copy()
+        seen[keep] = arrived[k[keep]] >= 0
+        fan_out.append((recv[seen] - arrived[k[seen]]) / 1e6)
         missing += len(takes) - int(keep.sum())
     lag = np.concatenate(lags) if lags else np.zeros(0)
+    server = np.concatenate(fan_out) if fan_out else np.zeros(0)
+    upstream = (arrived[arrived >= 0] - takes[arrived >= 0]) / 1e6
     books = [count for _, _, count in result["recorded"]]
+
+    def pct(values: np.ndarray, q: float) -> float | None:
+        return round(float(np.percentile(values, q)), 2) if len(values) else None
+
     return {
         "subscribers": subscribers,
         "connected": result["connected"],
@@ -267,175 +279,12 @@ def _report(result: dict[str, Any], sent_ns: list[int], subscribers: int,
         "messages_per_s": round(result["messages"] / result["receive_s"])
         if result["receive_s"]
         else 0,
-        "lag_p50_ms": round(float(np.percentile(lag, 50)), 2) if len(lag) else None,
-        "lag_p99_ms": round(float(np.percentile(lag, 99)), 2) if len(lag) else None,
+        "lag_p50_ms": pct(lag, 50),
+        "lag_p99_ms": pct(lag, 99),
+        "gateway_to_client_p50_ms": pct(server, 50),
+        "gateway_to_client_p99_ms": pct(server, 99),
+        "command_to_gateway_p50_ms": pct(upstream, 50),
+        "command_to_gateway_p99_ms": pct(upstream, 99),
         "resyncs": result["resyncs"],
         "missing": missing,
     }
-
-
-# ============================================================================ the subscribers
-
-
-class _Subscriber(asyncio.Protocol):
-    """A minimal WebSocket client (RFC 6455) that counts frames and parses only what it records.
-
-    The subscribers share one core with nothing else to do but read; a full client library
-    parses every frame in Python and would measure itself instead of the gateway.
-    """
-
-    def __init__(self, host: str, symbol: str, record: bool, counts: dict[str, Any]) -> None:
-        self.host = host
-        self.symbol = symbol
-        self.record = record
-        self.counts = counts
-        self.buffer = bytearray()
-        self.upgraded = False
-        self.transport: Any = None  # uvloop's transports are not asyncio.Transport
-        self.trade_ids: list[int] = []
-        self.recv: list[int] = []
-        self.book_updates = 0
-        self.closed = asyncio.get_running_loop().create_future()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
-        key = base64.b64encode(os.urandom(16)).decode()
-        self.transport.write(
-            f"GET /ws HTTP/1.1\r\nHost: {self.host}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
-        )
-
-    def _send(self, message: dict[str, Any]) -> None:
-        payload = orjson.dumps(message)
-        mask = os.urandom(4)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        assert len(payload) < 126 and self.transport is not None
-        self.transport.write(bytes((0x81, 0x80 | len(payload))) + mask + masked)
-
-    def data_received(self, data: bytes) -> None:
-        buffer = self.buffer
-        if buffer or not self.upgraded:
-            buffer += data
-            data = bytes(buffer)
-            buffer.clear()
-        if not self.upgraded:
-            end = data.find(b"\r\n\r\n")
-            if end < 0:
-                buffer += data
-                return
-            if not data.startswith(b"HTTP/1.1 101"):
-                raise RuntimeError(f"upgrade refused: {data[:80]!r}")
-            data = data[end + 4 :]
-            self.upgraded = True
-            self._send({"id": 1, "method": "subscribe", "params": {
-                "channel": "book", "symbols": [self.symbol], "depth": 10}})  # fmt: skip
-            self._send({"id": 2, "method": "subscribe", "params": {
-                "channel": "trades", "symbols": [self.symbol]}})  # fmt: skip
-            self.counts["connected"] += 1
-        now = time.time_ns()
-        at = self._frames(data, now)
-        if at < len(data):
-            buffer += data[at:]
-        if at:
-            counts = self.counts
-            if counts["first_ns"] == 0:
-                counts["first_ns"] = now
-            counts["last_ns"] = now
-
-    def _frames(self, data: bytes, now: int) -> int:
-        """Count (and when recording, read) the whole frames in `data`; return the bytes used."""
-        at = 0
-        size_all = len(data)
-        messages = resyncs = 0
-        while size_all - at >= 2:
-            size = data[at + 1] & 0x7F
-            head = 2
-            if size == 126:
-                if size_all - at < 4:
-                    break
-                size = int.from_bytes(data[at + 2 : at + 4], "big")
-                head = 4
-            elif size == 127:
-                if size_all - at < 10:
-                    break
-                size = int.from_bytes(data[at + 2 : at + 10], "big")
-                head = 10
-            end = at + head + size
-            if end > size_all:
-                break
-            messages += 1
-            if data.find(b"resync_required", at + head, min(end, at + head + 80)) >= 0:
-                resyncs += 1
-            elif self.record:
-                self._read(data[at + head : end], now)
-            at = end
-        self.counts["messages"] += messages
-        self.counts["resyncs"] += resyncs
-        return at
-
-    def _read(self, payload: bytes, now: int) -> None:
-        if not payload.startswith(b'{"conn_seq"'):
-            return
-        message = orjson.loads(payload)
-        channel = message.get("channel")
-        if channel == "trades" and message.get("type") == "update":
-            for trade in message["trades"]:
-                self.trade_ids.append(trade["trade_id"])
-                self.recv.append(now)
-        elif channel == "book" and message.get("type") == "update":
-            self.book_updates += 1
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.closed.done():
-            self.closed.set_result(None)
-
-
-def _same(client: _Subscriber) -> _Subscriber:
-    return client
-
-
-async def _clients(url: str, symbol: str, subscribers: int, recorded: int) -> None:
-    counts: dict[str, Any] = {
-        "connected": 0, "messages": 0, "resyncs": 0, "first_ns": 0, "last_ns": 0,
-    }  # fmt: skip
-    host, port = url.removeprefix("ws://").removesuffix("/ws").split(":")
-    loop = asyncio.get_running_loop()
-    clients: list[_Subscriber] = []
-    for start in range(0, subscribers, connect_batch):
-        for i in range(start, min(start + connect_batch, subscribers)):
-            client = _Subscriber(f"{host}:{port}", symbol, i < recorded, counts)
-            await loop.create_connection(functools.partial(_same, client), host, int(port))
-            clients.append(client)
-        while counts["connected"] < len(clients):
-            await asyncio.sleep(0.01)
-    await asyncio.sleep(0.5)  # the snapshots
-    counts["messages"] = 0
-    counts["first_ns"] = 0
-    print("ready", flush=True)
-    await loop.run_in_executor(None, sys.stdin.read)  # until the bench closes our stdin
-    for client in clients:
-        if client.transport is not None:
-            client.transport.close()
-    receive_s = (counts["last_ns"] - counts["first_ns"]) / 1e9
-    out = {
-        "connected": counts["connected"],
-        "messages": counts["messages"],
-        "resyncs": counts["resyncs"],
-        "receive_s": receive_s,
-        "recorded": [(cl.trade_ids, cl.recv, cl.book_updates) for cl in clients if cl.record],
-    }
-    sys.stdout.write(orjson.dumps(out).decode())
-
-
-if __name__ == "__main__":
-    if len(sys.argv) == 6 and sys.argv[1] == "--clients":
-        url, symbol, subscribers, recorded = (
-            sys.argv[2],
-            sys.argv[3],
-            int(sys.argv[4]),
-            int(sys.argv[5]),
-        )
-        uvloop.run(_clients(url, symbol, subscribers, recorded))
-    else:
-        raise SystemExit("usage: gx bench feed (this module's --clients mode is internal)")

@@ -25,3 +25,6 @@ def test_feed_bench_delivers_every_trade_to_its_subscribers(
     assert report["missing"] == 0 and report["resyncs"] == 0
     assert report["lag_p50_ms"] is not None and report["lag_p99_ms"] >= report["lag_p50_ms"]
     assert report["messages"] >= 6 * 200  # every subscriber got every trade, at least
+    # the lag splits at the gateway's hub: both parts measured, neither runs backwards
+    assert report["command_to_gateway_p50_ms"] > 0 and report["gateway_to_client_p50_ms"] >= 0
+    assert report["book_updates_per_s"] > 0  # the load moves the book, not only the tape

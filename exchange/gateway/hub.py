@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 import orjson
@@ -101,6 +101,9 @@ class Hub:
         self.private: dict[int, set[Subscriber]] = {}  # account -> its logged-on connections
         self.outstanding: dict[int, dict[int, ProvisionRequested]] = {}  # provider -> requests
         self.ready = asyncio.Event()  # every topic read up to where it ended at start
+        # Called with each gx.marketdata message as it is read, before its fan-out (benchmarks
+        # time arrivals with it; a tap must be quick and must not raise).
+        self.taps: list[Callable[[Any], None]] = []
         self._readers = {
             "events": _Reader(names["events"].name),
             "marketdata": _Reader(names["marketdata"].name),
@@ -252,6 +255,8 @@ class Hub:
 
     def _on_marketdata(self, message: Any, partition: int, offset: int) -> None:
         self.stats.marketdata += 1
+        for tap in self.taps:
+            tap(message)
         for key, body in self.feed.apply(message, partition, offset):
             # a copy: a subscriber too slow for this push unsubscribes itself inside push()
             for subscriber in tuple(self.public.get(key, ())):
