@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from exchange import bench_feed, bench_matching, bench_pipeline
+from exchange import bench_feed, bench_matching, bench_pipeline, bench_writes
 
 __all__ = ["register"]
 
@@ -19,3 +19,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench_feed.register(group)
     bench_matching.register(group)
     bench_pipeline.register(group)
+    bench_writes.register(group)

@@ -28,3 +28,13 @@ def test_feed_bench_delivers_every_trade_to_its_subscribers(
     # the lag splits at the gateway's hub: both parts measured, neither runs backwards
     assert report["command_to_gateway_p50_ms"] > 0 and report["gateway_to_client_p50_ms"] >= 0
     assert report["book_updates_per_s"] > 0  # the load moves the book, not only the tape
+
+
+@pytest.mark.timeout(60)
+def test_write_floor_bench_times_every_connection(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--connections", "20", "--passes", "5", "--interval-ms", "1"]
+    assert main(["bench", "writes", *args, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["connections"] == 20 and report["passes"] == 5
+    assert 0 < report["pass_p50_ms"] <= report["pass_p90_ms"]
+    assert report["write_p50_us"] > 0
