@@ -273,11 +273,20 @@ ALTER TABLE postings ADD PRIMARY KEY (shard, seq, posting_index);
 ALTER TABLE trades DROP CONSTRAINT trades_event_partition_event_offset_key;
 """
 
+# Several events of one batch record can be dead letters: each keeps its own row, named by its
+# index in the record (0 for a record of the first, single-event format).
+_V5_DEAD_LETTER_EVENTS = """
+ALTER TABLE dead_letters ADD COLUMN event_index integer NOT NULL DEFAULT 0;
+ALTER TABLE dead_letters DROP CONSTRAINT dead_letters_pkey;
+ALTER TABLE dead_letters ADD PRIMARY KEY (consumer, topic, partition, "offset", event_index);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "ledger", _V1_LEDGER),
     Migration(2, "market history", _V2_MARKET_HISTORY),
     Migration(3, "gateway", _V3_GATEWAY),
     Migration(4, "event batches", _V4_EVENT_BATCHES),
+    Migration(5, "dead letters per event", _V5_DEAD_LETTER_EVENTS),
 )
 
 _CREATE_MIGRATIONS_TABLE = """

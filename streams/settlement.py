@@ -49,7 +49,13 @@ import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas import events as ev
-from schemas.codec import DecodeError, decode_event_record, encode, is_event_batch
+from schemas.codec import (
+    DecodeError,
+    decode_event_record,
+    encode,
+    is_event_batch,
+    split_event_record,
+)
 from streams import ledger_schema as ls
 from streams.settings import Settings
 from streams.topics import is_partial, topics
@@ -123,18 +129,39 @@ Entry = tuple[int, Any]  # (Kafka offset, event or Malformed)
 
 def decode_record(value: bytes | None) -> list[Any]:
     """Decode one gx.events record into its events, each an event or a Malformed saying what
-    is wrong with it (a record that does not decode at all is one Malformed)."""
+    is wrong with it (a record that does not decode at all is one Malformed). A bad event of a
+    batch record keeps its own bytes; a record that cannot be split keeps the record's."""
     if value is None:
         return [Malformed("record has no value", None)]
-    payload = value[:dead_letter_payload_bytes_max]
     out: list[Any] = []
+    bad = False
     for event in decode_event_record(value):
         if isinstance(event, DecodeError):
-            out.append(Malformed(f"undecodable event: {event}", payload))
+            out.append(Malformed(f"undecodable event: {event}", None))
+            bad = True
             continue
         problem = _out_of_range(event)
-        out.append(event if problem is None else Malformed(problem, payload))
+        if problem is None:
+            out.append(event)
+        else:
+            out.append(Malformed(problem, None))
+            bad = True
+    if bad:
+        parts = _split_or_none(value)
+        if parts is None or len(parts) != len(out):
+            parts = [value] * len(out)
+        out = [
+            Malformed(x.reason, part[:dead_letter_payload_bytes_max]) if type(x) is Malformed else x
+            for x, part in zip(out, parts, strict=True)
+        ]
     return out
+
+
+def _split_or_none(value: bytes) -> list[bytes] | None:
+    try:
+        return split_event_record(value)
+    except DecodeError:
+        return None
 
 
 def _out_of_range(event: Any) -> str | None:
@@ -215,7 +242,8 @@ class Plan(msgspec.Struct):
 
     count: int = 0  # pending entries covered (settled or skipped) by this commit
     events: list[tuple[int, Any]] = msgspec.field(default_factory=list)  # (offset, event)
-    dead: list[tuple[int, str, bytes | None]] = msgspec.field(default_factory=list)
+    # (offset, index in its record, why, bytes) of each event skipped as a dead letter
+    dead: list[tuple[int, int, str, bytes | None]] = msgspec.field(default_factory=list)
     duplicates: int = 0
     malformed: int = 0
     seq_gaps: int = 0
@@ -234,45 +262,51 @@ def plan_commit(pending: Sequence[Entry], last_seq: Mapping[int, int], caught_up
     """
     plan = Plan(last_seq=dict(last_seq))
     seqs = dict(last_seq)
-    skipped: list[tuple[int, int, int, str, bytes | None]] = []  # index, kind, offset, why, bytes
+    # i, kind, offset, index in record, why, bytes
+    skipped: list[tuple[int, int, int, int, str, bytes | None]] = []
     group: list[tuple[int, Any]] = []
+    indexes: list[int] = []  # the group's events' places in their records
     key: tuple[int, int] | None = None
     start = cash = 0
+    record_start, record_offset = 0, -1  # pending starts at a record boundary
     for i, (offset, item) in enumerate(pending):
+        if offset != record_offset:
+            record_start, record_offset = i, offset
         if type(item) is Malformed:
-            skipped.append((i, _MALFORMED, offset, item.reason, item.payload))
+            skipped.append((i, _MALFORMED, offset, i - record_start, item.reason, item.payload))
             continue
         last = seqs.get(item.shard, 0)
         if item.seq <= last:
-            skipped.append((i, _DUPLICATE, offset, "", None))
+            skipped.append((i, _DUPLICATE, offset, 0, "", None))
             continue
         if item.seq != last + 1:
             why = f"sequence gap: shard {item.shard} expected seq {last + 1}, found {item.seq}"
-            skipped.append((i, _GAP, offset, why, encode(item)))
+            skipped.append((i, _GAP, offset, i - record_start, why, encode(item)))
             continue
         seqs[item.shard] = item.seq
         if (item.shard, item.input_offset) != key:
             if group:
-                _close_group(plan, group, cash)
-            group, key, start, cash = [], (item.shard, item.input_offset), i, 0
+                _close_group(plan, group, indexes, cash)
+            group, indexes, key, start, cash = [], [], (item.shard, item.input_offset), i, 0
         group.append((offset, item))
+        indexes.append(i - record_start)
         if type(item) is ev.CashChanged:
             cash += _cash_sum(item)
     if group and caught_up and cash == 0:
-        _close_group(plan, group, cash)
+        _close_group(plan, group, indexes, cash)
         plan.count = len(pending)
     else:
         plan.count = start if group else len(pending)
-    for i, kind, offset, why, payload in skipped:
+    for i, kind, offset, index, why, payload in skipped:
         if i >= plan.count:
             break
         if kind == _DUPLICATE:
             plan.duplicates += 1
             continue
-        plan.dead.append((offset, why, payload))
+        plan.dead.append((offset, index, why, payload))
         plan.malformed += kind == _MALFORMED
         plan.seq_gaps += kind == _GAP
-    plan.dead.sort(key=lambda dead: dead[0])
+    plan.dead.sort(key=lambda dead: (dead[0], dead[1]))
     return plan
 
 
@@ -280,8 +314,11 @@ def _cash_sum(event: ev.CashChanged) -> int:
     return event.available_delta + event.held_delta + event.escrow_delta + event.collateral_delta
 
 
-def _close_group(plan: Plan, group: list[tuple[int, Any]], cash: int) -> None:
-    """Settle one complete command; dead-letter its cash events if they do not balance."""
+def _close_group(plan: Plan, group: list[tuple[int, Any]], indexes: list[int], cash: int) -> None:
+    """Settle one complete command; dead-letter its cash events if they do not balance.
+
+    `indexes` are the events' places in their records (named in their dead letters).
+    """
     last = group[-1][1]
     plan.last_seq[last.shard] = last.seq
     if cash == 0:
@@ -289,9 +326,9 @@ def _close_group(plan: Plan, group: list[tuple[int, Any]], cash: int) -> None:
         return
     plan.unbalanced += 1
     why = f"unbalanced command: shard {last.shard} input offset {last.input_offset} cash sums to {cash}"
-    for offset, event in group:
+    for (offset, event), index in zip(group, indexes, strict=True):
         if type(event) is ev.CashChanged:
-            plan.dead.append((offset, why, encode(event)))
+            plan.dead.append((offset, index, why, encode(event)))
         else:
             plan.events.append((offset, event))
 
@@ -879,8 +916,8 @@ class SettlementWriter:
         if not dead:
             return
         await self._conn.executemany(
-            'INSERT INTO dead_letters (consumer, topic, partition, "offset", reason, payload) '
-            "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+            'INSERT INTO dead_letters (consumer, topic, partition, "offset", event_index, reason, '
+            "payload) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
             [(self.consumer_name, self.topic, *d) for d in dead],
         )
 
@@ -911,8 +948,10 @@ class SettlementWriter:
         c.postings += len(rows.postings)
         c.trades += len(rows.trades)
         for partition, plan in plans.items():
-            for offset, reason, _ in plan.dead:
-                log.warning("skipped %s[%d]@%d: %s", self.topic, partition, offset, reason)
+            for offset, index, reason, _ in plan.dead:
+                log.warning(
+                    "skipped %s[%d]@%d#%d: %s", self.topic, partition, offset, index, reason
+                )
             c.events_settled += len(plan.events)
             c.duplicates += plan.duplicates
             c.malformed += plan.malformed

@@ -29,7 +29,7 @@ from matching import layout as lay
 from matching.engine import Engine
 from schemas import events as e
 from schemas.catalog import Catalog, load_catalog
-from schemas.codec import encode
+from schemas.codec import encode, pack_events
 from streams.embedded_broker import EmbeddedBroker
 from streams.embedded_postgres import EmbeddedPostgres
 from streams.engine_runner import EventRecord, pack_records
@@ -426,16 +426,70 @@ def test_garbage_records_are_logged_counted_dead_lettered_and_skipped(
     for expected in ("undecodable", "available_delta", "no value", "sequence gap"):
         assert expected in reasons
     for offset in offsets:
-        assert f"[0]@{offset}:" in caplog.text
+        assert f"[0]@{offset}#0:" in caplog.text  # partition, offset, event in the record
+
+
+def cash(seq: int, command: int, amount: int) -> e.CashChanged:
+    return e.CashChanged(
+        account=10, available_delta=amount, held_delta=0, escrow_delta=0,
+        collateral_delta=0, reason=1, ref_id=1, shard=0, seq=seq, input_offset=command,
+    )  # fmt: skip
+
+
+def test_dead_letters_in_batch_records_are_named_by_their_place_in_the_record() -> None:
+    pending = [
+        (10, cash(1, 100, 5)),
+        (10, Malformed("junk", b"a")),
+        (10, cash(2, 100, -5)),
+        (10, Malformed("more junk", b"b")),
+        (11, cash(3, 101, 7)),  # an unbalanced command: both its events are dead letters
+        (11, cash(4, 101, 1)),
+        (12, cash(5, 102, 0)),
+    ]
+    plan = plan_commit(pending, {}, caught_up=True)
+    assert plan.count == len(pending)
+    assert [(offset, index) for offset, index, _, _ in plan.dead] == [
+        (10, 1), (10, 3), (11, 0), (11, 1),
+    ]  # fmt: skip
+    assert [payload for _, _, _, payload in plan.dead[:2]] == [b"a", b"b"]
+    assert [offset for offset, _ in plan.events] == [10, 10, 12]
+
+
+def test_two_bad_events_of_one_batch_record_keep_a_dead_letter_each(
+    market: Market, broker: EmbeddedBroker, dsn: str
+) -> None:
+    settings = settings_for(broker)
+    topic = topics(settings)["events"].name
+    unknown = msgspec.msgpack.encode({"type": "PriceSpiked", "shard": 0, "seq": 1})
+    sample = next(x for x in market.events if type(x) is e.CashChanged)
+    overflow = encode(msgspec.structs.replace(sample, available_delta=2**63 + 5))
+    cut = next(i for i in range(1, len(market.events)) if market.events[i].input_offset
+               != market.events[i - 1].input_offset)  # fmt: skip
+    first = [encode(x) for x in market.events[:cut]]
+    record = pack_events([first[0], unknown, *first[1:], overflow])
+    values = [record, *encoded(market.events[cut:])]
+
+    async def scenario() -> tuple[SettlementWriter, list[Any], list[Any]]:
+        end = await produce(broker.bootstrap_servers, topic, values)
+        writer = await settle(settings, dsn, broker.bootstrap_servers, {0: end})
+        dead = await fetch_all(
+            dsn, 'SELECT "offset", event_index, reason, payload FROM dead_letters ORDER BY 2'
+        )
+        balances = await fetch_all(
+            dsn, "SELECT account, bucket, amount_micros FROM balances WHERE amount_micros <> 0"
+        )
+        return writer, dead, balances
+
+    writer, dead, balances = run(scenario())
+    assert writer.counters.malformed == 2
+    assert writer.counters.events_settled == len(market.events)
+    assert [(o, i) for o, i, _, _ in dead] == [(0, 1), (0, cut + 1)]
+    assert "undecodable" in dead[0][2] and "available_delta" in dead[1][2]
+    assert [bytes(p) for _, _, _, p in dead] == [unknown, overflow]  # each its own bytes
+    assert {(a, b): amount for a, b, amount in balances} == engine_balances(market.engine)
 
 
 def test_plan_holds_back_an_incomplete_command_and_dead_letters_an_unbalanced_one() -> None:
-    def cash(seq: int, command: int, amount: int) -> e.CashChanged:
-        return e.CashChanged(
-            account=10, available_delta=amount, held_delta=0, escrow_delta=0,
-            collateral_delta=0, reason=1, ref_id=1, shard=0, seq=seq, input_offset=command,
-        )  # fmt: skip
-
     pending = [
         (0, cash(1, 100, 5)),
         (1, cash(2, 100, -5)),
@@ -447,7 +501,7 @@ def test_plan_holds_back_an_incomplete_command_and_dead_letters_an_unbalanced_on
     plan = plan_commit(pending, {}, caught_up=True)
     assert plan.count == 5
     assert [offset for offset, _ in plan.events] == [0, 1]
-    assert [(offset, why.split(":")[0]) for offset, why, _ in plan.dead] == [
+    assert [(offset, why.split(":")[0]) for offset, _, why, _ in plan.dead] == [
         (2, "junk"),
         (3, "unbalanced command"),
     ]
@@ -558,7 +612,7 @@ def test_a_version_3_ledger_migrates_to_keys_by_shard_sequence(dsn: str) -> None
             await conn.execute(posting, 7)
             with pytest.raises(asyncpg.UniqueViolationError):  # v3: one event per offset
                 await conn.execute(posting, 8)
-            assert await ls.migrate(conn) == [4]
+            assert await ls.migrate(conn, ls.MIGRATIONS[:4]) == [4]
             await conn.execute(posting, 8)  # the next event of the same record
             with pytest.raises(asyncpg.UniqueViolationError):  # v4: one posting per seq, bucket
                 await conn.execute(posting, 8)
@@ -567,6 +621,33 @@ def test_a_version_3_ledger_migrates_to_keys_by_shard_sequence(dsn: str) -> None
             await conn.close()
 
     assert run(scenario()) == [(7,), (8,)]
+
+
+def test_a_version_4_ledger_migrates_to_a_dead_letter_per_event(dsn: str) -> None:
+    """Migration 5: several events of one batch record can be dead letters, each its own row."""
+    from streams import ledger_schema as ls
+
+    letter = (
+        'INSERT INTO dead_letters (consumer, topic, partition, "offset", reason) '
+        "VALUES ('settle', 'gx.events', 0, 9, $1)"
+    )
+
+    async def scenario() -> list[tuple[Any, ...]]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            assert await ls.migrate(conn, ls.MIGRATIONS[:4]) == [1, 2, 3, 4]
+            await conn.execute(letter, "first")
+            assert await ls.migrate(conn) == [5]
+            await conn.execute(letter.replace("reason)", "reason, event_index)").replace(
+                "$1)", "$1, 2)"), "third")  # fmt: skip
+            with pytest.raises(asyncpg.UniqueViolationError):  # one row per event, not per record
+                await conn.execute(letter, "first again")
+            rows = await conn.fetch("SELECT event_index, reason FROM dead_letters ORDER BY 1")
+            return [tuple(r) for r in rows]
+        finally:
+            await conn.close()
+
+    assert run(scenario()) == [(0, "first"), (2, "third")]  # the old row is event 0
 
 
 if __name__ == "__main__":
