@@ -27,7 +27,10 @@ import asyncio
 import functools
 import json
 import logging
+import os
+import shutil
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -130,6 +133,7 @@ async def _bench(
     )  # fmt: skip
     _progress("starting the exchange")
     stages: list[Stage] = []
+    results = tempfile.mkdtemp(prefix="gx-bench-feed-")
     try:
         if not one_process:
             stack.create_topics()
@@ -145,9 +149,10 @@ async def _bench(
         assert stack.gateway is not None and stack.gateway.gateway is not None
         url = stack.gateway.url.replace("http://", "ws://") + "/ws"
         _progress(f"connecting {subscribers} subscribers to {symbol}")
+        clients_out = os.path.join(results, "clients.json")
         clients = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "exchange.bench_feed_clients", url, symbol,
-            str(subscribers), str(recorded),
+            str(subscribers), str(recorded), clients_out,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         )  # fmt: skip
         assert clients.stdout is not None and clients.stdin is not None
@@ -155,15 +160,15 @@ async def _bench(
         if not ready.startswith(b"ready"):
             raise RuntimeError(f"the subscribers did not start: {ready!r}")
         _progress(f"load: {rate} updates/s for {duration_s:g} s")
-        sent_ns = await _load(stack, symbol, rate, duration_s)
+        sent_ns = await _load(stack, symbol, rate, duration_s, results)
         await asyncio.sleep(drain_s)
         clients.stdin.close()
-        result = orjson.loads(await clients.stdout.read())
-        await clients.wait()
+        result = await _child_result(clients, clients_out)
     finally:
         await stack.stop()
         for stage in stages:
             await stage.stop()
+        shutil.rmtree(results, ignore_errors=True)
     return _report(result, sent_ns, arrived.ns, subscribers, duration_s)
 
 
@@ -208,19 +213,30 @@ async def _setup(stack: Stack) -> str:
     return symbol
 
 
-async def _load(stack: Stack, symbol: str, rate: int, duration_s: float) -> list[int]:
+async def _load(stack: Stack, symbol: str, rate: int, duration_s: float, results: str) -> list[int]:
     """Run the load process (exchange/bench_feed_load.py); return each command's send time."""
     assert stack.gateway is not None and stack.gateway.gateway is not None
+    out = os.path.join(results, "load.json")
     load = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "exchange.bench_feed_load", stack.broker.bootstrap_servers,
-        stack.gateway.gateway.hub.commands_topic, symbol, str(rate), str(duration_s),
-        stdout=asyncio.subprocess.PIPE,
+        stack.gateway.gateway.hub.commands_topic, symbol, str(rate), str(duration_s), out,
     )  # fmt: skip
-    out, _ = await load.communicate()
-    if load.returncode != 0:
-        raise RuntimeError(f"the load process failed (exit code {load.returncode})")
-    sent_ns: list[int] = orjson.loads(out)
+    sent_ns: list[int] = await _child_result(load, out)
     return sent_ns
+
+
+async def _child_result(child: asyncio.subprocess.Process, path: str) -> Any:
+    """Wait for a child process and read the JSON result it wrote to `path`.
+
+    Through a file, not its stdout: uvloop's subprocess pipes lost the end of a large output
+    when the child exited right after writing it (the load's 1 MB list came back cut at a
+    multiple of 4 KiB, now and then).
+    """
+    code = await child.wait()
+    if code != 0:
+        raise RuntimeError(f"a benchmark child process failed (exit code {code}); see stderr")
+    with open(path, "rb") as file:
+        return orjson.loads(file.read())
 
 
 class _TradeArrivals:

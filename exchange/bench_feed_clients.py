@@ -1,9 +1,10 @@
 """The subscribers of `gx bench feed`: a process of light WebSocket clients (`--clients` mode).
 
-`python -m exchange.bench_feed_clients URL SYMBOL SUBSCRIBERS RECORDED` connects the
+`python -m exchange.bench_feed_clients URL SYMBOL SUBSCRIBERS RECORDED OUT_PATH` connects the
 subscribers, subscribes each to the symbol's book (depth 10) and trades, prints `ready`, counts
-every frame until its stdin closes, then prints one JSON object: connections, messages, resyncs,
-receive time, and for the first RECORDED subscribers the receive time of every trade print.
+every frame until its stdin closes, then writes one JSON object to OUT_PATH: connections,
+messages, resyncs, receive time, and for the first RECORDED subscribers the receive time of
+every trade print.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 import orjson
 import uvloop
 
-__all__ = ["main", "write_to_parent"]
+__all__ = ["main"]
 
 connect_batch = 50  # subscribers connecting at once
 
@@ -142,7 +143,7 @@ def _same(client: _Subscriber) -> _Subscriber:
     return client
 
 
-async def _clients(url: str, symbol: str, subscribers: int, recorded: int) -> None:
+async def _clients(url: str, symbol: str, subscribers: int, recorded: int, out_path: str) -> None:
     counts: dict[str, Any] = {
         "connected": 0, "messages": 0, "resyncs": 0, "first_ns": 0, "last_ns": 0,
     }  # fmt: skip
@@ -172,27 +173,18 @@ async def _clients(url: str, symbol: str, subscribers: int, recorded: int) -> No
         "receive_s": receive_s,
         "recorded": [(cl.trade_ids, cl.recv, cl.book_updates) for cl in clients if cl.record],
     }
-    write_to_parent(orjson.dumps(out))
+    with open(out_path, "wb") as file:  # not stdout: see exchange/bench_feed.py, _child_result
+        file.write(orjson.dumps(out))
 
 
 def main(argv: list[str]) -> None:
-    """Run the subscribers (arguments: URL SYMBOL SUBSCRIBERS RECORDED)."""
-    if len(argv) != 4:
+    """Run the subscribers (arguments: URL SYMBOL SUBSCRIBERS RECORDED OUT_PATH)."""
+    if len(argv) != 5:
         raise SystemExit(
-            "usage: python -m exchange.bench_feed_clients URL SYMBOL SUBSCRIBERS RECORDED"
+            "usage: python -m exchange.bench_feed_clients URL SYMBOL SUBSCRIBERS RECORDED OUT_PATH"
         )
     url, symbol, subscribers, recorded = argv[0], argv[1], int(argv[2]), int(argv[3])
-    uvloop.run(_clients(url, symbol, subscribers, recorded))
-
-
-def write_to_parent(data: bytes) -> None:
-    """Write a child process's result to its stdout, whole."""
-    # The parent's event loop (libuv) may hand us a non-blocking pipe: a large write would stop
-    # short with EAGAIN at exit and the parent would read half a JSON document.
-    os.set_blocking(sys.stdout.fileno(), True)
-    sys.stdout.flush()
-    sys.stdout.buffer.write(data)
-    sys.stdout.buffer.flush()
+    uvloop.run(_clients(url, symbol, subscribers, recorded, argv[4]))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """The load of `gx bench feed`: a process that moves one book at a fixed rate (`python -m ...`).
 
-`python -m exchange.bench_feed_load BOOTSTRAP TOPIC SYMBOL RATE DURATION_S` produces offer/take
-pairs into gx.commands (shard 0) with a producer of its own, so the gateway under test spends
-nothing on the load; it prints one JSON list: the send time (ns) of every command, in order.
+`python -m exchange.bench_feed_load BOOTSTRAP TOPIC SYMBOL RATE DURATION_S OUT_PATH` produces
+offer/take pairs into gx.commands (shard 0) with a producer of its own, so the gateway under test
+spends nothing on the load; it writes one JSON list to OUT_PATH: the send time (ns) of every
+command, in order.
 
 An offer rests two lots at one of `offer_levels` prices at or below the take's limit, and a take
 fills one lot from the best level, so the book's levels change at every engine step and every
@@ -19,7 +20,6 @@ import orjson
 import uvloop
 from aiokafka import AIOKafkaProducer
 
-from exchange.bench_feed_clients import write_to_parent
 from schemas import commands as c
 from schemas.codec import encode
 from schemas.codes import Side, TimeInForce
@@ -78,10 +78,10 @@ async def _load(bootstrap: str, topic: str, symbol: str, rate: int, duration_s: 
 
 
 def main(argv: list[str]) -> None:
-    """Run the load (arguments: BOOTSTRAP TOPIC SYMBOL RATE DURATION_S)."""
-    if len(argv) != 5:
+    """Run the load (arguments: BOOTSTRAP TOPIC SYMBOL RATE DURATION_S OUT_PATH)."""
+    if len(argv) != 6:
         raise SystemExit(
-            "usage: python -m exchange.bench_feed_load BOOTSTRAP TOPIC SYMBOL RATE DURATION_S"
+            "usage: python -m exchange.bench_feed_load BOOTSTRAP TOPIC SYMBOL RATE DURATION_S OUT_PATH"
         )
     bootstrap, topic, symbol, rate, duration_s = (
         argv[0],
@@ -91,7 +91,8 @@ def main(argv: list[str]) -> None:
         float(argv[4]),
     )
     sent_ns = uvloop.run(_load(bootstrap, topic, symbol, rate, duration_s))
-    write_to_parent(orjson.dumps(sent_ns))
+    with open(argv[5], "wb") as file:  # not stdout: see exchange/bench_feed.py, _child_result
+        file.write(orjson.dumps(sent_ns))
 
 
 if __name__ == "__main__":

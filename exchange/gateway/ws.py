@@ -48,7 +48,7 @@ symbols_per_subscribe_max = 100
 frames_per_write_max = 256  # frames a writer hands to the socket at once
 # The flusher's pacing (see _Flusher): after a write pass that took D seconds, the next starts
 # no sooner than flush_gap_ratio * D later, within [flush_gap_min_s, flush_gap_max_s].
-flush_gap_ratio = 2.0  # write passes use at most a third of the loop
+flush_gap_ratio = 1.25  # write passes use at most 45% of the loop
 flush_gap_min_s = 0.002
 flush_gap_max_s = 0.050
 
