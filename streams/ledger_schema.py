@@ -281,12 +281,18 @@ ALTER TABLE dead_letters DROP CONSTRAINT dead_letters_pkey;
 ALTER TABLE dead_letters ADD PRIMARY KEY (consumer, topic, partition, "offset", event_index);
 """
 
+# The gateway forgets old client order id reservations (exchange/gateway/keys.py), oldest first.
+_V6_CLIENT_ORDER_AGE = """
+CREATE INDEX client_orders_by_ts ON client_orders (ts_ns);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "ledger", _V1_LEDGER),
     Migration(2, "market history", _V2_MARKET_HISTORY),
     Migration(3, "gateway", _V3_GATEWAY),
     Migration(4, "event batches", _V4_EVENT_BATCHES),
     Migration(5, "dead letters per event", _V5_DEAD_LETTER_EVENTS),
+    Migration(6, "client order reservations by age", _V6_CLIENT_ORDER_AGE),
 )
 
 _CREATE_MIGRATIONS_TABLE = """

@@ -531,6 +531,7 @@ def test_rejected_placement_is_found_by_client_order_id(catalog):
     assert m.accounts.closed_orders(BUYER) == [found]
     assert m.accounts.order(BUYER, 0) is None and m.accounts.owner(0) is None
     assert m.accounts.order_by_client_id(OTHER, "lost-1") is None
+    assert not m.accounts.client_order_live(BUYER, "lost-1")  # its reservation may be forgotten
 
 
 def test_refused_placement_does_not_hide_a_working_order_with_the_same_client_id(catalog):
@@ -541,6 +542,8 @@ def test_refused_placement_does_not_hide_a_working_order_with_the_same_client_id
         == "rejected"
     )
     assert m.accounts.order_by_client_id(BUYER, "dup")["order_id"] == bid
+    assert m.accounts.client_order_live(BUYER, "dup")  # a working order keeps its id reserved
+    assert not m.accounts.client_order_live(OTHER, "dup")
 
 
 def test_refused_amend_of_an_own_order_pushes_it_unchanged(catalog):

@@ -289,6 +289,11 @@ class Accounts:
         o = self._accounts.get(account, _NO_ACCOUNT).by_client.get(client_order_id)
         return None if o is None else self._order_dict(o)
 
+    def client_order_live(self, account: int, client_order_id: str) -> bool:
+        """Whether the account's latest order with this client order id is live (resting)."""
+        o = self._accounts.get(account, _NO_ACCOUNT).by_client.get(client_order_id)
+        return o is not None and o.status in _LIVE
+
     def open_orders(self, account: int, symbol: str | None = None) -> list[dict[str, Any]]:
         """The account's live orders, oldest first, of one symbol or all."""
         orders = self._accounts.get(account, _NO_ACCOUNT).open.values()

@@ -147,6 +147,7 @@ class GatewayServer:
             await migrate(conn)
         keys = KeyStore(self._pool, self.settings.gateway_master_key)
         hub = Hub(self.settings, Prices(self.catalog.tick_micros), mock_broker=self.mock_broker)
+        keys.client_order_live = hub.accounts.client_order_live
         await hub.start()
         self.gateway = Gateway(self.catalog, hub, keys, self._pool, self.limits)
         try:

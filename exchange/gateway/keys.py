@@ -53,6 +53,9 @@ __all__ = [
     "KEYS_PER_ACCOUNT_MAX",
     "NONCE_HORIZON_MS",
     "NONCE_PRUNE_INTERVAL_S",
+    "CLIENT_ORDER_RETENTION_NS",
+    "CLIENT_ORDER_PRUNE_INTERVAL_S",
+    "CLIENT_ORDER_PRUNE_ROWS_MAX",
     "CLIENT_ORDER_ID_CHARS_MAX",
 ]
 
@@ -72,6 +75,11 @@ KEYS_PER_ACCOUNT_MAX = 20  # active (not revoked) keys
 NONCE_HORIZON_MS = 60_000
 NONCE_PRUNE_INTERVAL_S = 10.0  # per gateway instance
 CLIENT_ORDER_ID_CHARS_MAX = 64
+# A retry within this time of the first placement finds its order; an older reservation is
+# forgotten unless its order is still live (its client_order_id stays taken while it works).
+CLIENT_ORDER_RETENTION_NS = 7 * 24 * 3600 * 1_000_000_000
+CLIENT_ORDER_PRUNE_INTERVAL_S = 60.0  # per gateway instance
+CLIENT_ORDER_PRUNE_ROWS_MAX = 10_000  # per prune; a larger backlog goes over several
 ACCOUNT_MAX = 2**63 - 1  # bigint
 
 _KEY_ID_RE = re.compile(f"{KEY_ID_PREFIX}[0-9a-f]{{{KEY_ID_HEX_CHARS}}}")
@@ -165,6 +173,10 @@ class KeyStore:
         self._clock_ns = clock_ns
         self._cache: OrderedDict[str, tuple[float, ApiKey]] = OrderedDict()
         self._nonces_pruned_s = -NONCE_PRUNE_INTERVAL_S  # prune on the first use
+        self._client_orders_pruned_s = -CLIENT_ORDER_PRUNE_INTERVAL_S
+        # Whether an account's order with this client order id is still live (the gateway sets
+        # it to its projection's answer); a live order's reservation is never pruned.
+        self.client_order_live: Callable[[int, str], bool] = lambda account, cid: False
 
     def secret_of(self, key_id: str) -> str:
         """Derive the secret of `key_id` from the master key (the database holds no secret)."""
@@ -294,6 +306,8 @@ class KeyStore:
     async def reserve_client_order(self, account: int, client_order_id: str, ts_ns: int) -> bool:
         """Reserve `client_order_id` for `account`; return False when it was reserved before.
 
+        Every CLIENT_ORDER_PRUNE_INTERVAL_S, first forget reservations older than
+        CLIENT_ORDER_RETENTION_NS before `ts_ns` (see `prune_client_orders`).
         Raises WireError(BAD_REQUEST) for an empty id or one over CLIENT_ORDER_ID_CHARS_MAX.
         """
         if not 0 < len(client_order_id) <= CLIENT_ORDER_ID_CHARS_MAX:
@@ -302,6 +316,10 @@ class KeyStore:
                 f"client_order_id: expected 1-{CLIENT_ORDER_ID_CHARS_MAX} characters, found "
                 f"{len(client_order_id)}",
             )
+        now_s = self._clock_s()
+        if now_s - self._client_orders_pruned_s >= CLIENT_ORDER_PRUNE_INTERVAL_S:
+            self._client_orders_pruned_s = now_s
+            await self.prune_client_orders(ts_ns - CLIENT_ORDER_RETENTION_NS)
         status = await self._pool.execute(
             "INSERT INTO client_orders (account, client_order_id, ts_ns) VALUES ($1, $2, $3) "
             "ON CONFLICT DO NOTHING",
@@ -310,3 +328,24 @@ class KeyStore:
             ts_ns,
         )
         return bool(status == "INSERT 0 1")
+
+    async def prune_client_orders(self, before_ns: int) -> int:
+        """Forget up to CLIENT_ORDER_PRUNE_ROWS_MAX reservations made before `before_ns` whose
+        order is not live (`client_order_live`); return how many."""
+        rows = await self._pool.fetch(
+            "SELECT account, client_order_id FROM client_orders WHERE ts_ns < $1 "
+            "ORDER BY ts_ns LIMIT $2",
+            before_ns,
+            CLIENT_ORDER_PRUNE_ROWS_MAX,
+        )
+        gone = [(r["account"], r["client_order_id"]) for r in rows]
+        gone = [(a, cid) for a, cid in gone if not self.client_order_live(a, cid)]
+        if not gone:
+            return 0
+        await self._pool.execute(
+            "DELETE FROM client_orders AS c USING unnest($1::bigint[], $2::text[]) AS g(a, i) "
+            "WHERE c.account = g.a AND c.client_order_id = g.i",
+            [a for a, _ in gone],
+            [cid for _, cid in gone],
+        )
+        return len(gone)

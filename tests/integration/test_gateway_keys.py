@@ -17,6 +17,9 @@ import pytest
 from exchange import cli_keys, wire
 from exchange.gateway import auth
 from exchange.gateway.keys import (
+    CLIENT_ORDER_PRUNE_INTERVAL_S,
+    CLIENT_ORDER_PRUNE_ROWS_MAX,
+    CLIENT_ORDER_RETENTION_NS,
     KEY_CACHE_TTL_S,
     KEYS_PER_ACCOUNT_MAX,
     NONCE_HORIZON_MS,
@@ -403,6 +406,43 @@ def test_reserve_client_order_is_idempotent_per_account(dsn):
         with pytest.raises(WireError, match="client_order_id"):
             await store.reserve_client_order(ALICE, "", 5)
         assert await pool.fetchval("SELECT ts_ns FROM client_orders WHERE account = $1", BOB) == 3
+
+    with_store(dsn, body)
+
+
+def test_old_reservations_are_forgotten_unless_their_order_is_live(dsn):
+    async def main() -> None:
+        clock = Clock()
+        async with opened(dsn, clock_s=clock) as (pool, store):
+            store.client_order_live = lambda account, cid: (account, cid) == (ALICE, "resting")
+            for cid in ("filled", "resting"):
+                assert await store.reserve_client_order(ALICE, cid, 1_000)
+            later = 1_000 + CLIENT_ORDER_RETENTION_NS
+            # Within the interval nothing is pruned: a retry still finds its id taken ...
+            assert not await store.reserve_client_order(ALICE, "filled", later + 1)
+            # ... after it, reservations past the retention go, but a live order keeps its id.
+            clock.now_s += CLIENT_ORDER_PRUNE_INTERVAL_S
+            assert await store.reserve_client_order(BOB, "fresh", later + 1)
+            rows = await pool.fetch("SELECT client_order_id FROM client_orders ORDER BY 1")
+            assert [r["client_order_id"] for r in rows] == ["fresh", "resting"]
+            assert not await store.reserve_client_order(ALICE, "resting", later + 2)
+            assert await store.reserve_client_order(ALICE, "filled", later + 2)  # a new order
+
+    run(main())
+
+
+def test_a_prune_forgets_at_most_its_limit_oldest_first(dsn):
+    async def body(pool: asyncpg.Pool, store: KeyStore) -> None:
+        extra = 5
+        await pool.execute(
+            "INSERT INTO client_orders SELECT 7, 'c' || i, i FROM generate_series(1, $1) AS i",
+            CLIENT_ORDER_PRUNE_ROWS_MAX + extra,
+        )
+        assert await store.prune_client_orders(10**18) == CLIENT_ORDER_PRUNE_ROWS_MAX
+        left = await pool.fetch("SELECT ts_ns FROM client_orders ORDER BY ts_ns")
+        assert [r["ts_ns"] for r in left] == list(
+            range(CLIENT_ORDER_PRUNE_ROWS_MAX + 1, CLIENT_ORDER_PRUNE_ROWS_MAX + extra + 1)
+        )
 
     with_store(dsn, body)
 
