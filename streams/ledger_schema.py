@@ -286,6 +286,14 @@ _V6_CLIENT_ORDER_AGE = """
 CREATE INDEX client_orders_by_ts ON client_orders (ts_ns);
 """
 
+# The gateway's ledger endpoint reads an account's newest postings: index them by account and
+# sequence (read backwards, a page costs its size), not by bucket (which made every page sort
+# the account's whole history). Balances sum every posting either way.
+_V7_POSTINGS_BY_ACCOUNT_SEQ = """
+DROP INDEX postings_by_account;
+CREATE INDEX postings_by_account_seq ON postings (account, seq, posting_index);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "ledger", _V1_LEDGER),
     Migration(2, "market history", _V2_MARKET_HISTORY),
@@ -293,6 +301,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "event batches", _V4_EVENT_BATCHES),
     Migration(5, "dead letters per event", _V5_DEAD_LETTER_EVENTS),
     Migration(6, "client order reservations by age", _V6_CLIENT_ORDER_AGE),
+    Migration(7, "postings by account and sequence", _V7_POSTINGS_BY_ACCOUNT_SEQ),
 )
 
 _CREATE_MIGRATIONS_TABLE = """

@@ -20,6 +20,12 @@ from exchange.wire import ErrorCode, WireError, money_to_str
 
 __all__ = ["PublicController", "AccountController", "OrderController", "ProviderController"]
 
+# An account's newest postings: read backwards along postings_by_account_seq, never sorted.
+LEDGER_QUERY = (
+    "SELECT seq, ts_event, bucket, amount_micros, reason, ref_id FROM postings "
+    "WHERE account = $1 ORDER BY seq DESC, posting_index DESC LIMIT $2"
+)
+
 limit_max = 1000
 _BUCKETS = {1: "available", 2: "held", 3: "escrow", 4: "collateral"}
 
@@ -171,12 +177,7 @@ class AccountController(Controller):
         """Return the account's ledger postings, newest first (settled in PostgreSQL)."""
         gw = _gateway(request)
         key = await gw.authenticate(request, "read")
-        rows = await gw.pool.fetch(
-            "SELECT seq, ts_event, bucket, amount_micros, reason, ref_id FROM postings "
-            "WHERE account = $1 ORDER BY seq DESC, posting_index DESC LIMIT $2",
-            key.account,
-            _limit(limit),
-        )
+        rows = await gw.pool.fetch(LEDGER_QUERY, key.account, _limit(limit))
         entries = [
             {
                 "seq": row["seq"],

@@ -599,6 +599,33 @@ def test_writer_connection_updates_orders_by_index_however_large_the_ledger(dsn:
     assert "Seq Scan on orders" not in found, found
 
 
+def test_an_accounts_newest_postings_are_read_by_index_not_sorted(dsn: str) -> None:
+    """The gateway's ledger page reads backwards along (account, seq), whatever the history."""
+    from exchange.gateway.rest import LEDGER_QUERY
+    from streams import ledger_schema as ls
+
+    async def plan() -> tuple[str, list[int]]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await ls.migrate(conn)
+            await conn.execute(
+                "INSERT INTO postings SELECT 0, i, 0, 0, i, i, i % 50, 1 + i % 4, 1, 1, 0, 0 "
+                "FROM generate_series(1, 50000) AS i"
+            )
+            await conn.execute("ANALYZE postings")
+            query = LEDGER_QUERY.replace("$1", "7").replace("$2", "5")
+            rows = await conn.fetch("EXPLAIN " + query)
+            seqs = [r["seq"] for r in await conn.fetch(query)]
+            return "\n".join(r[0] for r in rows), seqs
+        finally:
+            await conn.close()
+
+    found, seqs = run(plan())
+    assert seqs == [49957, 49907, 49857, 49807, 49757]  # the account's newest, newest first
+    assert "Index Scan Backward using postings_by_account_seq" in found, found
+    assert "Sort" not in found, found
+
+
 def test_a_version_3_ledger_migrates_to_keys_by_shard_sequence(dsn: str) -> None:
     """Migration 4: batch records share a Kafka position, so postings are keyed by (shard, seq)."""
     from streams import ledger_schema as ls
