@@ -6,7 +6,7 @@ import asyncio
 import time
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from streams.embedded_broker import API_KEY_PRODUCE, EmbeddedBroker, EmbeddedBrokerError
@@ -228,3 +228,40 @@ def test_group_consumer_joins_without_initial_rebalance_delay(broker: EmbeddedBr
         return sorted(values)
 
     assert run(scenario(), timeout_s=20) == [b"e0", b"e1", b"e2"]
+
+
+def test_a_fetch_returns_one_record_batch_per_partition(broker: EmbeddedBroker) -> None:
+    """A known limit of the mock (README, Benchmarks): a consumer behind a producer of small
+    batches reads one batch per round trip. Real Kafka fills the fetch. If this starts failing,
+    the mock changed and the paced benchmark figures with it."""
+    broker.create_topic("small-batches", partitions=1)
+    batches, per_batch = 20, 5
+
+    async def scenario() -> list[int]:
+        producer = _producer(broker)
+        await producer.start()
+        try:
+            for _ in range(batches):
+                batch = producer.create_batch()
+                for _ in range(per_batch):
+                    batch.append(key=None, value=b"x" * 100, timestamp=None)
+                batch.close()
+                await (await producer.send_batch(batch, "small-batches", partition=0))
+        finally:
+            await producer.stop()
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=broker.bootstrap_servers, auto_offset_reset="earliest"
+        )
+        await consumer.start()
+        try:
+            tp = TopicPartition("small-batches", 0)
+            consumer.assign([tp])
+            sizes: list[int] = []
+            while sum(sizes) < batches * per_batch:
+                found = await consumer.getmany(tp, timeout_ms=1000)
+                sizes.append(len(found.get(tp, [])))
+            return sizes
+        finally:
+            await consumer.stop()
+
+    assert run(scenario()) == [per_batch] * batches
