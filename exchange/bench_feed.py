@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
-import json
 import logging
 import os
 import shutil
@@ -39,6 +38,7 @@ import orjson
 import uvloop
 
 from exchange.bench_feed_load import BUYER, PROVIDER
+from exchange.bench_report import Report, add_benchmark, print_report, require_positive
 from exchange.bench_stages import Stage, StageSpec, start_stage, wait_ready
 from exchange.gateway.ratelimit import RateLimits
 from exchange.stack import Stack, StackOptions, stack_engine_config
@@ -60,16 +60,14 @@ RECORDED_DEFAULT = 20  # subscribers that keep the receive time of every update
 MASTER_KEY = "bench-feed-master-key-not-a-secret-0000"
 drain_s = 3.0  # after the load, how long the subscribers may catch up
 
-Report = dict[str, Any]
-
 
 def register(bench_subparsers: argparse._SubParsersAction) -> None:
     """Add `feed` to the `gx bench` group."""
-    p = bench_subparsers.add_parser(
+    p = add_benchmark(
+        bench_subparsers,
         "feed",
-        help="WebSocket subscribers on one book while the engine moves it",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "WebSocket subscribers on one book while the engine moves it",
+        __doc__,
     )
     p.add_argument("--subscribers", type=int, default=SUBSCRIBERS_DEFAULT)
     p.add_argument("--rate", type=int, default=RATE_DEFAULT, help="book updates per second")
@@ -80,26 +78,19 @@ def register(bench_subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="run the engine and market data on the gateway's loop, not in processes of their own",
     )
-    p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the feed benchmark and print its figures."""
-    for name in ("subscribers", "rate", "duration", "recorded"):
-        if getattr(args, name) <= 0:
-            raise SystemExit(f"--{name}: expected > 0, found {getattr(args, name)}")
+    require_positive(args, "subscribers", "rate", "duration", "recorded")
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("gx").setLevel(logging.WARNING)
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
     report = bench_feed(
         args.subscribers, args.rate, args.duration, args.recorded, one_process=args.one_process
     )
-    if args.json:
-        print(json.dumps(report))
-    else:
-        width = max(len(k) for k in report)
-        print("\n".join(f"{k:<{width}}  {v}" for k, v in report.items()))
+    print_report(report, args.json)
     return 0
 
 

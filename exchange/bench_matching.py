@@ -23,10 +23,10 @@ from collections.abc import Callable
 from decimal import Decimal
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from exchange.bench_report import Report, add_benchmark, print_report
 from matching import layout as lay
 from matching.calendar import due_listings
 from matching.engine import Engine, EngineConfig, order_flags
@@ -64,19 +64,17 @@ RESTING_SELLERS_PER_PAIR = 4
 RESTING_DEPTH_TICKS = 20
 GTC_FLAGS = order_flags(TimeInForce.GTC, OrderType.LIMIT, False, SelfTradePrevention.NONE)
 
-Report = dict[str, Any]
-
 
 # ============================================================================ command line
 
 
 def register(bench_subparsers: argparse._SubParsersAction) -> None:
     """Add `matching` to the `gx bench` group."""
-    p = bench_subparsers.add_parser(
+    p = add_benchmark(
+        bench_subparsers,
         "matching",
-        help="replay an order workload through the engine (and a peer engine)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "replay an order workload through the engine (and a peer engine)",
+        __doc__,
     )
     p.add_argument("--workload", type=Path, help="replay this file of int64 records")
     p.add_argument("--commands", type=int, default=COMMANDS_DEFAULT, help="generated commands")
@@ -85,7 +83,6 @@ def register(bench_subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--peer", choices=PEERS, help="replay the same commands through this engine")
     p.add_argument("--instruments", type=int, help="resting mode: books to fill")
     p.add_argument("--resting", type=int, help="resting mode: orders to rest over them")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=run)
 
 
@@ -97,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         report = bench_resting(args.instruments, args.resting)
     else:
         report = bench_replay(_workload(args), args.peer)
-    print(json.dumps(report) if args.json else _table(report))
+    print_report(report, args.json)
     return 0
 
 
@@ -115,18 +112,6 @@ def _workload(args: argparse.Namespace) -> np.ndarray:
 
 def _progress(text: str) -> None:
     print(f"gx bench matching: {text}", file=sys.stderr, flush=True)
-
-
-def _table(report: Report) -> str:
-    width = max(len(k) for k in report)
-    lines = []
-    for key, value in report.items():
-        if isinstance(value, bool | str):
-            shown = str(value)
-        else:
-            shown = f"{value:,.2f}" if isinstance(value, float) else f"{value:,}"
-        lines.append(f"{key:<{width}}  {shown}")
-    return "\n".join(lines)
 
 
 # ============================================================================ workload files

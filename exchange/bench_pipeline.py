@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import sys
 import time
@@ -46,6 +45,7 @@ import msgspec
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from exchange.bench_report import Report, add_benchmark, print_report
 from exchange.bench_stages import Stage, StageSpec, start_stage, wait_ready
 from matching import layout as lay
 from matching.engine import Engine, EngineConfig
@@ -88,19 +88,17 @@ probe_fetch_wait_ms = 5  # an idle fetch must not add the default 500 ms to what
 stall_s_max = 10.0  # no progress for this long: stop waiting and report what was lost
 raw_topics = ("bench.raw.in", "bench.raw.out")
 
-Report = dict[str, Any]
-
 
 # ============================================================================ command line
 
 
 def register(bench_subparsers: argparse._SubParsersAction) -> None:
     """Add `pipeline` to the `gx bench` group."""
-    p = bench_subparsers.add_parser(
+    p = add_benchmark(
+        bench_subparsers,
         "pipeline",
-        help="stream orders through broker, engine, settlement and market data",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "stream orders through broker, engine, settlement and market data",
+        __doc__,
     )
     p.add_argument("--orders", type=int, default=ORDERS_DEFAULT, help="PlaceOrder commands")
     p.add_argument(
@@ -124,7 +122,6 @@ def register(bench_subparsers: argparse._SubParsersAction) -> None:
         help="run engine, settlement and market data on the benchmark's own event loop "
         "(default: one process each, as in production)",
     )
-    p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=run)
 
 
@@ -145,24 +142,12 @@ def run(args: argparse.Namespace) -> int:
         fetch_wait_ms=args.fetch_wait_ms,
         one_process=args.one_process,
     )
-    print(json.dumps(report) if args.json else _table(report))
+    print_report(report, args.json)
     return 0
 
 
 def _progress(text: str) -> None:
     print(f"gx bench pipeline: {text}", file=sys.stderr, flush=True)
-
-
-def _table(report: Report) -> str:
-    width = max(len(k) for k in report)
-    lines = []
-    for key, value in report.items():
-        if isinstance(value, bool | str) or value is None:
-            shown = str(value)
-        else:
-            shown = f"{value:,.2f}" if isinstance(value, float) else f"{value:,}"
-        lines.append(f"{key:<{width}}  {shown}")
-    return "\n".join(lines)
 
 
 # ============================================================================ workload

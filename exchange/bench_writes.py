@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import multiprocessing
 import time
 from typing import Any
 
 import uvloop
+
+from exchange.bench_report import add_benchmark, print_report, require_positive
 
 __all__ = ["register", "run", "bench_writes"]
 
@@ -28,31 +29,24 @@ INTERVAL_MS_DEFAULT = 20.0
 
 def register(bench_subparsers: argparse._SubParsersAction) -> None:
     """Add `writes` to the `gx bench` group."""
-    p = bench_subparsers.add_parser(
+    p = add_benchmark(
+        bench_subparsers,
         "writes",
-        help="the cost of one socket write per connection (the floor of a fan-out)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "the cost of one socket write per connection (the floor of a fan-out)",
+        __doc__,
     )
     p.add_argument("--connections", type=int, default=CONNECTIONS_DEFAULT)
     p.add_argument("--size", type=int, default=SIZE_DEFAULT, help="bytes per write")
     p.add_argument("--passes", type=int, default=PASSES_DEFAULT)
     p.add_argument("--interval-ms", type=float, default=INTERVAL_MS_DEFAULT)
-    p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the write benchmark and print its figures."""
-    for name in ("connections", "size", "passes"):
-        if getattr(args, name) <= 0:
-            raise SystemExit(f"--{name}: expected > 0, found {getattr(args, name)}")
+    require_positive(args, "connections", "size", "passes")
     report = bench_writes(args.connections, args.size, args.passes, args.interval_ms)
-    if args.json:
-        print(json.dumps(report))
-    else:
-        width = max(len(k) for k in report)
-        print("\n".join(f"{k:<{width}}  {v}" for k, v in report.items()))
+    print_report(report, args.json)
     return 0
 
 
