@@ -1,10 +1,12 @@
 """The WebSocket endpoint `/ws`: one `Connection` per socket.
 
 A connection reads requests one at a time (so a client's commands reach the engine in the order
-it sent them) and writes through one bounded queue, written out once per event-loop turn for all
-connections together (`_Flusher`), numbering every push with `conn_seq` as it goes out. Push bodies come encoded once for all subscribers; only `conn_seq` is
-spliced in per connection. A subscription whose pushes no longer fit the queue is stopped with a
-`resync_required` push: a slow client is told, never silently skipped.
+it sent them) and writes through one bounded queue. The queues of all connections are written in
+write passes (`_Flusher`), paced by what the last pass cost, one socket write per connection per
+pass, numbering every push with `conn_seq` as it goes out. Push bodies come encoded once for all
+subscribers; only `conn_seq` is spliced in per connection (`frame_pushes`). A subscription whose
+pushes no longer fit the queue is stopped with a `resync_required` push: a slow client is told,
+never silently skipped.
 """
 
 from __future__ import annotations
