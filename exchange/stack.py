@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from exchange.gateway.app import GatewayServer
+from exchange.gateway.app import WEBSOCKET_IMPL, GatewayServer
 from exchange.gateway.ratelimit import RateLimits
 from matching.state import EngineConfig
 from schemas.catalog import Catalog, load_catalog
@@ -57,6 +57,7 @@ class StackOptions(msgspec.Struct, frozen=True, kw_only=True):
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 0  # 0: any free port (tests)
     limits: RateLimits | None = None
+    gateway_websocket_impl: str = WEBSOCKET_IMPL  # uvicorn's `ws` option
 
 
 class Stack:
@@ -132,6 +133,7 @@ class Stack:
             port=opts.gateway_port,
             limits=opts.limits,
             extra_handlers=self.extra_handlers,
+            websocket_impl=opts.gateway_websocket_impl,
         )
         await self.gateway.start()
 

@@ -111,6 +111,12 @@ def build_app(gateway: Gateway, extra_handlers: list[Any] | None = None) -> Lite
     return app
 
 
+# uvicorn's WebSocket implementation: its sans-I/O protocol lets exchange/gateway/ws.py `Frames`
+# write a batch of frames at once. Any other (uvicorn's "websockets") is served through plain
+# ASGI sends, one per frame (the tests run the feed over both).
+WEBSOCKET_IMPL = "websockets-sansio"
+
+
 class GatewayServer:
     """One gateway: connect to Kafka and PostgreSQL, read the topics, serve HTTP and WebSocket."""
 
@@ -125,9 +131,11 @@ class GatewayServer:
         port: int | None = None,
         limits: RateLimits | None = None,
         extra_handlers: list[Any] | None = None,
+        websocket_impl: str = WEBSOCKET_IMPL,
     ) -> None:
         self.settings = settings
         self.dsn = dsn
+        self.websocket_impl = websocket_impl
         self.catalog = catalog or load_catalog()
         self.mock_broker = mock_broker
         self.host = host or settings.gateway_host
@@ -165,7 +173,7 @@ class GatewayServer:
             # Compression would run zlib per message per connection: the fan-out's largest cost,
             # for pushes of a few hundred bytes. Off: each push is framed as encoded, once.
             ws_per_message_deflate=False,
-            ws="websockets-sansio",  # exchange/gateway/ws.py `Frames` batches writes through it
+            ws=self.websocket_impl,
             lifespan="off",
         )
         self._server = uvicorn.Server(config)

@@ -18,6 +18,7 @@ import orjson
 import websockets
 from aiokafka import AIOKafkaProducer
 
+from exchange.gateway.app import WEBSOCKET_IMPL
 from exchange.gateway.keys import KeyStore
 from exchange.gateway.ratelimit import RateLimits
 from exchange.stack import Stack, StackOptions
@@ -113,6 +114,7 @@ async def running_exchange(
     limits: RateLimits | None = None,
     provisioning: bool = False,
     extra_handlers: list[Any] | None = None,
+    websocket_impl: str = WEBSOCKET_IMPL,
 ) -> AsyncIterator[Exchange]:
     """Start the stack, list instruments, fund three accounts, give each a key with all scopes.
 
@@ -123,7 +125,12 @@ async def running_exchange(
         broker,
         dsn,
         settings,
-        options=StackOptions(provisioning=provisioning, settlement=True, limits=limits),
+        options=StackOptions(
+            provisioning=provisioning,
+            settlement=True,
+            limits=limits,
+            gateway_websocket_impl=websocket_impl,
+        ),
         extra_handlers=extra_handlers,
     )
     await stack.start()

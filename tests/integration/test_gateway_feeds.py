@@ -53,9 +53,22 @@ async def place(ws: Socket, symbol: str, side: str, price: str, qty: str, **extr
     return answer["result"]
 
 
-def test_every_channel_pushes_with_sequence_numbers_and_checksums(broker, dsn):
+@pytest.mark.parametrize(
+    "websocket_impl",
+    [
+        "websockets-sansio",  # frames batched into one socket write per pass (ws.py `Frames`)
+        pytest.param(  # no batching: the plain ASGI path, one send per frame
+            "websockets",
+            marks=[
+                pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+                pytest.mark.filterwarnings("ignore:The `websockets` implementation is deprecated"),
+            ],
+        ),  # (uvicorn and websockets deprecate this implementation: the warnings are known)
+    ],
+)
+def test_every_channel_pushes_with_sequence_numbers_and_checksums(broker, dsn, websocket_impl):
     async def scenario() -> None:
-        async with running_exchange(broker, dsn) as ex:
+        async with running_exchange(broker, dsn, websocket_impl=websocket_impl) as ex:
             gpu = ex.symbol.split(".")[0]
             curve = ".".join(ex.symbol.split(".")[:3])
             async with socket(ex) as seller, socket(ex) as watcher:
@@ -86,6 +99,9 @@ def test_every_channel_pushes_with_sequence_numbers_and_checksums(broker, dsn):
                 await watcher.wait_push(lambda p: p["channel"] == "heartbeat")
                 pushes = list(watcher.pushes)
 
+                serving = {c for subs in ex.gateway.hub.public.values() for c in subs}
+                batched = {c.frames.batched for c in serving}
+            assert batched == {websocket_impl == "websockets-sansio"}  # the path under test
             check_chains(pushes)
             book = {"seq": 0}
             for push in [p for p in pushes if p["channel"] == "book"]:
