@@ -217,7 +217,7 @@ class _Flusher:
     queued are written in one pass, after the code that queued. A socket write (a system call,
     about 10 us on loopback) per connection is most of a pass's cost, so a wide fan-out must put
     many frames in each write: after a pass of D seconds the next waits `flush_gap_ratio` * D
-    (the loop keeps two thirds of its time for reading the log and serving requests). A pass to
+    (the loop keeps more than half its time for reading the log and serving requests). A pass to
     ten subscribers takes a fraction of a millisecond, so a narrow fan-out goes out almost at
     once, and one to a thousand waits tens of milliseconds, its writes several frames each.
     (Fixed 20 and 40 ms gaps were measured first: `gx bench feed` in exchange/bench_feed.py.)
