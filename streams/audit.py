@@ -37,11 +37,12 @@ from typing import Any
 
 import asyncpg
 import msgspec
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from schemas import events as ev
 from schemas.codec import DecodeError, decode_event, encode, split_event_record
 from schemas.codes import OrderType, Side, TimeInForce
+from streams.consumers import log_consumer
 from streams.settings import Settings
 from streams.topics import topics
 
@@ -618,14 +619,7 @@ async def _replay(
     captured: dict[int, tuple[dict[Any, int], dict[Any, int]]],
 ) -> dict[int, int]:
     """Feed every record from `starts` to the end offsets; capture shard state at `cut`."""
-    kafka = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        client_id="gx-audit",
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        isolation_level="read_committed",
-        check_crcs=check_crcs,
-    )
+    kafka = log_consumer(bootstrap, check_crcs=check_crcs, client_id="gx-audit")
     await kafka.start()
     try:
         if topic not in await kafka.topics():

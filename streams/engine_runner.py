@@ -56,6 +56,7 @@ from matching.engine import Engine, EngineConfig
 from schemas.catalog import Catalog, load_catalog
 from schemas.codec import DecodeError, decode_command, encode, pack_events, split_event_record
 from schemas.commands import Command
+from streams.consumers import log_consumer
 from streams.process import serve
 from streams.settings import Settings, load_settings
 from streams.snapshots import LeaseError, Snapshot, SnapshotStore
@@ -228,13 +229,10 @@ class EngineRunner:
         self._consumer.assign([self.commands_tp])
 
     def _new_consumer(self, **options: Any) -> AIOKafkaConsumer:
-        return AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap,
-            enable_auto_commit=False,
-            isolation_level="read_committed",
-            # The mock writes transaction markers with CRC 0 (streams/embedded_broker.py).
+        return log_consumer(
+            self.settings.kafka_bootstrap,
             check_crcs=not self.mock_broker,
-            fetch_max_wait_ms=self.settings.kafka_fetch_wait_ms,
+            fetch_wait_ms=self.settings.kafka_fetch_wait_ms,
             **options,
         )
 

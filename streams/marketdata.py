@@ -31,6 +31,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 from schemas.codec import DecodeError, decode_event_record, is_event_batch
+from streams.consumers import log_consumer
 from streams.marketdata_book import MarketData
 from streams.marketdata_messages import MarketDataMessage, encode_message
 from streams.process import serve
@@ -224,14 +225,10 @@ class MarketDataProcess:
         self._producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=linger_ms
         )
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            isolation_level="read_committed",
-            # The mock writes transaction markers with CRC 0 (streams/embedded_broker.py).
+        self._consumer = log_consumer(
+            bootstrap,
             check_crcs=not self.mock_broker,
-            fetch_max_wait_ms=self.settings.kafka_fetch_wait_ms,
+            fetch_wait_ms=self.settings.kafka_fetch_wait_ms,
         )
         await self._producer.start()
         await self._consumer.start()

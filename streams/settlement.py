@@ -57,6 +57,7 @@ from schemas.codec import (
     split_event_record,
 )
 from streams import ledger_schema as ls
+from streams.consumers import log_consumer
 from streams.settings import Settings
 from streams.topics import is_partial, topics
 
@@ -717,14 +718,11 @@ class SettlementWriter:
         """Settle until `stop()` is called; raise if the database stays unreachable."""
         self._running = True
         self._done.clear()
-        kafka = AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap,
-            client_id=f"gx-settle-{self.consumer_name}",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            isolation_level="read_committed",
+        kafka = log_consumer(
+            self._bootstrap,
             check_crcs=self._check_crcs,
-            fetch_max_wait_ms=self._fetch_wait_ms,
+            fetch_wait_ms=self._fetch_wait_ms,
+            client_id=f"gx-settle-{self.consumer_name}",
         )
         try:
             await self._connect()

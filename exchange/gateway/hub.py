@@ -31,6 +31,7 @@ from exchange.wire import ErrorCode, Prices, WireError
 from schemas import commands as c
 from schemas import events as e
 from schemas.codec import DecodeError, decode_event_record, encode
+from streams.consumers import log_consumer
 from streams.marketdata_messages import decode_message
 from streams.provisioning_messages import (
     ProvisionConfirmed,
@@ -130,14 +131,10 @@ class Hub:
         await self._producer.start()
         # One consumer for the three topics: one fetch request a round covers them all (a consumer
         # per topic tripled the fetches, each built and parsed in Python on the fan-out's core).
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            isolation_level="read_committed",
-            # The mock writes transaction markers with CRC 0 (streams/embedded_broker.py).
+        self._consumer = log_consumer(
+            bootstrap,
             check_crcs=not self.mock_broker,
-            fetch_max_wait_ms=self.settings.kafka_fetch_wait_ms,
+            fetch_wait_ms=self.settings.kafka_fetch_wait_ms,
         )
         await self._consumer.start()
         for reader in self._readers.values():
