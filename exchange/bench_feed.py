@@ -17,7 +17,12 @@ Figures:
 - `updates_per_s`: commands sent per second, each a change of the book (the offered rate);
 - `book_updates_per_s`: book update pushes one subscriber received per second;
 - `resyncs`: subscriptions stopped with `resync_required` (clients too slow for the rate);
-- `missing`: updates the recorded subscribers never received before their resync (if any).
+- `missing`: updates the recorded subscribers never received before their resync (if any);
+- `gateway_loop_cpu_pct`: CPU time of the gateway's event loop thread during the load, in % of
+  one core (the broker's threads in the same process not counted);
+- `write_passes_per_s`, `write_pass_ms`, `write_us_per_connection`: the gateway's write passes
+  (exchange/gateway/fanout.py) during the load: how often, how long, and the cost of one
+  connection's write in a pass (`gx bench writes` measures the socket's share of it).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import uvloop
 from exchange.bench_feed_load import BUYER, PROVIDER
 from exchange.bench_report import Report, add_benchmark, print_report, require_positive
 from exchange.bench_stages import Stage, StageSpec, start_stage, wait_ready
+from exchange.gateway.fanout import flusher
 from exchange.gateway.ratelimit import RateLimits
 from exchange.stack import Stack, StackOptions, stack_engine_config
 from schemas import commands as c
@@ -151,7 +157,25 @@ async def _bench(
         if not ready.startswith(b"ready"):
             raise RuntimeError(f"the subscribers did not start: {ready!r}")
         _progress(f"load: {rate} updates/s for {duration_s:g} s")
+        passes = flusher()
+        before = (
+            time.thread_time(),
+            time.monotonic(),
+            passes.passes,
+            passes.written,
+            passes.busy_s,
+        )
         sent_ns = await _load(stack, symbol, rate, duration_s, results)
+        after = (time.thread_time(), time.monotonic(), passes.passes, passes.written, passes.busy_s)
+        cpu_s, wall_s, pass_count, written, busy_s = (
+            b - a for a, b in zip(before, after, strict=True)
+        )
+        gateway = {
+            "gateway_loop_cpu_pct": round(100 * cpu_s / wall_s, 1),
+            "write_passes_per_s": round(pass_count / wall_s, 1),
+            "write_pass_ms": round(1e3 * busy_s / pass_count, 2) if pass_count else None,
+            "write_us_per_connection": round(1e6 * busy_s / written, 2) if written else None,
+        }
         await asyncio.sleep(drain_s)
         clients.stdin.close()
         result = await _child_result(clients, clients_out)
@@ -160,7 +184,9 @@ async def _bench(
         for stage in stages:
             await stage.stop()
         shutil.rmtree(results, ignore_errors=True)
-    return _report(result, sent_ns, arrived.ns, subscribers, duration_s)
+    report = _report(result, sent_ns, arrived.ns, subscribers, duration_s)
+    report.update(gateway)
+    return report
 
 
 def _check(stages: list[Stage]) -> None:

@@ -23,13 +23,16 @@ import uvloop
 __all__ = ["main"]
 
 connect_batch = 50  # subscribers connecting at once
+PUSH_MARK = b'{"conn_seq":'  # how every push starts (exchange/gateway/fanout.py, frame_pushes)
+RESYNC_MARK = b'"type":"resync_required"'
 
 
 class _Subscriber(asyncio.Protocol):
     """A minimal WebSocket client (RFC 6455) that counts frames and parses only what it records.
 
-    The subscribers share one core with nothing else to do but read; a full client library
-    parses every frame in Python and would measure itself instead of the gateway.
+    The subscribers share the machine with the exchange; a full client library parses every
+    frame in Python and would measure itself instead of the gateway. Recorded subscribers walk
+    their frames and read the trade prints; the others only count pushes (`_count`).
     """
 
     def __init__(self, host: str, symbol: str, record: bool, counts: dict[str, Any]) -> None:
@@ -43,6 +46,8 @@ class _Subscriber(asyncio.Protocol):
         self.trade_ids: list[int] = []
         self.recv: list[int] = []
         self.book_updates = 0
+        self.push_tail = b""  # the end of the last read (see _count)
+        self.resync_tail = b""
         self.closed = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -82,14 +87,31 @@ class _Subscriber(asyncio.Protocol):
                 "channel": "trades", "symbols": [self.symbol]}})  # fmt: skip
             self.counts["connected"] += 1
         now = time.time_ns()
-        at = self._frames(data, now)
-        if at < len(data):
-            buffer += data[at:]
+        if self.record:
+            at = self._frames(data, now)
+            if at < len(data):
+                buffer += data[at:]
+        else:
+            at = self._count(data)
         if at:
             counts = self.counts
             if counts["first_ns"] == 0:
                 counts["first_ns"] = now
             counts["last_ns"] = now
+
+    def _count(self, data: bytes) -> int:
+        """Count pushes and resyncs by their marks, without walking frames (one C scan each).
+
+        Every push, and nothing else, starts `{"conn_seq":`; the tails kept from the last read
+        (one byte shorter than each mark) find a mark split between two reads, never one twice.
+        """
+        pushes = self.push_tail + data
+        resyncs = self.resync_tail + data
+        self.counts["messages"] += pushes.count(PUSH_MARK)
+        self.counts["resyncs"] += resyncs.count(RESYNC_MARK)
+        self.push_tail = pushes[-(len(PUSH_MARK) - 1) :]
+        self.resync_tail = resyncs[-(len(RESYNC_MARK) - 1) :]
+        return len(data)
 
     def _frames(self, data: bytes, now: int) -> int:
         """Count (and when recording, read) the whole frames in `data`; return the bytes used."""

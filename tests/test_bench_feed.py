@@ -6,11 +6,15 @@ subscriber and the figures are there.
 
 from __future__ import annotations
 
+import asyncio
 import json
 
+import orjson
 import pytest
 
+from exchange.bench_feed_clients import _Subscriber
 from exchange.cli import main
+from exchange.gateway.fanout import frame_pushes, text_frame
 
 
 @pytest.mark.timeout(120)
@@ -28,6 +32,9 @@ def test_feed_bench_delivers_every_trade_to_its_subscribers(
     # the lag splits at the gateway's hub: both parts measured, neither runs backwards
     assert report["command_to_gateway_p50_ms"] > 0 and report["gateway_to_client_p50_ms"] >= 0
     assert report["book_updates_per_s"] > 0  # the load moves the book, not only the tape
+    # the gateway's write passes ran during the load, each connection's write timed
+    assert report["write_passes_per_s"] > 0 and report["write_us_per_connection"] > 0
+    assert report["gateway_loop_cpu_pct"] > 0
 
 
 @pytest.mark.timeout(60)
@@ -38,3 +45,25 @@ def test_write_floor_bench_times_every_connection(capsys: pytest.CaptureFixture[
     assert report["connections"] == 20 and report["passes"] == 5
     assert 0 < report["pass_p50_ms"] <= report["pass_p90_ms"]
     assert report["write_p50_us"] > 0
+
+
+def test_a_counting_subscriber_counts_every_push_however_the_reads_split() -> None:
+    """Subscribers that only count find each push by its mark, also across two reads."""
+    bodies = [
+        orjson.dumps({"channel": "trades", "seq": i, "pad": "x" * (i % 7)}) for i in range(40)
+    ]
+    bodies.insert(17, orjson.dumps({"channel": "book", "type": "resync_required", "symbol": "S"}))
+    parts: list[bytes] = []
+    frame_pushes([body[1:] for body in bodies], 0, parts)
+    stream = text_frame(b'{"id":1,"status":200,"result":{}}') + b"".join(parts)  # an answer too
+
+    async def count(chunk: int) -> tuple[int, int]:
+        counts = {"connected": 0, "messages": 0, "resyncs": 0, "first_ns": 0, "last_ns": 0}
+        client = _Subscriber("h:1", "S", False, counts)
+        client.upgraded = True
+        for at in range(0, len(stream), chunk):
+            client.data_received(stream[at : at + chunk])
+        return counts["messages"], counts["resyncs"]
+
+    for chunk in (1, 2, 5, 11, 12, 13, 23, 24, 64, len(stream)):
+        assert asyncio.run(count(chunk)) == (len(bodies), 1), chunk

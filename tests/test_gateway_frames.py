@@ -5,13 +5,13 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from exchange.gateway.ws import _text_frame, frame_pushes
+from exchange.gateway.fanout import frame_pushes, text_frame
 from exchange.wire import with_conn_seq
 
 
 def _reference(bodies: list[bytes], conn_seq: int) -> bytes:
     return b"".join(
-        _text_frame(with_conn_seq(body, conn_seq + i + 1)) for i, body in enumerate(bodies)
+        text_frame(with_conn_seq(body, conn_seq + i + 1)) for i, body in enumerate(bodies)
     )
 
 

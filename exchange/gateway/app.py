@@ -111,7 +111,7 @@ def build_app(gateway: Gateway, extra_handlers: list[Any] | None = None) -> Lite
     return app
 
 
-# uvicorn's WebSocket implementation: its sans-I/O protocol lets exchange/gateway/ws.py `Frames`
+# uvicorn's WebSocket implementation: its sans-I/O protocol lets exchange/gateway/fanout.py `Frames`
 # write a batch of frames at once. Any other (uvicorn's "websockets") is served through plain
 # ASGI sends, one per frame (the tests run the feed over both).
 WEBSOCKET_IMPL = "websockets-sansio"

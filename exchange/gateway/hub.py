@@ -26,6 +26,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from exchange.gateway.accounts import Accounts
+from exchange.gateway.fanout import Queued, fan_out
 from exchange.gateway.market_feed import MarketFeed, StreamKey
 from exchange.wire import ErrorCode, Prices, WireError
 from schemas import commands as c
@@ -58,7 +59,7 @@ partitions_wait_s = 30.0
 resume_linger_s = 60.0  # a book depth nobody watches any more keeps its resume buffer this long
 
 
-class Subscriber(Protocol):
+class Subscriber(Queued, Protocol):
     """A connection as the hub sees it: pushes must not block."""
 
     def push(self, key: Any, body: bytes) -> None: ...
@@ -258,9 +259,9 @@ class Hub:
         for tap in self.taps:
             tap(message)
         for key, body in self.feed.apply(message, partition, offset):
-            # a copy: a subscriber too slow for this push unsubscribes itself inside push()
-            for subscriber in tuple(self.public.get(key, ())):
-                subscriber.push(key, body)
+            subscribers = self.public.get(key)
+            if subscribers:
+                fan_out(key, body, subscribers)
 
     def _on_provisioning(self, message: ProvisionMessage) -> None:
         self.stats.provisioning += 1

@@ -1,12 +1,10 @@
 """The WebSocket endpoint `/ws`: one `Connection` per socket.
 
 A connection reads requests one at a time (so a client's commands reach the engine in the order
-it sent them) and writes through one bounded queue. The queues of all connections are written in
-write passes (`_Flusher`), paced by what the last pass cost, one socket write per connection per
-pass, numbering every push with `conn_seq` as it goes out. Push bodies come encoded once for all
-subscribers; only `conn_seq` is spliced in per connection (`frame_pushes`). A subscription whose
-pushes no longer fit the queue is stopped with a `resync_required` push: a slow client is told,
-never silently skipped.
+it sent them) and writes through one bounded queue, written in the gateway's write passes
+(exchange/gateway/fanout.py), every push numbered with `conn_seq` as it goes out. A
+subscription whose pushes no longer fit the queue is stopped with a `resync_required` push: a
+slow client is told, never silently skipped.
 """
 
 from __future__ import annotations
@@ -16,7 +14,6 @@ import contextlib
 import itertools
 import logging
 import time
-import weakref
 from collections import deque
 from typing import Any, cast
 
@@ -24,6 +21,7 @@ import msgspec
 import orjson
 
 from exchange.gateway.context import Gateway
+from exchange.gateway.fanout import Frames, flusher, frame_pushes, text_frame
 from exchange.gateway.hub import provision_push
 from exchange.gateway.market_feed import BOOK_DEPTHS, StreamKey
 from exchange.gateway.orders import parse_params
@@ -32,8 +30,6 @@ from schemas import commands as c
 
 __all__ = [
     "Connection",
-    "Frames",
-    "frame_pushes",
     "serve_socket",
     "message_bytes_max",
     "heartbeat_interval_s",
@@ -48,11 +44,6 @@ dead_man_timeout_ms_min = 100
 dead_man_timeout_ms_max = 3_600_000
 symbols_per_subscribe_max = 100
 frames_per_write_max = 256  # frames a writer hands to the socket at once
-# The flusher's pacing (see _Flusher): after a write pass that took D seconds, the next starts
-# no sooner than flush_gap_ratio * D later, within [flush_gap_min_s, flush_gap_max_s].
-flush_gap_ratio = 1.25  # write passes use at most 45% of the loop
-flush_gap_min_s = 0.002
-flush_gap_max_s = 0.050
 
 PUBLIC_CHANNELS = frozenset({"book", "trades", "ticker", "candles", "index", "curve"})
 PRIVATE_CHANNELS = {
@@ -91,188 +82,6 @@ def _stream_name(key: Any) -> str:
     return ":".join(str(part) for part in key) if isinstance(key, tuple) else str(key)
 
 
-def _text_frame(body: bytes) -> bytes:
-    """One unmasked, final text frame (RFC 6455 5.2), as a server sends it."""
-    size = len(body)
-    if size < 126:
-        return bytes((0x81, size)) + body
-    if size < 65_536:
-        return bytes((0x81, 126)) + size.to_bytes(2, "big") + body
-    return bytes((0x81, 127)) + size.to_bytes(8, "big") + body
-
-
-_CONN_SEQ_SIZE = len(b'{"conn_seq":,')  # the spliced prefix without its digits
-
-
-def frame_pushes(pushes: list[bytes], conn_seq: int, parts: list[bytes]) -> int:
-    """Append the text frames of pushes numbered from `conn_seq` + 1 to `parts`; return the last.
-
-    A push is kept as its body without the leading `{` (shared by every subscriber), so a
-    frame is a header with `{"conn_seq":N,` (one bytes format) and that shared tail: the bytes
-    of `_text_frame(with_conn_seq(body, N))` without copying the body (a test compares them).
-    This is the inner loop of every fan-out: it runs once per push per subscriber.
-    """
-    digits = len(str(conn_seq + 1))
-    next_digit_at = 10**digits
-    for tail in pushes:
-        conn_seq += 1
-        if conn_seq == next_digit_at:
-            digits += 1
-            next_digit_at *= 10
-        size = _CONN_SEQ_SIZE + digits + len(tail)
-        if size < 126:
-            parts.append(b'\x81%c{"conn_seq":%d,' % (size, conn_seq))
-        elif size < 65_536:
-            parts.append(b'\x81~%c%c{"conn_seq":%d,' % (size >> 8, size & 0xFF, conn_seq))
-        else:
-            parts.append(b"\x81\x7f" + size.to_bytes(8, "big") + b'{"conn_seq":%d,' % conn_seq)
-        parts.append(tail)
-    return conn_seq
-
-
-class Frames:
-    """Send text frames; a batch goes out in one socket write when the server allows it.
-
-    A socket write (a system call) per push was half of the gateway's time with many
-    subscribers, and framing each push in Python a sixth. With uvicorn's sans-I/O WebSocket
-    protocol (the ASGI `send` is its bound method), a batch is framed here (a server's text frame
-    is a two-to-ten-byte header) and written to its transport at once, respecting its flow
-    control (`writable`) and its state; with an extension negotiated the protocol frames them.
-    With any other server this falls back to one ASGI send per frame.
-    """
-
-    def __init__(self, send: Any) -> None:
-        self._send = send
-        protocol = getattr(send, "__self__", None)
-        usable = type(protocol).__name__ == "WebSocketsSansIOProtocol" and all(
-            hasattr(protocol, name)
-            for name in ("conn", "transport", "writable", "disconnected", "close_sent")
-        )
-        self._protocol = protocol if usable else None
-        self.batched = usable  # batches go out in one write
-        self.raw = False  # frames built by the caller go out as they are (set at accept)
-
-    async def accept(self) -> None:
-        await self._send({"type": "websocket.accept"})
-        protocol = self._protocol
-        self.raw = protocol is not None and not protocol.conn.extensions
-
-    async def close(self, code: int, reason: str) -> None:
-        await self._send({"type": "websocket.close", "code": code, "reason": reason})
-
-    def writable(self) -> bool:
-        """Tell whether a batch can be written now (batched, not paused, not closing)."""
-        protocol = self._protocol
-        return (
-            protocol is not None
-            and protocol.writable.is_set()
-            and not (protocol.disconnected or protocol.close_sent)
-            and not protocol.transport.is_closing()
-        )
-
-    async def until_writable(self) -> None:
-        """Wait until the transport takes data again (after the client read its backlog)."""
-        if self._protocol is not None:
-            await self._protocol.writable.wait()
-
-    async def send(self, bodies: list[bytes]) -> None:
-        """Send each body as one text frame, in order (one ASGI send each when not batched)."""
-        if self._protocol is None:
-            for body in bodies:
-                await self._send({"type": "websocket.send", "text": body.decode()})
-            return
-        await self._protocol.writable.wait()
-        self.write_now(bodies)
-
-    def write_now(self, bodies: list[bytes]) -> None:
-        """Write a batch at once; only when `writable()`."""
-        protocol = self._protocol
-        assert protocol is not None
-        self._check_open(protocol)
-        if protocol.conn.extensions:  # frames would need transforming: let the protocol do it
-            for body in bodies:
-                protocol.conn.send_text(body)
-            protocol.transport.write(b"".join(protocol.conn.data_to_send()))
-            return
-        protocol.transport.write(b"".join([_text_frame(body) for body in bodies]))
-
-    def write_frames(self, frames: list[bytes]) -> None:
-        """Write frames built by the caller in one socket write; only when `writable()` and `raw`."""
-        transport = self._protocol.transport  # type: ignore[union-attr]
-        if transport.is_closing():
-            raise ConnectionError("the client has gone")
-        transport.write(b"".join(frames))
-
-    @staticmethod
-    def _check_open(protocol: Any) -> None:
-        if protocol.disconnected or protocol.close_sent or protocol.transport.is_closing():
-            raise ConnectionError("the client has gone")
-
-
-class _Flusher:
-    """Write every connection's queued frames in one pass, paced by the cost of the last pass.
-
-    A fan-out of one update to 1,000 subscribers queues 1,000 pushes; a writer task per
-    connection would then wake 1,000 times per update. Instead the connections with something
-    queued are written in one pass, after the code that queued. A socket write (a system call,
-    about 10 us on loopback) per connection is most of a pass's cost, so a wide fan-out must put
-    many frames in each write: after a pass of D seconds the next waits `flush_gap_ratio` * D
-    (the loop keeps more than half its time for reading the log and serving requests). A pass to
-    ten subscribers takes a fraction of a millisecond, so a narrow fan-out goes out almost at
-    once, and one to a thousand waits tens of milliseconds, its writes several frames each.
-    (Fixed 20 and 40 ms gaps were measured first: `gx bench feed` in exchange/bench_feed.py.)
-    """
-
-    def __init__(self) -> None:
-        self.dirty: list[Connection] = []
-        self.scheduled = False
-        self.next_s = 0.0  # time.monotonic() before which the next pass does not start
-        self._body = b""  # the push body a fan-out is queueing, and its tail (see tail_of)
-        self._tail = b""
-
-    def tail_of(self, body: bytes) -> bytes:
-        """Return a push body without its leading `{`, sliced once per fan-out, not per subscriber."""
-        if body is not self._body:
-            self._body, self._tail = body, body[1:]
-        return self._tail
-
-    def mark(self, connection: Connection) -> None:
-        """Have the connection written in the next pass (marked twice, it is written once)."""
-        self.dirty.append(connection)
-        if self.scheduled:
-            return
-        self.scheduled = True
-        loop = asyncio.get_running_loop()
-        delay = self.next_s - time.monotonic()
-        if delay > 0:
-            loop.call_later(delay, self.flush)
-        else:
-            loop.call_soon(self.flush)
-
-    def flush(self) -> None:
-        self.scheduled = False
-        start_s = time.monotonic()
-        dirty, self.dirty = self.dirty, []
-        for connection in dirty:
-            connection.flush()
-        end_s = time.monotonic()
-        gap_s = min(max((end_s - start_s) * flush_gap_ratio, flush_gap_min_s), flush_gap_max_s)
-        self.next_s = end_s + gap_s
-
-
-_flushers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Flusher] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _flusher() -> _Flusher:
-    loop = asyncio.get_running_loop()
-    flusher = _flushers.get(loop)
-    if flusher is None:
-        flusher = _flushers[loop] = _Flusher()
-    return flusher
-
-
 class Connection:
     """One WebSocket client: requests in, answers and pushes out."""
 
@@ -291,12 +100,12 @@ class Connection:
         self.private: set[str] = set()
         self.placed: set[int] = set()  # order ids placed through this connection
         # A push as its body without the `{` (see frame_pushes), an answer as (body,).
-        self._queue: deque[bytes | tuple[bytes]] = deque()
+        self.queue: deque[bytes | tuple[bytes]] = deque()
         self._answers = 0  # answers in the queue
         self._wakeup = asyncio.Event()
         self._resume_task: asyncio.Task[None] | None = None
-        self._flusher = _flusher()
-        self._closed = False
+        self._flusher = flusher()
+        self.closed = False
         self._dead_man: asyncio.TimerHandle | None = None
         # Pushes a subscribe queues after its answer: snapshot first, then the updates after it.
         self._after_answer: list[tuple[Any, bytes]] = []
@@ -318,7 +127,7 @@ class Connection:
                     data = message.get("bytes") or b""
                 await self._handle(data)
         finally:
-            self._closed = True
+            self.closed = True
             for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -329,7 +138,7 @@ class Connection:
 
     def _batch(self) -> list[bytes]:
         """Take up to frames_per_write_max queued bodies, pushes numbered with conn_seq."""
-        queue = self._queue
+        queue = self.queue
         batch = []
         for _ in range(min(len(queue), frames_per_write_max)):
             item = queue.popleft()
@@ -343,7 +152,7 @@ class Connection:
 
     def _frames(self) -> list[bytes]:
         """Take up to frames_per_write_max queued bodies as ready frames (pushes numbered)."""
-        queue = self._queue
+        queue = self.queue
         parts: list[bytes] = []
         if not self._answers and len(queue) <= frames_per_write_max:  # pushes only: at once
             self.conn_seq = frame_pushes(cast(list[bytes], list(queue)), self.conn_seq, parts)
@@ -359,15 +168,15 @@ class Connection:
             if pushes:
                 self.conn_seq = frame_pushes(pushes, self.conn_seq, parts)
                 pushes = []
-            parts.append(_text_frame(item[0]))
+            parts.append(text_frame(item[0]))
         if pushes:
             self.conn_seq = frame_pushes(pushes, self.conn_seq, parts)
         return parts
 
     def flush(self) -> None:
         """Write what is queued, now, if the socket takes it (the flusher calls this)."""
-        queue = self._queue
-        if self._closed or not queue:
+        queue = self.queue
+        if self.closed or not queue:
             return
         frames = self.frames
         if not frames.batched:
@@ -398,11 +207,11 @@ class Connection:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            while self._queue:
+            while self.queue:
                 await self.frames.send(self._batch())
 
     def _enqueue(self, item: bytes | tuple[bytes]) -> None:
-        queue = self._queue
+        queue = self.queue
         queue.append(item)
         if len(queue) == 1:  # else the flusher has it already, or the resume task will
             self._flusher.mark(self)
@@ -417,16 +226,17 @@ class Connection:
 
     def push(self, key: Any, body: bytes) -> None:
         """Queue a push from the hub; stop the subscription if the client cannot keep up."""
-        if self._closed:
+        if self.closed:
             return
         if isinstance(key, str) and key not in self.private:
             return  # a private channel of this account this connection did not subscribe to
-        if len(self._queue) >= self.gw.send_queue_max:
-            self._overflow(key)
+        if len(self.queue) >= self.gw.send_queue_max:
+            self.overflow(key)
             return
         self._enqueue_push(body)
 
-    def _overflow(self, key: Any) -> None:
+    def overflow(self, key: Any) -> None:
+        """Stop the subscription `key` with a `resync_required` push (the client reads too slowly)."""
         if isinstance(key, tuple):
             if key not in self.public:
                 return

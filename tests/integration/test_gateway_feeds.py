@@ -56,7 +56,7 @@ async def place(ws: Socket, symbol: str, side: str, price: str, qty: str, **extr
 @pytest.mark.parametrize(
     "websocket_impl",
     [
-        "websockets-sansio",  # frames batched into one socket write per pass (ws.py `Frames`)
+        "websockets-sansio",  # frames batched into one socket write per pass (fanout.py `Frames`)
         pytest.param(  # no batching: the plain ASGI path, one send per frame
             "websockets",
             marks=[
