@@ -56,7 +56,7 @@ from matching.engine import Engine, EngineConfig
 from schemas.catalog import Catalog, load_catalog
 from schemas.codec import DecodeError, decode_command, encode, pack_events, split_event_record
 from schemas.commands import Command
-from streams.consumers import log_consumer
+from streams.consumers import log_consumer, read_batch
 from streams.process import serve
 from streams.settings import Settings, load_settings
 from streams.snapshots import LeaseError, Snapshot, SnapshotStore
@@ -348,8 +348,11 @@ class EngineRunner:
         """Apply one batch of commands (if any arrive within the poll timeout); return its size."""
         consumer, engine = self._consumer, self.engine
         assert consumer is not None and engine is not None, "run() opens and recovers first"
-        batches = await consumer.getmany(
-            self.commands_tp, timeout_ms=poll_timeout_ms, max_records=self.settings.engine_batch_max
+        batches = await read_batch(
+            consumer,
+            (self.commands_tp,),
+            timeout_ms=poll_timeout_ms,
+            max_records=self.settings.engine_batch_max,
         )
         records = batches.get(self.commands_tp)
         if not records:

@@ -31,7 +31,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 from schemas.codec import DecodeError, decode_event_record, is_event_batch
-from streams.consumers import log_consumer
+from streams.consumers import log_consumer, read_batch
 from streams.marketdata_book import MarketData
 from streams.marketdata_messages import MarketDataMessage, encode_message
 from streams.process import serve
@@ -127,8 +127,11 @@ class MarketDataProcess:
     async def step(self) -> int:
         """One batch: read, apply, flush the shards that are caught up, produce; return records."""
         assert self._consumer is not None
-        batches = await self._consumer.getmany(
-            *self._partitions, timeout_ms=poll_timeout_ms, max_records=poll_records_max
+        batches = await read_batch(
+            self._consumer,
+            tuple(self._partitions),
+            timeout_ms=poll_timeout_ms,
+            max_records=poll_records_max,
         )
         out: list[MarketDataMessage] = []
         count = 0

@@ -57,7 +57,7 @@ from schemas.codec import (
     split_event_record,
 )
 from streams import ledger_schema as ls
-from streams.consumers import log_consumer
+from streams.consumers import log_consumer, read_batch
 from streams.settings import Settings
 from streams.topics import is_partial, topics
 
@@ -830,8 +830,8 @@ class SettlementWriter:
             raise ConnectionError("no database connection")
         # settle_batch_max counts events; a record holds one (old format) or a batch of them
         records_max = max(1, int(self._batch_max / self._events_per_record))
-        batches = await kafka.getmany(
-            *self._partitions, timeout_ms=poll_timeout_ms, max_records=records_max
+        batches = await read_batch(
+            kafka, tuple(self._partitions), timeout_ms=poll_timeout_ms, max_records=records_max
         )
         read = 0
         for tp, records in batches.items():
@@ -848,8 +848,8 @@ class SettlementWriter:
             self.counters.records_read += len(records)
         if read:
             self.counters.events_read += read
-            records = sum(len(r) for r in batches.values())
-            self._events_per_record += 0.2 * (read / records - self._events_per_record)
+            record_count = sum(len(r) for r in batches.values())
+            self._events_per_record += 0.2 * (read / record_count - self._events_per_record)
         plans: dict[int, Plan] = {}
         seqs = self._last_seq
         for tp in self._partitions:
