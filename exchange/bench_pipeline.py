@@ -117,6 +117,12 @@ def register(bench_subparsers: argparse._SubParsersAction) -> None:
         "setting; the mock holds an empty fetch that long even when data arrives)",
     )
     p.add_argument(
+        "--settle-nice",
+        type=int,
+        help="how much nicer the settlement process runs (0-19; default: the settle_nice "
+        "setting; 0 compares with settlement at the engine's priority)",
+    )
+    p.add_argument(
         "--one-process",
         action="store_true",
         help="run engine, settlement and market data on the benchmark's own event loop "
@@ -140,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
         args.seed,
         snapshots=args.snapshots,
         fetch_wait_ms=args.fetch_wait_ms,
+        settle_nice=args.settle_nice,
         one_process=args.one_process,
     )
     print_report(report, args.json)
@@ -341,6 +348,7 @@ class Pipeline:
         ]
         self.one_process = one_process
         self.stages: dict[str, Stage] = {}
+        self.nice: dict[str, int] = {}  # how much nicer than the benchmark each stage runs
         events = TopicPartition(topics(settings)["events"].name, 0)
         self.probe = Probe(bootstrap, events, first_order, orders)
         self._probe_task: asyncio.Task[None] | None = None
@@ -370,6 +378,7 @@ class Pipeline:
             self.stages[spec.kind] = start_stage(spec, in_process=self.one_process)
         self._probe_task = asyncio.create_task(self.probe.run(), name="probe")
         await wait_ready(list(self.stages.values()), self.check)
+        self.nice = {name: stage.nice for name, stage in self.stages.items()}
 
     def check(self) -> None:
         """Raise the error of any process that stopped by itself."""
@@ -661,6 +670,7 @@ def _pipeline_report(pipe: Pipeline, count: int, rate: float, first_ns: int,
         "marketdata_messages": pipe.marketdata.messages,
         "marketdata_missed_events": runner.events - pipe.marketdata.events,
         "event_records": probe.records,
+        "stage_nice": dict(pipe.nice),
     }
 
 
@@ -728,15 +738,19 @@ def bench_pipeline(
     *,
     snapshots: bool = False,
     fetch_wait_ms: int | None = None,
+    settle_nice: int | None = None,
     one_process: bool = False,
 ) -> Report:
     """Run the whole benchmark; return the report.
 
     `fetch_wait_ms` (diagnostic) is the stages' `kafka_fetch_wait_ms` (how long an idle fetch
-    waits); `one_process` runs the stages on this process's loop instead of one process each.
+    waits); `settle_nice` how much nicer the settlement process runs (the `settle_nice`
+    setting); `one_process` runs the stages on this process's loop instead of one process each.
     """
     if fetch_wait_ms is not None and fetch_wait_ms < 0:
         raise SystemExit(f"--fetch-wait-ms: expected >= 0, found {fetch_wait_ms}")
+    if settle_nice is not None and not 0 <= settle_nice <= 19:
+        raise SystemExit(f"--settle-nice: expected 0 to 19, found {settle_nice}")
     workload = generate_orders(orders, seed)
     options = RunOptions(rate=rate, snapshots=snapshots, one_process=one_process)
     _progress("starting the embedded broker and database")
@@ -747,6 +761,8 @@ def bench_pipeline(
         settings = Settings(kafka_bootstrap=broker.bootstrap_servers, database_url=dsn)
         if fetch_wait_ms is not None:
             settings = msgspec.structs.replace(settings, kafka_fetch_wait_ms=fetch_wait_ms)
+        if settle_nice is not None:
+            settings = msgspec.structs.replace(settings, settle_nice=settle_nice)
         report = _run(_main(broker, dsn, settings, workload, options))
     report["consumer_fetch_wait_ms"] = settings.kafka_fetch_wait_ms
     report["stages"] = "one process" if one_process else "one process each"

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import multiprocessing
 import multiprocessing.sharedctypes
+import os
 import sys
 import time
 import traceback
@@ -28,7 +29,7 @@ from matching.engine import EngineConfig
 from schemas.catalog import load_catalog
 from streams.engine_runner import EngineRunner, RunnerStats
 from streams.marketdata import MarketDataProcess, ProcessStats
-from streams.process import tune_gc
+from streams.process import lower_priority, run_loop
 from streams.settings import Settings
 from streams.settlement import SettlementCounters, SettlementWriter
 
@@ -108,6 +109,10 @@ class Stage(Protocol):
     @property
     def settled_ns(self) -> int: ...
 
+    @property
+    def nice(self) -> int:
+        """How much nicer than the benchmark's process the stage runs."""
+
     def ready(self) -> bool: ...
 
     def check(self) -> None:
@@ -131,6 +136,10 @@ class _LocalStage:
     @property
     def settled_ns(self) -> int:
         return self._running.settled_ns
+
+    @property
+    def nice(self) -> int:
+        return 0  # the benchmark's own process
 
     def ready(self) -> bool:
         return self._running.ready()
@@ -168,6 +177,12 @@ class _ProcessStage:
     @property
     def settled_ns(self) -> int:
         return int(self._slots[_SETTLED_NS])
+
+    @property
+    def nice(self) -> int:
+        pid = self._process.pid
+        assert pid is not None, "started in __init__"
+        return os.getpriority(os.PRIO_PROCESS, pid) - os.getpriority(os.PRIO_PROCESS, 0)
 
     def ready(self) -> bool:
         return bool(self._slots[_READY])
@@ -210,15 +225,10 @@ async def wait_ready(stages: list[Stage], check: Callable[[], None]) -> None:
 
 def _child(spec: StageSpec, slots: Any, stopping: Any) -> None:
     """Run one stage until the parent sets `stopping`; publish its counters meanwhile."""
-    tune_gc()
+    if spec.kind == "settlement":
+        lower_priority(spec.settings.settle_nice)  # as `gx settle` does
     try:
-        import uvloop
-
-        run: Callable[[Any], Any] = uvloop.run
-    except ImportError:
-        run = asyncio.run
-    try:
-        run(_child_main(spec, slots, stopping))
+        run_loop(_child_main(spec, slots, stopping))
     except BaseException:
         slots[_FAILED] = 1
         traceback.print_exc(file=sys.stderr)

@@ -10,6 +10,7 @@ import signal
 import sys
 
 from streams.embedded_postgres import open_database
+from streams.process import lower_priority, run_loop
 from streams.settings import Settings, load_settings
 from streams.settlement import CONSUMER_DEFAULT, SettlementWriter
 
@@ -66,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _serve(settings: Settings, dsn: str, bootstrap: str, consumer: str) -> int:
     writer = SettlementWriter(settings, dsn, bootstrap, consumer=consumer)
-    asyncio.run(_supervise(writer))
+    lower_priority(settings.settle_nice)
+    run_loop(_supervise(writer))
     return 0
 
 

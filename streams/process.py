@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import signal
 import sys
-from typing import Any, Protocol
+from collections.abc import Coroutine
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 
-__all__ = ["GC_THRESHOLDS", "Process", "serve", "tune_gc"]
+__all__ = ["GC_THRESHOLDS", "Process", "lower_priority", "run_loop", "serve", "tune_gc"]
 
 # Allocations before a young collection, then the ratios of middle and full collections. Python's
 # (700, 10, 10) runs a full collection of every tracked object every 70,000 allocations: tens of
@@ -19,10 +21,33 @@ __all__ = ["GC_THRESHOLDS", "Process", "serve", "tune_gc"]
 # with these; 38 ms with no collection at all).
 GC_THRESHOLDS = (100_000, 50, 1000)
 
+_T = TypeVar("_T")
+
 
 def tune_gc() -> None:
     """Collect cyclic garbage rarely: the exchange's processes make little of it."""
     gc.set_threshold(*GC_THRESHOLDS)
+
+
+def lower_priority(steps: int) -> None:
+    """Make this process `steps` nicer (0: leave it as it is).
+
+    For throughput work (the settlement writer) that shares cores with the latency path (engine,
+    market data, gateways): the scheduler then gives those a core first, and the nicer process
+    uses what they leave, catching up with bigger batches.
+    """
+    if steps > 0:
+        os.nice(steps)
+
+
+def run_loop(main: Coroutine[Any, Any, _T]) -> _T:
+    """Run `main` as a `gx` process runs: uvloop, cyclic garbage collected rarely."""
+    tune_gc()
+    try:
+        import uvloop
+    except ImportError:  # the design card installs it; tolerate its absence
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 class Process(Protocol):
@@ -40,12 +65,7 @@ def serve(
 
     Returns 0, or 3 after one of the `fatal` errors (printed as `gx NAME: error`).
     """
-    tune_gc()
-    try:
-        import uvloop
-    except ImportError:  # the design card installs it; tolerate its absence
-        return asyncio.run(_serve(process, name, fatal, stats))
-    return uvloop.run(_serve(process, name, fatal, stats))
+    return run_loop(_serve(process, name, fatal, stats))
 
 
 async def _serve(

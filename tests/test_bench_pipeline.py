@@ -10,6 +10,7 @@ import json
 import pytest
 
 from exchange.cli import main
+from streams.settings import Settings
 
 KEYS = {
     "orders",
@@ -42,3 +43,7 @@ def test_pipeline_bench_streams_orders_end_to_end_without_loss_or_duplicates(
     assert report["marketdata_missed_events"] == 0
     assert report["ledger_postings_sum"] == 0
     assert report["ledger_trades"] == report["fills"]
+    # settlement yields cores to the latency path, as `gx settle` does (a stage on the
+    # benchmark's own loop runs at its priority)
+    settle_nice = 0 if placement else Settings().settle_nice
+    assert report["stage_nice"] == {"engine": 0, "settlement": settle_nice, "marketdata": 0}

@@ -26,6 +26,14 @@ def test_unknown_or_mistyped_variables_are_refused_with_the_name():
         load_settings({"GX_SHARDS": "many"})
 
 
+def test_settlement_priority_is_a_nice_increment_from_0_to_19():
+    assert Settings().settle_nice == 10
+    assert load_settings({"GX_SETTLE_NICE": "0"}).settle_nice == 0
+    for value in ("-1", "20"):  # a negative increment would raise priority above the engine's
+        with pytest.raises(ValueError, match="settle_nice"):
+            load_settings({"GX_SETTLE_NICE": value})
+
+
 def test_commands_and_events_have_one_partition_per_shard():
     layout = topics(load_settings({"GX_SHARDS": "3", "GX_TOPIC_PREFIX": "t."}))
     assert layout["commands"].name == "t.commands" and layout["commands"].partitions == 3

@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
+import subprocess
 import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -46,6 +50,7 @@ pytestmark = pytest.mark.timeout(60)
 SEED = 5
 BATCHES = 60  # seed 5 at 60 batches: open positions, held cash, escrow and deliveries all occur
 settle_deadline_s = 20.0
+REPO = Path(__file__).resolve().parents[2]
 
 
 # ============================================================================ the market
@@ -184,6 +189,15 @@ async def fetch_all(dsn: str, query: str) -> list[tuple[Any, ...]]:
         return [tuple(r) for r in await conn.fetch(query)]
     finally:
         await conn.close()
+
+
+async def settled_through(dsn: str) -> int:
+    """The settlement writer's stored position (0 before its migrations created the table)."""
+    try:
+        rows = await fetch_all(dsn, "SELECT max(next_offset) FROM consumer_positions")
+    except asyncpg.UndefinedTableError:
+        return 0
+    return int(rows[0][0] or 0)
 
 
 async def execute(dsn: str, statement: str) -> None:
@@ -530,6 +544,36 @@ def test_gx_settle_without_kafka_bootstrap_says_what_to_set(
     monkeypatch.delenv("GX_KAFKA_BOOTSTRAP", raising=False)
     assert gx_main(["settle"]) == 2
     assert "GX_KAFKA_BOOTSTRAP" in capsys.readouterr().err
+
+
+def test_gx_settle_settles_at_its_lower_priority_and_stops_cleanly_on_sigterm(
+    market: Market, broker: EmbeddedBroker, dsn: str, tmp_path: Path
+) -> None:
+    settings = settings_for(broker)
+    topic = topics(settings)["events"].name
+    end = run(produce(broker.bootstrap_servers, topic, records(market.events, "batches")))
+    args = ["-m", "exchange.cli", "settle", "--bootstrap", broker.bootstrap_servers, "--dsn", dsn]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "GX_SETTLE_NICE": "7"}
+    with (tmp_path / "settle.log").open("wb") as log_file:
+        proc = subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, stderr=log_file)
+    try:
+        deadline = time.monotonic() + settle_deadline_s
+        while run(settled_through(dsn)) != end and time.monotonic() < deadline:
+            assert proc.poll() is None, (tmp_path / "settle.log").read_text()
+            time.sleep(0.05)
+        nicer_by = os.getpriority(os.PRIO_PROCESS, proc.pid) - os.getpriority(os.PRIO_PROCESS, 0)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, (tmp_path / "settle.log").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert nicer_by == 7
+    balances = run(
+        fetch_all(
+            dsn, "SELECT account, bucket, amount_micros FROM balances WHERE amount_micros <> 0"
+        )
+    )
+    assert {(a, b): amount for a, b, amount in balances} == engine_balances(market.engine)
 
 
 # ============================================================================ benchmark
