@@ -288,10 +288,12 @@ CREATE INDEX client_orders_by_ts ON client_orders (ts_ns);
 
 # The gateway's ledger endpoint reads an account's newest postings: index them by account and
 # sequence (read backwards, a page costs its size), not by bucket (which made every page sort
-# the account's whole history). Balances sum every posting either way.
+# the account's whole history). Balances sum every posting either way. The new index is built
+# before the old one is dropped: the build's lock lets readers (gateways' balance and ledger
+# queries) go on; the drop's exclusive lock is held only from the drop to the commit.
 _V7_POSTINGS_BY_ACCOUNT_SEQ = """
-DROP INDEX postings_by_account;
 CREATE INDEX postings_by_account_seq ON postings (account, seq, posting_index);
+DROP INDEX postings_by_account;
 """
 
 MIGRATIONS: tuple[Migration, ...] = (
