@@ -39,8 +39,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     settle_batch_max: int = 5000  # events per settlement transaction
     # The settlement writer runs this much nicer than the other processes (0-19; 0: as they do):
     # where it shares cores with the engine, market data or a gateway, they get a core first and
-    # it catches up in the gaps (`gx bench pipeline --orders 50000 --rate 5000`: p99 31-32 ms
-    # with 10, 60-97 ms with 0; flat out, the same orders/s).
+    # it catches up in the gaps (`gx bench pipeline --orders 50000 --rate 5000`, three
+    # interleaved pairs: p99 34-53 ms with 10, 51-71 ms with 0; flat out, the same orders/s).
     settle_nice: Annotated[int, msgspec.Meta(ge=0, le=19)] = 10  # GX_SETTLE_NICE
     clock_interval_ms: int = 1000  # GX_CLOCK_INTERVAL_MS
     gateway_host: str = "127.0.0.1"
