@@ -21,9 +21,9 @@ from exchange.gateway.ratelimit import RateLimits
 from matching.state import EngineConfig
 from schemas.catalog import Catalog, load_catalog
 from streams.clock import Clock
-from streams.embedded_broker import EmbeddedBroker, EmbeddedBrokerError
+from streams.embedded.broker import EmbeddedBroker, EmbeddedBrokerError
 from streams.engine_runner import EngineRunner
-from streams.marketdata import MarketDataProcess
+from streams.marketdata.process import MarketDataProcess
 from streams.provisioning import ProvisioningProcess, changelog_topics
 from streams.settings import Settings
 from streams.settlement import SettlementWriter

@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from streams.embedded_broker import EmbeddedBroker, EmbeddedBrokerError
+from streams.embedded.broker import EmbeddedBroker, EmbeddedBrokerError
 from streams.settings import Settings, load_settings
 from streams.topics import Topic, topics
 

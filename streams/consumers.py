@@ -22,7 +22,7 @@ def log_consumer(
     No group offsets are committed (every sink stores its own position), only committed
     transactions are read, and reading starts at the beginning unless `options` say otherwise.
     `check_crcs` is False only against the embedded broker, whose transaction markers carry
-    CRC 0 (streams/embedded_broker.py).
+    CRC 0 (streams/embedded/broker.py).
     """
     settings: dict[str, Any] = {
         "enable_auto_commit": False,

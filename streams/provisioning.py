@@ -55,8 +55,7 @@ from schemas import commands as c
 from schemas import events as e
 from schemas.catalog import load_catalog
 from schemas.codec import DecodeError, decode_event_record, encode
-from streams.process import serve
-from streams.provisioning_messages import (
+from schemas.provisioning import (
     ProvisionConfirmed,
     ProvisionFailed,
     ProvisionMessage,
@@ -65,6 +64,7 @@ from streams.provisioning_messages import (
     encode_provision,
     provider_key,
 )
+from streams.process import serve
 from streams.settings import Settings, load_settings
 from streams.topics import shard_key, topics
 

@@ -56,8 +56,8 @@ from schemas.codec import (
     is_event_batch,
     split_event_record,
 )
-from streams import ledger_schema as ls
 from streams.consumers import log_consumer, read_batch
+from streams.ledger import schema as ls
 from streams.settings import Settings
 from streams.topics import is_partial, topics
 

@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 import yaml
 
-from exchange.cli import build_parser
+from exchange.cli.gx import build_parser
 from streams.settings import ENV_PREFIX, Settings, load_settings
 from streams.topics import topics
 

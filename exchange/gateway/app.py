@@ -33,7 +33,7 @@ from exchange.gateway.rest import (
 from exchange.gateway.ws import serve_socket
 from exchange.wire import ErrorCode, Prices, WireError
 from schemas.catalog import Catalog, load_catalog
-from streams.ledger_schema import migrate
+from streams.ledger.schema import migrate
 from streams.settings import Settings
 
 __all__ = ["GatewayServer", "build_app", "request_body_bytes_max", "ready_wait_s"]

@@ -195,7 +195,7 @@ class Flusher:
     (the loop keeps more than half its time for reading the log and serving requests). A pass to
     ten subscribers takes a fraction of a millisecond, so a narrow fan-out goes out almost at
     once, and one to a thousand waits tens of milliseconds, its writes several frames each.
-    (Fixed 20 and 40 ms gaps were measured first: `gx bench feed` in exchange/bench_feed.py.)
+    (Fixed 20 and 40 ms gaps were measured first: `gx bench feed` in exchange/bench/feed.py.)
     """
 
     def __init__(self) -> None:

@@ -32,9 +32,8 @@ from exchange.wire import ErrorCode, Prices, WireError
 from schemas import commands as c
 from schemas import events as e
 from schemas.codec import DecodeError, decode_event_record, encode
-from streams.consumers import log_consumer
-from streams.marketdata_messages import decode_message
-from streams.provisioning_messages import (
+from schemas.marketdata import decode_message
+from schemas.provisioning import (
     ProvisionConfirmed,
     ProvisionFailed,
     ProvisionMessage,
@@ -43,6 +42,7 @@ from streams.provisioning_messages import (
     encode_provision,
     provider_key,
 )
+from streams.consumers import log_consumer
 from streams.settings import Settings
 from streams.topics import shard_key, topics
 

@@ -153,7 +153,7 @@ def _key_of(row: asyncpg.Record) -> ApiKey:
 class KeyStore:
     """API keys, nonces and client order reservations of every gateway instance, in PostgreSQL.
 
-    `pool` is an asyncpg pool on a database migrated to version 3 (`streams.ledger_schema`);
+    `pool` is an asyncpg pool on a database migrated to version 3 (`streams.ledger.schema`);
     `master_key` is `GX_GATEWAY_MASTER_KEY`. `clock_s` (monotonic seconds) times the cache and the
     nonce pruning; `clock_ns` (UNIX ns) stamps new keys.
     """

@@ -1,7 +1,7 @@
 """The gateway's public channels: books, trades, ticker, candles, index, curve from gx.marketdata.
 
 `MarketFeed.apply(message, partition, offset)` takes each decoded market-data message
-(streams/marketdata_messages.py) with its record position and returns the pushes to fan out, as
+(schemas/marketdata.py) with its record position and returns the pushes to fan out, as
 `(stream key, body)` pairs; each body is JSON encoded once for every subscriber of the stream and
 has no `conn_seq` (the connection splices it in with `wire.with_conn_seq`). Stream keys:
 
@@ -32,8 +32,7 @@ import msgspec
 import orjson
 
 from exchange.wire import CHECKSUM_LEVELS, ErrorCode, Prices, WireError, book_checksum, qty_to_str
-from schemas.units import NS_PER_DAY, NS_PER_HOUR, NS_PER_MINUTE
-from streams.marketdata_messages import (
+from schemas.marketdata import (
     BookDelta,
     BookSnapshot,
     Candle,
@@ -45,6 +44,7 @@ from streams.marketdata_messages import (
     TradePrint,
     TradePrints,
 )
+from schemas.units import NS_PER_DAY, NS_PER_HOUR, NS_PER_MINUTE
 
 __all__ = [
     "BOOK_DEPTHS",

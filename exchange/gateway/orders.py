@@ -28,8 +28,8 @@ from schemas import commands as c
 from schemas import events as e
 from schemas.catalog import Catalog
 from schemas.codes import OrderType, Reject, SelfTradePrevention, Side, TimeInForce
+from schemas.provisioning import ProvisionConfirmed, ProvisionFailed
 from schemas.symbols import SymbolError, parse_symbol
-from streams.provisioning_messages import ProvisionConfirmed, ProvisionFailed
 
 __all__ = ["OrderDesk", "ClientOrders", "client_order_id_max", "route_children_max", "parse_params"]
 

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from exchange.gateway.demo import demo_keys_route
+from exchange.sandbox.demo import demo_keys_route
 from exchange.wire import book_checksum
 from schemas.symbols import parse_symbol
 from tests.integration.conftest import run
-from tests.integration.gateway_harness import Exchange, Socket, rest, running_exchange, socket
+from tests.support.gateway_harness import Exchange, Socket, rest, running_exchange, socket
 
 from .conftest import CHROMIUM_ARGS
 

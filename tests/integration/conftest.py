@@ -12,8 +12,8 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streams.embedded_broker import EmbeddedBroker
-from streams.embedded_postgres import EmbeddedPostgres
+from streams.embedded.broker import EmbeddedBroker
+from streams.embedded.postgres import EmbeddedPostgres
 
 T = TypeVar("T")
 
@@ -77,7 +77,7 @@ async def consume(
         bootstrap_servers=bootstrap_servers,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
-        # The mock writes transaction markers with CRC 0 (streams/embedded_broker.py).
+        # The mock writes transaction markers with CRC 0 (streams/embedded/broker.py).
         check_crcs=False,
         **consumer_options,
     )

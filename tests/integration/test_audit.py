@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from exchange.cli import main as gx_main
+from exchange.cli.gx import main as gx_main
 from schemas.catalog import load_catalog
-from streams.embedded_broker import EmbeddedBroker
+from streams.embedded.broker import EmbeddedBroker
 from streams.topics import topics
 
 from .conftest import run

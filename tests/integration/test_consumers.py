@@ -7,7 +7,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from streams import consumers
 from streams.consumers import read_batch
-from streams.embedded_broker import EmbeddedBroker
+from streams.embedded.broker import EmbeddedBroker
 
 from .conftest import run
 

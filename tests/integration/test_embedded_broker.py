@@ -9,7 +9,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from streams.embedded_broker import API_KEY_PRODUCE, EmbeddedBroker, EmbeddedBrokerError
+from streams.embedded.broker import API_KEY_PRODUCE, EmbeddedBroker, EmbeddedBrokerError
 
 from .conftest import consume, run
 

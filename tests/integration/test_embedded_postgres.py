@@ -10,7 +10,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from streams.embedded_postgres import (
+from streams.embedded.postgres import (
     DATABASE_URL_ENV,
     EmbeddedPostgres,
     EmbeddedPostgresError,

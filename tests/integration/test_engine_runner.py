@@ -21,7 +21,7 @@ import msgspec
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from exchange.cli import main as gx_main
+from exchange.cli.gx import main as gx_main
 from matching.engine import Engine
 from schemas import events as e
 from schemas.catalog import Catalog
@@ -30,13 +30,13 @@ from schemas.codes import Reject
 from schemas.commands import ClockTick, Command
 from streams.admin import create_topics
 from streams.clock import Clock
-from streams.embedded_broker import API_KEY_PRODUCE, EmbeddedBroker
+from streams.embedded.broker import API_KEY_PRODUCE, EmbeddedBroker
 from streams.engine_runner import EngineRunner, decode_record
 from streams.settings import Settings
 from streams.snapshots import LeaseError, SnapshotStore
 from streams.topics import topics
 from tests.conftest import SMALL, T0_NS
-from tests.simulation import Simulation
+from tests.support.simulation import Simulation
 
 from .conftest import consume, run
 

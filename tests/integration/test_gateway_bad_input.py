@@ -6,8 +6,9 @@ import time
 
 import pytest
 
+from tests.support.gateway_harness import TRADER, rest, running_exchange, signed_headers, socket
+
 from .conftest import run
-from .gateway_harness import TRADER, rest, running_exchange, signed_headers, socket
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -144,7 +145,7 @@ def test_rest_signatures_refused_with_stable_codes(broker, dsn):
 
             # missing scope: a read-only key cannot trade, and nothing is placed
             read_key, secret = await ex.gateway.keys.create(TRADER, ("read",))
-            from .gateway_harness import Keys
+            from tests.support.gateway_harness import Keys
 
             reader = Keys(read_key.key_id, secret, TRADER)
             order = {

@@ -14,9 +14,9 @@ import pytest
 
 from exchange.wire import book_checksum
 from schemas import commands as c
+from tests.support.gateway_harness import PROVIDER, TRADER, Socket, running_exchange, socket
 
 from .conftest import run
-from .gateway_harness import PROVIDER, TRADER, Socket, running_exchange, socket
 
 pytestmark = pytest.mark.timeout(180)
 

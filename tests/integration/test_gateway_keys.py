@@ -14,7 +14,8 @@ import asyncpg
 import msgspec
 import pytest
 
-from exchange import cli_keys, wire
+from exchange import wire
+from exchange.cli import keys as cli_keys
 from exchange.gateway import auth
 from exchange.gateway.keys import (
     CLIENT_ORDER_PRUNE_INTERVAL_S,
@@ -31,7 +32,7 @@ from exchange.gateway.keys import (
     is_key_id,
 )
 from exchange.wire import ErrorCode, WireError
-from streams.ledger_schema import migrate
+from streams.ledger.schema import migrate
 
 from .conftest import run
 

@@ -6,8 +6,9 @@ import asyncio
 
 import pytest
 
+from tests.support.gateway_harness import PROVIDER, TRADER, rest, running_exchange, socket
+
 from .conftest import run
-from .gateway_harness import PROVIDER, TRADER, rest, running_exchange, socket
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -175,7 +176,7 @@ def test_rest_account_history_keys_and_market_queries(broker, dsn):
 
             # keys: create a read-only key, use it, list, revoke; it stops working
             made = (await rest(ex, "POST", "/api/v1/keys", trader, {"scopes": ["read"]})).json()
-            from .gateway_harness import Keys
+            from tests.support.gateway_harness import Keys
 
             reader = Keys(made["key"], made["secret"], trader.account)
             assert (await rest(ex, "GET", "/api/v1/balances", reader)).status_code == 200

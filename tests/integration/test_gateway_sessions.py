@@ -11,9 +11,9 @@ import pytest
 from exchange.gateway.ratelimit import RateLimits
 from schemas import commands as c
 from schemas.symbols import parse_symbol
+from tests.support.gateway_harness import PROVIDER, TRADER, rest, running_exchange, socket
 
 from .conftest import run
-from .gateway_harness import PROVIDER, TRADER, rest, running_exchange, socket
 
 pytestmark = pytest.mark.timeout(180)
 HOUR_NS = 3_600_000_000_000

@@ -6,10 +6,10 @@ import asyncpg
 
 from schemas import events as e
 from schemas.catalog import load_catalog
-from streams.ledger_schema import migrate
-from streams.marketdata_book import MarketData
-from streams.marketdata_messages import Candle, IndexPrice
-from tests.simulation import run_simulation
+from schemas.marketdata import Candle, IndexPrice
+from streams.ledger.schema import migrate
+from streams.marketdata.state import MarketData
+from tests.support.simulation import run_simulation
 
 from .conftest import run
 

@@ -9,12 +9,12 @@ from aiokafka import AIOKafkaProducer
 
 from matching.engine import Engine
 from schemas.codec import encode
-from streams.marketdata import MarketDataProcess
-from streams.marketdata_messages import BookDelta, BookSnapshot, TradePrints, decode_message
+from schemas.marketdata import BookDelta, BookSnapshot, TradePrints, decode_message
+from streams.marketdata.process import MarketDataProcess
 from streams.settings import Settings
 from streams.topics import shard_key, topics
-from tests.simulation import run_simulation
-from tests.test_marketdata_book import engine_books, replay_deltas
+from tests.support.simulation import run_simulation
+from tests.streams.marketdata.test_state import engine_books, replay_deltas
 
 from .conftest import consume, run
 

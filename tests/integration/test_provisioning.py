@@ -20,8 +20,7 @@ from schemas import events as e
 from schemas.catalog import load_catalog
 from schemas.codec import decode_command, encode
 from schemas.codes import Reject
-from streams.provisioning import ProvisioningProcess, changelog_topics, deadline_reason
-from streams.provisioning_messages import (
+from schemas.provisioning import (
     ProvisionConfirmed,
     ProvisionFailed,
     ProvisionRequested,
@@ -29,6 +28,7 @@ from streams.provisioning_messages import (
     encode_provision,
     provider_key,
 )
+from streams.provisioning import ProvisioningProcess, changelog_topics, deadline_reason
 from streams.settings import Settings
 from streams.topics import shard_key, topics
 from tests.golden.runner import BASE_CONFIG

@@ -26,16 +26,16 @@ from typing import Any
 import httpx
 import pytest
 
-from exchange.cli import build_parser
+from exchange.cli.gx import build_parser
 from exchange.client import Client
-from exchange.sandbox import (
+from exchange.sandbox.run import (
     DEMO_PROVIDER_ACCOUNT,
     DEMO_TRADER_ACCOUNT,
     Sandbox,
     SandboxOptions,
     run_sandbox,
 )
-from streams.embedded_postgres import process_alive
+from streams.embedded.postgres import process_alive
 
 from .conftest import run
 
@@ -213,8 +213,8 @@ def _sandbox_command() -> list[str]:
         {},
     )
     if "sandbox" in subcommands:
-        return [sys.executable, "-m", "exchange.cli", "sandbox"]
-    return [sys.executable, "-m", "exchange.cli_sandbox"]
+        return [sys.executable, "-m", "exchange.cli.gx", "sandbox"]
+    return [sys.executable, "-m", "exchange.cli.sandbox"]
 
 
 def _read_until_ready(child: subprocess.Popen[str], lines: list[str]) -> tuple[int, str, str]:

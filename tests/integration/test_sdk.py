@@ -1,7 +1,7 @@
 """The SDK (exchange/client/) against the real gateway over real sockets.
 
-The unit tests (tests/test_client_unit.py) check the SDK against scripted transports; these run
-it against the whole exchange in-process (tests/integration/gateway_harness.py): REST calls,
+The unit tests (tests/exchange/client/test_client.py) check the SDK against scripted transports; these run
+it against the whole exchange in-process (tests/support/gateway_harness.py): REST calls,
 WebSocket feeds and order entry, a reconnect through a broken network, and a provider agent
 answering a provisioning request end to end.
 """
@@ -31,9 +31,9 @@ from exchange.client import (
 from schemas import commands as c
 from schemas.codes import Reject
 from schemas.symbols import parse_symbol
+from tests.support.gateway_harness import PROVIDER, TRADER, Exchange, running_exchange
 
 from .conftest import run
-from .gateway_harness import PROVIDER, TRADER, Exchange, running_exchange
 
 pytestmark = pytest.mark.timeout(180)
 

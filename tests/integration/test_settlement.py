@@ -28,20 +28,20 @@ import msgspec
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from exchange.cli import main as gx_main
+from exchange.cli.gx import main as gx_main
 from matching import layout as lay
 from matching.engine import Engine
 from schemas import events as e
 from schemas.catalog import Catalog, load_catalog
 from schemas.codec import encode, pack_events
-from streams.embedded_broker import EmbeddedBroker
-from streams.embedded_postgres import EmbeddedPostgres
+from streams.embedded.broker import EmbeddedBroker
+from streams.embedded.postgres import EmbeddedPostgres
 from streams.engine_runner import EventRecord, pack_records
 from streams.settings import Settings
 from streams.settlement import Malformed, SettlementWriter, decode_record, plan_commit
 from streams.topics import PARTIAL_HEADER, shard_key, topics
 from tests.conftest import SMALL
-from tests.simulation import run_simulation
+from tests.support.simulation import run_simulation
 
 from .conftest import run
 
@@ -552,7 +552,15 @@ def test_gx_settle_settles_at_its_lower_priority_and_stops_cleanly_on_sigterm(
     settings = settings_for(broker)
     topic = topics(settings)["events"].name
     end = run(produce(broker.bootstrap_servers, topic, records(market.events, "batches")))
-    args = ["-m", "exchange.cli", "settle", "--bootstrap", broker.bootstrap_servers, "--dsn", dsn]
+    args = [
+        "-m",
+        "exchange.cli.gx",
+        "settle",
+        "--bootstrap",
+        broker.bootstrap_servers,
+        "--dsn",
+        dsn,
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "GX_SETTLE_NICE": "7"}
     with (tmp_path / "settle.log").open("wb") as log_file:
         proc = subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, stderr=log_file)
@@ -646,7 +654,7 @@ def test_writer_connection_updates_orders_by_index_however_large_the_ledger(dsn:
 def test_an_accounts_newest_postings_are_read_by_index_not_sorted(dsn: str) -> None:
     """The gateway's ledger page reads backwards along (account, seq), whatever the history."""
     from exchange.gateway.rest import LEDGER_QUERY
-    from streams import ledger_schema as ls
+    from streams.ledger import schema as ls
 
     async def plan() -> tuple[str, list[int]]:
         conn = await asyncpg.connect(dsn)
@@ -672,7 +680,7 @@ def test_an_accounts_newest_postings_are_read_by_index_not_sorted(dsn: str) -> N
 
 def test_a_version_3_ledger_migrates_to_keys_by_shard_sequence(dsn: str) -> None:
     """Migration 4: batch records share a Kafka position, so postings are keyed by (shard, seq)."""
-    from streams import ledger_schema as ls
+    from streams.ledger import schema as ls
 
     posting = "INSERT INTO postings VALUES (0, 5, 0, 0, $1, 3, 10, 1, 100, 1, 0, 0)"
 
@@ -696,7 +704,7 @@ def test_a_version_3_ledger_migrates_to_keys_by_shard_sequence(dsn: str) -> None
 
 def test_a_version_4_ledger_migrates_to_a_dead_letter_per_event(dsn: str) -> None:
     """Migration 5: several events of one batch record can be dead letters, each its own row."""
-    from streams import ledger_schema as ls
+    from streams.ledger import schema as ls
 
     letter = (
         'INSERT INTO dead_letters (consumer, topic, partition, "offset", reason) '

@@ -1,0 +1,300 @@
+"""A running exchange with its gateway on loopback, and raw protocol clients for the tests.
+
+The clients here speak the wire format by hand (httpx, websockets) so that the tests check the
+protocol itself; the SDK has tests of its own over the same harness.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import orjson
+import websockets
+from aiokafka import AIOKafkaProducer
+
+from exchange.gateway.app import WEBSOCKET_IMPL
+from exchange.gateway.keys import KeyStore
+from exchange.gateway.ratelimit import RateLimits
+from exchange.stack import Stack, StackOptions
+from exchange.wire import HEADER_KEY, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TS, signature
+from schemas import commands as c
+from schemas.codec import encode
+from schemas.symbols import parse_symbol
+from streams.embedded.broker import EmbeddedBroker
+from streams.settings import Settings
+from streams.topics import shard_key, topics
+from tests.conftest import T0_NS
+
+MASTER_KEY = "test-master-key-" + "x" * 32
+TRADER, MAKER, PROVIDER = 10, 11, 12
+FUNDS_MICROS = 1_000_000 * 1_000_000  # one million USD each
+
+
+class Keys:
+    """One API key: its id, secret and account."""
+
+    def __init__(self, key_id: str, secret: str, account: int) -> None:
+        self.key_id = key_id
+        self.secret = secret
+        self.account = account
+
+
+class Exchange:
+    """The stack, its keys and helpers to drive it."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.keys: dict[str, Keys] = {}
+        self.symbol = ""
+        self._producer: AIOKafkaProducer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.stack.gateway is not None
+        return self.stack.gateway.url
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http://", "ws://") + "/ws"
+
+    @property
+    def gateway(self) -> Any:
+        assert self.stack.gateway is not None and self.stack.gateway.gateway is not None
+        return self.stack.gateway.gateway
+
+    @property
+    def gateway_app(self) -> Any:
+        assert self.stack.gateway is not None
+        return self.stack.gateway.app
+
+    async def send(self, *commands: c.Command) -> None:
+        """Put commands straight into gx.commands (what the clock and operators do)."""
+        assert self._producer is not None
+        topic = topics(self.stack.settings)["commands"].name
+        futures = [
+            await self._producer.send(topic, encode(command), key=shard_key(0), partition=0)
+            for command in commands
+        ]
+        await asyncio.gather(*futures)
+
+    async def wait_for(self, check: Any, timeout_s: float = 10.0, what: str = "") -> Any:
+        """Poll `check()` until it returns a true value; return it."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            value = check()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what or check}")
+            await asyncio.sleep(0.02)
+
+
+def first_symbol(exchange: Exchange, gpu: str = "H100-SXM", region: str = "us-east") -> str:
+    """The first listed hourly instrument of a model and region, as the gateway sees it."""
+    for instrument in sorted(
+        exchange.gateway.hub.accounts.instruments(), key=lambda i: i["symbol"]
+    ):
+        key = parse_symbol(instrument["symbol"])
+        if key.product == "1h" and key.gpu == gpu and key.region == region:
+            return str(instrument["symbol"])
+    raise LookupError("no hourly instrument listed")
+
+
+@contextlib.asynccontextmanager
+async def running_exchange(
+    broker: EmbeddedBroker,
+    dsn: str,
+    *,
+    limits: RateLimits | None = None,
+    provisioning: bool = False,
+    extra_handlers: list[Any] | None = None,
+    websocket_impl: str = WEBSOCKET_IMPL,
+) -> AsyncIterator[Exchange]:
+    """Start the stack, list instruments, fund three accounts, give each a key with all scopes.
+
+    `extra_handlers` are more gateway routes (the browser test adds the demo keys route).
+    """
+    settings = Settings(gateway_master_key=MASTER_KEY, kafka_fetch_wait_ms=5)
+    stack = Stack(
+        broker,
+        dsn,
+        settings,
+        options=StackOptions(
+            provisioning=provisioning,
+            settlement=True,
+            limits=limits,
+            gateway_websocket_impl=websocket_impl,
+        ),
+        extra_handlers=extra_handlers,
+    )
+    await stack.start()
+    exchange = Exchange(stack)
+    exchange._producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers, acks="all")
+    await exchange._producer.start()
+    try:
+        await exchange.send(c.ClockTick(ts_ns=T0_NS))
+        for account in (TRADER, MAKER, PROVIDER):
+            await exchange.send(c.Deposit(account=account, amount_micros=FUNDS_MICROS))
+        accounts = exchange.gateway.hub.accounts
+        # the first engine of a fresh checkout compiles its kernels here (about 25 s on 2 cores)
+        await exchange.wait_for(lambda: accounts.instruments(), timeout_s=180, what="the listing")
+        exchange.symbol = first_symbol(exchange)
+        key = parse_symbol(exchange.symbol)
+        await exchange.send(
+            c.CapacityUpdate(
+                account=PROVIDER, gpu=key.gpu, region=key.region, start_ns=key.start_ns,
+                end_ns=key.start_ns + 72 * 3_600_000_000_000, gpus=1000,
+            )
+        )  # fmt: skip
+        await exchange.wait_for(
+            lambda: (
+                accounts.capacity(PROVIDER)
+                and accounts.balances(PROVIDER)["available"] != "0.000000"
+            ),
+            what="deposits and capacity",
+        )
+        store: KeyStore = exchange.gateway.keys
+        for name, account in (("trader", TRADER), ("maker", MAKER), ("provider", PROVIDER)):
+            api_key, secret = await store.create(account, ("read", "trade", "provide"))
+            exchange.keys[name] = Keys(api_key.key_id, secret, account)
+        yield exchange
+    finally:
+        await exchange._producer.stop()
+        await stack.stop()
+
+
+# ---------------------------------------------------------------------- raw clients
+
+
+def signed_headers(
+    keys: Keys, method: str, path: str, body: bytes = b"", **overrides: Any
+) -> dict[str, str]:
+    """Headers of a signed REST request (overrides replace any part, to test refusals)."""
+    ts_ms = overrides.get("ts_ms", int(time.time() * 1000))
+    nonce = overrides.get("nonce", secrets.token_hex(12))
+    sig = overrides.get("signature") or signature(keys.secret, ts_ms, nonce, method, path, body)
+    return {
+        HEADER_KEY: overrides.get("key", keys.key_id),
+        HEADER_TS: str(ts_ms),
+        HEADER_NONCE: nonce,
+        HEADER_SIGNATURE: sig,
+        "content-type": "application/json",
+    }
+
+
+async def rest(
+    exchange: Exchange,
+    method: str,
+    path: str,
+    keys: Keys | None = None,
+    body: Any = None,
+    base_url: str | None = None,
+) -> httpx.Response:
+    """One REST request, signed when `keys` is given (to another gateway with `base_url`)."""
+    raw = b"" if body is None else (body if isinstance(body, bytes) else orjson.dumps(body))
+    headers = signed_headers(keys, method, path, raw) if keys else {}
+    async with httpx.AsyncClient(base_url=base_url or exchange.url, timeout=10) as client:
+        return await client.request(method, path, content=raw or None, headers=headers)
+
+
+class Socket:
+    """A raw WebSocket client: requests by id, pushes collected in order."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+        self.pushes: list[dict[str, Any]] = []
+        self.answers: dict[Any, dict[str, Any]] = {}
+        self.anonymous: list[dict[str, Any]] = []  # answers to requests without a usable id
+        self._next_id = 0
+        self._reader = asyncio.create_task(self._read())
+        self.closed = asyncio.Event()
+
+    async def _read(self) -> None:
+        try:
+            async for raw in self.ws:
+                message = orjson.loads(raw)
+                if "channel" in message:
+                    self.pushes.append(message)
+                elif message.get("id") is None:
+                    self.anonymous.append(message)
+                else:
+                    self.answers[message["id"]] = message
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            self.closed.set()
+
+    async def request(
+        self, method: str, params: Any = None, timeout_s: float = 10.0
+    ) -> dict[str, Any]:
+        """Send a request; return its answer (status and result or error)."""
+        self._next_id += 1
+        request_id = self._next_id
+        await self.ws.send(
+            orjson.dumps({"id": request_id, "method": method, "params": params or {}}).decode()
+        )
+        deadline = time.monotonic() + timeout_s
+        while request_id not in self.answers:
+            if time.monotonic() > deadline or self.closed.is_set():
+                raise AssertionError(f"no answer to {method}")
+            await asyncio.sleep(0.005)
+        return self.answers.pop(request_id)
+
+    async def send_raw(self, data: str | bytes) -> None:
+        await self.ws.send(data)
+
+    async def logon(self, keys: Keys, cancel_on_disconnect: str = "none") -> dict[str, Any]:
+        ts_ms = int(time.time() * 1000)
+        nonce = secrets.token_hex(12)
+        params = {
+            "key": keys.key_id,
+            "ts_ms": ts_ms,
+            "nonce": nonce,
+            "signature": signature(keys.secret, ts_ms, nonce, "GET", "/ws", b""),
+            "cancel_on_disconnect": cancel_on_disconnect,
+        }
+        return await self.request("session.logon", params)
+
+    def channel(self, name: str, symbol: str | None = None) -> list[dict[str, Any]]:
+        """The pushes of one channel (and symbol) received so far."""
+        return [
+            p
+            for p in self.pushes
+            if p["channel"] == name and (symbol is None or p.get("symbol") == symbol)
+        ]
+
+    async def wait_push(self, check: Any, timeout_s: float = 10.0) -> dict[str, Any]:
+        """Wait for a push matching `check(push)`; return it."""
+        deadline = time.monotonic() + timeout_s
+        seen = 0
+        while True:
+            for push in self.pushes[seen:]:
+                if check(push):
+                    return push
+            seen = len(self.pushes)
+            if time.monotonic() > deadline:
+                raise AssertionError("timed out waiting for a push")
+            await asyncio.sleep(0.005)
+
+    async def close(self) -> None:
+        await self.ws.close()
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader
+
+
+@contextlib.asynccontextmanager
+async def socket(exchange: Exchange) -> AsyncIterator[Socket]:
+    """A connected raw WebSocket client."""
+    async with websockets.connect(exchange.ws_url, max_size=None) as ws:
+        client = Socket(ws)
+        try:
+            yield client
+        finally:
+            await client.close()
