@@ -160,7 +160,7 @@ class Stack:
     async def stop(self) -> None:
         """Stop the gateway, then every stage, and wait for them."""
         if self.gateway is not None:
-            await self.gateway.stop()
+            await self.gateway.close()
         for stage in (self.clock, self.provisioning, self.marketdata, self.runner):
             if stage is not None:
                 stage.stop()

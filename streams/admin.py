@@ -10,25 +10,15 @@ that exists is reported, and a partition count that differs from the settings is
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import sys
-from typing import Any
-
-import msgspec
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from streams.embedded.broker import EmbeddedBroker, EmbeddedBrokerError
-from streams.settings import Settings, load_settings
+from streams.settings import Settings
 from streams.topics import Topic, topics
 
-__all__ = ["TopicsError", "create_topics", "add_arguments", "run_from_args"]
+__all__ = ["TopicsError", "create_topics"]
 
 _topic_already_exists = 36  # Kafka protocol error TOPIC_ALREADY_EXISTS
-no_broker_message = (
-    "no Kafka broker: set GX_KAFKA_BOOTSTRAP=host:port (or pass --bootstrap); the embedded "
-    "broker lives inside the process that starts it (`make sandbox` creates its own topics)"
-)
 
 
 class TopicsError(RuntimeError):
@@ -50,8 +40,7 @@ async def create_topics(
     """Create every topic of `topics(settings)`; return name -> "created" or "exists"."""
     if embedded is not None:
         return _create_embedded(settings, embedded)
-    if settings.kafka_bootstrap is None:
-        raise ValueError(f"settings.kafka_bootstrap: {no_broker_message}")
+    settings.broker()  # refuses a missing broker, saying what to set
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
     try:
@@ -110,29 +99,3 @@ def _create_embedded(settings: Settings, embedded: EmbeddedBroker) -> dict[str, 
         else:
             outcome[t.name] = "created"
     return outcome
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the options of `gx topics create`."""
-    parser.add_argument("--bootstrap", help="Kafka bootstrap servers (default: GX_KAFKA_BOOTSTRAP)")
-
-
-def run_from_args(args: argparse.Namespace) -> int:
-    """Create the topics from parsed arguments; print one line per topic; return the status."""
-    try:
-        overrides: dict[str, Any] = {}
-        if args.bootstrap:
-            overrides["kafka_bootstrap"] = args.bootstrap
-        settings = msgspec.structs.replace(load_settings(), **overrides)
-        outcome = asyncio.run(create_topics(settings))
-    except (ValueError, TopicsError) as error:
-        print(f"gx topics create: {error}", file=sys.stderr)
-        return 2
-    layout = topics(settings)
-    for role, t in layout.items():
-        retention = "forever" if t.retention_ms < 0 else f"{t.retention_ms} ms"
-        print(
-            f"{t.name}: {outcome.get(t.name, '?')} ({role}, {t.partitions} partitions, "
-            f"replication {settings.replication_factor}, retention {retention})"
-        )
-    return 0

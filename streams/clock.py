@@ -9,30 +9,20 @@ burst. Two clocks running at once are harmless: the engine's time only moves for
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
-import sys
 import time
-from typing import Any
 
-import msgspec
 from aiokafka import AIOKafkaProducer
 
 from schemas.codec import encode
 from schemas.commands import ClockTick
-from streams.process import serve
-from streams.settings import Settings, load_settings
+from streams.settings import Settings
 from streams.topics import shard_key, topics
 
-__all__ = ["Clock", "add_arguments", "run_from_args"]
+__all__ = ["Clock"]
 
 log = logging.getLogger("gx.clock")
-
-no_broker_message = (
-    "no Kafka broker: set GX_KAFKA_BOOTSTRAP=host:port (or pass --bootstrap), "
-    "or run everything embedded with `make sandbox`"
-)
 
 
 class Clock:
@@ -40,8 +30,7 @@ class Clock:
 
     def __init__(self, settings: Settings) -> None:
         """Describe the clock; nothing connects until `run()`."""
-        if settings.kafka_bootstrap is None:
-            raise ValueError(f"settings.kafka_bootstrap: {no_broker_message}")
+        settings.broker()  # refuses a missing broker, saying what to set
         if settings.clock_interval_ms < 1:
             raise ValueError(
                 f"clock_interval_ms: expected >= 1, found {settings.clock_interval_ms}"
@@ -102,29 +91,3 @@ class Clock:
         self.ticks += len(futures)
         log.debug("tick ts_ns=%d shards=%d", ts_ns, len(futures))
         return ts_ns
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the clock's options."""
-    parser.add_argument("--bootstrap", help="Kafka bootstrap servers (default: GX_KAFKA_BOOTSTRAP)")
-    parser.add_argument(
-        "--interval-ms", type=int, help="milliseconds between ticks (default: GX_CLOCK_INTERVAL_MS)"
-    )
-
-
-def run_from_args(args: argparse.Namespace) -> int:
-    """Run the clock process from parsed arguments; return the exit status."""
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    try:
-        overrides: dict[str, Any] = {}
-        if args.bootstrap:
-            overrides["kafka_bootstrap"] = args.bootstrap
-        if args.interval_ms is not None:
-            overrides["clock_interval_ms"] = args.interval_ms
-        settings = msgspec.structs.replace(load_settings(), **overrides)
-        logging.getLogger("gx").setLevel(settings.log_level.upper())
-        clock = Clock(settings)
-    except ValueError as error:
-        print(f"gx clock: {error}", file=sys.stderr)
-        return 2
-    return serve(clock, "clock")

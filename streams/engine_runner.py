@@ -38,14 +38,11 @@ command offset leaves a trace in the events log and replays see the very same pl
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
-import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -53,13 +50,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 from matching.engine import Engine, EngineConfig
-from schemas.catalog import Catalog, load_catalog
+from schemas.catalog import Catalog
 from schemas.codec import DecodeError, decode_command, encode, pack_events, split_event_record
 from schemas.commands import Command
 from streams.consumers import log_consumer, read_batch
-from streams.process import serve
-from streams.settings import Settings, load_settings
-from streams.snapshots import LeaseError, Snapshot, SnapshotStore
+from streams.settings import Settings
+from streams.snapshots import Snapshot, SnapshotStore
 from streams.topics import PARTIAL_HEADER, shard_key, topics
 
 __all__ = [
@@ -69,10 +65,7 @@ __all__ = [
     "Malformed",
     "RecoveryError",
     "RunnerStats",
-    "add_arguments",
     "decode_record",
-    "main",
-    "run_from_args",
 ]
 
 log = logging.getLogger("gx.engine")
@@ -84,10 +77,6 @@ poll_timeout_ms = 100
 linger_ms = 5
 last_event_window_min = 16  # records read back from the end to find the last event
 recovery_timeout_s = 60
-no_broker_message = (
-    "no Kafka broker: set GX_KAFKA_BOOTSTRAP=host:port (or pass --bootstrap), "
-    "or run everything embedded with `make sandbox`"
-)
 no_database_message = (
     "no snapshot database: set GX_DATABASE_URL=postgresql://... (or pass --database-url); "
     "snapshots must outlive the process, or pass --no-snapshots to replay the log from its start"
@@ -149,8 +138,7 @@ class EngineRunner:
         start (correct, just slower) and nothing but the supervisor keeps a second runner of
         the same shard away.
         """
-        if settings.kafka_bootstrap is None:
-            raise ValueError(f"settings.kafka_bootstrap: {no_broker_message}")
+        settings.broker()  # refuses a missing broker, saying what to set
         if snapshots and settings.database_url is None:
             raise ValueError(f"settings.database_url: {no_database_message}")
         if not 0 <= shard < settings.shards:
@@ -530,75 +518,3 @@ def _event_seq(value: bytes) -> int:
         return _seq_only_decoder.decode(value).seq
     except DecodeError as error:
         raise RecoveryError(f"the events log's last record does not decode: {error}") from None
-
-
-# ---------------------------------------------------------------------- process entry point
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the runner's options (shared by `gx engine` and `python -m streams.engine_runner`)."""
-    parser.add_argument("--shard", type=int, required=True, help="the shard (partition) to run")
-    parser.add_argument("--bootstrap", help="Kafka bootstrap servers (default: GX_KAFKA_BOOTSTRAP)")
-    parser.add_argument("--database-url", help="snapshot database (default: GX_DATABASE_URL)")
-    parser.add_argument(
-        "--mock-broker",
-        action="store_true",
-        help="the broker is librdkafka's mock cluster: skip CRC checks (never on real Kafka)",
-    )
-    parser.add_argument(
-        "--no-snapshots", action="store_true", help="replay the log from its start on restart"
-    )
-    parser.add_argument(
-        "--engine-config",
-        help="EngineConfig fields as a JSON object, or @path of a JSON file (default sizes)",
-    )
-    parser.add_argument("--catalog", type=Path, help="catalog file (default: the packaged one)")
-
-
-def _engine_config(text: str | None, shard: int) -> EngineConfig:
-    if not text:
-        return EngineConfig(shard=shard)
-    raw = Path(text[1:]).read_bytes() if text.startswith("@") else text.encode()
-    try:
-        fields = msgspec.json.decode(raw, type=dict[str, Any])
-    except msgspec.DecodeError as error:
-        raise ValueError(f"--engine-config: expected a JSON object, {error}") from None
-    fields["shard"] = shard
-    return msgspec.convert(fields, EngineConfig)
-
-
-def run_from_args(args: argparse.Namespace) -> int:
-    """Run one engine runner process from parsed arguments; return the exit status."""
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    try:
-        settings = load_settings()
-        overrides: dict[str, Any] = {}
-        if args.bootstrap:
-            overrides["kafka_bootstrap"] = args.bootstrap
-        if args.database_url:
-            overrides["database_url"] = args.database_url
-        settings = msgspec.structs.replace(settings, **overrides)
-        logging.getLogger("gx").setLevel(settings.log_level.upper())
-        runner = EngineRunner(
-            settings,
-            args.shard,
-            load_catalog(args.catalog),
-            _engine_config(args.engine_config, args.shard),
-            mock_broker=args.mock_broker,
-            snapshots=not args.no_snapshots,
-        )
-    except (ValueError, OSError, msgspec.ValidationError) as error:
-        print(f"gx engine: {error}", file=sys.stderr)
-        return 2
-    return serve(runner, "engine", (RecoveryError, LeaseError), lambda: runner.stats)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m streams.engine_runner --shard N ...`."""
-    parser = argparse.ArgumentParser(prog="python -m streams.engine_runner")
-    add_arguments(parser)
-    return run_from_args(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

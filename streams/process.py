@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import os
 import signal
 import sys
@@ -17,8 +18,7 @@ __all__ = ["GC_THRESHOLDS", "Process", "lower_priority", "run_loop", "serve", "t
 # Allocations before a young collection, then the ratios of middle and full collections. Python's
 # (700, 10, 10) runs a full collection of every tracked object every 70,000 allocations: tens of
 # milliseconds once a process holds books, histories and projections, often enough to be the p99
-# of command -> feed latency (`gx bench feed --subscribers 10`: p99 148 ms with the defaults, 40 ms
-# with these; 38 ms with no collection at all).
+# of command -> feed latency (the README's benchmark table has the figures).
 GC_THRESHOLDS = (100_000, 50, 1000)
 
 _T = TypeVar("_T")
@@ -59,26 +59,47 @@ class Process(Protocol):
 
 
 def serve(
-    process: Process, name: str, fatal: tuple[type[BaseException], ...] = (), stats: Any = None
+    process: Process,
+    name: str,
+    fatal: tuple[type[BaseException], ...] = (),
+    stats: Any = None,
+    *,
+    progress_s: float | None = None,
 ) -> int:
     """Run `process` until it stops or SIGINT/SIGTERM arrives; print its counters on exit.
 
-    Returns 0, or 3 after one of the `fatal` errors (printed as `gx NAME: error`).
+    `stats` is the counters (or a function returning them); with `progress_s` they are also
+    logged (INFO, logger `gx.NAME`) that often while the process runs. Returns 0, or 3 after one
+    of the `fatal` errors (printed as `gx NAME: error`).
     """
-    return run_loop(_serve(process, name, fatal, stats))
+    return run_loop(_serve(process, name, fatal, stats, progress_s))
+
+
+def _counters(stats: Any) -> Any:
+    return stats() if callable(stats) else stats
 
 
 async def _serve(
-    process: Process, name: str, fatal: tuple[type[BaseException], ...], stats: Any
+    process: Process,
+    name: str,
+    fatal: tuple[type[BaseException], ...],
+    stats: Any,
+    progress_s: float | None,
 ) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, process.stop)
+    task = asyncio.ensure_future(process.run())
+    log = logging.getLogger(f"gx.{name}")
     try:
-        await process.run()
+        while not task.done():
+            await asyncio.wait([task], timeout=progress_s)
+            if progress_s is not None and stats is not None and not task.done():
+                log.info("progress %s", _counters(stats))
+        task.result()
     except fatal as error:
         print(f"gx {name}: {error}", file=sys.stderr)
         return 3
     if stats is not None:
-        print(msgspec.json.encode(stats() if callable(stats) else stats).decode(), file=sys.stderr)
+        print(msgspec.json.encode(_counters(stats)).decode(), file=sys.stderr)
     return 0

@@ -39,11 +39,9 @@ partitioned topics update them; run one worker.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
-import sys
 import zlib
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -64,8 +62,7 @@ from schemas.provisioning import (
     encode_provision,
     provider_key,
 )
-from streams.process import serve
-from streams.settings import Settings, load_settings
+from streams.settings import Settings
 from streams.topics import shard_key, topics
 
 __all__ = [
@@ -75,11 +72,8 @@ __all__ = [
     "ProvisioningProcess",
     "ProvisioningStats",
     "ShardClock",
-    "add_arguments",
     "app_id_default",
     "changelog_topics",
-    "main",
-    "run_from_args",
 ]
 
 log = logging.getLogger("gx.provisioning")
@@ -89,10 +83,6 @@ app_id_default = "gx-provisioning"
 open_obligations_max = 100_000  # obligations awaiting an outcome, scanned at every time step
 session_timeout_s = 6.0
 deadline_reason = "provisioning deadline passed"
-no_broker_message = (
-    "no Kafka broker: set GX_KAFKA_BOOTSTRAP=host:port (or pass --bootstrap), "
-    "or run everything embedded with `make sandbox`"
-)
 
 State = Literal["assigned", "requested", "confirmed", "failed", "settled"]
 _awaiting: tuple[State, ...] = ("assigned", "requested")
@@ -392,8 +382,7 @@ class ProvisioningProcess:
         `mock_broker`: the broker is librdkafka's mock cluster (skip CRC checks, declare no
         topics); never against real Kafka.
         """
-        if not settings.kafka_bootstrap:
-            raise ValueError(no_broker_message)
+        settings.broker()  # refuses a missing broker, saying what to set
         if deadline_ns is None:
             deadline_ns = load_catalog().provisioning_deadline_ns
         self.settings = settings
@@ -488,51 +477,3 @@ class ProvisioningProcess:
         ]
         for future in futures:
             await future
-
-
-# ---------------------------------------------------------------------- process entry point
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the process's options (shared by `gx provision` and `python -m streams.provisioning`)."""
-    parser.add_argument("--bootstrap", help="Kafka bootstrap servers (default: GX_KAFKA_BOOTSTRAP)")
-    parser.add_argument(
-        "--mock-broker",
-        action="store_true",
-        help="the broker is librdkafka's mock cluster: skip CRC checks, declare no topics",
-    )
-    parser.add_argument(
-        "--deadline-s",
-        type=int,
-        default=None,
-        help="seconds after delivery start to wait for a confirmation (default: the catalog's)",
-    )
-
-
-def run_from_args(args: argparse.Namespace) -> int:
-    """Run the provisioning process from parsed arguments; return the exit status."""
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    try:
-        settings = load_settings()
-        if args.bootstrap:
-            settings = msgspec.structs.replace(settings, kafka_bootstrap=args.bootstrap)
-        logging.getLogger("gx").setLevel(settings.log_level.upper())
-        deadline_ns = None if args.deadline_s is None else args.deadline_s * 1_000_000_000
-        process = ProvisioningProcess(
-            settings, deadline_ns=deadline_ns, mock_broker=args.mock_broker
-        )
-    except ValueError as error:
-        print(f"gx provision: {error}", file=sys.stderr)
-        return 2
-    return serve(process, "provision", (RuntimeError,), lambda: process.stats)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m streams.provisioning ...`."""
-    parser = argparse.ArgumentParser(prog="python -m streams.provisioning")
-    add_arguments(parser)
-    return run_from_args(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

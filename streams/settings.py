@@ -12,9 +12,15 @@ from typing import Annotated
 
 import msgspec
 
-__all__ = ["Settings", "load_settings", "ENV_PREFIX"]
+__all__ = ["ENV_PREFIX", "NO_BROKER", "Settings", "load_settings"]
 
 ENV_PREFIX = "GX_"
+# What every process that needs Kafka says when it has none: the embedded broker lives inside the
+# process that starts it, so a process of its own can only join a real cluster.
+NO_BROKER = (
+    "no Kafka broker: set GX_KAFKA_BOOTSTRAP=host:port (or pass --bootstrap); the embedded "
+    "broker lives inside the process that starts it, so `make sandbox` runs the whole exchange"
+)
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -31,16 +37,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     kafka_transactions: bool = (
         False  # GX_KAFKA_TRANSACTIONS: real Kafka only (the mock's are not real)
     )
-    # An idle fetch waits this long for data; aiokafka's 500 ms default stalls every stage that
-    # has caught up (seen in `gx bench pipeline`).
+    # An idle fetch waits this long for data; aiokafka's 500 ms default would stall every stage
+    # that has caught up for half a second.
     kafka_fetch_wait_ms: int = 10  # GX_KAFKA_FETCH_WAIT_MS
     snapshot_every_commands: int = 50_000  # GX_SNAPSHOT_EVERY_COMMANDS
     engine_batch_max: int = 4096  # commands per engine step
     settle_batch_max: int = 5000  # events per settlement transaction
     # The settlement writer runs this much nicer than the other processes (0-19; 0: as they do):
     # where it shares cores with the engine, market data or a gateway, they get a core first and
-    # it catches up in the gaps (`gx bench pipeline --orders 50000 --rate 5000`, three
-    # interleaved pairs: p99 34-53 ms with 10, 51-71 ms with 0; flat out, the same orders/s).
+    # it catches up in the gaps with bigger transactions (the README's benchmark table has the
+    # paced pipeline's tail with and without).
     settle_nice: Annotated[int, msgspec.Meta(ge=0, le=19)] = 10  # GX_SETTLE_NICE
     clock_interval_ms: int = 1000  # GX_CLOCK_INTERVAL_MS
     gateway_host: str = "127.0.0.1"
@@ -49,6 +55,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # 32 characters, the same on every gateway, never in the database.
     gateway_master_key: str = ""
     log_level: str = "WARNING"  # quiet by default
+
+    def broker(self) -> str:
+        """The Kafka bootstrap servers; raise ValueError saying what to set when there are none."""
+        if not self.kafka_bootstrap:
+            raise ValueError(NO_BROKER)
+        return self.kafka_bootstrap
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:

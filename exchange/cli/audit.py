@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 from pathlib import Path
 
 import msgspec
 
+from exchange.cli.process import add_database, load, usage_error
 from streams.audit import CheckpointError, audit, dump_checkpoint, load_checkpoint
-from streams.settings import load_settings
 
 __all__ = ["register", "run"]
 
@@ -26,9 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "exits 1 on any violation, 2 on a usage or connection error.",
     )
     p.add_argument("--bootstrap", help="Kafka bootstrap servers (default: GX_KAFKA_BOOTSTRAP)")
-    p.add_argument(
-        "--dsn", help="PostgreSQL URL of the ledger (default: GX_DATABASE_URL, else no ledger)"
-    )
+    add_database(p, "PostgreSQL URL of the ledger (default: GX_DATABASE_URL, else no ledger)")
     p.add_argument("--from-checkpoint", type=Path, help="resume from a checkpoint file")
     p.add_argument(
         "--write-checkpoint", type=Path, help="write a checkpoint here when the audit passes"
@@ -41,35 +38,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the audit; print the report on stdout; return 0 (pass), 1 (violations) or 2."""
     try:
-        settings = load_settings()
+        settings = load(args)
+        bootstrap = settings.broker()
         checkpoint = (
             load_checkpoint(args.from_checkpoint.read_bytes()) if args.from_checkpoint else None
         )
     except (ValueError, OSError) as error:  # CheckpointError is a ValueError
-        print(f"gx audit: {error}", file=sys.stderr)
-        return 2
-    bootstrap = args.bootstrap or settings.kafka_bootstrap
-    if not bootstrap:
-        print(
-            "gx audit: no Kafka cluster: set GX_KAFKA_BOOTSTRAP=host:port (or pass --bootstrap)",
-            file=sys.stderr,
-        )
-        return 2
-    dsn = args.dsn or settings.database_url
+        return usage_error("audit", error)
     try:
         report, auditor, ends = asyncio.run(
             audit(
                 settings,
                 bootstrap,
-                dsn,
+                settings.database_url,
                 checkpoint=checkpoint,
                 consumer=args.consumer,
                 check_crcs=not args.no_check_crcs,
             )
         )
     except (OSError, LookupError, TimeoutError, CheckpointError) as error:
-        print(f"gx audit: {error}", file=sys.stderr)
-        return 2
+        return usage_error("audit", error)
     print(msgspec.json.format(msgspec.json.encode(report)).decode())
     if report.ok and args.write_checkpoint:
         args.write_checkpoint.write_bytes(dump_checkpoint(auditor.checkpoint(ends)))

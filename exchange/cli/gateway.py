@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 
-import msgspec
-import uvloop
-
+from exchange.cli.process import add_broker, add_database, serve_command
 from exchange.gateway.app import GatewayServer
-from streams.embedded.postgres import open_database
-from streams.settings import Settings, load_settings
+from exchange.gateway.keys import check_master_key
+from streams.settings import Settings
 
 __all__ = ["register", "run"]
 
@@ -25,59 +21,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "serve /api/v1 and /ws. Needs GX_KAFKA_BOOTSTRAP and GX_GATEWAY_MASTER_KEY; "
         "`make sandbox` runs everything embedded instead. Stop with Ctrl-C or SIGTERM.",
     )
-    p.add_argument("--bootstrap", help="Kafka bootstrap servers (default: GX_KAFKA_BOOTSTRAP)")
-    p.add_argument("--dsn", help="PostgreSQL URL (default: GX_DATABASE_URL)")
+    add_broker(p)
+    add_database(p, "PostgreSQL URL (default: GX_DATABASE_URL, else an embedded one)")
     p.add_argument("--host", help="listen address (default: GX_GATEWAY_HOST, 127.0.0.1)")
     p.add_argument("--port", type=int, help="listen port (default: GX_GATEWAY_PORT, 8080)")
-    p.add_argument(
-        "--mock-broker",
-        action="store_true",
-        help="the broker is librdkafka's mock cluster: skip CRC checks (never on real Kafka)",
-    )
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT or SIGTERM; return the exit status."""
-    try:
-        settings = load_settings()
-    except ValueError as error:
-        print(f"gx gateway: {error}", file=sys.stderr)
-        return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
-    if args.bootstrap:
-        settings = msgspec.structs.replace(settings, kafka_bootstrap=args.bootstrap)
-    if not settings.kafka_bootstrap:
-        print(
-            "gx gateway: no Kafka cluster: set GX_KAFKA_BOOTSTRAP=host:port (or pass --bootstrap); "
-            "`make sandbox` runs the whole exchange embedded",
-            file=sys.stderr,
-        )
-        return 2
-    if len(settings.gateway_master_key) < 32:
-        print(
-            "gx gateway: set GX_GATEWAY_MASTER_KEY to a random string of at least 32 characters "
-            "(the same on every gateway): API secrets are derived from it",
-            file=sys.stderr,
-        )
-        return 2
-    dsn = args.dsn or settings.database_url
-    if dsn:
-        return _serve(settings, dsn, args)
-    print("gx gateway: GX_DATABASE_URL is not set: using an embedded PostgreSQL", file=sys.stderr)
-    with open_database() as embedded_dsn:
-        return _serve(settings, embedded_dsn, args)
 
+    def build(settings: Settings) -> GatewayServer:
+        check_master_key(settings.gateway_master_key)
+        assert settings.database_url is not None  # serve_command's embedded database
+        return GatewayServer(
+            settings,
+            settings.database_url,
+            mock_broker=args.mock_broker,
+            host=args.host,
+            port=args.port,
+        )
 
-def _serve(settings: Settings, dsn: str, args: argparse.Namespace) -> int:
-    server = GatewayServer(
-        settings, dsn, mock_broker=args.mock_broker, host=args.host, port=args.port
+    return serve_command(
+        "gateway", args, build, fatal=(RuntimeError, OSError), embedded_database=True
     )
-    try:
-        uvloop.run(server.run())
-    except (RuntimeError, OSError) as error:
-        print(f"gx gateway: {error}", file=sys.stderr)
-        return 3
-    return 0

@@ -9,13 +9,15 @@ import sys
 from exchange.cli import (
     audit,
     bench,
+    clock,
+    engine,
     gateway,
     keys,
     marketdata,
     provision,
     sandbox,
     settle,
-    streams,
+    topics,
 )
 from streams.process import tune_gc
 
@@ -24,15 +26,10 @@ def build_parser() -> argparse.ArgumentParser:
     """Build the top-level parser; each subcommand registers itself here."""
     parser = argparse.ArgumentParser(prog="gx", description="GPU-hour exchange")
     subparsers = parser.add_subparsers(dest="command", required=True)
-    bench.register(subparsers)
-    audit.register(subparsers)
-    gateway.register(subparsers)
-    keys.register(subparsers)
-    marketdata.register(subparsers)
-    provision.register(subparsers)
-    sandbox.register(subparsers)
-    settle.register(subparsers)
-    streams.register(subparsers)
+    for command in (engine, clock, topics, settle, marketdata, provision, audit, gateway):
+        command.register(subparsers)  # the processes, in the order data flows through them
+    for command in (keys, sandbox, bench):
+        command.register(subparsers)
     return parser
 
 

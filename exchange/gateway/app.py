@@ -192,7 +192,12 @@ class GatewayServer:
         """The HTTP base URL."""
         return f"http://{self.host}:{self.port}"
 
-    async def stop(self) -> None:
+    def stop(self) -> None:
+        """Ask the server to stop: `run()` then closes everything and returns."""
+        if self._server is not None:
+            self._server.should_exit = True
+
+    async def close(self) -> None:
         """Stop listening (closing sockets), then the hub and the pool."""
         if self._server is not None and self._task is not None:
             self._server.should_exit = True
@@ -204,10 +209,10 @@ class GatewayServer:
             await self._pool.close()
 
     async def run(self) -> None:
-        """Serve until the server exits (SIGINT/SIGTERM are uvicorn's)."""
+        """Serve until `stop()` (or SIGINT/SIGTERM, which uvicorn also handles)."""
         await self.start()
         try:
             assert self._task is not None
             await self._task
         finally:
-            await self.stop()
+            await self.close()

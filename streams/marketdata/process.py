@@ -16,11 +16,9 @@ An event record that does not decode is logged with its partition and offset, co
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
-import sys
 import time
 from typing import Any
 
@@ -34,18 +32,10 @@ from schemas.codec import DecodeError, decode_event_record, is_event_batch
 from schemas.marketdata import MarketDataMessage, encode_message
 from streams.consumers import log_consumer, read_batch
 from streams.marketdata.state import MarketData
-from streams.process import serve
-from streams.settings import Settings, load_settings
+from streams.settings import Settings
 from streams.topics import topics
 
-__all__ = [
-    "MarketDataProcess",
-    "ProcessStats",
-    "add_arguments",
-    "main",
-    "no_broker_message",
-    "run_from_args",
-]
+__all__ = ["MarketDataProcess", "ProcessStats"]
 
 log = logging.getLogger("gx.marketdata")
 
@@ -56,10 +46,6 @@ progress_every_s = 10.0
 snapshot_every_deltas = 1000  # a full book follows every N-th delta of a symbol
 partitions_wait_s = 30.0
 partition_cache_max = 1 << 16  # symbols whose gx.marketdata partition is remembered
-no_broker_message = (
-    "no Kafka broker: set GX_KAFKA_BOOTSTRAP=host:port (or pass --bootstrap), "
-    "or run everything embedded with `make sandbox`"
-)
 
 
 def _shard_of(items: list[Any]) -> int | None:
@@ -90,8 +76,7 @@ class MarketDataProcess:
         mock_broker: bool = False,
         snapshot_every: int = snapshot_every_deltas,
     ) -> None:
-        if not settings.kafka_bootstrap:
-            raise ValueError(no_broker_message)
+        settings.broker()  # refuses a missing broker, saying what to set
         self.settings = settings
         self.mock_broker = mock_broker
         names = topics(settings)
@@ -261,52 +246,3 @@ class MarketDataProcess:
             if closing is not None:
                 with contextlib.suppress(Exception):
                     await closing.stop()
-
-
-# ---------------------------------------------------------------------- process entry point
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the process's options (shared by `gx marketdata` and `python -m streams.marketdata.process`)."""
-    parser.add_argument("--bootstrap", help="Kafka bootstrap servers (default: GX_KAFKA_BOOTSTRAP)")
-    parser.add_argument(
-        "--mock-broker",
-        action="store_true",
-        help="the broker is librdkafka's mock cluster: skip CRC checks (never on real Kafka)",
-    )
-    parser.add_argument(
-        "--snapshot-every",
-        type=int,
-        default=snapshot_every_deltas,
-        help="publish a full book after every N-th delta of a symbol (0: never)",
-    )
-
-
-def run_from_args(args: argparse.Namespace) -> int:
-    """Run the market-data process from parsed arguments; return the exit status."""
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    try:
-        settings = load_settings()
-        overrides: dict[str, Any] = {}
-        if args.bootstrap:
-            overrides["kafka_bootstrap"] = args.bootstrap
-        settings = msgspec.structs.replace(settings, **overrides)
-        logging.getLogger("gx").setLevel(settings.log_level.upper())
-        process = MarketDataProcess(
-            settings, mock_broker=args.mock_broker, snapshot_every=args.snapshot_every
-        )
-    except ValueError as error:
-        print(f"gx marketdata: {error}", file=sys.stderr)
-        return 2
-    return serve(process, "marketdata", (RuntimeError,), lambda: process.stats)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m streams.marketdata.process ...`."""
-    parser = argparse.ArgumentParser(prog="python -m streams.marketdata.process")
-    add_arguments(parser)
-    return run_from_args(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

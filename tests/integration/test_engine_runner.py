@@ -369,7 +369,7 @@ def test_stream_commands_without_a_broker_tell_the_user_what_to_set(
 
 
 class _RunnerProcess:
-    """`python -m streams.engine_runner` as a child process, logging to a file."""
+    """`gx engine` (`python -m exchange.cli.gx engine`) as a child process, logging to a file."""
 
     def __init__(self, settings: Settings, log_path: Path) -> None:
         self.settings = settings
@@ -382,7 +382,8 @@ class _RunnerProcess:
         args = [
             sys.executable,
             "-m",
-            "streams.engine_runner",
+            "exchange.cli.gx",
+            "engine",
             "--shard",
             "0",
             "--bootstrap",

@@ -225,6 +225,6 @@ def test_two_gateways_share_sequence_numbers_and_client_order_ids(broker, dsn):
                     TRADER, "executions"
                 )
             finally:
-                await second.stop()
+                await second.close()
 
     run(scenario(), timeout_s=170)

@@ -13,8 +13,8 @@ from schemas.marketdata import BookDelta, BookSnapshot, TradePrints, decode_mess
 from streams.marketdata.process import MarketDataProcess
 from streams.settings import Settings
 from streams.topics import shard_key, topics
-from tests.support.simulation import run_simulation
 from tests.streams.marketdata.test_state import engine_books, replay_deltas
+from tests.support.simulation import run_simulation
 
 from .conftest import consume, run
 
