@@ -1,0 +1,1 @@
+"""The benchmarks behind `gx bench`: commands that print figures (`report.py` prints them)."""

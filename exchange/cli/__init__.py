@@ -1,0 +1,1 @@
+"""The `gx` command line: `gx.py` is the entry point, one module per command family."""

@@ -1,0 +1,1 @@
+"""The PostgreSQL ledger: its schema and migrations (`schema.py`) and the queries that read it."""

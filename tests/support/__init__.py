@@ -1,0 +1,1 @@
+"""Helpers the tests share: the seeded market simulation and the running-gateway harness."""
