@@ -8,7 +8,7 @@ from pathlib import Path
 
 import msgspec
 
-from exchange.cli.process import add_database, load, usage_error
+from exchange.cli.process import add_bootstrap, add_database, load, usage_error
 from streams.audit import CheckpointError, audit, dump_checkpoint, load_checkpoint
 
 __all__ = ["register", "run"]
@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "the PostgreSQL ledger with the replay at the ledger's position. Prints a JSON report; "
         "exits 1 on any violation, 2 on a usage or connection error.",
     )
-    p.add_argument("--bootstrap", help="Kafka bootstrap servers (default: GX_KAFKA_BOOTSTRAP)")
+    add_bootstrap(p)
     add_database(p, "PostgreSQL URL of the ledger (default: GX_DATABASE_URL, else no ledger)")
     p.add_argument("--from-checkpoint", type=Path, help="resume from a checkpoint file")
     p.add_argument(

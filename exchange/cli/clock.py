@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from exchange.cli.process import serve_command
+from exchange.cli.process import add_bootstrap, serve_command
 from streams.clock import Clock
 
 __all__ = ["register"]
@@ -13,7 +13,7 @@ __all__ = ["register"]
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `clock`."""
     parser = subparsers.add_parser("clock", help="send a clock tick to every shard every second")
-    parser.add_argument("--bootstrap", help="Kafka bootstrap servers (default: GX_KAFKA_BOOTSTRAP)")
+    add_bootstrap(parser)
     parser.add_argument(
         "--interval-ms", type=int, help="milliseconds between ticks (default: GX_CLOCK_INTERVAL_MS)"
     )

@@ -22,16 +22,21 @@ from streams.embedded.postgres import open_database
 from streams.process import Process, lower_priority, serve
 from streams.settings import Settings, load_settings
 
-__all__ = ["add_broker", "add_database", "load", "serve_command", "usage_error"]
+__all__ = ["add_bootstrap", "add_broker", "add_database", "load", "serve_command", "usage_error"]
 
 _P = TypeVar("_P", bound=Process)
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
-def add_broker(parser: argparse.ArgumentParser, *, mock_help: str | None = None) -> None:
-    """Add `--bootstrap` (and `--mock-broker`, unless the command never reads with CRC checks)."""
+def add_bootstrap(parser: argparse.ArgumentParser) -> None:
+    """Add `--bootstrap`, which `load` applies over GX_KAFKA_BOOTSTRAP."""
     parser.add_argument("--bootstrap", help="Kafka bootstrap servers (default: GX_KAFKA_BOOTSTRAP)")
+
+
+def add_broker(parser: argparse.ArgumentParser, *, mock_help: str | None = None) -> None:
+    """Add `--bootstrap` and `--mock-broker` (for the processes that read with CRC checks)."""
+    add_bootstrap(parser)
     parser.add_argument(
         "--mock-broker",
         action="store_true",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from exchange.cli.process import add_database, serve_command
+from exchange.cli.process import add_bootstrap, add_database, serve_command
 from streams.settings import Settings
 from streams.settlement import CONSUMER_DEFAULT, SettlementWriter
 
@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Consume gx.events into the ledger (postings, trades, orders, positions, "
         "deliveries), idempotent on the record position. Stop with Ctrl-C or SIGTERM.",
     )
-    p.add_argument("--bootstrap", help="Kafka bootstrap servers (default: GX_KAFKA_BOOTSTRAP)")
+    add_bootstrap(p)
     add_database(p, "PostgreSQL URL (default: GX_DATABASE_URL, else an embedded one)")
     p.add_argument("--consumer", default=CONSUMER_DEFAULT, help="name of the stored position")
     p.set_defaults(handler=run)

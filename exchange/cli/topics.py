@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from exchange.cli.process import load, usage_error
+from exchange.cli.process import add_bootstrap, load, usage_error
 from streams.admin import TopicsError, create_topics
 from streams.topics import topics
 
@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     create = group.add_parser(
         "create", help="create the topics with partitions, replication and retention"
     )
-    create.add_argument("--bootstrap", help="Kafka bootstrap servers (default: GX_KAFKA_BOOTSTRAP)")
+    add_bootstrap(create)
     create.set_defaults(handler=run_create)
 
 
