@@ -1,7 +1,7 @@
 """The engine's memory layout: every piece of state is a 2-D int64 array, addressed by named columns.
 
-All state arrays travel through the kernels as one homogeneous tuple (`State`), so a kernel's
-signature stays short and Numba can index it. Column and op numbers are module constants, which
+All state arrays travel through the kernels as one named tuple (`matching.state.State`, fields
+in the ST_* order below), so a kernel's signature stays short and it binds the arrays it uses. Column and op numbers are module constants, which
 Numba freezes into the compiled code.
 """
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
+from typing import NamedTuple
 
 import msgspec
 import numpy as np
@@ -13,7 +14,28 @@ from schemas.catalog import Catalog
 
 __all__ = ["EngineConfig", "State", "new_state", "snapshot_bytes", "restore_state", "state_hash"]
 
-State = tuple[np.ndarray, ...]
+
+class State(NamedTuple):
+    """Every array of one shard's engine, in `matching.layout`'s order (ST_META, ST_CFG, ...).
+
+    A tuple of arrays, so Numba passes it to the kernels without its runtime; kernels bind the
+    members they use by name. The field order is the snapshot's and the state hash's order.
+    """
+
+    meta: np.ndarray
+    cfg: np.ndarray
+    accounts: np.ndarray
+    instruments: np.ndarray
+    orders: np.ndarray
+    levels: np.ndarray
+    level_ht: np.ndarray
+    positions: np.ndarray
+    position_ht: np.ndarray
+    capacity: np.ndarray
+    capacity_ht: np.ndarray
+    obligations: np.ndarray
+    gtd_heap: np.ndarray
+    scratch: np.ndarray
 
 
 class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -98,7 +120,7 @@ def new_state(config: EngineConfig, catalog: Catalog) -> State:
     st[lay.ST_OBL] = z((config.obligations_max, lay.B_WIDTH), dtype=np.int64)
     st[lay.ST_GTD] = z((config.orders_max, 2), dtype=np.int64)
     st[lay.ST_SCRATCH] = z((config.positions_max, 2), dtype=np.int64)
-    return tuple(st)
+    return State(*st)
 
 
 # Rows [0, hwm) of each pool are all a snapshot stores; rows above were never touched.
@@ -185,4 +207,4 @@ def restore_state(data: bytes, catalog: Catalog) -> tuple[State, EngineConfig]:
 def _rebuild_indexes(st: State) -> None:
     from matching.kernels import _rebuild
 
-    _rebuild(*st)
+    _rebuild(st)

@@ -1,8 +1,9 @@
 """Numba kernels: the whole single-writer state machine over preallocated int64 arrays.
 
 Private by convention (`_name`): only `matching.engine` calls them, after validating input.
-`_apply` takes the state tuple (see `matching.layout`) and hands its arrays down as plain
-arguments; kernels index 2-D arrays directly, never through row views.
+`_apply` takes the state (`matching.state.State`, a named tuple of arrays) and hands it down:
+kernels that touch several pools take it and bind the arrays they use on their first line, leaf
+kernels take plain arrays; kernels index 2-D arrays directly, never through row views.
 
 Every kernel is compiled with `_nrt=False`: no Numba runtime, so no reference counting on any
 array argument (it was most of the time per command) and no allocation. Kernels write event rows

@@ -46,7 +46,8 @@ from matching.layout import (
 
 
 @njit(cache=True, _nrt=False)
-def _deposit(meta, cfg, accts, instrs, ev, n, ci, cmds):
+def _deposit(st, ev, n, ci, cmds):
+    meta, cfg, accts, instrs = st.meta, st.cfg, st.accounts, st.instruments
     account = cmds[ci, C0_ACCOUNT]
     amount = cmds[ci, C0_AUX]
     if not _user_account(accts, account):
@@ -62,7 +63,8 @@ def _deposit(meta, cfg, accts, instrs, ev, n, ci, cmds):
 
 
 @njit(cache=True, _nrt=False)
-def _withdraw(meta, accts, instrs, ev, n, ci, cmds):
+def _withdraw(st, ev, n, ci, cmds):
+    meta, accts, instrs = st.meta, st.accounts, st.instruments
     account = cmds[ci, C0_ACCOUNT]
     amount = cmds[ci, C0_AUX]
     if not _user_account(accts, account):
@@ -78,8 +80,10 @@ def _withdraw(meta, accts, instrs, ev, n, ci, cmds):
 
 
 @njit(cache=True, _nrt=False)
-def _capacity(meta, cfg, accts, instrs, cap, cht, ev, n, ci, cmds):
+def _capacity(st, ev, n, ci, cmds):
     """Set a provider's GPUs for every hour in [start, end) of one GPU model and region."""
+    meta, cfg, accts, instrs = st.meta, st.cfg, st.accounts, st.instruments
+    cap, ht = st.capacity, st.capacity_ht
     account = cmds[ci, C0_ACCOUNT]
     capkey = cmds[ci, C0_AUX]
     start = cmds[ci, C0_AUX2]
@@ -97,7 +101,6 @@ def _capacity(meta, cfg, accts, instrs, cap, cht, ev, n, ci, cmds):
         or capkey >= 64
     ):
         return _reject(instrs, ev, n, ci, account, R_CAPACITY_RANGE_INVALID, 0, -1)
-    ht = cht
     missing = 0
     for h in range(start, end):
         row = _ht_get(ht, _cap_key(account, capkey, h))

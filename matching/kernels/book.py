@@ -195,15 +195,8 @@ def _order_free(meta, accts, orders, slot):
 @njit(cache=True, _nrt=False)
 def _book_append(meta, instrs, orders, levels, lht, slot):
     """Rest an order at the back of its price level."""
-    lv = _level_get_or_add(
-        meta,
-        instrs,
-        levels,
-        lht,
-        orders[slot, O_INSTR],
-        orders[slot, O_SIDE],
-        orders[slot, O_PRICE],
-    )
+    instr, side, price = orders[slot, O_INSTR], orders[slot, O_SIDE], orders[slot, O_PRICE]
+    lv = _level_get_or_add(meta, instrs, levels, lht, instr, side, price)
     tail = levels[lv, L_TAIL]
     orders[slot, O_PREV] = tail
     orders[slot, O_NEXT] = EMPTY
@@ -245,8 +238,16 @@ def _book_unlink(meta, instrs, orders, levels, lht, slot):
 
 
 @njit(cache=True, _nrt=False)
-def _release(accts, instrs, orders, pos, pht, cap, cht, ev, n, ci, slot, lots):
+def _release(st, ev, n, ci, slot, lots):
     """Release the holds and reservations behind `lots` unfilled lots of an order."""
+    accts, instrs, orders, pos, pht = (
+        st.accounts,
+        st.instruments,
+        st.orders,
+        st.positions,
+        st.position_ht,
+    )
+    cap, cht = st.capacity, st.capacity_ht
     account = orders[slot, O_ACCOUNT]
     if orders[slot, O_SIDE] == BUY:
         amount = orders[slot, O_UNIT] * lots
@@ -268,32 +269,16 @@ def _release(accts, instrs, orders, pos, pht, cap, cht, ev, n, ci, slot, lots):
 
 
 @njit(cache=True, _nrt=False)
-def _reduce(
-    meta,
-    accts,
-    instrs,
-    orders,
-    levels,
-    lht,
-    pos,
-    pht,
-    cap,
-    cht,
-    ev,
-    n,
-    ci,
-    slot,
-    lots,
-    event_type,
-    reason,
-):
+def _reduce(st, ev, n, ci, slot, lots, event_type, reason):
     """Cancel or expire `lots` of an order (all of them removes it), releasing what they held."""
+    meta, accts, instrs, orders = st.meta, st.accounts, st.instruments, st.orders
+    levels, lht = st.levels, st.level_ht
     remaining = orders[slot, O_LOTS] - lots
     n = _emit(
         ev, n, event_type, ci, orders[slot, O_ID], orders[slot, O_ACCOUNT], _iid(instrs, orders[slot, O_INSTR]), lots, remaining, reason,
         0, 0, 0, 0, 0, 0,
     )  # fmt: skip
-    n = _release(accts, instrs, orders, pos, pht, cap, cht, ev, n, ci, slot, lots)
+    n = _release(st, ev, n, ci, slot, lots)
     if orders[slot, O_LEVEL] != EMPTY:
         levels[orders[slot, O_LEVEL], L_LOTS] -= lots
     orders[slot, O_LOTS] = remaining

@@ -53,8 +53,9 @@ from matching.layout import (
 
 
 @njit(cache=True, _nrt=False)
-def _room_needed(meta, cfg, accts, instrs, obl, gtd, cmds, ci):
+def _room_needed(st, cmds, ci):
     """Upper bound on the event rows one command can emit (checked before it runs)."""
+    meta, cfg, accts = st.meta, st.cfg, st.accounts
     op = cmds[ci, C0_OP]
     account = cmds[ci, C0_ACCOUNT]
     open_orders = accts[account, A_OPEN] if 0 <= account < accts.shape[0] else 0
@@ -66,7 +67,7 @@ def _room_needed(meta, cfg, accts, instrs, obl, gtd, cmds, ci):
     if op == OP_CANCEL_ALL:
         return 1 + 2 * open_orders
     if op == OP_CLOCK:
-        return _clock_room(meta, instrs, obl, gtd, max(meta[0, M_NOW], cmds[ci, C0_AUX]))
+        return _clock_room(st, max(meta[0, M_NOW], cmds[ci, C0_AUX]))
     if op == OP_CONFIRM or op == OP_FAIL:
         return 8 + 2 * HOURS_MAX
     return 4
@@ -76,8 +77,9 @@ HOURS_MAX = 168
 
 
 @njit(cache=True, _nrt=False)
-def _clock_room(meta, instrs, obl, gtd, now):
+def _clock_room(st, now):
     """Event rows a clock tick at `now` can emit: expiries, closures, delivery progress."""
+    meta, instrs, obl, gtd = st.meta, st.instruments, st.obligations, st.gtd_heap
     rows = 2 * _gtd_due(gtd, meta[0, M_GTD_SIZE], now)
     for i in range(instrs.shape[0]):
         if instrs[i, I_STATE] == INSTR_OPEN and instrs[i, I_GATE] <= now:
@@ -96,104 +98,52 @@ def _apply(cmds, first, st, ev, n):
     Returns (event count, next command). The next command is below `len(cmds)` when the event
     buffer has no room for it: nothing of it has run; grow the buffer and call again from there.
     """
-    meta, cfg, accts, instrs, orders, levels, lht = st[0], st[1], st[2], st[3], st[4], st[5], st[6]
-    pos, pht, cap, cht, obl, gtd, scratch = st[7], st[8], st[9], st[10], st[11], st[12], st[13]
     for ci in range(first, cmds.shape[0]):
-        if n + _room_needed(meta, cfg, accts, instrs, obl, gtd, cmds, ci) > ev.shape[0]:
+        if n + _room_needed(st, cmds, ci) > ev.shape[0]:
             return n, ci
         op = cmds[ci, C0_OP]
         if op == OP_PLACE:
-            n = _place(
-                meta,
-                cfg,
-                accts,
-                instrs,
-                orders,
-                levels,
-                lht,
-                pos,
-                pht,
-                cap,
-                cht,
-                obl,
-                gtd,
-                ev,
-                n,
-                ci,
-                cmds,
-            )
+            n = _place(st, ev, n, ci, cmds)
         elif op == OP_CANCEL:
-            n = _cancel(
-                meta, accts, instrs, orders, levels, lht, pos, pht, cap, cht, ev, n, ci, cmds
-            )
+            n = _cancel(st, ev, n, ci, cmds)
         elif op == OP_AMEND:
-            n = _amend(
-                meta,
-                cfg,
-                accts,
-                instrs,
-                orders,
-                levels,
-                lht,
-                pos,
-                pht,
-                cap,
-                cht,
-                obl,
-                gtd,
-                ev,
-                n,
-                ci,
-                cmds,
-            )
+            n = _amend(st, ev, n, ci, cmds)
         elif op == OP_CANCEL_ALL:
-            n = _cancel_all(
-                meta, accts, instrs, orders, levels, lht, pos, pht, cap, cht, ev, n, ci, cmds
-            )
+            n = _cancel_all(st, ev, n, ci, cmds)
         elif op == OP_DEPOSIT:
-            n = _deposit(meta, cfg, accts, instrs, ev, n, ci, cmds)
+            n = _deposit(st, ev, n, ci, cmds)
         elif op == OP_WITHDRAW:
-            n = _withdraw(meta, accts, instrs, ev, n, ci, cmds)
+            n = _withdraw(st, ev, n, ci, cmds)
         elif op == OP_CAPACITY:
-            n = _capacity(meta, cfg, accts, instrs, cap, cht, ev, n, ci, cmds)
+            n = _capacity(st, ev, n, ci, cmds)
         elif op == OP_CLOCK:
-            n = _clock(
-                meta,
-                cfg,
-                accts,
-                instrs,
-                orders,
-                levels,
-                lht,
-                pos,
-                pht,
-                cap,
-                cht,
-                obl,
-                gtd,
-                scratch,
-                ev,
-                n,
-                ci,
-                cmds,
-            )
+            n = _clock(st, ev, n, ci, cmds)
         elif op == OP_CONFIRM:
-            n = _confirm(meta, accts, instrs, obl, ev, n, ci, cmds)
+            n = _confirm(st, ev, n, ci, cmds)
         elif op == OP_FAIL:
-            n = _fail(meta, accts, instrs, obl, ev, n, ci, cmds)
+            n = _fail(st, ev, n, ci, cmds)
         elif op == OP_LIST:
-            n = _list(meta, cfg, instrs, ev, n, ci, cmds)
+            n = _list(st, ev, n, ci, cmds)
         else:
             # OP_REJECT: the facade refused it (malformed); the code is in C0_AUX.
             n = _reject(
-                instrs, ev, n, ci, cmds[ci, C0_ACCOUNT], cmds[ci, C0_AUX], cmds[ci, C0_ORDER], -1
+                st.instruments,
+                ev,
+                n,
+                ci,
+                cmds[ci, C0_ACCOUNT],
+                cmds[ci, C0_AUX],
+                cmds[ci, C0_ORDER],
+                -1,
             )
     return n, cmds.shape[0]
 
 
 @njit(cache=True, _nrt=False)
-def _rebuild(meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, scratch):
+def _rebuild(st):
     """Re-index levels, positions and capacity rows after a restore."""
+    meta, levels, lht = st.meta, st.levels, st.level_ht
+    pos, pht, cap, cht = st.positions, st.position_ht, st.capacity, st.capacity_ht
     for lv in range(meta[0, M_LEVEL_HWM]):
         book = levels[lv, L_BOOK]
         if book != EMPTY:

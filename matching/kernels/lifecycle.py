@@ -116,8 +116,9 @@ from matching.layout import (
 
 
 @njit(cache=True, _nrt=False)
-def _list(meta, cfg, instrs, ev, n, ci, cmds):
+def _list(st, ev, n, ci, cmds):
     """List an instrument in the slot the facade chose (it mirrors closures in command order)."""
+    meta, cfg, instrs = st.meta, st.cfg, st.instruments
     row = instrs[cmds[ci, C0_INSTR]]
     row[:] = 0
     hours = cmds[ci, C0_AUX]
@@ -145,63 +146,24 @@ def _list(meta, cfg, instrs, ev, n, ci, cmds):
 
 
 @njit(cache=True, _nrt=False)
-def _expire_gtd(
-    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, ev, n, ci
-):
-    heap = gtd
-    while meta[0, M_GTD_SIZE] > 0 and heap[0, 0] <= meta[0, M_NOW]:
+def _expire_gtd(st, ev, n, ci):
+    meta, orders, gtd = st.meta, st.orders, st.gtd_heap
+    while meta[0, M_GTD_SIZE] > 0 and gtd[0, 0] <= meta[0, M_NOW]:
         slot = _order_slot(orders, _gtd_pop(meta, gtd))
         if slot != EMPTY:
-            lots = orders[slot, O_LOTS]
-            n = _reduce(
-                meta,
-                accts,
-                instrs,
-                orders,
-                levels,
-                lht,
-                pos,
-                pht,
-                cap,
-                cht,
-                ev,
-                n,
-                ci,
-                slot,
-                lots,
-                EV_EXPIRED,
-                XP_GTD,
-            )
+            n = _reduce(st, ev, n, ci, slot, orders[slot, O_LOTS], EV_EXPIRED, XP_GTD)
     return n
 
 
 @njit(cache=True, _nrt=False)
-def _close_instrument(
-    meta, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, scratch, ev, n, ci, instr
-):
+def _close_instrument(st, ev, n, ci, instr):
     """Gate closure: expire resting orders, turn positions into delivery obligations."""
+    meta, accts, instrs, orders = st.meta, st.accounts, st.instruments, st.orders
+    levels, pos, scratch = st.levels, st.positions, st.scratch
     for side in (BUY, SELL):
         while instrs[instr, I_BEST + side] != EMPTY:
             slot = levels[instrs[instr, I_BEST + side], L_HEAD]
-            n = _reduce(
-                meta,
-                accts,
-                instrs,
-                orders,
-                levels,
-                lht,
-                pos,
-                pht,
-                cap,
-                cht,
-                ev,
-                n,
-                ci,
-                slot,
-                orders[slot, O_LOTS],
-                EV_EXPIRED,
-                XP_GATE,
-            )
+            n = _reduce(st, ev, n, ci, slot, orders[slot, O_LOTS], EV_EXPIRED, XP_GATE)
     instrs[instr, I_STATE] = INSTR_CLOSED
     # Collect (account, row) of the instrument's positions in the scratch rows, sorted by
     # account: assignment is by account id, so the outcome is a function of the positions alone.
@@ -251,21 +213,7 @@ def _close_instrument(
             pos[r, P_COLLAT] -= collat
             short_left -= gpus
             long_left -= gpus
-            n = _assign(
-                meta,
-                instrs,
-                obl,
-                ev,
-                n,
-                ci,
-                instr,
-                pos[r, P_ACCOUNT],
-                holder,
-                gpus,
-                escrow,
-                fees,
-                collat,
-            )
+            n = _assign(st, ev, n, ci, instr, pos[r, P_ACCOUNT], holder, gpus, escrow, fees, collat)
     for k in range(count):
         r = scratch[k, 1]
         # What a position holds beyond its obligations (a short that was bought back) goes home.
@@ -275,12 +223,13 @@ def _close_instrument(
             n = _cash(accts, ev, n, ci, pos[r, P_ACCOUNT], escrow + collat, 0, -escrow, -collat,
                 CR_SHORT_COVERED, instrs[instr, I_ID],
             )  # fmt: skip
-        _pos_free(meta, instrs, pos, pht, r)
+        _pos_free(meta, instrs, pos, st.position_ht, r)
     return n
 
 
 @njit(cache=True, _nrt=False)
-def _assign(meta, instrs, obl, ev, n, ci, instr, provider, holder, gpus, escrow, fees, collat):
+def _assign(st, ev, n, ci, instr, provider, holder, gpus, escrow, fees, collat):
+    meta, instrs, obl = st.meta, st.instruments, st.obligations
     b = _alloc(meta, obl, M_OBL_FREE, M_OBL_HWM, B_NEXT)
     meta[0, M_OBL_SEQ] += 1
     meta[0, M_OBL_LIVE] += 1
@@ -308,8 +257,9 @@ def _assign(meta, instrs, obl, ev, n, ci, instr, provider, holder, gpus, escrow,
 
 
 @njit(cache=True, _nrt=False)
-def _release_hour(accts, obl, ev, n, ci, b):
+def _release_hour(st, ev, n, ci, b):
     """Pay the provider one delivered hour: its share of escrow and of collateral."""
+    accts, obl = st.accounts, st.obligations
     left = obl[b, B_HOURS_LEFT]
     escrow = obl[b, B_ESCROW_LEFT] // left
     collat = obl[b, B_COLLAT_LEFT] // left
@@ -327,8 +277,9 @@ def _release_hour(accts, obl, ev, n, ci, b):
 
 
 @njit(cache=True, _nrt=False)
-def _settle(meta, accts, obl, ev, n, ci, b, outcome):
+def _settle(st, ev, n, ci, b, outcome):
     """Close an obligation: undelivered hours refund the holder, plus the penalty."""
+    meta, accts, obl = st.meta, st.accounts, st.obligations
     holder = obl[b, B_HOLDER]
     provider = obl[b, B_PROVIDER]
     refund = obl[b, B_ESCROW_LEFT]
@@ -359,10 +310,11 @@ def _settle(meta, accts, obl, ev, n, ci, b, outcome):
 
 
 @njit(cache=True, _nrt=False)
-def _deliver_to(accts, obl, ev, n, ci, b, hours_done):
+def _deliver_to(st, ev, n, ci, b, hours_done):
     """Release every hour up to `hours_done` delivered hours."""
+    obl = st.obligations
     while obl[b, B_HOURS] - obl[b, B_HOURS_LEFT] < hours_done and obl[b, B_HOURS_LEFT] > 0:
-        n = _release_hour(accts, obl, ev, n, ci, b)
+        n = _release_hour(st, ev, n, ci, b)
     return n
 
 
@@ -373,66 +325,29 @@ def _elapsed_hours(meta, obl, b):
 
 
 @njit(cache=True, _nrt=False)
-def _clock(
-    meta,
-    cfg,
-    accts,
-    instrs,
-    orders,
-    levels,
-    lht,
-    pos,
-    pht,
-    cap,
-    cht,
-    obl,
-    gtd,
-    scratch,
-    ev,
-    n,
-    ci,
-    cmds,
-):
+def _clock(st, ev, n, ci, cmds):
+    meta, cfg, instrs, obl = st.meta, st.cfg, st.instruments, st.obligations
     if cmds[ci, C0_AUX] > meta[0, M_NOW]:
         meta[0, M_NOW] = cmds[ci, C0_AUX]
     now = meta[0, M_NOW]
-    n = _expire_gtd(
-        meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, ev, n, ci
-    )
+    n = _expire_gtd(st, ev, n, ci)
     for i in range(instrs.shape[0]):
         if instrs[i, I_STATE] == INSTR_OPEN and instrs[i, I_GATE] <= now:
-            n = _close_instrument(
-                meta,
-                accts,
-                instrs,
-                orders,
-                levels,
-                lht,
-                pos,
-                pht,
-                cap,
-                cht,
-                obl,
-                scratch,
-                ev,
-                n,
-                ci,
-                i,
-            )
+            n = _close_instrument(st, ev, n, ci, i)
     for b in range(meta[0, M_OBL_HWM]):
         state = obl[b, B_STATE]
         if state == OBL_ASSIGNED and now >= obl[b, B_START] + cfg[0, CFG_DEADLINE_NS]:
-            n = _settle(meta, accts, obl, ev, n, ci, b, DO_FAILED)
+            n = _settle(st, ev, n, ci, b, DO_FAILED)
         elif state == OBL_CONFIRMED:
-            n = _deliver_to(accts, obl, ev, n, ci, b, _elapsed_hours(meta, obl, b))
+            n = _deliver_to(st, ev, n, ci, b, _elapsed_hours(meta, obl, b))
             if obl[b, B_HOURS_LEFT] == 0:
-                n = _settle(meta, accts, obl, ev, n, ci, b, DO_DELIVERED)
+                n = _settle(st, ev, n, ci, b, DO_DELIVERED)
     return n
 
 
 @njit(cache=True, _nrt=False)
 def _obligation(instrs, obl, ev, n, ci, cmds):
-    """Return (slot, ev, n) for a delivery command; slot EMPTY after a rejection."""
+    """Return (slot, n) for a delivery command; slot EMPTY after a rejection."""
     account = cmds[ci, C0_ACCOUNT]
     oid = cmds[ci, C0_ORDER]
     b = oid & ORDER_SLOT_MASK if oid > 0 else EMPTY
@@ -446,7 +361,8 @@ def _obligation(instrs, obl, ev, n, ci, cmds):
 
 
 @njit(cache=True, _nrt=False)
-def _confirm(meta, accts, instrs, obl, ev, n, ci, cmds):
+def _confirm(st, ev, n, ci, cmds):
+    meta, instrs, obl = st.meta, st.instruments, st.obligations
     b, n = _obligation(instrs, obl, ev, n, ci, cmds)
     if b == EMPTY:
         return n
@@ -474,14 +390,15 @@ def _confirm(meta, accts, instrs, obl, ev, n, ci, cmds):
         0,
     )
     # A confirmation that arrives late still pays the hours already elapsed.
-    n = _deliver_to(accts, obl, ev, n, ci, b, _elapsed_hours(meta, obl, b))
+    n = _deliver_to(st, ev, n, ci, b, _elapsed_hours(meta, obl, b))
     if obl[b, B_HOURS_LEFT] == 0:
-        n = _settle(meta, accts, obl, ev, n, ci, b, DO_DELIVERED)
+        n = _settle(st, ev, n, ci, b, DO_DELIVERED)
     return n
 
 
 @njit(cache=True, _nrt=False)
-def _fail(meta, accts, instrs, obl, ev, n, ci, cmds):
+def _fail(st, ev, n, ci, cmds):
+    meta, instrs, obl = st.meta, st.instruments, st.obligations
     b, n = _obligation(instrs, obl, ev, n, ci, cmds)
     if b == EMPTY:
         return n
@@ -490,9 +407,9 @@ def _fail(meta, accts, instrs, obl, ev, n, ci, cmds):
         return _reject(instrs, ev, n, ci, cmds[ci, C0_ACCOUNT], R_AMOUNT_INVALID, obl[b, B_ID], -1)
     if obl[b, B_STATE] == OBL_CONFIRMED:
         # Hours count as delivered only once they have passed and the provider claims them.
-        n = _deliver_to(accts, obl, ev, n, ci, b, min(claimed, _elapsed_hours(meta, obl, b)))
+        n = _deliver_to(st, ev, n, ci, b, min(claimed, _elapsed_hours(meta, obl, b)))
     delivered = obl[b, B_HOURS] - obl[b, B_HOURS_LEFT]
-    return _settle(meta, accts, obl, ev, n, ci, b, DO_INTERRUPTED if delivered > 0 else DO_FAILED)
+    return _settle(st, ev, n, ci, b, DO_INTERRUPTED if delivered > 0 else DO_FAILED)
 
 
 @njit(cache=True, _nrt=False)

@@ -122,9 +122,11 @@ def _long_free(pos, pht, account, instr):
 
 
 @njit(cache=True, _nrt=False)
-def _pool_room(meta, orders, levels, pos, obl, gtd, lots, new_order, gtd_order):
+def _pool_room(st, lots, new_order, gtd_order):
     """Reject code if the pools cannot take an order (new, or amended when `new_order` is
     False) that may rest on a new level and trade with up to `lots` makers."""
+    meta, orders, levels, pos = st.meta, st.orders, st.levels, st.positions
+    obl, gtd = st.obligations, st.gtd_heap
     if new_order and meta[0, M_ORDERS_LIVE] >= orders.shape[0]:
         return R_ENGINE_FULL
     if meta[0, M_LEVELS_LIVE] >= levels.shape[0]:
@@ -177,25 +179,31 @@ def _would_take(instrs, levels, instr, side, price):
 
 
 @njit(cache=True, _nrt=False)
-def _sell_cover(instrs, pos, pht, cap, cht, account, instr, lots, covered_now, uncovered_now):
+def _sell_cover(st, account, instr, lots, covered_now, uncovered_now):
     """Split an ask into covered and uncovered lots; return (covered, code).
 
     `covered_now`/`uncovered_now` are what the order already holds (amend), released first.
     """
+    instrs, pos, pht, cap, cht = (
+        st.instruments,
+        st.positions,
+        st.position_ht,
+        st.capacity,
+        st.capacity_ht,
+    )
     covered = min(lots, _long_free(pos, pht, account, instr) + covered_now)
     uncovered = lots - covered
-    if (
-        uncovered > uncovered_now
-        and _cap_free_for(instrs, cap, cht, account, instr) < uncovered - uncovered_now
-    ):
+    free = _cap_free_for(instrs, cap, cht, account, instr)
+    if uncovered > uncovered_now and free < uncovered - uncovered_now:
         return covered, R_INSUFFICIENT_COVER
     return covered, 0
 
 
 @njit(cache=True, _nrt=False)
-def _place(
-    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, ev, n, ci, cmds
-):
+def _place(st, ev, n, ci, cmds):
+    meta, cfg, accts, instrs = st.meta, st.cfg, st.accounts, st.instruments
+    orders, levels, pos, pht = st.orders, st.levels, st.positions, st.position_ht
+    cap, cht = st.capacity, st.capacity_ht
     account = cmds[ci, C0_ACCOUNT]
     instr = cmds[ci, C0_INSTR]
     side = cmds[ci, C0_SIDE]
@@ -242,20 +250,17 @@ def _place(
         return _reject(instrs, ev, n, ci, account, R_POST_ONLY_WOULD_TAKE, 0, instr)
     if accts[account, A_OPEN] >= cfg[0, CFG_ORDERS_OPEN_MAX]:
         return _reject(instrs, ev, n, ci, account, R_OPEN_ORDERS_LIMIT, 0, instr)
-    code = _pool_room(meta, orders, levels, pos, obl, gtd, lots, True, tif == TIF_GTD)
+    code = _pool_room(st, lots, True, tif == TIF_GTD)
     if code != 0:
         return _reject(instrs, ev, n, ci, account, code, 0, instr)
-    if (
-        tif == TIF_FOK
-        and _fok_fillable(instrs, orders, levels, instr, side, price, account, stp, lots) < lots
-    ):
+    if tif == TIF_FOK and _fok_fillable(st, instr, side, price, account, stp, lots) < lots:
         return _reject(instrs, ev, n, ci, account, R_FOK_NOT_FILLABLE, 0, instr)
     covered = 0
     if side == BUY:
         unit = _unit_hold(instrs, instr, price, cfg[0, CFG_TAKER_BPS])
         hold = unit * lots
     else:
-        covered, code = _sell_cover(instrs, pos, pht, cap, cht, account, instr, lots, 0, 0)
+        covered, code = _sell_cover(st, account, instr, lots, 0, 0)
         if code != 0:
             return _reject(instrs, ev, n, ci, account, code, 0, instr)
         unit = instrs[instr, I_COLLAT_UNIT]
@@ -278,19 +283,15 @@ def _place(
             pos[_pos_get(meta, instrs, pos, pht, account, instr), P_RESERVED] += covered
         if lots > covered:
             _cap_use(instrs, cap, cht, account, instr, lots - covered)
-    n, alive = _match(
-        meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, ev, n, ci, slot, price
-    )
+    n, alive = _match(st, ev, n, ci, slot, price)
     if alive:
-        n = _rest_or_finish(
-            meta, accts, instrs, orders, levels, lht, pos, pht, cap, cht, gtd, ev, n, ci, slot, True
-        )
+        n = _rest_or_finish(st, ev, n, ci, slot, True)
     return n
 
 
 @njit(cache=True, _nrt=False)
 def _owned_order(instrs, orders, ev, n, ci, account, order_id):
-    """Return (slot, ev, n); slot EMPTY after emitting the rejection."""
+    """Return (slot, n); slot EMPTY after emitting the rejection."""
     slot = _order_slot(orders, order_id)
     if slot == EMPTY:
         n = _reject(instrs, ev, n, ci, account, R_UNKNOWN_ORDER, order_id, -1)
@@ -302,34 +303,17 @@ def _owned_order(instrs, orders, ev, n, ci, account, order_id):
 
 
 @njit(cache=True, _nrt=False)
-def _cancel(meta, accts, instrs, orders, levels, lht, pos, pht, cap, cht, ev, n, ci, cmds):
+def _cancel(st, ev, n, ci, cmds):
+    instrs, orders = st.instruments, st.orders
     slot, n = _owned_order(instrs, orders, ev, n, ci, cmds[ci, C0_ACCOUNT], cmds[ci, C0_ORDER])
     if slot == EMPTY:
         return n
-    lots = orders[slot, O_LOTS]
-    return _reduce(
-        meta,
-        accts,
-        instrs,
-        orders,
-        levels,
-        lht,
-        pos,
-        pht,
-        cap,
-        cht,
-        ev,
-        n,
-        ci,
-        slot,
-        lots,
-        EV_CANCELLED,
-        CX_USER,
-    )
+    return _reduce(st, ev, n, ci, slot, orders[slot, O_LOTS], EV_CANCELLED, CX_USER)
 
 
 @njit(cache=True, _nrt=False)
-def _cancel_all(meta, accts, instrs, orders, levels, lht, pos, pht, cap, cht, ev, n, ci, cmds):
+def _cancel_all(st, ev, n, ci, cmds):
+    accts, instrs, orders = st.accounts, st.instruments, st.orders
     account = cmds[ci, C0_ACCOUNT]
     instr = cmds[ci, C0_INSTR]
     if not _user_account(accts, account):
@@ -342,33 +326,16 @@ def _cancel_all(meta, accts, instrs, orders, levels, lht, pos, pht, cap, cht, ev
     while slot != EMPTY:
         nxt = orders[slot, O_ANEXT]
         if instr == INSTR_ALL or orders[slot, O_INSTR] == instr:
-            n = _reduce(
-                meta,
-                accts,
-                instrs,
-                orders,
-                levels,
-                lht,
-                pos,
-                pht,
-                cap,
-                cht,
-                ev,
-                n,
-                ci,
-                slot,
-                orders[slot, O_LOTS],
-                EV_CANCELLED,
-                CX_CANCEL_ALL,
-            )
+            n = _reduce(st, ev, n, ci, slot, orders[slot, O_LOTS], EV_CANCELLED, CX_CANCEL_ALL)
         slot = nxt
     return n
 
 
 @njit(cache=True, _nrt=False)
-def _amend(
-    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, obl, gtd, ev, n, ci, cmds
-):
+def _amend(st, ev, n, ci, cmds):
+    meta, cfg, accts, instrs = st.meta, st.cfg, st.accounts, st.instruments
+    orders, levels, lht, pos, pht = st.orders, st.levels, st.level_ht, st.positions, st.position_ht
+    cap, cht = st.capacity, st.capacity_ht
     account = cmds[ci, C0_ACCOUNT]
     order_id = cmds[ci, C0_ORDER]
     price = cmds[ci, C0_PRICE]
@@ -406,7 +373,7 @@ def _amend(
             0,
         )
         cut = orders[slot, O_LOTS] - lots
-        n = _release(accts, instrs, orders, pos, pht, cap, cht, ev, n, ci, slot, cut)
+        n = _release(st, ev, n, ci, slot, cut)
         levels[orders[slot, O_LEVEL], L_LOTS] -= cut
         orders[slot, O_LOTS] = lots
         return n
@@ -414,7 +381,7 @@ def _amend(
         instrs, levels, instr, side, price
     ):
         return _reject(instrs, ev, n, ci, account, R_POST_ONLY_WOULD_TAKE, order_id, instr)
-    code = _pool_room(meta, orders, levels, pos, obl, gtd, lots, False, False)
+    code = _pool_room(st, lots, False, False)
     if code != 0:
         return _reject(instrs, ev, n, ci, account, code, order_id, instr)
     old_lots = orders[slot, O_LOTS]
@@ -425,9 +392,7 @@ def _amend(
     else:
         old_cov = orders[slot, O_COVERED]
         old_unc = old_lots - old_cov
-        covered, code = _sell_cover(
-            instrs, pos, pht, cap, cht, account, instr, lots, old_cov, old_unc
-        )
+        covered, code = _sell_cover(st, account, instr, lots, old_cov, old_unc)
         if code != 0:
             return _reject(instrs, ev, n, ci, account, code, order_id, instr)
         unit = orders[slot, O_UNIT]
@@ -473,26 +438,7 @@ def _amend(
     orders[slot, O_UNIT] = unit
     orders[slot, O_PRICE] = price
     orders[slot, O_LOTS] = lots
-    n, alive = _match(
-        meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, ev, n, ci, slot, price
-    )
+    n, alive = _match(st, ev, n, ci, slot, price)
     if alive:
-        n = _rest_or_finish(
-            meta,
-            accts,
-            instrs,
-            orders,
-            levels,
-            lht,
-            pos,
-            pht,
-            cap,
-            cht,
-            gtd,
-            ev,
-            n,
-            ci,
-            slot,
-            False,
-        )
+        n = _rest_or_finish(st, ev, n, ci, slot, False)
     return n

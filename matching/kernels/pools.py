@@ -136,9 +136,8 @@ def _cap_key(account, capkey, hour):
 
 
 @njit(cache=True, _nrt=False)
-def _cap_free_for(instrs, cap, cht, account, instr):
+def _cap_free_for(instrs, cap, ht, account, instr):
     """Smallest unused capacity over the instrument's delivery hours (0 if any hour is missing)."""
-    ht = cht
     best = -1
     for h in range(instrs[instr, I_HOURS]):
         row = _ht_get(ht, _cap_key(account, instrs[instr, I_CAPKEY], instrs[instr, I_HOUR0] + h))
@@ -151,9 +150,8 @@ def _cap_free_for(instrs, cap, cht, account, instr):
 
 
 @njit(cache=True, _nrt=False)
-def _cap_use(instrs, cap, cht, account, instr, delta):
+def _cap_use(instrs, cap, ht, account, instr, delta):
     """Add `delta` GPUs to the committed capacity of every delivery hour of the instrument."""
-    ht = cht
     for h in range(instrs[instr, I_HOURS]):
         row = _ht_get(ht, _cap_key(account, instrs[instr, I_CAPKEY], instrs[instr, I_HOUR0] + h))
         if row != EMPTY:

@@ -84,27 +84,11 @@ def _cover_short(instrs, pos, cap, cht, account, instr, prow, q):
 
 
 @njit(cache=True, _nrt=False)
-def _fill(
-    meta,
-    cfg,
-    accts,
-    instrs,
-    orders,
-    levels,
-    pos,
-    pht,
-    cap,
-    cht,
-    ev,
-    n,
-    ci,
-    instr,
-    maker,
-    taker,
-    price,
-    q,
-):
+def _fill(st, ev, n, ci, instr, maker, taker, price, q):
     """Execute q lots between a resting maker and the taker at the maker's price."""
+    meta, cfg, accts, instrs = st.meta, st.cfg, st.accounts, st.instruments
+    orders, levels, pos, pht = st.orders, st.levels, st.positions, st.position_ht
+    cap, cht = st.capacity, st.capacity_ht
     taker_side = orders[taker, O_SIDE]
     if taker_side == BUY:
         buy, sell = taker, maker
@@ -199,8 +183,9 @@ def _crosses(side, level_price, limit):
 
 
 @njit(cache=True, _nrt=False)
-def _fok_fillable(instrs, orders, levels, instr, side, limit, account, stp, lots):
+def _fok_fillable(st, instr, side, limit, account, stp, lots):
     """Lots an FOK order would fill before matching stops (self-trade rules included)."""
+    instrs, orders, levels = st.instruments, st.orders, st.levels
     lv = instrs[instr, I_BEST + (1 - side)]
     total = 0
     while lv != EMPTY and total < lots and _crosses(side, levels[lv, L_PRICE], limit):
@@ -217,10 +202,10 @@ def _fok_fillable(instrs, orders, levels, instr, side, limit, account, stp, lots
 
 
 @njit(cache=True, _nrt=False)
-def _match(
-    meta, cfg, accts, instrs, orders, levels, lht, pos, pht, cap, cht, ev, n, ci, taker, limit
-):
-    """Match the taker against the opposite book up to its limit price. Return (ev, n, alive)."""
+def _match(st, ev, n, ci, taker, limit):
+    """Match the taker against the opposite book up to its limit price. Return (n, alive)."""
+    meta, accts, instrs = st.meta, st.accounts, st.instruments
+    orders, levels, lht = st.orders, st.levels, st.level_ht
     instr = orders[taker, O_INSTR]
     side = orders[taker, O_SIDE]
     account = orders[taker, O_ACCOUNT]
@@ -236,130 +221,25 @@ def _match(
             next_o = orders[o, O_NEXT]
             if orders[o, O_ACCOUNT] == account and stp != STP_NONE:
                 if stp == STP_CANCEL_MAKER:
-                    n = _reduce(
-                        meta,
-                        accts,
-                        instrs,
-                        orders,
-                        levels,
-                        lht,
-                        pos,
-                        pht,
-                        cap,
-                        cht,
-                        ev,
-                        n,
-                        ci,
-                        o,
-                        orders[o, O_LOTS],
-                        EV_CANCELLED,
-                        CX_SELF_TRADE,
-                    )
+                    n = _reduce(st, ev, n, ci, o, orders[o, O_LOTS], EV_CANCELLED, CX_SELF_TRADE)
                 elif stp == STP_DECREMENT:
                     d = min(orders[o, O_LOTS], orders[taker, O_LOTS])
-                    n = _reduce(
-                        meta,
-                        accts,
-                        instrs,
-                        orders,
-                        levels,
-                        lht,
-                        pos,
-                        pht,
-                        cap,
-                        cht,
-                        ev,
-                        n,
-                        ci,
-                        o,
-                        d,
-                        EV_CANCELLED,
-                        CX_SELF_TRADE,
-                    )
-                    n = _reduce(
-                        meta,
-                        accts,
-                        instrs,
-                        orders,
-                        levels,
-                        lht,
-                        pos,
-                        pht,
-                        cap,
-                        cht,
-                        ev,
-                        n,
-                        ci,
-                        taker,
-                        d,
-                        EV_CANCELLED,
-                        CX_SELF_TRADE,
-                    )
+                    n = _reduce(st, ev, n, ci, o, d, EV_CANCELLED, CX_SELF_TRADE)
+                    n = _reduce(st, ev, n, ci, taker, d, EV_CANCELLED, CX_SELF_TRADE)
                     if orders[taker, O_ID] == 0:
                         return n, False
                 else:
                     if stp == STP_CANCEL_BOTH:
                         n = _reduce(
-                            meta,
-                            accts,
-                            instrs,
-                            orders,
-                            levels,
-                            lht,
-                            pos,
-                            pht,
-                            cap,
-                            cht,
-                            ev,
-                            n,
-                            ci,
-                            o,
-                            orders[o, O_LOTS],
-                            EV_CANCELLED,
-                            CX_SELF_TRADE,
+                            st, ev, n, ci, o, orders[o, O_LOTS], EV_CANCELLED, CX_SELF_TRADE
                         )
                     n = _reduce(
-                        meta,
-                        accts,
-                        instrs,
-                        orders,
-                        levels,
-                        lht,
-                        pos,
-                        pht,
-                        cap,
-                        cht,
-                        ev,
-                        n,
-                        ci,
-                        taker,
-                        orders[taker, O_LOTS],
-                        EV_CANCELLED,
-                        CX_SELF_TRADE,
+                        st, ev, n, ci, taker, orders[taker, O_LOTS], EV_CANCELLED, CX_SELF_TRADE
                     )
                     return n, False
             else:
                 q = min(orders[taker, O_LOTS], orders[o, O_LOTS])
-                n = _fill(
-                    meta,
-                    cfg,
-                    accts,
-                    instrs,
-                    orders,
-                    levels,
-                    pos,
-                    pht,
-                    cap,
-                    cht,
-                    ev,
-                    n,
-                    ci,
-                    instr,
-                    o,
-                    taker,
-                    price,
-                    q,
-                )
+                n = _fill(st, ev, n, ci, instr, o, taker, price, q)
                 if orders[o, O_LOTS] == 0:
                     _book_unlink(meta, instrs, orders, levels, lht, o)
                     _order_free(meta, accts, orders, o)
@@ -373,34 +253,16 @@ def _match(
 
 
 @njit(cache=True, _nrt=False)
-def _rest_or_finish(
-    meta, accts, instrs, orders, levels, lht, pos, pht, cap, cht, gtd, ev, n, ci, slot, new_order
-):
+def _rest_or_finish(st, ev, n, ci, slot, new_order):
     """After matching: rest a GTC/GTD remainder, cancel an IOC/FOK/market remainder."""
+    meta, accts, instrs = st.meta, st.accounts, st.instruments
+    orders, levels, lht, gtd = st.orders, st.levels, st.level_ht, st.gtd_heap
     if orders[slot, O_LOTS] == 0:
         _order_free(meta, accts, orders, slot)
         return n
     tif = orders[slot, O_FLAGS] & 3
     if tif == TIF_IOC or tif == TIF_FOK or (orders[slot, O_FLAGS] & F_MARKET) != 0:
-        return _reduce(
-            meta,
-            accts,
-            instrs,
-            orders,
-            levels,
-            lht,
-            pos,
-            pht,
-            cap,
-            cht,
-            ev,
-            n,
-            ci,
-            slot,
-            orders[slot, O_LOTS],
-            EV_CANCELLED,
-            CX_IOC,
-        )
+        return _reduce(st, ev, n, ci, slot, orders[slot, O_LOTS], EV_CANCELLED, CX_IOC)
     if orders[slot, O_LEVEL] == EMPTY:
         _book_append(meta, instrs, orders, levels, lht, slot)
         if tif == TIF_GTD and new_order:
