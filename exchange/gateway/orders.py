@@ -22,7 +22,10 @@ from typing import Any, Protocol, TypeVar
 
 import msgspec
 
+from exchange.gateway.accounts import Accounts
 from exchange.gateway.hub import Hub, command_timeout_s
+from exchange.gateway.market_feed import MarketFeed
+from exchange.gateway.provisioning import Provisioning
 from exchange.wire import ErrorCode, Prices, WireError, money_to_str, qty_from_str, qty_to_str
 from schemas import commands as c
 from schemas import events as e
@@ -150,17 +153,23 @@ class OrderDesk:
     """Order entry and provider actions for one gateway."""
 
     def __init__(
-        self, hub: Hub, client_orders: ClientOrders, catalog: Catalog, prices: Prices
+        self,
+        hub: Hub,
+        accounts: Accounts,
+        feed: MarketFeed,
+        provisioning: Provisioning,
+        client_orders: ClientOrders,
+        catalog: Catalog,
+        prices: Prices,
     ) -> None:
-        self.hub = hub
+        self.hub = hub  # sends the commands and waits for their events
+        self.accounts = accounts
+        self.feed = feed
+        self.provisioning = provisioning
         self.client_orders = client_orders
         self.catalog = catalog
         self.prices = prices
         self.shard = 0  # one shard today; every command still carries it
-
-    @property
-    def accounts(self) -> Any:
-        return self.hub.accounts
 
     # ------------------------------------------------------------------ orders
 
@@ -392,7 +401,7 @@ class OrderDesk:
                 continue
             if key.end_ns > end_ns:
                 continue
-            for ticks, lots in self.hub.feed.ask_levels(symbol):
+            for ticks, lots in self.feed.ask_levels(symbol):
                 if ticks > max_ticks:
                     break
                 offers.append((ticks, key.start_ns, symbol, lots, key.hours))
@@ -431,7 +440,7 @@ class OrderDesk:
         return {"status": "accepted"}
 
     def _outstanding(self, account: int, obligation_id: int) -> None:
-        if obligation_id not in self.hub.outstanding.get(account, {}):
+        if not self.provisioning.is_outstanding(account, obligation_id):
             raise WireError(
                 ErrorCode.NOT_FOUND,
                 f"obligation {obligation_id}: no outstanding provisioning request to this provider",

@@ -65,7 +65,7 @@ class PublicController(Controller):
         """List the catalog and the instruments trading now."""
         gw = _gateway(request)
         gw.check_ip(request)
-        return {"instruments": gw.hub.accounts.instruments(), "catalog": gw.catalog_view()}
+        return {"instruments": gw.accounts.instruments(), "catalog": gw.catalog_view()}
 
     @get("/book/{symbol:str}")
     async def book(
@@ -74,7 +74,7 @@ class PublicController(Controller):
         """Return the order book of an instrument to a depth, with its seq and checksum."""
         gw = _gateway(request)
         gw.check_ip(request)
-        book = gw.hub.feed.book(symbol, _limit(depth))
+        book = gw.feed.book(symbol, _limit(depth))
         if book is None:
             raise WireError(ErrorCode.UNKNOWN_SYMBOL, f"no book for {symbol!r}")
         return book
@@ -86,7 +86,7 @@ class PublicController(Controller):
         """Return an instrument's latest trades, newest first."""
         gw = _gateway(request)
         gw.check_ip(request)
-        return {"symbol": symbol, "trades": gw.hub.feed.trades(symbol, _limit(limit))}
+        return {"symbol": symbol, "trades": gw.feed.trades(symbol, _limit(limit))}
 
     @get("/candles/{symbol:str}")
     async def candles(
@@ -103,7 +103,7 @@ class PublicController(Controller):
             raise WireError(
                 ErrorCode.BAD_REQUEST, f"interval: expected 1m, 1h or 1d, found {interval!r}"
             )
-        rows = gw.hub.feed.candles(symbol, interval, _limit(limit))
+        rows = gw.feed.candles(symbol, interval, _limit(limit))
         return {"symbol": symbol, "interval": interval, "candles": rows}
 
     @get("/index/{gpu:str}")
@@ -113,7 +113,7 @@ class PublicController(Controller):
         gw.check_ip(request)
         if not gw.known_symbol("index", gpu):
             raise WireError(ErrorCode.UNKNOWN_SYMBOL, f"unknown GPU model {gpu!r}")
-        index = gw.hub.feed.index(gpu)
+        index = gw.feed.index(gpu)
         return index or {
             "gpu": gpu,
             "price": None,
@@ -136,7 +136,7 @@ class PublicController(Controller):
         name = f"{gpu}.{region}.{product}"
         if not gw.known_symbol("curve", name):
             raise WireError(ErrorCode.UNKNOWN_SYMBOL, f"unknown curve {name!r}")
-        return {"curve": name, "points": gw.hub.feed.curve(name)}
+        return {"curve": name, "points": gw.feed.curve(name)}
 
 
 class AccountController(Controller):
@@ -149,14 +149,14 @@ class AccountController(Controller):
     async def balances(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
         """Return the account's cash by bucket."""
         key = await _gateway(request).authenticate(request, "read")
-        balances: dict[str, Any] = _gateway(request).hub.accounts.balances(key.account)
+        balances: dict[str, Any] = _gateway(request).accounts.balances(key.account)
         return balances
 
     @get("/positions")
     async def positions(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
         """Return the account's positions (short < 0)."""
         key = await _gateway(request).authenticate(request, "read")
-        return {"positions": _gateway(request).hub.accounts.positions(key.account)}
+        return {"positions": _gateway(request).accounts.positions(key.account)}
 
     @get("/fills")
     async def fills(
@@ -168,7 +168,7 @@ class AccountController(Controller):
         """Return the account's fills, newest first."""
         gw = _gateway(request)
         key = await gw.authenticate(request, "read")
-        return {"fills": gw.hub.accounts.fills(key.account, symbol, _limit(limit))}
+        return {"fills": gw.accounts.fills(key.account, symbol, _limit(limit))}
 
     @get("/ledger")
     async def ledger(
@@ -202,7 +202,7 @@ class AccountController(Controller):
             raise WireError(
                 ErrorCode.BAD_REQUEST, f"role: expected provider or holder, found {role!r}"
             )
-        return {"deliveries": gw.hub.accounts.deliveries(key.account, role)}
+        return {"deliveries": gw.accounts.deliveries(key.account, role)}
 
     @get("/keys")
     async def keys(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
@@ -247,9 +247,9 @@ class OrderController(Controller):
         gw = _gateway(request)
         key = await gw.authenticate(request, "read")
         if status == "open":
-            return {"orders": gw.hub.accounts.open_orders(key.account, symbol)}
+            return {"orders": gw.accounts.open_orders(key.account, symbol)}
         if status == "closed":
-            return {"orders": gw.hub.accounts.closed_orders(key.account, symbol)}
+            return {"orders": gw.accounts.closed_orders(key.account, symbol)}
         raise WireError(ErrorCode.BAD_REQUEST, f"status: expected open or closed, found {status!r}")
 
     @get("/orders/{order_id:int}")
@@ -333,4 +333,4 @@ class ProviderController(Controller):
         """List the provider's capacity as the engine accepted it."""
         gw = _gateway(request)
         key = await gw.authenticate(request, "provide")
-        return {"capacity": gw.hub.accounts.capacity(key.account)}
+        return {"capacity": gw.accounts.capacity(key.account)}

@@ -22,7 +22,6 @@ import orjson
 
 from exchange.gateway.context import Gateway
 from exchange.gateway.fanout import Frames, flusher, frame_pushes, text_frame
-from exchange.gateway.hub import provision_push
 from exchange.gateway.market_feed import BOOK_DEPTHS, StreamKey
 from exchange.gateway.orders import parse_params
 from exchange.wire import ErrorCode, WireError
@@ -241,7 +240,7 @@ class Connection:
             if key not in self.public:
                 return
             self.public.discard(key)
-            self.gw.hub.unsubscribe_public(self, key)
+            self.gw.subscriptions.unsubscribe_public(self, key)
             channel, symbol = key[0], key[1]
         else:
             if key not in self.private:
@@ -258,29 +257,29 @@ class Connection:
             await asyncio.sleep(heartbeat_interval_s)
             seqs: dict[str, int] = {}
             for key in self.public:
-                seqs[_stream_name(key)] = self.gw.hub.feed.last_seq(key)
+                seqs[_stream_name(key)] = self.gw.feed.last_seq(key)
             if self.account is not None:
                 for channel in self.private:
-                    seqs[channel] = self.gw.hub.accounts.last_seq(self.account, channel)
+                    seqs[channel] = self.gw.accounts.last_seq(self.account, channel)
             body = {"channel": "heartbeat", "ts_ns": str(time.time_ns()), "seqs": seqs}
             self._enqueue_push(orjson.dumps(body))
 
     def _detach(self) -> None:
-        hub = self.gw.hub
+        hub, subscriptions = self.gw.hub, self.gw.subscriptions
         for key in list(self.public):
-            hub.unsubscribe_public(self, key)
+            subscriptions.unsubscribe_public(self, key)
         self.public.clear()
         if self._dead_man is not None:
             self._dead_man.cancel()
         if self.account is None:
             return
-        hub.detach_account(self, self.account)
+        subscriptions.detach_account(self, self.account)
         self.gw.connections_closed(self)
         if self.cancel_on_disconnect == "account":
             hub.submit_later(c.CancelAll(account=self.account, ts_init=time.time_ns()))
         elif self.cancel_on_disconnect == "connection":
             for order_id in sorted(self.placed):
-                order = hub.accounts.order(self.account, order_id)
+                order = self.gw.accounts.order(self.account, order_id)
                 if order is not None and order["status"] in ("new", "partially_filled"):
                     hub.submit_later(
                         c.CancelOrder(
@@ -375,13 +374,13 @@ class Connection:
         self.scopes = frozenset(key.scopes)
         self.key_id = key.key_id
         self.cancel_on_disconnect = p.cancel_on_disconnect
-        self.gw.hub.attach_account(self, key.account)
+        self.gw.subscriptions.attach_account(self, key.account)
         return {"account": key.account, "scopes": sorted(self.scopes)}
 
     # ------------------------------------------------------------------ subscriptions
 
     def _public_key(self, p: _Subscribe, symbol: str) -> StreamKey:
-        feed = self.gw.hub.feed
+        feed = self.gw.feed
         if p.channel == "book":
             if p.depth not in BOOK_DEPTHS:
                 raise WireError(
@@ -413,7 +412,7 @@ class Connection:
                 f"symbols: expected 1-{symbols_per_subscribe_max} symbols, found {len(p.symbols)}",
             )
         keys = [self._public_key(p, symbol) for symbol in p.symbols]  # all valid, or none
-        feed = self.gw.hub.feed
+        feed = self.gw.feed
         if p.channel == "book":
             for key in keys:
                 if feed.snapshot(key) is None:
@@ -424,8 +423,8 @@ class Connection:
         resumed = True
         for key in keys:
             if key in self.public:
-                self.gw.hub.unsubscribe_public(self, key)
-            self.gw.hub.subscribe_public(self, key)
+                self.gw.subscriptions.unsubscribe_public(self, key)
+            self.gw.subscriptions.subscribe_public(self, key)
             self.public.add(key)
             replay = None
             if p.resume_from_seq is not None:
@@ -444,7 +443,7 @@ class Connection:
 
     def _subscribe_private(self, channel: str) -> dict[str, Any]:
         account = self._require(PRIVATE_CHANNELS[channel])
-        accounts = self.gw.hub.accounts
+        accounts = self.gw.accounts
         pushes: list[tuple[Any, bytes]]
         if channel == "executions":
             pushes = [(channel, accounts.executions_snapshot(account))]
@@ -453,8 +452,7 @@ class Connection:
         elif channel == "positions":
             pushes = [(channel, accounts.positions_snapshot(account))]
         else:
-            outstanding = self.gw.hub.outstanding.get(account, {})
-            pushes = [(channel, provision_push(r)) for _, r in sorted(outstanding.items())]
+            pushes = [(channel, body) for body in self.gw.provisioning.snapshot(account)]
         self.private.add(channel)
         self._after_answer = pushes
         return {"channel": channel, "symbols": [], "resumed": False}
@@ -467,7 +465,7 @@ class Connection:
         for key in list(self.public):
             if key[0] == p.channel and key[1] in p.symbols:
                 self.public.discard(key)
-                self.gw.hub.unsubscribe_public(self, key)
+                self.gw.subscriptions.unsubscribe_public(self, key)
         return {"channel": p.channel, "symbols": p.symbols}
 
     # ------------------------------------------------------------------ account methods
