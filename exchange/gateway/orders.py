@@ -1,6 +1,9 @@
 """Order entry: validate a request, make it a command, send it, answer with what the engine did.
 
-Shared by REST and the WebSocket, so both refuse the same input with the same codes:
+Shared by REST and the WebSocket, so both refuse the same input with the same codes. Each method
+takes its request as the typed Struct below (`PlaceParams`, ...): REST has Litestar decode the
+body into it, the WebSocket decodes its params with `parse_params`.
+
 - the gateway refuses malformed requests (BAD_REQUEST naming the field), unknown symbols
   (UNKNOWN_SYMBOL), prices off tick (PRICE_OFF_TICK), quantities that are not whole lots
   (QTY_INVALID) and other accounts' orders (UNKNOWN_ORDER, telling nothing of their existence)
@@ -34,7 +37,21 @@ from schemas.codes import OrderType, Reject, SelfTradePrevention, Side, TimeInFo
 from schemas.provisioning import ProvisionConfirmed, ProvisionFailed
 from schemas.symbols import SymbolError, parse_symbol
 
-__all__ = ["OrderDesk", "ClientOrders", "client_order_id_max", "route_children_max", "parse_params"]
+__all__ = [
+    "OrderDesk",
+    "ClientOrders",
+    "PlaceParams",
+    "OrderRef",
+    "AmendParams",
+    "CancelAllParams",
+    "RouteParams",
+    "CapacityParams",
+    "ConfirmParams",
+    "FailParams",
+    "client_order_id_max",
+    "route_children_max",
+    "parse_params",
+]
 
 client_order_id_max = 36
 route_children_max = 50  # child orders one routed order may place
@@ -182,9 +199,8 @@ class OrderDesk:
             raise WireError(ErrorCode.UNKNOWN_SYMBOL, f"symbol {symbol!r} is not listed")
         return symbol
 
-    async def place(self, account: int, params: Any) -> dict[str, Any]:
+    async def place(self, account: int, p: PlaceParams) -> dict[str, Any]:
         """Place an order; answer `{"order", "fills"}` (a retry answers the first order)."""
-        p = parse_params(params, PlaceParams)
         symbol = self._symbol(p.symbol)
         lots = qty_from_str(p.qty)
         if p.type is OrderType.LIMIT:
@@ -290,9 +306,8 @@ class OrderDesk:
             )
         return order_id
 
-    async def amend(self, account: int, params: Any) -> dict[str, Any]:
+    async def amend(self, account: int, p: AmendParams) -> dict[str, Any]:
         """Amend an order's price and remaining quantity."""
-        p = parse_params(params, AmendParams)
         order_id = self._own_order(account, p)
         command = c.AmendOrder(
             shard=self.shard,
@@ -306,9 +321,8 @@ class OrderDesk:
         _reject(events)
         return {"order": self.accounts.order(account, order_id)}
 
-    async def cancel(self, account: int, params: Any) -> dict[str, Any]:
+    async def cancel(self, account: int, p: OrderRef) -> dict[str, Any]:
         """Cancel one order."""
-        p = parse_params(params, OrderRef)
         order_id = self._own_order(account, p)
         command = c.CancelOrder(
             shard=self.shard, ts_init=time.time_ns(), account=account, order_id=order_id
@@ -317,9 +331,8 @@ class OrderDesk:
         _reject(events)
         return {"order": self.accounts.order(account, order_id)}
 
-    async def cancel_all(self, account: int, params: Any) -> dict[str, Any]:
+    async def cancel_all(self, account: int, p: CancelAllParams) -> dict[str, Any]:
         """Cancel every open order of the account (of one symbol if given)."""
-        p = parse_params(params, CancelAllParams)
         if p.symbol is not None:
             self._symbol(p.symbol)
         if not self.accounts.open_orders(account, p.symbol):
@@ -332,9 +345,8 @@ class OrderDesk:
         canceled = sum(1 for ev in events if isinstance(ev, e.OrderCancelled))
         return {"canceled": canceled}
 
-    def status(self, account: int, params: Any) -> dict[str, Any]:
+    def status(self, account: int, p: OrderRef) -> dict[str, Any]:
         """The order a client order id or order id names (the lost-response lookup)."""
-        p = parse_params(params, OrderRef)
         if p.client_order_id:
             order = self.accounts.order_by_client_id(account, p.client_order_id)
         elif p.order_id and self.accounts.owner(p.order_id) == account:
@@ -350,9 +362,8 @@ class OrderDesk:
 
     # ------------------------------------------------------------------ routing
 
-    async def route(self, account: int, params: Any) -> dict[str, Any]:
+    async def route(self, account: int, p: RouteParams) -> dict[str, Any]:
         """Buy GPU-hours of a model in a window, cheapest asks first, as IOC child orders."""
-        p = parse_params(params, RouteParams)
         if p.gpu_hours <= 0:
             raise WireError(ErrorCode.QTY_INVALID, f"gpu_hours: expected > 0, found {p.gpu_hours}")
         start_ns, end_ns = _ns(p.start_ns, "start_ns"), _ns(p.end_ns, "end_ns")
@@ -372,7 +383,7 @@ class OrderDesk:
                 "client_order_id": f"{prefix}-{index}",
             }
             try:
-                result = await self.place(account, child)
+                result = await self.place(account, msgspec.convert(child, PlaceParams))
             except WireError as error:
                 children.append(
                     {"order": None, "fills": [], "error": error.body(), "request": child}
@@ -422,9 +433,8 @@ class OrderDesk:
 
     # ------------------------------------------------------------------ providers
 
-    async def capacity(self, account: int, params: Any) -> dict[str, Any]:
+    async def capacity(self, account: int, p: CapacityParams) -> dict[str, Any]:
         """Set a provider's GPUs of a model and region over a window."""
-        p = parse_params(params, CapacityParams)
         command = c.CapacityUpdate(
             shard=self.shard,
             ts_init=time.time_ns(),
@@ -446,18 +456,16 @@ class OrderDesk:
                 f"obligation {obligation_id}: no outstanding provisioning request to this provider",
             )
 
-    async def confirm(self, account: int, params: Any) -> dict[str, Any]:
+    async def confirm(self, account: int, p: ConfirmParams) -> dict[str, Any]:
         """Confirm a delivery with access details."""
-        p = parse_params(params, ConfirmParams)
         self._outstanding(account, p.obligation_id)
         await self.hub.send_provision(
             ProvisionConfirmed(obligation_id=p.obligation_id, provider=account, access=p.access)
         )
         return {"obligation_id": p.obligation_id}
 
-    async def fail(self, account: int, params: Any) -> dict[str, Any]:
+    async def fail(self, account: int, p: FailParams) -> dict[str, Any]:
         """Report a delivery failed (or interrupted after `hours_delivered` hours)."""
-        p = parse_params(params, FailParams)
         self._outstanding(account, p.obligation_id)
         if p.hours_delivered < 0:
             raise WireError(ErrorCode.BAD_REQUEST, "hours_delivered: expected >= 0")

@@ -15,7 +15,14 @@ from litestar.params import FromPath, FromQuery, JSONBody
 
 from exchange.gateway.context import Gateway
 from exchange.gateway.keys import ApiKey
-from exchange.gateway.orders import AmendParams, CapacityParams, PlaceParams, RouteParams
+from exchange.gateway.orders import (
+    AmendParams,
+    CancelAllParams,
+    CapacityParams,
+    OrderRef,
+    PlaceParams,
+    RouteParams,
+)
 from exchange.wire import ErrorCode, WireError, money_to_str
 
 __all__ = ["PublicController", "AccountController", "OrderController", "ProviderController"]
@@ -47,11 +54,6 @@ def _limit(limit: int) -> int:
     if not 1 <= limit <= limit_max:
         raise WireError(ErrorCode.BAD_REQUEST, f"limit: expected 1-{limit_max}, found {limit}")
     return limit
-
-
-def _body(data: msgspec.Struct) -> dict[str, Any]:
-    body: dict[str, Any] = msgspec.to_builtins(data)
-    return body
 
 
 class PublicController(Controller):
@@ -259,7 +261,7 @@ class OrderController(Controller):
         """Return one of the account's orders."""
         gw = _gateway(request)
         key = await gw.authenticate(request, "read")
-        return gw.desk.status(key.account, {"order_id": order_id})["order"]  # type: ignore[no-any-return]
+        return gw.desk.status(key.account, OrderRef(order_id=order_id))["order"]  # type: ignore[no-any-return]
 
     @get("/orders/client/{client_order_id:str}")
     async def order_by_client_id(
@@ -268,7 +270,7 @@ class OrderController(Controller):
         """Return the order a client order id names (the lost-response lookup)."""
         gw = _gateway(request)
         key = await gw.authenticate(request, "read")
-        return gw.desk.status(key.account, {"client_order_id": client_order_id})["order"]  # type: ignore[no-any-return]
+        return gw.desk.status(key.account, OrderRef(client_order_id=client_order_id))["order"]  # type: ignore[no-any-return]
 
     @post("/orders", status_code=200)
     async def place(
@@ -276,7 +278,7 @@ class OrderController(Controller):
     ) -> dict[str, Any]:
         """Place an order; a retry with the same client_order_id returns the first order."""
         gw, key = await _order_entry(request)
-        return await gw.desk.place(key.account, _body(data))
+        return await gw.desk.place(key.account, data)
 
     @patch("/orders/{order_id:int}")
     async def amend(
@@ -284,9 +286,7 @@ class OrderController(Controller):
     ) -> dict[str, Any]:
         """Amend an order's price and remaining quantity."""
         gw, key = await _order_entry(request)
-        body = _body(data)
-        body["order_id"] = order_id
-        return await gw.desk.amend(key.account, body)
+        return await gw.desk.amend(key.account, msgspec.structs.replace(data, order_id=order_id))
 
     @delete("/orders/{order_id:int}", status_code=200)
     async def cancel(
@@ -294,7 +294,7 @@ class OrderController(Controller):
     ) -> dict[str, Any]:
         """Cancel one order."""
         gw, key = await _order_entry(request)
-        return await gw.desk.cancel(key.account, {"order_id": order_id})
+        return await gw.desk.cancel(key.account, OrderRef(order_id=order_id))
 
     @delete("/orders", status_code=200)
     async def cancel_all(
@@ -302,7 +302,7 @@ class OrderController(Controller):
     ) -> dict[str, Any]:
         """Cancel every open order of the account (of one symbol if given)."""
         gw, key = await _order_entry(request)
-        return await gw.desk.cancel_all(key.account, {"symbol": symbol})
+        return await gw.desk.cancel_all(key.account, CancelAllParams(symbol=symbol))
 
     @post("/route", status_code=200)
     async def route(
@@ -310,7 +310,7 @@ class OrderController(Controller):
     ) -> dict[str, Any]:
         """Buy GPU-hours of a model across regions and products, cheapest first."""
         gw, key = await _order_entry(request)
-        return await gw.desk.route(key.account, _body(data))
+        return await gw.desk.route(key.account, data)
 
 
 class ProviderController(Controller):
@@ -326,7 +326,7 @@ class ProviderController(Controller):
         """Set the provider's GPUs of a model and region over a window."""
         gw = _gateway(request)
         key = await gw.authenticate(request, "provide")
-        return await gw.desk.capacity(key.account, _body(data))
+        return await gw.desk.capacity(key.account, data)
 
     @get("/capacity")
     async def capacity_list(self, request: Request[Any, Any, Any]) -> dict[str, Any]:

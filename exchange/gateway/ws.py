@@ -23,7 +23,17 @@ import orjson
 from exchange.gateway.context import Gateway
 from exchange.gateway.fanout import Frames, flusher, frame_pushes, text_frame
 from exchange.gateway.market_feed import BOOK_DEPTHS, StreamKey
-from exchange.gateway.orders import parse_params
+from exchange.gateway.orders import (
+    AmendParams,
+    CancelAllParams,
+    CapacityParams,
+    ConfirmParams,
+    FailParams,
+    OrderRef,
+    PlaceParams,
+    RouteParams,
+    parse_params,
+)
 from exchange.wire import ErrorCode, WireError
 from schemas import commands as c
 
@@ -346,11 +356,11 @@ class Connection:
         entry = _ACCOUNT_METHODS.get(method)
         if entry is None:
             raise WireError(ErrorCode.UNKNOWN_METHOD, f"method: {method!r} is not a method")
-        scope, handler = entry
+        scope, kind, handler = entry
         account = self._require(scope)
         if method.startswith("order.") and method != "order.status":
             self.gw.check_rate(f"orders:{self.key_id}", "orders")
-        return await handler(self, account, params)
+        return await handler(self, account, parse_params(params, kind))
 
     def _require(self, scope: str) -> int:
         if self.account is None:
@@ -470,40 +480,39 @@ class Connection:
 
     # ------------------------------------------------------------------ account methods
 
-    async def _place(self, account: int, params: Any) -> dict[str, Any]:
-        result = await self.gw.desk.place(account, params)
+    async def _place(self, account: int, p: PlaceParams) -> dict[str, Any]:
+        result = await self.gw.desk.place(account, p)
         order = result.get("order")
         if order and order.get("order_id"):
             self.placed.add(int(order["order_id"]))
         return result
 
-    async def _amend(self, account: int, params: Any) -> dict[str, Any]:
-        return await self.gw.desk.amend(account, params)
+    async def _amend(self, account: int, p: AmendParams) -> dict[str, Any]:
+        return await self.gw.desk.amend(account, p)
 
-    async def _cancel(self, account: int, params: Any) -> dict[str, Any]:
-        return await self.gw.desk.cancel(account, params)
+    async def _cancel(self, account: int, p: OrderRef) -> dict[str, Any]:
+        return await self.gw.desk.cancel(account, p)
 
-    async def _cancel_all(self, account: int, params: Any) -> dict[str, Any]:
-        return await self.gw.desk.cancel_all(account, params)
+    async def _cancel_all(self, account: int, p: CancelAllParams) -> dict[str, Any]:
+        return await self.gw.desk.cancel_all(account, p)
 
-    async def _status(self, account: int, params: Any) -> dict[str, Any]:
-        return self.gw.desk.status(account, params)
+    async def _status(self, account: int, p: OrderRef) -> dict[str, Any]:
+        return self.gw.desk.status(account, p)
 
-    async def _route(self, account: int, params: Any) -> dict[str, Any]:
-        return await self.gw.desk.route(account, params)
+    async def _route(self, account: int, p: RouteParams) -> dict[str, Any]:
+        return await self.gw.desk.route(account, p)
 
-    async def _capacity(self, account: int, params: Any) -> dict[str, Any]:
-        return await self.gw.desk.capacity(account, params)
+    async def _capacity(self, account: int, p: CapacityParams) -> dict[str, Any]:
+        return await self.gw.desk.capacity(account, p)
 
-    async def _confirm(self, account: int, params: Any) -> dict[str, Any]:
-        return await self.gw.desk.confirm(account, params)
+    async def _confirm(self, account: int, p: ConfirmParams) -> dict[str, Any]:
+        return await self.gw.desk.confirm(account, p)
 
-    async def _fail(self, account: int, params: Any) -> dict[str, Any]:
-        return await self.gw.desk.fail(account, params)
+    async def _fail(self, account: int, p: FailParams) -> dict[str, Any]:
+        return await self.gw.desk.fail(account, p)
 
-    async def _cancel_all_after(self, account: int, params: Any) -> dict[str, Any]:
+    async def _cancel_all_after(self, account: int, p: _DeadMan) -> dict[str, Any]:
         """Arm (or disarm with 0) the dead-man timer: cancel everything unless re-armed."""
-        p = parse_params(params, _DeadMan)
         if self._dead_man is not None:
             self._dead_man.cancel()
             self._dead_man = None
@@ -525,17 +534,18 @@ class Connection:
         self.gw.hub.submit_later(c.CancelAll(account=account, ts_init=time.time_ns()))
 
 
-_ACCOUNT_METHODS = {
-    "order.place": ("trade", Connection._place),
-    "order.amend": ("trade", Connection._amend),
-    "order.cancel": ("trade", Connection._cancel),
-    "order.cancel_all": ("trade", Connection._cancel_all),
-    "order.status": ("read", Connection._status),
-    "order.route": ("trade", Connection._route),
-    "cancel_all_after": ("trade", Connection._cancel_all_after),
-    "capacity.update": ("provide", Connection._capacity),
-    "provision.confirm": ("provide", Connection._confirm),
-    "provision.fail": ("provide", Connection._fail),
+# method -> (scope, params Struct, handler): the params are decoded before the handler runs
+_ACCOUNT_METHODS: dict[str, tuple[str, type[Any], Any]] = {
+    "order.place": ("trade", PlaceParams, Connection._place),
+    "order.amend": ("trade", AmendParams, Connection._amend),
+    "order.cancel": ("trade", OrderRef, Connection._cancel),
+    "order.cancel_all": ("trade", CancelAllParams, Connection._cancel_all),
+    "order.status": ("read", OrderRef, Connection._status),
+    "order.route": ("trade", RouteParams, Connection._route),
+    "cancel_all_after": ("trade", _DeadMan, Connection._cancel_all_after),
+    "capacity.update": ("provide", CapacityParams, Connection._capacity),
+    "provision.confirm": ("provide", ConfirmParams, Connection._confirm),
+    "provision.fail": ("provide", FailParams, Connection._fail),
 }
 
 
