@@ -48,6 +48,7 @@ from collections.abc import Sequence
 from decimal import Decimal
 from enum import StrEnum
 
+from schemas.codes import Reject
 from schemas.units import UnitError, decimal_to_int, int_to_decimal
 from schemas.units import micros_to_usd as money_to_str  # money on the wire: USD strings
 
@@ -56,6 +57,7 @@ __all__ = [
     "ERROR_STATUS",
     "RETRYABLE",
     "WireError",
+    "reject_name",
     "CHECKSUM_LEVELS",
     "book_checksum",
     "signature",
@@ -132,6 +134,17 @@ ERROR_STATUS: dict[str, int] = {
 
 RETRYABLE = frozenset({ErrorCode.RATE_LIMITED, ErrorCode.TIMEOUT, ErrorCode.UNAVAILABLE})
 
+_REJECT_NAMES = {int(code): code.name for code in Reject}
+
+
+def reject_name(code: int) -> str:
+    """Name an engine refusal on the wire: its `schemas.codes.Reject` name, else the number.
+
+    Reject codes travel through the gateway as the engine's numbers; this is the one place that
+    names them, as an answer or a push is encoded. A code newer than this gateway keeps its number.
+    """
+    return _REJECT_NAMES.get(code) or str(code)
+
 
 class WireError(ValueError):
     """A request the gateway refuses: a stable `code`, a message naming the field, and a status."""
@@ -144,6 +157,13 @@ class WireError(ValueError):
         self.retryable = self.code in RETRYABLE
         self.retry_after_ms = retry_after_ms
         self.extra = extra
+
+    @classmethod
+    def rejected(cls, code: int, reason: str, **extra: object) -> WireError:
+        """The engine's refusal `code` (a `schemas.codes.Reject` value) as an answer (422)."""
+        error = cls(reject_name(code), reason, engine_code=code, reason=reason)
+        error.extra.update(extra)
+        return error
 
     def body(self) -> dict[str, object]:
         """The `error` object of an answer."""

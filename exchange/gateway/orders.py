@@ -8,8 +8,9 @@ body into it, the WebSocket decodes its params with `parse_params`.
   (UNKNOWN_SYMBOL), prices off tick (PRICE_OFF_TICK), quantities that are not whole lots
   (QTY_INVALID) and other accounts' orders (UNKNOWN_ORDER, telling nothing of their existence)
   before anything reaches Kafka;
-- the engine refuses the rest (cash, band, size, limits); its refusal comes back with the
-  `schemas.codes.Reject` name as the code and status 422.
+- the engine refuses the rest (cash, band, size, limits); its refusal comes back with status
+  422, its `schemas.codes.Reject` number as `engine_code` and, named at the wire
+  (`wire.reject_name`), as the code.
 
 `client_order_id` makes placement idempotent across gateway instances: it is reserved in
 PostgreSQL before the command is sent, and a retry finds the order the first attempt made.
@@ -33,7 +34,7 @@ from exchange.wire import ErrorCode, Prices, WireError, money_to_str, qty_from_s
 from schemas import commands as c
 from schemas import events as e
 from schemas.catalog import Catalog
-from schemas.codes import OrderType, Reject, SelfTradePrevention, Side, TimeInForce
+from schemas.codes import OrderType, SelfTradePrevention, Side, TimeInForce
 from schemas.provisioning import ProvisionConfirmed, ProvisionFailed
 from schemas.symbols import SymbolError, parse_symbol
 
@@ -156,11 +157,7 @@ def _reject(events: list[e.Event]) -> None:
     """Raise the engine's refusal, if the command was refused."""
     for event in events:
         if isinstance(event, e.OrderRejected | e.CommandRejected):
-            try:
-                name = Reject(event.code).name
-            except ValueError:
-                name = str(event.code)
-            raise WireError(name, event.reason, engine_code=event.code, reason=event.reason)
+            raise WireError.rejected(event.code, event.reason)
 
 
 # ---------------------------------------------------------------------- the desk
@@ -257,13 +254,12 @@ class OrderDesk:
         """Answer a retry: the order its first attempt made (waiting for it to arrive)."""
         deadline = time.monotonic() + command_timeout_s
         while True:
+            refusal = self.accounts.refusal(account, cid)
+            if refusal is not None:
+                code, reason = refusal
+                raise WireError.rejected(code, reason or "the order was rejected", duplicate=True)
             order = self.accounts.order_by_client_id(account, cid)
             if order is not None:
-                if order.get("status") == "rejected":
-                    name = str(order.get("reject_code") or ErrorCode.REJECTED)
-                    reason = str(order.get("reason") or "the order was rejected")
-                    code = Reject[name].value if name in Reject.__members__ else 0
-                    raise WireError(name, reason, engine_code=code, reason=reason, duplicate=True)
                 return {"order": order, "fills": [], "duplicate": True}
             if time.monotonic() >= deadline:
                 raise WireError(
