@@ -1,8 +1,9 @@
 """REST `/api/v1`: market data in public, account and order entry signed (exchange/API.md).
 
 Handlers are thin: market data comes from the gateway's MarketFeed, account state from its
-Accounts projection (the same state the WebSocket serves), ledger entries from PostgreSQL, and
-order entry goes through the same OrderDesk as the WebSocket, so both refuse alike.
+Accounts projection (the same state the WebSocket serves), ledger entries from the ledger's
+reads in PostgreSQL (streams/ledger/reads.py), and order entry goes through the same OrderDesk
+as the WebSocket, so both refuse alike.
 """
 
 from __future__ import annotations
@@ -24,17 +25,11 @@ from exchange.gateway.orders import (
     RouteParams,
 )
 from exchange.wire import ErrorCode, WireError, money_to_str
+from streams.ledger.reads import BUCKET_NAMES, account_postings
 
 __all__ = ["PublicController", "AccountController", "OrderController", "ProviderController"]
 
-# An account's newest postings: read backwards along postings_by_account_seq, never sorted.
-LEDGER_QUERY = (
-    "SELECT seq, ts_event, bucket, amount_micros, reason, ref_id FROM postings "
-    "WHERE account = $1 ORDER BY seq DESC, posting_index DESC LIMIT $2"
-)
-
 limit_max = 1000
-_BUCKETS = {1: "available", 2: "held", 3: "escrow", 4: "collateral"}
 
 
 def _gateway(request: Request[Any, Any, Any]) -> Gateway:
@@ -179,17 +174,17 @@ class AccountController(Controller):
         """Return the account's ledger postings, newest first (settled in PostgreSQL)."""
         gw = _gateway(request)
         key = await gw.authenticate(request, "read")
-        rows = await gw.pool.fetch(LEDGER_QUERY, key.account, _limit(limit))
+        postings = await account_postings(gw.pool, key.account, _limit(limit))
         entries = [
             {
-                "seq": row["seq"],
-                "ts_ns": str(row["ts_event"]),
-                "bucket": _BUCKETS.get(row["bucket"], str(row["bucket"])),
-                "amount": money_to_str(row["amount_micros"]),
-                "reason": row["reason"],
-                "ref_id": row["ref_id"],
+                "seq": p.seq,
+                "ts_ns": str(p.ts_event),
+                "bucket": BUCKET_NAMES.get(p.bucket, str(p.bucket)),
+                "amount": money_to_str(p.amount_micros),
+                "reason": p.reason,
+                "ref_id": p.ref_id,
             }
-            for row in rows
+            for p in postings
         ]
         return {"entries": entries}
 
