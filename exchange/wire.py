@@ -26,7 +26,9 @@ WebSocket `/ws`: one JSON object per text frame.
   "checksum", "ts_ns"}` first, then `"type": "update"` with `seq` = `prev_seq` + 1. Levels are
   `[price, qty]`, bids best (highest) first, asks best (lowest) first; in an update a level's qty
   is absolute and `"0"` removes it, and a level pushed out of the subscribed depth is removed
-  explicitly. `checksum` is `book_checksum` of the book after the message.
+  explicitly. `checksum` is the CRC-32 of the top 10 levels after the message, asks then bids,
+  written `price:qty` as sent, joined by `,`, the two sides by `|`
+  (`streams.marketdata.state.book_checksum`).
 - `trades`, `ticker`, `candles`, `index`: pushes with `seq` and `prev_seq` (the previous push of
   the same channel and symbol); `seq` is the position of the source record in `gx.marketdata`, so
   it rises but is not contiguous.
@@ -43,8 +45,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import zlib
-from collections.abc import Sequence
 from decimal import Decimal
 from enum import StrEnum
 
@@ -58,8 +58,6 @@ __all__ = [
     "RETRYABLE",
     "WireError",
     "reject_name",
-    "CHECKSUM_LEVELS",
-    "book_checksum",
     "signature",
     "signing_payload",
     "HEADER_KEY",
@@ -82,8 +80,6 @@ HEADER_NONCE = "GX-NONCE"
 HEADER_SIGNATURE = "GX-SIGNATURE"
 WS_LOGON_METHOD = "GET"
 WS_LOGON_PATH = "/ws"
-
-CHECKSUM_LEVELS = 10  # levels per side in a book checksum
 
 
 class ErrorCode(StrEnum):
@@ -172,20 +168,6 @@ class WireError(ValueError):
             error["retry_after_ms"] = self.retry_after_ms
         error.update(self.extra)
         return error
-
-
-def book_checksum(asks: Sequence[Sequence[str]], bids: Sequence[Sequence[str]]) -> int:
-    """CRC32 (unsigned) of the top asks ascending then top bids descending, as sent.
-
-    Each level is written `price:qty`; levels are joined by `,`; the asks part and the bids part
-    by `|`. `asks` and `bids` are best first, as on the wire.
-    """
-    text = (
-        ",".join(f"{p}:{q}" for p, q in asks[:CHECKSUM_LEVELS])
-        + "|"
-        + ",".join(f"{p}:{q}" for p, q in bids[:CHECKSUM_LEVELS])
-    )
-    return zlib.crc32(text.encode())
 
 
 def signing_payload(ts_ms: int | str, nonce: str, method: str, path: str, body: bytes) -> bytes:

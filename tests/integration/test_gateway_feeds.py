@@ -12,8 +12,8 @@ from decimal import Decimal
 import orjson
 import pytest
 
-from exchange.wire import book_checksum
 from schemas import commands as c
+from streams.marketdata.state import book_checksum
 from tests.support.gateway_harness import PROVIDER, TRADER, Socket, running_exchange, socket
 
 from .conftest import run
