@@ -26,7 +26,9 @@ WebSocket `/ws`: one JSON object per text frame.
   "checksum", "ts_ns"}` first, then `"type": "update"` with `seq` = `prev_seq` + 1. Levels are
   `[price, qty]`, bids best (highest) first, asks best (lowest) first; in an update a level's qty
   is absolute and `"0"` removes it, and a level pushed out of the subscribed depth is removed
-  explicitly. `checksum` is `book_checksum` of the book after the message.
+  explicitly. `checksum` is the CRC-32 of the top 10 levels after the message, asks then bids,
+  written `price:qty` as sent, joined by `,`, the two sides by `|`
+  (`streams.marketdata.state.book_checksum`).
 - `trades`, `ticker`, `candles`, `index`: pushes with `seq` and `prev_seq` (the previous push of
   the same channel and symbol); `seq` is the position of the source record in `gx.marketdata`, so
   it rises but is not contiguous.
@@ -43,11 +45,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import zlib
-from collections.abc import Sequence
 from decimal import Decimal
 from enum import StrEnum
 
+from schemas.codes import Reject
 from schemas.units import UnitError, decimal_to_int, int_to_decimal
 from schemas.units import micros_to_usd as money_to_str  # money on the wire: USD strings
 
@@ -56,8 +57,7 @@ __all__ = [
     "ERROR_STATUS",
     "RETRYABLE",
     "WireError",
-    "CHECKSUM_LEVELS",
-    "book_checksum",
+    "reject_name",
     "signature",
     "signing_payload",
     "HEADER_KEY",
@@ -80,8 +80,6 @@ HEADER_NONCE = "GX-NONCE"
 HEADER_SIGNATURE = "GX-SIGNATURE"
 WS_LOGON_METHOD = "GET"
 WS_LOGON_PATH = "/ws"
-
-CHECKSUM_LEVELS = 10  # levels per side in a book checksum
 
 
 class ErrorCode(StrEnum):
@@ -132,6 +130,17 @@ ERROR_STATUS: dict[str, int] = {
 
 RETRYABLE = frozenset({ErrorCode.RATE_LIMITED, ErrorCode.TIMEOUT, ErrorCode.UNAVAILABLE})
 
+_REJECT_NAMES = {int(code): code.name for code in Reject}
+
+
+def reject_name(code: int) -> str:
+    """Name an engine refusal on the wire: its `schemas.codes.Reject` name, else the number.
+
+    Reject codes travel through the gateway as the engine's numbers; this is the one place that
+    names them, as an answer or a push is encoded. A code newer than this gateway keeps its number.
+    """
+    return _REJECT_NAMES.get(code) or str(code)
+
 
 class WireError(ValueError):
     """A request the gateway refuses: a stable `code`, a message naming the field, and a status."""
@@ -145,6 +154,13 @@ class WireError(ValueError):
         self.retry_after_ms = retry_after_ms
         self.extra = extra
 
+    @classmethod
+    def rejected(cls, code: int, reason: str, **extra: object) -> WireError:
+        """The engine's refusal `code` (a `schemas.codes.Reject` value) as an answer (422)."""
+        error = cls(reject_name(code), reason, engine_code=code, reason=reason)
+        error.extra.update(extra)
+        return error
+
     def body(self) -> dict[str, object]:
         """The `error` object of an answer."""
         error: dict[str, object] = {"code": self.code, "msg": self.msg, "retryable": self.retryable}
@@ -152,20 +168,6 @@ class WireError(ValueError):
             error["retry_after_ms"] = self.retry_after_ms
         error.update(self.extra)
         return error
-
-
-def book_checksum(asks: Sequence[Sequence[str]], bids: Sequence[Sequence[str]]) -> int:
-    """CRC32 (unsigned) of the top asks ascending then top bids descending, as sent.
-
-    Each level is written `price:qty`; levels are joined by `,`; the asks part and the bids part
-    by `|`. `asks` and `bids` are best first, as on the wire.
-    """
-    text = (
-        ",".join(f"{p}:{q}" for p, q in asks[:CHECKSUM_LEVELS])
-        + "|"
-        + ",".join(f"{p}:{q}" for p, q in bids[:CHECKSUM_LEVELS])
-    )
-    return zlib.crc32(text.encode())
 
 
 def signing_payload(ts_ms: int | str, nonce: str, method: str, path: str, body: bytes) -> bytes:

@@ -1,7 +1,7 @@
 """A local copy of one instrument's order book, built from `book` pushes and verified.
 
 The book keeps each level's price and quantity strings exactly as received, so the checksum
-(`wire.book_checksum` over the top levels, joined as sent) matches the server's byte for byte;
+(`book_checksum` over the top levels, joined as sent) matches the server's byte for byte;
 levels are ordered by their Decimal value (bids highest first, asks lowest first). Every message
 is checked: an update must continue the sequence (`prev_seq` = the book's `seq`, `seq` =
 `prev_seq` + 1) and the checksum after it must match. A failed check raises `BookOutOfSync` and
@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from exchange import wire
+from streams.marketdata.state import book_checksum
 
 __all__ = ["LocalBook", "BookOutOfSync", "StrLevel"]
 
@@ -138,8 +138,8 @@ class LocalBook:
         return levels[0] if levels else None
 
     def compute_checksum(self) -> int:
-        """Return `wire.book_checksum` of the book as it is now."""
-        return wire.book_checksum(self._asks.ordered(), self._bids.ordered())
+        """Return `book_checksum` of the book as it is now."""
+        return book_checksum(self._asks.ordered(), self._bids.ordered())
 
     def invalidate(self) -> None:
         """Mark the book unsynced: updates are refused until the next snapshot."""

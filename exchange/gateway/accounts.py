@@ -55,7 +55,6 @@ from schemas.codes import (
     DeliveryOutcome,
     ExpireReason,
     OrderType,
-    Reject,
     SelfTradePrevention,
     Side,
     TimeInForce,
@@ -84,7 +83,6 @@ _EXECUTIONS, _BALANCES, _POSITIONS = 0, 1, 2
 
 Push = tuple[int, str, bytes]  # (account, channel, encoded body)
 
-_REJECT_NAMES = {int(code): code.name for code in Reject}
 _CANCEL_NAMES = {int(code): code.name for code in CancelReason}
 _EXPIRE_NAMES = {int(code): code.name for code in ExpireReason}
 _OUTCOME_NAMES = {int(code): code.name.lower() for code in DeliveryOutcome}
@@ -151,7 +149,7 @@ class _Order:
         self.stp: str | None = None
         self.expire_ns = "0"
         self.ts_ns = ts_ns
-        self.reject_code: str | None = None
+        self.reject_code: int | None = None  # the engine's number, named as it is encoded
         self.reason: str | None = None
 
 
@@ -288,6 +286,13 @@ class Accounts:
         """The account's latest order with this client order id (rejected placements too)."""
         o = self._accounts.get(account, _NO_ACCOUNT).by_client.get(client_order_id)
         return None if o is None else self._order_dict(o)
+
+    def refusal(self, account: int, client_order_id: str) -> tuple[int, str] | None:
+        """The engine's code and reason if the account's latest order with this id was refused."""
+        o = self._accounts.get(account, _NO_ACCOUNT).by_client.get(client_order_id)
+        if o is None or o.reject_code is None:
+            return None
+        return o.reject_code, o.reason or ""
 
     def client_order_live(self, account: int, client_order_id: str) -> bool:
         """Whether the account's latest order with this client order id is live (resting)."""
@@ -457,7 +462,7 @@ class Accounts:
             "ts_ns": o.ts_ns,
         }
         if o.reject_code is not None:
-            body["reject_code"] = o.reject_code
+            body["reject_code"] = wire.reject_name(o.reject_code)
             body["reason"] = o.reason
         return body
 
@@ -469,13 +474,16 @@ class Accounts:
         o: _Order,
         ts_ns: str,
         trade: tuple[str, str, int, str, str] | None = None,
-        reject: tuple[str, str] | None = None,
+        reject: tuple[int, str] | None = None,
         reason: str | None = None,
     ) -> Push:
         """Encode one executions update; `trade` is (price, qty, trade id, fee, liquidity)."""
         prev = a.advance(_EXECUTIONS, seq)
         last_price, last_qty, trade_id, fee, liquidity = trade or (None, None, None, None, None)
-        reject_code, reason = reject or (None, reason)
+        reject_code = None
+        if reject is not None:
+            code, reason = reject
+            reject_code = wire.reject_name(code)
         body = {
             "channel": "executions",
             "type": "update",
@@ -616,7 +624,7 @@ class Accounts:
     def _rejected(self, ev: e.OrderRejected) -> list[Push]:
         a = self._account(ev.account)
         ts = str(ev.ts_event)
-        reject = (_REJECT_NAMES.get(ev.code, str(ev.code)), ev.reason)
+        reject = (ev.code, ev.reason)
         own = (a.open.get(ev.order_id) or a.closed.get(ev.order_id)) if ev.order_id > 0 else None
         if own is not None:
             # A refused amend or cancel changed nothing: show the order as it stands.

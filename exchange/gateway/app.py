@@ -20,9 +20,12 @@ from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 from litestar.static_files import create_static_files_router
 
+from exchange.gateway.accounts import Accounts
 from exchange.gateway.context import Gateway
 from exchange.gateway.hub import Hub
 from exchange.gateway.keys import KeyStore
+from exchange.gateway.market_feed import MarketFeed
+from exchange.gateway.provisioning import Provisioning
 from exchange.gateway.ratelimit import RateLimits
 from exchange.gateway.rest import (
     AccountController,
@@ -30,6 +33,7 @@ from exchange.gateway.rest import (
     ProviderController,
     PublicController,
 )
+from exchange.gateway.subscriptions import Subscriptions
 from exchange.gateway.ws import serve_socket
 from exchange.wire import ErrorCode, Prices, WireError
 from schemas.catalog import Catalog, load_catalog
@@ -154,10 +158,31 @@ class GatewayServer:
         async with self._pool.acquire() as conn:
             await migrate(conn)
         keys = KeyStore(self._pool, self.settings.gateway_master_key)
-        hub = Hub(self.settings, Prices(self.catalog.tick_micros), mock_broker=self.mock_broker)
-        keys.client_order_live = hub.accounts.client_order_live
+        # The projections and the subscriptions: the hub feeds them, the handlers read them.
+        prices = Prices(self.catalog.tick_micros)
+        accounts, feed, provisioning = Accounts(prices), MarketFeed(prices), Provisioning()
+        subscriptions = Subscriptions(feed)
+        hub = Hub(
+            self.settings,
+            accounts=accounts,
+            feed=feed,
+            provisioning=provisioning,
+            subscriptions=subscriptions,
+            mock_broker=self.mock_broker,
+        )
+        keys.client_order_live = accounts.client_order_live
         await hub.start()
-        self.gateway = Gateway(self.catalog, hub, keys, self._pool, self.limits)
+        self.gateway = Gateway(
+            self.catalog,
+            hub,
+            keys,
+            self._pool,
+            self.limits,
+            accounts=accounts,
+            feed=feed,
+            provisioning=provisioning,
+            subscriptions=subscriptions,
+        )
         try:
             async with asyncio.timeout(ready_wait_s):
                 await hub.ready.wait()
@@ -205,6 +230,7 @@ class GatewayServer:
                 await asyncio.wait_for(self._task, 10)
         if self.gateway is not None:
             await self.gateway.hub.stop()
+            self.gateway.subscriptions.close()
         if self._pool is not None:
             await self._pool.close()
 

@@ -1,4 +1,9 @@
-"""What every request handler of one gateway shares: the hub, the desk, keys, rate limits."""
+"""What every request handler of one gateway shares: projections, subscriptions, desk, keys, limits.
+
+Handlers read account state from `accounts`, market data from `feed` and provisioning requests
+from `provisioning`, register subscribers with `subscriptions`, and send commands through `desk`
+(order entry) or `hub` (background cancels); the hub feeds the projections from Kafka.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,14 @@ from typing import Any
 import asyncpg
 
 from exchange.gateway import auth
+from exchange.gateway.accounts import Accounts
 from exchange.gateway.hub import Hub
 from exchange.gateway.keys import SCOPES, ApiKey, KeyStore
+from exchange.gateway.market_feed import MarketFeed
 from exchange.gateway.orders import OrderDesk
+from exchange.gateway.provisioning import Provisioning
 from exchange.gateway.ratelimit import ConnectionCounter, RateLimiter, RateLimits
+from exchange.gateway.subscriptions import Subscriptions
 from exchange.wire import ErrorCode, Prices, WireError
 from schemas.catalog import Catalog
 
@@ -30,14 +39,23 @@ class Gateway:
         keys: KeyStore,
         pool: asyncpg.Pool,
         limits: RateLimits | None = None,
+        *,
+        accounts: Accounts,
+        feed: MarketFeed,
+        provisioning: Provisioning,
+        subscriptions: Subscriptions,
     ) -> None:
         self.catalog = catalog
         self.prices = Prices(catalog.tick_micros)
         self.hub = hub
+        self.accounts = accounts
+        self.feed = feed
+        self.provisioning = provisioning
+        self.subscriptions = subscriptions
         self.keys = keys
         self.pool = pool
         self.limits = limits or RateLimits()
-        self.desk = OrderDesk(hub, keys, catalog, self.prices)
+        self.desk = OrderDesk(hub, accounts, feed, provisioning, keys, catalog, self.prices)
         lim = self.limits
         self.limiters = {
             "rest_key": RateLimiter(
@@ -113,7 +131,7 @@ class Gateway:
             return symbol in self._gpus
         if channel == "curve":
             return symbol in self._curves
-        return bool(self.hub.accounts.is_listed(symbol))
+        return bool(self.accounts.is_listed(symbol))
 
     def connections_closed(self, connection: Any) -> None:
         """Forget what a closed connection held (its message bucket)."""

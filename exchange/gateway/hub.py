@@ -1,10 +1,14 @@
-"""The gateway's Kafka side: one producer, three readers, the fan-out to connections.
+"""The gateway's Kafka side: one producer, three readers, command completion.
 
-    gx.events       -> Accounts (private feeds, order state) -> pushes to logged-on connections
+    gx.events       -> Accounts (private feeds, order state), Provisioning (settled deliveries)
                     -> completes the commands this gateway sent (by their gx.commands offset)
-    gx.marketdata   -> MarketFeed (books, trades, candles, index, curve) -> pushes to subscribers
-    gx.provisioning -> outstanding requests per provider -> pushes to provider connections
+    gx.marketdata   -> MarketFeed (books, trades, candles, index, curve)
+    gx.provisioning -> Provisioning (outstanding requests per provider)
     commands        -> gx.commands (partition = shard), provider replies -> gx.provisioning
+
+The hub feeds the projections it is given and hands the pushes they return to the
+Subscriptions; request handlers read the projections and register subscribers themselves
+(exchange/gateway/context.py), never through the hub.
 
 Every gateway reads the three topics from their beginning, so any number of them serve the same
 sequence numbers: they are stateless apart from what the log rebuilds. A command's events are
@@ -19,16 +23,16 @@ import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
-import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from exchange.gateway.accounts import Accounts
-from exchange.gateway.fanout import Queued, fan_out
-from exchange.gateway.market_feed import MarketFeed, StreamKey
-from exchange.wire import ErrorCode, Prices, WireError
+from exchange.gateway.market_feed import MarketFeed
+from exchange.gateway.provisioning import Provisioning
+from exchange.gateway.subscriptions import Subscriptions
+from exchange.wire import ErrorCode, WireError
 from schemas import commands as c
 from schemas import events as e
 from schemas.codec import DecodeError, decode_event_record, encode
@@ -37,7 +41,6 @@ from schemas.provisioning import (
     ProvisionConfirmed,
     ProvisionFailed,
     ProvisionMessage,
-    ProvisionRequested,
     decode_provision,
     encode_provision,
     provider_key,
@@ -46,7 +49,7 @@ from streams.consumers import log_consumer
 from streams.settings import Settings
 from streams.topics import shard_key, topics
 
-__all__ = ["Hub", "Subscriber", "HubStats", "command_timeout_s"]
+__all__ = ["Hub", "HubStats", "command_timeout_s"]
 
 log = logging.getLogger("gx.gateway")
 
@@ -56,13 +59,6 @@ linger_ms = 1
 command_timeout_s = 5.0  # a command the engine has not answered by then is reported TIMEOUT
 recent_commands_max = 100_000  # completed commands kept for answers that arrive late
 partitions_wait_s = 30.0
-resume_linger_s = 60.0  # a book depth nobody watches any more keeps its resume buffer this long
-
-
-class Subscriber(Queued, Protocol):
-    """A connection as the hub sees it: pushes must not block."""
-
-    def push(self, key: Any, body: bytes) -> None: ...
 
 
 class HubStats:
@@ -85,9 +81,18 @@ class _Reader:
 
 
 class Hub:
-    """Read the exchange's topics, keep the gateway's projections, send commands, fan out."""
+    """Read the exchange's topics into the projections, send commands, await their events."""
 
-    def __init__(self, settings: Settings, prices: Prices, *, mock_broker: bool = False) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        accounts: Accounts,
+        feed: MarketFeed,
+        provisioning: Provisioning,
+        subscriptions: Subscriptions,
+        mock_broker: bool = False,
+    ) -> None:
         if not settings.kafka_bootstrap:
             raise ValueError("the gateway needs GX_KAFKA_BOOTSTRAP (or `make sandbox`)")
         self.settings = settings
@@ -95,12 +100,15 @@ class Hub:
         names = topics(settings)
         self.commands_topic = names["commands"].name
         self.provisioning_topic = names["provisioning"].name
-        self.accounts = Accounts(prices)
-        self.feed = MarketFeed(prices)
+        self.accounts = accounts
+        self.feed = feed
+        self.provisioning = provisioning
+        self.subscriptions = subscriptions
+        # The event path reads the routing and the outstanding requests by these names: the
+        # same dicts the Subscriptions and the Provisioning projection hold, not copies.
+        self.private = subscriptions.private
+        self.outstanding = provisioning.outstanding
         self.stats = HubStats()
-        self.public: dict[StreamKey, set[Subscriber]] = {}
-        self.private: dict[int, set[Subscriber]] = {}  # account -> its logged-on connections
-        self.outstanding: dict[int, dict[int, ProvisionRequested]] = {}  # provider -> requests
         self.ready = asyncio.Event()  # every topic read up to where it ended at start
         # Called with each gx.marketdata message as it is read, before its fan-out (benchmarks
         # time arrivals with it; a tap must be quick and must not raise).
@@ -119,7 +127,6 @@ class Hub:
         self._done: OrderedDict[tuple[int, int], list[e.Event]] = OrderedDict()
         self._waiting: dict[tuple[int, int], asyncio.Future[list[e.Event]]] = {}
         self._caught_up: set[str] = set()
-        self._lingering: dict[StreamKey, asyncio.TimerHandle] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -147,9 +154,6 @@ class Hub:
 
     async def stop(self) -> None:
         """Stop reading, finish background commands, close the clients."""
-        for handle in self._lingering.values():
-            handle.cancel()
-        self._lingering.clear()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -258,20 +262,11 @@ class Hub:
         self.stats.marketdata += 1
         for tap in self.taps:
             tap(message)
-        for key, body in self.feed.apply(message, partition, offset):
-            subscribers = self.public.get(key)
-            if subscribers:
-                fan_out(key, body, subscribers)
+        self.subscriptions.publish(self.feed.apply(message, partition, offset))
 
     def _on_provisioning(self, message: ProvisionMessage) -> None:
         self.stats.provisioning += 1
-        if isinstance(message, ProvisionRequested):
-            self.outstanding.setdefault(message.provider, {})[message.obligation_id] = message
-            body = provision_push(message)
-            for subscriber in self.private.get(message.provider, ()):
-                subscriber.push("provisioning", body)
-        elif isinstance(message, ProvisionConfirmed | ProvisionFailed):
-            self.outstanding.get(message.provider, {}).pop(message.obligation_id, None)
+        self.subscriptions.deliver(self.provisioning.apply(message))
 
     # ------------------------------------------------------------------ command completion
 
@@ -382,68 +377,3 @@ class Hub:
             await future
         except KafkaError as error:
             raise WireError(ErrorCode.UNAVAILABLE, f"gx.provisioning: {error}") from None
-
-    # ------------------------------------------------------------------ subscriptions
-
-    def subscribe_public(self, subscriber: Subscriber, key: StreamKey) -> None:
-        """Add a subscriber to a public stream (book depths are computed while watched)."""
-        subscribers = self.public.setdefault(key, set())
-        if subscriber in subscribers:
-            return
-        subscribers.add(subscriber)
-        if key[0] == "book":
-            lingering = self._lingering.pop(key, None)
-            if lingering is not None:
-                lingering.cancel()  # still watched: the resume buffer never stopped
-            else:
-                self.feed.watch(key)
-
-    def unsubscribe_public(self, subscriber: Subscriber, key: StreamKey) -> None:
-        """Remove a subscriber from a public stream."""
-        subscribers = self.public.get(key)
-        if subscribers is None or subscriber not in subscribers:
-            return
-        subscribers.discard(subscriber)
-        if subscribers:
-            return
-        del self.public[key]
-        if key[0] == "book" and key not in self._lingering:
-            # A client that lost its connection comes back with resume_from_seq: keep the
-            # depth (and its resume buffer) going for a while after its last subscriber left.
-            loop = asyncio.get_running_loop()
-            self._lingering[key] = loop.call_later(resume_linger_s, self._stop_watching, key)
-
-    def _stop_watching(self, key: StreamKey) -> None:
-        self._lingering.pop(key, None)
-        self.feed.unwatch(key)
-
-    def attach_account(self, subscriber: Subscriber, account: int) -> None:
-        """Route an account's private pushes to a logged-on connection."""
-        self.private.setdefault(account, set()).add(subscriber)
-
-    def detach_account(self, subscriber: Subscriber, account: int) -> None:
-        """Stop routing an account's private pushes to a connection."""
-        subscribers = self.private.get(account)
-        if subscribers is not None:
-            subscribers.discard(subscriber)
-            if not subscribers:
-                del self.private[account]
-
-
-def provision_push(message: ProvisionRequested) -> bytes:
-    """The `provisioning` push body of a request (ids as integers, times as strings)."""
-    return orjson.dumps(
-        {
-            "channel": "provisioning",
-            "type": "request",
-            "obligation_id": message.obligation_id,
-            "symbol": message.symbol,
-            "provider": message.provider,
-            "holder": message.holder,
-            "gpus": message.gpus,
-            "start_ns": str(message.start_ns),
-            "end_ns": str(message.end_ns),
-            "deadline_ns": str(message.deadline_ns),
-            "stage": message.stage,
-        }
-    )

@@ -31,7 +31,7 @@ from typing import Any
 import msgspec
 import orjson
 
-from exchange.wire import CHECKSUM_LEVELS, ErrorCode, Prices, WireError, book_checksum, qty_to_str
+from exchange.wire import ErrorCode, Prices, WireError, qty_to_str
 from schemas.marketdata import (
     BookDelta,
     BookSnapshot,
@@ -45,6 +45,7 @@ from schemas.marketdata import (
     TradePrints,
 )
 from schemas.units import NS_PER_DAY, NS_PER_HOUR, NS_PER_MINUTE
+from streams.marketdata.state import CHECKSUM_LEVELS, book_checksum
 
 __all__ = [
     "BOOK_DEPTHS",

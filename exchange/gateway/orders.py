@@ -1,12 +1,16 @@
 """Order entry: validate a request, make it a command, send it, answer with what the engine did.
 
-Shared by REST and the WebSocket, so both refuse the same input with the same codes:
+Shared by REST and the WebSocket, so both refuse the same input with the same codes. Each method
+takes its request as the typed Struct below (`PlaceParams`, ...): REST has Litestar decode the
+body into it, the WebSocket decodes its params with `parse_params`.
+
 - the gateway refuses malformed requests (BAD_REQUEST naming the field), unknown symbols
   (UNKNOWN_SYMBOL), prices off tick (PRICE_OFF_TICK), quantities that are not whole lots
   (QTY_INVALID) and other accounts' orders (UNKNOWN_ORDER, telling nothing of their existence)
   before anything reaches Kafka;
-- the engine refuses the rest (cash, band, size, limits); its refusal comes back with the
-  `schemas.codes.Reject` name as the code and status 422.
+- the engine refuses the rest (cash, band, size, limits); its refusal comes back with status
+  422, its `schemas.codes.Reject` number as `engine_code` and, named at the wire
+  (`wire.reject_name`), as the code.
 
 `client_order_id` makes placement idempotent across gateway instances: it is reserved in
 PostgreSQL before the command is sent, and a retry finds the order the first attempt made.
@@ -22,16 +26,33 @@ from typing import Any, Protocol, TypeVar
 
 import msgspec
 
+from exchange.gateway.accounts import Accounts
 from exchange.gateway.hub import Hub, command_timeout_s
+from exchange.gateway.market_feed import MarketFeed
+from exchange.gateway.provisioning import Provisioning
 from exchange.wire import ErrorCode, Prices, WireError, money_to_str, qty_from_str, qty_to_str
 from schemas import commands as c
 from schemas import events as e
 from schemas.catalog import Catalog
-from schemas.codes import OrderType, Reject, SelfTradePrevention, Side, TimeInForce
+from schemas.codes import OrderType, SelfTradePrevention, Side, TimeInForce
 from schemas.provisioning import ProvisionConfirmed, ProvisionFailed
 from schemas.symbols import SymbolError, parse_symbol
 
-__all__ = ["OrderDesk", "ClientOrders", "client_order_id_max", "route_children_max", "parse_params"]
+__all__ = [
+    "OrderDesk",
+    "ClientOrders",
+    "PlaceParams",
+    "OrderRef",
+    "AmendParams",
+    "CancelAllParams",
+    "RouteParams",
+    "CapacityParams",
+    "ConfirmParams",
+    "FailParams",
+    "client_order_id_max",
+    "route_children_max",
+    "parse_params",
+]
 
 client_order_id_max = 36
 route_children_max = 50  # child orders one routed order may place
@@ -136,11 +157,7 @@ def _reject(events: list[e.Event]) -> None:
     """Raise the engine's refusal, if the command was refused."""
     for event in events:
         if isinstance(event, e.OrderRejected | e.CommandRejected):
-            try:
-                name = Reject(event.code).name
-            except ValueError:
-                name = str(event.code)
-            raise WireError(name, event.reason, engine_code=event.code, reason=event.reason)
+            raise WireError.rejected(event.code, event.reason)
 
 
 # ---------------------------------------------------------------------- the desk
@@ -150,17 +167,23 @@ class OrderDesk:
     """Order entry and provider actions for one gateway."""
 
     def __init__(
-        self, hub: Hub, client_orders: ClientOrders, catalog: Catalog, prices: Prices
+        self,
+        hub: Hub,
+        accounts: Accounts,
+        feed: MarketFeed,
+        provisioning: Provisioning,
+        client_orders: ClientOrders,
+        catalog: Catalog,
+        prices: Prices,
     ) -> None:
-        self.hub = hub
+        self.hub = hub  # sends the commands and waits for their events
+        self.accounts = accounts
+        self.feed = feed
+        self.provisioning = provisioning
         self.client_orders = client_orders
         self.catalog = catalog
         self.prices = prices
         self.shard = 0  # one shard today; every command still carries it
-
-    @property
-    def accounts(self) -> Any:
-        return self.hub.accounts
 
     # ------------------------------------------------------------------ orders
 
@@ -173,9 +196,8 @@ class OrderDesk:
             raise WireError(ErrorCode.UNKNOWN_SYMBOL, f"symbol {symbol!r} is not listed")
         return symbol
 
-    async def place(self, account: int, params: Any) -> dict[str, Any]:
+    async def place(self, account: int, p: PlaceParams) -> dict[str, Any]:
         """Place an order; answer `{"order", "fills"}` (a retry answers the first order)."""
-        p = parse_params(params, PlaceParams)
         symbol = self._symbol(p.symbol)
         lots = qty_from_str(p.qty)
         if p.type is OrderType.LIMIT:
@@ -232,13 +254,12 @@ class OrderDesk:
         """Answer a retry: the order its first attempt made (waiting for it to arrive)."""
         deadline = time.monotonic() + command_timeout_s
         while True:
+            refusal = self.accounts.refusal(account, cid)
+            if refusal is not None:
+                code, reason = refusal
+                raise WireError.rejected(code, reason or "the order was rejected", duplicate=True)
             order = self.accounts.order_by_client_id(account, cid)
             if order is not None:
-                if order.get("status") == "rejected":
-                    name = str(order.get("reject_code") or ErrorCode.REJECTED)
-                    reason = str(order.get("reason") or "the order was rejected")
-                    code = Reject[name].value if name in Reject.__members__ else 0
-                    raise WireError(name, reason, engine_code=code, reason=reason, duplicate=True)
                 return {"order": order, "fills": [], "duplicate": True}
             if time.monotonic() >= deadline:
                 raise WireError(
@@ -281,9 +302,8 @@ class OrderDesk:
             )
         return order_id
 
-    async def amend(self, account: int, params: Any) -> dict[str, Any]:
+    async def amend(self, account: int, p: AmendParams) -> dict[str, Any]:
         """Amend an order's price and remaining quantity."""
-        p = parse_params(params, AmendParams)
         order_id = self._own_order(account, p)
         command = c.AmendOrder(
             shard=self.shard,
@@ -297,9 +317,8 @@ class OrderDesk:
         _reject(events)
         return {"order": self.accounts.order(account, order_id)}
 
-    async def cancel(self, account: int, params: Any) -> dict[str, Any]:
+    async def cancel(self, account: int, p: OrderRef) -> dict[str, Any]:
         """Cancel one order."""
-        p = parse_params(params, OrderRef)
         order_id = self._own_order(account, p)
         command = c.CancelOrder(
             shard=self.shard, ts_init=time.time_ns(), account=account, order_id=order_id
@@ -308,9 +327,8 @@ class OrderDesk:
         _reject(events)
         return {"order": self.accounts.order(account, order_id)}
 
-    async def cancel_all(self, account: int, params: Any) -> dict[str, Any]:
+    async def cancel_all(self, account: int, p: CancelAllParams) -> dict[str, Any]:
         """Cancel every open order of the account (of one symbol if given)."""
-        p = parse_params(params, CancelAllParams)
         if p.symbol is not None:
             self._symbol(p.symbol)
         if not self.accounts.open_orders(account, p.symbol):
@@ -323,9 +341,8 @@ class OrderDesk:
         canceled = sum(1 for ev in events if isinstance(ev, e.OrderCancelled))
         return {"canceled": canceled}
 
-    def status(self, account: int, params: Any) -> dict[str, Any]:
+    def status(self, account: int, p: OrderRef) -> dict[str, Any]:
         """The order a client order id or order id names (the lost-response lookup)."""
-        p = parse_params(params, OrderRef)
         if p.client_order_id:
             order = self.accounts.order_by_client_id(account, p.client_order_id)
         elif p.order_id and self.accounts.owner(p.order_id) == account:
@@ -341,9 +358,8 @@ class OrderDesk:
 
     # ------------------------------------------------------------------ routing
 
-    async def route(self, account: int, params: Any) -> dict[str, Any]:
+    async def route(self, account: int, p: RouteParams) -> dict[str, Any]:
         """Buy GPU-hours of a model in a window, cheapest asks first, as IOC child orders."""
-        p = parse_params(params, RouteParams)
         if p.gpu_hours <= 0:
             raise WireError(ErrorCode.QTY_INVALID, f"gpu_hours: expected > 0, found {p.gpu_hours}")
         start_ns, end_ns = _ns(p.start_ns, "start_ns"), _ns(p.end_ns, "end_ns")
@@ -363,7 +379,7 @@ class OrderDesk:
                 "client_order_id": f"{prefix}-{index}",
             }
             try:
-                result = await self.place(account, child)
+                result = await self.place(account, msgspec.convert(child, PlaceParams))
             except WireError as error:
                 children.append(
                     {"order": None, "fills": [], "error": error.body(), "request": child}
@@ -392,7 +408,7 @@ class OrderDesk:
                 continue
             if key.end_ns > end_ns:
                 continue
-            for ticks, lots in self.hub.feed.ask_levels(symbol):
+            for ticks, lots in self.feed.ask_levels(symbol):
                 if ticks > max_ticks:
                     break
                 offers.append((ticks, key.start_ns, symbol, lots, key.hours))
@@ -413,9 +429,8 @@ class OrderDesk:
 
     # ------------------------------------------------------------------ providers
 
-    async def capacity(self, account: int, params: Any) -> dict[str, Any]:
+    async def capacity(self, account: int, p: CapacityParams) -> dict[str, Any]:
         """Set a provider's GPUs of a model and region over a window."""
-        p = parse_params(params, CapacityParams)
         command = c.CapacityUpdate(
             shard=self.shard,
             ts_init=time.time_ns(),
@@ -431,24 +446,22 @@ class OrderDesk:
         return {"status": "accepted"}
 
     def _outstanding(self, account: int, obligation_id: int) -> None:
-        if obligation_id not in self.hub.outstanding.get(account, {}):
+        if not self.provisioning.is_outstanding(account, obligation_id):
             raise WireError(
                 ErrorCode.NOT_FOUND,
                 f"obligation {obligation_id}: no outstanding provisioning request to this provider",
             )
 
-    async def confirm(self, account: int, params: Any) -> dict[str, Any]:
+    async def confirm(self, account: int, p: ConfirmParams) -> dict[str, Any]:
         """Confirm a delivery with access details."""
-        p = parse_params(params, ConfirmParams)
         self._outstanding(account, p.obligation_id)
         await self.hub.send_provision(
             ProvisionConfirmed(obligation_id=p.obligation_id, provider=account, access=p.access)
         )
         return {"obligation_id": p.obligation_id}
 
-    async def fail(self, account: int, params: Any) -> dict[str, Any]:
+    async def fail(self, account: int, p: FailParams) -> dict[str, Any]:
         """Report a delivery failed (or interrupted after `hours_delivered` hours)."""
-        p = parse_params(params, FailParams)
         self._outstanding(account, p.obligation_id)
         if p.hours_delivered < 0:
             raise WireError(ErrorCode.BAD_REQUEST, "hours_delivered: expected >= 0")

@@ -1,8 +1,9 @@
 """REST `/api/v1`: market data in public, account and order entry signed (exchange/API.md).
 
 Handlers are thin: market data comes from the gateway's MarketFeed, account state from its
-Accounts projection (the same state the WebSocket serves), ledger entries from PostgreSQL, and
-order entry goes through the same OrderDesk as the WebSocket, so both refuse alike.
+Accounts projection (the same state the WebSocket serves), ledger entries from the ledger's
+reads in PostgreSQL (streams/ledger/reads.py), and order entry goes through the same OrderDesk
+as the WebSocket, so both refuse alike.
 """
 
 from __future__ import annotations
@@ -15,19 +16,20 @@ from litestar.params import FromPath, FromQuery, JSONBody
 
 from exchange.gateway.context import Gateway
 from exchange.gateway.keys import ApiKey
-from exchange.gateway.orders import AmendParams, CapacityParams, PlaceParams, RouteParams
+from exchange.gateway.orders import (
+    AmendParams,
+    CancelAllParams,
+    CapacityParams,
+    OrderRef,
+    PlaceParams,
+    RouteParams,
+)
 from exchange.wire import ErrorCode, WireError, money_to_str
+from streams.ledger.reads import BUCKET_NAMES, account_postings
 
 __all__ = ["PublicController", "AccountController", "OrderController", "ProviderController"]
 
-# An account's newest postings: read backwards along postings_by_account_seq, never sorted.
-LEDGER_QUERY = (
-    "SELECT seq, ts_event, bucket, amount_micros, reason, ref_id FROM postings "
-    "WHERE account = $1 ORDER BY seq DESC, posting_index DESC LIMIT $2"
-)
-
 limit_max = 1000
-_BUCKETS = {1: "available", 2: "held", 3: "escrow", 4: "collateral"}
 
 
 def _gateway(request: Request[Any, Any, Any]) -> Gateway:
@@ -49,11 +51,6 @@ def _limit(limit: int) -> int:
     return limit
 
 
-def _body(data: msgspec.Struct) -> dict[str, Any]:
-    body: dict[str, Any] = msgspec.to_builtins(data)
-    return body
-
-
 class PublicController(Controller):
     """Market data: no signature needed."""
 
@@ -65,7 +62,7 @@ class PublicController(Controller):
         """List the catalog and the instruments trading now."""
         gw = _gateway(request)
         gw.check_ip(request)
-        return {"instruments": gw.hub.accounts.instruments(), "catalog": gw.catalog_view()}
+        return {"instruments": gw.accounts.instruments(), "catalog": gw.catalog_view()}
 
     @get("/book/{symbol:str}")
     async def book(
@@ -74,7 +71,7 @@ class PublicController(Controller):
         """Return the order book of an instrument to a depth, with its seq and checksum."""
         gw = _gateway(request)
         gw.check_ip(request)
-        book = gw.hub.feed.book(symbol, _limit(depth))
+        book = gw.feed.book(symbol, _limit(depth))
         if book is None:
             raise WireError(ErrorCode.UNKNOWN_SYMBOL, f"no book for {symbol!r}")
         return book
@@ -86,7 +83,7 @@ class PublicController(Controller):
         """Return an instrument's latest trades, newest first."""
         gw = _gateway(request)
         gw.check_ip(request)
-        return {"symbol": symbol, "trades": gw.hub.feed.trades(symbol, _limit(limit))}
+        return {"symbol": symbol, "trades": gw.feed.trades(symbol, _limit(limit))}
 
     @get("/candles/{symbol:str}")
     async def candles(
@@ -103,7 +100,7 @@ class PublicController(Controller):
             raise WireError(
                 ErrorCode.BAD_REQUEST, f"interval: expected 1m, 1h or 1d, found {interval!r}"
             )
-        rows = gw.hub.feed.candles(symbol, interval, _limit(limit))
+        rows = gw.feed.candles(symbol, interval, _limit(limit))
         return {"symbol": symbol, "interval": interval, "candles": rows}
 
     @get("/index/{gpu:str}")
@@ -113,7 +110,7 @@ class PublicController(Controller):
         gw.check_ip(request)
         if not gw.known_symbol("index", gpu):
             raise WireError(ErrorCode.UNKNOWN_SYMBOL, f"unknown GPU model {gpu!r}")
-        index = gw.hub.feed.index(gpu)
+        index = gw.feed.index(gpu)
         return index or {
             "gpu": gpu,
             "price": None,
@@ -136,7 +133,7 @@ class PublicController(Controller):
         name = f"{gpu}.{region}.{product}"
         if not gw.known_symbol("curve", name):
             raise WireError(ErrorCode.UNKNOWN_SYMBOL, f"unknown curve {name!r}")
-        return {"curve": name, "points": gw.hub.feed.curve(name)}
+        return {"curve": name, "points": gw.feed.curve(name)}
 
 
 class AccountController(Controller):
@@ -149,14 +146,14 @@ class AccountController(Controller):
     async def balances(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
         """Return the account's cash by bucket."""
         key = await _gateway(request).authenticate(request, "read")
-        balances: dict[str, Any] = _gateway(request).hub.accounts.balances(key.account)
+        balances: dict[str, Any] = _gateway(request).accounts.balances(key.account)
         return balances
 
     @get("/positions")
     async def positions(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
         """Return the account's positions (short < 0)."""
         key = await _gateway(request).authenticate(request, "read")
-        return {"positions": _gateway(request).hub.accounts.positions(key.account)}
+        return {"positions": _gateway(request).accounts.positions(key.account)}
 
     @get("/fills")
     async def fills(
@@ -168,7 +165,7 @@ class AccountController(Controller):
         """Return the account's fills, newest first."""
         gw = _gateway(request)
         key = await gw.authenticate(request, "read")
-        return {"fills": gw.hub.accounts.fills(key.account, symbol, _limit(limit))}
+        return {"fills": gw.accounts.fills(key.account, symbol, _limit(limit))}
 
     @get("/ledger")
     async def ledger(
@@ -177,17 +174,17 @@ class AccountController(Controller):
         """Return the account's ledger postings, newest first (settled in PostgreSQL)."""
         gw = _gateway(request)
         key = await gw.authenticate(request, "read")
-        rows = await gw.pool.fetch(LEDGER_QUERY, key.account, _limit(limit))
+        postings = await account_postings(gw.pool, key.account, _limit(limit))
         entries = [
             {
-                "seq": row["seq"],
-                "ts_ns": str(row["ts_event"]),
-                "bucket": _BUCKETS.get(row["bucket"], str(row["bucket"])),
-                "amount": money_to_str(row["amount_micros"]),
-                "reason": row["reason"],
-                "ref_id": row["ref_id"],
+                "seq": p.seq,
+                "ts_ns": str(p.ts_event),
+                "bucket": BUCKET_NAMES.get(p.bucket, str(p.bucket)),
+                "amount": money_to_str(p.amount_micros),
+                "reason": p.reason,
+                "ref_id": p.ref_id,
             }
-            for row in rows
+            for p in postings
         ]
         return {"entries": entries}
 
@@ -202,7 +199,7 @@ class AccountController(Controller):
             raise WireError(
                 ErrorCode.BAD_REQUEST, f"role: expected provider or holder, found {role!r}"
             )
-        return {"deliveries": gw.hub.accounts.deliveries(key.account, role)}
+        return {"deliveries": gw.accounts.deliveries(key.account, role)}
 
     @get("/keys")
     async def keys(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
@@ -247,9 +244,9 @@ class OrderController(Controller):
         gw = _gateway(request)
         key = await gw.authenticate(request, "read")
         if status == "open":
-            return {"orders": gw.hub.accounts.open_orders(key.account, symbol)}
+            return {"orders": gw.accounts.open_orders(key.account, symbol)}
         if status == "closed":
-            return {"orders": gw.hub.accounts.closed_orders(key.account, symbol)}
+            return {"orders": gw.accounts.closed_orders(key.account, symbol)}
         raise WireError(ErrorCode.BAD_REQUEST, f"status: expected open or closed, found {status!r}")
 
     @get("/orders/{order_id:int}")
@@ -259,7 +256,7 @@ class OrderController(Controller):
         """Return one of the account's orders."""
         gw = _gateway(request)
         key = await gw.authenticate(request, "read")
-        return gw.desk.status(key.account, {"order_id": order_id})["order"]  # type: ignore[no-any-return]
+        return gw.desk.status(key.account, OrderRef(order_id=order_id))["order"]  # type: ignore[no-any-return]
 
     @get("/orders/client/{client_order_id:str}")
     async def order_by_client_id(
@@ -268,7 +265,7 @@ class OrderController(Controller):
         """Return the order a client order id names (the lost-response lookup)."""
         gw = _gateway(request)
         key = await gw.authenticate(request, "read")
-        return gw.desk.status(key.account, {"client_order_id": client_order_id})["order"]  # type: ignore[no-any-return]
+        return gw.desk.status(key.account, OrderRef(client_order_id=client_order_id))["order"]  # type: ignore[no-any-return]
 
     @post("/orders", status_code=200)
     async def place(
@@ -276,7 +273,7 @@ class OrderController(Controller):
     ) -> dict[str, Any]:
         """Place an order; a retry with the same client_order_id returns the first order."""
         gw, key = await _order_entry(request)
-        return await gw.desk.place(key.account, _body(data))
+        return await gw.desk.place(key.account, data)
 
     @patch("/orders/{order_id:int}")
     async def amend(
@@ -284,9 +281,7 @@ class OrderController(Controller):
     ) -> dict[str, Any]:
         """Amend an order's price and remaining quantity."""
         gw, key = await _order_entry(request)
-        body = _body(data)
-        body["order_id"] = order_id
-        return await gw.desk.amend(key.account, body)
+        return await gw.desk.amend(key.account, msgspec.structs.replace(data, order_id=order_id))
 
     @delete("/orders/{order_id:int}", status_code=200)
     async def cancel(
@@ -294,7 +289,7 @@ class OrderController(Controller):
     ) -> dict[str, Any]:
         """Cancel one order."""
         gw, key = await _order_entry(request)
-        return await gw.desk.cancel(key.account, {"order_id": order_id})
+        return await gw.desk.cancel(key.account, OrderRef(order_id=order_id))
 
     @delete("/orders", status_code=200)
     async def cancel_all(
@@ -302,7 +297,7 @@ class OrderController(Controller):
     ) -> dict[str, Any]:
         """Cancel every open order of the account (of one symbol if given)."""
         gw, key = await _order_entry(request)
-        return await gw.desk.cancel_all(key.account, {"symbol": symbol})
+        return await gw.desk.cancel_all(key.account, CancelAllParams(symbol=symbol))
 
     @post("/route", status_code=200)
     async def route(
@@ -310,7 +305,7 @@ class OrderController(Controller):
     ) -> dict[str, Any]:
         """Buy GPU-hours of a model across regions and products, cheapest first."""
         gw, key = await _order_entry(request)
-        return await gw.desk.route(key.account, _body(data))
+        return await gw.desk.route(key.account, data)
 
 
 class ProviderController(Controller):
@@ -326,11 +321,11 @@ class ProviderController(Controller):
         """Set the provider's GPUs of a model and region over a window."""
         gw = _gateway(request)
         key = await gw.authenticate(request, "provide")
-        return await gw.desk.capacity(key.account, _body(data))
+        return await gw.desk.capacity(key.account, data)
 
     @get("/capacity")
     async def capacity_list(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
         """List the provider's capacity as the engine accepted it."""
         gw = _gateway(request)
         key = await gw.authenticate(request, "provide")
-        return {"capacity": gw.hub.accounts.capacity(key.account)}
+        return {"capacity": gw.accounts.capacity(key.account)}

@@ -22,9 +22,18 @@ import orjson
 
 from exchange.gateway.context import Gateway
 from exchange.gateway.fanout import Frames, flusher, frame_pushes, text_frame
-from exchange.gateway.hub import provision_push
 from exchange.gateway.market_feed import BOOK_DEPTHS, StreamKey
-from exchange.gateway.orders import parse_params
+from exchange.gateway.orders import (
+    AmendParams,
+    CancelAllParams,
+    CapacityParams,
+    ConfirmParams,
+    FailParams,
+    OrderRef,
+    PlaceParams,
+    RouteParams,
+    parse_params,
+)
 from exchange.wire import ErrorCode, WireError
 from schemas import commands as c
 
@@ -241,7 +250,7 @@ class Connection:
             if key not in self.public:
                 return
             self.public.discard(key)
-            self.gw.hub.unsubscribe_public(self, key)
+            self.gw.subscriptions.unsubscribe_public(self, key)
             channel, symbol = key[0], key[1]
         else:
             if key not in self.private:
@@ -258,29 +267,29 @@ class Connection:
             await asyncio.sleep(heartbeat_interval_s)
             seqs: dict[str, int] = {}
             for key in self.public:
-                seqs[_stream_name(key)] = self.gw.hub.feed.last_seq(key)
+                seqs[_stream_name(key)] = self.gw.feed.last_seq(key)
             if self.account is not None:
                 for channel in self.private:
-                    seqs[channel] = self.gw.hub.accounts.last_seq(self.account, channel)
+                    seqs[channel] = self.gw.accounts.last_seq(self.account, channel)
             body = {"channel": "heartbeat", "ts_ns": str(time.time_ns()), "seqs": seqs}
             self._enqueue_push(orjson.dumps(body))
 
     def _detach(self) -> None:
-        hub = self.gw.hub
+        hub, subscriptions = self.gw.hub, self.gw.subscriptions
         for key in list(self.public):
-            hub.unsubscribe_public(self, key)
+            subscriptions.unsubscribe_public(self, key)
         self.public.clear()
         if self._dead_man is not None:
             self._dead_man.cancel()
         if self.account is None:
             return
-        hub.detach_account(self, self.account)
+        subscriptions.detach_account(self, self.account)
         self.gw.connections_closed(self)
         if self.cancel_on_disconnect == "account":
             hub.submit_later(c.CancelAll(account=self.account, ts_init=time.time_ns()))
         elif self.cancel_on_disconnect == "connection":
             for order_id in sorted(self.placed):
-                order = hub.accounts.order(self.account, order_id)
+                order = self.gw.accounts.order(self.account, order_id)
                 if order is not None and order["status"] in ("new", "partially_filled"):
                     hub.submit_later(
                         c.CancelOrder(
@@ -347,11 +356,11 @@ class Connection:
         entry = _ACCOUNT_METHODS.get(method)
         if entry is None:
             raise WireError(ErrorCode.UNKNOWN_METHOD, f"method: {method!r} is not a method")
-        scope, handler = entry
+        scope, kind, handler = entry
         account = self._require(scope)
         if method.startswith("order.") and method != "order.status":
             self.gw.check_rate(f"orders:{self.key_id}", "orders")
-        return await handler(self, account, params)
+        return await handler(self, account, parse_params(params, kind))
 
     def _require(self, scope: str) -> int:
         if self.account is None:
@@ -375,13 +384,13 @@ class Connection:
         self.scopes = frozenset(key.scopes)
         self.key_id = key.key_id
         self.cancel_on_disconnect = p.cancel_on_disconnect
-        self.gw.hub.attach_account(self, key.account)
+        self.gw.subscriptions.attach_account(self, key.account)
         return {"account": key.account, "scopes": sorted(self.scopes)}
 
     # ------------------------------------------------------------------ subscriptions
 
     def _public_key(self, p: _Subscribe, symbol: str) -> StreamKey:
-        feed = self.gw.hub.feed
+        feed = self.gw.feed
         if p.channel == "book":
             if p.depth not in BOOK_DEPTHS:
                 raise WireError(
@@ -413,7 +422,7 @@ class Connection:
                 f"symbols: expected 1-{symbols_per_subscribe_max} symbols, found {len(p.symbols)}",
             )
         keys = [self._public_key(p, symbol) for symbol in p.symbols]  # all valid, or none
-        feed = self.gw.hub.feed
+        feed = self.gw.feed
         if p.channel == "book":
             for key in keys:
                 if feed.snapshot(key) is None:
@@ -424,8 +433,8 @@ class Connection:
         resumed = True
         for key in keys:
             if key in self.public:
-                self.gw.hub.unsubscribe_public(self, key)
-            self.gw.hub.subscribe_public(self, key)
+                self.gw.subscriptions.unsubscribe_public(self, key)
+            self.gw.subscriptions.subscribe_public(self, key)
             self.public.add(key)
             replay = None
             if p.resume_from_seq is not None:
@@ -444,7 +453,7 @@ class Connection:
 
     def _subscribe_private(self, channel: str) -> dict[str, Any]:
         account = self._require(PRIVATE_CHANNELS[channel])
-        accounts = self.gw.hub.accounts
+        accounts = self.gw.accounts
         pushes: list[tuple[Any, bytes]]
         if channel == "executions":
             pushes = [(channel, accounts.executions_snapshot(account))]
@@ -453,8 +462,7 @@ class Connection:
         elif channel == "positions":
             pushes = [(channel, accounts.positions_snapshot(account))]
         else:
-            outstanding = self.gw.hub.outstanding.get(account, {})
-            pushes = [(channel, provision_push(r)) for _, r in sorted(outstanding.items())]
+            pushes = [(channel, body) for body in self.gw.provisioning.snapshot(account)]
         self.private.add(channel)
         self._after_answer = pushes
         return {"channel": channel, "symbols": [], "resumed": False}
@@ -467,45 +475,44 @@ class Connection:
         for key in list(self.public):
             if key[0] == p.channel and key[1] in p.symbols:
                 self.public.discard(key)
-                self.gw.hub.unsubscribe_public(self, key)
+                self.gw.subscriptions.unsubscribe_public(self, key)
         return {"channel": p.channel, "symbols": p.symbols}
 
     # ------------------------------------------------------------------ account methods
 
-    async def _place(self, account: int, params: Any) -> dict[str, Any]:
-        result = await self.gw.desk.place(account, params)
+    async def _place(self, account: int, p: PlaceParams) -> dict[str, Any]:
+        result = await self.gw.desk.place(account, p)
         order = result.get("order")
         if order and order.get("order_id"):
             self.placed.add(int(order["order_id"]))
         return result
 
-    async def _amend(self, account: int, params: Any) -> dict[str, Any]:
-        return await self.gw.desk.amend(account, params)
+    async def _amend(self, account: int, p: AmendParams) -> dict[str, Any]:
+        return await self.gw.desk.amend(account, p)
 
-    async def _cancel(self, account: int, params: Any) -> dict[str, Any]:
-        return await self.gw.desk.cancel(account, params)
+    async def _cancel(self, account: int, p: OrderRef) -> dict[str, Any]:
+        return await self.gw.desk.cancel(account, p)
 
-    async def _cancel_all(self, account: int, params: Any) -> dict[str, Any]:
-        return await self.gw.desk.cancel_all(account, params)
+    async def _cancel_all(self, account: int, p: CancelAllParams) -> dict[str, Any]:
+        return await self.gw.desk.cancel_all(account, p)
 
-    async def _status(self, account: int, params: Any) -> dict[str, Any]:
-        return self.gw.desk.status(account, params)
+    async def _status(self, account: int, p: OrderRef) -> dict[str, Any]:
+        return self.gw.desk.status(account, p)
 
-    async def _route(self, account: int, params: Any) -> dict[str, Any]:
-        return await self.gw.desk.route(account, params)
+    async def _route(self, account: int, p: RouteParams) -> dict[str, Any]:
+        return await self.gw.desk.route(account, p)
 
-    async def _capacity(self, account: int, params: Any) -> dict[str, Any]:
-        return await self.gw.desk.capacity(account, params)
+    async def _capacity(self, account: int, p: CapacityParams) -> dict[str, Any]:
+        return await self.gw.desk.capacity(account, p)
 
-    async def _confirm(self, account: int, params: Any) -> dict[str, Any]:
-        return await self.gw.desk.confirm(account, params)
+    async def _confirm(self, account: int, p: ConfirmParams) -> dict[str, Any]:
+        return await self.gw.desk.confirm(account, p)
 
-    async def _fail(self, account: int, params: Any) -> dict[str, Any]:
-        return await self.gw.desk.fail(account, params)
+    async def _fail(self, account: int, p: FailParams) -> dict[str, Any]:
+        return await self.gw.desk.fail(account, p)
 
-    async def _cancel_all_after(self, account: int, params: Any) -> dict[str, Any]:
+    async def _cancel_all_after(self, account: int, p: _DeadMan) -> dict[str, Any]:
         """Arm (or disarm with 0) the dead-man timer: cancel everything unless re-armed."""
-        p = parse_params(params, _DeadMan)
         if self._dead_man is not None:
             self._dead_man.cancel()
             self._dead_man = None
@@ -527,17 +534,18 @@ class Connection:
         self.gw.hub.submit_later(c.CancelAll(account=account, ts_init=time.time_ns()))
 
 
-_ACCOUNT_METHODS = {
-    "order.place": ("trade", Connection._place),
-    "order.amend": ("trade", Connection._amend),
-    "order.cancel": ("trade", Connection._cancel),
-    "order.cancel_all": ("trade", Connection._cancel_all),
-    "order.status": ("read", Connection._status),
-    "order.route": ("trade", Connection._route),
-    "cancel_all_after": ("trade", Connection._cancel_all_after),
-    "capacity.update": ("provide", Connection._capacity),
-    "provision.confirm": ("provide", Connection._confirm),
-    "provision.fail": ("provide", Connection._fail),
+# method -> (scope, params Struct, handler): the params are decoded before the handler runs
+_ACCOUNT_METHODS: dict[str, tuple[str, type[Any], Any]] = {
+    "order.place": ("trade", PlaceParams, Connection._place),
+    "order.amend": ("trade", AmendParams, Connection._amend),
+    "order.cancel": ("trade", OrderRef, Connection._cancel),
+    "order.cancel_all": ("trade", CancelAllParams, Connection._cancel_all),
+    "order.status": ("read", OrderRef, Connection._status),
+    "order.route": ("trade", RouteParams, Connection._route),
+    "cancel_all_after": ("trade", _DeadMan, Connection._cancel_all_after),
+    "capacity.update": ("provide", CapacityParams, Connection._capacity),
+    "provision.confirm": ("provide", ConfirmParams, Connection._confirm),
+    "provision.fail": ("provide", FailParams, Connection._fail),
 }
 
 

@@ -356,14 +356,14 @@ class Sandbox:
         )
 
     async def _wait_listing(self) -> int:
-        hub = self._gateway().hub
+        accounts = self._gateway().accounts
         deadline = time.monotonic() + LISTING_WAIT_S
-        while not hub.accounts.instruments():
+        while not accounts.instruments():
             self._check_stages()
             if time.monotonic() > deadline:
                 raise SandboxError(f"no instrument listed within {LISTING_WAIT_S:.0f} s")
             await asyncio.sleep(0.05)
-        return len(hub.accounts.instruments())
+        return len(accounts.instruments())
 
     async def _open_accounts(self) -> str:
         """Fund the demo and bot accounts, give the demo provider capacity, create the keys."""
@@ -398,7 +398,7 @@ class Sandbox:
             self.demo_keys[name] = DemoKey(api_key.key_id, secret, account, scopes)
             self._served_keys[name] = {"key": api_key.key_id, "secret": secret, "account": account}
         deadline = time.monotonic() + FUNDING_WAIT_S
-        accounts = gateway.hub.accounts
+        accounts = gateway.accounts
         while any(accounts.balances(a)["available"] == "0.000000" for a in funds):
             self._check_stages()
             if time.monotonic() > deadline:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import bisect
 import zlib
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Sequence
 
 import msgspec
 
@@ -41,7 +41,7 @@ from schemas.units import NS_PER_DAY, NS_PER_HOUR, NS_PER_MINUTE
 __all__ = [
     "CANDLE_INTERVALS_NS",
     "INDEX_WINDOW_NS",
-    "CHECKSUM_DEPTH",
+    "CHECKSUM_LEVELS",
     "MarketData",
     "MarketDataStats",
     "book_checksum",
@@ -50,20 +50,25 @@ __all__ = [
 
 CANDLE_INTERVALS_NS = (NS_PER_MINUTE, NS_PER_HOUR, NS_PER_DAY)
 INDEX_WINDOW_NS = NS_PER_DAY
-CHECKSUM_DEPTH = 10  # levels per side covered by a book checksum
+CHECKSUM_LEVELS = 10  # levels per side covered by a book checksum
 BUY, SELL = 0, 1
 
 
-def book_checksum(bids: Iterable[Level], asks: Iterable[Level]) -> int:
-    """CRC-32 of the top CHECKSUM_DEPTH levels, text `p:l,p:l|p:l,...` (bids desc, then asks asc).
+def book_checksum(asks: Sequence[Sequence[object]], bids: Sequence[Sequence[object]]) -> int:
+    """CRC-32 (unsigned) of a book's top CHECKSUM_LEVELS levels per side: asks, then bids.
 
-    Pass the levels best first; only the first CHECKSUM_DEPTH of each side count.
+    Pass each side best first (asks ascending, bids descending). Each level is written
+    `price:qty`, levels are joined by `,`, and the asks part and the bids part by `|`. The
+    gateway's books pass the strings they send (`["2.400", "5"]`: the checksum of
+    exchange/wire.py and API.md, which clients recompute); gx.marketdata's books pass their
+    integer (price_ticks, lots) levels.
     """
-    parts = []
-    for side in (bids, asks):
-        top = [f"{p}:{lots}" for (p, lots), _ in zip(side, range(CHECKSUM_DEPTH), strict=False)]
-        parts.append(",".join(top))
-    return zlib.crc32("|".join(parts).encode())
+    text = (
+        ",".join(f"{p}:{q}" for p, q in asks[:CHECKSUM_LEVELS])
+        + "|"
+        + ",".join(f"{p}:{q}" for p, q in bids[:CHECKSUM_LEVELS])
+    )
+    return zlib.crc32(text.encode())
 
 
 def curve_name(gpu: str, region: str, product: str) -> str:
@@ -135,7 +140,7 @@ class _Book:
 
     def checksum(self) -> int:
         return book_checksum(
-            self.sorted_levels(BUY, CHECKSUM_DEPTH), self.sorted_levels(SELL, CHECKSUM_DEPTH)
+            self.sorted_levels(SELL, CHECKSUM_LEVELS), self.sorted_levels(BUY, CHECKSUM_LEVELS)
         )
 
 

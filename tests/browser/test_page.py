@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from exchange.sandbox.demo import demo_keys_route
-from exchange.wire import book_checksum
 from schemas.symbols import parse_symbol
+from streams.marketdata.state import book_checksum
 from tests.integration.conftest import run
 from tests.support.gateway_harness import Exchange, Socket, rest, running_exchange, socket
 
@@ -42,7 +42,7 @@ CHECKSUM_BOOK = {  # 12 levels a side: the checksum covers only the top 10
 
 
 async def check_checksums(page: Any) -> None:
-    """The page's CRC32 and book checksum equal zlib's and `wire.book_checksum`."""
+    """The page's CRC32 and book checksum equal zlib's and `book_checksum`."""
     texts = ["", "a", "2.500:3|2.300:6", "ünïcode ✓", "x" * 1000]
     found = await page.evaluate(
         """async ([texts, book]) => {

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.timeout(180)
 
 def _state(ex) -> tuple:
     """What an accepted command would change: the trader's orders, cash and the commands sent."""
-    accounts = ex.gateway.hub.accounts
+    accounts = ex.gateway.accounts
     return (
         accounts.open_orders(TRADER),
         accounts.balances(TRADER),
@@ -110,7 +110,7 @@ def test_another_accounts_order_is_unknown_and_untouched(broker, dsn):
                     assert answer["error"]["code"] == "UNKNOWN_ORDER", answer
             gone = await rest(ex, "DELETE", f"/api/v1/orders/{order_id}", ex.keys["maker"])
             assert gone.status_code == 404 and gone.json()["error"]["code"] == "UNKNOWN_ORDER"
-            mine = ex.gateway.hub.accounts.order(TRADER, order_id)
+            mine = ex.gateway.accounts.order(TRADER, order_id)
             assert mine["status"] == "new" and mine["price"] == "2.000"
 
     run(scenario(), timeout_s=170)
@@ -157,13 +157,13 @@ def test_rest_signatures_refused_with_stable_codes(broker, dsn):
             }
             refused = await rest(ex, "POST", "/api/v1/orders", reader, order)
             assert refused.status_code == 403 and refused.json()["error"]["code"] == "FORBIDDEN"
-            assert ex.gateway.hub.accounts.open_orders(TRADER) == []
+            assert ex.gateway.accounts.open_orders(TRADER) == []
             malformed = await rest(ex, "POST", "/api/v1/orders", keys, b"{nope")
             assert malformed.status_code == 400
             assert malformed.json()["error"]["code"] == "BAD_REQUEST"
             huge = await rest(ex, "POST", "/api/v1/orders", keys, b"{" + b" " * 100_000 + b"}")
             assert huge.status_code == 413
             assert huge.json()["error"]["code"] == "PAYLOAD_TOO_LARGE"
-            assert ex.gateway.hub.accounts.open_orders(TRADER) == []
+            assert ex.gateway.accounts.open_orders(TRADER) == []
 
     run(scenario(), timeout_s=170)

@@ -12,8 +12,8 @@ from decimal import Decimal
 import orjson
 import pytest
 
-from exchange.wire import book_checksum
 from schemas import commands as c
+from streams.marketdata.state import book_checksum
 from tests.support.gateway_harness import PROVIDER, TRADER, Socket, running_exchange, socket
 
 from .conftest import run
@@ -99,7 +99,7 @@ def test_every_channel_pushes_with_sequence_numbers_and_checksums(broker, dsn, w
                 await watcher.wait_push(lambda p: p["channel"] == "heartbeat")
                 pushes = list(watcher.pushes)
 
-                serving = {c for subs in ex.gateway.hub.public.values() for c in subs}
+                serving = {c for subs in ex.gateway.subscriptions.public.values() for c in subs}
                 batched = {c.frames.batched for c in serving}
             assert batched == {websocket_impl == "websockets-sansio"}  # the path under test
             check_chains(pushes)
@@ -136,9 +136,7 @@ def test_every_channel_pushes_with_sequence_numbers_and_checksums(broker, dsn, w
             assert (
                 balances[0]["type"] == "snapshot" and balances[0]["available"] == "1000000.000000"
             )
-            assert (
-                ex.gateway.hub.accounts.balances(TRADER)["available"] == balances[-1]["available"]
-            )
+            assert ex.gateway.accounts.balances(TRADER)["available"] == balances[-1]["available"]
             position = [p for p in pushes if p["channel"] == "positions"][-1]
             assert (position["symbol"], position["qty"]) == (ex.symbol, "4")
             heartbeat = [p for p in pushes if p["channel"] == "heartbeat"][-1]
@@ -250,7 +248,7 @@ def test_a_slow_client_gets_resync_required_never_a_silent_gap(broker, dsn):
             await asyncio.sleep(0.2)
             # A slow network path: the server's send buffer for this client stays small (the
             # kernel would otherwise grow it to megabytes on loopback and absorb any flood).
-            [connection] = ex.gateway.hub.public[("trades", ex.symbol)]
+            [connection] = ex.gateway.subscriptions.public[("trades", ex.symbol)]
             transport = connection.frames._protocol.transport  # the real server socket
             transport.get_extra_info("socket").setsockopt(net.SOL_SOCKET, net.SO_SNDBUF, 8192)
             # a flood of trades straight into the log while the client reads nothing. A push
@@ -258,7 +256,7 @@ def test_a_slow_client_gets_resync_required_never_a_silent_gap(broker, dsn):
             # of commands waits until the gateway has the one before. 120 pushes of 60 trades
             # (about 7 KB each): the sockets fill, then the queue. The provider sells one lot
             # to the trader, who sells it back: positions stay where they were.
-            feed = ex.gateway.hub.feed
+            feed = ex.gateway.feed
             groups, per_group = 120, 60
             for group in range(1, groups + 1):
                 commands: list[c.Command] = []

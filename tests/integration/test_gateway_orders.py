@@ -68,7 +68,7 @@ def test_ws_order_trades_and_reports_executions_and_book(broker, dsn):
                 assert again["result"]["order"]["order_id"] == order["order_id"]
                 status = await trader.request("order.status", {"client_order_id": "t1"})
                 assert status["result"]["order"]["order_id"] == order["order_id"]
-                assert ex.gateway.hub.accounts.open_orders(PROVIDER)[0]["leaves_qty"] == "3"
+                assert ex.gateway.accounts.open_orders(PROVIDER)[0]["leaves_qty"] == "3"
 
     run(scenario(), timeout_s=170)
 
@@ -94,7 +94,7 @@ def test_rest_places_lists_and_cancels(broker, dsn):
             listed = await rest(ex, "GET", "/api/v1/orders?status=open", keys)
             assert [o["order_id"] for o in listed.json()["orders"]] == [order["order_id"]]
             # market data follows the engine's answer a moment later
-            feed = ex.gateway.hub.feed
+            feed = ex.gateway.feed
             await ex.wait_for(lambda: feed.book(ex.symbol, 10)["bids"], what="the bid in the book")
             book = await rest(ex, "GET", f"/api/v1/book/{ex.symbol}?depth=10")
             assert book.json()["bids"] == [["2.000", "2"]]
@@ -154,7 +154,7 @@ def test_rest_account_history_keys_and_market_queries(broker, dsn):
                     break
                 await asyncio.sleep(0.1)
             assert {e["bucket"] for e in entries} >= {"available", "held"}
-            feed = ex.gateway.hub.feed
+            feed = ex.gateway.feed
             await ex.wait_for(
                 lambda: (
                     feed.index(ex.symbol.split(".")[0])
@@ -213,17 +213,17 @@ def test_two_gateways_share_sequence_numbers_and_client_order_ids(broker, dsn):
                 assert second.url != ex.url
                 assert retried.json()["duplicate"] is True
                 assert retried.json()["order"]["order_id"] == first.json()["order"]["order_id"]
-                assert len(ex.gateway.hub.accounts.open_orders(TRADER)) == 1
+                assert len(ex.gateway.accounts.open_orders(TRADER)) == 1
                 # both read the same log: the same book under the same sequence number
-                hubs = (ex.gateway.hub, second.gateway.hub)
+                gateways = (ex.gateway, second.gateway)
                 await ex.wait_for(
-                    lambda: hubs[0].feed.book(ex.symbol, 10) == hubs[1].feed.book(ex.symbol, 10)
-                    and hubs[0].feed.book(ex.symbol, 10)["bids"],
+                    lambda: gateways[0].feed.book(ex.symbol, 10) == gateways[1].feed.book(ex.symbol, 10)
+                    and gateways[0].feed.book(ex.symbol, 10)["bids"],
                     what="the second gateway's book",
                 )  # fmt: skip
-                assert hubs[1].accounts.last_seq(TRADER, "executions") == hubs[0].accounts.last_seq(
-                    TRADER, "executions"
-                )
+                assert gateways[1].accounts.last_seq(TRADER, "executions") == gateways[
+                    0
+                ].accounts.last_seq(TRADER, "executions")
             finally:
                 await second.close()
 

@@ -29,7 +29,7 @@ def _order(symbol: str, price: str, cid: str = "", side: str = "buy", qty: str =
 def test_cancel_on_disconnect_by_connection_and_by_account(broker, dsn):
     async def scenario() -> None:
         async with running_exchange(broker, dsn) as ex:
-            accounts = ex.gateway.hub.accounts
+            accounts = ex.gateway.accounts
             # an order placed over REST is the account's, not the connection's
             kept = await rest(
                 ex, "POST", "/api/v1/orders", ex.keys["trader"], _order(ex.symbol, "1.000")
@@ -62,7 +62,7 @@ def test_cancel_on_disconnect_by_connection_and_by_account(broker, dsn):
 def test_dead_man_timer_cancels_unless_rearmed(broker, dsn):
     async def scenario() -> None:
         async with running_exchange(broker, dsn) as ex:
-            accounts = ex.gateway.hub.accounts
+            accounts = ex.gateway.accounts
             async with socket(ex) as ws:
                 await ws.logon(ex.keys["trader"])
                 await ws.request("order.place", _order(ex.symbol, "1.000", "d1"))
@@ -114,7 +114,7 @@ def test_rate_limits_answer_429_with_retry_after(broker, dsn):
                     for i in range(3)
                 ]
                 assert [a["status"] for a in answers] == [200, 200, 429]
-                assert len(ex.gateway.hub.accounts.open_orders(TRADER)) == 2
+                assert len(ex.gateway.accounts.open_orders(TRADER)) == 2
 
     run(scenario(), timeout_s=170)
 
@@ -154,7 +154,7 @@ def test_provider_streams_capacity_and_answers_provisioning(broker, dsn):
                 )
                 confirm = {"obligation_id": request["obligation_id"], "access": "ssh gpu@10.0.0.7"}
                 assert (await provider.request("provision.confirm", confirm))["status"] == 200
-                deliveries = ex.gateway.hub.accounts.deliveries
+                deliveries = ex.gateway.accounts.deliveries
                 # the confirmation goes provisioning -> gx.commands -> engine: started, then settle
                 await ex.wait_for(
                     lambda: [d for d in deliveries(PROVIDER, "provider") if d["state"] == "started"],
@@ -177,16 +177,16 @@ def test_route_buys_the_cheapest_gpu_hours_across_regions(broker, dsn):
     async def scenario() -> None:
         async with running_exchange(broker, dsn) as ex:
             key = parse_symbol(ex.symbol)
-            hub = ex.gateway.hub
+            gw = ex.gateway
             west = next(
-                i["symbol"] for i in hub.accounts.instruments()
+                i["symbol"] for i in gw.accounts.instruments()
                 if i["symbol"].startswith(f"{key.gpu}.us-west.1h.") and parse_symbol(i["symbol"]).start_ns == key.start_ns
             )  # fmt: skip
             await ex.send(
                 c.CapacityUpdate(account=PROVIDER, gpu=key.gpu, region="us-west", start_ns=key.start_ns,
                                  end_ns=key.start_ns + HOUR_NS, gpus=100)
             )  # fmt: skip
-            await ex.wait_for(lambda: len(hub.accounts.capacity(PROVIDER)) >= 2)
+            await ex.wait_for(lambda: len(gw.accounts.capacity(PROVIDER)) >= 2)
             async with socket(ex) as seller, socket(ex) as buyer:
                 await seller.logon(ex.keys["provider"])
                 await buyer.logon(ex.keys["trader"])
@@ -200,7 +200,7 @@ def test_route_buys_the_cheapest_gpu_hours_across_regions(broker, dsn):
                     )
                     assert placed["status"] == 200, placed
                 await ex.wait_for(
-                    lambda: hub.feed.ask_levels(west) and len(hub.feed.ask_levels(ex.symbol)) == 2
+                    lambda: gw.feed.ask_levels(west) and len(gw.feed.ask_levels(ex.symbol)) == 2
                 )
                 route = {"gpu": key.gpu, "gpu_hours": 4, "start_ns": str(key.start_ns),
                          "end_ns": str(key.start_ns + HOUR_NS), "max_price": "2.500",
@@ -260,7 +260,7 @@ def test_provider_reports_a_failure_and_the_holder_is_refunded(broker, dsn):
     async def scenario() -> None:
         async with running_exchange(broker, dsn, provisioning=True) as ex:
             key = parse_symbol(ex.symbol)
-            accounts = ex.gateway.hub.accounts
+            accounts = ex.gateway.accounts
             async with socket(ex) as provider, socket(ex) as buyer:
                 await provider.logon(ex.keys["provider"])
                 await buyer.logon(ex.keys["trader"])

@@ -95,7 +95,7 @@ async def fetched_book(sdk: Client, symbol: str, check: Callable[[OrderBook], An
 def book_matches(ex: Exchange, sdk: Client, symbol: str, depth: int = 10) -> bool:
     """Whether the client's local book has the gateway's seq and levels."""
     local = sdk.feeds.book(symbol)
-    server = ex.gateway.hub.feed.book(symbol, depth)
+    server = ex.gateway.feed.book(symbol, depth)
     return (
         local is not None
         and server is not None
@@ -131,7 +131,7 @@ def test_rest_places_fills_lists_cancels_and_reports_refusals(broker, dsn):
                 # market data trails the order's answer: poll the book until it shows
                 book = await fetched_book(buyer, symbol, lambda b: b.asks)
                 assert book.asks == [(Decimal("2.500"), Decimal(3))] and book.bids == []
-                assert book.seq == ex.gateway.hub.feed.book(symbol, 10)["seq"]
+                assert book.seq == ex.gateway.feed.book(symbol, 10)["seq"]
 
                 buy = await buyer.create_order(
                     symbol, "limit", "buy", 2, "2.500", {"client_order_id": "t-buy-1"}
@@ -145,7 +145,7 @@ def test_rest_places_fills_lists_cancels_and_reports_refusals(broker, dsn):
                     symbol, "limit", "buy", 2, "2.500", {"client_order_id": "t-buy-1"}
                 )
                 assert again.duplicate and again.order.order_id == buy.order.order_id
-                assert len(ex.gateway.hub.accounts.fills(TRADER)) == 1
+                assert len(ex.gateway.accounts.fills(TRADER)) == 1
 
                 mine = await buyer.fetch_my_trades(symbol)
                 assert [(f.order_id, f.side, f.qty) for f in mine] == [
@@ -160,7 +160,7 @@ def test_rest_places_fills_lists_cancels_and_reports_refusals(broker, dsn):
                     (symbol, Decimal(-2))
                 ]
                 balance = await buyer.fetch_balance()
-                server = ex.gateway.hub.accounts.balances(TRADER)
+                server = ex.gateway.accounts.balances(TRADER)
                 assert balance.available == Decimal(server["available"]) < Decimal(1_000_000)
                 assert balance.account == TRADER
 
@@ -213,7 +213,7 @@ def test_rest_places_fills_lists_cancels_and_reports_refusals(broker, dsn):
                 # a routed buy: IOC children, cheapest GPU-hours first
                 key = parse_symbol(symbol)
                 await seller.create_order(symbol, "limit", "sell", 3, "2.300")
-                await ex.wait_for(lambda: ex.gateway.hub.feed.ask_levels(symbol), what="the ask")
+                await ex.wait_for(lambda: ex.gateway.feed.ask_levels(symbol), what="the ask")
                 routed = await buyer.route_order(
                     key.gpu,
                     2 * key.hours,
@@ -304,7 +304,7 @@ def test_ws_feeds_follow_the_gateway_and_order_entry_works(broker, dsn):
                 last = trade_reports()[-1]
                 assert last.order.status == "filled" and last.last_price == Decimal("2.600")
                 assert last.liquidity == "taker" and last.trade_id is not None
-                available = ex.gateway.hub.accounts.balances(TRADER)["available"]
+                available = ex.gateway.accounts.balances(TRADER)["available"]
                 await ex.wait_for(
                     lambda: balances.items[-1].available == Decimal(available), what="balances"
                 )
@@ -374,7 +374,7 @@ def test_ws_feeds_follow_the_gateway_and_order_entry_works(broker, dsn):
                 armed = await buyer.cancel_all_after(500)
                 assert armed["armed"] is True and int(armed["deadline_ms"]) > 0
                 await ex.wait_for(
-                    lambda: not ex.gateway.hub.accounts.open_orders(TRADER), what="dead man"
+                    lambda: not ex.gateway.accounts.open_orders(TRADER), what="dead man"
                 )
                 assert (await buyer.cancel_all_after(0))["armed"] is False
                 cancels = [x for x in executions.items if x.exec_type == "canceled"]
@@ -501,7 +501,7 @@ def test_client_reconnects_after_a_network_cut_and_resumes_its_feeds(broker, dsn
                     await seller.create_order(symbol, "limit", "sell", 1, price)
                 await keeper.create_order(symbol, "limit", "buy", 2, "2.500")
                 await seller.create_order(symbol, "limit", "buy", 1, "2.000")
-                await ex.wait_for(lambda: len(ex.gateway.hub.feed.trades(symbol, 10)) == 3)
+                await ex.wait_for(lambda: len(ex.gateway.feed.trades(symbol, 10)) == 3)
                 await ex.wait_for(lambda: proxy.refused >= 1, what="a refused reconnect")
                 assert not book_matches(ex, watcher, symbol)
                 proxy.refusing = False
@@ -579,7 +579,7 @@ def test_provider_agent_streams_capacity_and_answers_provisioning(broker, dsn):
                 assert seen[0].stage == "assigned" and seen[0].gpus == 2
                 assert seen[0].holder == TRADER and seen[0].symbol == ex.symbol
                 await ex.send(c.ClockTick(ts_ns=key.start_ns))
-                deliveries = ex.gateway.hub.accounts.deliveries
+                deliveries = ex.gateway.accounts.deliveries
                 await ex.wait_for(
                     lambda: [
                         d for d in deliveries(PROVIDER, "provider") if d["state"] == "started"

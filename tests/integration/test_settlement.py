@@ -653,8 +653,8 @@ def test_writer_connection_updates_orders_by_index_however_large_the_ledger(dsn:
 
 def test_an_accounts_newest_postings_are_read_by_index_not_sorted(dsn: str) -> None:
     """The gateway's ledger page reads backwards along (account, seq), whatever the history."""
-    from exchange.gateway.rest import LEDGER_QUERY
     from streams.ledger import schema as ls
+    from streams.ledger.reads import ACCOUNT_POSTINGS_SQL as LEDGER_QUERY
 
     async def plan() -> tuple[str, list[int]]:
         conn = await asyncpg.connect(dsn)

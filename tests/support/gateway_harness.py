@@ -97,9 +97,7 @@ class Exchange:
 
 def first_symbol(exchange: Exchange, gpu: str = "H100-SXM", region: str = "us-east") -> str:
     """The first listed hourly instrument of a model and region, as the gateway sees it."""
-    for instrument in sorted(
-        exchange.gateway.hub.accounts.instruments(), key=lambda i: i["symbol"]
-    ):
+    for instrument in sorted(exchange.gateway.accounts.instruments(), key=lambda i: i["symbol"]):
         key = parse_symbol(instrument["symbol"])
         if key.product == "1h" and key.gpu == gpu and key.region == region:
             return str(instrument["symbol"])
@@ -141,7 +139,7 @@ async def running_exchange(
         await exchange.send(c.ClockTick(ts_ns=T0_NS))
         for account in (TRADER, MAKER, PROVIDER):
             await exchange.send(c.Deposit(account=account, amount_micros=FUNDS_MICROS))
-        accounts = exchange.gateway.hub.accounts
+        accounts = exchange.gateway.accounts
         # the first engine of a fresh checkout compiles its kernels here (about 25 s on 2 cores)
         await exchange.wait_for(lambda: accounts.instruments(), timeout_s=180, what="the listing")
         exchange.symbol = first_symbol(exchange)

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from exchange import wire
 from exchange.client.book import BookOutOfSync, LocalBook
+from streams.marketdata.state import book_checksum
 
 SYMBOL = "H100-SXM.us-east.1h.2026-12-01T14"
 
@@ -60,7 +60,7 @@ def test_checksum_string_matches_the_hand_example():
     asks = [["2.401", "3"], ["2.402", "1"]]
     bids = [["2.400", "5"]]
     expected = zlib.crc32(b"2.401:3,2.402:1|2.400:5")
-    assert wire.book_checksum(asks, bids) == expected
+    assert book_checksum(asks, bids) == expected
     book = LocalBook(SYMBOL, depth=10)
     book.apply(_snapshot(1, bids, asks, checksum=expected))
     assert book.compute_checksum() == expected

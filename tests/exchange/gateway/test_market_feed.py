@@ -21,7 +21,7 @@ import orjson
 import pytest
 
 from exchange.gateway.market_feed import BOOK_DEPTHS, MarketFeed
-from exchange.wire import Prices, WireError, book_checksum
+from exchange.wire import Prices, WireError
 from schemas.marketdata import (
     BookDelta,
     BookSnapshot,
@@ -33,7 +33,7 @@ from schemas.marketdata import (
     TradePrint,
     TradePrints,
 )
-from streams.marketdata.state import MarketData
+from streams.marketdata.state import MarketData, book_checksum
 from tests.conftest import SMALL
 from tests.support.simulation import run_simulation
 

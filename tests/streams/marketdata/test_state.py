@@ -122,7 +122,7 @@ def replay_deltas(messages: list[MarketDataMessage]) -> dict[str, tuple[dict, di
                         del books[m.symbol][side][price]
             bids = sorted(books[m.symbol][0].items(), reverse=True)
             asks = sorted(books[m.symbol][1].items())
-            assert m.checksum == book_checksum(bids, asks), m
+            assert m.checksum == book_checksum(asks, bids), m
     return books
 
 
