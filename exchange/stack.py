@@ -165,7 +165,7 @@ class Stack:
             if stage is not None:
                 stage.stop()
         if self.settlement is not None:
-            await self.settlement.stop()
+            self.settlement.stop()
         results = await asyncio.gather(*self._tasks, return_exceptions=True)
         for task, result in zip(self._tasks, results, strict=True):
             if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):

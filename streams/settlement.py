@@ -741,11 +741,13 @@ class SettlementWriter:
             self._running = False
             self._done.set()
 
-    async def stop(self) -> None:
-        """Finish the current transaction, then stop; a held-back command is settled next run."""
+    def stop(self) -> None:
+        """Ask the writer to stop after its current transaction; `run()` then returns.
+
+        A held-back command is settled by the next run. Synchronous like every process's
+        `stop` (`streams.process.Process`), so a signal handler can call it.
+        """
         self._stopping.set()
-        if self._running:
-            await self._done.wait()
 
     # ------------------------------------------------------------------ setup
 

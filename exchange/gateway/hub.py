@@ -93,8 +93,7 @@ class Hub:
         subscriptions: Subscriptions,
         mock_broker: bool = False,
     ) -> None:
-        if not settings.kafka_bootstrap:
-            raise ValueError("the gateway needs GX_KAFKA_BOOTSTRAP (or `make sandbox`)")
+        settings.broker()  # refuses a missing broker, saying what to set
         self.settings = settings
         self.mock_broker = mock_broker
         names = topics(settings)

@@ -176,7 +176,7 @@ async def settle(
         await asyncio.sleep(0.02)
     if task.done():
         task.result()  # raise what stopped it
-    await writer.stop()
+    writer.stop()
     await task
     if until is not None and stop_after_transactions is None:
         assert writer.positions == until, f"not caught up: {writer.positions} != {until}"
