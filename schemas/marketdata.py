@@ -43,7 +43,7 @@ class BookSnapshot(_Message, tag="BookSnapshot", frozen=True):
     seq: int
     bids: tuple[Level, ...] = ()
     asks: tuple[Level, ...] = ()
-    checksum: int = 0  # book_checksum of the top levels (see marketdata_book)
+    checksum: int = 0  # book_checksum of the top levels (streams/marketdata/state.py)
 
 
 class BookDelta(_Message, tag="BookDelta", frozen=True):
