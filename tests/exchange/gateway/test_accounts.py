@@ -356,12 +356,14 @@ def test_push_bodies_are_encoded_once_with_channel_first_and_no_conn_seq(simulat
 
 def test_balances_and_positions_updates_have_the_api_fields(simulated):
     _, _, _, pushes = simulated[1]
-    for _, channel, body in pushes:
-        if channel == "balances":
-            assert list(body) == BALANCE_KEYS and body["type"] == "update"
-        elif channel == "positions":
-            assert list(body) == POSITION_KEYS and body["type"] == "update"
-            assert int(body["qty"]) != 0 or int(body["delta"]) != 0
+    balances = [body for _, channel, body in pushes if channel == "balances"]
+    positions = [body for _, channel, body in pushes if channel == "positions"]
+    assert balances and positions  # the check below proves nothing over no pushes
+    for body in balances:
+        assert list(body) == BALANCE_KEYS and body["type"] == "update"
+    for body in positions:
+        assert list(body) == POSITION_KEYS and body["type"] == "update"
+        assert int(body["qty"]) != 0 or int(body["delta"]) != 0
 
 
 # ---------------------------------------------------------------------- executions, by hand
