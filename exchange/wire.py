@@ -104,6 +104,8 @@ class ErrorCode(StrEnum):
     TIMEOUT = "TIMEOUT"  # the engine did not answer in time; ask order.status
     UNAVAILABLE = "UNAVAILABLE"
     REJECTED = "REJECTED"  # the engine refused; `engine_code` and `reason` say why
+    BAD_SSH_KEY = "BAD_SSH_KEY"  # not an accepted OpenSSH public key (exchange/gateway/ssh_keys.py)
+    SSH_KEYS_FULL = "SSH_KEYS_FULL"  # the account has SSH_KEYS_PER_ACCOUNT_MAX keys
 
 
 ERROR_STATUS: dict[str, int] = {
@@ -126,6 +128,8 @@ ERROR_STATUS: dict[str, int] = {
     ErrorCode.TIMEOUT: 504,
     ErrorCode.UNAVAILABLE: 503,
     ErrorCode.REJECTED: 422,
+    ErrorCode.BAD_SSH_KEY: 400,
+    ErrorCode.SSH_KEYS_FULL: 409,
 }
 
 RETRYABLE = frozenset({ErrorCode.RATE_LIMITED, ErrorCode.TIMEOUT, ErrorCode.UNAVAILABLE})

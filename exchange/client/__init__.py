@@ -39,6 +39,7 @@ from exchange.client.models import (
     ProvisionRequest,
     RouteChild,
     RouteResult,
+    SshKey,
     Ticker,
     Trade,
 )
@@ -71,6 +72,7 @@ __all__ = [
     "Position",
     "Order",
     "Fill",
+    "SshKey",
     "OrderResult",
     "RouteChild",
     "RouteResult",

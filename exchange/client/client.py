@@ -38,6 +38,7 @@ from exchange.client.models import (
     Position,
     ProvisionRequest,
     RouteResult,
+    SshKey,
     Ticker,
     Trade,
     to_model,
@@ -263,6 +264,27 @@ class Client:
         """Return the account's fills, newest first."""
         answer = await self._get("/fills", {"symbol": symbol, "limit": limit})
         return [to_model(f, Fill) for f in answer.get("fills", [])]
+
+    # ------------------------------------------------------------------ SSH keys
+
+    async def add_ssh_key(self, public_key: str) -> SshKey:
+        """Register an OpenSSH public key line; providers install it on machines you receive."""
+        answer = await self.rest.request(
+            "POST", "/ssh_keys", body={"public_key": public_key}, private=True
+        )
+        return to_model(answer, SshKey)
+
+    async def fetch_ssh_keys(self) -> list[SshKey]:
+        """Return the account's SSH public keys, oldest first."""
+        answer = await self._get("/ssh_keys")
+        return [to_model(k, SshKey) for k in answer.get("ssh_keys", [])]
+
+    async def remove_ssh_key(self, fingerprint: str) -> None:
+        """Remove one of the account's SSH keys by its fingerprint ("SHA256:...")."""
+        # A query, not a path segment: a fingerprint's base64 may hold "/".
+        await self.rest.request(
+            "DELETE", "/ssh_keys", query={"fingerprint": fingerprint}, private=True
+        )
 
     async def route_order(
         self,

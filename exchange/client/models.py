@@ -30,6 +30,7 @@ __all__ = [
     "RouteResult",
     "Execution",
     "ProvisionRequest",
+    "SshKey",
     "ModelError",
     "to_model",
 ]
@@ -231,6 +232,17 @@ class ProvisionRequest(msgspec.Struct, frozen=True, kw_only=True):
     end_ns: int = 0
     deadline_ns: int = 0
     stage: str = ""
+
+
+class SshKey(msgspec.Struct, frozen=True, kw_only=True):
+    """A registered SSH public key (`GET /ssh_keys`), named by its OpenSSH fingerprint."""
+
+    fingerprint: str
+    type: str = ""
+    bits: int = 0
+    public_key: str = ""
+    comment: str = ""
+    created_ns: int = 0
 
 
 class ModelError(ValueError):

@@ -20,6 +20,7 @@ from exchange.gateway.market_feed import MarketFeed
 from exchange.gateway.orders import OrderDesk
 from exchange.gateway.provisioning import Provisioning
 from exchange.gateway.ratelimit import ConnectionCounter, RateLimiter, RateLimits
+from exchange.gateway.ssh_keys import SshKeyStore
 from exchange.gateway.subscriptions import Subscriptions
 from exchange.wire import ErrorCode, Prices, WireError
 from schemas.catalog import Catalog
@@ -53,6 +54,7 @@ class Gateway:
         self.provisioning = provisioning
         self.subscriptions = subscriptions
         self.keys = keys
+        self.ssh_keys = SshKeyStore(pool)
         self.pool = pool
         self.limits = limits or RateLimits()
         self.desk = OrderDesk(hub, accounts, feed, provisioning, keys, catalog, self.prices)
@@ -171,6 +173,22 @@ class Gateway:
         if not await self.keys.revoke(account, key_id):
             raise WireError(ErrorCode.NOT_FOUND, f"no key {key_id!r} of this account")
         return {"key": key_id, "revoked": True}
+
+    # ------------------------------------------------------------------ SSH keys
+
+    async def list_ssh_keys(self, account: int) -> dict[str, Any]:
+        """The account's SSH public keys, oldest first."""
+        return {"ssh_keys": [k.view() for k in await self.ssh_keys.list(account)]}
+
+    async def add_ssh_key(self, account: int, public_key: Any) -> dict[str, Any]:
+        """Register an SSH public key; the answer names it by its fingerprint."""
+        return (await self.ssh_keys.add(account, public_key)).view()
+
+    async def remove_ssh_key(self, account: int, fingerprint: Any) -> dict[str, Any]:
+        """Remove one of the account's SSH keys by fingerprint."""
+        if not isinstance(fingerprint, str) or not await self.ssh_keys.remove(account, fingerprint):
+            raise WireError(ErrorCode.NOT_FOUND, f"no SSH key {fingerprint!r} of this account")
+        return {"fingerprint": fingerprint, "removed": True}
 
     def catalog_view(self) -> dict[str, Any]:
         """The catalog as the wire shows it (prices as decimal strings)."""

@@ -226,6 +226,32 @@ class AccountController(Controller):
         key = await gw.authenticate(request, "trade")
         return await gw.revoke_key(key.account, key_id)
 
+    @get("/ssh_keys")
+    async def ssh_keys(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
+        """List the account's SSH public keys (providers install them on delivered machines)."""
+        gw = _gateway(request)
+        key = await gw.authenticate(request, "read")
+        return await gw.list_ssh_keys(key.account)
+
+    @post("/ssh_keys", status_code=200)
+    async def add_ssh_key(
+        self, request: Request[Any, Any, Any], data: JSONBody[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Register an OpenSSH public key (ed25519, ECDSA, RSA >= 3072 bits)."""
+        gw = _gateway(request)
+        key = await gw.authenticate(request, "trade")
+        return await gw.add_ssh_key(key.account, data.get("public_key"))
+
+    @delete("/ssh_keys", status_code=200)
+    async def remove_ssh_key(
+        self, request: Request[Any, Any, Any], fingerprint: FromQuery[str]
+    ) -> dict[str, Any]:
+        """Remove one of the account's SSH keys by its fingerprint ("SHA256:...", a query: its
+        base64 may hold "/")."""
+        gw = _gateway(request)
+        key = await gw.authenticate(request, "trade")
+        return await gw.remove_ssh_key(key.account, fingerprint)
+
 
 class OrderController(Controller):
     """Order entry and order state: signed."""

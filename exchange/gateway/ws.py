@@ -87,6 +87,18 @@ class _DeadMan(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     timeout_ms: int
 
 
+class _NoParams(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class _SshKey(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    public_key: str
+
+
+class _SshKeyRef(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    fingerprint: str
+
+
 def _stream_name(key: Any) -> str:
     return ":".join(str(part) for part in key) if isinstance(key, tuple) else str(key)
 
@@ -511,6 +523,15 @@ class Connection:
     async def _fail(self, account: int, p: FailParams) -> dict[str, Any]:
         return await self.gw.desk.fail(account, p)
 
+    async def _ssh_keys(self, account: int, p: _NoParams) -> dict[str, Any]:
+        return await self.gw.list_ssh_keys(account)
+
+    async def _add_ssh_key(self, account: int, p: _SshKey) -> dict[str, Any]:
+        return await self.gw.add_ssh_key(account, p.public_key)
+
+    async def _remove_ssh_key(self, account: int, p: _SshKeyRef) -> dict[str, Any]:
+        return await self.gw.remove_ssh_key(account, p.fingerprint)
+
     async def _cancel_all_after(self, account: int, p: _DeadMan) -> dict[str, Any]:
         """Arm (or disarm with 0) the dead-man timer: cancel everything unless re-armed."""
         if self._dead_man is not None:
@@ -546,6 +567,9 @@ _ACCOUNT_METHODS: dict[str, tuple[str, type[Any], Any]] = {
     "capacity.update": ("provide", CapacityParams, Connection._capacity),
     "provision.confirm": ("provide", ConfirmParams, Connection._confirm),
     "provision.fail": ("provide", FailParams, Connection._fail),
+    "ssh_key.list": ("read", _NoParams, Connection._ssh_keys),
+    "ssh_key.add": ("trade", _SshKey, Connection._add_ssh_key),
+    "ssh_key.remove": ("trade", _SshKeyRef, Connection._remove_ssh_key),
 }
 
 

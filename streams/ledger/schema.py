@@ -296,6 +296,21 @@ CREATE INDEX postings_by_account_seq ON postings (account, seq, posting_index);
 DROP INDEX postings_by_account;
 """
 
+# Accounts' SSH public keys (exchange/gateway/ssh_keys.py): a provider installs the holder's keys
+# on the machines it delivers. Named by fingerprint, unique per account.
+_V8_SSH_KEYS = """
+CREATE TABLE ssh_keys (
+    account     bigint  NOT NULL,
+    fingerprint text    NOT NULL,
+    kind        text    NOT NULL,
+    bits        integer NOT NULL,
+    public_key  text    NOT NULL,
+    comment     text    NOT NULL,
+    created_ns  bigint  NOT NULL,
+    PRIMARY KEY (account, fingerprint)
+);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "ledger", _V1_LEDGER),
     Migration(2, "market history", _V2_MARKET_HISTORY),
@@ -304,6 +319,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "dead letters per event", _V5_DEAD_LETTER_EVENTS),
     Migration(6, "client order reservations by age", _V6_CLIENT_ORDER_AGE),
     Migration(7, "postings by account and sequence", _V7_POSTINGS_BY_ACCOUNT_SEQ),
+    Migration(8, "ssh keys", _V8_SSH_KEYS),
 )
 
 _CREATE_MIGRATIONS_TABLE = """
