@@ -8,11 +8,11 @@ as the WebSocket, so both refuse alike.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Request, delete, get, patch, post
-from litestar.params import FromPath, FromQuery, JSONBody
+from litestar import Controller, Request, Response, delete, get, patch, post
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from exchange.gateway.context import Gateway
 from exchange.gateway.keys import ApiKey
@@ -24,8 +24,8 @@ from exchange.gateway.orders import (
     PlaceParams,
     RouteParams,
 )
-from exchange.wire import ErrorCode, WireError, money_to_str
-from streams.ledger.reads import BUCKET_NAMES, account_postings
+from exchange.gateway.statements import ledger_page, statement
+from exchange.wire import ErrorCode, WireError
 
 __all__ = ["PublicController", "AccountController", "OrderController", "ProviderController"]
 
@@ -169,24 +169,32 @@ class AccountController(Controller):
 
     @get("/ledger")
     async def ledger(
-        self, request: Request[Any, Any, Any], limit: FromQuery[int] = 100
+        self,
+        request: Request[Any, Any, Any],
+        limit: FromQuery[int] = 100,
+        cursor: FromQuery[str | None] = None,
+        from_: Annotated[str | None, QueryParameter(name="from")] = None,
+        to: FromQuery[str | None] = None,
     ) -> dict[str, Any]:
-        """Return the account's ledger postings, newest first (settled in PostgreSQL)."""
+        """Return a page of the account's ledger entries, newest first, and the next cursor."""
         gw = _gateway(request)
         key = await gw.authenticate(request, "read")
-        postings = await account_postings(gw.pool, key.account, _limit(limit))
-        entries = [
-            {
-                "seq": p.seq,
-                "ts_ns": str(p.ts_event),
-                "bucket": BUCKET_NAMES.get(p.bucket, str(p.bucket)),
-                "amount": money_to_str(p.amount_micros),
-                "reason": p.reason,
-                "ref_id": p.ref_id,
-            }
-            for p in postings
-        ]
-        return {"entries": entries}
+        return await ledger_page(gw.pool, key.account, limit, cursor, from_, to)
+
+    @get("/statements")
+    async def statements(
+        self,
+        request: Request[Any, Any, Any],
+        from_: Annotated[str | None, QueryParameter(name="from")] = None,
+        to: FromQuery[str | None] = None,
+        format: FromQuery[str] = "json",
+    ) -> Response[Any]:
+        """Return the account's statement of a period: opening balances, entries with running
+        balances (JSON, or CSV for an accountant)."""
+        gw = _gateway(request)
+        key = await gw.authenticate(request, "read")
+        body, media_type = await statement(gw.pool, key.account, from_, to, format)
+        return Response(content=body, media_type=media_type)
 
     @get("/deliveries")
     async def deliveries(

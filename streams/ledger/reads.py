@@ -1,7 +1,12 @@
 """Reads of the settlement ledger (streams/ledger/schema.py) that other processes serve.
 
-The gateway's `GET /api/v1/ledger` pages an account's postings from here, so the SQL that knows
-the tables and their indexes lives beside the migrations that create them.
+The gateway's `GET /api/v1/ledger` pages an account's postings from here and `GET /statements`
+reads a period with its opening balances, so the SQL that knows the tables and their indexes
+lives beside the migrations that create them.
+
+A page is read backwards along `postings_by_account_seq` from a cursor (the `(seq, posting_index)`
+of the last entry the reader saw, as `"seq.index"`), never with OFFSET: each page costs its size,
+however deep. Times are engine times (`ts_event`), a period is `[from_ns, to_ns)`.
 """
 
 from __future__ import annotations
@@ -10,14 +15,41 @@ from typing import Any
 
 import msgspec
 
+from schemas.codes import CashReason
 from streams.ledger.schema import BUCKET_AVAILABLE, BUCKET_COLLATERAL, BUCKET_ESCROW, BUCKET_HELD
 
-__all__ = ["ACCOUNT_POSTINGS_SQL", "BUCKET_NAMES", "Posting", "account_postings"]
+__all__ = [
+    "ACCOUNT_POSTINGS_SQL",
+    "BUCKET_NAMES",
+    "REASON_NAMES",
+    "TIME_MAX_NS",
+    "Posting",
+    "Cursor",
+    "account_postings",
+    "opening_balances",
+    "parse_cursor",
+    "period_postings",
+]
 
-# An account's newest postings: read backwards along postings_by_account_seq, never sorted.
+TIME_MAX_NS = 2**63 - 1
+
+# An account's postings before a cursor within a period, newest first: read backwards along
+# postings_by_account_seq (the row comparison is what the index orders by), never sorted.
 ACCOUNT_POSTINGS_SQL = (
-    "SELECT seq, ts_event, bucket, amount_micros, reason, ref_id FROM postings "
-    "WHERE account = $1 ORDER BY seq DESC, posting_index DESC LIMIT $2"
+    "SELECT seq, posting_index, ts_event, bucket, amount_micros, reason, ref_id FROM postings "
+    "WHERE account = $1 AND (seq, posting_index) < ($2, $3) "
+    "AND ts_event >= $4 AND ts_event < $5 "
+    "ORDER BY seq DESC, posting_index DESC LIMIT $6"
+)
+# The same period oldest first, for a statement.
+PERIOD_POSTINGS_SQL = (
+    "SELECT seq, posting_index, ts_event, bucket, amount_micros, reason, ref_id FROM postings "
+    "WHERE account = $1 AND ts_event >= $2 AND ts_event < $3 "
+    "ORDER BY seq, posting_index LIMIT $4"
+)
+OPENING_BALANCES_SQL = (
+    "SELECT bucket, COALESCE(sum(amount_micros), 0)::bigint AS amount FROM postings "
+    "WHERE account = $1 AND ts_event < $2 GROUP BY bucket"
 )
 
 BUCKET_NAMES = {
@@ -26,12 +58,18 @@ BUCKET_NAMES = {
     BUCKET_ESCROW: "escrow",
     BUCKET_COLLATERAL: "collateral",
 }
+# Why money moved, as the API names it: the CashReason member in lower case ("delivery_release").
+REASON_NAMES = {int(reason): reason.name.lower() for reason in CashReason}
+
+Cursor = tuple[int, int]  # (seq, posting_index) of the last entry a reader saw
+_START: Cursor = (TIME_MAX_NS, 2**15 - 1)  # before every posting (posting_index is a smallint)
 
 
 class Posting(msgspec.Struct, frozen=True, kw_only=True):
     """One posting of an account as the ledger holds it (money in integer micro-dollars)."""
 
     seq: int  # the engine sequence of the CashChanged that posted it
+    index: int  # its posting_index: (seq, index) names the posting
     ts_event: int
     bucket: int  # BUCKET_*
     amount_micros: int
@@ -39,17 +77,56 @@ class Posting(msgspec.Struct, frozen=True, kw_only=True):
     ref_id: int
 
 
-async def account_postings(conn: Any, account: int, limit: int) -> list[Posting]:
-    """The account's newest `limit` postings, newest first (`conn`: a connection or a pool)."""
-    rows = await conn.fetch(ACCOUNT_POSTINGS_SQL, account, limit)
-    return [
-        Posting(
-            seq=row["seq"],
-            ts_event=row["ts_event"],
-            bucket=row["bucket"],
-            amount_micros=row["amount_micros"],
-            reason=row["reason"],
-            ref_id=row["ref_id"],
-        )
-        for row in rows
-    ]
+def parse_cursor(text: str | None) -> Cursor | None:
+    """A cursor from its wire form "seq.index"; None when it is not one."""
+    if text is None or text == "":
+        return _START
+    seq, dot, index = text.partition(".")
+    if not (dot and seq.isdigit() and index.isdigit() and len(seq) <= 19 and len(index) <= 5):
+        return None
+    cursor = (int(seq), int(index))
+    return cursor if cursor <= _START else None
+
+
+def _posting(row: Any) -> Posting:
+    return Posting(
+        seq=row["seq"],
+        index=row["posting_index"],
+        ts_event=row["ts_event"],
+        bucket=row["bucket"],
+        amount_micros=row["amount_micros"],
+        reason=row["reason"],
+        ref_id=row["ref_id"],
+    )
+
+
+async def account_postings(
+    conn: Any,
+    account: int,
+    limit: int,
+    before: Cursor = _START,
+    from_ns: int = 0,
+    to_ns: int = TIME_MAX_NS,
+) -> list[Posting]:
+    """The account's newest `limit` postings before `before` in `[from_ns, to_ns)`, newest first.
+
+    `conn` is a connection or a pool.
+    """
+    rows = await conn.fetch(ACCOUNT_POSTINGS_SQL, account, *before, from_ns, to_ns, limit)
+    return [_posting(row) for row in rows]
+
+
+async def period_postings(
+    conn: Any, account: int, from_ns: int, to_ns: int, limit: int
+) -> list[Posting]:
+    """The account's postings in `[from_ns, to_ns)`, oldest first, at most `limit`."""
+    rows = await conn.fetch(PERIOD_POSTINGS_SQL, account, from_ns, to_ns, limit)
+    return [_posting(row) for row in rows]
+
+
+async def opening_balances(conn: Any, account: int, at_ns: int) -> dict[int, int]:
+    """The account's balance per bucket from every posting before `at_ns` (BUCKET_* -> micros)."""
+    rows = await conn.fetch(OPENING_BALANCES_SQL, account, at_ns)
+    found = {bucket: 0 for bucket in BUCKET_NAMES}
+    found.update({row["bucket"]: row["amount"] for row in rows})
+    return found

@@ -150,7 +150,7 @@ def test_rest_account_history_keys_and_market_queries(broker, dsn):
 
             for _ in range(100):
                 entries = await ledger()
-                if any(e["reason"] == 5 for e in entries):  # CashReason.TRADE
+                if any(e["reason"] == "trade" for e in entries):
                     break
                 await asyncio.sleep(0.1)
             assert {e["bucket"] for e in entries} >= {"available", "held"}

@@ -665,16 +665,22 @@ def test_an_accounts_newest_postings_are_read_by_index_not_sorted(dsn: str) -> N
                 "FROM generate_series(1, 50000) AS i"
             )
             await conn.execute("ANALYZE postings")
-            query = LEDGER_QUERY.replace("$1", "7").replace("$2", "5")
-            rows = await conn.fetch("EXPLAIN " + query)
-            seqs = [r["seq"] for r in await conn.fetch(query)]
-            return "\n".join(r[0] for r in rows), seqs
+            plans, pages = [], []
+            for cursor in ((2**62, 0), (49857, 0)):  # the first page, and one from a cursor
+                values = (7, *cursor, 0, 2**62, 5)  # account, cursor, period, limit
+                query = LEDGER_QUERY
+                for i in reversed(range(len(values))):
+                    query = query.replace(f"${i + 1}", str(values[i]))
+                plans.append("\n".join(r[0] for r in await conn.fetch("EXPLAIN " + query)))
+                pages.append([r["seq"] for r in await conn.fetch(query)])
+            return "\n".join(plans), pages
         finally:
             await conn.close()
 
-    found, seqs = run(plan())
-    assert seqs == [49957, 49907, 49857, 49807, 49757]  # the account's newest, newest first
-    assert "Index Scan Backward using postings_by_account_seq" in found, found
+    found, pages = run(plan())
+    assert pages[0] == [49957, 49907, 49857, 49807, 49757]  # the account's newest, newest first
+    assert pages[1] == [49807, 49757, 49707, 49657, 49607]  # strictly before the cursor
+    assert found.count("Index Scan Backward using postings_by_account_seq") == 2, found
     assert "Sort" not in found, found
 
 

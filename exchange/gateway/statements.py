@@ -1,0 +1,157 @@
+"""An account's ledger as its users read it: pages of entries, and statements for an accountant.
+
+Both read the settlement ledger in PostgreSQL (streams/ledger/reads.py), never the gateway's
+memory, so every gateway instance answers alike and nothing depends on how long one has run.
+An entry names its bucket and reason ("available", "delivery_release"), never a number; money is
+a decimal string of dollars. A page goes back from a cursor, so an account with a long history
+is read in full, page by page. A statement lists a period oldest first with the opening balance
+of each bucket and each entry's running balance, so the last running balance of a bucket is its
+balance at the period's end; a provider's payouts (escrow released per delivered hour, fees,
+penalties) read as such lines.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import UTC, datetime
+from typing import Any
+
+from exchange.wire import ErrorCode, WireError, money_to_str
+from streams.ledger.reads import (
+    BUCKET_NAMES,
+    REASON_NAMES,
+    TIME_MAX_NS,
+    Posting,
+    account_postings,
+    opening_balances,
+    parse_cursor,
+    period_postings,
+)
+
+__all__ = [
+    "LEDGER_PAGE_MAX",
+    "STATEMENT_ENTRIES_MAX",
+    "STATEMENT_FORMATS",
+    "ledger_page",
+    "parse_time_ns",
+    "statement",
+]
+
+LEDGER_PAGE_MAX = 1_000
+STATEMENT_ENTRIES_MAX = 100_000  # a longer period is asked for in parts
+STATEMENT_FORMATS = ("json", "csv")
+CSV_COLUMNS = ("ts_ns", "time", "seq", "id", "bucket", "reason", "ref_id", "amount", "balance")
+
+
+def parse_time_ns(text: str | None, name: str, default: int) -> int:
+    """A time from the query: UNIX nanoseconds, or an ISO-8601 date or time (UTC unless given)."""
+    if text is None or text == "":
+        return default
+    if text.isdigit() and len(text) <= 19:
+        return int(text)
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise WireError(
+            ErrorCode.BAD_REQUEST,
+            f"{name}: expected UNIX nanoseconds or an ISO-8601 date, found {text[:40]!r}",
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(when.timestamp()) * 1_000_000_000 + when.microsecond * 1_000
+
+
+def _period(from_text: str | None, to_text: str | None) -> tuple[int, int]:
+    from_ns = parse_time_ns(from_text, "from", 0)
+    to_ns = parse_time_ns(to_text, "to", TIME_MAX_NS)
+    if not 0 <= from_ns <= to_ns <= TIME_MAX_NS:
+        raise WireError(ErrorCode.BAD_REQUEST, "from, to: expected 0 <= from <= to")
+    return from_ns, to_ns
+
+
+def _entry(p: Posting) -> dict[str, Any]:
+    return {
+        "id": f"{p.seq}.{p.index}",
+        "seq": p.seq,
+        "ts_ns": str(p.ts_event),
+        "bucket": BUCKET_NAMES.get(p.bucket, str(p.bucket)),
+        "amount": money_to_str(p.amount_micros),
+        "reason": REASON_NAMES.get(p.reason, str(p.reason)),
+        "ref_id": p.ref_id,
+    }
+
+
+async def ledger_page(
+    pool: Any,
+    account: int,
+    limit: int,
+    cursor: str | None = None,
+    from_text: str | None = None,
+    to_text: str | None = None,
+) -> dict[str, Any]:
+    """One page of the account's entries, newest first, and the cursor of the next (or None)."""
+    if not 1 <= limit <= LEDGER_PAGE_MAX:
+        raise WireError(
+            ErrorCode.BAD_REQUEST, f"limit: expected 1-{LEDGER_PAGE_MAX}, found {limit}"
+        )
+    before = parse_cursor(cursor)
+    if before is None:
+        raise WireError(
+            ErrorCode.BAD_REQUEST, "cursor: expected the next_cursor of a previous page"
+        )
+    from_ns, to_ns = _period(from_text, to_text)
+    postings = await account_postings(pool, account, limit, before, from_ns, to_ns)
+    entries = [_entry(p) for p in postings]
+    more = len(entries) == limit
+    return {"entries": entries, "next_cursor": entries[-1]["id"] if more else None}
+
+
+async def statement(
+    pool: Any, account: int, from_text: str | None, to_text: str | None, format: str
+) -> tuple[bytes | dict[str, Any], str]:
+    """The period's statement and its media type: JSON, or CSV with one line per entry."""
+    if format not in STATEMENT_FORMATS:
+        raise WireError(
+            ErrorCode.BAD_REQUEST, f"format: expected one of {STATEMENT_FORMATS}, found {format!r}"
+        )
+    from_ns, to_ns = _period(from_text, to_text)
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
+        # One snapshot: the opening balances and the entries agree even while settlement writes.
+        opening = await opening_balances(conn, account, from_ns)
+        postings = await period_postings(conn, account, from_ns, to_ns, STATEMENT_ENTRIES_MAX + 1)
+    if len(postings) > STATEMENT_ENTRIES_MAX:
+        raise WireError(
+            ErrorCode.BAD_REQUEST,
+            f"the period holds more than {STATEMENT_ENTRIES_MAX} entries: ask for a shorter one",
+        )
+    running = dict(opening)
+    lines = []
+    for p in postings:
+        running[p.bucket] = running.get(p.bucket, 0) + p.amount_micros
+        lines.append({**_entry(p), "balance": money_to_str(running[p.bucket])})
+    names = BUCKET_NAMES
+    if format == "json":
+        return {
+            "account": account,
+            "from_ns": str(from_ns),
+            "to_ns": str(to_ns),
+            "opening": {names[b]: money_to_str(v) for b, v in opening.items() if b in names},
+            "closing": {names[b]: money_to_str(v) for b, v in running.items() if b in names},
+            "entries": lines,
+        }, "application/json"
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for bucket, amount in opening.items():
+        writer.writerow((from_ns, _iso(from_ns), "", "", names.get(bucket, bucket), "opening", "", "", money_to_str(amount)))  # fmt: skip
+    for line in lines:
+        writer.writerow(
+            (line["ts_ns"], _iso(int(line["ts_ns"])), line["seq"], line["id"], line["bucket"],
+             line["reason"], line["ref_id"], line["amount"], line["balance"])
+        )  # fmt: skip
+    return out.getvalue().encode(), "text/csv"
+
+
+def _iso(ts_ns: int) -> str:
+    return datetime.fromtimestamp(ts_ns // 1_000_000_000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
