@@ -65,6 +65,7 @@ __all__ = [
     "CLOSED_ORDERS_MAX",
     "FILLS_MAX",
     "DELIVERIES_SETTLED_MAX",
+    "PRIVATE_RESUME_MAX",
     "PRICE_STRINGS_MAX",
     "ROLES",
     "Push",
@@ -75,6 +76,7 @@ __all__ = [
 CLOSED_ORDERS_MAX = 1000  # closed orders (filled, canceled, expired, rejected) kept per account
 FILLS_MAX = 1000  # fills kept per account for GET /fills
 DELIVERIES_SETTLED_MAX = 1000  # settled deliveries kept per account and role
+PRIVATE_RESUME_MAX = 200  # pushes kept per account and private channel for resume_from_seq
 PRICE_STRINGS_MAX = 1 << 16  # cached price strings; the cache starts over when full
 
 CHANNELS = ("executions", "balances", "positions")
@@ -169,6 +171,7 @@ class _Account:
         "fills",
         "last",
         "prev",
+        "recent",
         "active",
         "settled",
         "capacity",
@@ -187,6 +190,12 @@ class _Account:
         self.fills: deque[dict[str, Any]] = deque(maxlen=fills_max)  # newest first
         self.last = [0, 0, 0]  # per channel: account_seq of the last push
         self.prev = [0, 0, 0]  # per channel: prev_account_seq of the last push
+        # per channel: the last pushes as (prev_account_seq, body), oldest first, for resume
+        self.recent: tuple[deque[tuple[int, bytes]], ...] = (
+            deque(maxlen=PRIVATE_RESUME_MAX),
+            deque(maxlen=PRIVATE_RESUME_MAX),
+            deque(maxlen=PRIVATE_RESUME_MAX),
+        )
         # per role: obligation id -> delivery (active), and the settled ones, newest first
         self.active: tuple[dict[int, dict[str, Any]], dict[int, dict[str, Any]]] = ({}, {})
         self.settled: tuple[deque[dict[str, Any]], deque[dict[str, Any]]] = (
@@ -202,6 +211,27 @@ class _Account:
         self.prev[channel] = prev
         self.last[channel] = seq
         return prev
+
+    def keep(self, channel: int, prev: int, body: bytes) -> bytes:
+        """Keep a push for resume; return it."""
+        # orjson's bytes keep their whole output buffer (about 4 KiB): copy a kept body to size.
+        self.recent[channel].append((prev, bytes(memoryview(body))))
+        return body
+
+    def after(self, channel: int, from_seq: int) -> list[bytes] | None:
+        """The pushes after the one at `from_seq`; None when they are no longer all kept.
+
+        A push follows `from_seq` when its prev_account_seq is at least `from_seq`. The two pushes
+        of a self-trade share one account_seq: a client that saw both gets the second again.
+        """
+        last, recent = self.last[channel], self.recent[channel]
+        if from_seq > last:
+            return None  # ahead of this gateway: start over from the snapshot
+        if not recent:
+            return [] if from_seq == last else None
+        if recent[0][0] > from_seq:
+            return None  # some of what followed `from_seq` is no longer kept
+        return [body for prev, body in recent if prev >= from_seq]
 
 
 _ZERO_MONEY = ("0.000000",) * 4
@@ -348,6 +378,14 @@ class Accounts:
     def last_seq(self, account: int, channel: str) -> int:
         """`account_seq` of the account's last push on `channel` (0 before any)."""
         return self._accounts.get(account, _NO_ACCOUNT).last[_channel_index(channel)]
+
+    def resume(self, account: int, channel: str, from_seq: int) -> list[bytes] | None:
+        """The account's pushes on `channel` after `from_seq`; None when not all are kept.
+
+        The projection is rebuilt from gx.events when a gateway starts, so what is kept does not
+        depend on how long this gateway has run: the last PRIVATE_RESUME_MAX of each channel.
+        """
+        return self._accounts.get(account, _NO_ACCOUNT).after(_channel_index(channel), from_seq)
 
     def executions_snapshot(self, account: int) -> bytes:
         """The `executions` snapshot body: the live orders as of the last executions push."""
@@ -500,7 +538,7 @@ class Accounts:
             "reason": reason,
             "ts_ns": ts_ns,
         }
-        return (a.account, "executions", orjson.dumps(body))
+        return (a.account, "executions", a.keep(_EXECUTIONS, prev, orjson.dumps(body)))
 
     def _close(self, a: _Account, key: int, o: _Order) -> None:
         """Move an order to the account's closed ring, dropping the oldest beyond the limit."""
@@ -673,7 +711,7 @@ class Accounts:
             "collateral": collateral,
             "ts_ns": ts,
         }
-        return [(ev.account, "balances", orjson.dumps(body))]
+        return [(ev.account, "balances", a.keep(_BALANCES, prev, orjson.dumps(body)))]
 
     def _position(self, ev: e.PositionChanged) -> list[Push]:
         a = self._account(ev.account)
@@ -692,7 +730,7 @@ class Accounts:
             "delta": str(ev.delta_lots),
             "ts_ns": str(ev.ts_event),
         }
-        return [(ev.account, "positions", orjson.dumps(body))]
+        return [(ev.account, "positions", a.keep(_POSITIONS, prev, orjson.dumps(body)))]
 
     # ------------------------------------------------------------------ listing, capacity, delivery
 

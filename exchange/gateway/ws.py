@@ -425,7 +425,7 @@ class Connection:
     def _subscribe(self, params: Any) -> dict[str, Any]:
         p = parse_params(params, _Subscribe)
         if p.channel in PRIVATE_CHANNELS:
-            return self._subscribe_private(p.channel)
+            return self._subscribe_private(p.channel, p.resume_from_seq)
         if p.channel not in PUBLIC_CHANNELS:
             raise WireError(ErrorCode.UNKNOWN_CHANNEL, f"channel: {p.channel!r} is not a channel")
         if not p.symbols or len(p.symbols) > symbols_per_subscribe_max:
@@ -463,11 +463,16 @@ class Connection:
         self._after_answer = pushes
         return result
 
-    def _subscribe_private(self, channel: str) -> dict[str, Any]:
+    def _subscribe_private(self, channel: str, resume_from_seq: int | None) -> dict[str, Any]:
         account = self._require(PRIVATE_CHANNELS[channel])
         accounts = self.gw.accounts
         pushes: list[tuple[Any, bytes]]
-        if channel == "executions":
+        replay = None
+        if resume_from_seq is not None and channel != "provisioning":
+            replay = accounts.resume(account, channel, resume_from_seq)
+        if replay is not None:
+            pushes = [(channel, body) for body in replay]
+        elif channel == "executions":
             pushes = [(channel, accounts.executions_snapshot(account))]
         elif channel == "balances":
             pushes = [(channel, accounts.balances_snapshot(account))]
@@ -477,7 +482,7 @@ class Connection:
             pushes = [(channel, body) for body in self.gw.provisioning.snapshot(account)]
         self.private.add(channel)
         self._after_answer = pushes
-        return {"channel": channel, "symbols": [], "resumed": False}
+        return {"channel": channel, "symbols": [], "resumed": replay is not None}
 
     def _unsubscribe(self, params: Any) -> dict[str, Any]:
         p = parse_params(params, _Subscribe)

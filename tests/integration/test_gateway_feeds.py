@@ -186,6 +186,45 @@ def test_resume_from_seq_replays_what_was_missed(broker, dsn):
     run(scenario(), timeout_s=170)
 
 
+def test_private_channels_resume_what_a_dropped_socket_missed(broker, dsn):
+    async def scenario() -> None:
+        async with running_exchange(broker, dsn) as ex:
+            async with socket(ex) as seller:
+                await seller.logon(ex.keys["provider"])
+                async with socket(ex) as first:
+                    await first.logon(ex.keys["provider"])
+                    await first.request("subscribe", {"channel": "executions"})
+                    await place(seller, ex.symbol, "sell", "2.500", "1")
+                    seen = await first.wait_push(
+                        lambda p: p["channel"] == "executions" and p["type"] == "update"
+                    )
+                # while disconnected, two more orders are accepted
+                await place(seller, ex.symbol, "sell", "2.400", "1")
+                await place(seller, ex.symbol, "sell", "2.300", "1")
+                async with socket(ex) as again:
+                    await again.logon(ex.keys["provider"])
+                    sub = {"channel": "executions", "resume_from_seq": seen["account_seq"]}
+                    answer = await again.request("subscribe", sub)
+                    assert answer["result"]["resumed"] is True
+                    await again.wait_push(
+                        lambda p: p["channel"] == "executions" and p["order"]["price"] == "2.300"
+                    )
+                    missed = again.channel("executions")
+                    assert [p["order"]["price"] for p in missed] == ["2.400", "2.300"]
+                    assert missed[0]["prev_account_seq"] == seen["account_seq"]
+                    assert missed[1]["prev_account_seq"] == missed[0]["account_seq"]
+                    # ahead of the gateway: a snapshot instead
+                    sub["resume_from_seq"] = 10**12
+                    answer = await again.request("subscribe", sub)
+                    assert answer["result"]["resumed"] is False
+                    snapshot = await again.wait_push(
+                        lambda p: p["channel"] == "executions" and p["type"] == "snapshot"
+                    )
+                    assert len(snapshot["orders"]) == 3
+
+    run(scenario(), timeout_s=120)
+
+
 class _StalledClient:
     """A WebSocket client that reads nothing until told to: its socket fills, then the server's.
 

@@ -838,3 +838,46 @@ def test_capacity_whose_hours_are_over_is_dropped_at_the_next_update(catalog):
 @given(st.integers(min_value=-(10**18), max_value=10**18))
 def test_money_strings_equal_the_wire_format(micros):
     assert _money(micros) == wire.money_to_str(micros)
+
+
+# ---------------------------------------------------------------------- resume_from_seq
+
+
+def _channel_pushes(m: _Market, account: int, channel: str) -> list[dict[str, Any]]:
+    return [b for a, ch, b in m.pushes if a == account and ch == channel]
+
+
+def _traded(catalog) -> _Market:
+    m = _Market(catalog).funded()
+    for i in range(6):
+        m.place(PROVIDER, "sell", 2, price=2400 + i)
+        m.place(BUYER, "buy", 1, price=2400 + i)
+    return m
+
+
+@pytest.mark.parametrize("channel", ["executions", "balances", "positions"])
+def test_private_resume_replays_exactly_what_followed_any_push(catalog, channel):
+    m = _traded(catalog)
+    seen = _channel_pushes(m, BUYER, channel)
+    assert len(seen) >= 4
+    for k, push in enumerate(seen):
+        replay = m.accounts.resume(BUYER, channel, push["account_seq"])
+        assert replay is not None
+        assert [orjson.loads(body) for body in replay] == seen[k + 1 :], k
+    from_start = m.accounts.resume(BUYER, channel, 0)  # everything is still kept
+    assert from_start is not None and [orjson.loads(b) for b in from_start] == seen
+    # Ahead of the gateway: no replay (the client starts over from the snapshot).
+    assert m.accounts.resume(BUYER, channel, seen[-1]["account_seq"] + 1) is None
+    assert m.accounts.resume(OTHER + 1000, channel, 0) == []  # an account with no pushes
+
+
+def test_private_resume_past_what_is_kept_says_so(catalog, monkeypatch):
+    from exchange.gateway import accounts as accounts_module
+
+    monkeypatch.setattr(accounts_module, "PRIVATE_RESUME_MAX", 3)
+    m = _traded(catalog)
+    seen = _channel_pushes(m, BUYER, "executions")
+    assert len(seen) > 4
+    assert m.accounts.resume(BUYER, "executions", seen[0]["account_seq"]) is None
+    replay = m.accounts.resume(BUYER, "executions", seen[-4]["account_seq"])
+    assert [orjson.loads(b) for b in replay or []] == seen[-3:]
