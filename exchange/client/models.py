@@ -221,6 +221,17 @@ class Execution(msgspec.Struct, frozen=True, kw_only=True):
     ts_ns: int = 0
 
 
+class SshKey(msgspec.Struct, frozen=True, kw_only=True):
+    """A registered SSH public key (`GET /ssh_keys`), named by its OpenSSH fingerprint."""
+
+    fingerprint: str
+    type: str = ""
+    bits: int = 0
+    public_key: str = ""
+    comment: str = ""
+    created_ns: int = 0
+
+
 class ProvisionRequest(msgspec.Struct, frozen=True, kw_only=True):
     """A provisioning request to a provider: deliver `gpus` GPUs of `symbol` to `holder`."""
 
@@ -232,17 +243,7 @@ class ProvisionRequest(msgspec.Struct, frozen=True, kw_only=True):
     end_ns: int = 0
     deadline_ns: int = 0
     stage: str = ""
-
-
-class SshKey(msgspec.Struct, frozen=True, kw_only=True):
-    """A registered SSH public key (`GET /ssh_keys`), named by its OpenSSH fingerprint."""
-
-    fingerprint: str
-    type: str = ""
-    bits: int = 0
-    public_key: str = ""
-    comment: str = ""
-    created_ns: int = 0
+    ssh_keys: tuple[SshKey, ...] = ()  # the holder's keys: install them on the machines
 
 
 class ModelError(ValueError):

@@ -33,6 +33,7 @@ from exchange.gateway.rest import (
     ProviderController,
     PublicController,
 )
+from exchange.gateway.ssh_keys import SshKeyStore
 from exchange.gateway.subscriptions import Subscriptions
 from exchange.gateway.ws import serve_socket
 from exchange.wire import ErrorCode, Prices, WireError
@@ -160,7 +161,9 @@ class GatewayServer:
         keys = KeyStore(self._pool, self.settings.gateway_master_key)
         # The projections and the subscriptions: the hub feeds them, the handlers read them.
         prices = Prices(self.catalog.tick_micros)
-        accounts, feed, provisioning = Accounts(prices), MarketFeed(prices), Provisioning()
+        ssh_keys = SshKeyStore(self._pool)
+        accounts, feed = Accounts(prices), MarketFeed(prices)
+        provisioning = Provisioning(keys_of=ssh_keys.cached)
         subscriptions = Subscriptions(feed)
         hub = Hub(
             self.settings,
@@ -168,6 +171,7 @@ class GatewayServer:
             feed=feed,
             provisioning=provisioning,
             subscriptions=subscriptions,
+            ssh_keys=ssh_keys,
             mock_broker=self.mock_broker,
         )
         keys.client_order_live = accounts.client_order_live
@@ -182,6 +186,7 @@ class GatewayServer:
             feed=feed,
             provisioning=provisioning,
             subscriptions=subscriptions,
+            ssh_keys=ssh_keys,
         )
         try:
             async with asyncio.timeout(ready_wait_s):

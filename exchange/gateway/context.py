@@ -45,6 +45,7 @@ class Gateway:
         feed: MarketFeed,
         provisioning: Provisioning,
         subscriptions: Subscriptions,
+        ssh_keys: SshKeyStore | None = None,
     ) -> None:
         self.catalog = catalog
         self.prices = Prices(catalog.tick_micros)
@@ -54,7 +55,7 @@ class Gateway:
         self.provisioning = provisioning
         self.subscriptions = subscriptions
         self.keys = keys
-        self.ssh_keys = SshKeyStore(pool)
+        self.ssh_keys = ssh_keys or SshKeyStore(pool)
         self.pool = pool
         self.limits = limits or RateLimits()
         self.desk = OrderDesk(hub, accounts, feed, provisioning, keys, catalog, self.prices)

@@ -31,6 +31,7 @@ from aiokafka.errors import KafkaError
 from exchange.gateway.accounts import Accounts
 from exchange.gateway.market_feed import MarketFeed
 from exchange.gateway.provisioning import Provisioning
+from exchange.gateway.ssh_keys import SshKeyStore
 from exchange.gateway.subscriptions import Subscriptions
 from exchange.wire import ErrorCode, WireError
 from schemas import commands as c
@@ -41,6 +42,7 @@ from schemas.provisioning import (
     ProvisionConfirmed,
     ProvisionFailed,
     ProvisionMessage,
+    ProvisionRequested,
     decode_provision,
     encode_provision,
     provider_key,
@@ -80,6 +82,17 @@ class _Reader:
         self.partitions: list[TopicPartition] = []
 
 
+def _holders(values: Iterable[bytes | None]) -> set[int]:
+    """The holders of the provisioning requests among gx.provisioning record values."""
+    holders = set()
+    for value in values:
+        with contextlib.suppress(DecodeError):
+            message = decode_provision(value or b"")
+            if isinstance(message, ProvisionRequested):
+                holders.add(message.holder)
+    return holders
+
+
 class Hub:
     """Read the exchange's topics into the projections, send commands, await their events."""
 
@@ -91,6 +104,7 @@ class Hub:
         feed: MarketFeed,
         provisioning: Provisioning,
         subscriptions: Subscriptions,
+        ssh_keys: SshKeyStore | None = None,
         mock_broker: bool = False,
     ) -> None:
         settings.broker()  # refuses a missing broker, saying what to set
@@ -103,6 +117,7 @@ class Hub:
         self.feed = feed
         self.provisioning = provisioning
         self.subscriptions = subscriptions
+        self._ssh_keys = ssh_keys
         # The event path reads the routing and the outstanding requests by these names: the
         # same dicts the Subscriptions and the Provisioning projection hold, not copies.
         self.private = subscriptions.private
@@ -196,6 +211,9 @@ class Hub:
                 continue
             for tp, records in batches.items():
                 name = names[tp.topic]
+                if name == "provisioning" and self._ssh_keys is not None:
+                    # A request carries its holder's SSH keys: read them before it is pushed.
+                    await self._ssh_keys.of_accounts(_holders(r.value for r in records))
                 for record in records:
                     self._apply(name, tp.partition, record.offset, record.value)
             for name, reader in self._readers.items():

@@ -7,13 +7,20 @@ engine settles the delivery (`DeliverySettled` on gx.events). A provider subscri
 `provisioning` channel gets its outstanding requests first (`snapshot`), and may only confirm or
 fail a request that is outstanding.
 
-No I/O, no asyncio, no clock: the same messages give the same pushes.
+A request carries the holder's SSH public keys (`keys_of(holder)`, exchange/gateway/ssh_keys.py),
+so the provider can install them: as they are when the push is made, so a key the holder removed
+before then is never installed. They travel only to the provider's connections, never on Kafka.
+
+No I/O, no asyncio, no clock: the same messages and keys give the same pushes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import orjson
 
+from exchange.gateway.ssh_keys import SshKey
 from schemas.provisioning import (
     ProvisionConfirmed,
     ProvisionFailed,
@@ -27,15 +34,17 @@ __all__ = ["Provisioning", "provision_push"]
 class Provisioning:
     """Outstanding provisioning requests by provider, and the pushes that announce them."""
 
-    def __init__(self) -> None:
+    def __init__(self, keys_of: Callable[[int], Sequence[SshKey]] = lambda holder: ()) -> None:
         # provider -> obligation id -> its outstanding request
         self.outstanding: dict[int, dict[int, ProvisionRequested]] = {}
+        self.keys_of = keys_of
 
     def apply(self, message: ProvisionMessage) -> list[tuple[int, str, bytes]]:
         """Take the next gx.provisioning message; return its pushes as (provider, channel, body)."""
         if isinstance(message, ProvisionRequested):
             self.outstanding.setdefault(message.provider, {})[message.obligation_id] = message
-            return [(message.provider, "provisioning", provision_push(message))]
+            push = provision_push(message, self.keys_of(message.holder))
+            return [(message.provider, "provisioning", push)]
         if isinstance(message, ProvisionConfirmed | ProvisionFailed):
             self.settled(message.provider, message.obligation_id)
         return []
@@ -51,10 +60,12 @@ class Provisioning:
     def snapshot(self, provider: int) -> list[bytes]:
         """The push bodies of the provider's outstanding requests, by obligation id."""
         requests = self.outstanding.get(provider, {})
-        return [provision_push(requests[i]) for i in sorted(requests)]
+        return [
+            provision_push(requests[i], self.keys_of(requests[i].holder)) for i in sorted(requests)
+        ]
 
 
-def provision_push(message: ProvisionRequested) -> bytes:
+def provision_push(message: ProvisionRequested, ssh_keys: Sequence[SshKey] = ()) -> bytes:
     """The `provisioning` push body of a request (ids as integers, times as strings)."""
     return orjson.dumps(
         {
@@ -69,5 +80,9 @@ def provision_push(message: ProvisionRequested) -> bytes:
             "end_ns": str(message.end_ns),
             "deadline_ns": str(message.deadline_ns),
             "stage": message.stage,
+            "ssh_keys": [
+                {"fingerprint": k.fingerprint, "type": k.kind, "public_key": k.public_key}
+                for k in ssh_keys
+            ],
         }
     )

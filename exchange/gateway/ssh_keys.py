@@ -207,6 +207,11 @@ class SshKeyStore:
         self._cache.pop(account, None)
         return bool(found)
 
+    def cached(self, account: int) -> builtins.list[SshKey]:
+        """The account's keys as last read here (none if never read): for code that cannot wait."""
+        cached = self._cache.get(account)
+        return [] if cached is None else cached[1]
+
     async def of_accounts(self, accounts: Iterable[int]) -> dict[int, builtins.list[SshKey]]:
         """Each account's keys, read at most SSH_KEY_CACHE_TTL_S ago."""
         now = self._clock_s()

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncpg
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from exchange.client import GatewayError, NotFoundError
 from exchange.gateway.ssh_keys import SSH_KEYS_PER_ACCOUNT_MAX, SshKeyStore
@@ -15,14 +13,9 @@ from tests.support.gateway_harness import running_exchange, socket
 
 from .conftest import run
 from .test_sdk import client
+from .test_sdk import new_ssh_key as new_key
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def new_key(comment: str = "") -> str:
-    public = ed25519.Ed25519PrivateKey.generate().public_key()
-    line = public.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    return f"{line.decode()} {comment}".rstrip()
 
 
 def test_store_adds_lists_removes_and_caps_per_account(dsn):

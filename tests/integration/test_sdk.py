@@ -16,6 +16,8 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from exchange.client import (
     Client,
@@ -39,6 +41,13 @@ pytestmark = pytest.mark.timeout(180)
 
 HOUR_NS = 3_600_000_000_000
 T = TypeVar("T")
+
+
+def new_ssh_key(comment: str = "") -> str:
+    """A fresh ed25519 public key as an OpenSSH line."""
+    public = ed25519.Ed25519PrivateKey.generate().public_key()
+    line = public.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return f"{line.decode()} {comment}".rstrip()
 
 
 def client(ex: Exchange, name: str, **options: Any) -> Client:
@@ -562,6 +571,7 @@ def test_provider_agent_streams_capacity_and_answers_provisioning(broker, dsn):
                 return ProvisionResult.confirm({"ssh": "gpu@10.0.0.7"})
 
             async with client(ex, "provider") as provider, client(ex, "trader") as buyer:
+                holder_key = await buyer.add_ssh_key(new_ssh_key("holder@laptop"))
                 agent = ProviderAgent(provider)
                 status = await agent.update_capacity(
                     key.gpu, key.region, key.start_ns, key.start_ns + HOUR_NS, gpus=5
@@ -578,6 +588,10 @@ def test_provider_agent_streams_capacity_and_answers_provisioning(broker, dsn):
                 await ex.wait_for(lambda: seen, timeout_s=30, what="the assignment")
                 assert seen[0].stage == "assigned" and seen[0].gpus == 2
                 assert seen[0].holder == TRADER and seen[0].symbol == ex.symbol
+                # The holder's SSH key came with the request, for the provider to install.
+                assert [(k.fingerprint, k.public_key) for k in seen[0].ssh_keys] == [
+                    (holder_key.fingerprint, holder_key.public_key)
+                ]
                 await ex.send(c.ClockTick(ts_ns=key.start_ns))
                 deliveries = ex.gateway.accounts.deliveries
                 await ex.wait_for(
