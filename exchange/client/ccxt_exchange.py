@@ -54,6 +54,7 @@ from exchange.client.client import DEFAULT_BASE_URL, TIMEFRAMES
 from exchange.client.orders import lots_str, order_body
 from exchange.client.rest import API_PREFIX, segment
 from exchange.client.signing import Credentials, signed_headers
+from exchange.gateway.ratelimit import RateLimits
 from exchange.wire import ErrorCode
 from schemas.codes import CashReason, Reject
 
@@ -189,7 +190,8 @@ class GpuExchange(ccxt_async.Exchange):  # type: ignore[misc]
                 "name": "GPU Exchange",
                 "countries": [],
                 "version": "v1",
-                "rateLimit": 10,
+                # ms between requests: the gateway's default per-key REST rate
+                "rateLimit": 1000 / RateLimits().rest_per_key_per_s,
                 "certified": False,
                 "pro": False,
                 "has": {
