@@ -21,7 +21,7 @@ $(CHROMIUM):
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,sdk]'
 	touch $(STAMP)
 
 # The whole exchange on embedded defaults with a living market: page on http://127.0.0.1:8080/.

@@ -9,8 +9,11 @@
 
 Modules: `client` (the Client), `rest` and `ws` (transports), `feeds` (subscriptions), `book`
 (LocalBook), `models` (typed results), `orders` (request bodies), `signing`, `errors`,
-`provider` (ProviderAgent).
+`provider` (ProviderAgent), `ccxt_exchange` (GpuExchange, the gateway as a ccxt exchange; needs
+the `sdk` extra: `pip install '.[sdk]'`).
 """
+
+from typing import Any
 
 from exchange.client.book import BookOutOfSync, LocalBook
 from exchange.client.client import Client
@@ -78,4 +81,14 @@ __all__ = [
     "RouteResult",
     "Execution",
     "ProvisionRequest",
+    "GpuExchange",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # GpuExchange imports ccxt (the optional `sdk` extra): only when asked for.
+    if name == "GpuExchange":
+        from exchange.client.ccxt_exchange import GpuExchange
+
+        return GpuExchange
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -31,6 +31,7 @@ from typing import Any
 import msgspec
 import orjson
 
+from exchange.gateway.ticker import DayStats, ticker_view
 from exchange.wire import ErrorCode, Prices, WireError, qty_to_str
 from schemas.marketdata import (
     BookDelta,
@@ -223,6 +224,7 @@ class MarketFeed:
         self._curves: dict[str, _Curve] = {}
         self._closed: OrderedDict[str, None] = OrderedDict()
         self._price_strs: dict[int, str] = {}
+        self.day = DayStats()  # the tickers' rolling 24 h figures
 
     # ------------------------------------------------------------------ records in, pushes out
 
@@ -380,6 +382,16 @@ class MarketFeed:
             return []
         ordered = sorted(found.points.items(), key=lambda item: (item[1][0], item[0]))
         return [dict(point) for _, (_, point) in ordered]
+
+    def ticker(self, symbol: str) -> dict[str, Any] | None:
+        """`GET /ticker`: top of book, last trade and rolling 24 h figures; None when unknown."""
+        book = self._books.get(symbol)
+        if book is None or not book.known:
+            return None
+        rows = self._trades.get(symbol)
+        ts_ns = max(book.ts_ns, int(rows[-1]["ts_ns"]) if rows else 0)
+        minutes = self.day.window(symbol)
+        return ticker_view(symbol, book.top(), book.last, ts_ns, minutes, self.prices)
 
     def best(self, symbol: str) -> tuple[int, int, int, int]:
         """Best bid ticks, bid lots, ask ticks, ask lots; 0 where none or the book is unsynced."""
@@ -583,6 +595,7 @@ class MarketFeed:
             for t in fresh
         ]
         rows.extend(batch)
+        self.day.add(m.symbol, fresh)
         key: StreamKey = ("trades", m.symbol)
         body = self._publish(
             key, offset, {"trades": [{**row} for row in batch], "ts_ns": str(m.ts_ns)}
@@ -742,6 +755,7 @@ class MarketFeed:
             self._closed.popitem(last=False)
         self._books.pop(symbol, None)
         self._trades.pop(symbol, None)
+        self.day.forget(symbol)
         self._streams.pop(("trades", symbol), None)
         self._streams.pop(("ticker", symbol), None)
         for interval in CANDLE_INTERVAL_NAMES.values():

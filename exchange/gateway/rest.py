@@ -8,6 +8,7 @@ as the WebSocket, so both refuse alike.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Annotated, Any
 
 import msgspec
@@ -25,11 +26,14 @@ from exchange.gateway.orders import (
     RouteParams,
 )
 from exchange.gateway.statements import ledger_page, statement
-from exchange.wire import ErrorCode, WireError
+from exchange.gateway.ticker import ticker_view
+from exchange.wire import ErrorCode, WireError, money_to_str
+from schemas.catalog import Catalog
 
 __all__ = ["PublicController", "AccountController", "OrderController", "ProviderController"]
 
 limit_max = 1000
+BPS_PER_UNIT = 10_000
 
 
 def _gateway(request: Request[Any, Any, Any]) -> Gateway:
@@ -49,6 +53,18 @@ def _limit(limit: int) -> int:
     if not 1 <= limit <= limit_max:
         raise WireError(ErrorCode.BAD_REQUEST, f"limit: expected 1-{limit_max}, found {limit}")
     return limit
+
+
+def _fees(catalog: Catalog) -> dict[str, Any]:
+    """The `GET /fees` object: fee rates as fractions of notional, from the catalog's bps."""
+    return {
+        "maker": str(Decimal(catalog.maker_fee_bps) / BPS_PER_UNIT),
+        "taker": str(Decimal(catalog.taker_fee_bps) / BPS_PER_UNIT),
+        "maker_bps": catalog.maker_fee_bps,
+        "taker_bps": catalog.taker_fee_bps,
+        "penalty_per_gpu_hour": money_to_str(catalog.penalty_per_gpu_hour_micros),
+        "currency": "USD",
+    }
 
 
 class PublicController(Controller):
@@ -102,6 +118,35 @@ class PublicController(Controller):
             )
         rows = gw.feed.candles(symbol, interval, _limit(limit))
         return {"symbol": symbol, "interval": interval, "candles": rows}
+
+    @get("/ticker/{symbol:str}")
+    async def ticker(
+        self, request: Request[Any, Any, Any], symbol: FromPath[str]
+    ) -> dict[str, Any]:
+        """Return an instrument's best bid and ask, last trade and rolling 24 h figures."""
+        gw = _gateway(request)
+        gw.check_ip(request)
+        ticker = gw.feed.ticker(symbol)
+        if ticker is None:
+            if not gw.known_symbol("ticker", symbol):
+                raise WireError(ErrorCode.UNKNOWN_SYMBOL, f"unknown instrument {symbol!r}")
+            ticker = ticker_view(symbol, (0, 0, 0, 0), (0, 0), 0, [], gw.prices)
+        return ticker
+
+    @get("/tickers")
+    async def tickers(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
+        """Return the ticker of every instrument with a book or a trade."""
+        gw = _gateway(request)
+        gw.check_ip(request)
+        found = (gw.feed.ticker(symbol) for symbol in gw.feed.symbols())
+        return {"tickers": [t for t in found if t is not None]}
+
+    @get("/fees")
+    async def fees(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
+        """Return the trading fees (fractions of notional) and the delivery penalty."""
+        gw = _gateway(request)
+        gw.check_ip(request)
+        return _fees(gw.catalog)
 
     @get("/index/{gpu:str}")
     async def index(self, request: Request[Any, Any, Any], gpu: FromPath[str]) -> dict[str, Any]:

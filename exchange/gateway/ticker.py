@@ -1,0 +1,127 @@
+"""The 24-hour ticker of `GET /ticker/{symbol}`: top of book, last trade, rolling 24 h figures.
+
+`DayStats` keeps each instrument's trades of the last 24 hours in one-minute buckets (at most
+`DAY_BUCKETS_MAX` per instrument), so high, low, volume and VWAP are exact over whole minutes
+without keeping every trade. The window ends at the market's clock, the latest trade time seen
+on any instrument, not at the wall clock: the feed reads no clock, the same records give the
+same ticker, and a replayed market shows the figures it showed then.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any
+
+from exchange.wire import Prices, qty_to_str
+from schemas.marketdata import Trade
+from schemas.symbols import parse_symbol
+from schemas.units import MICROS_PER_USD, NS_PER_DAY, NS_PER_MINUTE
+
+__all__ = ["DAY_BUCKETS_MAX", "DayStats", "ticker_view"]
+
+DAY_BUCKETS_MAX = NS_PER_DAY // NS_PER_MINUTE + 1  # the minutes a 24 h window can touch
+_MICRO = Decimal(1) / MICROS_PER_USD  # VWAP and quote volume are quoted to the micro-dollar
+
+
+class _Minute:
+    """One instrument's trades of one minute: first and last price, extremes and sums."""
+
+    __slots__ = ("start_ns", "open", "high", "low", "close", "lots", "ticks_lots", "trades")
+
+    def __init__(self, start_ns: int, price_ticks: int) -> None:
+        self.start_ns = start_ns
+        self.open = self.high = self.low = self.close = price_ticks
+        self.lots = 0
+        self.ticks_lots = 0  # sum of price ticks x lots: the VWAP's numerator
+        self.trades = 0
+
+    def add(self, price_ticks: int, lots: int) -> None:
+        self.high = max(self.high, price_ticks)
+        self.low = min(self.low, price_ticks)
+        self.close = price_ticks
+        self.lots += lots
+        self.ticks_lots += price_ticks * lots
+        self.trades += 1
+
+
+class DayStats:
+    """Rolling 24 h trade figures per instrument, in one-minute buckets."""
+
+    def __init__(self) -> None:
+        self.now_ns = 0  # the market's clock: the latest trade time seen
+        self._minutes: dict[str, deque[_Minute]] = {}
+
+    def add(self, symbol: str, trades: Iterable[Trade]) -> None:
+        """Count an instrument's new trades (oldest first); drop minutes older than 24 h."""
+        minutes = self._minutes.get(symbol)
+        if minutes is None:
+            minutes = self._minutes[symbol] = deque(maxlen=DAY_BUCKETS_MAX)
+        for t in trades:
+            self.now_ns = max(self.now_ns, t.ts_ns)
+            start = t.ts_ns - t.ts_ns % NS_PER_MINUTE
+            if not minutes or start > minutes[-1].start_ns:
+                minutes.append(_Minute(start, t.price_ticks))
+            minutes[-1].add(t.price_ticks, t.lots)
+        self._prune(minutes)
+
+    def forget(self, symbol: str) -> None:
+        """Drop a closed instrument's figures."""
+        self._minutes.pop(symbol, None)
+
+    def window(self, symbol: str) -> list[_Minute]:
+        """The instrument's minutes inside the 24 h ending at the market's clock, oldest first."""
+        minutes = self._minutes.get(symbol)
+        if not minutes:
+            return []
+        self._prune(minutes)
+        return list(minutes)
+
+    def _prune(self, minutes: deque[_Minute]) -> None:
+        floor = self.now_ns - NS_PER_DAY
+        while minutes and minutes[0].start_ns + NS_PER_MINUTE <= floor:
+            minutes.popleft()
+
+
+def _usd(value: Decimal) -> str:
+    return format(value.quantize(_MICRO, rounding=ROUND_HALF_EVEN), "f")
+
+
+def ticker_view(
+    symbol: str,
+    best: tuple[int, int, int, int],
+    last: tuple[int, int],
+    ts_ns: int,
+    minutes: list[_Minute],
+    prices: Prices,
+) -> dict[str, Any]:
+    """The `GET /ticker` object of one instrument (API.md); null where there is no figure.
+
+    `best` is (bid ticks, bid lots, ask ticks, ask lots) and `last` (ticks, lots), 0 for none.
+    Volume is in lots; quote volume is the USD notional (price x lots x the instrument's hours);
+    VWAP is per GPU-hour like every price.
+    """
+    bid, bid_lots, ask, ask_lots = best
+    last_ticks, last_lots = last
+    lots = sum(m.lots for m in minutes)
+    ticks_lots = sum(m.ticks_lots for m in minutes)
+    hours = parse_symbol(symbol).hours
+    tick = prices.tick
+    return {
+        "symbol": symbol,
+        "bid": prices.to_str(bid) if bid else None,
+        "bid_qty": qty_to_str(bid_lots) if bid else None,
+        "ask": prices.to_str(ask) if ask else None,
+        "ask_qty": qty_to_str(ask_lots) if ask else None,
+        "last": prices.to_str(last_ticks) if last_ticks else None,
+        "last_qty": qty_to_str(last_lots) if last_ticks else None,
+        "open": prices.to_str(minutes[0].open) if minutes else None,
+        "high": prices.to_str(max(m.high for m in minutes)) if minutes else None,
+        "low": prices.to_str(min(m.low for m in minutes)) if minutes else None,
+        "volume": qty_to_str(lots),
+        "quote_volume": _usd(Decimal(ticks_lots * hours) * tick),
+        "vwap": _usd(Decimal(ticks_lots) / lots * tick) if lots else None,
+        "trades": sum(m.trades for m in minutes),
+        "ts_ns": str(ts_ns),
+    }

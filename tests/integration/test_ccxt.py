@@ -1,0 +1,263 @@
+"""The ccxt exchange class (exchange/client/ccxt_exchange.py) against the whole exchange.
+
+A ccxt user's session over the in-process exchange (tests/support/gateway_harness.py), with
+ccxt's own structure validators (ccxt/test/exchange/base, shipped in the ccxt wheel) run on every
+structure returned, and the error mapping checked on real refusals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import ccxt
+import pytest
+from ccxt.test.exchange.base import test_balance as check_balance
+from ccxt.test.exchange.base import test_ledger_entry as check_ledger_entry
+from ccxt.test.exchange.base import test_market as check_market
+from ccxt.test.exchange.base import test_ohlcv as check_ohlcv
+from ccxt.test.exchange.base import test_order as check_order
+from ccxt.test.exchange.base import test_order_book as check_order_book
+from ccxt.test.exchange.base import test_ticker as check_ticker
+from ccxt.test.exchange.base import test_trade as check_trade
+from ccxt.test.exchange.base import test_trading_fee as check_trading_fee
+
+from exchange.client import GpuExchange
+from schemas.symbols import parse_symbol
+from tests.support.gateway_harness import Exchange, running_exchange
+
+from .conftest import run
+
+pytestmark = pytest.mark.timeout(180)
+
+T = TypeVar("T")
+SKIP: dict[str, Any] = {}  # ccxt's skipped_properties: none
+
+
+def gpu_exchange(ex: Exchange, name: str, **config: Any) -> GpuExchange:
+    """A ccxt client of the harness's gateway, with the named account's key."""
+    keys = ex.keys[name]
+    return GpuExchange(
+        {"apiKey": keys.key_id, "secret": keys.secret, "urls": {"api": {"rest": ex.url}}, **config}
+    )
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+async def until(check: Callable[[], Awaitable[T]], what: str, timeout_s: float = 10.0) -> T:
+    """Await `check()` until it returns a true value (market data and the ledger trail orders)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def orders_ok(ex: GpuExchange, method: str, orders: list[Any], symbol: str | None) -> None:
+    for order in orders:
+        check_order(ex, SKIP, method, order, symbol, now_ms())
+
+
+def trades_ok(ex: GpuExchange, method: str, trades: list[Any], symbol: str, public: bool) -> None:
+    for trade in trades:
+        check_trade(ex, SKIP, method, trade, symbol, now_ms(), public)
+
+
+def test_ccxt_user_trades_amends_cancels_and_reads_every_unified_structure(broker, dsn):
+    async def scenario() -> None:
+        async with running_exchange(broker, dsn) as ex:
+            seller, buyer = gpu_exchange(ex, "provider"), gpu_exchange(ex, "trader")
+            try:
+                await session(ex, seller, buyer)
+            finally:
+                await seller.close()
+                await buyer.close()
+
+    run(scenario(), timeout_s=170)
+
+
+async def session(ex: Exchange, seller: GpuExchange, buyer: GpuExchange) -> None:
+    symbol = ex.symbol
+    hours = parse_symbol(symbol).hours
+
+    # ------------------------------------------------------------------ markets
+    markets = await buyer.load_markets()
+    assert symbol in markets and buyer.symbols
+    for market in markets.values():
+        check_market(buyer, SKIP, "fetchMarkets", market)
+    market = buyer.market(symbol)
+    assert (market["type"], market["linear"], market["settle"]) == ("future", True, "USD")
+    assert market["contractSize"] == hours and market["precision"]["price"] == 0.001
+    assert (market["maker"], market["taker"]) == (0.0002, 0.0005)
+    assert market["expiry"] == parse_symbol(symbol).start_ns // 1_000_000
+    await seller.load_markets()
+
+    # ------------------------------------------------------------------ orders that trade
+    sell = await seller.create_order(
+        symbol, "limit", "sell", 3, 2.5, {"clientOrderId": "cx-sell-1"}
+    )
+    orders_ok(seller, "createOrder", [sell], symbol)
+    assert (sell["status"], sell["amount"], sell["remaining"], sell["filled"]) == ("open", 3, 3, 0)
+    assert sell["clientOrderId"] == "cx-sell-1" and sell["timeInForce"] == "GTC"
+    await ex.wait_for(lambda: ex.gateway.feed.ask_levels(symbol), what="the ask")
+
+    buy = await buyer.create_order(symbol, "limit", "buy", 2, 2.6)
+    orders_ok(buyer, "createOrder", [buy], symbol)
+    assert (buy["status"], buy["filled"], buy["remaining"]) == ("closed", 2, 0)
+    assert buy["average"] == 2.5  # the maker's price, not the limit: from the fills
+    assert buy["cost"] == float(Decimal("2.5") * 2 * hours)
+    assert [t["takerOrMaker"] for t in buy["trades"]] == ["taker"]
+    assert buy["trades"][0]["fee"]["currency"] == "USD"
+
+    edited = await seller.edit_order(sell["id"], symbol, "limit", "sell", 4, 2.55)
+    orders_ok(seller, "editOrder", [edited], symbol)
+    assert (edited["amount"], edited["filled"], edited["remaining"], edited["price"]) == (
+        4,
+        2,
+        2,
+        2.55,
+    )
+    cancelled = await seller.cancel_order(sell["id"], symbol)
+    orders_ok(seller, "cancelOrder", [cancelled], symbol)
+    assert cancelled["status"] == "canceled" and cancelled["filled"] == 2
+
+    for price in (2.7, 2.8):
+        await seller.create_order(symbol, "limit", "sell", 1, price)
+    assert len(await seller.fetch_open_orders(symbol)) == 2
+    [cancel_all] = await seller.cancel_all_orders(symbol)
+    assert cancel_all["info"] == {"canceled": 2}
+    assert await seller.fetch_open_orders() == []
+
+    fetched = await seller.fetch_order(sell["id"], symbol)
+    orders_ok(seller, "fetchOrder", [fetched], symbol)
+    assert (fetched["status"], fetched["filled"], fetched["average"]) == ("canceled", 2, 2.5)
+    by_client_id = await seller.fetch_order("", symbol, {"clientOrderId": "cx-sell-1"})
+    assert by_client_id["id"] == sell["id"]
+
+    closed = await seller.fetch_closed_orders(symbol)
+    orders_ok(seller, "fetchClosedOrders", closed, symbol)
+    assert [o["status"] for o in closed] == ["canceled"] * 3
+    assert [o["id"] for o in await buyer.fetch_closed_orders()] == [buy["id"]]
+
+    bid = await buyer.create_order(symbol, "limit", "buy", 5, 2.4, {"timeInForce": "GTC"})
+    open_orders = await buyer.fetch_open_orders(symbol)
+    orders_ok(buyer, "fetchOpenOrders", open_orders, symbol)
+    assert [o["id"] for o in open_orders] == [bid["id"]]
+
+    mine = await buyer.fetch_my_trades(symbol)
+    trades_ok(buyer, "fetchMyTrades", mine, symbol, public=False)
+    assert [(t["order"], t["side"], t["amount"], t["price"]) for t in mine] == [
+        (buy["id"], "buy", 2, 2.5)
+    ]
+    theirs = await seller.fetch_my_trades()
+    trades_ok(seller, "fetchMyTrades", theirs, symbol, public=False)
+    assert [t["takerOrMaker"] for t in theirs] == ["maker"]
+
+    # ------------------------------------------------------------------ account
+    balance = await buyer.fetch_balance()
+    check_balance(buyer, SKIP, "fetchBalance", balance)
+    server = ex.gateway.accounts.balances(buyer_account(ex))
+    assert balance["USD"]["free"] == float(server["available"])
+    assert balance["USD"]["used"] > 0  # the resting bid's hold and the bought lots' escrow
+
+    fees = await buyer.fetch_trading_fees()
+    for fee_symbol, fee in fees.items():
+        check_trading_fee(buyer, SKIP, "fetchTradingFees", fee_symbol, fee)
+    assert (fees[symbol]["maker"], fees[symbol]["taker"]) == (0.0002, 0.0005)
+    assert (await buyer.fetch_trading_fee(symbol))["symbol"] == symbol
+
+    async def settled() -> list[Any]:
+        entries = await buyer.fetch_ledger("USD")
+        return entries if any(e["type"] == "trade" for e in entries) else []
+
+    ledger = await until(settled, "the ledger's trade postings")
+    for entry in ledger:
+        check_ledger_entry(buyer, SKIP, "fetchLedger", entry, "USD", now_ms())
+    available = [e for e in ledger if e["account"] == "available"]
+    assert available[0]["type"] == "transaction" and available[0]["before"] == 0
+
+    # ------------------------------------------------------------------ market data
+    async def traded_ticker() -> Any:
+        ticker = await buyer.fetch_ticker(symbol)
+        return ticker if ticker["last"] is not None and ticker["bid"] is not None else None
+
+    ticker = await until(traded_ticker, "the ticker's trade")
+    check_ticker(buyer, SKIP, "fetchTicker", ticker, symbol)
+    assert (ticker["last"], ticker["high"], ticker["low"], ticker["vwap"]) == (2.5,) * 4
+    assert (ticker["bid"], ticker["bidVolume"]) == (2.4, 5)
+    assert ticker["baseVolume"] == 2 * hours and ticker["quoteVolume"] == 5.0 * hours
+    tickers = await buyer.fetch_tickers()
+    for each in tickers.values():
+        check_ticker(buyer, SKIP, "fetchTickers", each, None)
+    assert tickers[symbol]["last"] == 2.5
+
+    book = await until(lambda: _nonempty_book(buyer, symbol), "the bid in the book", timeout_s=10.0)
+    check_order_book(buyer, SKIP, "fetchOrderBook", book, symbol)
+    assert book["bids"] == [[2.4, 5]] and book["nonce"] > 0
+
+    public = await until(lambda: buyer.fetch_trades(symbol), "the public trade")
+    trades_ok(buyer, "fetchTrades", public, symbol, public=True)
+    assert [(t["price"], t["amount"], t["side"]) for t in public] == [(2.5, 2, "buy")]
+
+    bars = await until(lambda: buyer.fetch_ohlcv(symbol, "1m"), "a candle")
+    for bar in bars:
+        check_ohlcv(buyer, SKIP, "fetchOHLCV", bar, symbol, now_ms())
+    assert bars[-1][1:] == [2.5, 2.5, 2.5, 2.5, 2 * hours]
+
+    # ------------------------------------------------------------------ refusals
+    big = next(
+        m
+        for m in markets.values()
+        if m["active"] and m["contractSize"] * m["limits"]["price"]["max"] * 1000 > 2_000_000
+    )
+    with pytest.raises(ccxt.InsufficientFunds):
+        await buyer.create_order(big["symbol"], "limit", "buy", 1000, 99.0)
+    with pytest.raises(ccxt.OrderNotFound):
+        await buyer.fetch_order("999999999", symbol)
+    with pytest.raises(ccxt.OrderNotFound):
+        await buyer.cancel_order("999999999", symbol)
+    with pytest.raises(ccxt.OrderImmediatelyFillable):
+        await seller.create_order(symbol, "limit", "sell", 1, 2.4, {"postOnly": True})
+    with pytest.raises(ccxt.BadSymbol):  # the gateway's UNKNOWN_SYMBOL, past ccxt's own check
+        await buyer.request("ticker/{symbol}", "public", "GET", {"symbol": "NO.SUCH.1h.X"})
+    keys = ex.keys["trader"]
+    for config in ({"secret": "not-the-secret"}, {"apiKey": "no-such-key"}):
+        stranger = gpu_exchange(ex, "trader", **{"apiKey": keys.key_id, **config})
+        try:
+            with pytest.raises(ccxt.AuthenticationError):
+                await stranger.fetch_balance()
+        finally:
+            await stranger.close()
+
+
+def buyer_account(ex: Exchange) -> int:
+    return ex.keys["trader"].account
+
+
+async def _nonempty_book(exchange: GpuExchange, symbol: str) -> Any:
+    book = await exchange.fetch_order_book(symbol)
+    return book if book["bids"] else None
+
+
+def test_ccxt_validators_refuse_a_broken_structure():
+    """The validators this suite relies on do fail: a wrong status, a spot market with expiry."""
+    ex = GpuExchange()
+    order = ex.safe_order(
+        {"info": {}, "id": "1", "symbol": "X", "status": "open", "amount": 2, "filled": 1}
+    )
+    check_order(ex, SKIP, "fetchOrder", order, None, now_ms())
+    with pytest.raises(AssertionError):
+        check_order(ex, SKIP, "fetchOrder", {**order, "status": "bogus"}, None, now_ms())
+    with pytest.raises(AssertionError):
+        check_order(ex, SKIP, "fetchOrder", {**order, "filled": 3}, None, now_ms())
+    bad_ticker = {**ex.safe_ticker({"symbol": "X", "last": 2.0, "close": 3.0}), "info": {}}
+    with pytest.raises(AssertionError):
+        check_ticker(ex, SKIP, "fetchTicker", bad_ticker, None)
