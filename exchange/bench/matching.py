@@ -396,7 +396,7 @@ def _learn_ids(engine: Engine, plan: Plan, instr: int) -> dict[str, int]:
         ev = engine.apply_rows(batch)
         typ = ev[:, lay.E_TYPE]
         acc = ev[typ == lay.EV_ACCEPTED]
-        plan.engine_id[plan.ordinal[acc[:, lay.E_CMD] + start]] = acc[:, 2]
+        plan.engine_id[plan.ordinal[acc[:, lay.E_CMD] + start]] = acc[:, lay.E_ACCEPTED.order_id]
         _check_refusals(ev[typ == lay.EV_REJECTED])
         counts["events"] += len(ev)
         counts["cancelled"] += int((typ == lay.EV_CANCELLED).sum())
@@ -406,7 +406,7 @@ def _learn_ids(engine: Engine, plan: Plan, instr: int) -> dict[str, int]:
 
 def _check_refusals(rejected: np.ndarray) -> None:
     """Only cancels of orders already gone may be refused; anything else is a setup bug."""
-    codes = rejected[:, 3]
+    codes = rejected[:, lay.E_REJECTED.code]
     bad = codes != Reject.UNKNOWN_ORDER
     if bad.any():
         code = int(codes[bad][0])

@@ -16,7 +16,7 @@ from matching.kernels._base import (
     R_INSUFFICIENT_CASH,
     R_UNKNOWN_ACCOUNT,
     _cash,
-    _emit,
+    _emit_capacity,
     _reject,
 )
 from matching.kernels.orders import _user_account
@@ -37,7 +37,6 @@ from matching.layout import (
     CFG_CAPACITY_GPUS_MAX,
     CFG_CAPACITY_HOURS_MAX,
     CFG_DEPOSIT_MAX,
-    EV_CAPACITY,
     M_CAP_FREE,
     M_CAP_HWM,
     M_CAP_LIVE,
@@ -121,4 +120,4 @@ def _capacity(st, ev, n, ci, cmds):
             cap[row, C_NEXT] = EMPTY
             _ht_put(ht, key, row)
         cap[row, C_CAP] = gpus
-    return _emit(ev, n, EV_CAPACITY, ci, account, capkey, start, end, gpus, 0, 0, 0, 0, 0, 0, 0)
+    return _emit_capacity(ev, n, ci, account, capkey, start, end, gpus)

@@ -22,7 +22,12 @@ from matching.kernels._base import (
     XP_GATE,
     XP_GTD,
     _cash,
-    _emit,
+    _emit_assigned,
+    _emit_closed,
+    _emit_listed,
+    _emit_position,
+    _emit_settled,
+    _emit_started,
     _reject,
 )
 from matching.kernels.book import _order_slot, _reduce
@@ -64,13 +69,7 @@ from matching.layout import (
     CFG_PENALTY_MICROS,
     CFG_REGIONS,
     CFG_TICK_MICROS,
-    EV_ASSIGNED,
-    EV_CLOSED,
     EV_EXPIRED,
-    EV_LISTED,
-    EV_POSITION,
-    EV_SETTLED,
-    EV_STARTED,
     I_BAND_HI,
     I_BAND_LO,
     I_BEST,
@@ -142,7 +141,7 @@ def _list(st, ev, n, ci, cmds):
     row[I_NOTIONAL_UNIT] = cfg[0, CFG_TICK_MICROS] * hours
     row[I_COLLAT_UNIT] = cfg[0, CFG_PENALTY_MICROS] * hours
     meta[0, M_INSTR_SEQ] = max(meta[0, M_INSTR_SEQ], cmds[ci, C0_ORDER])
-    return _emit(ev, n, EV_LISTED, ci, row[I_ID], cmds[ci, C0_INSTR], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+    return _emit_listed(ev, n, ci, row[I_ID], cmds[ci, C0_INSTR])
 
 
 @njit(cache=True, _nrt=False)
@@ -177,17 +176,14 @@ def _close_instrument(st, ev, n, ci, instr):
             if pos[r, P_LOTS] > 0:
                 open_interest += pos[r, P_LOTS]
     _heapsort_rows(scratch, count)
-    n = _emit(
-        ev, n, EV_CLOSED, ci, instrs[instr, I_ID], instr, open_interest, 0, 0, 0, 0, 0, 0, 0, 0, 0
-    )
+    n = _emit_closed(ev, n, ci, instrs[instr, I_ID], instr, open_interest)
     for k in range(count):
         r = scratch[k, 1]
         lots = pos[r, P_LOTS]
         if lots != 0:
-            n = _emit(
-                ev, n, EV_POSITION, ci, pos[r, P_ACCOUNT], instrs[instr, I_ID], -lots, 0, PR_ASSIGNED, 0,
-                0, 0, 0, 0, 0, 0,
-            )  # fmt: skip
+            n = _emit_position(
+                ev, n, ci, pos[r, P_ACCOUNT], instrs[instr, I_ID], -lots, 0, PR_ASSIGNED, 0
+            )
     li = 0
     long_left = 0
     for k in range(count):
@@ -250,9 +246,9 @@ def _assign(st, ev, n, ci, instr, provider, holder, gpus, escrow, fees, collat):
     obl[b, B_PRODUCT] = instrs[instr, I_PRODUCT]
     obl[b, B_NEXT] = EMPTY
     obl[b, B_RELEASED] = 0
-    return _emit(
-        ev, n, EV_ASSIGNED, ci, obl[b, B_ID], provider, holder, gpus, instrs[instr, I_START], instrs[instr, I_HOURS],
-        escrow, instrs[instr, I_ID], 0, 0, 0, 0,
+    return _emit_assigned(
+        ev, n, ci, obl[b, B_ID], provider, holder, gpus, instrs[instr, I_START], instrs[instr, I_HOURS],
+        escrow, instrs[instr, I_ID],
     )  # fmt: skip
 
 
@@ -297,9 +293,9 @@ def _settle(st, ev, n, ci, b, outcome):
         n = _cash(accts, ev, n, ci, provider, 0, 0, 0, -penalty, CR_DELIVERY_PENALTY, obl[b, B_ID])
         n = _cash(accts, ev, n, ci, holder, penalty, 0, 0, 0, CR_DELIVERY_PENALTY, obl[b, B_ID])
     delivered = obl[b, B_HOURS] - obl[b, B_HOURS_LEFT]
-    n = _emit(
-        ev, n, EV_SETTLED, ci, obl[b, B_ID], provider, holder, outcome, delivered,
-        obl[b, B_HOURS_LEFT], obl[b, B_RELEASED], refund + fees, penalty, 0, 0, 0,
+    n = _emit_settled(
+        ev, n, ci, obl[b, B_ID], provider, holder, outcome, delivered,
+        obl[b, B_HOURS_LEFT], obl[b, B_RELEASED], refund + fees, penalty,
     )  # fmt: skip
     obl[b, B_STATE] = OBL_FREE
     obl[b, B_ID] = 0
@@ -371,24 +367,7 @@ def _confirm(st, ev, n, ci, cmds):
             instrs, ev, n, ci, cmds[ci, C0_ACCOUNT], R_OBLIGATION_STATE, obl[b, B_ID], -1
         )
     obl[b, B_STATE] = OBL_CONFIRMED
-    n = _emit(
-        ev,
-        n,
-        EV_STARTED,
-        ci,
-        obl[b, B_ID],
-        obl[b, B_PROVIDER],
-        obl[b, B_HOLDER],
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-    )
+    n = _emit_started(ev, n, ci, obl[b, B_ID], obl[b, B_PROVIDER], obl[b, B_HOLDER])
     # A confirmation that arrives late still pays the hours already elapsed.
     n = _deliver_to(st, ev, n, ci, b, _elapsed_hours(meta, obl, b))
     if obl[b, B_HOURS_LEFT] == 0:

@@ -31,7 +31,8 @@ from matching.kernels._base import (
     R_UNKNOWN_INSTRUMENT,
     R_UNKNOWN_ORDER,
     _cash,
-    _emit,
+    _emit_accepted,
+    _emit_amended,
     _reject,
 )
 from matching.kernels.book import _book_unlink, _order_new, _order_slot, _reduce, _release
@@ -54,8 +55,6 @@ from matching.layout import (
     CFG_ORDERS_OPEN_MAX,
     CFG_PROTECTION_BPS,
     CFG_TAKER_BPS,
-    EV_ACCEPTED,
-    EV_AMENDED,
     EV_CANCELLED,
     F_MARKET,
     F_POST_ONLY,
@@ -272,10 +271,19 @@ def _place(st, ev, n, ci, cmds):
     slot = _order_new(meta, accts, orders, account, instr, side, price, lots, flags, expire)
     orders[slot, O_UNIT] = unit
     orders[slot, O_COVERED] = covered
-    n = _emit(
-        ev, n, EV_ACCEPTED, ci, orders[slot, O_ID], account, instrs[instr, I_ID], side, price, lots, flags, expire,
-        0, 0, 0, 0,
-    )  # fmt: skip
+    n = _emit_accepted(
+        ev,
+        n,
+        ci,
+        orders[slot, O_ID],
+        account,
+        instrs[instr, I_ID],
+        side,
+        price,
+        lots,
+        flags,
+        expire,
+    )
     if hold != 0:
         n = _cash(accts, ev, n, ci, account, -hold, hold, 0, 0, CR_HOLD, orders[slot, O_ID])
     if side == SELL:
@@ -354,24 +362,7 @@ def _amend(st, ev, n, ci, cmds):
     side = orders[slot, O_SIDE]
     if price == orders[slot, O_PRICE] and lots < orders[slot, O_LOTS]:
         # A pure decrease keeps time priority: release what the cut lots held.
-        n = _emit(
-            ev,
-            n,
-            EV_AMENDED,
-            ci,
-            order_id,
-            account,
-            instrs[instr, I_ID],
-            price,
-            lots,
-            1,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-        )
+        n = _emit_amended(ev, n, ci, order_id, account, instrs[instr, I_ID], price, lots, 1)
         cut = orders[slot, O_LOTS] - lots
         n = _release(st, ev, n, ci, slot, cut)
         levels[orders[slot, O_LEVEL], L_LOTS] -= cut
@@ -401,24 +392,7 @@ def _amend(st, ev, n, ci, cmds):
         return _reject(instrs, ev, n, ci, account, R_INSUFFICIENT_CASH, order_id, instr)
     # --- accepted: re-price loses time priority and may trade ---------------------------------
     _book_unlink(meta, instrs, orders, levels, lht, slot)
-    n = _emit(
-        ev,
-        n,
-        EV_AMENDED,
-        ci,
-        order_id,
-        account,
-        instrs[instr, I_ID],
-        price,
-        lots,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-    )
+    n = _emit_amended(ev, n, ci, order_id, account, instrs[instr, I_ID], price, lots, 0)
     if delta_hold != 0:
         n = _cash(accts, ev, n, ci, account, -delta_hold, delta_hold, 0, 0, CR_HOLD, order_id)
     if side == SELL:
