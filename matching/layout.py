@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import NamedTuple, TypeVar
 
+from schemas.ids import ACCOUNT_EXTERNAL, ACCOUNT_FEES
+
 # --- state tuple members -------------------------------------------------------------------
 ST_META, ST_CFG, ST_ACCTS, ST_INSTRS, ST_ORDERS, ST_LEVELS, ST_LEVEL_HT = 0, 1, 2, 3, 4, 5, 6
 ST_POS, ST_POS_HT, ST_CAP, ST_CAP_HT, ST_OBL, ST_GTD = 7, 8, 9, 10, 11, 12
@@ -306,4 +308,4 @@ EV_COLUMNS: dict[int, tuple[int, ...]] = {
 }
 
 # System accounts (schemas.ids): the external world and the fee income.
-ACCT_EXTERNAL, ACCT_FEES = 0, 1
+ACCT_EXTERNAL, ACCT_FEES = int(ACCOUNT_EXTERNAL), int(ACCOUNT_FEES)

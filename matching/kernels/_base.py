@@ -43,110 +43,76 @@ from matching.layout import (
     EV_WIDTH,
     I_ID,
 )
-
-# Reject codes (schemas.codes.Reject), as plain ints so the kernels compile them in.
-R_UNKNOWN_INSTRUMENT = 1001
-
-
-R_INSTRUMENT_NOT_TRADING = 1002
-
-
-R_PRICE_OUT_OF_BAND = 1003
-
-
-R_PRICE_INVALID = 1004
-
-
-R_LOTS_INVALID = 1005
-
-
-R_LOTS_ABOVE_MAX = 1006
-
-
-R_UNKNOWN_ACCOUNT = 1007
-
-
-R_ORDER_TYPE_INVALID = 1008
-
-
-R_AMOUNT_INVALID = 1009
-
-
-R_UNKNOWN_ORDER = 1010
-
-
-R_NOT_ORDER_OWNER = 1011
-
-
-R_CAPACITY_RANGE_INVALID = 1012
-
-
-R_EXPIRY_INVALID = 1013
-
-
-R_INSUFFICIENT_CASH = 2001
-
-
-R_INSUFFICIENT_COVER = 2002
-
-
-R_OPEN_ORDERS_LIMIT = 2003
-
-
-R_CAPACITY_BELOW_COMMITTED = 2004
-
-
-R_ENGINE_FULL = 2005
-
-
-R_BALANCE_LIMIT = 2006
-
-
-R_POST_ONLY_WOULD_TAKE = 3001
-
-
-R_FOK_NOT_FILLABLE = 3002
-
-
-R_NO_LIQUIDITY = 3003
-
-
-R_AMEND_NO_CHANGE = 3004
-
-
-R_UNKNOWN_OBLIGATION = 4001
-
-
-R_OBLIGATION_STATE = 4002
-
-
-R_NOT_OBLIGATION_PROVIDER = 4003
-
-
-# Cancel, expiry, cash, position and delivery reasons (schemas.codes).
-CX_USER, CX_IOC, CX_SELF_TRADE, CX_CANCEL_ALL = 1, 2, 3, 4
-
-
-XP_GTD, XP_GATE = 1, 2
-
-
-CR_DEPOSIT, CR_WITHDRAWAL, CR_HOLD, CR_RELEASE, CR_TRADE, CR_FEE = 1, 2, 3, 4, 5, 6
-
-
-CR_SHORT_COVERED, CR_DELIVERY_RELEASE, CR_DELIVERY_REFUND, CR_DELIVERY_PENALTY = 7, 8, 9, 10
-
-
-PR_TRADE, PR_ASSIGNED = 1, 2
-
-
-DO_DELIVERED, DO_FAILED, DO_INTERRUPTED = 1, 2, 3
-
-
-NS_PER_HOUR = 3_600_000_000_000
-
-
-BPS = 10_000
-
+from schemas import ids, units
+from schemas.codes import (
+    CancelReason,
+    CashReason,
+    DeliveryOutcome,
+    ExpireReason,
+    PositionReason,
+    Reject,
+)
+
+# The codes events carry, as plain ints derived from schemas.codes so the kernels compile them in
+# (Numba freezes module globals). tests/matching/test_kernel_codes.py keeps the sets equal.
+R_UNKNOWN_INSTRUMENT = int(Reject.UNKNOWN_INSTRUMENT)
+R_INSTRUMENT_NOT_TRADING = int(Reject.INSTRUMENT_NOT_TRADING)
+R_PRICE_OUT_OF_BAND = int(Reject.PRICE_OUT_OF_BAND)
+R_PRICE_INVALID = int(Reject.PRICE_INVALID)
+R_LOTS_INVALID = int(Reject.LOTS_INVALID)
+R_LOTS_ABOVE_MAX = int(Reject.LOTS_ABOVE_MAX)
+R_UNKNOWN_ACCOUNT = int(Reject.UNKNOWN_ACCOUNT)
+R_ORDER_TYPE_INVALID = int(Reject.ORDER_TYPE_INVALID)
+R_AMOUNT_INVALID = int(Reject.AMOUNT_INVALID)
+R_UNKNOWN_ORDER = int(Reject.UNKNOWN_ORDER)
+R_NOT_ORDER_OWNER = int(Reject.NOT_ORDER_OWNER)
+R_CAPACITY_RANGE_INVALID = int(Reject.CAPACITY_RANGE_INVALID)
+R_EXPIRY_INVALID = int(Reject.EXPIRY_INVALID)
+R_MALFORMED = int(Reject.MALFORMED)
+R_WRONG_SHARD = int(Reject.WRONG_SHARD)
+R_INSUFFICIENT_CASH = int(Reject.INSUFFICIENT_CASH)
+R_INSUFFICIENT_COVER = int(Reject.INSUFFICIENT_COVER)
+R_OPEN_ORDERS_LIMIT = int(Reject.OPEN_ORDERS_LIMIT)
+R_CAPACITY_BELOW_COMMITTED = int(Reject.CAPACITY_BELOW_COMMITTED)
+R_ENGINE_FULL = int(Reject.ENGINE_FULL)
+R_BALANCE_LIMIT = int(Reject.BALANCE_LIMIT)
+R_POST_ONLY_WOULD_TAKE = int(Reject.POST_ONLY_WOULD_TAKE)
+R_FOK_NOT_FILLABLE = int(Reject.FOK_NOT_FILLABLE)
+R_NO_LIQUIDITY = int(Reject.NO_LIQUIDITY)
+R_AMEND_NO_CHANGE = int(Reject.AMEND_NO_CHANGE)
+R_UNKNOWN_OBLIGATION = int(Reject.UNKNOWN_OBLIGATION)
+R_OBLIGATION_STATE = int(Reject.OBLIGATION_STATE)
+R_NOT_OBLIGATION_PROVIDER = int(Reject.NOT_OBLIGATION_PROVIDER)
+
+CX_USER = int(CancelReason.USER)
+CX_IOC = int(CancelReason.IOC_REMAINDER)
+CX_SELF_TRADE = int(CancelReason.SELF_TRADE)
+CX_CANCEL_ALL = int(CancelReason.CANCEL_ALL)
+
+XP_GTD = int(ExpireReason.GTD)
+XP_GATE = int(ExpireReason.GATE_CLOSURE)
+
+CR_DEPOSIT = int(CashReason.DEPOSIT)
+CR_WITHDRAWAL = int(CashReason.WITHDRAWAL)
+CR_HOLD = int(CashReason.ORDER_HOLD)
+CR_RELEASE = int(CashReason.ORDER_RELEASE)
+CR_TRADE = int(CashReason.TRADE)
+CR_FEE = int(CashReason.FEE)
+CR_SHORT_COVERED = int(CashReason.SHORT_COVERED)
+CR_DELIVERY_RELEASE = int(CashReason.DELIVERY_RELEASE)
+CR_DELIVERY_REFUND = int(CashReason.DELIVERY_REFUND)
+CR_DELIVERY_PENALTY = int(CashReason.DELIVERY_PENALTY)
+
+PR_TRADE = int(PositionReason.TRADE)
+PR_ASSIGNED = int(PositionReason.DELIVERY_ASSIGNED)
+
+DO_DELIVERED = int(DeliveryOutcome.DELIVERED)
+DO_FAILED = int(DeliveryOutcome.FAILED)
+DO_INTERRUPTED = int(DeliveryOutcome.INTERRUPTED)
+
+NS_PER_HOUR = int(units.NS_PER_HOUR)
+BPS = int(units.BPS_PER_UNIT)
+ACCOUNT_FIRST_USER = int(ids.ACCOUNT_FIRST_USER)
 
 EMPTY = -1
 
@@ -381,9 +347,6 @@ def _cash(accts, ev, n, ci, account, d_avail, d_held, d_escrow, d_collat, reason
     accts[account, A_ESCROW] += d_escrow
     accts[account, A_COLLAT] += d_collat
     return _emit_cash(ev, n, ci, account, d_avail, d_held, d_escrow, d_collat, reason, ref)
-
-
-ACCOUNT_FIRST_USER = 10
 
 
 @njit(cache=True, _nrt=False)
