@@ -234,17 +234,17 @@ class Engine:
         self._open[slot] = (key, listing.symbol, listing.gate_close_ns)
         heapq.heappush(self._gates, (listing.gate_close_ns, slot))
         row[lay.C0_OP] = lay.OP_LIST
-        row[lay.C0_INSTR] = slot
-        row[lay.C0_ORDER] = instrument_id
-        row[lay.C0_ACCOUNT] = cat.gpu_index(key.gpu)
-        row[lay.C0_SIDE] = cat.region_index(key.region)
-        row[lay.C0_FLAGS] = cat.product_index(key.product)
-        row[lay.C0_EXPIRE] = key.start_ns
-        row[lay.C0_AUX] = key.hours
-        row[lay.C0_AUX2] = listing.gate_close_ns
-        row[lay.C0_PRICE] = cat.price_band_min_ticks
-        row[lay.C0_AUX3] = cat.price_band_max_ticks
-        row[lay.C0_LOTS] = cat.lots_max
+        row[lay.C_LIST_SLOT] = slot
+        row[lay.C_LIST_INSTRUMENT_ID] = instrument_id
+        row[lay.C_LIST_GPU] = cat.gpu_index(key.gpu)
+        row[lay.C_LIST_REGION] = cat.region_index(key.region)
+        row[lay.C_LIST_PRODUCT] = cat.product_index(key.product)
+        row[lay.C_LIST_START_NS] = key.start_ns
+        row[lay.C_LIST_HOURS] = key.hours
+        row[lay.C_LIST_GATE_NS] = listing.gate_close_ns
+        row[lay.C_LIST_BAND_LO] = cat.price_band_min_ticks
+        row[lay.C_LIST_BAND_HI] = cat.price_band_max_ticks
+        row[lay.C_LIST_LOTS_MAX] = cat.lots_max
 
     # ------------------------------------------------------------------ encoding
 
@@ -262,8 +262,8 @@ class Engine:
             except _Refused as refused:
                 row[:] = 0
                 row[lay.C0_OP] = lay.OP_REJECT
-                row[lay.C0_ACCOUNT] = _clamp(getattr(command, "account", 0))
-                row[lay.C0_AUX] = refused.code
+                row[lay.C_REJECT_ACCOUNT] = _clamp(getattr(command, "account", 0))
+                row[lay.C_REJECT_CODE] = refused.code
             else:
                 if isinstance(command, cmd.ClockTick):
                     self._tick(batch, i, now)
@@ -289,44 +289,45 @@ class Engine:
     def _encode_one(self, c: cmd.Command, row: np.ndarray, now: int) -> None:
         if isinstance(c, cmd.PlaceOrder):
             row[lay.C0_OP] = lay.OP_PLACE
-            row[lay.C0_ACCOUNT] = _int(c.account)
-            row[lay.C0_INSTR] = self._slot(c.symbol, now)
-            row[lay.C0_SIDE] = _SIDE[c.side]
-            row[lay.C0_PRICE] = _int(c.price_ticks)
-            row[lay.C0_LOTS] = _int(c.lots)
-            row[lay.C0_FLAGS] = order_flags(c.tif, c.order_type, c.post_only, c.stp)
-            row[lay.C0_EXPIRE] = _int(c.expire_ns)
+            row[lay.C_PLACE_ACCOUNT] = _int(c.account)
+            row[lay.C_PLACE_INSTR] = self._slot(c.symbol, now)
+            row[lay.C_PLACE_SIDE] = _SIDE[c.side]
+            row[lay.C_PLACE_PRICE] = _int(c.price_ticks)
+            row[lay.C_PLACE_LOTS] = _int(c.lots)
+            row[lay.C_PLACE_FLAGS] = order_flags(c.tif, c.order_type, c.post_only, c.stp)
+            row[lay.C_PLACE_EXPIRE] = _int(c.expire_ns)
         elif isinstance(c, cmd.CancelOrder):
             row[lay.C0_OP] = lay.OP_CANCEL
-            row[lay.C0_ACCOUNT] = _int(c.account)
-            row[lay.C0_ORDER] = _int(c.order_id)
+            row[lay.C_CANCEL_ACCOUNT] = _int(c.account)
+            row[lay.C_CANCEL_ORDER] = _int(c.order_id)
         elif isinstance(c, cmd.AmendOrder):
             row[lay.C0_OP] = lay.OP_AMEND
-            row[lay.C0_ACCOUNT] = _int(c.account)
-            row[lay.C0_ORDER] = _int(c.order_id)
-            row[lay.C0_PRICE] = _int(c.price_ticks)
-            row[lay.C0_LOTS] = _int(c.lots)
+            row[lay.C_AMEND_ACCOUNT] = _int(c.account)
+            row[lay.C_AMEND_ORDER] = _int(c.order_id)
+            row[lay.C_AMEND_PRICE] = _int(c.price_ticks)
+            row[lay.C_AMEND_LOTS] = _int(c.lots)
         elif isinstance(c, cmd.CancelAll):
             row[lay.C0_OP] = lay.OP_CANCEL_ALL
-            row[lay.C0_ACCOUNT] = _int(c.account)
-            row[lay.C0_INSTR] = lay.INSTR_ALL if c.symbol is None else self._slot(c.symbol, now)
+            row[lay.C_CANCEL_ALL_ACCOUNT] = _int(c.account)
+            instr = lay.INSTR_ALL if c.symbol is None else self._slot(c.symbol, now)
+            row[lay.C_CANCEL_ALL_INSTR] = instr
         elif isinstance(c, cmd.Deposit | cmd.Withdraw):
             row[lay.C0_OP] = lay.OP_DEPOSIT if isinstance(c, cmd.Deposit) else lay.OP_WITHDRAW
-            row[lay.C0_ACCOUNT] = _int(c.account)
-            row[lay.C0_AUX] = _int(c.amount_micros)
+            row[lay.C_TRANSFER_ACCOUNT] = _int(c.account)
+            row[lay.C_TRANSFER_AMOUNT] = _int(c.amount_micros)
         elif isinstance(c, cmd.CapacityUpdate):
             self._encode_capacity(c, row)
         elif isinstance(c, cmd.ClockTick):
             row[lay.C0_OP] = lay.OP_CLOCK
-            row[lay.C0_AUX] = _int(c.ts_ns)
+            row[lay.C_CLOCK_TS_NS] = _int(c.ts_ns)
         elif isinstance(c, cmd.DeliveryConfirmed | cmd.DeliveryFailed):
-            row[lay.C0_ACCOUNT] = _int(c.account)
-            row[lay.C0_ORDER] = _int(c.obligation_id)
+            row[lay.C_DELIVERY_ACCOUNT] = _int(c.account)
+            row[lay.C_DELIVERY_OBLIGATION] = _int(c.obligation_id)
             if isinstance(c, cmd.DeliveryConfirmed):
                 row[lay.C0_OP] = lay.OP_CONFIRM
             else:
                 row[lay.C0_OP] = lay.OP_FAIL
-                row[lay.C0_LOTS] = _int(c.hours_delivered)
+                row[lay.C_FAIL_HOURS_DELIVERED] = _int(c.hours_delivered)
         else:
             raise _Refused(Reject.MALFORMED)
 
@@ -339,11 +340,11 @@ class Engine:
         if c.start_ns % NS_PER_HOUR or c.end_ns % NS_PER_HOUR:
             raise _Refused(Reject.CAPACITY_RANGE_INVALID)
         row[lay.C0_OP] = lay.OP_CAPACITY
-        row[lay.C0_ACCOUNT] = _int(c.account)
-        row[lay.C0_LOTS] = _int(c.gpus)
-        row[lay.C0_AUX] = capkey
-        row[lay.C0_AUX2] = _int(c.start_ns) // NS_PER_HOUR
-        row[lay.C0_AUX3] = _int(c.end_ns) // NS_PER_HOUR
+        row[lay.C_CAPACITY_ACCOUNT] = _int(c.account)
+        row[lay.C_CAPACITY_GPUS] = _int(c.gpus)
+        row[lay.C_CAPACITY_KEY] = capkey
+        row[lay.C_CAPACITY_START_HOUR] = _int(c.start_ns) // NS_PER_HOUR
+        row[lay.C_CAPACITY_END_HOUR] = _int(c.end_ns) // NS_PER_HOUR
 
     # ------------------------------------------------------------------ decoding
 

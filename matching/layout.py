@@ -137,6 +137,28 @@ CMD_WIDTH = 12
 OP_PLACE, OP_CANCEL, OP_AMEND, OP_CANCEL_ALL, OP_DEPOSIT, OP_WITHDRAW = 1, 2, 3, 4, 5, 6
 OP_CAPACITY, OP_CLOCK, OP_CONFIRM, OP_FAIL, OP_REJECT, OP_LIST = 7, 8, 9, 10, 11, 12
 
+# What each command keeps in the generic columns above: every name is one of those indexes, so the
+# rows are unchanged; kernels and the facade's encoder use these names. C0_OP holds every op.
+C_PLACE_ACCOUNT, C_PLACE_INSTR, C_PLACE_SIDE = C0_ACCOUNT, C0_INSTR, C0_SIDE
+C_PLACE_PRICE, C_PLACE_LOTS = C0_PRICE, C0_LOTS
+C_PLACE_FLAGS, C_PLACE_EXPIRE = C0_FLAGS, C0_EXPIRE  # order_flags; expire_ns (GTD only)
+C_CANCEL_ACCOUNT, C_CANCEL_ORDER = C0_ACCOUNT, C0_ORDER
+C_AMEND_ACCOUNT, C_AMEND_ORDER = C0_ACCOUNT, C0_ORDER
+C_AMEND_PRICE, C_AMEND_LOTS = C0_PRICE, C0_LOTS
+C_CANCEL_ALL_ACCOUNT, C_CANCEL_ALL_INSTR = C0_ACCOUNT, C0_INSTR  # or INSTR_ALL
+C_TRANSFER_ACCOUNT, C_TRANSFER_AMOUNT = C0_ACCOUNT, C0_AUX  # deposit or withdrawal, micros
+C_CAPACITY_ACCOUNT, C_CAPACITY_GPUS = C0_ACCOUNT, C0_LOTS
+C_CAPACITY_KEY = C0_AUX  # gpu * regions + region
+C_CAPACITY_START_HOUR, C_CAPACITY_END_HOUR = C0_AUX2, C0_AUX3  # hours since the epoch
+C_CLOCK_TS_NS = C0_AUX
+C_DELIVERY_ACCOUNT, C_DELIVERY_OBLIGATION = C0_ACCOUNT, C0_ORDER  # confirm and fail
+C_FAIL_HOURS_DELIVERED = C0_LOTS
+C_REJECT_ACCOUNT, C_REJECT_CODE, C_REJECT_ORDER = C0_ACCOUNT, C0_AUX, C0_ORDER  # facade refusals
+C_LIST_SLOT, C_LIST_INSTRUMENT_ID = C0_INSTR, C0_ORDER
+C_LIST_GPU, C_LIST_REGION, C_LIST_PRODUCT = C0_ACCOUNT, C0_SIDE, C0_FLAGS  # catalog indexes
+C_LIST_START_NS, C_LIST_HOURS, C_LIST_GATE_NS = C0_EXPIRE, C0_AUX, C0_AUX2
+C_LIST_BAND_LO, C_LIST_BAND_HI, C_LIST_LOTS_MAX = C0_PRICE, C0_AUX3, C0_LOTS
+
 # --- events (one row each): type, index of the causing command, then the kind's columns --------
 # Events name instruments by instrument id (never by slot: slots are reused). Each kind's columns
 # are named once, below: the kernels' emitters write them and the engine's decoder reads them by
