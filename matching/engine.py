@@ -41,6 +41,8 @@ _STP_BACK = {v: k for k, v in _STP.items()}
 _SIDE = {Side.BUY: lay.BUY, Side.SELL: lay.SELL}
 _SIDE_BACK = {lay.BUY: Side.BUY, lay.SELL: Side.SELL}
 _ORDER_COMMANDS = (cmd.PlaceOrder, cmd.AmendOrder, cmd.CancelOrder, cmd.CancelAll)
+# Account columns in the ledger's bucket order: available, held, escrow, collateral (1..4).
+_BUCKET_COLUMNS = [lay.A_AVAIL, lay.A_HELD, lay.A_ESCROW, lay.A_COLLAT]
 
 
 def order_flags(
@@ -139,6 +141,30 @@ class Engine:
         """Symbols open for trading, in slot order."""
         by_slot = {slot: symbol for symbol, slot in self._symbols.items()}
         return [by_slot[slot] for slot in sorted(by_slot)]
+
+    def balances(self) -> dict[tuple[int, int], int]:
+        """Return the non-zero balances by (account, bucket), in micros.
+
+        Buckets 1..4 are available, held, escrow and collateral, the ledger's bucket numbers.
+        """
+        amounts = self.state[lay.ST_ACCTS][:, _BUCKET_COLUMNS]
+        accounts, buckets = np.nonzero(amounts)
+        return {
+            (int(a), int(b) + 1): int(amounts[a, b]) for a, b in zip(accounts, buckets, strict=True)
+        }
+
+    def positions(self) -> dict[tuple[int, str], int]:
+        """Return the non-zero positions in lots by (account, symbol)."""
+        st = self.state
+        pos = st[lay.ST_POS][: int(st[lay.ST_META][0, lay.M_POS_HWM])]
+        instrs = st[lay.ST_INSTRS]
+        return {
+            (int(p[lay.P_ACCOUNT]), self._symbol(int(instrs[p[lay.P_INSTR], lay.I_ID]))): int(
+                p[lay.P_LOTS]
+            )
+            for p in pos
+            if p[lay.P_ACCOUNT] != -1 and p[lay.P_LOTS] != 0
+        }
 
     def snapshot(self) -> bytes:
         """Serialise the whole engine state."""
