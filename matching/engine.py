@@ -41,6 +41,8 @@ _STP_BACK = {v: k for k, v in _STP.items()}
 _SIDE = {Side.BUY: lay.BUY, Side.SELL: lay.SELL}
 _SIDE_BACK = {lay.BUY: Side.BUY, lay.SELL: Side.SELL}
 _ORDER_COMMANDS = (cmd.PlaceOrder, cmd.AmendOrder, cmd.CancelOrder, cmd.CancelAll)
+# Account columns in the ledger's bucket order: available, held, escrow, collateral (1..4).
+_BUCKET_COLUMNS = [lay.A_AVAIL, lay.A_HELD, lay.A_ESCROW, lay.A_COLLAT]
 
 
 def order_flags(
@@ -140,6 +142,30 @@ class Engine:
         by_slot = {slot: symbol for symbol, slot in self._symbols.items()}
         return [by_slot[slot] for slot in sorted(by_slot)]
 
+    def balances(self) -> dict[tuple[int, int], int]:
+        """Return the non-zero balances by (account, bucket), in micros.
+
+        Buckets 1..4 are available, held, escrow and collateral, the ledger's bucket numbers.
+        """
+        amounts = self.state[lay.ST_ACCTS][:, _BUCKET_COLUMNS]
+        accounts, buckets = np.nonzero(amounts)
+        return {
+            (int(a), int(b) + 1): int(amounts[a, b]) for a, b in zip(accounts, buckets, strict=True)
+        }
+
+    def positions(self) -> dict[tuple[int, str], int]:
+        """Return the non-zero positions in lots by (account, symbol)."""
+        st = self.state
+        pos = st[lay.ST_POS][: int(st[lay.ST_META][0, lay.M_POS_HWM])]
+        instrs = st[lay.ST_INSTRS]
+        return {
+            (int(p[lay.P_ACCOUNT]), self._symbol(int(instrs[p[lay.P_INSTR], lay.I_ID]))): int(
+                p[lay.P_LOTS]
+            )
+            for p in pos
+            if p[lay.P_ACCOUNT] != -1 and p[lay.P_LOTS] != 0
+        }
+
     def snapshot(self) -> bytes:
         """Serialise the whole engine state."""
         return snapshot_bytes(self.state, self.config, self.catalog)
@@ -234,17 +260,17 @@ class Engine:
         self._open[slot] = (key, listing.symbol, listing.gate_close_ns)
         heapq.heappush(self._gates, (listing.gate_close_ns, slot))
         row[lay.C0_OP] = lay.OP_LIST
-        row[lay.C0_INSTR] = slot
-        row[lay.C0_ORDER] = instrument_id
-        row[lay.C0_ACCOUNT] = cat.gpu_index(key.gpu)
-        row[lay.C0_SIDE] = cat.region_index(key.region)
-        row[lay.C0_FLAGS] = cat.product_index(key.product)
-        row[lay.C0_EXPIRE] = key.start_ns
-        row[lay.C0_AUX] = key.hours
-        row[lay.C0_AUX2] = listing.gate_close_ns
-        row[lay.C0_PRICE] = cat.price_band_min_ticks
-        row[lay.C0_AUX3] = cat.price_band_max_ticks
-        row[lay.C0_LOTS] = cat.lots_max
+        row[lay.C_LIST_SLOT] = slot
+        row[lay.C_LIST_INSTRUMENT_ID] = instrument_id
+        row[lay.C_LIST_GPU] = cat.gpu_index(key.gpu)
+        row[lay.C_LIST_REGION] = cat.region_index(key.region)
+        row[lay.C_LIST_PRODUCT] = cat.product_index(key.product)
+        row[lay.C_LIST_START_NS] = key.start_ns
+        row[lay.C_LIST_HOURS] = key.hours
+        row[lay.C_LIST_GATE_NS] = listing.gate_close_ns
+        row[lay.C_LIST_BAND_LO] = cat.price_band_min_ticks
+        row[lay.C_LIST_BAND_HI] = cat.price_band_max_ticks
+        row[lay.C_LIST_LOTS_MAX] = cat.lots_max
 
     # ------------------------------------------------------------------ encoding
 
@@ -262,8 +288,8 @@ class Engine:
             except _Refused as refused:
                 row[:] = 0
                 row[lay.C0_OP] = lay.OP_REJECT
-                row[lay.C0_ACCOUNT] = _clamp(getattr(command, "account", 0))
-                row[lay.C0_AUX] = refused.code
+                row[lay.C_REJECT_ACCOUNT] = _clamp(getattr(command, "account", 0))
+                row[lay.C_REJECT_CODE] = refused.code
             else:
                 if isinstance(command, cmd.ClockTick):
                     self._tick(batch, i, now)
@@ -289,44 +315,45 @@ class Engine:
     def _encode_one(self, c: cmd.Command, row: np.ndarray, now: int) -> None:
         if isinstance(c, cmd.PlaceOrder):
             row[lay.C0_OP] = lay.OP_PLACE
-            row[lay.C0_ACCOUNT] = _int(c.account)
-            row[lay.C0_INSTR] = self._slot(c.symbol, now)
-            row[lay.C0_SIDE] = _SIDE[c.side]
-            row[lay.C0_PRICE] = _int(c.price_ticks)
-            row[lay.C0_LOTS] = _int(c.lots)
-            row[lay.C0_FLAGS] = order_flags(c.tif, c.order_type, c.post_only, c.stp)
-            row[lay.C0_EXPIRE] = _int(c.expire_ns)
+            row[lay.C_PLACE_ACCOUNT] = _int(c.account)
+            row[lay.C_PLACE_INSTR] = self._slot(c.symbol, now)
+            row[lay.C_PLACE_SIDE] = _SIDE[c.side]
+            row[lay.C_PLACE_PRICE] = _int(c.price_ticks)
+            row[lay.C_PLACE_LOTS] = _int(c.lots)
+            row[lay.C_PLACE_FLAGS] = order_flags(c.tif, c.order_type, c.post_only, c.stp)
+            row[lay.C_PLACE_EXPIRE] = _int(c.expire_ns)
         elif isinstance(c, cmd.CancelOrder):
             row[lay.C0_OP] = lay.OP_CANCEL
-            row[lay.C0_ACCOUNT] = _int(c.account)
-            row[lay.C0_ORDER] = _int(c.order_id)
+            row[lay.C_CANCEL_ACCOUNT] = _int(c.account)
+            row[lay.C_CANCEL_ORDER] = _int(c.order_id)
         elif isinstance(c, cmd.AmendOrder):
             row[lay.C0_OP] = lay.OP_AMEND
-            row[lay.C0_ACCOUNT] = _int(c.account)
-            row[lay.C0_ORDER] = _int(c.order_id)
-            row[lay.C0_PRICE] = _int(c.price_ticks)
-            row[lay.C0_LOTS] = _int(c.lots)
+            row[lay.C_AMEND_ACCOUNT] = _int(c.account)
+            row[lay.C_AMEND_ORDER] = _int(c.order_id)
+            row[lay.C_AMEND_PRICE] = _int(c.price_ticks)
+            row[lay.C_AMEND_LOTS] = _int(c.lots)
         elif isinstance(c, cmd.CancelAll):
             row[lay.C0_OP] = lay.OP_CANCEL_ALL
-            row[lay.C0_ACCOUNT] = _int(c.account)
-            row[lay.C0_INSTR] = lay.INSTR_ALL if c.symbol is None else self._slot(c.symbol, now)
+            row[lay.C_CANCEL_ALL_ACCOUNT] = _int(c.account)
+            instr = lay.INSTR_ALL if c.symbol is None else self._slot(c.symbol, now)
+            row[lay.C_CANCEL_ALL_INSTR] = instr
         elif isinstance(c, cmd.Deposit | cmd.Withdraw):
             row[lay.C0_OP] = lay.OP_DEPOSIT if isinstance(c, cmd.Deposit) else lay.OP_WITHDRAW
-            row[lay.C0_ACCOUNT] = _int(c.account)
-            row[lay.C0_AUX] = _int(c.amount_micros)
+            row[lay.C_TRANSFER_ACCOUNT] = _int(c.account)
+            row[lay.C_TRANSFER_AMOUNT] = _int(c.amount_micros)
         elif isinstance(c, cmd.CapacityUpdate):
             self._encode_capacity(c, row)
         elif isinstance(c, cmd.ClockTick):
             row[lay.C0_OP] = lay.OP_CLOCK
-            row[lay.C0_AUX] = _int(c.ts_ns)
+            row[lay.C_CLOCK_TS_NS] = _int(c.ts_ns)
         elif isinstance(c, cmd.DeliveryConfirmed | cmd.DeliveryFailed):
-            row[lay.C0_ACCOUNT] = _int(c.account)
-            row[lay.C0_ORDER] = _int(c.obligation_id)
+            row[lay.C_DELIVERY_ACCOUNT] = _int(c.account)
+            row[lay.C_DELIVERY_OBLIGATION] = _int(c.obligation_id)
             if isinstance(c, cmd.DeliveryConfirmed):
                 row[lay.C0_OP] = lay.OP_CONFIRM
             else:
                 row[lay.C0_OP] = lay.OP_FAIL
-                row[lay.C0_LOTS] = _int(c.hours_delivered)
+                row[lay.C_FAIL_HOURS_DELIVERED] = _int(c.hours_delivered)
         else:
             raise _Refused(Reject.MALFORMED)
 
@@ -339,11 +366,11 @@ class Engine:
         if c.start_ns % NS_PER_HOUR or c.end_ns % NS_PER_HOUR:
             raise _Refused(Reject.CAPACITY_RANGE_INVALID)
         row[lay.C0_OP] = lay.OP_CAPACITY
-        row[lay.C0_ACCOUNT] = _int(c.account)
-        row[lay.C0_LOTS] = _int(c.gpus)
-        row[lay.C0_AUX] = capkey
-        row[lay.C0_AUX2] = _int(c.start_ns) // NS_PER_HOUR
-        row[lay.C0_AUX3] = _int(c.end_ns) // NS_PER_HOUR
+        row[lay.C_CAPACITY_ACCOUNT] = _int(c.account)
+        row[lay.C_CAPACITY_GPUS] = _int(c.gpus)
+        row[lay.C_CAPACITY_KEY] = capkey
+        row[lay.C_CAPACITY_START_HOUR] = _int(c.start_ns) // NS_PER_HOUR
+        row[lay.C_CAPACITY_END_HOUR] = _int(c.end_ns) // NS_PER_HOUR
 
     # ------------------------------------------------------------------ decoding
 
@@ -376,154 +403,176 @@ class Engine:
         return listing.symbol if listing is not None else ""
 
     def _event(self, r: list[int], c: cmd.Command, base: dict[str, int]) -> msgspec.Struct:
+        """Decode one event row, reading its columns by the names layout gives its kind."""
         t = r[lay.E_TYPE]
-        f = r[2:]
         if t == lay.EV_CASH:
+            e = lay.E_CASH
             return evt.CashChanged(
                 **base,
-                account=f[0],
-                available_delta=f[1],
-                held_delta=f[2],
-                escrow_delta=f[3],
-                collateral_delta=f[4],
-                reason=f[5],
-                ref_id=f[6],
+                account=r[e.account],
+                available_delta=r[e.available_delta],
+                held_delta=r[e.held_delta],
+                escrow_delta=r[e.escrow_delta],
+                collateral_delta=r[e.collateral_delta],
+                reason=r[e.reason],
+                ref_id=r[e.ref_id],
             )
         if t == lay.EV_POSITION:
+            p = lay.E_POSITION
             return evt.PositionChanged(
                 **base,
-                account=f[0],
-                symbol=self._symbol(f[1]),
-                delta_lots=f[2],
-                position_lots=f[3],
-                reason=f[4],
-                ref_id=f[5],
+                account=r[p.account],
+                symbol=self._symbol(r[p.instrument_id]),
+                delta_lots=r[p.delta_lots],
+                position_lots=r[p.position_lots],
+                reason=r[p.reason],
+                ref_id=r[p.ref_id],
             )
         if t == lay.EV_TRADE:
+            x = lay.E_TRADE
             return evt.TradeExecuted(
                 **base,
-                trade_id=f[0],
-                symbol=self._symbol(f[1]),
-                price_ticks=f[2],
-                lots=f[3],
-                aggressor_side=_SIDE_BACK[f[4]],
-                maker_order_id=f[5],
-                taker_order_id=f[6],
-                maker_account=f[7],
-                taker_account=f[8],
-                maker_fee_micros=f[9],
-                taker_fee_micros=f[10],
+                trade_id=r[x.trade_id],
+                symbol=self._symbol(r[x.instrument_id]),
+                price_ticks=r[x.price_ticks],
+                lots=r[x.lots],
+                aggressor_side=_SIDE_BACK[r[x.aggressor_side]],
+                maker_order_id=r[x.maker_order_id],
+                taker_order_id=r[x.taker_order_id],
+                maker_account=r[x.maker_account],
+                taker_account=r[x.taker_account],
+                maker_fee_micros=r[x.maker_fee_micros],
+                taker_fee_micros=r[x.taker_fee_micros],
             )
         if t == lay.EV_ACCEPTED:
-            flags = f[6]
+            a = lay.E_ACCEPTED
+            flags = r[a.flags]
             return evt.OrderAccepted(
                 **base,
-                order_id=f[0],
-                account=f[1],
-                symbol=self._symbol(f[2]),
-                side=_SIDE_BACK[f[3]],
+                order_id=r[a.order_id],
+                account=r[a.account],
+                symbol=self._symbol(r[a.instrument_id]),
+                side=_SIDE_BACK[r[a.side]],
                 order_type=OrderType.MARKET if flags & lay.F_MARKET else OrderType.LIMIT,
                 tif=_TIF_BACK[flags & 3],
-                price_ticks=f[4],
-                lots=f[5],
+                price_ticks=r[a.price_ticks],
+                lots=r[a.lots],
                 post_only=bool(flags & lay.F_POST_ONLY),
                 stp=_STP_BACK[(flags >> lay.F_STP_SHIFT) & 7],
-                expire_ns=f[7],
+                expire_ns=r[a.expire_ns],
                 client_order_id=getattr(c, "client_order_id", ""),
             )
         if t == lay.EV_CANCELLED:
+            k = lay.E_CANCELLED
             return evt.OrderCancelled(
                 **base,
-                order_id=f[0],
-                account=f[1],
-                symbol=self._symbol(f[2]),
-                lots_cancelled=f[3],
-                lots_remaining=f[4],
-                reason=f[5],
+                order_id=r[k.order_id],
+                account=r[k.account],
+                symbol=self._symbol(r[k.instrument_id]),
+                lots_cancelled=r[k.lots],
+                lots_remaining=r[k.lots_remaining],
+                reason=r[k.reason],
             )
         if t == lay.EV_EXPIRED:
+            k = lay.E_EXPIRED
             return evt.OrderExpired(
                 **base,
-                order_id=f[0],
-                account=f[1],
-                symbol=self._symbol(f[2]),
-                lots=f[3],
-                reason=f[5],
+                order_id=r[k.order_id],
+                account=r[k.account],
+                symbol=self._symbol(r[k.instrument_id]),
+                lots=r[k.lots],
+                reason=r[k.reason],
             )
         if t == lay.EV_AMENDED:
+            m = lay.E_AMENDED
             return evt.OrderAmended(
                 **base,
-                order_id=f[0],
-                account=f[1],
-                symbol=self._symbol(f[2]),
-                price_ticks=f[3],
-                lots=f[4],
-                priority_kept=bool(f[5]),
+                order_id=r[m.order_id],
+                account=r[m.account],
+                symbol=self._symbol(r[m.instrument_id]),
+                price_ticks=r[m.price_ticks],
+                lots=r[m.lots],
+                priority_kept=bool(r[m.priority_kept]),
             )
         if t == lay.EV_REJECTED:
-            return self._rejected(f, c, base)
+            return self._rejected(r, c, base)
+        return self._delivery_event(t, r, base)
+
+    def _delivery_event(self, t: int, r: list[int], base: dict[str, int]) -> msgspec.Struct:
+        """Decode the rows of capacity, listing and delivery: the kinds off the order path."""
         if t == lay.EV_CAPACITY:
-            gpu, region = divmod(f[1], len(self.catalog.regions))
+            cap = lay.E_CAPACITY
+            gpu, region = divmod(r[cap.capkey], len(self.catalog.regions))
             return evt.CapacityUpdated(
                 **base,
-                account=f[0],
+                account=r[cap.account],
                 gpu=self.catalog.gpus[gpu].model,
                 region=self.catalog.regions[region],
-                start_ns=f[2] * NS_PER_HOUR,
-                end_ns=f[3] * NS_PER_HOUR,
-                gpus=f[4],
+                start_ns=r[cap.start_hour] * NS_PER_HOUR,
+                end_ns=r[cap.end_hour] * NS_PER_HOUR,
+                gpus=r[cap.gpus],
             )
         if t == lay.EV_LISTED:
-            return msgspec.structs.replace(self._listings[f[0]], **base)
+            return msgspec.structs.replace(self._listings[r[lay.E_LISTED.instrument_id]], **base)
         if t == lay.EV_CLOSED:
+            iid = r[lay.E_CLOSED.instrument_id]
             return evt.InstrumentClosed(
-                **base, instrument_id=f[0], symbol=self._symbol(f[0]), open_interest_lots=f[2]
+                **base,
+                instrument_id=iid,
+                symbol=self._symbol(iid),
+                open_interest_lots=r[lay.E_CLOSED.open_interest_lots],
             )
         if t == lay.EV_ASSIGNED:
+            g = lay.E_ASSIGNED
             return evt.DeliveryAssigned(
                 **base,
-                obligation_id=f[0],
-                symbol=self._symbol(f[7]),
-                provider=f[1],
-                holder=f[2],
-                gpus=f[3],
-                start_ns=f[4],
-                end_ns=f[4] + f[5] * NS_PER_HOUR,
-                escrow_micros=f[6],
+                obligation_id=r[g.obligation_id],
+                symbol=self._symbol(r[g.instrument_id]),
+                provider=r[g.provider],
+                holder=r[g.holder],
+                gpus=r[g.gpus],
+                start_ns=r[g.start_ns],
+                end_ns=r[g.start_ns] + r[g.hours] * NS_PER_HOUR,
+                escrow_micros=r[g.escrow_micros],
             )
         if t == lay.EV_STARTED:
-            return evt.DeliveryStarted(**base, obligation_id=f[0], provider=f[1], holder=f[2])
+            d = lay.E_STARTED
+            return evt.DeliveryStarted(
+                **base, obligation_id=r[d.obligation_id], provider=r[d.provider], holder=r[d.holder]
+            )
         if t == lay.EV_SETTLED:
+            s = lay.E_SETTLED
             return evt.DeliverySettled(
                 **base,
-                obligation_id=f[0],
-                provider=f[1],
-                holder=f[2],
-                outcome=f[3],
-                hours_delivered=f[4],
-                hours_failed=f[5],
-                released_micros=f[6],
-                refund_micros=f[7],
-                penalty_micros=f[8],
+                obligation_id=r[s.obligation_id],
+                provider=r[s.provider],
+                holder=r[s.holder],
+                outcome=r[s.outcome],
+                hours_delivered=r[s.hours_delivered],
+                hours_failed=r[s.hours_failed],
+                released_micros=r[s.released_micros],
+                refund_micros=r[s.refund_micros],
+                penalty_micros=r[s.penalty_micros],
             )
         raise AssertionError(f"event row type {t} has no decoder")
 
-    def _rejected(self, f: list[int], c: cmd.Command, base: dict[str, int]) -> msgspec.Struct:
-        code = f[1]
+    def _rejected(self, r: list[int], c: cmd.Command, base: dict[str, int]) -> msgspec.Struct:
+        j = lay.E_REJECTED
+        code = r[j.code]
         reason = Reject(code).name
         if isinstance(c, _ORDER_COMMANDS):
-            symbol = getattr(c, "symbol", None) or self._symbol(f[3])
+            symbol = getattr(c, "symbol", None) or self._symbol(r[j.instrument_id])
             return evt.OrderRejected(
                 **base,
-                account=f[0],
+                account=r[j.account],
                 code=code,
                 reason=reason,
                 symbol=symbol,
-                order_id=f[2],
+                order_id=r[j.order_id],
                 client_order_id=getattr(c, "client_order_id", ""),
             )
         return evt.CommandRejected(
-            **base, command=type(c).__name__, code=code, reason=reason, account=f[0]
+            **base, command=type(c).__name__, code=code, reason=reason, account=r[j.account]
         )
 
 

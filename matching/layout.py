@@ -7,6 +7,10 @@ Numba freezes into the compiled code.
 
 from __future__ import annotations
 
+from typing import NamedTuple, TypeVar
+
+from schemas.ids import ACCOUNT_EXTERNAL, ACCOUNT_FEES
+
 # --- state tuple members -------------------------------------------------------------------
 ST_META, ST_CFG, ST_ACCTS, ST_INSTRS, ST_ORDERS, ST_LEVELS, ST_LEVEL_HT = 0, 1, 2, 3, 4, 5, 6
 ST_POS, ST_POS_HT, ST_CAP, ST_CAP_HT, ST_OBL, ST_GTD = 7, 8, 9, 10, 11, 12
@@ -133,13 +137,197 @@ CMD_WIDTH = 12
 OP_PLACE, OP_CANCEL, OP_AMEND, OP_CANCEL_ALL, OP_DEPOSIT, OP_WITHDRAW = 1, 2, 3, 4, 5, 6
 OP_CAPACITY, OP_CLOCK, OP_CONFIRM, OP_FAIL, OP_REJECT, OP_LIST = 7, 8, 9, 10, 11, 12
 
-# --- events (one row each): type, index of the causing command, then up to 12 fields -----------
-# Events name instruments by instrument id (never by slot: slots are reused).
+# What each command keeps in the generic columns above: every name is one of those indexes, so the
+# rows are unchanged; kernels and the facade's encoder use these names. C0_OP holds every op.
+C_PLACE_ACCOUNT, C_PLACE_INSTR, C_PLACE_SIDE = C0_ACCOUNT, C0_INSTR, C0_SIDE
+C_PLACE_PRICE, C_PLACE_LOTS = C0_PRICE, C0_LOTS
+C_PLACE_FLAGS, C_PLACE_EXPIRE = C0_FLAGS, C0_EXPIRE  # order_flags; expire_ns (GTD only)
+C_CANCEL_ACCOUNT, C_CANCEL_ORDER = C0_ACCOUNT, C0_ORDER
+C_AMEND_ACCOUNT, C_AMEND_ORDER = C0_ACCOUNT, C0_ORDER
+C_AMEND_PRICE, C_AMEND_LOTS = C0_PRICE, C0_LOTS
+C_CANCEL_ALL_ACCOUNT, C_CANCEL_ALL_INSTR = C0_ACCOUNT, C0_INSTR  # or INSTR_ALL
+C_TRANSFER_ACCOUNT, C_TRANSFER_AMOUNT = C0_ACCOUNT, C0_AUX  # deposit or withdrawal, micros
+C_CAPACITY_ACCOUNT, C_CAPACITY_GPUS = C0_ACCOUNT, C0_LOTS
+C_CAPACITY_KEY = C0_AUX  # gpu * regions + region
+C_CAPACITY_START_HOUR, C_CAPACITY_END_HOUR = C0_AUX2, C0_AUX3  # hours since the epoch
+C_CLOCK_TS_NS = C0_AUX
+C_DELIVERY_ACCOUNT, C_DELIVERY_OBLIGATION = C0_ACCOUNT, C0_ORDER  # confirm and fail
+C_FAIL_HOURS_DELIVERED = C0_LOTS
+C_REJECT_ACCOUNT, C_REJECT_CODE, C_REJECT_ORDER = C0_ACCOUNT, C0_AUX, C0_ORDER  # facade refusals
+C_LIST_SLOT, C_LIST_INSTRUMENT_ID = C0_INSTR, C0_ORDER
+C_LIST_GPU, C_LIST_REGION, C_LIST_PRODUCT = C0_ACCOUNT, C0_SIDE, C0_FLAGS  # catalog indexes
+C_LIST_START_NS, C_LIST_HOURS, C_LIST_GATE_NS = C0_EXPIRE, C0_AUX, C0_AUX2
+C_LIST_BAND_LO, C_LIST_BAND_HI, C_LIST_LOTS_MAX = C0_PRICE, C0_AUX3, C0_LOTS
+
+# --- events (one row each): type, index of the causing command, then the kind's columns --------
+# Events name instruments by instrument id (never by slot: slots are reused). Each kind's columns
+# are named once, below: the kernels' emitters write them and the engine's decoder reads them by
+# these names. Columns past a kind's last are written as 0.
 E_TYPE, E_CMD = 0, 1
+E_FIRST = 2  # the first column of an event's own fields
 EV_WIDTH = 14
 EV_ACCEPTED, EV_REJECTED, EV_CANCELLED, EV_EXPIRED, EV_AMENDED = 1, 2, 3, 4, 5
 EV_TRADE, EV_CASH, EV_POSITION, EV_CAPACITY, EV_CLOSED = 6, 7, 8, 9, 10
 EV_ASSIGNED, EV_STARTED, EV_SETTLED, EV_LISTED = 11, 12, 13, 14
 
+
+class AcceptedColumns(NamedTuple):
+    order_id: int
+    account: int
+    instrument_id: int
+    side: int
+    price_ticks: int
+    lots: int
+    flags: int  # order_flags: tif, market, post-only, self-trade mode
+    expire_ns: int
+
+
+class RejectedColumns(NamedTuple):
+    account: int
+    code: int
+    order_id: int
+    instrument_id: int  # 0 when the command named no open instrument
+
+
+class ReducedColumns(NamedTuple):
+    """An order cancelled or expired: the two kinds share one row."""
+
+    order_id: int
+    account: int
+    instrument_id: int
+    lots: int  # cancelled or expired
+    lots_remaining: int
+    reason: int
+
+
+class AmendedColumns(NamedTuple):
+    order_id: int
+    account: int
+    instrument_id: int
+    price_ticks: int
+    lots: int
+    priority_kept: int
+
+
+class TradeColumns(NamedTuple):
+    trade_id: int
+    instrument_id: int
+    price_ticks: int
+    lots: int
+    aggressor_side: int
+    maker_order_id: int
+    taker_order_id: int
+    maker_account: int
+    taker_account: int
+    maker_fee_micros: int
+    taker_fee_micros: int
+
+
+class CashColumns(NamedTuple):
+    account: int
+    available_delta: int
+    held_delta: int
+    escrow_delta: int
+    collateral_delta: int
+    reason: int
+    ref_id: int
+
+
+class PositionColumns(NamedTuple):
+    account: int
+    instrument_id: int
+    delta_lots: int
+    position_lots: int
+    reason: int
+    ref_id: int  # the trade id, or 0
+
+
+class CapacityColumns(NamedTuple):
+    account: int
+    capkey: int  # gpu * regions + region
+    start_hour: int
+    end_hour: int
+    gpus: int
+
+
+class ClosedColumns(NamedTuple):
+    instrument_id: int
+    slot: int
+    open_interest_lots: int
+
+
+class AssignedColumns(NamedTuple):
+    obligation_id: int
+    provider: int
+    holder: int
+    gpus: int
+    start_ns: int
+    hours: int
+    escrow_micros: int
+    instrument_id: int
+
+
+class StartedColumns(NamedTuple):
+    obligation_id: int
+    provider: int
+    holder: int
+
+
+class SettledColumns(NamedTuple):
+    obligation_id: int
+    provider: int
+    holder: int
+    outcome: int
+    hours_delivered: int
+    hours_failed: int
+    released_micros: int
+    refund_micros: int
+    penalty_micros: int
+
+
+class ListedColumns(NamedTuple):
+    instrument_id: int
+    slot: int
+
+
+_C = TypeVar("_C", bound=NamedTuple)
+
+
+def _columns(kind: type[_C]) -> _C:
+    """Number a kind's columns from E_FIRST in the order its fields are declared."""
+    return kind(*range(E_FIRST, E_FIRST + len(kind._fields)))
+
+
+# The column index of each field, e.g. E_TRADE.price_ticks; Numba freezes them as constants.
+E_ACCEPTED = _columns(AcceptedColumns)
+E_REJECTED = _columns(RejectedColumns)
+E_CANCELLED = E_EXPIRED = _columns(ReducedColumns)
+E_AMENDED = _columns(AmendedColumns)
+E_TRADE = _columns(TradeColumns)
+E_CASH = _columns(CashColumns)
+E_POSITION = _columns(PositionColumns)
+E_CAPACITY = _columns(CapacityColumns)
+E_CLOSED = _columns(ClosedColumns)
+E_ASSIGNED = _columns(AssignedColumns)
+E_STARTED = _columns(StartedColumns)
+E_SETTLED = _columns(SettledColumns)
+E_LISTED = _columns(ListedColumns)
+EV_COLUMNS: dict[int, tuple[int, ...]] = {
+    EV_ACCEPTED: E_ACCEPTED,
+    EV_REJECTED: E_REJECTED,
+    EV_CANCELLED: E_CANCELLED,
+    EV_EXPIRED: E_EXPIRED,
+    EV_AMENDED: E_AMENDED,
+    EV_TRADE: E_TRADE,
+    EV_CASH: E_CASH,
+    EV_POSITION: E_POSITION,
+    EV_CAPACITY: E_CAPACITY,
+    EV_CLOSED: E_CLOSED,
+    EV_ASSIGNED: E_ASSIGNED,
+    EV_STARTED: E_STARTED,
+    EV_SETTLED: E_SETTLED,
+    EV_LISTED: E_LISTED,
+}
+
 # System accounts (schemas.ids): the external world and the fee income.
-ACCT_EXTERNAL, ACCT_FEES = 0, 1
+ACCT_EXTERNAL, ACCT_FEES = int(ACCOUNT_EXTERNAL), int(ACCOUNT_FEES)

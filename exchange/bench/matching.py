@@ -268,18 +268,18 @@ class Plan:
         rows = np.zeros((len(r), lay.CMD_WIDTH), dtype=np.int64)
         new = self.new_pos
         rows[new, lay.C0_OP] = lay.OP_PLACE
-        rows[new, lay.C0_ACCOUNT] = self.account
-        rows[new, lay.C0_INSTR] = instr
-        rows[new, lay.C0_SIDE] = np.where(r[new, 2] == 0, lay.BUY, lay.SELL)
-        rows[new, lay.C0_PRICE] = r[new, 3]
-        rows[new, lay.C0_LOTS] = r[new, 4]
-        rows[new, lay.C0_FLAGS] = GTC_FLAGS
+        rows[new, lay.C_PLACE_ACCOUNT] = self.account
+        rows[new, lay.C_PLACE_INSTR] = instr
+        rows[new, lay.C_PLACE_SIDE] = np.where(r[new, 2] == 0, lay.BUY, lay.SELL)
+        rows[new, lay.C_PLACE_PRICE] = r[new, 3]
+        rows[new, lay.C_PLACE_LOTS] = r[new, 4]
+        rows[new, lay.C_PLACE_FLAGS] = GTC_FLAGS
         cancel = np.flatnonzero(r[:, 0] == OP_CANCEL)
         known = self.target[cancel] >= 0
         rows[cancel, lay.C0_OP] = lay.OP_CANCEL
-        rows[cancel, lay.C0_ACCOUNT] = ACCOUNT_FIRST
-        rows[cancel[known], lay.C0_ACCOUNT] = self.account[self.target[cancel[known]]]
-        rows[cancel[known], lay.C0_ORDER] = self.engine_id[self.target[cancel[known]]]
+        rows[cancel, lay.C_CANCEL_ACCOUNT] = ACCOUNT_FIRST
+        rows[cancel[known], lay.C_CANCEL_ACCOUNT] = self.account[self.target[cancel[known]]]
+        rows[cancel[known], lay.C_CANCEL_ORDER] = self.engine_id[self.target[cancel[known]]]
         return rows
 
 
@@ -392,11 +392,11 @@ def _learn_ids(engine: Engine, plan: Plan, instr: int) -> dict[str, int]:
         batch = rows[start:stop]
         t = plan.target[start:stop]
         fix = cancel[start:stop] & (t >= 0)
-        batch[fix, lay.C0_ORDER] = plan.engine_id[t[fix]]
+        batch[fix, lay.C_CANCEL_ORDER] = plan.engine_id[t[fix]]
         ev = engine.apply_rows(batch)
         typ = ev[:, lay.E_TYPE]
         acc = ev[typ == lay.EV_ACCEPTED]
-        plan.engine_id[plan.ordinal[acc[:, lay.E_CMD] + start]] = acc[:, 2]
+        plan.engine_id[plan.ordinal[acc[:, lay.E_CMD] + start]] = acc[:, lay.E_ACCEPTED.order_id]
         _check_refusals(ev[typ == lay.EV_REJECTED])
         counts["events"] += len(ev)
         counts["cancelled"] += int((typ == lay.EV_CANCELLED).sum())
@@ -406,7 +406,7 @@ def _learn_ids(engine: Engine, plan: Plan, instr: int) -> dict[str, int]:
 
 def _check_refusals(rejected: np.ndarray) -> None:
     """Only cancels of orders already gone may be refused; anything else is a setup bug."""
-    codes = rejected[:, 3]
+    codes = rejected[:, lay.E_REJECTED.code]
     bad = codes != Reject.UNKNOWN_ORDER
     if bad.any():
         code = int(codes[bad][0])
@@ -655,12 +655,12 @@ def _resting_rows(engine: Engine, resting: int, seed: int) -> np.ndarray:
     seller = pair * RESTING_SELLERS_PER_PAIR + rng.integers(0, RESTING_SELLERS_PER_PAIR, resting)
     rows = np.zeros((resting, lay.CMD_WIDTH), dtype=np.int64)
     rows[:, lay.C0_OP] = lay.OP_PLACE
-    rows[:, lay.C0_ACCOUNT] = ACCOUNT_FIRST + seller  # buyers too: any funded account will do
-    rows[:, lay.C0_INSTR] = instr
-    rows[:, lay.C0_SIDE] = np.where(side == 0, lay.BUY, lay.SELL)
-    rows[:, lay.C0_PRICE] = MID_TICKS + np.where(side == 0, -depth, depth)
-    rows[:, lay.C0_LOTS] = rng.integers(1, 11, resting)
-    rows[:, lay.C0_FLAGS] = GTC_FLAGS
+    rows[:, lay.C_PLACE_ACCOUNT] = ACCOUNT_FIRST + seller  # buyers too: any funded account will do
+    rows[:, lay.C_PLACE_INSTR] = instr
+    rows[:, lay.C_PLACE_SIDE] = np.where(side == 0, lay.BUY, lay.SELL)
+    rows[:, lay.C_PLACE_PRICE] = MID_TICKS + np.where(side == 0, -depth, depth)
+    rows[:, lay.C_PLACE_LOTS] = rng.integers(1, 11, resting)
+    rows[:, lay.C_PLACE_FLAGS] = GTC_FLAGS
     return rows
 
 

@@ -16,7 +16,7 @@ from matching.kernels._base import (
     R_INSUFFICIENT_CASH,
     R_UNKNOWN_ACCOUNT,
     _cash,
-    _emit,
+    _emit_capacity,
     _reject,
 )
 from matching.kernels.orders import _user_account
@@ -24,20 +24,21 @@ from matching.kernels.pools import _alloc, _cap_key, _ht_get, _ht_put
 from matching.layout import (
     A_AVAIL,
     ACCT_EXTERNAL,
-    C0_ACCOUNT,
-    C0_AUX,
-    C0_AUX2,
-    C0_AUX3,
-    C0_LOTS,
     C_CAP,
+    C_CAPACITY_ACCOUNT,
+    C_CAPACITY_END_HOUR,
+    C_CAPACITY_GPUS,
+    C_CAPACITY_KEY,
+    C_CAPACITY_START_HOUR,
     C_KEY,
     C_NEXT,
+    C_TRANSFER_ACCOUNT,
+    C_TRANSFER_AMOUNT,
     C_USED,
     CFG_BALANCE_MAX,
     CFG_CAPACITY_GPUS_MAX,
     CFG_CAPACITY_HOURS_MAX,
     CFG_DEPOSIT_MAX,
-    EV_CAPACITY,
     M_CAP_FREE,
     M_CAP_HWM,
     M_CAP_LIVE,
@@ -48,8 +49,8 @@ from matching.layout import (
 @njit(cache=True, _nrt=False)
 def _deposit(st, ev, n, ci, cmds):
     meta, cfg, accts, instrs = st.meta, st.cfg, st.accounts, st.instruments
-    account = cmds[ci, C0_ACCOUNT]
-    amount = cmds[ci, C0_AUX]
+    account = cmds[ci, C_TRANSFER_ACCOUNT]
+    amount = cmds[ci, C_TRANSFER_AMOUNT]
     if not _user_account(accts, account):
         return _reject(instrs, ev, n, ci, account, R_UNKNOWN_ACCOUNT, 0, -1)
     if amount <= 0 or amount > cfg[0, CFG_DEPOSIT_MAX]:
@@ -65,8 +66,8 @@ def _deposit(st, ev, n, ci, cmds):
 @njit(cache=True, _nrt=False)
 def _withdraw(st, ev, n, ci, cmds):
     meta, accts, instrs = st.meta, st.accounts, st.instruments
-    account = cmds[ci, C0_ACCOUNT]
-    amount = cmds[ci, C0_AUX]
+    account = cmds[ci, C_TRANSFER_ACCOUNT]
+    amount = cmds[ci, C_TRANSFER_AMOUNT]
     if not _user_account(accts, account):
         return _reject(instrs, ev, n, ci, account, R_UNKNOWN_ACCOUNT, 0, -1)
     if amount <= 0:
@@ -84,11 +85,11 @@ def _capacity(st, ev, n, ci, cmds):
     """Set a provider's GPUs for every hour in [start, end) of one GPU model and region."""
     meta, cfg, accts, instrs = st.meta, st.cfg, st.accounts, st.instruments
     cap, ht = st.capacity, st.capacity_ht
-    account = cmds[ci, C0_ACCOUNT]
-    capkey = cmds[ci, C0_AUX]
-    start = cmds[ci, C0_AUX2]
-    end = cmds[ci, C0_AUX3]
-    gpus = cmds[ci, C0_LOTS]
+    account = cmds[ci, C_CAPACITY_ACCOUNT]
+    capkey = cmds[ci, C_CAPACITY_KEY]
+    start = cmds[ci, C_CAPACITY_START_HOUR]
+    end = cmds[ci, C_CAPACITY_END_HOUR]
+    gpus = cmds[ci, C_CAPACITY_GPUS]
     if not _user_account(accts, account):
         return _reject(instrs, ev, n, ci, account, R_UNKNOWN_ACCOUNT, 0, -1)
     if (
@@ -121,4 +122,4 @@ def _capacity(st, ev, n, ci, cmds):
             cap[row, C_NEXT] = EMPTY
             _ht_put(ht, key, row)
         cap[row, C_CAP] = gpus
-    return _emit(ev, n, EV_CAPACITY, ci, account, capkey, start, end, gpus, 0, 0, 0, 0, 0, 0, 0)
+    return _emit_capacity(ev, n, ci, account, capkey, start, end, gpus)

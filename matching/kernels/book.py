@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from numba import njit
 
-from matching.kernels._base import CR_RELEASE, EMPTY, _cash, _emit, _iid
+from matching.kernels._base import CR_RELEASE, EMPTY, _cash, _emit_cancelled, _emit_expired, _iid
 from matching.kernels.pools import _alloc, _cap_use, _ht_del, _ht_get, _ht_put, _pos_find
 from matching.layout import (
     A_HEAD,
     A_OPEN,
     A_TAIL,
     BUY,
+    EV_CANCELLED,
     I_BEST,
     I_ORDERS,
     I_WORST,
@@ -274,10 +275,12 @@ def _reduce(st, ev, n, ci, slot, lots, event_type, reason):
     meta, accts, instrs, orders = st.meta, st.accounts, st.instruments, st.orders
     levels, lht = st.levels, st.level_ht
     remaining = orders[slot, O_LOTS] - lots
-    n = _emit(
-        ev, n, event_type, ci, orders[slot, O_ID], orders[slot, O_ACCOUNT], _iid(instrs, orders[slot, O_INSTR]), lots, remaining, reason,
-        0, 0, 0, 0, 0, 0,
-    )  # fmt: skip
+    oid, account = orders[slot, O_ID], orders[slot, O_ACCOUNT]
+    iid = _iid(instrs, orders[slot, O_INSTR])
+    if event_type == EV_CANCELLED:
+        n = _emit_cancelled(ev, n, ci, oid, account, iid, lots, remaining, reason)
+    else:
+        n = _emit_expired(ev, n, ci, oid, account, iid, lots, remaining, reason)
     n = _release(st, ev, n, ci, slot, lots)
     if orders[slot, O_LEVEL] != EMPTY:
         levels[orders[slot, O_LEVEL], L_LOTS] -= lots

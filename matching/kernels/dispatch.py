@@ -16,11 +16,13 @@ from matching.layout import (
     B_HOURS_LEFT,
     B_STATE,
     C0_ACCOUNT,
-    C0_AUX,
-    C0_LOTS,
     C0_OP,
-    C0_ORDER,
+    C_CLOCK_TS_NS,
     C_KEY,
+    C_PLACE_LOTS,
+    C_REJECT_ACCOUNT,
+    C_REJECT_CODE,
+    C_REJECT_ORDER,
     CFG_LOTS_MAX,
     I_GATE,
     I_ORDERS,
@@ -62,12 +64,12 @@ def _room_needed(st, cmds, ci):
     if op == OP_PLACE or op == OP_AMEND:
         # accept + hold + remainder; per lot at most one fill (6 rows) or one decrement (4 rows);
         # self-trade cancels of the account's own orders (2 rows each)
-        lots = min(max(cmds[ci, C0_LOTS], 0), cfg[0, CFG_LOTS_MAX])
+        lots = min(max(cmds[ci, C_PLACE_LOTS], 0), cfg[0, CFG_LOTS_MAX])  # C_AMEND_LOTS too
         return 8 + 7 * lots + 2 * open_orders
     if op == OP_CANCEL_ALL:
         return 1 + 2 * open_orders
     if op == OP_CLOCK:
-        return _clock_room(st, max(meta[0, M_NOW], cmds[ci, C0_AUX]))
+        return _clock_room(st, max(meta[0, M_NOW], cmds[ci, C_CLOCK_TS_NS]))
     if op == OP_CONFIRM or op == OP_FAIL:
         return 8 + 2 * HOURS_MAX
     return 4
@@ -125,15 +127,15 @@ def _apply(cmds, first, st, ev, n):
         elif op == OP_LIST:
             n = _list(st, ev, n, ci, cmds)
         else:
-            # OP_REJECT: the facade refused it (malformed); the code is in C0_AUX.
+            # OP_REJECT: the facade refused it (malformed).
             n = _reject(
                 st.instruments,
                 ev,
                 n,
                 ci,
-                cmds[ci, C0_ACCOUNT],
-                cmds[ci, C0_AUX],
-                cmds[ci, C0_ORDER],
+                cmds[ci, C_REJECT_ACCOUNT],
+                cmds[ci, C_REJECT_CODE],
+                cmds[ci, C_REJECT_ORDER],
                 -1,
             )
     return n, cmds.shape[0]

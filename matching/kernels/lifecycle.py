@@ -22,7 +22,12 @@ from matching.kernels._base import (
     XP_GATE,
     XP_GTD,
     _cash,
-    _emit,
+    _emit_assigned,
+    _emit_closed,
+    _emit_listed,
+    _emit_position,
+    _emit_settled,
+    _emit_started,
     _reject,
 )
 from matching.kernels.book import _order_slot, _reduce
@@ -49,28 +54,26 @@ from matching.layout import (
     B_START,
     B_STATE,
     BUY,
-    C0_ACCOUNT,
-    C0_AUX,
-    C0_AUX2,
-    C0_AUX3,
-    C0_EXPIRE,
-    C0_FLAGS,
-    C0_INSTR,
-    C0_LOTS,
-    C0_ORDER,
-    C0_PRICE,
-    C0_SIDE,
+    C_CLOCK_TS_NS,
+    C_DELIVERY_ACCOUNT,
+    C_DELIVERY_OBLIGATION,
+    C_FAIL_HOURS_DELIVERED,
+    C_LIST_BAND_HI,
+    C_LIST_BAND_LO,
+    C_LIST_GATE_NS,
+    C_LIST_GPU,
+    C_LIST_HOURS,
+    C_LIST_INSTRUMENT_ID,
+    C_LIST_LOTS_MAX,
+    C_LIST_PRODUCT,
+    C_LIST_REGION,
+    C_LIST_SLOT,
+    C_LIST_START_NS,
     CFG_DEADLINE_NS,
     CFG_PENALTY_MICROS,
     CFG_REGIONS,
     CFG_TICK_MICROS,
-    EV_ASSIGNED,
-    EV_CLOSED,
     EV_EXPIRED,
-    EV_LISTED,
-    EV_POSITION,
-    EV_SETTLED,
-    EV_STARTED,
     I_BAND_HI,
     I_BAND_LO,
     I_BEST,
@@ -119,30 +122,30 @@ from matching.layout import (
 def _list(st, ev, n, ci, cmds):
     """List an instrument in the slot the facade chose (it mirrors closures in command order)."""
     meta, cfg, instrs = st.meta, st.cfg, st.instruments
-    row = instrs[cmds[ci, C0_INSTR]]
+    row = instrs[cmds[ci, C_LIST_SLOT]]
     row[:] = 0
-    hours = cmds[ci, C0_AUX]
-    row[I_ID] = cmds[ci, C0_ORDER]
+    hours = cmds[ci, C_LIST_HOURS]
+    row[I_ID] = cmds[ci, C_LIST_INSTRUMENT_ID]
     row[I_STATE] = INSTR_OPEN
-    row[I_GPU] = cmds[ci, C0_ACCOUNT]
-    row[I_REGION] = cmds[ci, C0_SIDE]
-    row[I_PRODUCT] = cmds[ci, C0_FLAGS]
-    row[I_START] = cmds[ci, C0_EXPIRE]
+    row[I_GPU] = cmds[ci, C_LIST_GPU]
+    row[I_REGION] = cmds[ci, C_LIST_REGION]
+    row[I_PRODUCT] = cmds[ci, C_LIST_PRODUCT]
+    row[I_START] = cmds[ci, C_LIST_START_NS]
     row[I_HOURS] = hours
-    row[I_GATE] = cmds[ci, C0_AUX2]
-    row[I_BAND_LO] = cmds[ci, C0_PRICE]
-    row[I_BAND_HI] = cmds[ci, C0_AUX3]
-    row[I_LOTS_MAX] = cmds[ci, C0_LOTS]
+    row[I_GATE] = cmds[ci, C_LIST_GATE_NS]
+    row[I_BAND_LO] = cmds[ci, C_LIST_BAND_LO]
+    row[I_BAND_HI] = cmds[ci, C_LIST_BAND_HI]
+    row[I_LOTS_MAX] = cmds[ci, C_LIST_LOTS_MAX]
     row[I_BEST] = EMPTY
     row[I_BEST + 1] = EMPTY
     row[I_WORST] = EMPTY
     row[I_WORST + 1] = EMPTY
-    row[I_CAPKEY] = cmds[ci, C0_ACCOUNT] * cfg[0, CFG_REGIONS] + cmds[ci, C0_SIDE]
-    row[I_HOUR0] = cmds[ci, C0_EXPIRE] // NS_PER_HOUR
+    row[I_CAPKEY] = cmds[ci, C_LIST_GPU] * cfg[0, CFG_REGIONS] + cmds[ci, C_LIST_REGION]
+    row[I_HOUR0] = cmds[ci, C_LIST_START_NS] // NS_PER_HOUR
     row[I_NOTIONAL_UNIT] = cfg[0, CFG_TICK_MICROS] * hours
     row[I_COLLAT_UNIT] = cfg[0, CFG_PENALTY_MICROS] * hours
-    meta[0, M_INSTR_SEQ] = max(meta[0, M_INSTR_SEQ], cmds[ci, C0_ORDER])
-    return _emit(ev, n, EV_LISTED, ci, row[I_ID], cmds[ci, C0_INSTR], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+    meta[0, M_INSTR_SEQ] = max(meta[0, M_INSTR_SEQ], cmds[ci, C_LIST_INSTRUMENT_ID])
+    return _emit_listed(ev, n, ci, row[I_ID], cmds[ci, C_LIST_SLOT])
 
 
 @njit(cache=True, _nrt=False)
@@ -177,17 +180,14 @@ def _close_instrument(st, ev, n, ci, instr):
             if pos[r, P_LOTS] > 0:
                 open_interest += pos[r, P_LOTS]
     _heapsort_rows(scratch, count)
-    n = _emit(
-        ev, n, EV_CLOSED, ci, instrs[instr, I_ID], instr, open_interest, 0, 0, 0, 0, 0, 0, 0, 0, 0
-    )
+    n = _emit_closed(ev, n, ci, instrs[instr, I_ID], instr, open_interest)
     for k in range(count):
         r = scratch[k, 1]
         lots = pos[r, P_LOTS]
         if lots != 0:
-            n = _emit(
-                ev, n, EV_POSITION, ci, pos[r, P_ACCOUNT], instrs[instr, I_ID], -lots, 0, PR_ASSIGNED, 0,
-                0, 0, 0, 0, 0, 0,
-            )  # fmt: skip
+            n = _emit_position(
+                ev, n, ci, pos[r, P_ACCOUNT], instrs[instr, I_ID], -lots, 0, PR_ASSIGNED, 0
+            )
     li = 0
     long_left = 0
     for k in range(count):
@@ -250,9 +250,9 @@ def _assign(st, ev, n, ci, instr, provider, holder, gpus, escrow, fees, collat):
     obl[b, B_PRODUCT] = instrs[instr, I_PRODUCT]
     obl[b, B_NEXT] = EMPTY
     obl[b, B_RELEASED] = 0
-    return _emit(
-        ev, n, EV_ASSIGNED, ci, obl[b, B_ID], provider, holder, gpus, instrs[instr, I_START], instrs[instr, I_HOURS],
-        escrow, instrs[instr, I_ID], 0, 0, 0, 0,
+    return _emit_assigned(
+        ev, n, ci, obl[b, B_ID], provider, holder, gpus, instrs[instr, I_START], instrs[instr, I_HOURS],
+        escrow, instrs[instr, I_ID],
     )  # fmt: skip
 
 
@@ -297,9 +297,9 @@ def _settle(st, ev, n, ci, b, outcome):
         n = _cash(accts, ev, n, ci, provider, 0, 0, 0, -penalty, CR_DELIVERY_PENALTY, obl[b, B_ID])
         n = _cash(accts, ev, n, ci, holder, penalty, 0, 0, 0, CR_DELIVERY_PENALTY, obl[b, B_ID])
     delivered = obl[b, B_HOURS] - obl[b, B_HOURS_LEFT]
-    n = _emit(
-        ev, n, EV_SETTLED, ci, obl[b, B_ID], provider, holder, outcome, delivered,
-        obl[b, B_HOURS_LEFT], obl[b, B_RELEASED], refund + fees, penalty, 0, 0, 0,
+    n = _emit_settled(
+        ev, n, ci, obl[b, B_ID], provider, holder, outcome, delivered,
+        obl[b, B_HOURS_LEFT], obl[b, B_RELEASED], refund + fees, penalty,
     )  # fmt: skip
     obl[b, B_STATE] = OBL_FREE
     obl[b, B_ID] = 0
@@ -327,8 +327,8 @@ def _elapsed_hours(meta, obl, b):
 @njit(cache=True, _nrt=False)
 def _clock(st, ev, n, ci, cmds):
     meta, cfg, instrs, obl = st.meta, st.cfg, st.instruments, st.obligations
-    if cmds[ci, C0_AUX] > meta[0, M_NOW]:
-        meta[0, M_NOW] = cmds[ci, C0_AUX]
+    if cmds[ci, C_CLOCK_TS_NS] > meta[0, M_NOW]:
+        meta[0, M_NOW] = cmds[ci, C_CLOCK_TS_NS]
     now = meta[0, M_NOW]
     n = _expire_gtd(st, ev, n, ci)
     for i in range(instrs.shape[0]):
@@ -348,8 +348,8 @@ def _clock(st, ev, n, ci, cmds):
 @njit(cache=True, _nrt=False)
 def _obligation(instrs, obl, ev, n, ci, cmds):
     """Return (slot, n) for a delivery command; slot EMPTY after a rejection."""
-    account = cmds[ci, C0_ACCOUNT]
-    oid = cmds[ci, C0_ORDER]
+    account = cmds[ci, C_DELIVERY_ACCOUNT]
+    oid = cmds[ci, C_DELIVERY_OBLIGATION]
     b = oid & ORDER_SLOT_MASK if oid > 0 else EMPTY
     if b == EMPTY or b >= obl.shape[0] or obl[b, B_ID] != oid:
         n = _reject(instrs, ev, n, ci, account, R_UNKNOWN_OBLIGATION, oid, -1)
@@ -368,27 +368,10 @@ def _confirm(st, ev, n, ci, cmds):
         return n
     if obl[b, B_STATE] != OBL_ASSIGNED:
         return _reject(
-            instrs, ev, n, ci, cmds[ci, C0_ACCOUNT], R_OBLIGATION_STATE, obl[b, B_ID], -1
+            instrs, ev, n, ci, cmds[ci, C_DELIVERY_ACCOUNT], R_OBLIGATION_STATE, obl[b, B_ID], -1
         )
     obl[b, B_STATE] = OBL_CONFIRMED
-    n = _emit(
-        ev,
-        n,
-        EV_STARTED,
-        ci,
-        obl[b, B_ID],
-        obl[b, B_PROVIDER],
-        obl[b, B_HOLDER],
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-    )
+    n = _emit_started(ev, n, ci, obl[b, B_ID], obl[b, B_PROVIDER], obl[b, B_HOLDER])
     # A confirmation that arrives late still pays the hours already elapsed.
     n = _deliver_to(st, ev, n, ci, b, _elapsed_hours(meta, obl, b))
     if obl[b, B_HOURS_LEFT] == 0:
@@ -402,9 +385,11 @@ def _fail(st, ev, n, ci, cmds):
     b, n = _obligation(instrs, obl, ev, n, ci, cmds)
     if b == EMPTY:
         return n
-    claimed = cmds[ci, C0_LOTS]
+    claimed = cmds[ci, C_FAIL_HOURS_DELIVERED]
     if claimed < 0 or claimed > obl[b, B_HOURS]:
-        return _reject(instrs, ev, n, ci, cmds[ci, C0_ACCOUNT], R_AMOUNT_INVALID, obl[b, B_ID], -1)
+        return _reject(
+            instrs, ev, n, ci, cmds[ci, C_DELIVERY_ACCOUNT], R_AMOUNT_INVALID, obl[b, B_ID], -1
+        )
     if obl[b, B_STATE] == OBL_CONFIRMED:
         # Hours count as delivered only once they have passed and the provider claims them.
         n = _deliver_to(st, ev, n, ci, b, min(claimed, _elapsed_hours(meta, obl, b)))

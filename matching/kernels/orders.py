@@ -31,7 +31,8 @@ from matching.kernels._base import (
     R_UNKNOWN_INSTRUMENT,
     R_UNKNOWN_ORDER,
     _cash,
-    _emit,
+    _emit_accepted,
+    _emit_amended,
     _reject,
 )
 from matching.kernels.book import _book_unlink, _order_new, _order_slot, _reduce, _release
@@ -43,19 +44,24 @@ from matching.layout import (
     A_HEAD,
     A_OPEN,
     BUY,
-    C0_ACCOUNT,
-    C0_EXPIRE,
-    C0_FLAGS,
-    C0_INSTR,
-    C0_LOTS,
-    C0_ORDER,
-    C0_PRICE,
-    C0_SIDE,
+    C_AMEND_ACCOUNT,
+    C_AMEND_LOTS,
+    C_AMEND_ORDER,
+    C_AMEND_PRICE,
+    C_CANCEL_ACCOUNT,
+    C_CANCEL_ALL_ACCOUNT,
+    C_CANCEL_ALL_INSTR,
+    C_CANCEL_ORDER,
+    C_PLACE_ACCOUNT,
+    C_PLACE_EXPIRE,
+    C_PLACE_FLAGS,
+    C_PLACE_INSTR,
+    C_PLACE_LOTS,
+    C_PLACE_PRICE,
+    C_PLACE_SIDE,
     CFG_ORDERS_OPEN_MAX,
     CFG_PROTECTION_BPS,
     CFG_TAKER_BPS,
-    EV_ACCEPTED,
-    EV_AMENDED,
     EV_CANCELLED,
     F_MARKET,
     F_POST_ONLY,
@@ -204,12 +210,12 @@ def _place(st, ev, n, ci, cmds):
     meta, cfg, accts, instrs = st.meta, st.cfg, st.accounts, st.instruments
     orders, levels, pos, pht = st.orders, st.levels, st.positions, st.position_ht
     cap, cht = st.capacity, st.capacity_ht
-    account = cmds[ci, C0_ACCOUNT]
-    instr = cmds[ci, C0_INSTR]
-    side = cmds[ci, C0_SIDE]
-    price = cmds[ci, C0_PRICE]
-    lots = cmds[ci, C0_LOTS]
-    flags = cmds[ci, C0_FLAGS]
+    account = cmds[ci, C_PLACE_ACCOUNT]
+    instr = cmds[ci, C_PLACE_INSTR]
+    side = cmds[ci, C_PLACE_SIDE]
+    price = cmds[ci, C_PLACE_PRICE]
+    lots = cmds[ci, C_PLACE_LOTS]
+    flags = cmds[ci, C_PLACE_FLAGS]
     tif = flags & 3
     market = (flags & F_MARKET) != 0
     post_only = (flags & F_POST_ONLY) != 0
@@ -244,7 +250,7 @@ def _place(st, ev, n, ci, cmds):
             return _reject(instrs, ev, n, ci, account, code, 0, instr)
         if post_only and (tif == TIF_IOC or tif == TIF_FOK):
             return _reject(instrs, ev, n, ci, account, R_ORDER_TYPE_INVALID, 0, instr)
-    if tif == TIF_GTD and cmds[ci, C0_EXPIRE] <= meta[0, M_NOW]:
+    if tif == TIF_GTD and cmds[ci, C_PLACE_EXPIRE] <= meta[0, M_NOW]:
         return _reject(instrs, ev, n, ci, account, R_EXPIRY_INVALID, 0, instr)
     if post_only and _would_take(instrs, levels, instr, side, price):
         return _reject(instrs, ev, n, ci, account, R_POST_ONLY_WOULD_TAKE, 0, instr)
@@ -268,14 +274,23 @@ def _place(st, ev, n, ci, cmds):
     if hold > accts[account, A_AVAIL]:
         return _reject(instrs, ev, n, ci, account, R_INSUFFICIENT_CASH, 0, instr)
     # --- accepted: from here on nothing can refuse -------------------------------------------
-    expire = cmds[ci, C0_EXPIRE] if tif == TIF_GTD else 0
+    expire = cmds[ci, C_PLACE_EXPIRE] if tif == TIF_GTD else 0
     slot = _order_new(meta, accts, orders, account, instr, side, price, lots, flags, expire)
     orders[slot, O_UNIT] = unit
     orders[slot, O_COVERED] = covered
-    n = _emit(
-        ev, n, EV_ACCEPTED, ci, orders[slot, O_ID], account, instrs[instr, I_ID], side, price, lots, flags, expire,
-        0, 0, 0, 0,
-    )  # fmt: skip
+    n = _emit_accepted(
+        ev,
+        n,
+        ci,
+        orders[slot, O_ID],
+        account,
+        instrs[instr, I_ID],
+        side,
+        price,
+        lots,
+        flags,
+        expire,
+    )
     if hold != 0:
         n = _cash(accts, ev, n, ci, account, -hold, hold, 0, 0, CR_HOLD, orders[slot, O_ID])
     if side == SELL:
@@ -305,7 +320,9 @@ def _owned_order(instrs, orders, ev, n, ci, account, order_id):
 @njit(cache=True, _nrt=False)
 def _cancel(st, ev, n, ci, cmds):
     instrs, orders = st.instruments, st.orders
-    slot, n = _owned_order(instrs, orders, ev, n, ci, cmds[ci, C0_ACCOUNT], cmds[ci, C0_ORDER])
+    slot, n = _owned_order(
+        instrs, orders, ev, n, ci, cmds[ci, C_CANCEL_ACCOUNT], cmds[ci, C_CANCEL_ORDER]
+    )
     if slot == EMPTY:
         return n
     return _reduce(st, ev, n, ci, slot, orders[slot, O_LOTS], EV_CANCELLED, CX_USER)
@@ -314,8 +331,8 @@ def _cancel(st, ev, n, ci, cmds):
 @njit(cache=True, _nrt=False)
 def _cancel_all(st, ev, n, ci, cmds):
     accts, instrs, orders = st.accounts, st.instruments, st.orders
-    account = cmds[ci, C0_ACCOUNT]
-    instr = cmds[ci, C0_INSTR]
+    account = cmds[ci, C_CANCEL_ALL_ACCOUNT]
+    instr = cmds[ci, C_CANCEL_ALL_INSTR]
     if not _user_account(accts, account):
         return _reject(instrs, ev, n, ci, account, R_UNKNOWN_ACCOUNT, 0, instr)
     if instr != INSTR_ALL:
@@ -336,10 +353,10 @@ def _amend(st, ev, n, ci, cmds):
     meta, cfg, accts, instrs = st.meta, st.cfg, st.accounts, st.instruments
     orders, levels, lht, pos, pht = st.orders, st.levels, st.level_ht, st.positions, st.position_ht
     cap, cht = st.capacity, st.capacity_ht
-    account = cmds[ci, C0_ACCOUNT]
-    order_id = cmds[ci, C0_ORDER]
-    price = cmds[ci, C0_PRICE]
-    lots = cmds[ci, C0_LOTS]
+    account = cmds[ci, C_AMEND_ACCOUNT]
+    order_id = cmds[ci, C_AMEND_ORDER]
+    price = cmds[ci, C_AMEND_PRICE]
+    lots = cmds[ci, C_AMEND_LOTS]
     slot, n = _owned_order(instrs, orders, ev, n, ci, account, order_id)
     if slot == EMPTY:
         return n
@@ -354,24 +371,7 @@ def _amend(st, ev, n, ci, cmds):
     side = orders[slot, O_SIDE]
     if price == orders[slot, O_PRICE] and lots < orders[slot, O_LOTS]:
         # A pure decrease keeps time priority: release what the cut lots held.
-        n = _emit(
-            ev,
-            n,
-            EV_AMENDED,
-            ci,
-            order_id,
-            account,
-            instrs[instr, I_ID],
-            price,
-            lots,
-            1,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-        )
+        n = _emit_amended(ev, n, ci, order_id, account, instrs[instr, I_ID], price, lots, 1)
         cut = orders[slot, O_LOTS] - lots
         n = _release(st, ev, n, ci, slot, cut)
         levels[orders[slot, O_LEVEL], L_LOTS] -= cut
@@ -401,24 +401,7 @@ def _amend(st, ev, n, ci, cmds):
         return _reject(instrs, ev, n, ci, account, R_INSUFFICIENT_CASH, order_id, instr)
     # --- accepted: re-price loses time priority and may trade ---------------------------------
     _book_unlink(meta, instrs, orders, levels, lht, slot)
-    n = _emit(
-        ev,
-        n,
-        EV_AMENDED,
-        ci,
-        order_id,
-        account,
-        instrs[instr, I_ID],
-        price,
-        lots,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-    )
+    n = _emit_amended(ev, n, ci, order_id, account, instrs[instr, I_ID], price, lots, 0)
     if delta_hold != 0:
         n = _cash(accts, ev, n, ci, account, -delta_hold, delta_hold, 0, 0, CR_HOLD, order_id)
     if side == SELL:

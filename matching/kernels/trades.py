@@ -13,7 +13,8 @@ from matching.kernels._base import (
     EMPTY,
     PR_TRADE,
     _cash,
-    _emit,
+    _emit_position,
+    _emit_trade,
 )
 from matching.kernels.book import _book_append, _book_unlink, _order_free, _reduce
 from matching.kernels.expiry import _gtd_compact, _gtd_push
@@ -24,8 +25,6 @@ from matching.layout import (
     CFG_MAKER_BPS,
     CFG_TAKER_BPS,
     EV_CANCELLED,
-    EV_POSITION,
-    EV_TRADE,
     F_MARKET,
     F_STP_SHIFT,
     I_BEST,
@@ -112,9 +111,9 @@ def _fill(st, ev, n, ci, instr, maker, taker, price, q):
         maker_fee, taker_fee = fee_sell, fee_buy
     else:
         maker_fee, taker_fee = fee_buy, fee_sell
-    n = _emit(
-        ev, n, EV_TRADE, ci, trade_id, instrs[instr, I_ID], price, q, taker_side, orders[maker, O_ID], orders[taker, O_ID],
-        orders[maker, O_ACCOUNT], orders[taker, O_ACCOUNT], maker_fee, taker_fee, 0,
+    n = _emit_trade(
+        ev, n, ci, trade_id, instrs[instr, I_ID], price, q, taker_side, orders[maker, O_ID], orders[taker, O_ID],
+        orders[maker, O_ACCOUNT], orders[taker, O_ACCOUNT], maker_fee, taker_fee,
     )  # fmt: skip
     # The seller's side moves first, so a buyer who is also the seller (a self-trade allowed by
     # STP "none") sees the short it just opened and covers it, releasing escrow and capacity.
@@ -145,28 +144,8 @@ def _fill(st, ev, n, ci, instr, maker, taker, price, q):
     )  # fmt: skip
     if fee_buy + fee_sell != 0:
         n = _cash(accts, ev, n, ci, ACCT_FEES, fee_buy + fee_sell, 0, 0, 0, CR_FEE, trade_id)
-    n = _emit(
-        ev, n, EV_POSITION, ci, ba, instrs[instr, I_ID], q, buyer_lots, PR_TRADE, trade_id,
-        0, 0, 0, 0, 0, 0,
-    )  # fmt: skip
-    n = _emit(
-        ev,
-        n,
-        EV_POSITION,
-        ci,
-        sa,
-        instrs[instr, I_ID],
-        -q,
-        seller_lots,
-        PR_TRADE,
-        trade_id,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-    )
+    n = _emit_position(ev, n, ci, ba, instrs[instr, I_ID], q, buyer_lots, PR_TRADE, trade_id)
+    n = _emit_position(ev, n, ci, sa, instrs[instr, I_ID], -q, seller_lots, PR_TRADE, trade_id)
     orders[maker, O_LOTS] -= q
     orders[maker, O_FILLED] += q
     orders[taker, O_LOTS] -= q

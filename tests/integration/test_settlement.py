@@ -70,32 +70,6 @@ def simulate(catalog: Catalog, seed: int, batches: int, shard: int = 0) -> Marke
     return Market(engine=engine, events=events)
 
 
-def engine_balances(engine: Engine) -> dict[tuple[int, int], int]:
-    """Non-zero (account, bucket) balances; buckets 1..4 are available, held, escrow, collateral."""
-    accounts = engine.state[lay.ST_ACCTS]
-    columns = (lay.A_AVAIL, lay.A_HELD, lay.A_ESCROW, lay.A_COLLAT)
-    return {
-        (account, bucket + 1): int(accounts[account, column])
-        for account in range(len(accounts))
-        for bucket, column in enumerate(columns)
-        if accounts[account, column] != 0
-    }
-
-
-def engine_positions(engine: Engine) -> dict[tuple[int, str], int]:
-    """Non-zero positions by (account, symbol)."""
-    st = engine.state
-    pos = st[lay.ST_POS][: int(st[lay.ST_META][0, lay.M_POS_HWM])]
-    instrs = st[lay.ST_INSTRS]
-    return {
-        (int(p[lay.P_ACCOUNT]), engine._symbol(int(instrs[p[lay.P_INSTR], lay.I_ID]))): int(
-            p[lay.P_LOTS]
-        )
-        for p in pos
-        if p[lay.P_ACCOUNT] != -1 and p[lay.P_LOTS] != 0
-    }
-
-
 def engine_resting_orders(engine: Engine) -> dict[int, int]:
     """Resting lots by order id."""
     st = engine.state
@@ -288,10 +262,10 @@ def test_settled_ledger_equals_engine_balances_positions_orders_and_trades(
     kinds = Counter(type(x).__name__ for x in market.events)
     assert len(sums) == writer.counters.transactions > 1
     assert set(sums) == {0}, "the postings must sum to zero after every commit"
-    assert {(a, b): amount for a, b, amount in balances} == engine_balances(market.engine)
-    assert {b for (_, b) in engine_balances(market.engine)} == {1, 2, 3, 4}  # all buckets used
+    assert {(a, b): amount for a, b, amount in balances} == market.engine.balances()
+    assert {b for (_, b) in market.engine.balances()} == {1, 2, 3, 4}  # all buckets used
     assert trades[0][0] == kinds["TradeExecuted"] > 0
-    assert {(a, s): lots for a, s, lots in positions} == engine_positions(market.engine) != {}
+    assert {(a, s): lots for a, s, lots in positions} == market.engine.positions() != {}
     assert dict(resting) == engine_resting_orders(market.engine) != {}
     assert orders[0][0] == kinds["OrderAccepted"]
     assert deliveries == [(kinds["DeliveryAssigned"], kinds["DeliverySettled"])]
@@ -348,7 +322,7 @@ def test_stopping_and_restarting_mid_stream_keeps_postings_zero_sum_and_loses_no
     offsets = [p[0] for p in stopped_at]
     assert 0 < offsets[0] < offsets[1] < offsets[2] < len(market.events) // 2
     assert set(sums) == {0} and len(sums) > 15
-    assert {(a, b): amount for a, b, amount in balances} == engine_balances(market.engine)
+    assert {(a, b): amount for a, b, amount in balances} == market.engine.balances()
 
 
 def test_replay_from_offset_zero_and_duplicate_records_change_nothing(
@@ -432,7 +406,7 @@ def test_garbage_records_are_logged_counted_dead_lettered_and_skipped(
     assert writer.counters.malformed == 4
     assert writer.counters.seq_gaps == 1
     assert writer.counters.events_settled == len(market.events)
-    assert {(a, b): amount for a, b, amount in balances} == engine_balances(market.engine)
+    assert {(a, b): amount for a, b, amount in balances} == market.engine.balances()
     offsets = list(range(cut, cut + len(garbage)))
     assert sorted(offset for _, offset, _ in dead) == offsets
     assert {p for p, _, _ in dead} == {0}
@@ -500,7 +474,7 @@ def test_two_bad_events_of_one_batch_record_keep_a_dead_letter_each(
     assert [(o, i) for o, i, _, _ in dead] == [(0, 1), (0, cut + 1)]
     assert "undecodable" in dead[0][2] and "available_delta" in dead[1][2]
     assert [bytes(p) for _, _, _, p in dead] == [unknown, overflow]  # each its own bytes
-    assert {(a, b): amount for a, b, amount in balances} == engine_balances(market.engine)
+    assert {(a, b): amount for a, b, amount in balances} == market.engine.balances()
 
 
 def test_plan_holds_back_an_incomplete_command_and_dead_letters_an_unbalanced_one() -> None:
@@ -581,7 +555,7 @@ def test_gx_settle_settles_at_its_lower_priority_and_stops_cleanly_on_sigterm(
             dsn, "SELECT account, bucket, amount_micros FROM balances WHERE amount_micros <> 0"
         )
     )
-    assert {(a, b): amount for a, b, amount in balances} == engine_balances(market.engine)
+    assert {(a, b): amount for a, b, amount in balances} == market.engine.balances()
 
 
 # ============================================================================ benchmark

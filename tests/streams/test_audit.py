@@ -14,7 +14,6 @@ from typing import Any
 import msgspec
 import pytest
 
-from matching import layout as lay
 from matching.engine import Engine
 from schemas import events as e
 from schemas.catalog import load_catalog
@@ -58,30 +57,6 @@ def cash_sum(x: e.CashChanged) -> int:
     return x.available_delta + x.held_delta + x.escrow_delta + x.collateral_delta
 
 
-def engine_balances(engine: Engine) -> dict[tuple[int, int], int]:
-    accounts = engine.state[lay.ST_ACCTS]
-    columns = (lay.A_AVAIL, lay.A_HELD, lay.A_ESCROW, lay.A_COLLAT)
-    return {
-        (account, bucket + 1): int(accounts[account, column])
-        for account in range(len(accounts))
-        for bucket, column in enumerate(columns)
-        if accounts[account, column] != 0
-    }
-
-
-def engine_positions(engine: Engine) -> dict[tuple[int, str], int]:
-    st = engine.state
-    pos = st[lay.ST_POS][: int(st[lay.ST_META][0, lay.M_POS_HWM])]
-    instrs = st[lay.ST_INSTRS]
-    return {
-        (int(p[lay.P_ACCOUNT]), engine._symbol(int(instrs[p[lay.P_INSTR], lay.I_ID]))): int(
-            p[lay.P_LOTS]
-        )
-        for p in pos
-        if p[lay.P_ACCOUNT] != -1 and p[lay.P_LOTS] != 0
-    }
-
-
 def test_simulated_log_passes_with_engine_balances_and_positions(
     simulated: tuple[Engine, list[Any]],
 ) -> None:
@@ -89,8 +64,8 @@ def test_simulated_log_passes_with_engine_balances_and_positions(
     auditor = replay(events)
     assert auditor.violations == [] and auditor.violations_total == 0
     assert auditor.warnings == []
-    assert auditor.balances() == engine_balances(engine) != {}
-    assert auditor.positions() == engine_positions(engine)
+    assert auditor.balances() == engine.balances() != {}
+    assert auditor.positions() == engine.positions()
     report = auditor.report()
     assert report.ok and report.events == len(events)
     assert report.event_counts["TradeExecuted"] > 0 and report.event_counts["OrderAmended"] > 0
