@@ -78,7 +78,7 @@ class _Running:
                 settings, spec.dsn, settings.kafka_bootstrap, check_crcs=False,
                 on_commit=self._committed,
             )  # fmt: skip
-            self.stats_of = lambda: self.process.counters
+            self.stats_of = lambda: self.process.stats
         elif spec.kind == "marketdata":
             self.process = MarketDataProcess(settings, mock_broker=True)
             self.stats_of = lambda: self.process.stats

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         lambda settings: SettlementWriter(
             settings, _database(settings), settings.broker(), consumer=args.consumer
         ),
-        stats=lambda writer: writer.counters,
+        stats=lambda writer: writer.stats,
         embedded_database=True,
         nice=lambda settings: settings.settle_nice,
         progress_s=progress_interval_s,

@@ -144,7 +144,7 @@ async def settle(
             break
         if (
             stop_after_transactions is not None
-            and writer.counters.transactions >= stop_after_transactions
+            and writer.stats.transactions >= stop_after_transactions
         ):
             break
         await asyncio.sleep(0.02)
@@ -260,7 +260,7 @@ def test_settled_ledger_equals_engine_balances_positions_orders_and_trades(
 
     writer, balances, (trades, positions, resting, orders, deliveries, filled) = run(scenario())
     kinds = Counter(type(x).__name__ for x in market.events)
-    assert len(sums) == writer.counters.transactions > 1
+    assert len(sums) == writer.stats.transactions > 1
     assert set(sums) == {0}, "the postings must sum to zero after every commit"
     assert {(a, b): amount for a, b, amount in balances} == market.engine.balances()
     assert {b for (_, b) in market.engine.balances()} == {1, 2, 3, 4}  # all buckets used
@@ -271,8 +271,8 @@ def test_settled_ledger_equals_engine_balances_positions_orders_and_trades(
     assert deliveries == [(kinds["DeliveryAssigned"], kinds["DeliverySettled"])]
     assert kinds["DeliverySettled"] > 0
     assert filled[0][0] == 2 * sum(x.lots for x in market.events if type(x) is e.TradeExecuted)
-    assert writer.counters.events_settled == len(market.events)
-    assert writer.counters.malformed == writer.counters.duplicates == 0
+    assert writer.stats.events_settled == len(market.events)
+    assert writer.stats.malformed == writer.stats.duplicates == 0
 
 
 _CHECK_QUERIES = (
@@ -358,11 +358,11 @@ def test_replay_from_offset_zero_and_duplicate_records_change_nothing(
     assert before[0] and before[1] and before[2]
     for i, rows in enumerate(after):
         assert rows == before, f"replay {i + 1} changed the ledger"
-    assert writers[0].counters.duplicates == count and writers[0].counters.events_settled == 0
+    assert writers[0].stats.duplicates == count and writers[0].stats.events_settled == 0
     # Without shard sequences every event is re-applied, and every insert conflicts.
-    assert writers[1].counters.events_settled == count
-    assert writers[1].counters.copy_conflicts > 0  # the direct copies fell back to ON CONFLICT
-    assert writers[2].counters.duplicates == count and writers[2].counters.events_settled == 0
+    assert writers[1].stats.events_settled == count
+    assert writers[1].stats.copy_conflicts > 0  # the direct copies fell back to ON CONFLICT
+    assert writers[2].stats.duplicates == count and writers[2].stats.events_settled == 0
 
 
 def test_garbage_records_are_logged_counted_dead_lettered_and_skipped(
@@ -403,9 +403,9 @@ def test_garbage_records_are_logged_counted_dead_lettered_and_skipped(
 
     with caplog.at_level(logging.WARNING, logger="gx.settle"):
         writer, balances, dead = run(scenario())
-    assert writer.counters.malformed == 4
-    assert writer.counters.seq_gaps == 1
-    assert writer.counters.events_settled == len(market.events)
+    assert writer.stats.malformed == 4
+    assert writer.stats.seq_gaps == 1
+    assert writer.stats.events_settled == len(market.events)
     assert {(a, b): amount for a, b, amount in balances} == market.engine.balances()
     offsets = list(range(cut, cut + len(garbage)))
     assert sorted(offset for _, offset, _ in dead) == offsets
@@ -469,8 +469,8 @@ def test_two_bad_events_of_one_batch_record_keep_a_dead_letter_each(
         return writer, dead, balances
 
     writer, dead, balances = run(scenario())
-    assert writer.counters.malformed == 2
-    assert writer.counters.events_settled == len(market.events)
+    assert writer.stats.malformed == 2
+    assert writer.stats.events_settled == len(market.events)
     assert [(o, i) for o, i, _, _ in dead] == [(0, 1), (0, cut + 1)]
     assert "undecodable" in dead[0][2] and "available_delta" in dead[1][2]
     assert [bytes(p) for _, _, _, p in dead] == [unknown, overflow]  # each its own bytes
@@ -579,7 +579,7 @@ def bench_settlement(shards: int = 4, batches: int = 300, batch_max: int = 5000)
             return time.perf_counter() - started, writer
 
         elapsed_s, writer = run(scenario(), timeout_s=600)
-    c = writer.counters
+    c = writer.stats
     return {
         "events": c.events_settled,
         "postings": c.postings,
@@ -597,7 +597,8 @@ def test_writer_connection_updates_orders_by_index_however_large_the_ledger(dsn:
     Without the planner settings of `prepare_connection`, a staging table without statistics
     made PostgreSQL hash the whole orders table at every commit (quadratic in the ledger).
     """
-    from streams.settlement import _APPLY, prepare_connection
+    from streams.settlement import prepare_connection
+    from streams.settlement.rows import _APPLY
 
     async def plan() -> str:
         conn = await asyncpg.connect(dsn)
