@@ -24,13 +24,12 @@ from typing import Any
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 from schemas.codec import DecodeError, decode_event_record, is_event_batch
 from schemas.marketdata import MarketDataMessage, encode_message
-from streams.consumers import log_consumer, read_batch
+from streams.consumers import log_consumer, partitions_of, read_batch
 from streams.marketdata.state import MarketData
 from streams.settings import Settings
 from streams.topics import topics
@@ -44,7 +43,6 @@ poll_records_max = 10_000
 linger_ms = 5
 progress_every_s = 10.0
 snapshot_every_deltas = 1000  # a full book follows every N-th delta of a symbol
-partitions_wait_s = 30.0
 partition_cache_max = 1 << 16  # symbols whose gx.marketdata partition is remembered
 
 
@@ -228,16 +226,8 @@ class MarketDataProcess:
         log.info("reading %s (%d partitions)", self.events_topic, len(self._partitions))
 
     async def _partitions_of(self, topic: str) -> list[int]:
-        """The topic's partitions, waiting up to `partitions_wait_s` for it to exist."""
         assert self._producer is not None
-        try:
-            async with asyncio.timeout(partitions_wait_s):
-                found = await self._producer.partitions_for(topic)
-        except (TimeoutError, KafkaError):
-            found = set()
-        if not found:
-            raise RuntimeError(f"topic {topic} not found: create it with `gx topics create`")
-        return sorted(found)
+        return await partitions_of(self._producer, topic)
 
     async def _close(self) -> None:
         consumer, producer = self._consumer, self._producer
