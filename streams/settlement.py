@@ -49,17 +49,17 @@ import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas import events as ev
-from schemas.codec import (
-    DecodeError,
+from schemas.codec import DecodeError, encode
+from streams.consumers import log_consumer, read_batch
+from streams.event_records import (
     decode_event_record,
-    encode,
     is_event_batch,
+    is_partial,
     split_event_record,
 )
-from streams.consumers import log_consumer, read_batch
 from streams.ledger import schema as ls
 from streams.settings import Settings
-from streams.topics import is_partial, topics
+from streams.topics import topics
 
 __all__ = [
     "SettlementWriter",
@@ -605,7 +605,7 @@ class _Tail:
     __slots__ = ("batch", "partial", "partial_offsets")
 
     def __init__(self) -> None:
-        self.batch = False  # a batch record (not a single event of the old format)
+        self.batch = False  # a batch record (not a record without a value, or garbage)
         self.partial = False  # its last command continues in the next record
         self.partial_offsets: set[int] = set()  # pending records marked partial
 
@@ -830,7 +830,7 @@ class SettlementWriter:
     async def _step(self, kafka: AIOKafkaConsumer) -> None:
         if self._conn is None:
             raise ConnectionError("no database connection")
-        # settle_batch_max counts events; a record holds one (old format) or a batch of them
+        # settle_batch_max counts events; a record holds the events of one or more commands
         records_max = max(1, int(self._batch_max / self._events_per_record))
         batches = await read_batch(
             kafka, tuple(self._partitions), timeout_ms=poll_timeout_ms, max_records=records_max
@@ -860,8 +860,8 @@ class SettlementWriter:
                 continue
             tail = self._tail[tp.partition]
             # The pending events end with a record. A batch record that is not marked partial
-            # ends its last command; a single-event record (old format) is only known to end
-            # one when nothing follows it yet.
+            # ends its last command; a record that is no batch (no value, or garbage: dead
+            # letters) is only known to end one when nothing follows it yet.
             complete = (tail.batch and not tail.partial) or (
                 not tail.batch and await _caught_up(kafka, tp)
             )

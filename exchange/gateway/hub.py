@@ -36,7 +36,7 @@ from exchange.gateway.subscriptions import Subscriptions
 from exchange.wire import ErrorCode, WireError
 from schemas import commands as c
 from schemas import events as e
-from schemas.codec import DecodeError, decode_event_record, encode
+from schemas.codec import DecodeError, encode
 from schemas.marketdata import decode_message
 from schemas.provisioning import (
     ProvisionConfirmed,
@@ -48,6 +48,7 @@ from schemas.provisioning import (
     provider_key,
 )
 from streams.consumers import log_consumer, partitions_of
+from streams.event_records import decode_event_record
 from streams.settings import Settings
 from streams.topics import shard_key, topics
 
