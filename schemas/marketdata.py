@@ -16,7 +16,6 @@ import msgspec
 __all__ = [
     "BookSnapshot",
     "BookDelta",
-    "TradePrint",
     "TradePrints",
     "Trade",
     "Candle",
@@ -56,13 +55,6 @@ class BookDelta(_Message, tag="BookDelta", frozen=True):
     checksum: int = 0  # book_checksum of the top levels after this delta
 
 
-class TradePrint(_Message, tag="TradePrint", frozen=True):
-    trade_id: int
-    price_ticks: int
-    lots: int
-    aggressor_side: str  # "buy" or "sell"
-
-
 class Trade(msgspec.Struct, frozen=True, array_like=True):
     """One trade of a `TradePrints`."""
 
@@ -76,8 +68,7 @@ class Trade(msgspec.Struct, frozen=True, array_like=True):
 class TradePrints(_Message, tag="TradePrints", frozen=True):
     """The trades of one symbol in one gx.events record (or command), in trade order.
 
-    Supersedes one `TradePrint` per trade (still decoded from older logs): a burst of trades is
-    one message and one push per subscriber, not one per trade.
+    A burst of trades is one message and one push per subscriber, not one per trade.
     """
 
     trades: tuple[Trade, ...] = ()
@@ -125,11 +116,9 @@ class ForwardCurvePoint(_Message, tag="ForwardCurvePoint", frozen=True):
     active: bool = True
 
 
-MarketDataMessage = (
-    BookSnapshot | BookDelta | TradePrints | TradePrint | Candle | IndexPrice | ForwardCurvePoint
-)
+MarketDataMessage = BookSnapshot | BookDelta | TradePrints | Candle | IndexPrice | ForwardCurvePoint
 MARKETDATA_TYPES = (
-    BookSnapshot, BookDelta, TradePrints, TradePrint, Candle, IndexPrice, ForwardCurvePoint
+    BookSnapshot, BookDelta, TradePrints, Candle, IndexPrice, ForwardCurvePoint
 )  # fmt: skip
 
 _encoder = msgspec.msgpack.Encoder()

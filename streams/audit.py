@@ -40,9 +40,10 @@ import msgspec
 from aiokafka import TopicPartition
 
 from schemas import events as ev
-from schemas.codec import DecodeError, decode_event, encode, split_event_record
+from schemas.codec import DecodeError, decode_event, encode
 from schemas.codes import OrderType, Side, TimeInForce
 from streams.consumers import log_consumer
+from streams.event_records import split_event_record
 from streams.settings import Settings
 from streams.topics import topics
 
@@ -665,7 +666,7 @@ def _capture(
 
 
 def _feed_record(auditor: Auditor, partition: int, offset: int, value: bytes | None) -> None:
-    """Replay the events of one gx.events record (a batch, or one event in the old format)."""
+    """Replay the events of one gx.events record."""
     where = f"partition {partition} offset {offset}"
     if value is None:
         auditor.violate(Violation("record_malformed", f"{where}: record has no value"))

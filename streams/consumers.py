@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
-__all__ = ["log_consumer", "read_batch", "fill_wait_ms", "fill_time_max_s"]
+__all__ = [
+    "log_consumer",
+    "partitions_of",
+    "read_batch",
+    "fill_wait_ms",
+    "fill_time_max_s",
+    "partitions_wait_s",
+]
 
 fill_wait_ms = 2  # how long each further read of a reader that is behind waits for its fetch
 fill_time_max_s = 0.005  # how long a reader may go on reading before it handles what it has
+partitions_wait_s = 30.0  # how long a process waits at start for a topic to exist
 
 
 def log_consumer(
@@ -34,6 +44,21 @@ def log_consumer(
         settings["fetch_max_wait_ms"] = fetch_wait_ms
     settings.update(options)
     return AIOKafkaConsumer(bootstrap_servers=bootstrap, **settings)
+
+
+async def partitions_of(producer: AIOKafkaProducer, topic: str) -> list[int]:
+    """The topic's partitions, waiting up to `partitions_wait_s` for it to exist.
+
+    Raises RuntimeError naming the command that creates the topics when it does not.
+    """
+    try:
+        async with asyncio.timeout(partitions_wait_s):
+            found = await producer.partitions_for(topic)
+    except (TimeoutError, KafkaError):
+        found = set()
+    if not found:
+        raise RuntimeError(f"topic {topic} not found: create it with `gx topics create`")
+    return sorted(found)
 
 
 async def read_batch(

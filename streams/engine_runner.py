@@ -51,28 +51,25 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 
 from matching.engine import Engine, EngineConfig
 from schemas.catalog import Catalog
-from schemas.codec import DecodeError, decode_command, encode, pack_events, split_event_record
+from schemas.codec import DecodeError, decode_command, encode
 from schemas.commands import Command
 from streams.consumers import log_consumer, read_batch
+from streams.event_records import (
+    EVENTS_RECORD_BYTES_MAX,
+    PARTIAL_HEADERS,
+    EventRecord,
+    pack_records,
+    split_event_record,
+)
 from streams.settings import Settings
 from streams.snapshots import Snapshot, SnapshotStore
-from streams.topics import PARTIAL_HEADER, shard_key, topics
+from streams.topics import shard_key, topics
 
-__all__ = [
-    "EngineRunner",
-    "EventRecord",
-    "pack_records",
-    "Malformed",
-    "RecoveryError",
-    "RunnerStats",
-    "decode_record",
-]
+__all__ = ["EngineRunner", "Malformed", "RecoveryError", "RunnerStats", "decode_record"]
 
 log = logging.getLogger("gx.engine")
 
 record_batch_bytes_max = 512 * 1024  # one produce record batch; below the broker's 1 MiB default
-events_record_bytes_max = 128 * 1024  # one gx.events record (whole commands; see pack_records)
-_PARTIAL_HEADERS = [(PARTIAL_HEADER, b"1")]
 poll_timeout_ms = 100
 linger_ms = 5
 last_event_window_min = 16  # records read back from the end to find the last event
@@ -399,7 +396,7 @@ class EngineRunner:
             return
         producer = self._producer
         assert producer is not None
-        payloads = pack_records(events, events_record_bytes_max)
+        payloads = pack_records(events, EVENTS_RECORD_BYTES_MAX)
         if not self.settings.kafka_transactions:
             # One record batch at a time: a later batch never lands after an earlier one failed,
             # so the log has no gaps for recovery to mistake for produced events.
@@ -420,7 +417,7 @@ class EngineRunner:
         batches: list[BatchBuilder] = []
         batch = producer.create_batch()
         for record in records:
-            value, headers = record.value, _PARTIAL_HEADERS if record.partial else []
+            value, headers = record.value, PARTIAL_HEADERS if record.partial else []
             if batch.append(key=self.key, value=value, timestamp=None, headers=headers) is None:
                 batches.append(batch)
                 batch = producer.create_batch()
@@ -463,53 +460,6 @@ def _last_event_of(value: bytes) -> bytes:
     if not events:
         raise RecoveryError("the events log's last record holds no event")
     return events[-1]
-
-
-class EventRecord(msgspec.Struct, frozen=True):
-    """One gx.events record value; `partial`: its last command goes on in the next record."""
-
-    value: bytes
-    partial: bool = False
-
-
-def pack_records(events: Sequence[Any], bytes_max: int) -> list[EventRecord]:
-    """Encode events into gx.events records: whole commands per record, in order.
-
-    A record closes before the next command's events would take it past `bytes_max` (the bytes
-    of its events; the array header adds at most 5); only a
-    command whose own events exceed `bytes_max` is split over several records, every one but
-    the last of them marked `partial` (the `PARTIAL_HEADER` record header on the topic).
-    """
-    records: list[EventRecord] = []
-    current: list[bytes] = []
-    size = 0
-    command: list[bytes] = []  # the events of the command being read
-    command_size = 0
-    key = None
-
-    def close_command() -> None:
-        nonlocal current, size
-        if current and size + command_size > bytes_max:
-            records.append(EventRecord(pack_events(current)))
-            current, size = [], 0
-        current.extend(command)
-        size += command_size
-
-    for event in events:
-        value = encode(event)
-        if event.input_offset != key:
-            close_command()
-            command, command_size, key = [], 0, event.input_offset
-        if command and command_size + len(value) > bytes_max:  # one command over several records
-            close_command()
-            records.append(EventRecord(pack_events(current), partial=True))
-            current, size, command, command_size = [], 0, [], 0
-        command.append(value)
-        command_size += len(value)
-    close_command()
-    if current:
-        records.append(EventRecord(pack_events(current)))
-    return records
 
 
 def _event_seq(value: bytes) -> int:

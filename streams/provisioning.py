@@ -52,7 +52,7 @@ from faust.types import StreamT
 from schemas import commands as c
 from schemas import events as e
 from schemas.catalog import load_catalog
-from schemas.codec import DecodeError, decode_event_record, encode
+from schemas.codec import DecodeError, encode
 from schemas.provisioning import (
     ProvisionConfirmed,
     ProvisionFailed,
@@ -62,6 +62,7 @@ from schemas.provisioning import (
     encode_provision,
     provider_key,
 )
+from streams.event_records import decode_event_record
 from streams.settings import Settings
 from streams.topics import shard_key, topics
 

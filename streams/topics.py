@@ -6,11 +6,7 @@ import msgspec
 
 from streams.settings import Settings
 
-__all__ = ["PARTIAL_HEADER", "Topic", "is_partial", "topics", "shard_key"]
-
-# Header of a gx.events record whose last command continues in the next record (a command whose
-# events exceed one record; schemas/codec.py describes the records).
-PARTIAL_HEADER = "gx-partial"
+__all__ = ["Topic", "topics", "shard_key"]
 
 
 class Topic(msgspec.Struct, frozen=True):
@@ -38,8 +34,3 @@ def topics(settings: Settings) -> dict[str, Topic]:
 def shard_key(shard: int) -> bytes:
     """The message key of a shard's commands and events (partition = shard)."""
     return str(shard).encode()
-
-
-def is_partial(headers: object) -> bool:
-    """Whether a consumed gx.events record's headers mark its last command as continued."""
-    return any(name == PARTIAL_HEADER for name, _ in headers or ())  # type: ignore[attr-defined]

@@ -197,8 +197,8 @@ def _check(stages: list[Stage]) -> None:
 async def _setup(stack: Stack) -> str:
     """List instruments at the current hour, fund the buyer, give the provider capacity."""
     assert stack.gateway is not None and stack.gateway.gateway is not None
-    hub = stack.gateway.gateway.hub
-    send = hub.send_commands
+    gateway = stack.gateway.gateway
+    send, accounts, feed = gateway.hub.send_commands, gateway.accounts, gateway.feed
 
     now_ns = time.time_ns() // NS_PER_HOUR * NS_PER_HOUR
     await send(
@@ -206,13 +206,13 @@ async def _setup(stack: Stack) -> str:
         + [c.Deposit(account=a, amount_micros=10**13) for a in (PROVIDER, BUYER)]
     )
     deadline = time.monotonic() + 30
-    while not hub.accounts.instruments():
+    while not accounts.instruments():
         if time.monotonic() > deadline:
             raise RuntimeError("no instrument listed")
         await asyncio.sleep(0.05)
     symbol = sorted(
         i["symbol"]
-        for i in hub.accounts.instruments()
+        for i in accounts.instruments()
         if i["symbol"].startswith("H100-SXM.us-east.1h.")
     )[-1]
     key = parse_symbol(symbol)
@@ -224,8 +224,8 @@ async def _setup(stack: Stack) -> str:
     await send(
         [c.PlaceOrder(account=PROVIDER, symbol=symbol, side=Side.SELL, lots=1, price_ticks=9000)]
     )
-    while hub.feed.snapshot(("book", symbol, 10)) is None:
-        hub.feed.watch(("book", symbol, 10))
+    while feed.snapshot(("book", symbol, 10)) is None:
+        feed.watch(("book", symbol, 10))
         await asyncio.sleep(0.05)
     return symbol
 

@@ -60,7 +60,7 @@ from streams.embedded.postgres import EmbeddedPostgres, database_url
 from streams.engine_runner import RunnerStats
 from streams.marketdata.process import ProcessStats
 from streams.settings import Settings
-from streams.settlement import SettlementCounters
+from streams.settlement import SettlementStats
 from streams.topics import shard_key, topics
 
 __all__ = ["register", "run", "bench_pipeline", "generate_orders"]
@@ -360,7 +360,7 @@ class Pipeline:
         return self.stages["engine"].stats  # type: ignore[no-any-return]
 
     @property
-    def writer(self) -> SettlementCounters:
+    def writer(self) -> SettlementStats:
         return self.stages["settlement"].stats  # type: ignore[no-any-return]
 
     @property

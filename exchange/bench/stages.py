@@ -31,7 +31,7 @@ from streams.engine_runner import EngineRunner, RunnerStats
 from streams.marketdata.process import MarketDataProcess, ProcessStats
 from streams.process import lower_priority, run_loop
 from streams.settings import Settings
-from streams.settlement import SettlementCounters, SettlementWriter
+from streams.settlement import SettlementStats, SettlementWriter
 
 __all__ = ["Stage", "StageSpec", "start_stage", "wait_ready"]
 
@@ -41,7 +41,7 @@ stop_timeout_s = 15.0
 
 _STATS: dict[str, type[msgspec.Struct]] = {
     "engine": RunnerStats,
-    "settlement": SettlementCounters,
+    "settlement": SettlementStats,
     "marketdata": ProcessStats,
 }
 # Slots before the stats fields: ready (0/1), failed (0/1), newest settlement commit (ns).

@@ -36,7 +36,7 @@ from exchange.gateway.subscriptions import Subscriptions
 from exchange.wire import ErrorCode, WireError
 from schemas import commands as c
 from schemas import events as e
-from schemas.codec import DecodeError, decode_event_record, encode
+from schemas.codec import DecodeError, encode
 from schemas.marketdata import decode_message
 from schemas.provisioning import (
     ProvisionConfirmed,
@@ -47,7 +47,8 @@ from schemas.provisioning import (
     encode_provision,
     provider_key,
 )
-from streams.consumers import log_consumer
+from streams.consumers import log_consumer, partitions_of
+from streams.event_records import decode_event_record
 from streams.settings import Settings
 from streams.topics import shard_key, topics
 
@@ -60,7 +61,6 @@ poll_records_max = 10_000
 linger_ms = 1
 command_timeout_s = 5.0  # a command the engine has not answered by then is reported TIMEOUT
 recent_commands_max = 100_000  # completed commands kept for answers that arrive late
-partitions_wait_s = 30.0
 
 
 class HubStats:
@@ -113,15 +113,15 @@ class Hub:
         names = topics(settings)
         self.commands_topic = names["commands"].name
         self.provisioning_topic = names["provisioning"].name
-        self.accounts = accounts
-        self.feed = feed
-        self.provisioning = provisioning
-        self.subscriptions = subscriptions
+        self._accounts = accounts
+        self._feed = feed
+        self._provisioning = provisioning
+        self._subscriptions = subscriptions
         self._ssh_keys = ssh_keys
-        # The event path reads the routing and the outstanding requests by these names: the
-        # same dicts the Subscriptions and the Provisioning projection hold, not copies.
-        self.private = subscriptions.private
-        self.outstanding = provisioning.outstanding
+        # The projections and subscriptions the hub feeds; the handlers are given them too
+        # (exchange/gateway/app.py), never reach them through the hub. The private routing is
+        # read per event: the Subscriptions' own dict, not a copy.
+        self._private = subscriptions.private
         self.stats = HubStats()
         self.ready = asyncio.Event()  # every topic read up to where it ended at start
         # Called with each gx.marketdata message as it is read, before its fan-out (benchmarks
@@ -187,14 +187,7 @@ class Hub:
 
     async def _partitions(self, topic: str) -> list[TopicPartition]:
         assert self._producer is not None
-        try:
-            async with asyncio.timeout(partitions_wait_s):
-                found = await self._producer.partitions_for(topic)
-        except (TimeoutError, KafkaError):
-            found = set()
-        if not found:
-            raise RuntimeError(f"topic {topic} not found: create it with `gx topics create`")
-        return [TopicPartition(topic, p) for p in sorted(found)]
+        return [TopicPartition(topic, p) for p in await partitions_of(self._producer, topic)]
 
     # ------------------------------------------------------------------ reading
 
@@ -260,11 +253,11 @@ class Hub:
 
     def _on_event(self, event: e.Event) -> None:
         self.stats.events += 1
-        for account, channel, body in self.accounts.apply(event):
-            for subscriber in self.private.get(account, ()):
+        for account, channel, body in self._accounts.apply(event):
+            for subscriber in self._private.get(account, ()):
                 subscriber.push(channel, body)
         if isinstance(event, e.DeliverySettled):
-            self.outstanding.get(event.provider, {}).pop(event.obligation_id, None)
+            self._provisioning.settled(event.provider, event.obligation_id)
         current = self._current.get(event.shard)
         if current is not None and current[0] != event.input_offset:
             self._finish(event.shard, *current)
@@ -279,11 +272,11 @@ class Hub:
         self.stats.marketdata += 1
         for tap in self.taps:
             tap(message)
-        self.subscriptions.publish(self.feed.apply(message, partition, offset))
+        self._subscriptions.publish(self._feed.apply(message, partition, offset))
 
     def _on_provisioning(self, message: ProvisionMessage) -> None:
         self.stats.provisioning += 1
-        self.subscriptions.deliver(self.provisioning.apply(message))
+        self._subscriptions.deliver(self._provisioning.apply(message))
 
     # ------------------------------------------------------------------ command completion
 

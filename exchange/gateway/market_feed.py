@@ -41,8 +41,6 @@ from schemas.marketdata import (
     IndexPrice,
     Level,
     MarketDataMessage,
-    Trade,
-    TradePrint,
     TradePrints,
 )
 from schemas.units import NS_PER_DAY, NS_PER_HOUR, NS_PER_MINUTE
@@ -239,8 +237,6 @@ class MarketFeed:
             return self._on_delta(message, offset)
         if isinstance(message, TradePrints):
             return self._on_trades(message, offset)
-        if isinstance(message, TradePrint):
-            return self._on_trade(message, offset)
         if isinstance(message, BookSnapshot):
             return self._on_snapshot(message, offset)
         if isinstance(message, Candle):
@@ -559,11 +555,6 @@ class MarketFeed:
         return key[1], depth
 
     # ------------------------------------------------------------------ trades and ticker
-
-    def _on_trade(self, m: TradePrint, offset: int) -> list[Push]:
-        """One trade per message (the first format of gx.marketdata)."""
-        trade = Trade(m.trade_id, m.price_ticks, m.lots, m.aggressor_side, m.ts_ns)
-        return self._on_trades(TradePrints(symbol=m.symbol, ts_ns=m.ts_ns, trades=(trade,)), offset)
 
     def _on_trades(self, m: TradePrints, offset: int) -> list[Push]:
         """A symbol's trades of one gx.events record: one `trades` push and one ticker push."""

@@ -8,8 +8,7 @@ Idempotent by construction: the state is rebuilt from the log at every start, an
 gives the same messages, so a restart republishes messages that clients already hold under the
 same (symbol, seq); they drop a delta whose seq is not above the one they have. The events of one
 gx.events record (whole commands) are published together at its end: one book update per symbol
-and record. Single-event records (the first releases' format) are grouped by command instead,
-published once the shard's next command shows up or the partition is read to its end.
+and record.
 
 An event record that does not decode is logged with its partition and offset, counted, and skipped.
 """
@@ -24,13 +23,13 @@ from typing import Any
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 
-from schemas.codec import DecodeError, decode_event_record, is_event_batch
+from schemas.codec import DecodeError
 from schemas.marketdata import MarketDataMessage, encode_message
-from streams.consumers import log_consumer, read_batch
+from streams.consumers import log_consumer, partitions_of, read_batch
+from streams.event_records import decode_event_record
 from streams.marketdata.state import MarketData
 from streams.settings import Settings
 from streams.topics import topics
@@ -44,7 +43,6 @@ poll_records_max = 10_000
 linger_ms = 5
 progress_every_s = 10.0
 snapshot_every_deltas = 1000  # a full book follows every N-th delta of a symbol
-partitions_wait_s = 30.0
 partition_cache_max = 1 << 16  # symbols whose gx.marketdata partition is remembered
 
 
@@ -131,20 +129,19 @@ class MarketDataProcess:
         return count
 
     def _apply(self, partition: int, offset: int, value: bytes | None) -> list[MarketDataMessage]:
-        """One gx.events record: a batch of whole commands is published as one group at its
-        end; a single-event record (the first releases' format) groups by command."""
-        items = [] if value is None else decode_event_record(value)
+        """One gx.events record: its whole commands are published as one group at its end."""
+        if value is None:
+            self._malformed(partition, offset, "the record has no value")
+            return []
+        items = decode_event_record(value)
         out: list[MarketDataMessage] = []
-        batch = value is not None and is_event_batch(value)
         for item in items:
             if isinstance(item, DecodeError):
                 self._malformed(partition, offset, str(item))
                 continue
             self.stats.events += 1
-            out += self.md.apply(item, offset if batch else None)
-        if value is None:
-            self._malformed(partition, offset, "the record has no value")
-        elif batch and (shard := _shard_of(items)) is not None:
+            out += self.md.apply(item, offset)
+        if (shard := _shard_of(items)) is not None:
             out += self.md.flush(shard)
         return out
 
@@ -228,16 +225,8 @@ class MarketDataProcess:
         log.info("reading %s (%d partitions)", self.events_topic, len(self._partitions))
 
     async def _partitions_of(self, topic: str) -> list[int]:
-        """The topic's partitions, waiting up to `partitions_wait_s` for it to exist."""
         assert self._producer is not None
-        try:
-            async with asyncio.timeout(partitions_wait_s):
-                found = await self._producer.partitions_for(topic)
-        except (TimeoutError, KafkaError):
-            found = set()
-        if not found:
-            raise RuntimeError(f"topic {topic} not found: create it with `gx topics create`")
-        return sorted(found)
+        return await partitions_of(self._producer, topic)
 
     async def _close(self) -> None:
         consumer, producer = self._consumer, self._producer

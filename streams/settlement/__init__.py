@@ -42,11 +42,11 @@ staging tables and their SQL), `writer` (`SettlementWriter`, its stats, the loop
 from streams.settlement.decode import Malformed, decode_record
 from streams.settlement.plan import Plan, plan_commit
 from streams.settlement.rows import prepare_connection
-from streams.settlement.writer import CONSUMER_DEFAULT, SettlementCounters, SettlementWriter
+from streams.settlement.writer import CONSUMER_DEFAULT, SettlementStats, SettlementWriter
 
 __all__ = [
     "SettlementWriter",
-    "SettlementCounters",
+    "SettlementStats",
     "Malformed",
     "Plan",
     "decode_record",

@@ -10,7 +10,8 @@ from typing import Any
 import msgspec
 
 from schemas import events as ev
-from schemas.codec import DecodeError, decode_event_record, split_event_record
+from schemas.codec import DecodeError
+from streams.event_records import decode_event_record, split_event_record
 
 dead_letter_payload_bytes_max = 1 << 16
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1

@@ -12,8 +12,8 @@ import asyncpg
 import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from schemas.codec import is_event_batch
 from streams.consumers import log_consumer, read_batch
+from streams.event_records import is_event_batch, is_partial
 from streams.settings import Settings
 from streams.settlement.decode import Entry, decode_record
 from streams.settlement.plan import Plan, _plan_at_record_boundary
@@ -25,7 +25,7 @@ from streams.settlement.rows import (
     _Rows,
     prepare_connection,
 )
-from streams.topics import is_partial, topics
+from streams.topics import topics
 
 log = logging.getLogger("gx.settle")
 
@@ -37,7 +37,7 @@ reconnect_backoff_s_max = 5.0
 _RETRIABLE = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
 
 
-class SettlementCounters(msgspec.Struct):
+class SettlementStats(msgspec.Struct):
     """What the writer has done since it started (committed work only, except `records_read`)."""
 
     records_read: int = 0
@@ -60,7 +60,7 @@ class _Tail:
     __slots__ = ("batch", "partial", "partial_offsets")
 
     def __init__(self) -> None:
-        self.batch = False  # a batch record (not a single event of the old format)
+        self.batch = False  # a batch record (not a record without a value, or garbage)
         self.partial = False  # its last command continues in the next record
         self.partial_offsets: set[int] = set()  # pending records marked partial
 
@@ -92,7 +92,7 @@ class SettlementWriter:
         self.topic = events_topic.name
         self._partitions_n = events_topic.partitions
         self.consumer_name = consumer
-        self.stats = SettlementCounters()
+        self.stats = SettlementStats()
         self._dsn = dsn
         self._bootstrap = bootstrap
         self._batch_max = settings.settle_batch_max
@@ -232,7 +232,7 @@ class SettlementWriter:
     async def _step(self, kafka: AIOKafkaConsumer) -> None:
         if self._conn is None:
             raise ConnectionError("no database connection")
-        # settle_batch_max counts events; a record holds one (old format) or a batch of them
+        # settle_batch_max counts events; a record holds the events of one or more commands
         records_max = max(1, int(self._batch_max / self._events_per_record))
         batches = await read_batch(
             kafka, tuple(self._partitions), timeout_ms=poll_timeout_ms, max_records=records_max
@@ -262,8 +262,8 @@ class SettlementWriter:
                 continue
             tail = self._tail[tp.partition]
             # The pending events end with a record. A batch record that is not marked partial
-            # ends its last command; a single-event record (old format) is only known to end
-            # one when nothing follows it yet.
+            # ends its last command; a record that is no batch (no value, or garbage: dead
+            # letters) is only known to end one when nothing follows it yet.
             complete = (tail.batch and not tail.partial) or (
                 not tail.batch and await _caught_up(kafka, tp)
             )

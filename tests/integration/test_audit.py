@@ -19,9 +19,10 @@ from exchange.cli.gx import main as gx_main
 from schemas.catalog import load_catalog
 from streams.embedded.broker import EmbeddedBroker
 from streams.topics import topics
+from tests.support.records import per_command
 
 from .conftest import run
-from .test_settlement import Market, encoded, execute, fetch_all, produce, settings_for, settle
+from .test_settlement import Market, execute, fetch_all, produce, settings_for, settle
 from .test_settlement import simulate as simulate_market
 
 pytestmark = pytest.mark.timeout(30)
@@ -64,7 +65,7 @@ def test_settled_market_passes_and_a_forged_posting_fails_naming_the_account(
     topic = topics(settings)["events"].name
 
     async def produce_and_settle() -> None:
-        end = await produce(broker.bootstrap_servers, topic, encoded(market.events))
+        end = await produce(broker.bootstrap_servers, topic, per_command(market.events))
         await settle(settings, dsn, broker.bootstrap_servers, {0: end})
 
     run(produce_and_settle())
@@ -77,16 +78,16 @@ def test_settled_market_passes_and_a_forged_posting_fails_naming_the_account(
     rows = run(
         fetch_all(
             dsn,
-            "SELECT account, event_offset, posting_index FROM postings WHERE account >= 10 "
-            "ORDER BY event_offset LIMIT 1",
+            "SELECT account, seq, posting_index FROM postings WHERE account >= 10 "
+            "ORDER BY seq LIMIT 1",
         )
     )
-    account, offset, index = rows[0]
+    account, seq, index = rows[0]
     run(
         execute(
             dsn,
             f"UPDATE postings SET amount_micros = amount_micros + 1 "
-            f"WHERE event_offset = {offset} AND posting_index = {index}",
+            f"WHERE shard = 0 AND seq = {seq} AND posting_index = {index}",
         )
     )
     status, report = gx_audit(capsys, broker, "--dsn", dsn)
@@ -110,7 +111,7 @@ def test_lagging_ledger_is_compared_at_its_position_and_a_checkpoint_resumes(
     head, tail = market.events[:cut], market.events[cut:]
 
     async def settle_half() -> None:
-        end = await produce(broker.bootstrap_servers, topic, encoded(head))
+        end = await produce(broker.bootstrap_servers, topic, per_command(head))
         await settle(settings, dsn, broker.bootstrap_servers, {0: end})
 
     run(settle_half())
@@ -118,11 +119,11 @@ def test_lagging_ledger_is_compared_at_its_position_and_a_checkpoint_resumes(
     status, report = gx_audit(capsys, broker, "--dsn", dsn, "--write-checkpoint", str(checkpoint))
     assert status == 0 and report["warnings"] == [] and checkpoint.exists()
 
-    run(produce(broker.bootstrap_servers, topic, encoded(tail)))
+    run(produce(broker.bootstrap_servers, topic, per_command(tail)))
     status, report = gx_audit(capsys, broker, "--dsn", dsn)
     assert status == 0, report["violations"]
-    assert report["warnings"] == [f"partition 0: ledger behind by {len(tail)} records; "
-                                  f"compared at its position (offset {cut})"]  # fmt: skip
+    assert report["warnings"] == [f"partition 0: ledger behind by {len(per_command(tail))} records; "
+                                  f"compared at its position (offset {len(per_command(head))})"]  # fmt: skip
 
     status, resumed = gx_audit(capsys, broker, "--from-checkpoint", str(checkpoint))
     assert status == 0, resumed["violations"]

@@ -25,13 +25,14 @@ from exchange.cli.gx import main as gx_main
 from matching.engine import Engine
 from schemas import events as e
 from schemas.catalog import Catalog
-from schemas.codec import decode_event, encode, split_event_record
+from schemas.codec import decode_event, encode
 from schemas.codes import Reject
 from schemas.commands import ClockTick, Command
 from streams.admin import create_topics
 from streams.clock import Clock
 from streams.embedded.broker import API_KEY_PRODUCE, EmbeddedBroker
 from streams.engine_runner import EngineRunner, decode_record
+from streams.event_records import split_event_record
 from streams.settings import Settings
 from streams.snapshots import LeaseError, SnapshotStore
 from streams.topics import topics

@@ -8,12 +8,12 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from matching.engine import Engine
-from schemas.codec import encode
 from schemas.marketdata import BookDelta, BookSnapshot, TradePrints, decode_message
 from streams.marketdata.process import MarketDataProcess
 from streams.settings import Settings
 from streams.topics import shard_key, topics
 from tests.streams.marketdata.test_state import engine_books, replay_deltas
+from tests.support.records import per_command
 from tests.support.simulation import run_simulation
 
 from .conftest import consume, run
@@ -56,7 +56,7 @@ def test_process_publishes_books_equal_to_the_engine_and_skips_garbage(catalog, 
     broker.create_topic(names["events"].name, 1)
     broker.create_topic(names["marketdata"].name, names["marketdata"].partitions)
     engine, events = simulated_events(catalog, seed=3, batches=40)
-    values = [encode(ev) for ev in events]
+    values = per_command(events)
     middle = len(values) // 2
     values.insert(middle, GARBAGE)
     process = MarketDataProcess(settings, mock_broker=True, snapshot_every=25)
@@ -105,7 +105,7 @@ def test_restart_rebuilds_from_the_log_and_republishes_the_same_messages(catalog
     broker.create_topic(names["events"].name, 1)
     broker.create_topic(names["marketdata"].name, names["marketdata"].partitions)
     _, events = simulated_events(catalog, seed=5, batches=15)
-    values = [encode(ev) for ev in events]
+    values = per_command(events)
     first = MarketDataProcess(settings, mock_broker=True)
     second = MarketDataProcess(settings, mock_broker=True)
 

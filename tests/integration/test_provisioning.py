@@ -18,7 +18,7 @@ from matching.engine import Engine, EngineConfig
 from schemas import commands as c
 from schemas import events as e
 from schemas.catalog import load_catalog
-from schemas.codec import decode_command, encode
+from schemas.codec import decode_command
 from schemas.codes import Reject
 from schemas.provisioning import (
     ProvisionConfirmed,
@@ -32,6 +32,7 @@ from streams.provisioning import ProvisioningProcess, changelog_topics, deadline
 from streams.settings import Settings
 from streams.topics import shard_key, topics
 from tests.golden.runner import BASE_CONFIG
+from tests.support.records import per_command
 
 from .conftest import consume, run
 
@@ -116,7 +117,7 @@ async def _produce(bootstrap: str, records: list[tuple[str, bytes, bytes, int | 
 
 
 def _events(topic: str, events: list[e.Event]) -> list[tuple[str, bytes, bytes, int | None]]:
-    return [(topic, shard_key(0), encode(ev), 0) for ev in events]
+    return [(topic, shard_key(0), record or b"", 0) for record in per_command(events)]
 
 
 def _replies(topic: str, replies: list) -> list[tuple[str, bytes, bytes, int | None]]:

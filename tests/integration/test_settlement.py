@@ -33,14 +33,15 @@ from matching import layout as lay
 from matching.engine import Engine
 from schemas import events as e
 from schemas.catalog import Catalog, load_catalog
-from schemas.codec import encode, pack_events
+from schemas.codec import encode
 from streams.embedded.broker import EmbeddedBroker
 from streams.embedded.postgres import EmbeddedPostgres
-from streams.engine_runner import EventRecord, pack_records
+from streams.event_records import PARTIAL_HEADER, EventRecord, pack_events, pack_records
 from streams.settings import Settings
 from streams.settlement import Malformed, SettlementWriter, decode_record, plan_commit
-from streams.topics import PARTIAL_HEADER, shard_key, topics
+from streams.topics import shard_key, topics
 from tests.conftest import SMALL
+from tests.support.records import per_command
 from tests.support.simulation import run_simulation
 
 from .conftest import run
@@ -202,19 +203,13 @@ async def postings_sum(dsn: str) -> int:
     return int(rows[0][0])
 
 
-def encoded(events: list[Any]) -> list[bytes | None]:
-    """One record per event (the first releases' format)."""
-    return [encode(x) for x in events]
-
-
 BATCH_BYTES = 2048  # small batch records: about ten events each, big commands split
 
 
-def records(events: list[Any], layout: str) -> list[Any]:
-    """The events as gx.events records: one per event ("single") or batches of whole commands
-    as the engine writes them ("batches"), the commands too big for one record split over
-    several marked partial."""
-    return encoded(events) if layout == "single" else pack_records(events, BATCH_BYTES)
+def records(events: list[Any]) -> list[Any]:
+    """The events as gx.events records as the engine writes them: batches of whole commands,
+    the commands too big for one record split over several marked partial."""
+    return pack_records(events, BATCH_BYTES)
 
 
 def command_boundary_after(events: list[Any], index: int) -> int:
@@ -224,17 +219,11 @@ def command_boundary_after(events: list[Any], index: int) -> int:
     return index
 
 
-@pytest.fixture(params=["single", "batches"])
-def layout(request: pytest.FixtureRequest) -> str:
-    """How events are laid out in records."""
-    return str(request.param)
-
-
 # ============================================================================ tests
 
 
 def test_settled_ledger_equals_engine_balances_positions_orders_and_trades(
-    market: Market, broker: EmbeddedBroker, dsn: str, layout: str
+    market: Market, broker: EmbeddedBroker, dsn: str
 ) -> None:
     settings = settings_for(broker, batch_max=500)
     topic = topics(settings)["events"].name
@@ -246,8 +235,8 @@ def test_settled_ledger_equals_engine_balances_positions_orders_and_trades(
         )
 
     async def scenario() -> tuple[SettlementWriter, list[Any], list[Any]]:
-        values = records(market.events, layout)
-        assert layout == "single" or any(r.partial for r in values)  # splits are exercised
+        values = records(market.events)
+        assert any(r.partial for r in values)  # splits are exercised
         end = await produce(broker.bootstrap_servers, topic, values)
         writer = await settle(
             settings, dsn, broker.bootstrap_servers, {0: end}, on_commit=check_zero
@@ -286,7 +275,7 @@ _CHECK_QUERIES = (
 
 
 def test_stopping_and_restarting_mid_stream_keeps_postings_zero_sum_and_loses_nothing(
-    market: Market, broker: EmbeddedBroker, dsn: str, layout: str
+    market: Market, broker: EmbeddedBroker, dsn: str
 ) -> None:
     # Tiny batches: most transactions end inside a command and must hold its tail back.
     settings = settings_for(broker, batch_max=7)
@@ -301,7 +290,7 @@ def test_stopping_and_restarting_mid_stream_keeps_postings_zero_sum_and_loses_no
     async def scenario() -> tuple[list[int], list[dict[int, int]], list[Any]]:
         half = command_boundary_after(market.events, len(market.events) // 2)
         bootstrap = broker.bootstrap_servers
-        await produce(bootstrap, topic, records(market.events[:half], layout))
+        await produce(bootstrap, topic, records(market.events[:half]))
         after_stop: list[int] = []
         stopped_at: list[dict[int, int]] = []
         for _ in range(3):  # stop mid-stream, restart from the stored position
@@ -310,7 +299,7 @@ def test_stopping_and_restarting_mid_stream_keeps_postings_zero_sum_and_loses_no
             )
             stopped_at.append(writer.positions)
             after_stop.append(await postings_sum(dsn))
-        end = await produce(bootstrap, topic, records(market.events[half:], layout))
+        end = await produce(bootstrap, topic, records(market.events[half:]))
         await settle(settings, dsn, bootstrap, {0: end}, on_commit=check_zero)
         balances = await fetch_all(
             dsn, "SELECT account, bucket, amount_micros FROM balances WHERE amount_micros <> 0"
@@ -334,7 +323,7 @@ def test_replay_from_offset_zero_and_duplicate_records_change_nothing(
 
     async def scenario() -> tuple[list[Any], list[list[Any]], list[SettlementWriter]]:
         bootstrap = broker.bootstrap_servers
-        end = await produce(bootstrap, topic, encoded(market.events))
+        end = await produce(bootstrap, topic, per_command(market.events))
         await settle(settings, dsn, bootstrap, {0: end})
         before = await snapshot(dsn)
         after: list[list[Any]] = []
@@ -349,7 +338,7 @@ def test_replay_from_offset_zero_and_duplicate_records_change_nothing(
         writers.append(await settle(settings, dsn, bootstrap, {0: end}))
         after.append(await snapshot(dsn))
         # 3. Every event produced a second time, at new offsets.
-        end2 = await produce(bootstrap, topic, encoded(market.events))
+        end2 = await produce(bootstrap, topic, per_command(market.events))
         writers.append(await settle(settings, dsn, bootstrap, {0: end2}))
         after.append(await snapshot(dsn))
         return before, after, writers
@@ -383,14 +372,18 @@ def test_garbage_records_are_logged_counted_dead_lettered_and_skipped(
     )
     overflow = msgspec.structs.replace(sample, available_delta=2**63 + 5)
     gap = msgspec.structs.replace(sample, seq=10**9)
-    garbage: list[bytes | None] = [
+    garbage: list[Any] = [
         b"\xc1 not msgpack",
-        msgspec.msgpack.encode({"type": "PriceSpiked", "shard": 0, "seq": 1}),
-        msgspec.msgpack.encode(overflow),
+        pack_events([msgspec.msgpack.encode({"type": "PriceSpiked", "shard": 0, "seq": 1})]),
+        pack_events([msgspec.msgpack.encode(overflow)]),
         None,
-        encode(gap),
+        pack_events([encode(gap)]),
+        msgspec.msgpack.encode(sample),  # one event map, not a record
     ]
-    values = encoded(market.events[:cut]) + garbage + encoded(market.events[cut:])
+    head = per_command(market.events[:cut])
+    # The deposit's first record is marked partial, as the engine marks a command it splits.
+    values = [*head[:-1], EventRecord(head[-1] or b"", partial=True), *garbage]
+    values += per_command(market.events[cut:])
 
     async def scenario() -> tuple[SettlementWriter, list[Any], list[Any]]:
         end = await produce(broker.bootstrap_servers, topic, values)
@@ -403,11 +396,11 @@ def test_garbage_records_are_logged_counted_dead_lettered_and_skipped(
 
     with caplog.at_level(logging.WARNING, logger="gx.settle"):
         writer, balances, dead = run(scenario())
-    assert writer.stats.malformed == 4
+    assert writer.stats.malformed == 5
     assert writer.stats.seq_gaps == 1
     assert writer.stats.events_settled == len(market.events)
     assert {(a, b): amount for a, b, amount in balances} == market.engine.balances()
-    offsets = list(range(cut, cut + len(garbage)))
+    offsets = list(range(len(head), len(head) + len(garbage)))
     assert sorted(offset for _, offset, _ in dead) == offsets
     assert {p for p, _, _ in dead} == {0}
     reasons = " | ".join(r for _, _, r in dead)
@@ -455,7 +448,7 @@ def test_two_bad_events_of_one_batch_record_keep_a_dead_letter_each(
                != market.events[i - 1].input_offset)  # fmt: skip
     first = [encode(x) for x in market.events[:cut]]
     record = pack_events([first[0], unknown, *first[1:], overflow])
-    values = [record, *encoded(market.events[cut:])]
+    values = [record, *per_command(market.events[cut:])]
 
     async def scenario() -> tuple[SettlementWriter, list[Any], list[Any]]:
         end = await produce(broker.bootstrap_servers, topic, values)
@@ -503,13 +496,15 @@ def test_plan_holds_back_an_incomplete_command_and_dead_letters_an_unbalanced_on
 def test_decode_record_names_what_is_wrong() -> None:
     [junk] = decode_record(b"\x00")
     assert isinstance(junk, Malformed)
-    [bad] = decode_record(msgspec.msgpack.encode({"type": "CashChanged", "seq": 1}))
+    [bad] = decode_record(pack_events([msgspec.msgpack.encode({"type": "CashChanged", "seq": 1})]))
     assert isinstance(bad, Malformed) and "undecodable" in bad.reason
     too_big = e.PositionChanged(
         account=1, symbol="x", delta_lots=1, position_lots=2**64 - 1, reason=1, ref_id=1, seq=1
     )
-    [result] = decode_record(msgspec.msgpack.encode(too_big))
+    [result] = decode_record(pack_events([msgspec.msgpack.encode(too_big)]))
     assert isinstance(result, Malformed) and "position_lots" in result.reason
+    [one_map] = decode_record(msgspec.msgpack.encode(too_big))  # an event, not a record
+    assert isinstance(one_map, Malformed) and "expected `array`" in one_map.reason.lower()
 
 
 def test_gx_settle_without_kafka_bootstrap_says_what_to_set(
@@ -525,7 +520,7 @@ def test_gx_settle_settles_at_its_lower_priority_and_stops_cleanly_on_sigterm(
 ) -> None:
     settings = settings_for(broker)
     topic = topics(settings)["events"].name
-    end = run(produce(broker.bootstrap_servers, topic, records(market.events, "batches")))
+    end = run(produce(broker.bootstrap_servers, topic, records(market.events)))
     args = [
         "-m",
         "exchange.cli.gx",
@@ -571,7 +566,9 @@ def bench_settlement(shards: int = 4, batches: int = 300, batch_max: int = 5000)
 
         async def scenario() -> tuple[float, SettlementWriter]:
             ends = {
-                s: await produce(broker.bootstrap_servers, topic, encoded(m.events), partition=s)
+                s: await produce(
+                    broker.bootstrap_servers, topic, per_command(m.events), partition=s
+                )
                 for s, m in enumerate(markets)
             }
             started = time.perf_counter()

@@ -6,7 +6,8 @@ import msgspec
 import pytest
 
 from schemas import events as ev
-from schemas.codec import encode, pack_events
+from schemas.codec import encode
+from streams.event_records import pack_events
 from streams.settlement import Malformed, decode_record
 
 INT64_MAX = 2**63 - 1
@@ -34,15 +35,15 @@ def _trade(**changes: object) -> bytes:
 
 
 def test_an_event_in_range_decodes() -> None:
-    [event] = decode_record(_cash())
+    [event] = decode_record(pack_events([_cash()]))
     assert isinstance(event, ev.CashChanged) and event.available_delta == -5
-    assert isinstance(decode_record(_trade())[0], ev.TradeExecuted)
-    assert decode_record(encode(event)) == [event]
+    assert isinstance(decode_record(pack_events([_trade()]))[0], ev.TradeExecuted)
+    assert decode_record(pack_events([encode(event)])) == [event]
 
 
 def test_a_batch_record_decodes_to_its_events_and_a_bad_one_spoils_only_itself() -> None:
-    [cash] = decode_record(_cash())
-    [trade] = decode_record(_trade())
+    [cash] = decode_record(pack_events([_cash()]))
+    [trade] = decode_record(pack_events([_trade()]))
     assert decode_record(pack_events([_cash(), _trade()])) == [cash, trade]
     found = decode_record(pack_events([_cash(), _trade(lots=INT64_MAX + 1), _cash(seq=9)]))
     assert found[0] == cash and found[2] == msgspec.structs.replace(cash, seq=9)
@@ -61,13 +62,19 @@ def test_a_batch_record_decodes_to_its_events_and_a_bad_one_spoils_only_itself()
         (_cash(seq=INT64_MAX + 1), "CashChanged: expected 1 <= seq"),
         (_trade(symbol="H100\x00"), "TradeExecuted.symbol: expected text without NUL"),
         (_trade(lots=INT64_MAX + 1), "TradeExecuted.lots: expected a 64-bit integer"),
-        (b"\xc1", "undecodable event"),
     ],
 )
 def test_what_the_ledger_cannot_hold_is_malformed_and_named(value: bytes, reason: str) -> None:
-    [found] = decode_record(value)
+    [found] = decode_record(pack_events([value]))
     assert isinstance(found, Malformed), found
     assert found.reason.startswith(reason), found.reason
+    assert found.payload == value  # the bad event's own bytes
+
+
+@pytest.mark.parametrize("value", [b"\xc1", _cash()])  # not msgpack; one event, not a record
+def test_a_value_that_is_no_record_is_malformed_whole(value: bytes) -> None:
+    [found] = decode_record(value)
+    assert isinstance(found, Malformed) and found.reason.startswith("undecodable event")
     assert found.payload == value
 
 

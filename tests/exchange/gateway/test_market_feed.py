@@ -30,7 +30,6 @@ from schemas.marketdata import (
     IndexPrice,
     MarketDataMessage,
     Trade,
-    TradePrint,
     TradePrints,
 )
 from streams.marketdata.state import MarketData, book_checksum
@@ -496,8 +495,8 @@ def test_ticker_follows_best_and_last_trade():
         0,
         2,
     )
-    trade = TradePrint(symbol=SYM, trade_id=9, price_ticks=2405, lots=1, aggressor_side="buy")
-    pushes = feed.apply(trade, 0, 3)  # the first format: one trade per message
+    first = TradePrints(symbol=SYM, trades=(Trade(9, 2405, 1, "buy", 4),))
+    pushes = feed.apply(first, 0, 3)
     assert [k for k, _ in pushes] == [("trades", SYM), ("ticker", SYM)]
     assert [t["trade_id"] for t in orjson.loads(pushes[0][1])["trades"]] == [9]
     ticker = orjson.loads(pushes[1][1])
