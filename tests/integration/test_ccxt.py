@@ -7,11 +7,9 @@ structure returned, and the error mapping checked on real refusals.
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any
 
 import ccxt
 import pytest
@@ -28,12 +26,12 @@ from ccxt.test.exchange.base import test_trading_fee as check_trading_fee
 from exchange.client import GpuExchange
 from schemas.symbols import parse_symbol
 from tests.support.gateway_harness import Exchange, running_exchange
+from tests.support.waiting import until
 
 from .conftest import run
 
 pytestmark = pytest.mark.timeout(180)
 
-T = TypeVar("T")
 SKIP: dict[str, Any] = {}  # ccxt's skipped_properties: none
 
 
@@ -47,18 +45,6 @@ def gpu_exchange(ex: Exchange, name: str, **config: Any) -> GpuExchange:
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-async def until(check: Callable[[], Awaitable[T]], what: str, timeout_s: float = 10.0) -> T:
-    """Await `check()` until it returns a true value (market data and the ledger trail orders)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def orders_ok(ex: GpuExchange, method: str, orders: list[Any], symbol: str | None) -> None:
@@ -178,7 +164,7 @@ async def session(ex: Exchange, seller: GpuExchange, buyer: GpuExchange) -> None
         entries = await buyer.fetch_ledger("USD")
         return entries if any(e["type"] == "trade" for e in entries) else []
 
-    ledger = await until(settled, "the ledger's trade postings")
+    ledger = await until(settled, what="the ledger's trade postings")
     for entry in ledger:
         check_ledger_entry(buyer, SKIP, "fetchLedger", entry, "USD", now_ms())
     available = [e for e in ledger if e["account"] == "available"]
@@ -189,7 +175,7 @@ async def session(ex: Exchange, seller: GpuExchange, buyer: GpuExchange) -> None
         ticker = await buyer.fetch_ticker(symbol)
         return ticker if ticker["last"] is not None and ticker["bid"] is not None else None
 
-    ticker = await until(traded_ticker, "the ticker's trade")
+    ticker = await until(traded_ticker, what="the ticker's trade")
     check_ticker(buyer, SKIP, "fetchTicker", ticker, symbol)
     assert (ticker["last"], ticker["high"], ticker["low"], ticker["vwap"]) == (2.5,) * 4
     assert (ticker["bid"], ticker["bidVolume"]) == (2.4, 5)
@@ -199,15 +185,15 @@ async def session(ex: Exchange, seller: GpuExchange, buyer: GpuExchange) -> None
         check_ticker(buyer, SKIP, "fetchTickers", each, None)
     assert tickers[symbol]["last"] == 2.5
 
-    book = await until(lambda: _nonempty_book(buyer, symbol), "the bid in the book", timeout_s=10.0)
+    book = await until(lambda: _nonempty_book(buyer, symbol), what="the bid in the book")
     check_order_book(buyer, SKIP, "fetchOrderBook", book, symbol)
     assert book["bids"] == [[2.4, 5]] and book["nonce"] > 0
 
-    public = await until(lambda: buyer.fetch_trades(symbol), "the public trade")
+    public = await until(lambda: buyer.fetch_trades(symbol), what="the public trade")
     trades_ok(buyer, "fetchTrades", public, symbol, public=True)
     assert [(t["price"], t["amount"], t["side"]) for t in public] == [(2.5, 2, "buy")]
 
-    bars = await until(lambda: buyer.fetch_ohlcv(symbol, "1m"), "a candle")
+    bars = await until(lambda: buyer.fetch_ohlcv(symbol, "1m"), what="a candle")
     for bar in bars:
         check_ohlcv(buyer, SKIP, "fetchOHLCV", bar, symbol, now_ms())
     assert bars[-1][1:] == [2.5, 2.5, 2.5, 2.5, 2 * hours]

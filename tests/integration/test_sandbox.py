@@ -19,9 +19,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -36,6 +34,7 @@ from exchange.sandbox.run import (
     run_sandbox,
 )
 from streams.embedded.postgres import process_alive
+from tests.support.waiting import until
 
 from .conftest import run
 
@@ -79,18 +78,6 @@ def _processes_mentioning(text: str) -> list[int]:
     return found
 
 
-async def _until(check: Callable[[], Awaitable[Any]], timeout_s: float, what: str) -> Any:
-    """Await `check()` until it returns a true value; return it."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.5)
-
-
 def test_sandbox_with_bots_serves_page_demo_keys_and_a_trading_market() -> None:
     before = _children(os.getpid())
     out = io.StringIO()
@@ -114,7 +101,7 @@ def test_sandbox_with_bots_serves_page_demo_keys_and_a_trading_market() -> None:
             async def audited() -> bool:
                 return "audit: ok" in out.getvalue()
 
-            await _until(audited, MARKET_WAIT_S, "a clean audit")
+            await until(audited, MARKET_WAIT_S, "a clean audit", interval_s=0.5)
             assert "violations in" not in out.getvalue()
             assert sandbox.bots is not None and sandbox.bots.stats.crashes == 0
         finally:
@@ -160,7 +147,7 @@ async def _check_trades(http: httpx.AsyncClient, sandbox: Sandbox) -> str:
                 return symbol
         return None
 
-    symbol: str = await _until(traded, MARKET_WAIT_S, "a trade printed by the bots")
+    symbol: str = await until(traded, MARKET_WAIT_S, "a trade printed by the bots", interval_s=0.5)
     return symbol
 
 
@@ -169,7 +156,7 @@ async def _check_depth(http: httpx.AsyncClient, symbol: str) -> None:
         book = (await http.get(f"/api/v1/book/{symbol}", params={"depth": 10})).json()
         return len(book["bids"]) >= 2 and len(book["asks"]) >= 2
 
-    await _until(deep, MARKET_WAIT_S, f"two levels a side in {symbol}")
+    await until(deep, MARKET_WAIT_S, f"two levels a side in {symbol}", interval_s=0.5)
 
 
 def test_gx_sandbox_no_bots_stops_cleanly_on_sigint() -> None:

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -34,13 +33,13 @@ from schemas import commands as c
 from schemas.codes import Reject
 from schemas.symbols import parse_symbol
 from tests.support.gateway_harness import PROVIDER, TRADER, Exchange, running_exchange
+from tests.support.waiting import until
 
 from .conftest import run
 
 pytestmark = pytest.mark.timeout(180)
 
 HOUR_NS = 3_600_000_000_000
-T = TypeVar("T")
 
 
 def new_ssh_key(comment: str = "") -> str:
@@ -54,20 +53,6 @@ def client(ex: Exchange, name: str, **options: Any) -> Client:
     """An SDK client of the harness's gateway, with the named account's key."""
     keys = ex.keys[name]
     return Client(ex.url, keys.key_id, keys.secret, **options)
-
-
-async def until(
-    check: Callable[[], Awaitable[T | None]], timeout_s: float = 10.0, what: str = ""
-) -> T:
-    """Await `check()` until it returns a true value; return it."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or check}")
-        await asyncio.sleep(0.02)
 
 
 class Collector:
