@@ -30,7 +30,10 @@ from exchange.client.models import (
     Balance,
     Candle,
     Execution,
+    Fees,
     Fill,
+    LedgerEntry,
+    LedgerPage,
     Market,
     Order,
     OrderBook,
@@ -192,6 +195,20 @@ class Client:
         """Return ccxt rows `[ts_ms, open, high, low, close, volume]`, oldest first."""
         return [c.ohlcv() for c in await self.fetch_candles(symbol, timeframe, limit)]
 
+    async def fetch_ticker(self, symbol: str) -> Ticker:
+        """Return an instrument's top of book, last trade and rolling 24 h figures."""
+        answer = await self.rest.request("GET", f"/ticker/{segment(symbol)}", retry=True)
+        return to_model(answer, Ticker)
+
+    async def fetch_tickers(self) -> list[Ticker]:
+        """Return the ticker of every instrument with a book or a trade."""
+        answer = await self.rest.request("GET", "/tickers", retry=True)
+        return [to_model(t, Ticker) for t in answer.get("tickers", [])]
+
+    async def fetch_trading_fees(self) -> Fees:
+        """Return the maker and taker fees and the delivery penalty."""
+        return to_model(await self.rest.request("GET", "/fees", retry=True), Fees)
+
     # ------------------------------------------------------------------ private REST
 
     async def fetch_balance(self) -> Balance:
@@ -231,6 +248,28 @@ class Client:
             "PATCH", f"/orders/{segment(id)}", body=amend_body(price, amount), private=True
         )
         return to_model(answer.get("order"), Order)
+
+    async def edit_order(self, id: int, price: Number, amount: Number) -> Order:
+        """ccxt's name for `amend_order`: `amount` is the lots still to fill."""
+        return await self.amend_order(id, price, amount)
+
+    async def fetch_ledger(
+        self,
+        limit: int = 100,
+        cursor: str | None = None,
+        since_ns: int | None = None,
+        until_ns: int | None = None,
+    ) -> LedgerPage:
+        """Return a page of the account's ledger, newest first; pass `next_cursor` for more."""
+        query = {"limit": limit, "cursor": cursor, "from": since_ns, "to": until_ns}
+        return to_model(await self._get("/ledger", query), LedgerPage)
+
+    async def fetch_statement(
+        self, since_ns: int | None = None, until_ns: int | None = None
+    ) -> list[LedgerEntry]:
+        """Return the period's ledger entries, oldest first, each with its running balance."""
+        answer = await self._get("/statements", {"from": since_ns, "to": until_ns})
+        return [to_model(e, LedgerEntry) for e in answer.get("entries", [])]
 
     async def cancel_order(self, id: int) -> Order:
         """Cancel one order; return it as cancelled."""

@@ -31,6 +31,9 @@ __all__ = [
     "Execution",
     "ProvisionRequest",
     "SshKey",
+    "Fees",
+    "LedgerEntry",
+    "LedgerPage",
     "ModelError",
     "to_model",
 ]
@@ -110,6 +113,14 @@ class Ticker(msgspec.Struct, frozen=True, kw_only=True):
     last_qty: Decimal | None = None
     ts_ns: int = 0
     seq: int = 0
+    # the rolling 24 h figures of `GET /ticker` (the `ticker` channel carries none)
+    open: Decimal | None = None
+    high: Decimal | None = None
+    low: Decimal | None = None
+    volume: Decimal | None = None
+    quote_volume: Decimal | None = None
+    vwap: Decimal | None = None
+    trades: int = 0
 
 
 class Balance(msgspec.Struct, frozen=True, kw_only=True):
@@ -219,6 +230,37 @@ class Execution(msgspec.Struct, frozen=True, kw_only=True):
     reason: str | None = None
     account_seq: int = 0
     ts_ns: int = 0
+
+
+class Fees(msgspec.Struct, frozen=True, kw_only=True):
+    """The trading fees as fractions of notional, and the delivery penalty (`GET /fees`)."""
+
+    maker: Decimal
+    taker: Decimal
+    maker_bps: int = 0
+    taker_bps: int = 0
+    penalty_per_gpu_hour: Decimal | None = None
+    currency: str = "USD"
+
+
+class LedgerEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """One posting of the account's ledger (`GET /ledger`, `GET /statements`)."""
+
+    id: str
+    seq: int
+    ts_ns: int
+    bucket: str
+    amount: Decimal
+    reason: str
+    ref_id: int = 0
+    balance: Decimal | None = None  # the bucket's running balance (statements only)
+
+
+class LedgerPage(msgspec.Struct, frozen=True, kw_only=True):
+    """A page of ledger entries, newest first, and the cursor of the next page (None: the end)."""
+
+    entries: tuple[LedgerEntry, ...] = ()
+    next_cursor: str | None = None
 
 
 class SshKey(msgspec.Struct, frozen=True, kw_only=True):

@@ -165,6 +165,32 @@ def test_rest_places_fills_lists_cancels_and_reports_refusals(broker, dsn):
                 bars = await until(lambda: buyer.fetch_ohlcv(symbol, "1m"), what="a candle")
                 assert bars[-1][1:] == [Decimal("2.500")] * 4 + [Decimal(2)]
                 assert isinstance(bars[-1][0], int) and bars[-1][0] > 0
+                ticker = await buyer.fetch_ticker(symbol)
+                assert (ticker.last, ticker.high, ticker.vwap, ticker.trades) == (
+                    Decimal("2.500"), Decimal("2.500"), Decimal("2.5"), 1
+                )  # fmt: skip
+                assert symbol in {t.symbol for t in await buyer.fetch_tickers()}
+                fees = await buyer.fetch_trading_fees()
+                assert fees.maker < fees.taker and fees.currency == "USD"
+
+                # the ledger trails the trade; page it one entry at a time, then the statement
+                async def ledger_has_the_trade() -> Any:
+                    page = await buyer.fetch_ledger(limit=1000)
+                    return page if any(e.reason == "trade" for e in page.entries) else None
+
+                whole = await until(ledger_has_the_trade, what="the trade in the ledger")
+                paged, cursor = [], None
+                while True:
+                    page = await buyer.fetch_ledger(limit=2, cursor=cursor)
+                    paged += page.entries
+                    if page.next_cursor is None:
+                        break
+                    cursor = page.next_cursor
+                assert paged == list(whole.entries)
+                statement = await buyer.fetch_statement()
+                assert [e.id for e in statement] == [e.id for e in reversed(whole.entries)]
+                last = {e.bucket: e.balance for e in statement}
+                assert last["available"] == balance.available
 
                 # the engine refuses: a post-only buy that would take the resting ask
                 with pytest.raises(RejectedError) as refused:
@@ -185,7 +211,7 @@ def test_rest_places_fills_lists_cancels_and_reports_refusals(broker, dsn):
                 with pytest.raises(NotFoundError):
                     await buyer.fetch_order(10**9)
 
-                amended = await seller.amend_order(sell_id, "2.550", 4)
+                amended = await seller.edit_order(sell_id, "2.550", 4)
                 assert (amended.price, amended.leaves_qty, amended.qty) == (
                     Decimal("2.550"),
                     Decimal(4),
