@@ -40,10 +40,10 @@ import msgspec
 from aiokafka import TopicPartition
 
 from schemas import events as ev
-from schemas.codec import DecodeError, decode_event, encode
+from schemas.codec import encode
 from schemas.codes import OrderType, Side, TimeInForce
 from streams.consumers import log_consumer
-from streams.event_records import split_event_record
+from streams.event_records import CommandGrouper
 from streams.settings import Settings
 from streams.topics import topics
 
@@ -665,25 +665,23 @@ def _capture(
         captured[partition] = (auditor.balances([partition]), auditor.positions([partition]))
 
 
+# Records as they come (the Auditor keeps the command boundaries), each event with its bytes.
+_records = CommandGrouper(hold_partial=False, keep_raw=True)
+
+
 def _feed_record(auditor: Auditor, partition: int, offset: int, value: bytes | None) -> None:
-    """Replay the events of one gx.events record."""
+    """Replay the events of one gx.events record, as they come: the Auditor checks each command
+    as its events arrive, a command split over records included."""
     where = f"partition {partition} offset {offset}"
     if value is None:
         auditor.violate(Violation("record_malformed", f"{where}: record has no value"))
         return
-    try:
-        raws = split_event_record(value)
-    except DecodeError as error:
-        auditor.violate(Violation("record_malformed", f"{where}: undecodable record: {error}"))
-        return
-    for index, raw in enumerate(raws):
-        try:
-            event = decode_event(raw)
-        except DecodeError as error:
-            auditor.violate(
-                Violation("record_malformed", f"{where} event {index}: undecodable event: {error}")
-            )
-            continue
+    commands, errors = _records.feed(value)
+    for index, error in errors:
+        what = ": undecodable record" if index < 0 else f" event {index}: undecodable event"
+        auditor.violate(Violation("record_malformed", f"{where}{what}: {error}"))
+    events = [(event, raw) for c in commands for event, raw in zip(c.events, c.raws, strict=True)]
+    for event, raw in events:
         if event.shard != partition:
             auditor.violate(
                 Violation(

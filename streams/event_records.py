@@ -12,7 +12,7 @@ record; nothing produces those any more).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
 import msgspec
 
@@ -23,6 +23,8 @@ __all__ = [
     "EVENTS_RECORD_BYTES_MAX",
     "PARTIAL_HEADER",
     "PARTIAL_HEADERS",
+    "CommandEvents",
+    "CommandGrouper",
     "EventRecord",
     "decode_event_record",
     "is_event_batch",
@@ -105,15 +107,21 @@ def decode_event_record(data: bytes) -> list[Event | DecodeError]:
     """The events of one gx.events record, in order.
 
     An event that does not decode is replaced by its DecodeError and the others still come
-    through; a value that is not a msgpack array at all is one DecodeError.
+    through; a record that is not a msgpack array is one DecodeError.
     """
+    found = _read_record(data)
+    return [found] if isinstance(found, DecodeError) else found
+
+
+def _read_record(data: bytes) -> list[Event | DecodeError] | DecodeError:
+    """`decode_event_record`, but a record that is not an array is its DecodeError, unlisted."""
     try:
-        return cast(list[Event | DecodeError], _record_decoder.decode(data))
+        return _record_decoder.decode(data)  # type: ignore[return-value]
     except DecodeError as whole:
         try:
             parts = _raw_list_decoder.decode(data)
         except DecodeError:
-            return [whole]
+            return whole
         return [_decode_or_error(bytes(part)) for part in parts]
 
 
@@ -140,3 +148,96 @@ def is_event_batch(data: bytes) -> bool:
 def is_partial(headers: object) -> bool:
     """Whether a consumed record's headers mark its last command as continued."""
     return any(name == PARTIAL_HEADER for name, _ in headers or ())  # type: ignore[attr-defined]
+
+
+class CommandEvents(msgspec.Struct):
+    """The events of one command (one shard, one input offset) in sequence order.
+
+    `raws`: each event's bytes as logged (filled only by a grouper with `keep_raw`).
+    """
+
+    shard: int
+    input_offset: int
+    events: list[Event] = msgspec.field(default_factory=list)
+    raws: list[bytes] = msgspec.field(default_factory=list)
+
+
+RecordError = tuple[int, DecodeError]  # (index of the event in its record or -1: the whole record)
+
+
+class CommandGrouper:
+    """Group a stream of gx.events records into whole commands.
+
+    Feed every record of the partitions it reads, in order; `feed` returns the commands the
+    record completes and what did not decode. A record without the partial header ends its
+    last command; the last command of a partial record is held until the record that ends it.
+    With `hold_partial=False` every record's commands come out at its end, a split command in
+    pieces (market data publishes per record). A bad event spoils only itself; a record that
+    is not a msgpack array is one error at index -1.
+    """
+
+    def __init__(self, *, hold_partial: bool = True, keep_raw: bool = False) -> None:
+        """Describe the grouping; `keep_raw`: also return each event's bytes as logged."""
+        self.hold_partial = hold_partial
+        self.keep_raw = keep_raw
+        self._held: dict[int, CommandEvents] = {}  # shard -> its command continued next record
+
+    def feed(
+        self, value: bytes, headers: object = ()
+    ) -> tuple[list[CommandEvents], list[RecordError]]:
+        """Read one record; return the commands it completes, in order, and its decode errors."""
+        events, raws, errors = self._decode(value)
+        done: list[CommandEvents] = []
+        current: CommandEvents | None = None
+        for i, event in enumerate(events):
+            if (
+                current is None
+                or event.input_offset != current.input_offset
+                or (event.shard != current.shard)
+            ):
+                if current is not None:
+                    done.append(current)
+                current = self._held.pop(event.shard, None)
+                if current is not None and current.input_offset != event.input_offset:
+                    done.append(current)  # the held command ended without its last record
+                    current = None
+                if current is None:
+                    current = CommandEvents(event.shard, event.input_offset)
+            current.events.append(event)
+            if raws is not None:
+                current.raws.append(raws[i])
+        if current is not None:
+            if self.hold_partial and is_partial(headers):
+                self._held[current.shard] = current
+            else:
+                done.append(current)
+        return done, errors
+
+    def flush(self) -> list[CommandEvents]:
+        """Return the held commands (their last record has not been read) and forget them."""
+        held, self._held = list(self._held.values()), {}
+        return held
+
+    def _decode(self, value: bytes) -> tuple[list[Event], list[bytes] | None, list[RecordError]]:
+        if self.keep_raw:
+            try:
+                parts = split_event_record(value)
+            except DecodeError as error:
+                return [], [], [(-1, error)]
+            found: list[Event | DecodeError] = [_decode_or_error(raw) for raw in parts]
+        else:
+            whole = _read_record(value)
+            if isinstance(whole, DecodeError):
+                return [], None, [(-1, whole)]
+            found, parts = whole, []
+        events: list[Event] = []
+        raws: list[bytes] | None = [] if self.keep_raw else None
+        errors: list[RecordError] = []
+        for i, item in enumerate(found):
+            if isinstance(item, DecodeError):
+                errors.append((i, item))
+                continue
+            events.append(item)
+            if raws is not None:
+                raws.append(parts[i])
+        return events, raws, errors

@@ -12,8 +12,7 @@ Subscriptions; request handlers read the projections and register subscribers th
 
 Every gateway reads the three topics from their beginning, so any number of them serve the same
 sequence numbers: they are stateless apart from what the log rebuilds. A command's events are
-complete once an event of a later command of the same shard arrives, or once the partition is
-read to its end (the engine produces all events of a command at once).
+complete at the end of the gx.events record that ends it (streams/event_records.py).
 """
 
 from __future__ import annotations
@@ -48,7 +47,7 @@ from schemas.provisioning import (
     provider_key,
 )
 from streams.consumers import log_consumer, partitions_of
-from streams.event_records import decode_event_record
+from streams.event_records import CommandEvents, CommandGrouper
 from streams.settings import Settings
 from streams.topics import shard_key, topics
 
@@ -136,8 +135,7 @@ class Hub:
         self._consumer: AIOKafkaConsumer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
-        # command completion: per shard the offset whose events are arriving, and its events
-        self._current: dict[int, tuple[int, list[e.Event]]] = {}
+        self._commands = CommandGrouper()  # gx.events records -> whole commands
         self._done: OrderedDict[tuple[int, int], list[e.Event]] = OrderedDict()
         self._waiting: dict[tuple[int, int], asyncio.Future[list[e.Event]]] = {}
         self._caught_up: set[str] = set()
@@ -208,11 +206,9 @@ class Hub:
                     # A request carries its holder's SSH keys: read them before it is pushed.
                     await self._ssh_keys.of_accounts(_holders(r.value for r in records))
                 for record in records:
-                    self._apply(name, tp.partition, record.offset, record.value)
+                    self._apply(name, tp.partition, record.offset, record.value, record.headers)
             for name, reader in self._readers.items():
                 ended = await self._ended(consumer, reader.partitions)
-                if name == "events":
-                    self._complete_ended(ended)
                 if name not in self._caught_up and len(ended) == len(reader.partitions):
                     self._caught_up.add(name)
                     if len(self._caught_up) == len(self._readers):
@@ -227,16 +223,18 @@ class Hub:
                 ended.append(tp.partition)
         return ended
 
-    def _apply(self, name: str, partition: int, offset: int, value: bytes | None) -> None:
+    def _apply(
+        self, name: str, partition: int, offset: int, value: bytes | None, headers: Any = ()
+    ) -> None:
         try:
             if value is None:
                 raise DecodeError("the record has no value")
             if name == "events":
-                for event in decode_event_record(value):  # a bad event spoils only itself
-                    if isinstance(event, DecodeError):
-                        self._malformed(name, partition, offset, event)
-                    else:
-                        self._on_event(event)
+                commands, errors = self._commands.feed(value, headers)
+                for _, error in errors:  # a bad event spoils only itself
+                    self._malformed(name, partition, offset, error)
+                for command in commands:
+                    self._on_command(command)
             elif name == "marketdata":
                 self._on_marketdata(decode_message(value), partition, offset)
             else:
@@ -251,22 +249,16 @@ class Hub:
             self._readers[name].topic, partition, offset, error,
         )  # fmt: skip
 
-    def _on_event(self, event: e.Event) -> None:
-        self.stats.events += 1
-        for account, channel, body in self._accounts.apply(event):
-            for subscriber in self._private.get(account, ()):
-                subscriber.push(channel, body)
-        if isinstance(event, e.DeliverySettled):
-            self._provisioning.settled(event.provider, event.obligation_id)
-        current = self._current.get(event.shard)
-        if current is not None and current[0] != event.input_offset:
-            self._finish(event.shard, *current)
-            current = None
-        if current is None:
-            self._resolve(event.shard, event.input_offset - 1)
-            current = (event.input_offset, [])
-            self._current[event.shard] = current
-        current[1].append(event)
+    def _on_command(self, command: CommandEvents) -> None:
+        self.stats.events += len(command.events)
+        for event in command.events:
+            for account, channel, body in self._accounts.apply(event):
+                for subscriber in self._private.get(account, ()):
+                    subscriber.push(channel, body)
+            if isinstance(event, e.DeliverySettled):
+                self._provisioning.settled(event.provider, event.obligation_id)
+        self._resolve(command.shard, command.input_offset - 1)
+        self._finish(command.shard, command.input_offset, command.events)
 
     def _on_marketdata(self, message: Any, partition: int, offset: int) -> None:
         self.stats.marketdata += 1
@@ -279,13 +271,6 @@ class Hub:
         self._subscriptions.deliver(self._provisioning.apply(message))
 
     # ------------------------------------------------------------------ command completion
-
-    def _complete_ended(self, ended_partitions: Iterable[int]) -> None:
-        """A shard whose partition is read to its end has all events of its last command."""
-        for shard in ended_partitions:
-            current = self._current.pop(shard, None)
-            if current is not None:
-                self._finish(shard, *current)
 
     def _finish(self, shard: int, input_offset: int, events: list[e.Event]) -> None:
         key = (shard, input_offset)

@@ -19,17 +19,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 
-from schemas.codec import DecodeError
 from schemas.marketdata import MarketDataMessage, encode_message
 from streams.consumers import log_consumer, partitions_of, read_batch
-from streams.event_records import decode_event_record
+from streams.event_records import CommandGrouper
 from streams.marketdata.state import MarketData
 from streams.settings import Settings
 from streams.topics import topics
@@ -44,14 +42,6 @@ linger_ms = 5
 progress_every_s = 10.0
 snapshot_every_deltas = 1000  # a full book follows every N-th delta of a symbol
 partition_cache_max = 1 << 16  # symbols whose gx.marketdata partition is remembered
-
-
-def _shard_of(items: list[Any]) -> int | None:
-    """The shard of a record's events (of the first one that decoded)."""
-    for item in items:
-        if not isinstance(item, DecodeError):
-            return int(item.shard)
-    return None
 
 
 class ProcessStats(msgspec.Struct, kw_only=True):
@@ -81,6 +71,8 @@ class MarketDataProcess:
         self.events_topic = names["events"].name
         self.marketdata_topic = names["marketdata"].name
         self.md = MarketData(snapshot_every=snapshot_every)
+        # One book update per record and symbol: a split command is published record by record.
+        self._commands = CommandGrouper(hold_partial=False)
         self.stats = ProcessStats()
         self._stopping = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
@@ -133,16 +125,16 @@ class MarketDataProcess:
         if value is None:
             self._malformed(partition, offset, "the record has no value")
             return []
-        items = decode_event_record(value)
+        commands, errors = self._commands.feed(value)
+        for _, error in errors:
+            self._malformed(partition, offset, str(error))
         out: list[MarketDataMessage] = []
-        for item in items:
-            if isinstance(item, DecodeError):
-                self._malformed(partition, offset, str(item))
-                continue
-            self.stats.events += 1
-            out += self.md.apply(item, offset)
-        if (shard := _shard_of(items)) is not None:
-            out += self.md.flush(shard)
+        for command in commands:
+            self.stats.events += len(command.events)
+            for event in command.events:
+                out += self.md.apply(event, offset)
+        if commands:
+            out += self.md.flush(commands[0].shard)
         return out
 
     def _malformed(self, partition: int, offset: int, why: str) -> None:

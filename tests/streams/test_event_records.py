@@ -8,8 +8,12 @@ import msgspec
 import pytest
 
 from schemas import events as ev
-from schemas.codec import encode
+from schemas.codec import DecodeError, encode
 from streams.event_records import (
+    PARTIAL_HEADERS,
+    CommandEvents,
+    CommandGrouper,
+    EventRecord,
     decode_event_record,
     is_event_batch,
     pack_events,
@@ -76,3 +80,77 @@ def test_a_value_that_is_not_an_array_is_not_a_record() -> None:
     with pytest.raises(msgspec.DecodeError):
         split_event_record(b"\xc3")
     assert not is_event_batch(encode(event)) and is_event_batch(pack_events([encode(event)]))
+
+
+def _fed(grouper: CommandGrouper, records: list[EventRecord]) -> list[CommandEvents]:
+    out: list[CommandEvents] = []
+    for record in records:
+        commands, errors = grouper.feed(record.value, PARTIAL_HEADERS if record.partial else [])
+        assert errors == []
+        out += commands
+    return out
+
+
+@pytest.mark.parametrize("bytes_max", [1, 300, 1000, 1 << 17])
+def test_grouper_returns_whole_commands_across_partial_records(bytes_max: int) -> None:
+    events = _events([1, 3, 40, 2, 120, 1])
+    records = pack_records(events, bytes_max)
+    commands = _fed(CommandGrouper(), records)
+    assert [c.input_offset for c in commands] == list(range(6))
+    assert [e for c in commands for e in c.events] == events
+    assert all(c.raws == [] for c in commands)  # only with keep_raw
+
+
+def test_grouper_holds_a_split_command_until_the_record_that_ends_it() -> None:
+    events = _events([2, 40])
+    records = pack_records(events, 300)
+    assert len(records) > 2 and records[0].partial is False and records[1].partial
+    grouper = CommandGrouper(keep_raw=True)
+    first = _fed(grouper, records[:1])
+    assert [(c.input_offset, len(c.events)) for c in first] == [(0, 2)]
+    assert _fed(grouper, records[1:-1]) == []  # held: the partial header says it goes on
+    [last] = _fed(grouper, records[-1:])
+    assert (last.input_offset, last.events) == (1, events[2:])
+    assert last.raws == [encode(e) for e in events[2:]]
+    assert grouper.flush() == []
+
+
+def test_grouper_without_holding_returns_each_record_s_piece_of_a_split_command() -> None:
+    events = _events([40])
+    records = pack_records(events, 300)
+    pieces = [_fed(CommandGrouper(hold_partial=False), [r]) for r in records]
+    assert all(len(p) == 1 and p[0].input_offset == 0 for p in pieces)
+    assert [e for p in pieces for e in p[0].events] == events
+
+
+def test_grouper_flush_returns_a_command_whose_last_record_never_came() -> None:
+    events = _events([40])
+    grouper = CommandGrouper()
+    assert _fed(grouper, pack_records(events, 300)[:-1]) == []
+    [held] = grouper.flush()
+    assert held.input_offset == 0 and held.events == events[: len(held.events)]
+    assert grouper.flush() == []
+
+
+def test_grouper_ends_a_held_command_when_another_one_follows() -> None:
+    events = _events([1, 1])
+    grouper = CommandGrouper()
+    commands, _ = grouper.feed(pack_events([encode(events[0])]), PARTIAL_HEADERS)
+    assert commands == []
+    commands, _ = grouper.feed(pack_events([encode(events[1])]))
+    assert [c.input_offset for c in commands] == [0, 1]
+
+
+@pytest.mark.parametrize("keep_raw", [False, True])
+def test_grouper_reports_what_does_not_decode_and_keeps_the_rest(keep_raw: bool) -> None:
+    events = _events([2, 1])
+    bad = msgspec.msgpack.encode({"type": "PriceSpiked", "shard": 0, "seq": 9})
+    value = pack_events([encode(events[0]), bad, encode(events[1]), encode(events[2])])
+    commands, errors = CommandGrouper(keep_raw=keep_raw).feed(value)
+    assert [c.events for c in commands] == [events[:2], events[2:]]
+    assert [i for i, error in errors if isinstance(error, DecodeError)] == [1]
+    if keep_raw:
+        assert [c.raws for c in commands] == [[encode(e) for e in events[:2]], [encode(events[2])]]
+    for whole in (b"\xc1 not msgpack", encode(events[0])):  # a map is not a record any more
+        commands, errors = CommandGrouper(keep_raw=keep_raw).feed(whole)
+        assert commands == [] and [i for i, _ in errors] == [-1]
