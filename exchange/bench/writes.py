@@ -99,8 +99,8 @@ async def _server(connections: int, size: int, passes: int, interval_s: float) -
         "connections": connections,
         "bytes_per_write": size,
         "passes": passes,
-        "pass_p50_ms": round(at(0.5) * 1e3, 2),
-        "pass_p90_ms": round(at(0.9) * 1e3, 2),
+        "pass_p50_ms": round(at(0.5) * 1e3, 4),
+        "pass_p90_ms": round(at(0.9) * 1e3, 4),
         "write_p50_us": round(at(0.5) / connections * 1e6, 2),
         "writes_per_s_one_core": round(connections / at(0.5)),
     }
