@@ -101,9 +101,10 @@ async def ledger_page(
             ErrorCode.BAD_REQUEST, "cursor: expected the next_cursor of a previous page"
         )
     from_ns, to_ns = _period(from_text, to_text)
-    postings = await account_postings(pool, account, limit, before, from_ns, to_ns)
-    entries = [_entry(p) for p in postings]
-    more = len(entries) == limit
+    # One more than the page: a full last page then says there is nothing after it.
+    postings = await account_postings(pool, account, limit + 1, before, from_ns, to_ns)
+    entries = [_entry(p) for p in postings[:limit]]
+    more = len(postings) > limit
     return {"entries": entries, "next_cursor": entries[-1]["id"] if more else None}
 
 
