@@ -68,6 +68,8 @@ class Reject(IntEnum):
     EXPIRY_INVALID = 1013
     MALFORMED = 1014
     WRONG_SHARD = 1015  # the command names another shard than the engine that received it
+    DUPLICATE_REFERENCE = 1016  # a deposit whose payment reference was credited before
+    UNKNOWN_WITHDRAWAL = 1017
     # 2xxx: risk
     INSUFFICIENT_CASH = 2001
     INSUFFICIENT_COVER = 2002
@@ -75,6 +77,7 @@ class Reject(IntEnum):
     CAPACITY_BELOW_COMMITTED = 2004
     ENGINE_FULL = 2005
     BALANCE_LIMIT = 2006
+    WITHDRAWAL_LIMIT = 2007  # above the per-request or the per-day withdrawal limit
     # 3xxx: matching
     POST_ONLY_WOULD_TAKE = 3001
     FOK_NOT_FILLABLE = 3002
@@ -84,6 +87,8 @@ class Reject(IntEnum):
     UNKNOWN_OBLIGATION = 4001
     OBLIGATION_STATE = 4002
     NOT_OBLIGATION_PROVIDER = 4003
+    NOT_OBLIGATION_HOLDER = 4004
+    DISPUTE_WINDOW = 4005  # a dispute outside the first hour of the delivery window
 
 
 class CancelReason(IntEnum):
@@ -111,6 +116,8 @@ class CashReason(IntEnum):
     DELIVERY_RELEASE = 8
     DELIVERY_REFUND = 9
     DELIVERY_PENALTY = 10
+    WITHDRAWAL_REQUESTED = 11  # available -> pending
+    WITHDRAWAL_REJECTED = 12  # pending -> available
 
 
 class PositionReason(IntEnum):

@@ -23,6 +23,10 @@ __all__ = [
     "ClockTick",
     "DeliveryConfirmed",
     "DeliveryFailed",
+    "DisputeDelivery",
+    "ResolveDispute",
+    "RequestWithdrawal",
+    "SettleWithdrawal",
     "COMMAND_TYPES",
 ]
 
@@ -66,15 +70,36 @@ class CancelAll(_Command, tag="CancelAll", frozen=True):
 
 
 class Deposit(_Command, tag="Deposit", frozen=True):
+    """An operator credits an external payment. A non-empty `ref` (the payment's reference) is
+    credited once: the engine refuses a second deposit with the same one (DUPLICATE_REFERENCE)."""
+
     account: int
     amount_micros: int
     ref: str = ""
 
 
 class Withdraw(_Command, tag="Withdraw", frozen=True):
+    """An operator pays out of an account's available cash at once (no request, no approval)."""
+
     account: int
     amount_micros: int
     ref: str = ""
+
+
+class RequestWithdrawal(_Command, tag="RequestWithdrawal", frozen=True):
+    """A user asks to be paid out: the amount moves from available to pending at once."""
+
+    account: int
+    amount_micros: int
+    destination: str = ""
+
+
+class SettleWithdrawal(_Command, tag="SettleWithdrawal", frozen=True):
+    """An operator approves a pending withdrawal (the money leaves) or rejects it (it returns)."""
+
+    withdrawal_id: int
+    approved: bool
+    account: int = 0  # the operator acts as the external account
 
 
 class CapacityUpdate(_Command, tag="CapacityUpdate", frozen=True):
@@ -106,6 +131,24 @@ class DeliveryFailed(_Command, tag="DeliveryFailed", frozen=True):
     reason: str = ""
 
 
+class DisputeDelivery(_Command, tag="DisputeDelivery", frozen=True):
+    """The holder cannot reach the machine: stop releasing the obligation's hours until an
+    operator resolves it. Accepted in the first hour of the delivery window."""
+
+    account: int
+    obligation_id: int
+    reason: str = ""
+
+
+class ResolveDispute(_Command, tag="ResolveDispute", frozen=True):
+    """An operator ends a dispute: `release` pays the provider the hours (delivery goes on);
+    otherwise the holder is refunded the remaining hours with the penalty."""
+
+    obligation_id: int
+    release: bool
+    account: int = 0  # the operator acts as the external account
+
+
 Command = (
     PlaceOrder
     | CancelOrder
@@ -117,6 +160,10 @@ Command = (
     | ClockTick
     | DeliveryConfirmed
     | DeliveryFailed
+    | DisputeDelivery
+    | ResolveDispute
+    | RequestWithdrawal
+    | SettleWithdrawal
 )
 
 COMMAND_TYPES = (
@@ -130,4 +177,8 @@ COMMAND_TYPES = (
     ClockTick,
     DeliveryConfirmed,
     DeliveryFailed,
+    DisputeDelivery,
+    ResolveDispute,
+    RequestWithdrawal,
+    SettleWithdrawal,
 )

@@ -28,6 +28,11 @@ __all__ = [
     "DeliveryAssigned",
     "DeliveryStarted",
     "DeliverySettled",
+    "DeliveryDisputed",
+    "DisputeResolved",
+    "DepositCredited",
+    "WithdrawalRequested",
+    "WithdrawalSettled",
     "EVENT_TYPES",
 ]
 
@@ -126,6 +131,7 @@ class CashChanged(_Event, tag="CashChanged", frozen=True):
     collateral_delta: int
     reason: int
     ref_id: int
+    pending_delta: int = 0  # withdrawals asked for and not yet approved or rejected
 
 
 class PositionChanged(_Event, tag="PositionChanged", frozen=True):
@@ -195,6 +201,51 @@ class DeliverySettled(_Event, tag="DeliverySettled", frozen=True):
     penalty_micros: int
 
 
+class DeliveryDisputed(_Event, tag="DeliveryDisputed", frozen=True):
+    """The holder reported the machine unreachable; no hour is released until it is resolved."""
+
+    obligation_id: int
+    provider: int
+    holder: int
+
+
+class DisputeResolved(_Event, tag="DisputeResolved", frozen=True):
+    """An operator ended a dispute: `released` goes on delivering, else the holder is refunded
+    (a DeliverySettled with the refund and penalty follows in the same command)."""
+
+    obligation_id: int
+    provider: int
+    holder: int
+    released: bool
+
+
+class DepositCredited(_Event, tag="DepositCredited", frozen=True):
+    """An external payment credited; `deposit_id` is the ref_id of its CashChanged."""
+
+    deposit_id: int
+    account: int
+    amount_micros: int
+    reference: str
+
+
+class WithdrawalRequested(_Event, tag="WithdrawalRequested", frozen=True):
+    """A user's withdrawal is pending: the amount moved from available to pending."""
+
+    withdrawal_id: int
+    account: int
+    amount_micros: int
+    destination: str
+
+
+class WithdrawalSettled(_Event, tag="WithdrawalSettled", frozen=True):
+    """A pending withdrawal approved (the money left) or rejected (it returned to available)."""
+
+    withdrawal_id: int
+    account: int
+    amount_micros: int
+    approved: bool
+
+
 Event = (
     OrderAccepted
     | OrderRejected
@@ -211,6 +262,11 @@ Event = (
     | DeliveryAssigned
     | DeliveryStarted
     | DeliverySettled
+    | DeliveryDisputed
+    | DisputeResolved
+    | DepositCredited
+    | WithdrawalRequested
+    | WithdrawalSettled
 )
 
 EVENT_TYPES = (
@@ -229,4 +285,9 @@ EVENT_TYPES = (
     DeliveryAssigned,
     DeliveryStarted,
     DeliverySettled,
+    DeliveryDisputed,
+    DisputeResolved,
+    DepositCredited,
+    WithdrawalRequested,
+    WithdrawalSettled,
 )
