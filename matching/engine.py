@@ -8,6 +8,7 @@ source and no environment, so replaying the same commands yields byte-identical 
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 from collections.abc import Sequence
 
@@ -41,8 +42,18 @@ _STP_BACK = {v: k for k, v in _STP.items()}
 _SIDE = {Side.BUY: lay.BUY, Side.SELL: lay.SELL}
 _SIDE_BACK = {lay.BUY: Side.BUY, lay.SELL: Side.SELL}
 _ORDER_COMMANDS = (cmd.PlaceOrder, cmd.AmendOrder, cmd.CancelOrder, cmd.CancelAll)
-# Account columns in the ledger's bucket order: available, held, escrow, collateral (1..4).
-_BUCKET_COLUMNS = [lay.A_AVAIL, lay.A_HELD, lay.A_ESCROW, lay.A_COLLAT]
+# Account columns in the ledger's bucket order: available, held, escrow, collateral, pending (1..5).
+_BUCKET_COLUMNS = [lay.A_AVAIL, lay.A_HELD, lay.A_ESCROW, lay.A_COLLAT, lay.A_PENDING]
+DEPOSIT_REFERENCE_CHARS_MAX = 128
+
+
+def reference_hash(reference: str) -> int:
+    """The kernel's key for a deposit's payment reference: 63 bits of BLAKE2b, never 0 (empty).
+
+    Two references share a key with odds of about n**2 / 2**64: negligible at the table's size.
+    """
+    digest = hashlib.blake2b(reference.encode(), digest_size=8).digest()
+    return (int.from_bytes(digest, "little") & (2**63 - 1)) or 1
 
 
 def order_flags(
@@ -145,7 +156,8 @@ class Engine:
     def balances(self) -> dict[tuple[int, int], int]:
         """Return the non-zero balances by (account, bucket), in micros.
 
-        Buckets 1..4 are available, held, escrow and collateral, the ledger's bucket numbers.
+        Buckets 1..5 are available, held, escrow, collateral and pending withdrawals, the ledger's
+        bucket numbers.
         """
         amounts = self.state[lay.ST_ACCTS][:, _BUCKET_COLUMNS]
         accounts, buckets = np.nonzero(amounts)
@@ -337,15 +349,32 @@ class Engine:
             row[lay.C_CANCEL_ALL_ACCOUNT] = _int(c.account)
             instr = lay.INSTR_ALL if c.symbol is None else self._slot(c.symbol, now)
             row[lay.C_CANCEL_ALL_INSTR] = instr
-        elif isinstance(c, cmd.Deposit | cmd.Withdraw):
-            row[lay.C0_OP] = lay.OP_DEPOSIT if isinstance(c, cmd.Deposit) else lay.OP_WITHDRAW
+        elif isinstance(c, cmd.Deposit | cmd.Withdraw | cmd.RequestWithdrawal):
+            row[lay.C0_OP] = _TRANSFER_OPS[type(c)]
             row[lay.C_TRANSFER_ACCOUNT] = _int(c.account)
             row[lay.C_TRANSFER_AMOUNT] = _int(c.amount_micros)
+            if isinstance(c, cmd.Deposit) and c.ref:
+                if not isinstance(c.ref, str) or len(c.ref) > DEPOSIT_REFERENCE_CHARS_MAX:
+                    raise _Refused(Reject.MALFORMED)
+                row[lay.C_DEPOSIT_REF] = reference_hash(c.ref)
+        elif isinstance(c, cmd.SettleWithdrawal):
+            row[lay.C0_OP] = lay.OP_WD_SETTLE
+            row[lay.C_TRANSFER_ACCOUNT] = _int(c.account)
+            row[lay.C_WD_ID] = _int(c.withdrawal_id)
+            row[lay.C_WD_APPROVED] = 1 if c.approved is True else 0
         elif isinstance(c, cmd.CapacityUpdate):
             self._encode_capacity(c, row)
         elif isinstance(c, cmd.ClockTick):
             row[lay.C0_OP] = lay.OP_CLOCK
             row[lay.C_CLOCK_TS_NS] = _int(c.ts_ns)
+        elif isinstance(c, cmd.DisputeDelivery | cmd.ResolveDispute):
+            row[lay.C0_OP] = (
+                lay.OP_DISPUTE if isinstance(c, cmd.DisputeDelivery) else lay.OP_RESOLVE
+            )
+            row[lay.C_DELIVERY_ACCOUNT] = _int(c.account)
+            row[lay.C_DELIVERY_OBLIGATION] = _int(c.obligation_id)
+            if isinstance(c, cmd.ResolveDispute):
+                row[lay.C_RESOLVE_RELEASE] = 1 if c.release is True else 0
         elif isinstance(c, cmd.DeliveryConfirmed | cmd.DeliveryFailed):
             row[lay.C_DELIVERY_ACCOUNT] = _int(c.account)
             row[lay.C_DELIVERY_OBLIGATION] = _int(c.obligation_id)
@@ -416,6 +445,7 @@ class Engine:
                 collateral_delta=r[e.collateral_delta],
                 reason=r[e.reason],
                 ref_id=r[e.ref_id],
+                pending_delta=r[e.pending_delta],
             )
         if t == lay.EV_POSITION:
             p = lay.E_POSITION
@@ -496,9 +526,11 @@ class Engine:
             )
         if t == lay.EV_REJECTED:
             return self._rejected(r, c, base)
-        return self._delivery_event(t, r, base)
+        return self._delivery_event(t, r, c, base)
 
-    def _delivery_event(self, t: int, r: list[int], base: dict[str, int]) -> msgspec.Struct:
+    def _delivery_event(
+        self, t: int, r: list[int], c: cmd.Command, base: dict[str, int]
+    ) -> msgspec.Struct:
         """Decode the rows of capacity, listing and delivery: the kinds off the order path."""
         if t == lay.EV_CAPACITY:
             cap = lay.E_CAPACITY
@@ -554,6 +586,53 @@ class Engine:
                 refund_micros=r[s.refund_micros],
                 penalty_micros=r[s.penalty_micros],
             )
+        return self._money_event(t, r, c, base)
+
+    def _money_event(
+        self, t: int, r: list[int], c: cmd.Command, base: dict[str, int]
+    ) -> msgspec.Struct:
+        """Decode the rows of disputes, deposits and withdrawals."""
+        if t == lay.EV_DISPUTED:
+            d = lay.E_DISPUTED
+            return evt.DeliveryDisputed(
+                **base, obligation_id=r[d.obligation_id], provider=r[d.provider], holder=r[d.holder]
+            )
+        if t == lay.EV_RESOLVED:
+            v = lay.E_RESOLVED
+            return evt.DisputeResolved(
+                **base,
+                obligation_id=r[v.obligation_id],
+                provider=r[v.provider],
+                holder=r[v.holder],
+                released=bool(r[v.released]),
+            )
+        if t == lay.EV_DEPOSITED:
+            p = lay.E_DEPOSITED
+            return evt.DepositCredited(
+                **base,
+                deposit_id=r[p.deposit_id],
+                account=r[p.account],
+                amount_micros=r[p.amount_micros],
+                reference=getattr(c, "ref", ""),
+            )
+        if t == lay.EV_WD_REQUESTED:
+            w = lay.E_WD_REQUESTED
+            return evt.WithdrawalRequested(
+                **base,
+                withdrawal_id=r[w.withdrawal_id],
+                account=r[w.account],
+                amount_micros=r[w.amount_micros],
+                destination=getattr(c, "destination", ""),
+            )
+        if t == lay.EV_WD_SETTLED:
+            w = lay.E_WD_SETTLED
+            return evt.WithdrawalSettled(
+                **base,
+                withdrawal_id=r[w.withdrawal_id],
+                account=r[w.account],
+                amount_micros=r[w.amount_micros],
+                approved=bool(r[w.approved]),
+            )
         raise AssertionError(f"event row type {t} has no decoder")
 
     def _rejected(self, r: list[int], c: cmd.Command, base: dict[str, int]) -> msgspec.Struct:
@@ -574,6 +653,13 @@ class Engine:
         return evt.CommandRejected(
             **base, command=type(c).__name__, code=code, reason=reason, account=r[j.account]
         )
+
+
+_TRANSFER_OPS = {
+    cmd.Deposit: lay.OP_DEPOSIT,
+    cmd.Withdraw: lay.OP_WITHDRAW,
+    cmd.RequestWithdrawal: lay.OP_WD_REQUEST,
+}
 
 
 class _Refused(Exception):

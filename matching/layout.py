@@ -14,11 +14,13 @@ from schemas.ids import ACCOUNT_EXTERNAL, ACCOUNT_FEES
 # --- state tuple members -------------------------------------------------------------------
 ST_META, ST_CFG, ST_ACCTS, ST_INSTRS, ST_ORDERS, ST_LEVELS, ST_LEVEL_HT = 0, 1, 2, 3, 4, 5, 6
 ST_POS, ST_POS_HT, ST_CAP, ST_CAP_HT, ST_OBL, ST_GTD = 7, 8, 9, 10, 11, 12
-ST_SCRATCH = 13  # working rows for gate closure (sorting positions); never stored
-ST_COUNT = 14
+ST_WDS, ST_REFS = 13, 14  # pending withdrawals; payment references of deposits credited
+ST_SCRATCH = 15  # working rows for gate closure (sorting positions); never stored
+ST_COUNT = 16
 ST_NAMES = (
     "meta", "cfg", "accounts", "instruments", "orders", "levels", "level_ht",
-    "positions", "position_ht", "capacity", "capacity_ht", "obligations", "gtd_heap", "scratch",
+    "positions", "position_ht", "capacity", "capacity_ht", "obligations", "gtd_heap",
+    "withdrawals", "deposit_refs", "scratch",
 )  # fmt: skip
 # Arrays rebuilt on restore rather than stored: indexes (their layout depends on insertion
 # history) and scratch space. They are not part of the state hash either.
@@ -39,7 +41,9 @@ M_OBL_HWM, M_OBL_FREE = 14, 15
 M_GTD_SIZE = 16
 M_ORDERS_LIVE, M_LEVELS_LIVE, M_POS_LIVE, M_CAP_LIVE, M_OBL_LIVE = 17, 18, 19, 20, 21
 M_TRANSFER_SEQ = 22  # deposits and withdrawals: the ref_id of their CashChanged
-M_WIDTH = 24
+M_WD_SEQ, M_WD_HWM, M_WD_FREE, M_WD_LIVE = 23, 24, 25, 26  # the pending withdrawals' pool
+M_REFS_LIVE = 27  # deposit references kept
+M_WIDTH = 32
 
 # --- cfg: limits and fees, set once (one row) ----------------------------------------------------
 CFG_SHARD = 0
@@ -54,13 +58,17 @@ CFG_BALANCE_MAX = 8
 CFG_CAPACITY_GPUS_MAX = 9
 CFG_CAPACITY_HOURS_MAX = 10
 CFG_TICK_MICROS = 11
-CFG_REGIONS = 12
-CFG_LOTS_MAX = 13  # the catalog's lots per order  # regions in the catalog (capacity key = gpu * regions + region)
+CFG_REGIONS = 12  # regions in the catalog (capacity key = gpu * regions + region)
+CFG_LOTS_MAX = 13  # the catalog's lots per order
+CFG_WITHDRAWAL_MAX = 14  # one withdrawal request, micros
+CFG_WITHDRAWAL_DAY_MAX = 15  # one account's withdrawal requests per engine day, micros
 CFG_WIDTH = 16
 
 # --- accounts -------------------------------------------------------------------------------
 A_AVAIL, A_HELD, A_ESCROW, A_COLLAT, A_OPEN, A_HEAD, A_TAIL = 0, 1, 2, 3, 4, 5, 6
-A_WIDTH = 8
+A_PENDING = 7  # withdrawals requested, not yet approved or rejected
+A_WD_DAY, A_WD_DAY_SUM = 8, 9  # the engine day of the last request, and that day's requests
+A_WIDTH = 10
 
 # --- instruments ------------------------------------------------------------------------------
 I_ID, I_STATE, I_GPU, I_REGION, I_PRODUCT, I_START, I_HOURS, I_GATE = 0, 1, 2, 3, 4, 5, 6, 7
@@ -119,7 +127,16 @@ B_ESCROW_LEFT, B_FEES_LEFT, B_COLLAT_LEFT, B_INSTR_ID, B_GPU, B_REGION, B_PRODUC
 )  # fmt: skip
 B_RELEASED = 16  # escrow released to the provider so far
 B_WIDTH = 20
-OBL_FREE, OBL_ASSIGNED, OBL_CONFIRMED = 0, 1, 2
+# DISPUTED: the holder reported the machine unreachable; no hour is released until resolved.
+OBL_FREE, OBL_ASSIGNED, OBL_CONFIRMED, OBL_DISPUTED = 0, 1, 2, 3
+
+# --- pending withdrawals ----------------------------------------------------------------------
+# A withdrawal id carries its slot in the low ORDER_SLOT_BITS, as order and obligation ids do.
+W_ID, W_ACCOUNT, W_AMOUNT, W_NEXT = 0, 1, 2, 3
+W_WIDTH = 4
+
+# --- deposit references: an open-addressing set of 63-bit hashes (0: empty), one column ------
+REF_WIDTH = 1
 
 # --- commands (one row each) ------------------------------------------------------------------
 C0_OP, C0_ACCOUNT, C0_INSTR, C0_SIDE, C0_PRICE, C0_LOTS, C0_FLAGS, C0_EXPIRE = (
@@ -136,6 +153,7 @@ C0_ORDER, C0_AUX, C0_AUX2, C0_AUX3 = 8, 9, 10, 11
 CMD_WIDTH = 12
 OP_PLACE, OP_CANCEL, OP_AMEND, OP_CANCEL_ALL, OP_DEPOSIT, OP_WITHDRAW = 1, 2, 3, 4, 5, 6
 OP_CAPACITY, OP_CLOCK, OP_CONFIRM, OP_FAIL, OP_REJECT, OP_LIST = 7, 8, 9, 10, 11, 12
+OP_DISPUTE, OP_RESOLVE, OP_WD_REQUEST, OP_WD_SETTLE = 13, 14, 15, 16
 
 # What each command keeps in the generic columns above: every name is one of those indexes, so the
 # rows are unchanged; kernels and the facade's encoder use these names. C0_OP holds every op.
@@ -147,11 +165,14 @@ C_AMEND_ACCOUNT, C_AMEND_ORDER = C0_ACCOUNT, C0_ORDER
 C_AMEND_PRICE, C_AMEND_LOTS = C0_PRICE, C0_LOTS
 C_CANCEL_ALL_ACCOUNT, C_CANCEL_ALL_INSTR = C0_ACCOUNT, C0_INSTR  # or INSTR_ALL
 C_TRANSFER_ACCOUNT, C_TRANSFER_AMOUNT = C0_ACCOUNT, C0_AUX  # deposit or withdrawal, micros
+C_DEPOSIT_REF = C0_AUX2  # the hash of a deposit's payment reference, or 0 for none
+C_WD_ID, C_WD_APPROVED = C0_ORDER, C0_AUX  # settling a pending withdrawal
 C_CAPACITY_ACCOUNT, C_CAPACITY_GPUS = C0_ACCOUNT, C0_LOTS
 C_CAPACITY_KEY = C0_AUX  # gpu * regions + region
 C_CAPACITY_START_HOUR, C_CAPACITY_END_HOUR = C0_AUX2, C0_AUX3  # hours since the epoch
 C_CLOCK_TS_NS = C0_AUX
-C_DELIVERY_ACCOUNT, C_DELIVERY_OBLIGATION = C0_ACCOUNT, C0_ORDER  # confirm and fail
+C_DELIVERY_ACCOUNT, C_DELIVERY_OBLIGATION = C0_ACCOUNT, C0_ORDER  # confirm, fail, dispute
+C_RESOLVE_RELEASE = C0_AUX  # 1: release the disputed hours; 0: refund them
 C_FAIL_HOURS_DELIVERED = C0_LOTS
 C_REJECT_ACCOUNT, C_REJECT_CODE, C_REJECT_ORDER = C0_ACCOUNT, C0_AUX, C0_ORDER  # facade refusals
 C_LIST_SLOT, C_LIST_INSTRUMENT_ID = C0_INSTR, C0_ORDER
@@ -169,6 +190,7 @@ EV_WIDTH = 14
 EV_ACCEPTED, EV_REJECTED, EV_CANCELLED, EV_EXPIRED, EV_AMENDED = 1, 2, 3, 4, 5
 EV_TRADE, EV_CASH, EV_POSITION, EV_CAPACITY, EV_CLOSED = 6, 7, 8, 9, 10
 EV_ASSIGNED, EV_STARTED, EV_SETTLED, EV_LISTED = 11, 12, 13, 14
+EV_DISPUTED, EV_RESOLVED, EV_DEPOSITED, EV_WD_REQUESTED, EV_WD_SETTLED = 15, 16, 17, 18, 19
 
 
 class AcceptedColumns(NamedTuple):
@@ -231,6 +253,7 @@ class CashColumns(NamedTuple):
     collateral_delta: int
     reason: int
     ref_id: int
+    pending_delta: int
 
 
 class PositionColumns(NamedTuple):
@@ -290,6 +313,34 @@ class ListedColumns(NamedTuple):
     slot: int
 
 
+class DisputedColumns(NamedTuple):
+    obligation_id: int
+    provider: int
+    holder: int
+
+
+class ResolvedColumns(NamedTuple):
+    obligation_id: int
+    provider: int
+    holder: int
+    released: int
+
+
+class DepositedColumns(NamedTuple):
+    deposit_id: int  # the ref_id of its CashChanged
+    account: int
+    amount_micros: int
+
+
+class WithdrawalColumns(NamedTuple):
+    """A withdrawal requested or settled: the two kinds share one row."""
+
+    withdrawal_id: int
+    account: int
+    amount_micros: int
+    approved: int  # settled only
+
+
 _C = TypeVar("_C", bound=NamedTuple)
 
 
@@ -312,6 +363,10 @@ E_ASSIGNED = _columns(AssignedColumns)
 E_STARTED = _columns(StartedColumns)
 E_SETTLED = _columns(SettledColumns)
 E_LISTED = _columns(ListedColumns)
+E_DISPUTED = _columns(DisputedColumns)
+E_RESOLVED = _columns(ResolvedColumns)
+E_DEPOSITED = _columns(DepositedColumns)
+E_WD_REQUESTED = E_WD_SETTLED = _columns(WithdrawalColumns)
 EV_COLUMNS: dict[int, tuple[int, ...]] = {
     EV_ACCEPTED: E_ACCEPTED,
     EV_REJECTED: E_REJECTED,
@@ -327,6 +382,11 @@ EV_COLUMNS: dict[int, tuple[int, ...]] = {
     EV_STARTED: E_STARTED,
     EV_SETTLED: E_SETTLED,
     EV_LISTED: E_LISTED,
+    EV_DISPUTED: E_DISPUTED,
+    EV_RESOLVED: E_RESOLVED,
+    EV_DEPOSITED: E_DEPOSITED,
+    EV_WD_REQUESTED: E_WD_REQUESTED,
+    EV_WD_SETTLED: E_WD_SETTLED,
 }
 
 # System accounts (schemas.ids): the external world and the fee income.

@@ -35,6 +35,8 @@ class State(NamedTuple):
     capacity_ht: np.ndarray
     obligations: np.ndarray
     gtd_heap: np.ndarray
+    withdrawals: np.ndarray
+    deposit_refs: np.ndarray
     scratch: np.ndarray
 
 
@@ -52,11 +54,15 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
     positions_max: int = 1 << 18
     capacity_rows_max: int = 1 << 20
     obligations_max: int = 1 << 18
+    withdrawals_max: int = 1 << 14  # pending at once, over all accounts
+    deposit_refs_max: int = 1 << 17  # payment references remembered (each deposit's one)
     orders_open_max: int = 1000  # per account
     deposit_max_micros: int = 10**15  # one deposit: one billion USD
     balance_max_micros: int = 10**17
     capacity_gpus_max: int = 1_000_000
     capacity_hours_max: int = 24 * 7 * 10
+    withdrawal_max_micros: int = 10**12  # one request: one million USD
+    withdrawal_day_max_micros: int = 5 * 10**12  # one account's requests per engine day
 
     def check(self) -> None:
         """Raise ValueError naming the first size that cannot work."""
@@ -64,18 +70,27 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError(f"orders_max: expected 1..{lay.ORDER_SLOT_MASK + 1}")
         if not 0 < self.obligations_max <= lay.ORDER_SLOT_MASK + 1:
             raise ValueError(f"obligations_max: expected 1..{lay.ORDER_SLOT_MASK + 1}")
+        if not 0 < self.withdrawals_max <= lay.ORDER_SLOT_MASK + 1:
+            raise ValueError(f"withdrawals_max: expected 1..{lay.ORDER_SLOT_MASK + 1}")
+        if self.deposit_refs_max <= 0:
+            raise ValueError("deposit_refs_max: expected at least 1")
         if not 0 < self.instruments_max <= 1 << 20:
             raise ValueError("instruments_max: expected 1..2**20 (position keys use 20 bits)")
         if not 16 <= self.accounts_max <= 1 << 30:
             raise ValueError("accounts_max: expected 16..2**30 (capacity keys use 30 bits)")
 
 
-def _table(rows: int) -> np.ndarray:
-    """A hash table with room for `rows` keys at load factor <= 1/2."""
+def _table_size(rows: int) -> int:
+    """Slots of a hash table with room for `rows` keys at load factor <= 1/2 (a power of 2)."""
     size = 1
     while size < 2 * rows:
         size *= 2
-    return np.full((size, 2), -1, dtype=np.int64)
+    return size
+
+
+def _table(rows: int) -> np.ndarray:
+    """A hash table of (key, row) with room for `rows` keys at load factor <= 1/2."""
+    return np.full((_table_size(rows), 2), -1, dtype=np.int64)
 
 
 def new_state(config: EngineConfig, catalog: Catalog) -> State:
@@ -83,7 +98,8 @@ def new_state(config: EngineConfig, catalog: Catalog) -> State:
     config.check()
     z = np.zeros
     meta = z((1, lay.M_WIDTH), dtype=np.int64)
-    for col in (lay.M_ORDER_FREE, lay.M_LEVEL_FREE, lay.M_POS_FREE, lay.M_CAP_FREE, lay.M_OBL_FREE):
+    frees = (lay.M_ORDER_FREE, lay.M_LEVEL_FREE, lay.M_POS_FREE, lay.M_CAP_FREE, lay.M_OBL_FREE)
+    for col in (*frees, lay.M_WD_FREE):
         meta[0, col] = -1
     cfg = z((1, lay.CFG_WIDTH), dtype=np.int64)
     c = cfg[0]
@@ -101,6 +117,8 @@ def new_state(config: EngineConfig, catalog: Catalog) -> State:
     c[lay.CFG_TICK_MICROS] = catalog.tick_micros
     c[lay.CFG_REGIONS] = len(catalog.regions)
     c[lay.CFG_LOTS_MAX] = catalog.lots_max
+    c[lay.CFG_WITHDRAWAL_MAX] = config.withdrawal_max_micros
+    c[lay.CFG_WITHDRAWAL_DAY_MAX] = config.withdrawal_day_max_micros
     accounts = z((config.accounts_max, lay.A_WIDTH), dtype=np.int64)
     accounts[:, lay.A_HEAD] = -1
     accounts[:, lay.A_TAIL] = -1
@@ -119,6 +137,8 @@ def new_state(config: EngineConfig, catalog: Catalog) -> State:
     st[lay.ST_CAP_HT] = _table(config.capacity_rows_max)
     st[lay.ST_OBL] = z((config.obligations_max, lay.B_WIDTH), dtype=np.int64)
     st[lay.ST_GTD] = z((config.orders_max, 2), dtype=np.int64)
+    st[lay.ST_WDS] = z((config.withdrawals_max, lay.W_WIDTH), dtype=np.int64)
+    st[lay.ST_REFS] = z((_table_size(config.deposit_refs_max), lay.REF_WIDTH), dtype=np.int64)
     st[lay.ST_SCRATCH] = z((config.positions_max, 2), dtype=np.int64)
     return State(*st)
 
@@ -131,6 +151,7 @@ _HWM = {
     lay.ST_CAP: lay.M_CAP_HWM,
     lay.ST_OBL: lay.M_OBL_HWM,
     lay.ST_GTD: lay.M_GTD_SIZE,
+    lay.ST_WDS: lay.M_WD_HWM,
 }
 
 
@@ -144,7 +165,8 @@ def _used_rows(st: State, index: int) -> np.ndarray:
     return st[index]
 
 
-_BLANK_ACCOUNT = np.array([0, 0, 0, 0, 0, -1, -1, 0], dtype=np.int64)
+_BLANK_ACCOUNT = np.zeros(lay.A_WIDTH, dtype=np.int64)
+_BLANK_ACCOUNT[[lay.A_HEAD, lay.A_TAIL]] = -1
 
 
 def _canonical(st: State) -> list[bytes]:
@@ -173,7 +195,7 @@ class _Snapshot(msgspec.Struct, frozen=True):
     arrays: list[bytes]
 
 
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2  # 2: pending withdrawals and deposit references
 
 
 def catalog_hash(catalog: Catalog) -> str:

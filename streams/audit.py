@@ -41,7 +41,8 @@ from aiokafka import TopicPartition
 
 from schemas import events as ev
 from schemas.codec import encode
-from schemas.codes import OrderType, Side, TimeInForce
+from schemas.codes import CashReason, OrderType, Side, TimeInForce
+from schemas.ids import ACCOUNT_EXTERNAL
 from streams.consumers import log_consumer
 from streams.event_records import CommandGrouper
 from streams.settings import Settings
@@ -67,7 +68,7 @@ USER_ACCOUNT_MIN = 10  # 0 external, 1 fees, below 10 house accounts that may go
 violations_kept_max = 1000  # the report lists the first ones and counts the rest
 poll_timeout_ms = 200
 read_stall_s_max = 15.0  # no record read for this long before the end offsets: give up
-_BUCKETS = ("available", "held", "escrow", "collateral")  # ledger buckets 1..4
+_BUCKETS = ("available", "held", "escrow", "collateral", "pending")  # ledger buckets 1..5
 _RESTING_TIF = (TimeInForce.GTC, TimeInForce.GTD)
 
 
@@ -132,7 +133,13 @@ class _ShardState(msgspec.Struct):
     seq: int = 0
     head: bytes = ZERO_HEAD
     prev_head: bytes = ZERO_HEAD
-    balances: dict[int, list[int]] = msgspec.field(default_factory=dict)  # account -> 4 buckets
+    balances: dict[int, list[int]] = msgspec.field(default_factory=dict)  # account -> 5 buckets
+    # Money that came in (deposits) and went out (withdrawals) through the external account,
+    # and what every other account holds in all its buckets: the last equals the first minus
+    # the second after every command.
+    deposited: int = 0
+    withdrawn: int = 0
+    inside: int = 0
     positions: dict[str, dict[int, int]] = msgspec.field(default_factory=dict)  # symbol->acct->lots
     orders: dict[int, _OrderState] = msgspec.field(default_factory=dict)
 
@@ -150,7 +157,7 @@ class Checkpoint(msgspec.Struct, frozen=True):
     digest: str
 
 
-_CHECKPOINT_VERSION = 1
+_CHECKPOINT_VERSION = 2  # 2: the pending bucket and money in and out
 _state_encoder = msgspec.msgpack.Encoder()
 
 
@@ -373,11 +380,21 @@ class Auditor:
             self._order_change(s, cmd, e)
 
     def _cash(self, s: _ShardState, cmd: _Command, e: ev.CashChanged) -> None:
-        deltas = (e.available_delta, e.held_delta, e.escrow_delta, e.collateral_delta)
-        buckets = s.balances.setdefault(e.account, [0, 0, 0, 0])
+        deltas = (
+            e.available_delta, e.held_delta, e.escrow_delta, e.collateral_delta, e.pending_delta
+        )  # fmt: skip
+        buckets = s.balances.setdefault(e.account, [0] * len(_BUCKETS))
         for i, delta in enumerate(deltas):
             buckets[i] += delta
-        cmd.cash += sum(deltas)
+        total = sum(deltas)
+        if e.account == ACCOUNT_EXTERNAL:
+            if e.reason == CashReason.DEPOSIT:
+                s.deposited -= total
+            elif e.reason == CashReason.WITHDRAWAL:
+                s.withdrawn += total
+        else:
+            s.inside += total
+        cmd.cash += total
         cmd.accounts.add(e.account)
 
     def _position(self, s: _ShardState, e: ev.PositionChanged) -> None:
@@ -478,6 +495,16 @@ class Auditor:
                     kind="cash_not_zero_sum",
                     message=f"command at input offset {cmd.input_offset}: cash deltas sum to "
                     f"{cmd.cash}",
+                )
+            )
+        if s.inside != s.deposited - s.withdrawn:
+            self.violate(
+                msgspec.structs.replace(
+                    where,
+                    kind="money_not_conserved",
+                    message=f"after the command at input offset {cmd.input_offset}: accounts "
+                    f"hold {s.inside}, deposits {s.deposited} minus withdrawals {s.withdrawn} "
+                    f"is {s.deposited - s.withdrawn}",
                 )
             )
         for account in sorted(a for a in cmd.accounts if a >= USER_ACCOUNT_MIN):

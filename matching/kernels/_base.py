@@ -9,6 +9,7 @@ from matching.layout import (
     A_COLLAT,
     A_ESCROW,
     A_HELD,
+    A_PENDING,
     E_ACCEPTED,
     E_AMENDED,
     E_ASSIGNED,
@@ -17,15 +18,20 @@ from matching.layout import (
     E_CASH,
     E_CLOSED,
     E_CMD,
+    E_DEPOSITED,
+    E_DISPUTED,
     E_EXPIRED,
     E_FIRST,
     E_LISTED,
     E_POSITION,
     E_REJECTED,
+    E_RESOLVED,
     E_SETTLED,
     E_STARTED,
     E_TRADE,
     E_TYPE,
+    E_WD_REQUESTED,
+    E_WD_SETTLED,
     EV_ACCEPTED,
     EV_AMENDED,
     EV_ASSIGNED,
@@ -33,13 +39,18 @@ from matching.layout import (
     EV_CAPACITY,
     EV_CASH,
     EV_CLOSED,
+    EV_DEPOSITED,
+    EV_DISPUTED,
     EV_EXPIRED,
     EV_LISTED,
     EV_POSITION,
     EV_REJECTED,
+    EV_RESOLVED,
     EV_SETTLED,
     EV_STARTED,
     EV_TRADE,
+    EV_WD_REQUESTED,
+    EV_WD_SETTLED,
     EV_WIDTH,
     I_ID,
 )
@@ -70,12 +81,15 @@ R_CAPACITY_RANGE_INVALID = int(Reject.CAPACITY_RANGE_INVALID)
 R_EXPIRY_INVALID = int(Reject.EXPIRY_INVALID)
 R_MALFORMED = int(Reject.MALFORMED)
 R_WRONG_SHARD = int(Reject.WRONG_SHARD)
+R_DUPLICATE_REFERENCE = int(Reject.DUPLICATE_REFERENCE)
+R_UNKNOWN_WITHDRAWAL = int(Reject.UNKNOWN_WITHDRAWAL)
 R_INSUFFICIENT_CASH = int(Reject.INSUFFICIENT_CASH)
 R_INSUFFICIENT_COVER = int(Reject.INSUFFICIENT_COVER)
 R_OPEN_ORDERS_LIMIT = int(Reject.OPEN_ORDERS_LIMIT)
 R_CAPACITY_BELOW_COMMITTED = int(Reject.CAPACITY_BELOW_COMMITTED)
 R_ENGINE_FULL = int(Reject.ENGINE_FULL)
 R_BALANCE_LIMIT = int(Reject.BALANCE_LIMIT)
+R_WITHDRAWAL_LIMIT = int(Reject.WITHDRAWAL_LIMIT)
 R_POST_ONLY_WOULD_TAKE = int(Reject.POST_ONLY_WOULD_TAKE)
 R_FOK_NOT_FILLABLE = int(Reject.FOK_NOT_FILLABLE)
 R_NO_LIQUIDITY = int(Reject.NO_LIQUIDITY)
@@ -83,6 +97,8 @@ R_AMEND_NO_CHANGE = int(Reject.AMEND_NO_CHANGE)
 R_UNKNOWN_OBLIGATION = int(Reject.UNKNOWN_OBLIGATION)
 R_OBLIGATION_STATE = int(Reject.OBLIGATION_STATE)
 R_NOT_OBLIGATION_PROVIDER = int(Reject.NOT_OBLIGATION_PROVIDER)
+R_NOT_OBLIGATION_HOLDER = int(Reject.NOT_OBLIGATION_HOLDER)
+R_DISPUTE_WINDOW = int(Reject.DISPUTE_WINDOW)
 
 CX_USER = int(CancelReason.USER)
 CX_IOC = int(CancelReason.IOC_REMAINDER)
@@ -102,6 +118,8 @@ CR_SHORT_COVERED = int(CashReason.SHORT_COVERED)
 CR_DELIVERY_RELEASE = int(CashReason.DELIVERY_RELEASE)
 CR_DELIVERY_REFUND = int(CashReason.DELIVERY_REFUND)
 CR_DELIVERY_PENALTY = int(CashReason.DELIVERY_PENALTY)
+CR_WITHDRAWAL_REQUESTED = int(CashReason.WITHDRAWAL_REQUESTED)
+CR_WITHDRAWAL_REJECTED = int(CashReason.WITHDRAWAL_REJECTED)
 
 PR_TRADE = int(PositionReason.TRADE)
 PR_ASSIGNED = int(PositionReason.DELIVERY_ASSIGNED)
@@ -227,7 +245,17 @@ def _emit_trade(
 
 @njit(cache=True, _nrt=False)
 def _emit_cash(
-    ev, n, ci, account, available_delta, held_delta, escrow_delta, collateral_delta, reason, ref_id
+    ev,
+    n,
+    ci,
+    account,
+    available_delta,
+    held_delta,
+    escrow_delta,
+    collateral_delta,
+    reason,
+    ref_id,
+    pending_delta,
 ):
     _start(ev, n, EV_CASH, ci, len(E_CASH))
     ev[n, E_CASH.account] = account
@@ -237,6 +265,7 @@ def _emit_cash(
     ev[n, E_CASH.collateral_delta] = collateral_delta
     ev[n, E_CASH.reason] = reason
     ev[n, E_CASH.ref_id] = ref_id
+    ev[n, E_CASH.pending_delta] = pending_delta
     return n + 1
 
 
@@ -346,7 +375,69 @@ def _cash(accts, ev, n, ci, account, d_avail, d_held, d_escrow, d_collat, reason
     accts[account, A_HELD] += d_held
     accts[account, A_ESCROW] += d_escrow
     accts[account, A_COLLAT] += d_collat
-    return _emit_cash(ev, n, ci, account, d_avail, d_held, d_escrow, d_collat, reason, ref)
+    return _emit_cash(ev, n, ci, account, d_avail, d_held, d_escrow, d_collat, reason, ref, 0)
+
+
+@njit(cache=True, _nrt=False)
+def _cash_pending(accts, ev, n, ci, account, d_avail, d_pending, reason, ref):
+    """Move one account's cash between available and pending withdrawals (off the order path,
+    so `_cash` keeps its arguments); emit the CashChanged row."""
+    accts[account, A_AVAIL] += d_avail
+    accts[account, A_PENDING] += d_pending
+    return _emit_cash(ev, n, ci, account, d_avail, 0, 0, 0, reason, ref, d_pending)
+
+
+@njit(cache=True, _nrt=False)
+def _emit_disputed(ev, n, ci, obligation_id, provider, holder):
+    _start(ev, n, EV_DISPUTED, ci, len(E_DISPUTED))
+    ev[n, E_DISPUTED.obligation_id] = obligation_id
+    ev[n, E_DISPUTED.provider] = provider
+    ev[n, E_DISPUTED.holder] = holder
+    return n + 1
+
+
+@njit(cache=True, _nrt=False)
+def _emit_resolved(ev, n, ci, obligation_id, provider, holder, released):
+    _start(ev, n, EV_RESOLVED, ci, len(E_RESOLVED))
+    ev[n, E_RESOLVED.obligation_id] = obligation_id
+    ev[n, E_RESOLVED.provider] = provider
+    ev[n, E_RESOLVED.holder] = holder
+    ev[n, E_RESOLVED.released] = released
+    return n + 1
+
+
+@njit(cache=True, _nrt=False)
+def _emit_deposited(ev, n, ci, deposit_id, account, amount_micros):
+    _start(ev, n, EV_DEPOSITED, ci, len(E_DEPOSITED))
+    ev[n, E_DEPOSITED.deposit_id] = deposit_id
+    ev[n, E_DEPOSITED.account] = account
+    ev[n, E_DEPOSITED.amount_micros] = amount_micros
+    return n + 1
+
+
+@njit(cache=True, _nrt=False)
+def _emit_wd_requested(ev, n, ci, withdrawal_id, account, amount_micros, approved):
+    return _withdrawal_row(
+        ev, n, ci, EV_WD_REQUESTED, withdrawal_id, account, amount_micros, approved
+    )
+
+
+@njit(cache=True, _nrt=False)
+def _emit_wd_settled(ev, n, ci, withdrawal_id, account, amount_micros, approved):
+    return _withdrawal_row(
+        ev, n, ci, EV_WD_SETTLED, withdrawal_id, account, amount_micros, approved
+    )
+
+
+@njit(cache=True, _nrt=False)
+def _withdrawal_row(ev, n, ci, kind, withdrawal_id, account, amount_micros, approved):
+    """A withdrawal requested or settled: the two kinds share one row shape."""
+    _start(ev, n, kind, ci, len(E_WD_REQUESTED))
+    ev[n, E_WD_SETTLED.withdrawal_id] = withdrawal_id
+    ev[n, E_WD_SETTLED.account] = account
+    ev[n, E_WD_SETTLED.amount_micros] = amount_micros
+    ev[n, E_WD_SETTLED.approved] = approved
+    return n + 1
 
 
 @njit(cache=True, _nrt=False)

@@ -5,10 +5,16 @@ from __future__ import annotations
 from numba import njit
 
 from matching.kernels._base import EMPTY, _reject
-from matching.kernels.accounts import _capacity, _deposit, _withdraw
+from matching.kernels.accounts import (
+    _capacity,
+    _deposit,
+    _request_withdrawal,
+    _settle_withdrawal,
+    _withdraw,
+)
 from matching.kernels.book import _level_key
 from matching.kernels.expiry import _gtd_due
-from matching.kernels.lifecycle import _clock, _confirm, _fail, _list
+from matching.kernels.lifecycle import _clock, _confirm, _dispute, _fail, _list, _resolve
 from matching.kernels.orders import _amend, _cancel, _cancel_all, _place
 from matching.kernels.pools import _ht_put, _pos_key
 from matching.layout import (
@@ -45,9 +51,13 @@ from matching.layout import (
     OP_CLOCK,
     OP_CONFIRM,
     OP_DEPOSIT,
+    OP_DISPUTE,
     OP_FAIL,
     OP_LIST,
     OP_PLACE,
+    OP_RESOLVE,
+    OP_WD_REQUEST,
+    OP_WD_SETTLE,
     OP_WITHDRAW,
     P_ACCOUNT,
     P_INSTR,
@@ -70,7 +80,7 @@ def _room_needed(st, cmds, ci):
         return 1 + 2 * open_orders
     if op == OP_CLOCK:
         return _clock_room(st, max(meta[0, M_NOW], cmds[ci, C_CLOCK_TS_NS]))
-    if op == OP_CONFIRM or op == OP_FAIL:
+    if op == OP_CONFIRM or op == OP_FAIL or op == OP_RESOLVE:
         return 8 + 2 * HOURS_MAX
     return 4
 
@@ -126,6 +136,14 @@ def _apply(cmds, first, st, ev, n):
             n = _fail(st, ev, n, ci, cmds)
         elif op == OP_LIST:
             n = _list(st, ev, n, ci, cmds)
+        elif op == OP_DISPUTE:
+            n = _dispute(st, ev, n, ci, cmds)
+        elif op == OP_RESOLVE:
+            n = _resolve(st, ev, n, ci, cmds)
+        elif op == OP_WD_REQUEST:
+            n = _request_withdrawal(st, ev, n, ci, cmds)
+        elif op == OP_WD_SETTLE:
+            n = _settle_withdrawal(st, ev, n, ci, cmds)
         else:
             # OP_REJECT: the facade refused it (malformed).
             n = _reject(

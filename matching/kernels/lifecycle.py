@@ -16,16 +16,21 @@ from matching.kernels._base import (
     NS_PER_HOUR,
     PR_ASSIGNED,
     R_AMOUNT_INVALID,
+    R_DISPUTE_WINDOW,
+    R_NOT_OBLIGATION_HOLDER,
     R_NOT_OBLIGATION_PROVIDER,
     R_OBLIGATION_STATE,
+    R_UNKNOWN_ACCOUNT,
     R_UNKNOWN_OBLIGATION,
     XP_GATE,
     XP_GTD,
     _cash,
     _emit_assigned,
     _emit_closed,
+    _emit_disputed,
     _emit_listed,
     _emit_position,
+    _emit_resolved,
     _emit_settled,
     _emit_started,
     _reject,
@@ -69,6 +74,7 @@ from matching.layout import (
     C_LIST_REGION,
     C_LIST_SLOT,
     C_LIST_START_NS,
+    C_RESOLVE_RELEASE,
     CFG_DEADLINE_NS,
     CFG_PENALTY_MICROS,
     CFG_REGIONS,
@@ -105,6 +111,7 @@ from matching.layout import (
     O_LOTS,
     OBL_ASSIGNED,
     OBL_CONFIRMED,
+    OBL_DISPUTED,
     OBL_FREE,
     ORDER_SLOT_BITS,
     ORDER_SLOT_MASK,
@@ -395,6 +402,55 @@ def _fail(st, ev, n, ci, cmds):
         n = _deliver_to(st, ev, n, ci, b, min(claimed, _elapsed_hours(meta, obl, b)))
     delivered = obl[b, B_HOURS] - obl[b, B_HOURS_LEFT]
     return _settle(st, ev, n, ci, b, DO_INTERRUPTED if delivered > 0 else DO_FAILED)
+
+
+@njit(cache=True, _nrt=False)
+def _dispute(st, ev, n, ci, cmds):
+    """The holder cannot reach a confirmed machine: hold its hours until an operator resolves.
+
+    Only in the first hour of the window: later, the hours the holder used speak for themselves.
+    """
+    meta, instrs, obl = st.meta, st.instruments, st.obligations
+    account = cmds[ci, C_DELIVERY_ACCOUNT]
+    oid = cmds[ci, C_DELIVERY_OBLIGATION]
+    b = oid & ORDER_SLOT_MASK if oid > 0 else EMPTY
+    if b == EMPTY or b >= obl.shape[0] or obl[b, B_ID] != oid:
+        return _reject(instrs, ev, n, ci, account, R_UNKNOWN_OBLIGATION, oid, -1)
+    if account != obl[b, B_HOLDER]:
+        return _reject(instrs, ev, n, ci, account, R_NOT_OBLIGATION_HOLDER, oid, -1)
+    if obl[b, B_STATE] != OBL_CONFIRMED:
+        return _reject(instrs, ev, n, ci, account, R_OBLIGATION_STATE, oid, -1)
+    now = meta[0, M_NOW]
+    if now < obl[b, B_START] or now >= obl[b, B_START] + NS_PER_HOUR:
+        return _reject(instrs, ev, n, ci, account, R_DISPUTE_WINDOW, oid, -1)
+    obl[b, B_STATE] = OBL_DISPUTED
+    return _emit_disputed(ev, n, ci, oid, obl[b, B_PROVIDER], obl[b, B_HOLDER])
+
+
+@njit(cache=True, _nrt=False)
+def _resolve(st, ev, n, ci, cmds):
+    """An operator ends a dispute: release (delivery goes on, elapsed hours are paid at once) or
+    refund the holder every hour not yet released, with the penalty, as a failed delivery."""
+    meta, instrs, obl = st.meta, st.instruments, st.obligations
+    if cmds[ci, C_DELIVERY_ACCOUNT] != ACCT_EXTERNAL:  # only the operator resolves
+        return _reject(instrs, ev, n, ci, cmds[ci, C_DELIVERY_ACCOUNT], R_UNKNOWN_ACCOUNT, 0, -1)
+    b, n = _obligation(instrs, obl, ev, n, ci, cmds)
+    if b == EMPTY:
+        return n
+    if obl[b, B_STATE] != OBL_DISPUTED:
+        return _reject(
+            instrs, ev, n, ci, cmds[ci, C_DELIVERY_ACCOUNT], R_OBLIGATION_STATE, obl[b, B_ID], -1
+        )
+    release = 1 if cmds[ci, C_RESOLVE_RELEASE] != 0 else 0
+    n = _emit_resolved(ev, n, ci, obl[b, B_ID], obl[b, B_PROVIDER], obl[b, B_HOLDER], release)
+    if release == 0:
+        delivered = obl[b, B_HOURS] - obl[b, B_HOURS_LEFT]
+        return _settle(st, ev, n, ci, b, DO_INTERRUPTED if delivered > 0 else DO_FAILED)
+    obl[b, B_STATE] = OBL_CONFIRMED
+    n = _deliver_to(st, ev, n, ci, b, _elapsed_hours(meta, obl, b))
+    if obl[b, B_HOURS_LEFT] == 0:
+        n = _settle(st, ev, n, ci, b, DO_DELIVERED)
+    return n
 
 
 @njit(cache=True, _nrt=False)

@@ -16,7 +16,13 @@ from typing import Any
 import msgspec
 
 from schemas.codes import CashReason
-from streams.ledger.schema import BUCKET_AVAILABLE, BUCKET_COLLATERAL, BUCKET_ESCROW, BUCKET_HELD
+from streams.ledger.schema import (
+    BUCKET_AVAILABLE,
+    BUCKET_COLLATERAL,
+    BUCKET_ESCROW,
+    BUCKET_HELD,
+    BUCKET_PENDING,
+)
 
 __all__ = [
     "ACCOUNT_POSTINGS_SQL",
@@ -57,6 +63,7 @@ BUCKET_NAMES = {
     BUCKET_HELD: "held",
     BUCKET_ESCROW: "escrow",
     BUCKET_COLLATERAL: "collateral",
+    BUCKET_PENDING: "pending",
 }
 # Why money moved, as the API names it: the CashReason member in lower case ("delivery_release").
 REASON_NAMES = {int(reason): reason.name.lower() for reason in CashReason}

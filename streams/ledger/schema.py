@@ -25,6 +25,12 @@ __all__ = [
     "BUCKET_HELD",
     "BUCKET_ESCROW",
     "BUCKET_COLLATERAL",
+    "BUCKET_PENDING",
+    "TRANSFER_DEPOSIT",
+    "TRANSFER_WITHDRAWAL",
+    "TRANSFER_PENDING",
+    "TRANSFER_COMPLETED",
+    "TRANSFER_REJECTED",
     "ORDER_OPEN",
     "ORDER_FILLED",
     "ORDER_CANCELLED",
@@ -36,6 +42,10 @@ __all__ = [
 
 # postings.bucket
 BUCKET_AVAILABLE, BUCKET_HELD, BUCKET_ESCROW, BUCKET_COLLATERAL = 1, 2, 3, 4
+BUCKET_PENDING = 5  # withdrawals requested, not yet approved or rejected
+# transfers.kind and transfers.status
+TRANSFER_DEPOSIT, TRANSFER_WITHDRAWAL = 1, 2
+TRANSFER_PENDING, TRANSFER_COMPLETED, TRANSFER_REJECTED = 1, 2, 3
 # orders.status
 ORDER_OPEN, ORDER_FILLED, ORDER_CANCELLED, ORDER_EXPIRED = 1, 2, 3, 4
 # deliveries.state
@@ -311,6 +321,27 @@ CREATE TABLE ssh_keys (
 );
 """
 
+# Money in and out: the pending-withdrawals bucket, and one row per deposit or withdrawal with
+# its reference or destination and status (the ledger's postings carry only ids).
+_V9_TRANSFERS = f"""
+ALTER TABLE postings DROP CONSTRAINT postings_bucket_check;
+ALTER TABLE postings ADD CONSTRAINT postings_bucket_check CHECK (bucket BETWEEN 1 AND 5);
+CREATE TABLE transfers (
+    shard         bigint   NOT NULL,
+    kind          smallint NOT NULL,  -- {TRANSFER_DEPOSIT} deposit, {TRANSFER_WITHDRAWAL} withdrawal
+    transfer_id   bigint   NOT NULL,  -- the deposit's or withdrawal's id (its postings' ref_id)
+    account       bigint   NOT NULL,
+    amount_micros bigint   NOT NULL,
+    reference     text     NOT NULL,  -- a deposit's payment reference, a withdrawal's destination
+    status        smallint NOT NULL,  -- {TRANSFER_PENDING} pending, {TRANSFER_COMPLETED} completed, {TRANSFER_REJECTED} rejected
+    ts_requested  bigint   NOT NULL,
+    seq           bigint   NOT NULL,  -- the last event applied
+    ts_event      bigint   NOT NULL,
+    PRIMARY KEY (shard, kind, transfer_id)
+);
+CREATE INDEX transfers_by_account ON transfers (account, kind, ts_requested);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "ledger", _V1_LEDGER),
     Migration(2, "market history", _V2_MARKET_HISTORY),
@@ -320,6 +351,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "client order reservations by age", _V6_CLIENT_ORDER_AGE),
     Migration(7, "postings by account and sequence", _V7_POSTINGS_BY_ACCOUNT_SEQ),
     Migration(8, "ssh keys", _V8_SSH_KEYS),
+    Migration(9, "transfers", _V9_TRANSFERS),
 )
 
 _CREATE_MIGRATIONS_TABLE = """

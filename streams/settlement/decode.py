@@ -26,7 +26,8 @@ _STORED_EVENTS = frozenset(
     (
         ev.CashChanged, ev.TradeExecuted, ev.PositionChanged, ev.OrderAccepted,
         ev.OrderCancelled, ev.OrderExpired, ev.OrderAmended, ev.DeliveryAssigned,
-        ev.DeliveryStarted, ev.DeliverySettled,
+        ev.DeliveryStarted, ev.DeliverySettled, ev.DepositCredited, ev.WithdrawalRequested,
+        ev.WithdrawalSettled,
     )
 )  # fmt: skip
 

@@ -1,5 +1,5 @@
 """Ledger rows and their SQL: the rows a transaction stages (postings, trades, orders,
-positions, deliveries), the staging tables, the statements that apply them (`_APPLY`), and the
+positions, deliveries, transfers), the staging tables, the statements that apply them (`_APPLY`), and the
 direct COPY of append-only tables."""
 
 from __future__ import annotations
@@ -61,6 +61,12 @@ _STAGES = (
     ("stage_orders", "LIKE orders"),
     ("stage_positions", "LIKE positions"),
     ("stage_deliveries", "LIKE deliveries"),
+    ("stage_transfers", "LIKE transfers"),
+    (
+        "stage_transfer_updates",
+        "shard bigint, kind smallint, transfer_id bigint, status smallint, seq bigint, "
+        "ts_event bigint",
+    ),
     (
         "stage_order_updates",
         "shard bigint, order_id bigint, price_ticks bigint, lots_open bigint, "
@@ -105,6 +111,15 @@ _APPLY = {
     "stage_deliveries": "INSERT INTO deliveries SELECT * FROM stage_deliveries "
     f"ON CONFLICT (shard, obligation_id) DO UPDATE SET "
     f"{_set_all('deliveries', _DELIVERY_COLUMNS)}",
+    "stage_transfers": "INSERT INTO transfers SELECT * FROM stage_transfers "
+    "ON CONFLICT (shard, kind, transfer_id) DO UPDATE SET "
+    f"{_set_all('transfers', ('status', 'seq', 'ts_event'))}",
+    "stage_transfer_updates": """
+        UPDATE transfers AS t SET status = s.status, seq = s.seq, ts_event = s.ts_event
+        FROM stage_transfer_updates AS s
+        WHERE t.shard = s.shard AND t.kind = s.kind AND t.transfer_id = s.transfer_id
+          AND t.seq < s.seq
+    """,
     # Deltas apply only if none of the batch's events for the order was applied before.
     "stage_order_updates": f"""
         UPDATE orders AS o SET
@@ -146,6 +161,8 @@ class _Rows:
         self.orders: dict[tuple[int, int], _Order] = {}
         self.positions: dict[tuple[int, str], tuple[Any, ...]] = {}
         self.deliveries: dict[tuple[int, int], _Delivery] = {}
+        # (shard, kind, id) -> its full row if requested in this batch, else [status, seq, ts]
+        self.transfers: dict[tuple[int, int, int], list[Any]] = {}
 
     def add(self, partition: int, offset: int, event: Any) -> None:
         kind = type(event)
@@ -162,9 +179,13 @@ class _Rows:
             self._order_event(event)
         elif kind in _DELIVERY_EVENTS:
             self._delivery_event(event)
+        elif kind in _TRANSFER_EVENTS:
+            self._transfer_event(event)
 
     def _cash(self, partition: int, offset: int, e: ev.CashChanged) -> None:
-        deltas = (e.available_delta, e.held_delta, e.escrow_delta, e.collateral_delta)
+        deltas = (
+            e.available_delta, e.held_delta, e.escrow_delta, e.collateral_delta, e.pending_delta
+        )  # fmt: skip
         for index, amount in enumerate(deltas):
             if amount:
                 self.postings.append(
@@ -230,6 +251,26 @@ class _Rows:
                 e.refund_micros, e.penalty_micros,
             )  # fmt: skip
 
+    def _transfer_event(self, e: Any) -> None:
+        if type(e) is ev.DepositCredited:
+            self.transfers[(e.shard, ls.TRANSFER_DEPOSIT, e.deposit_id)] = [
+                e.shard, ls.TRANSFER_DEPOSIT, e.deposit_id, e.account, e.amount_micros,
+                e.reference, ls.TRANSFER_COMPLETED, e.ts_event, e.seq, e.ts_event,
+            ]  # fmt: skip
+        elif type(e) is ev.WithdrawalRequested:
+            self.transfers[(e.shard, ls.TRANSFER_WITHDRAWAL, e.withdrawal_id)] = [
+                e.shard, ls.TRANSFER_WITHDRAWAL, e.withdrawal_id, e.account, e.amount_micros,
+                e.destination, ls.TRANSFER_PENDING, e.ts_event, e.seq, e.ts_event,
+            ]  # fmt: skip
+        else:  # WithdrawalSettled
+            status = ls.TRANSFER_COMPLETED if e.approved else ls.TRANSFER_REJECTED
+            key = (e.shard, ls.TRANSFER_WITHDRAWAL, e.withdrawal_id)
+            row = self.transfers.get(key)
+            if row is not None and len(row) == 10:  # requested in this batch
+                row[6], row[8], row[9] = status, e.seq, e.ts_event
+            else:
+                self.transfers[key] = [status, e.seq, e.ts_event]
+
     def staged(self) -> dict[str, list[tuple[Any, ...]]]:
         """Rows per staging table (empty tables left out)."""
         out: dict[str, list[tuple[Any, ...]]] = {
@@ -240,7 +281,14 @@ class _Rows:
             "stage_order_updates": [],
             "stage_deliveries": [],
             "stage_delivery_updates": [],
+            "stage_transfers": [],
+            "stage_transfer_updates": [],
         }
+        for (shard, kind, transfer_id), row in self.transfers.items():
+            if len(row) == 10:
+                out["stage_transfers"].append(tuple(row))
+            else:
+                out["stage_transfer_updates"].append((shard, kind, transfer_id, *row))
         for (shard, order_id), o in self.orders.items():
             if o.base is not None:
                 a, sym, side, otype, tif, lots, coid, expire, seq_acc, ts_acc = o.base
@@ -269,6 +317,7 @@ class _Rows:
 
 _ORDER_EVENTS = (ev.OrderAccepted, ev.OrderCancelled, ev.OrderExpired, ev.OrderAmended)
 _DELIVERY_EVENTS = (ev.DeliveryAssigned, ev.DeliveryStarted, ev.DeliverySettled)
+_TRANSFER_EVENTS = (ev.DepositCredited, ev.WithdrawalRequested, ev.WithdrawalSettled)
 # Staging tables of append-only ledger tables, which `_copy_new` fills without staging.
 _APPEND_ONLY = {"stage_postings": "postings", "stage_trades": "trades"}
 # Staging tables in the order their statements must run (orders exist before their updates).

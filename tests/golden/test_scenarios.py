@@ -69,7 +69,11 @@ def test_cash_moves_of_each_command_sum_to_zero(scenario: runner.Scenario) -> No
     for e in scenario.expected:
         if e["type"] == "CashChanged":
             net[e["input_offset"]] += (
-                e["available_delta"] + e["held_delta"] + e["escrow_delta"] + e["collateral_delta"]
+                e["available_delta"]
+                + e["held_delta"]
+                + e["escrow_delta"]
+                + e["collateral_delta"]
+                + e.get("pending_delta", 0)
             )
     assert {k: v for k, v in net.items() if v} == {}, f"{scenario.name}: unbalanced commands"
 

@@ -132,8 +132,9 @@ def engine_view(engine: Engine) -> dict:
     meta = s[lay.ST_META][0]
     balances = {}
     for a, row in enumerate(s[lay.ST_ACCTS]):
-        money = tuple(int(v) for v in row[[lay.A_AVAIL, lay.A_HELD, lay.A_ESCROW, lay.A_COLLAT]])
-        if money != (0, 0, 0, 0):
+        buckets = [lay.A_AVAIL, lay.A_HELD, lay.A_ESCROW, lay.A_COLLAT, lay.A_PENDING]
+        money = tuple(int(v) for v in row[buckets])
+        if money != (0, 0, 0, 0, 0):
             balances[a] = money
     positions = {}
     for row in s[lay.ST_POS][: meta[lay.M_POS_HWM]]:
@@ -160,15 +161,23 @@ def engine_view(engine: Engine) -> dict:
                 lay.B_PROVIDER, lay.B_HOLDER, lay.B_GPUS, lay.B_HOURS_LEFT, lay.B_ESCROW_LEFT,
                 lay.B_FEES_LEFT, lay.B_COLLAT_LEFT, lay.B_RELEASED,
             ]  # fmt: skip
+            state = int(row[lay.B_STATE])
             obligations[int(row[lay.B_ID])] = tuple(int(v) for v in row[cols]) + (
-                int(row[lay.B_STATE]) == lay.OBL_CONFIRMED,
+                state in (lay.OBL_CONFIRMED, lay.OBL_DISPUTED),
+                state == lay.OBL_DISPUTED,
             )
+    withdrawals = {
+        int(row[lay.W_ID]): (int(row[lay.W_ACCOUNT]), int(row[lay.W_AMOUNT]))
+        for row in s[lay.ST_WDS][: meta[lay.M_WD_HWM]]
+        if row[lay.W_ID] != 0
+    }
     return {
         "balances": balances,
         "positions": positions,
         "capacity": capacity,
         "orders": orders,
         "obligations": obligations,
+        "withdrawals": withdrawals,
     }
 
 
@@ -192,9 +201,11 @@ def reference_view(ref: ReferenceExchange) -> dict:
                 b.collateral_left,
                 b.released,
                 b.confirmed,
+                b.disputed,
             )  # fmt: skip
             for b in ref.obligations.values()
         },
+        "withdrawals": {w.withdrawal_id: (w.account, w.amount) for w in ref.withdrawals.values()},
     }
 
 
@@ -341,6 +352,7 @@ def _command(data: DataObject, ref: ReferenceExchange, seen: list[int], obls: li
         st.sampled_from(
             ("place",) * 9
             + ("cancel", "amend", "amend", "cancel_all", "deposit", "withdraw")
+            + ("request_withdrawal", "settle_withdrawal")
             + ("tick", "tick", "capacity", "delivery", "delivery")
         )
     )
@@ -362,8 +374,22 @@ def _command(data: DataObject, ref: ReferenceExchange, seen: list[int], obls: li
         return c.CancelAll(account=_account(data), symbol=symbol)
     if kind in ("deposit", "withdraw"):
         amount = data.draw(st.sampled_from((-1, 0, 10**6, 3 * 10**7, 10**9, 10**16)))
-        make = c.Deposit if kind == "deposit" else c.Withdraw
-        return make(account=_account(data), amount_micros=amount)
+        if kind == "deposit":
+            ref_ = data.draw(st.sampled_from(("", "", "TX-1", "TX-2", "x" * 129)))
+            return c.Deposit(account=_account(data), amount_micros=amount, ref=ref_)
+        return c.Withdraw(account=_account(data), amount_micros=amount)
+    if kind == "request_withdrawal":
+        amount = data.draw(st.sampled_from((-1, 0, 10**6, 3 * 10**7, 10**9, 2 * 10**12)))
+        return c.RequestWithdrawal(account=_account(data), amount_micros=amount, destination="d")
+    if kind == "settle_withdrawal":
+        pending = sorted(w.withdrawal_id for w in ref.withdrawals.values())
+        wid = (
+            data.draw(st.sampled_from(pending)) if pending else data.draw(st.integers(-1, 1 << 25))
+        )
+        operator = 0 if data.draw(st.integers(0, 5)) > 0 else _account(data)
+        return c.SettleWithdrawal(
+            account=operator, withdrawal_id=wid, approved=data.draw(st.booleans())
+        )
     if kind == "tick":
         step = data.draw(st.sampled_from((-5, 0, 1, 5, 10, 10, 15, 20, 30, 45, 60, 120)))
         return c.ClockTick(ts_ns=ref.now + step * NS_PER_MINUTE)
@@ -392,7 +418,15 @@ def _delivery(data: DataObject, ref: ReferenceExchange, obls: list[int]):
     account = b.provider if b is not None and data.draw(st.integers(0, 4)) > 0 else 0
     if data.draw(st.integers(0, 9)) == 0:
         account = _account(data)
-    if data.draw(st.integers(0, 2)) > 0:
+    choice = data.draw(st.integers(0, 5))
+    if choice == 4:  # the holder disputes (or someone else tries)
+        holder = b.holder if b is not None and data.draw(st.integers(0, 4)) > 0 else account
+        return c.DisputeDelivery(account=holder, obligation_id=oid)
+    if choice == 5:
+        operator = 0 if data.draw(st.integers(0, 5)) > 0 else _account(data)
+        release = data.draw(st.booleans())
+        return c.ResolveDispute(account=operator, obligation_id=oid, release=release)
+    if choice > 1:
         return c.DeliveryConfirmed(account=account, obligation_id=oid)
     return c.DeliveryFailed(
         account=account, obligation_id=oid, hours_delivered=data.draw(st.integers(-1, 25))

@@ -27,6 +27,11 @@ EMITTERS = {
     lay.EV_STARTED: _base._emit_started,
     lay.EV_SETTLED: _base._emit_settled,
     lay.EV_LISTED: _base._emit_listed,
+    lay.EV_DISPUTED: _base._emit_disputed,
+    lay.EV_RESOLVED: _base._emit_resolved,
+    lay.EV_DEPOSITED: _base._emit_deposited,
+    lay.EV_WD_REQUESTED: _base._emit_wd_requested,
+    lay.EV_WD_SETTLED: _base._emit_wd_settled,
 }
 
 

@@ -26,6 +26,8 @@ def test_state_fields_follow_the_layout_indexes():
         "capacity_ht": lay.ST_CAP_HT,
         "obligations": lay.ST_OBL,
         "gtd_heap": lay.ST_GTD,
+        "withdrawals": lay.ST_WDS,
+        "deposit_refs": lay.ST_REFS,
         "scratch": lay.ST_SCRATCH,
     }
     assert State._fields == lay.ST_NAMES

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 import msgspec
 
 from matching.calendar import due_listings
-from matching.state import EngineConfig
+from matching.engine import DEPOSIT_REFERENCE_CHARS_MAX
+from matching.state import EngineConfig, _table_size
 from schemas import commands as cmd
 from schemas import events as evt
 from schemas.catalog import Catalog
@@ -84,6 +85,9 @@ class Account:
     held: int = 0
     escrow: int = 0
     collateral: int = 0
+    pending: int = 0  # withdrawals requested, not yet settled
+    withdrawal_day: int = 0
+    withdrawn_today: int = 0  # requested on `withdrawal_day`
     open_orders: dict[int, None] = field(default_factory=dict)  # order ids in placement order
 
 
@@ -152,7 +156,16 @@ class Obligation:
     fees_left: int
     collateral_left: int
     confirmed: bool = False
+    disputed: bool = False
     released: int = 0
+
+
+@dataclass
+class Withdrawal:
+    withdrawal_id: int
+    slot: int
+    account: int
+    amount: int
 
 
 # The int fields the facade checks before anything else.
@@ -163,6 +176,10 @@ _INT_FIELDS: dict[type, tuple[str, ...]] = {
     cmd.CancelAll: ("account",),
     cmd.Deposit: ("account", "amount_micros"),
     cmd.Withdraw: ("account", "amount_micros"),
+    cmd.RequestWithdrawal: ("account", "amount_micros"),
+    cmd.SettleWithdrawal: ("account", "withdrawal_id"),
+    cmd.DisputeDelivery: ("account", "obligation_id"),
+    cmd.ResolveDispute: ("account", "obligation_id"),
     cmd.CapacityUpdate: (),  # checked in _capacity, after the GPU and region
     cmd.ClockTick: ("ts_ns",),
     cmd.DeliveryConfirmed: ("account", "obligation_id"),
@@ -214,6 +231,10 @@ class ReferenceExchange:
         self.obligation_pool = _Pool(self.config.obligations_max)
         self.order_seq = self.trade_seq = self.instrument_seq = self.obligation_seq = 0
         self.transfer_seq = 0  # deposits and withdrawals, in order: their CashChanged ref_id
+        self.references: set[str] = set()  # payment references of the deposits credited
+        self.withdrawals: dict[int, Withdrawal] = {}  # pending, by slot
+        self.withdrawal_pool = _Pool(self.config.withdrawals_max)
+        self.withdrawal_seq = 0
         self.listing_hour = -1
         # Listing takes the lowest free instrument slot; a closure frees its slot at once.
         self.free_instrument_slots = list(range(self.config.instruments_max))
@@ -236,13 +257,13 @@ class ReferenceExchange:
                 )
         return events
 
-    def balances(self) -> dict[int, tuple[int, int, int, int]]:
-        """(available, held, escrow, collateral) of every account that ever moved."""
-        return {
-            a: (x.available, x.held, x.escrow, x.collateral)
+    def balances(self) -> dict[int, tuple[int, int, int, int, int]]:
+        """(available, held, escrow, collateral, pending) of every account not all zero."""
+        money = {
+            a: (x.available, x.held, x.escrow, x.collateral, x.pending)
             for a, x in self.accounts.items()
-            if (x.available, x.held, x.escrow, x.collateral) != (0, 0, 0, 0)
         }
+        return {a: m for a, m in money.items() if m != (0, 0, 0, 0, 0)}
 
     def position_rows(self) -> dict[tuple[int, str], tuple[int, int, int, int, int]]:
         """(lots, reserved, escrow, fees, collateral) by (account, symbol), open instruments only."""
@@ -279,6 +300,14 @@ class ReferenceExchange:
                 self._confirm(c, out)
             elif isinstance(c, cmd.DeliveryFailed):
                 self._fail(c, out)
+            elif isinstance(c, cmd.RequestWithdrawal):
+                self._request_withdrawal(c, out)
+            elif isinstance(c, cmd.SettleWithdrawal):
+                self._settle_withdrawal(c, out)
+            elif isinstance(c, cmd.DisputeDelivery):
+                self._dispute(c, out)
+            elif isinstance(c, cmd.ResolveDispute):
+                self._resolve_dispute(c, out)
             else:
                 raise _Refused(Reject.MALFORMED)
         except _Refused as refused:
@@ -339,12 +368,14 @@ class ReferenceExchange:
         collateral: int,
         reason: CashReason,
         ref: int,
+        pending: int = 0,
     ) -> None:
         a = self._account(account)
         a.available += available
         a.held += held
         a.escrow += escrow
         a.collateral += collateral
+        a.pending += pending
         out.append(
             evt.CashChanged(
                 account=account,
@@ -354,6 +385,7 @@ class ReferenceExchange:
                 collateral_delta=collateral,
                 reason=int(reason),
                 ref_id=ref,
+                pending_delta=pending,
             )
         )
 
@@ -853,13 +885,29 @@ class ReferenceExchange:
 
     def _deposit(self, index: int, c: cmd.Deposit, out: list) -> None:
         amount = c.amount_micros
+        if not isinstance(c.ref, str) or len(c.ref) > DEPOSIT_REFERENCE_CHARS_MAX:
+            raise _Refused(Reject.MALFORMED)
         if not self._user_account(c.account):
             raise _Refused(Reject.UNKNOWN_ACCOUNT)
         if amount <= 0 or amount > self.config.deposit_max_micros:
             raise _Refused(Reject.AMOUNT_INVALID)
         if self._account(c.account).available + amount > self.config.balance_max_micros:
             raise _Refused(Reject.BALANCE_LIMIT)
+        if c.ref:
+            if c.ref in self.references:
+                raise _Refused(Reject.DUPLICATE_REFERENCE)
+            if len(self.references) >= _table_size(self.config.deposit_refs_max) // 2:
+                raise _Refused(Reject.ENGINE_FULL)
+            self.references.add(c.ref)
         self.transfer_seq += 1
+        out.append(
+            evt.DepositCredited(
+                deposit_id=self.transfer_seq,
+                account=c.account,
+                amount_micros=amount,
+                reference=c.ref,
+            )
+        )
         self._cash(out, c.account, amount, 0, 0, 0, CashReason.DEPOSIT, self.transfer_seq)
         self._cash(out, ACCOUNT_EXTERNAL, -amount, 0, 0, 0, CashReason.DEPOSIT, self.transfer_seq)
 
@@ -874,6 +922,61 @@ class ReferenceExchange:
         self.transfer_seq += 1
         self._cash(out, c.account, -amount, 0, 0, 0, CashReason.WITHDRAWAL, self.transfer_seq)
         self._cash(out, ACCOUNT_EXTERNAL, amount, 0, 0, 0, CashReason.WITHDRAWAL, self.transfer_seq)
+
+    def _request_withdrawal(self, c: cmd.RequestWithdrawal, out: list) -> None:
+        amount = c.amount_micros
+        if not self._user_account(c.account):
+            raise _Refused(Reject.UNKNOWN_ACCOUNT)
+        if amount <= 0:
+            raise _Refused(Reject.AMOUNT_INVALID)
+        a = self._account(c.account)
+        day = self.now // (24 * NS_PER_HOUR)
+        today = a.withdrawn_today if a.withdrawal_day == day else 0
+        cfg = self.config
+        if amount > cfg.withdrawal_max_micros or today + amount > cfg.withdrawal_day_max_micros:
+            raise _Refused(Reject.WITHDRAWAL_LIMIT)
+        if amount > a.available:
+            raise _Refused(Reject.INSUFFICIENT_CASH)
+        if len(self.withdrawals) >= cfg.withdrawals_max:
+            raise _Refused(Reject.ENGINE_FULL)
+        slot = self.withdrawal_pool.alloc()
+        self.withdrawal_seq += 1
+        w = Withdrawal((self.withdrawal_seq << SLOT_BITS) | slot, slot, c.account, amount)
+        self.withdrawals[slot] = w
+        a.withdrawal_day, a.withdrawn_today = day, today + amount
+        out.append(
+            evt.WithdrawalRequested(
+                withdrawal_id=w.withdrawal_id,
+                account=c.account,
+                amount_micros=amount,
+                destination=c.destination,
+            )
+        )
+        reason = CashReason.WITHDRAWAL_REQUESTED
+        self._cash(out, c.account, -amount, 0, 0, 0, reason, w.withdrawal_id, pending=amount)
+
+    def _settle_withdrawal(self, c: cmd.SettleWithdrawal, out: list) -> None:
+        if c.account != ACCOUNT_EXTERNAL:
+            raise _Refused(Reject.UNKNOWN_ACCOUNT)
+        wid = c.withdrawal_id
+        w = self.withdrawals.get(wid & ((1 << SLOT_BITS) - 1)) if wid > 0 else None
+        if w is None or w.withdrawal_id != wid:
+            self._reject(c, out, ACCOUNT_EXTERNAL, Reject.UNKNOWN_WITHDRAWAL)
+            return
+        approved = c.approved is True
+        out.append(
+            evt.WithdrawalSettled(
+                withdrawal_id=wid, account=w.account, amount_micros=w.amount, approved=approved
+            )
+        )
+        if approved:
+            self._cash(out, w.account, 0, 0, 0, 0, CashReason.WITHDRAWAL, wid, pending=-w.amount)
+            self._cash(out, ACCOUNT_EXTERNAL, w.amount, 0, 0, 0, CashReason.WITHDRAWAL, wid)
+        else:
+            reason = CashReason.WITHDRAWAL_REJECTED
+            self._cash(out, w.account, w.amount, 0, 0, 0, reason, wid, pending=-w.amount)
+        del self.withdrawals[w.slot]
+        self.withdrawal_pool.release(w.slot)
 
     def _capacity(self, c: cmd.CapacityUpdate, out: list) -> None:
         cat, cfg = self.catalog, self.config
@@ -937,6 +1040,8 @@ class ReferenceExchange:
         deadline = self.catalog.provisioning_deadline_ns
         for slot in sorted(self.obligations):
             b = self.obligations[slot]
+            if b.disputed:
+                continue  # nothing is released or failed until an operator resolves it
             if not b.confirmed and self.now >= b.start_ns + deadline:
                 self._settle(b, DeliveryOutcome.FAILED, out)
             elif b.confirmed:
@@ -1129,7 +1234,9 @@ class ReferenceExchange:
         del self.obligations[b.slot]
         self.obligation_pool.release(b.slot)
 
-    def _obligation(self, c: cmd.DeliveryConfirmed | cmd.DeliveryFailed) -> Obligation:
+    def _obligation(
+        self, c: cmd.DeliveryConfirmed | cmd.DeliveryFailed | cmd.ResolveDispute
+    ) -> Obligation:
         oid = c.obligation_id
         b = self.obligations.get(oid & ((1 << SLOT_BITS) - 1)) if oid > 0 else None
         if b is None or b.obligation_id != oid:
@@ -1155,8 +1262,47 @@ class ReferenceExchange:
         b = self._obligation(c)
         if not 0 <= c.hours_delivered <= b.hours:
             raise _Refused(Reject.AMOUNT_INVALID)
-        if b.confirmed:
+        if b.confirmed and not b.disputed:
             self._deliver_to(b, min(c.hours_delivered, self._elapsed_hours(b)), out)
         delivered = b.hours - b.hours_left
         outcome = DeliveryOutcome.INTERRUPTED if delivered > 0 else DeliveryOutcome.FAILED
         self._settle(b, outcome, out)
+
+    def _dispute(self, c: cmd.DisputeDelivery, out: list) -> None:
+        oid = c.obligation_id
+        b = self.obligations.get(oid & ((1 << SLOT_BITS) - 1)) if oid > 0 else None
+        if b is None or b.obligation_id != oid:
+            raise _Refused(Reject.UNKNOWN_OBLIGATION)
+        if c.account != b.holder:
+            raise _Refused(Reject.NOT_OBLIGATION_HOLDER)
+        if not b.confirmed or b.disputed:
+            raise _Refused(Reject.OBLIGATION_STATE)
+        if not b.start_ns <= self.now < b.start_ns + NS_PER_HOUR:
+            raise _Refused(Reject.DISPUTE_WINDOW)
+        b.disputed = True
+        out.append(evt.DeliveryDisputed(obligation_id=oid, provider=b.provider, holder=b.holder))
+
+    def _resolve_dispute(self, c: cmd.ResolveDispute, out: list) -> None:
+        if c.account != ACCOUNT_EXTERNAL:
+            raise _Refused(Reject.UNKNOWN_ACCOUNT)
+        b = self._obligation(c)
+        if not b.disputed:
+            raise _Refused(Reject.OBLIGATION_STATE)
+        release = c.release is True
+        out.append(
+            evt.DisputeResolved(
+                obligation_id=b.obligation_id,
+                provider=b.provider,
+                holder=b.holder,
+                released=release,
+            )
+        )
+        b.disputed = False
+        if not release:
+            delivered = b.hours - b.hours_left
+            outcome = DeliveryOutcome.INTERRUPTED if delivered > 0 else DeliveryOutcome.FAILED
+            self._settle(b, outcome, out)
+            return
+        self._deliver_to(b, self._elapsed_hours(b), out)
+        if b.hours_left == 0:
+            self._settle(b, DeliveryOutcome.DELIVERED, out)

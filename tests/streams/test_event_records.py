@@ -103,7 +103,7 @@ def test_grouper_returns_whole_commands_across_partial_records(bytes_max: int) -
 
 def test_grouper_holds_a_split_command_until_the_record_that_ends_it() -> None:
     events = _events([2, 40])
-    records = pack_records(events, 300)
+    records = pack_records(events, 340)
     assert len(records) > 2 and records[0].partial is False and records[1].partial
     grouper = CommandGrouper(keep_raw=True)
     first = _fed(grouper, records[:1])
