@@ -246,7 +246,8 @@ class AccountController(Controller):
     async def deliveries(
         self,
         request: Request[Any, Any, Any],
-        state: FromQuery[str | None] = None,
+        # `state` is a name Litestar keeps for the app state: the query is read under another
+        state_: Annotated[str | None, QueryParameter(name="state")] = None,
         role: FromQuery[str | None] = None,
     ) -> dict[str, Any]:
         """Return the account's deliveries as holder and as provider (one `role` if given, one
@@ -254,7 +255,7 @@ class AccountController(Controller):
         ones: active ones by obligation id, then settled ones, newest first."""
         gw = _gateway(request)
         key = await gw.authenticate(request, "read")
-        return gw.list_deliveries(key.account, state, role)
+        return gw.list_deliveries(key.account, state_, role)
 
     @post("/deliveries/{obligation_id:int}/dispute", status_code=200)
     async def dispute_delivery(
