@@ -32,8 +32,8 @@ WebSocket `/ws`: one JSON object per text frame.
 - `trades`, `ticker`, `candles`, `index`: pushes with `seq` and `prev_seq` (the previous push of
   the same channel and symbol); `seq` is the position of the source record in `gx.marketdata`, so
   it rises but is not contiguous.
-- `executions`, `balances`, `positions` (after logon): a `"type": "snapshot"` on subscribe, then
-  `"type": "update"` pushes with `account_seq` (the engine sequence of the event) and
+- `executions`, `balances`, `positions`, `deliveries` (after logon): a `"type": "snapshot"` on
+  subscribe, then pushes (`deliveries`: of their own `type`s) with `account_seq` (the engine sequence of the event) and
   `prev_account_seq` (that of the previous push of the channel for the account).
 - `heartbeat` every second: `{"channel": "heartbeat", "conn_seq", "ts_ns", "seqs": {...}}` with the
   last seq of each subscription, keyed `book:SYM:DEPTH`, `trades:SYM`, `executions`, ...
