@@ -32,8 +32,8 @@ WebSocket `/ws`: one JSON object per text frame.
 - `trades`, `ticker`, `candles`, `index`: pushes with `seq` and `prev_seq` (the previous push of
   the same channel and symbol); `seq` is the position of the source record in `gx.marketdata`, so
   it rises but is not contiguous.
-- `executions`, `balances`, `positions` (after logon): a `"type": "snapshot"` on subscribe, then
-  `"type": "update"` pushes with `account_seq` (the engine sequence of the event) and
+- `executions`, `balances`, `positions`, `deliveries` (after logon): a `"type": "snapshot"` on
+  subscribe, then pushes (`deliveries`: of their own `type`s) with `account_seq` (the engine sequence of the event) and
   `prev_account_seq` (that of the previous push of the channel for the account).
 - `heartbeat` every second: `{"channel": "heartbeat", "conn_seq", "ts_ns", "seqs": {...}}` with the
   last seq of each subscription, keyed `book:SYM:DEPTH`, `trades:SYM`, `executions`, ...
@@ -106,6 +106,8 @@ class ErrorCode(StrEnum):
     REJECTED = "REJECTED"  # the engine refused; `engine_code` and `reason` say why
     BAD_SSH_KEY = "BAD_SSH_KEY"  # not an accepted OpenSSH public key (exchange/gateway/ssh_keys.py)
     SSH_KEYS_FULL = "SSH_KEYS_FULL"  # the account has SSH_KEYS_PER_ACCOUNT_MAX keys
+    BAD_ACCESS = "BAD_ACCESS"  # provision.confirm access unfit (schemas.provisioning.access_error)
+    UNKNOWN_DELIVERY = "UNKNOWN_DELIVERY"  # not a delivery of which the caller is the holder
 
 
 ERROR_STATUS: dict[str, int] = {
@@ -130,6 +132,8 @@ ERROR_STATUS: dict[str, int] = {
     ErrorCode.REJECTED: 422,
     ErrorCode.BAD_SSH_KEY: 400,
     ErrorCode.SSH_KEYS_FULL: 409,
+    ErrorCode.BAD_ACCESS: 400,
+    ErrorCode.UNKNOWN_DELIVERY: 404,
 }
 
 RETRYABLE = frozenset({ErrorCode.RATE_LIMITED, ErrorCode.TIMEOUT, ErrorCode.UNAVAILABLE})

@@ -8,7 +8,8 @@ one provider's deliveries lands in one partition, in order:
   `stage="start"` once engine time reaches the delivery start. `deadline_ns` is when the engine
   fails the delivery unless confirmed.
 - `ProvisionConfirmed` (provider -> provisioning): the machines are up; `access` says how to reach
-  them (opaque to the exchange, e.g. an SSH endpoint). Becomes `DeliveryConfirmed`.
+  them: an SSH endpoint `Access(host, port, user, instructions)`, checked by `access_error`
+  before it is sent. Becomes `DeliveryConfirmed`.
 - `ProvisionFailed` (provider -> provisioning): the provider cannot deliver, or was interrupted
   after `hours_delivered` hours. Becomes `DeliveryFailed`.
 
@@ -18,21 +19,95 @@ Messages are msgspec JSON tagged by `"type"`; integer times are UNIX nanoseconds
 
 from __future__ import annotations
 
-from typing import Literal
+import ipaddress
+import re
+from typing import Annotated, Literal
 
 import msgspec
 
 __all__ = [
+    "ACCESS_HOST_CHARS_MAX",
+    "ACCESS_INSTRUCTIONS_CHARS_MAX",
+    "ACCESS_USER_CHARS_MAX",
+    "Access",
     "ProvisionConfirmed",
     "ProvisionFailed",
     "ProvisionMessage",
     "ProvisionRequested",
+    "access_error",
     "decode_provision",
     "encode_provision",
     "provider_key",
 ]
 
 Stage = Literal["assigned", "start"]
+
+ACCESS_HOST_CHARS_MAX = 253  # the longest DNS name (RFC 1035), and longer than any IP literal
+ACCESS_USER_CHARS_MAX = 64
+ACCESS_INSTRUCTIONS_CHARS_MAX = 2000
+ACCESS_PORT_MAX = 65535
+
+_DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")  # RFC 1123: may start with a digit
+_USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # a login name: no spaces, "@" or shell marks
+
+
+class Access(msgspec.Struct, frozen=True, kw_only=True):
+    """How the holder reaches delivered machines: `ssh -p port user@host`, then `instructions`.
+
+    Decoding checks the lengths and the port; `access_error` checks the host and the user too.
+    """
+
+    host: Annotated[str, msgspec.Meta(min_length=1, max_length=ACCESS_HOST_CHARS_MAX)]
+    port: Annotated[int, msgspec.Meta(ge=1, le=ACCESS_PORT_MAX)]
+    user: Annotated[str, msgspec.Meta(min_length=1, max_length=ACCESS_USER_CHARS_MAX)]
+    instructions: Annotated[str, msgspec.Meta(max_length=ACCESS_INSTRUCTIONS_CHARS_MAX)] = ""
+
+
+def _is_host(host: str) -> bool:
+    """Whether `host` is a DNS name of RFC 1123 labels, or an IPv4 or IPv6 literal."""
+    try:
+        ipaddress.ip_address(host)  # bare, as ssh takes it: "10.0.0.7", "2001:db8::7"
+        return True
+    except ValueError:
+        pass
+    name = host.removesuffix(".")  # a fully qualified name may end with the root's dot
+    labels = name.split(".")
+    if not name or len(host) > ACCESS_HOST_CHARS_MAX:
+        return False
+    if labels[-1].isdigit():
+        return False  # all-numeric top label: a malformed IPv4 address, not a name
+    return all(_DNS_LABEL.match(label) for label in labels)
+
+
+def access_error(access: Access) -> str | None:
+    """Why `access` is unfit to hand a holder (naming the field), or None if it is fit.
+
+    Checks what decoding checks too, so an `Access` built in Python is held to the same rules.
+    """
+    if not isinstance(access.host, str) or not _is_host(access.host):
+        return (
+            f"access.host: expected a DNS name (RFC 1123 labels, at most "
+            f"{ACCESS_HOST_CHARS_MAX} characters) or an IPv4/IPv6 address, found {access.host!r:.80}"
+        )
+    if isinstance(access.port, bool) or not isinstance(access.port, int):
+        return f"access.port: expected an integer 1-{ACCESS_PORT_MAX}, found {access.port!r:.20}"
+    if not 1 <= access.port <= ACCESS_PORT_MAX:
+        return f"access.port: expected 1-{ACCESS_PORT_MAX}, found {access.port}"
+    if not isinstance(access.user, str) or not (
+        len(access.user) <= ACCESS_USER_CHARS_MAX and _USER.match(access.user)
+    ):
+        return (
+            f"access.user: expected 1-{ACCESS_USER_CHARS_MAX} characters of [A-Za-z0-9_.-] "
+            f"(not starting with . or -), found {access.user!r:.80}"
+        )
+    if not isinstance(access.instructions, str):
+        return "access.instructions: expected a string"
+    if len(access.instructions) > ACCESS_INSTRUCTIONS_CHARS_MAX:
+        return (
+            f"access.instructions: expected at most {ACCESS_INSTRUCTIONS_CHARS_MAX} characters, "
+            f"found {len(access.instructions)}"
+        )
+    return None
 
 
 class ProvisionRequested(msgspec.Struct, frozen=True, kw_only=True, tag=True, tag_field="type"):
@@ -54,7 +129,7 @@ class ProvisionConfirmed(msgspec.Struct, frozen=True, kw_only=True, tag=True, ta
 
     obligation_id: int
     provider: int
-    access: str = ""
+    access: Access | None = None  # None only in confirmations older than `Access`
 
 
 class ProvisionFailed(msgspec.Struct, frozen=True, kw_only=True, tag=True, tag_field="type"):
@@ -68,8 +143,20 @@ class ProvisionFailed(msgspec.Struct, frozen=True, kw_only=True, tag=True, tag_f
 
 ProvisionMessage = ProvisionRequested | ProvisionConfirmed | ProvisionFailed
 
+
+class _LegacyConfirmed(
+    msgspec.Struct, frozen=True, kw_only=True, tag="ProvisionConfirmed", tag_field="type"
+):
+    """A confirmation written before `Access`: its access was free text."""
+
+    obligation_id: int
+    provider: int
+    access: str = ""
+
+
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(ProvisionMessage)
+_legacy_decoder = msgspec.json.Decoder(_LegacyConfirmed)
 
 
 def encode_provision(message: ProvisionMessage) -> bytes:
@@ -78,8 +165,22 @@ def encode_provision(message: ProvisionMessage) -> bytes:
 
 
 def decode_provision(data: bytes) -> ProvisionMessage:
-    """Decode one provisioning message; raise `msgspec.DecodeError` on anything else."""
-    return _decoder.decode(data)
+    """Decode one provisioning message; raise `msgspec.DecodeError` on anything else.
+
+    A confirmation older than `Access` (its access a string) still decodes, as a confirmation
+    with no access: its free text is dropped, not kept as `instructions`, because it was never
+    checked and may hold anything (a password, say) that must not reach a holder's screen now.
+    The confirmation itself still counts: the provisioning process turns it into
+    `DeliveryConfirmed` as before.
+    """
+    try:
+        return _decoder.decode(data)
+    except msgspec.ValidationError as error:
+        try:
+            legacy = _legacy_decoder.decode(data)
+        except msgspec.DecodeError:
+            raise error from None
+        return ProvisionConfirmed(obligation_id=legacy.obligation_id, provider=legacy.provider)
 
 
 def provider_key(provider: int) -> bytes:

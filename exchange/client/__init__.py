@@ -29,8 +29,11 @@ from exchange.client.errors import (
 )
 from exchange.client.feeds import FeedClosed, SlowConsumer, Watch
 from exchange.client.models import (
+    Access,
     Balance,
     Candle,
+    Delivery,
+    DeliveryUpdate,
     Execution,
     Fees,
     Fill,
@@ -87,6 +90,9 @@ __all__ = [
     "RouteResult",
     "Execution",
     "ProvisionRequest",
+    "Access",
+    "Delivery",
+    "DeliveryUpdate",
     "GpuExchange",
 ]
 

@@ -98,6 +98,8 @@ _REJECT_ERRORS: dict[Reject, type[Exception]] = {
     Reject.UNKNOWN_OBLIGATION: BadRequest,
     Reject.OBLIGATION_STATE: BadRequest,
     Reject.NOT_OBLIGATION_PROVIDER: PermissionDenied,
+    Reject.NOT_OBLIGATION_HOLDER: PermissionDenied,
+    Reject.DISPUTE_WINDOW: BadRequest,
 }
 _GATEWAY_ERRORS: dict[ErrorCode, type[Exception]] = {
     ErrorCode.BAD_REQUEST: BadRequest,
@@ -121,6 +123,8 @@ _GATEWAY_ERRORS: dict[ErrorCode, type[Exception]] = {
     ErrorCode.REJECTED: OperationRejected,
     ErrorCode.BAD_SSH_KEY: BadRequest,
     ErrorCode.SSH_KEYS_FULL: BadRequest,
+    ErrorCode.BAD_ACCESS: BadRequest,
+    ErrorCode.UNKNOWN_DELIVERY: BadRequest,
 }
 EXACT_ERRORS: dict[str, type[Exception]] = {
     **{code.name: error for code, error in _REJECT_ERRORS.items()},

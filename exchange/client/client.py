@@ -29,6 +29,8 @@ from exchange.client.feeds import ACCOUNT_CHANNELS, BOOK_DEPTHS, Feeds, Watch
 from exchange.client.models import (
     Balance,
     Candle,
+    Delivery,
+    DeliveryUpdate,
     Execution,
     Fees,
     Fill,
@@ -325,6 +327,32 @@ class Client:
             "DELETE", "/ssh_keys", query={"fingerprint": fingerprint}, private=True
         )
 
+    # ------------------------------------------------------------------ deliveries
+
+    async def fetch_deliveries(
+        self, state: str | None = None, role: str | None = None
+    ) -> list[Delivery]:
+        """Return the account's deliveries as holder and provider, with the access of confirmed
+        ones: active first, by obligation id, then settled, newest first.
+
+        `state` keeps one of `assigned`, `confirmed`, `disputed`, `settled`; `role` (`holder`
+        or `provider`) one side.
+        """
+        answer = await self._get("/deliveries", {"state": state, "role": role})
+        return [to_model(d, Delivery) for d in answer.get("deliveries", [])]
+
+    async def dispute_delivery(self, obligation_id: int, reason: str = "") -> Delivery:
+        """Dispute a delivery you hold whose machines you cannot reach (in its first hour): the
+        provider is paid no more hours until an operator resolves it. Not retried: a lost answer
+        shows in `fetch_deliveries` (state `disputed`)."""
+        answer = await self.rest.request(
+            "POST",
+            f"/deliveries/{segment(int(obligation_id))}/dispute",
+            body={"reason": reason},
+            private=True,
+        )
+        return to_model(answer.get("delivery"), Delivery)
+
     async def route_order(
         self,
         gpu: str,
@@ -388,6 +416,12 @@ class Client:
     def watch_positions(self) -> Watch[list[Position]]:
         """Watch the account's positions: every item is the whole current list."""
         return self.feeds.watch("positions")
+
+    def watch_deliveries(self) -> Watch[DeliveryUpdate]:
+        """Watch the account's deliveries as holder and provider: first one `snapshot` item per
+        current delivery, then each change (`assigned`, `confirmed` with the access,
+        `hour_released`, `disputed`, `resolved`, `settled`)."""
+        return self.feeds.watch("deliveries")
 
     def watch_provisioning(self) -> Watch[ProvisionRequest]:
         """Watch the provisioning requests addressed to this provider."""

@@ -11,7 +11,7 @@ Sequence rules, per subscription:
 - `trades`, `ticker`, `candles`, `index`, `curve`: `prev_seq` must be the last `seq` received; a
   gap unsubscribes and subscribes again with `resume_from_seq` = the last seq; pushes at or
   below it are dropped (replays).
-- `executions`, `balances`, `positions`: the same with `account_seq`/`prev_account_seq` (two
+- `executions`, `balances`, `positions`, `deliveries`: the same with `account_seq`/`prev_account_seq` (two
   pushes may share an `account_seq`: both sides of a self-trade), but a gap unsubscribes and
   subscribes again for a fresh snapshot (private channels are not resumed).
 - `resync_required` (the gateway already stopped the subscription) subscribes again for a fresh
@@ -34,6 +34,8 @@ from exchange.client.errors import AuthError, GatewayError, NetworkError
 from exchange.client.models import (
     Balance,
     Candle,
+    Delivery,
+    DeliveryUpdate,
     Execution,
     Order,
     Position,
@@ -65,9 +67,9 @@ BOOK_DEPTHS = (1, 10, 25, 100)
 LISTENER_ITEMS_MAX = 10_000  # items a watcher may fall behind before it fails with SlowConsumer
 SUBSCRIBE_ATTEMPTS_MAX = 10  # per (re)subscribe, on retryable refusals (429, 5xx)
 SUBSCRIBE_DELAY_S_MAX = 10.0
-ACCOUNT_CHANNELS = frozenset({"executions", "balances", "positions", "provisioning"})
+ACCOUNT_CHANNELS = frozenset({"executions", "balances", "positions", "deliveries", "provisioning"})
 SEQ_CHANNELS = frozenset({"trades", "ticker", "candles", "index", "curve"})
-_ACCOUNT_SEQ_CHANNELS = frozenset({"executions", "balances", "positions"})
+_ACCOUNT_SEQ_CHANNELS = frozenset({"executions", "balances", "positions", "deliveries"})
 _ACCOUNT_SEQ = ("account_seq", "prev_account_seq")
 _PUBLIC_SEQ = ("seq", "prev_seq")
 
@@ -179,6 +181,22 @@ class _ExecutionsView:
         pass
 
 
+class _DeliveriesView:
+    """A snapshot becomes one `snapshot` item per current delivery; an update one item."""
+
+    def items(self, msg: dict[str, Any]) -> list[Any]:
+        if msg.get("type") == "snapshot":
+            seq = int(msg.get("account_seq", 0))
+            return [
+                DeliveryUpdate(type="snapshot", delivery=to_model(d, Delivery), account_seq=seq)
+                for d in msg.get("deliveries") or []
+            ]
+        return [to_model(msg, DeliveryUpdate)]
+
+    def reset(self) -> None:
+        pass
+
+
 class _PositionsView:
     def __init__(self) -> None:
         self.positions: dict[str, Position] = {}
@@ -216,6 +234,8 @@ def _view_for(channel: str, symbol: str, depth: int) -> _View:
         return _ConvertView(lambda m: to_model(m, Balance), ("update", "snapshot"))
     if channel == "positions":
         return _PositionsView()
+    if channel == "deliveries":
+        return _DeliveriesView()
     if channel == "provisioning":
         return _ConvertView(lambda m: to_model(m, ProvisionRequest), ("request",))
     return _ConvertView(dict, ("update", "snapshot", "request"))

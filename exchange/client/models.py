@@ -30,6 +30,9 @@ __all__ = [
     "RouteResult",
     "Execution",
     "ProvisionRequest",
+    "Access",
+    "Delivery",
+    "DeliveryUpdate",
     "SshKey",
     "Fees",
     "LedgerEntry",
@@ -286,6 +289,48 @@ class ProvisionRequest(msgspec.Struct, frozen=True, kw_only=True):
     deadline_ns: int = 0
     stage: str = ""
     ssh_keys: tuple[SshKey, ...] = ()  # the holder's keys: install them on the machines
+
+
+class Access(msgspec.Struct, frozen=True, kw_only=True):
+    """How to reach delivered machines: `ssh -p port user@host`, then `instructions`."""
+
+    host: str
+    port: int
+    user: str
+    instructions: str = ""
+
+
+class Delivery(msgspec.Struct, frozen=True, kw_only=True):
+    """A delivery obligation as its holder and its provider see it (`GET /deliveries`).
+
+    `state` is `assigned`, `confirmed`, `disputed` or `settled` (then `outcome` is `delivered`,
+    `failed` or `interrupted`); `access` is set once the delivery is confirmed.
+    """
+
+    obligation_id: int
+    symbol: str = ""
+    provider: int = 0
+    holder: int = 0
+    gpus: int = 0
+    start_ns: int = 0
+    end_ns: int = 0
+    state: str = ""
+    outcome: str | None = None
+    hours_released: int = 0
+    refund: Decimal = Decimal(0)
+    penalty: Decimal = Decimal(0)
+    access: Access | None = None
+    ts_ns: int = 0
+
+
+class DeliveryUpdate(msgspec.Struct, frozen=True, kw_only=True):
+    """One `deliveries` push: `type` is `snapshot` (one per current delivery on subscribe),
+    `assigned`, `confirmed`, `hour_released`, `disputed`, `resolved` or `settled`."""
+
+    type: str
+    delivery: Delivery
+    account_seq: int = 0
+    released: bool | None = None  # `resolved`: whether the operator paid the provider
 
 
 class ModelError(ValueError):

@@ -4,7 +4,7 @@
         if request.stage != "start":
             return None  # the "assigned" heads-up: nothing to answer yet
         host = await boot_machines(request.gpus, request.end_ns)
-        return ProvisionResult.confirm({"ssh": host})
+        return ProvisionResult.confirm(host, 22, "gx")
 
     agent = ProviderAgent(client)
     await agent.update_capacity("H100-SXM", "us-east", start_ns, end_ns, gpus=8)
@@ -19,17 +19,18 @@ and its request forgotten, so the next copy of the request calls the handler aga
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import msgspec
 
 from exchange.client.client import Client
 from exchange.client.errors import GatewayError, NetworkError
-from exchange.client.models import ProvisionRequest
+from exchange.client.models import Access, ProvisionRequest
+from schemas.provisioning import Access as _WireAccess
+from schemas.provisioning import access_error
 
 __all__ = [
     "ProviderAgent",
@@ -51,15 +52,22 @@ ANSWER_BACKOFF_S = 0.5  # first delay between those sends; doubles
 class ProvisionResult(msgspec.Struct, frozen=True, kw_only=True):
     """A handler's answer: access details (confirm) or a failure after `hours_delivered` hours."""
 
-    access: str | None = None
+    access: Access | None = None
     hours_delivered: int = 0
     reason: str = ""
 
     @classmethod
-    def confirm(cls, access: str | Mapping[str, Any]) -> ProvisionResult:
-        """Confirm the delivery; `access` (a mapping is sent as JSON text) tells the holder how."""
-        text = access if isinstance(access, str) else json.dumps(dict(access), sort_keys=True)
-        return cls(access=text)
+    def confirm(cls, host: str, port: int, user: str, instructions: str = "") -> ProvisionResult:
+        """Confirm the delivery: the holder reaches it as `ssh -p port user@host`.
+
+        Raise ValueError, naming the field, for what the gateway would refuse (BAD_ACCESS): a
+        host that is no DNS name or IP address, a port outside 1-65535, an unfit user name,
+        fields longer than their limits (schemas/provisioning.py).
+        """
+        why = access_error(_WireAccess(host=host, port=port, user=user, instructions=instructions))
+        if why is not None:
+            raise ValueError(why)
+        return cls(access=Access(host=host, port=port, user=user, instructions=instructions))
 
     @classmethod
     def fail(cls, hours_delivered: int = 0, reason: str = "") -> ProvisionResult:
@@ -160,7 +168,7 @@ class ProviderAgent:
             method = "provision.confirm"
             params: dict[str, Any] = {
                 "obligation_id": request.obligation_id,
-                "access": result.access,
+                "access": msgspec.structs.asdict(result.access) if result.access else None,
             }
         else:
             method = "provision.fail"

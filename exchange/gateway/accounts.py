@@ -79,9 +79,11 @@ DELIVERIES_SETTLED_MAX = 1000  # settled deliveries kept per account and role
 PRIVATE_RESUME_MAX = 200  # pushes kept per account and private channel for resume_from_seq
 PRICE_STRINGS_MAX = 1 << 16  # cached price strings; the cache starts over when full
 
-CHANNELS = ("executions", "balances", "positions")
+# `deliveries` pushes are made by exchange/gateway/deliveries.py and numbered here (`numbered`),
+# so every private channel resumes alike.
+CHANNELS = ("executions", "balances", "positions", "deliveries")
 ROLES = ("provider", "holder")
-_EXECUTIONS, _BALANCES, _POSITIONS = 0, 1, 2
+_EXECUTIONS, _BALANCES, _POSITIONS, _DELIVERIES = 0, 1, 2, 3
 
 Push = tuple[int, str, bytes]  # (account, channel, encoded body)
 
@@ -188,13 +190,11 @@ class _Account:
         self.balances_ts = "0"
         self.positions: dict[str, int] = {}  # symbol -> signed lots, zero left out
         self.fills: deque[dict[str, Any]] = deque(maxlen=fills_max)  # newest first
-        self.last = [0, 0, 0]  # per channel: account_seq of the last push
-        self.prev = [0, 0, 0]  # per channel: prev_account_seq of the last push
+        self.last = [0] * len(CHANNELS)  # per channel: account_seq of the last push
+        self.prev = [0] * len(CHANNELS)  # per channel: prev_account_seq of the last push
         # per channel: the last pushes as (prev_account_seq, body), oldest first, for resume
-        self.recent: tuple[deque[tuple[int, bytes]], ...] = (
-            deque(maxlen=PRIVATE_RESUME_MAX),
-            deque(maxlen=PRIVATE_RESUME_MAX),
-            deque(maxlen=PRIVATE_RESUME_MAX),
+        self.recent: tuple[deque[tuple[int, bytes]], ...] = tuple(
+            deque(maxlen=PRIVATE_RESUME_MAX) for _ in CHANNELS
         )
         # per role: obligation id -> delivery (active), and the settled ones, newest first
         self.active: tuple[dict[int, dict[str, Any]], dict[int, dict[str, Any]]] = ({}, {})
@@ -386,6 +386,21 @@ class Accounts:
         depend on how long this gateway has run: the last PRIVATE_RESUME_MAX of each channel.
         """
         return self._accounts.get(account, _NO_ACCOUNT).after(_channel_index(channel), from_seq)
+
+    def numbered(self, account: int, channel: str, seq: int, body: dict[str, Any]) -> Push:
+        """Number another projection's push on the account's channel and keep it for resume.
+
+        `body` gets `account_seq` = `seq` (the engine seq of the event that caused it) and
+        `prev_account_seq`; a push with no event of its own passes the channel's `last_seq`
+        and so shares the account_seq of the push before it (as the two of a self-trade do).
+        """
+        i = _channel_index(channel)
+        a = self._account(account)
+        prev = a.advance(i, seq)
+        encoded = orjson.dumps(
+            {"channel": channel, "account_seq": seq, "prev_account_seq": prev, **body}
+        )
+        return (account, channel, a.keep(i, prev, encoded))
 
     def executions_snapshot(self, account: int) -> bytes:
         """The `executions` snapshot body: the live orders as of the last executions push."""

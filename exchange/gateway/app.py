@@ -22,6 +22,7 @@ from litestar.static_files import create_static_files_router
 
 from exchange.gateway.accounts import Accounts
 from exchange.gateway.context import Gateway
+from exchange.gateway.deliveries import Deliveries
 from exchange.gateway.hub import Hub
 from exchange.gateway.keys import KeyStore
 from exchange.gateway.market_feed import MarketFeed
@@ -164,12 +165,14 @@ class GatewayServer:
         ssh_keys = SshKeyStore(self._pool)
         accounts, feed = Accounts(prices), MarketFeed(prices)
         provisioning = Provisioning(keys_of=ssh_keys.cached)
+        deliveries = Deliveries(accounts)
         subscriptions = Subscriptions(feed)
         hub = Hub(
             self.settings,
             accounts=accounts,
             feed=feed,
             provisioning=provisioning,
+            deliveries=deliveries,
             subscriptions=subscriptions,
             ssh_keys=ssh_keys,
             mock_broker=self.mock_broker,
@@ -185,6 +188,7 @@ class GatewayServer:
             accounts=accounts,
             feed=feed,
             provisioning=provisioning,
+            deliveries=deliveries,
             subscriptions=subscriptions,
             ssh_keys=ssh_keys,
         )

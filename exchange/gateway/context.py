@@ -1,7 +1,7 @@
 """What every request handler of one gateway shares: projections, subscriptions, desk, keys, limits.
 
-Handlers read account state from `accounts`, market data from `feed` and provisioning requests
-from `provisioning`, register subscribers with `subscriptions`, and send commands through `desk`
+Handlers read account state from `accounts`, market data from `feed`, provisioning requests
+from `provisioning` and deliveries from `deliveries`, register subscribers with `subscriptions`, and send commands through `desk`
 (order entry) or `hub` (background cancels); the hub feeds the projections from Kafka.
 """
 
@@ -14,6 +14,7 @@ import asyncpg
 
 from exchange.gateway import auth
 from exchange.gateway.accounts import Accounts
+from exchange.gateway.deliveries import DELIVERY_STATES, Deliveries
 from exchange.gateway.hub import Hub
 from exchange.gateway.keys import SCOPES, ApiKey, KeyStore
 from exchange.gateway.market_feed import MarketFeed
@@ -44,6 +45,7 @@ class Gateway:
         accounts: Accounts,
         feed: MarketFeed,
         provisioning: Provisioning,
+        deliveries: Deliveries,
         subscriptions: Subscriptions,
         ssh_keys: SshKeyStore | None = None,
     ) -> None:
@@ -53,12 +55,15 @@ class Gateway:
         self.accounts = accounts
         self.feed = feed
         self.provisioning = provisioning
+        self.deliveries = deliveries
         self.subscriptions = subscriptions
         self.keys = keys
         self.ssh_keys = ssh_keys or SshKeyStore(pool)
         self.pool = pool
         self.limits = limits or RateLimits()
-        self.desk = OrderDesk(hub, accounts, feed, provisioning, keys, catalog, self.prices)
+        self.desk = OrderDesk(
+            hub, accounts, feed, provisioning, keys, catalog, self.prices, deliveries=deliveries
+        )
         lim = self.limits
         self.limiters = {
             "rest_key": RateLimiter(
@@ -174,6 +179,22 @@ class Gateway:
         if not await self.keys.revoke(account, key_id):
             raise WireError(ErrorCode.NOT_FOUND, f"no key {key_id!r} of this account")
         return {"key": key_id, "revoked": True}
+
+    # ------------------------------------------------------------------ deliveries
+
+    def list_deliveries(
+        self, account: int, state: str | None = None, role: str | None = None
+    ) -> dict[str, Any]:
+        """The account's deliveries as holder and provider (`GET /deliveries`, `delivery.list`)."""
+        if state is not None and state not in DELIVERY_STATES:
+            raise WireError(
+                ErrorCode.BAD_REQUEST, f"state: expected one of {DELIVERY_STATES}, found {state!r}"
+            )
+        if role is not None and role not in ("holder", "provider"):
+            raise WireError(
+                ErrorCode.BAD_REQUEST, f"role: expected holder or provider, found {role!r}"
+            )
+        return {"deliveries": self.deliveries.deliveries(account, state, role)}
 
     # ------------------------------------------------------------------ SSH keys
 

@@ -1,9 +1,10 @@
 """The gateway's Kafka side: one producer, three readers, command completion.
 
-    gx.events       -> Accounts (private feeds, order state), Provisioning (settled deliveries)
+    gx.events       -> Accounts (private feeds, order state), Provisioning (settled deliveries),
+                       Deliveries (each account's deliveries, the `deliveries` channel)
                     -> completes the commands this gateway sent (by their gx.commands offset)
     gx.marketdata   -> MarketFeed (books, trades, candles, index, curve)
-    gx.provisioning -> Provisioning (outstanding requests per provider)
+    gx.provisioning -> Provisioning (outstanding requests per provider), Deliveries (access)
     commands        -> gx.commands (partition = shard), provider replies -> gx.provisioning
 
 The hub feeds the projections it is given and hands the pushes they return to the
@@ -28,6 +29,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from exchange.gateway.accounts import Accounts
+from exchange.gateway.deliveries import Deliveries
 from exchange.gateway.market_feed import MarketFeed
 from exchange.gateway.provisioning import Provisioning
 from exchange.gateway.ssh_keys import SshKeyStore
@@ -102,6 +104,7 @@ class Hub:
         accounts: Accounts,
         feed: MarketFeed,
         provisioning: Provisioning,
+        deliveries: Deliveries,
         subscriptions: Subscriptions,
         ssh_keys: SshKeyStore | None = None,
         mock_broker: bool = False,
@@ -115,6 +118,7 @@ class Hub:
         self._accounts = accounts
         self._feed = feed
         self._provisioning = provisioning
+        self._deliveries = deliveries
         self._subscriptions = subscriptions
         self._ssh_keys = ssh_keys
         # The projections and subscriptions the hub feeds; the handlers are given them too
@@ -255,6 +259,9 @@ class Hub:
             for account, channel, body in self._accounts.apply(event):
                 for subscriber in self._private.get(account, ()):
                     subscriber.push(channel, body)
+            for account, channel, body in self._deliveries.apply(event):
+                for subscriber in self._private.get(account, ()):
+                    subscriber.push(channel, body)
             if isinstance(event, e.DeliverySettled):
                 self._provisioning.settled(event.provider, event.obligation_id)
         self._resolve(command.shard, command.input_offset - 1)
@@ -269,6 +276,7 @@ class Hub:
     def _on_provisioning(self, message: ProvisionMessage) -> None:
         self.stats.provisioning += 1
         self._subscriptions.deliver(self._provisioning.apply(message))
+        self._subscriptions.deliver(self._deliveries.apply_provision(message))
 
     # ------------------------------------------------------------------ command completion
 

@@ -27,6 +27,7 @@ from typing import Any, Protocol, TypeVar
 import msgspec
 
 from exchange.gateway.accounts import Accounts
+from exchange.gateway.deliveries import Deliveries
 from exchange.gateway.hub import Hub, command_timeout_s
 from exchange.gateway.market_feed import MarketFeed
 from exchange.gateway.provisioning import Provisioning
@@ -35,7 +36,7 @@ from schemas import commands as c
 from schemas import events as e
 from schemas.catalog import Catalog
 from schemas.codes import OrderType, SelfTradePrevention, Side, TimeInForce
-from schemas.provisioning import ProvisionConfirmed, ProvisionFailed
+from schemas.provisioning import Access, ProvisionConfirmed, ProvisionFailed, access_error
 from schemas.symbols import SymbolError, parse_symbol
 
 __all__ = [
@@ -49,12 +50,16 @@ __all__ = [
     "CapacityParams",
     "ConfirmParams",
     "FailParams",
+    "DisputeParams",
+    "dispute_reason_chars_max",
     "client_order_id_max",
     "route_children_max",
     "parse_params",
+    "parse_access",
 ]
 
 client_order_id_max = 36
+dispute_reason_chars_max = 500
 route_children_max = 50  # child orders one routed order may place
 _CLIENT_ORDER_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,36}$")
 _duplicate_poll_s = 0.02
@@ -124,12 +129,17 @@ class CapacityParams(_Params, kw_only=True):
 
 class ConfirmParams(_Params, kw_only=True):
     obligation_id: int
-    access: str = ""
+    access: Any  # {"host", "port", "user", "instructions"}: checked by `parse_access`
 
 
 class FailParams(_Params, kw_only=True):
     obligation_id: int
     hours_delivered: int = 0
+    reason: str = ""
+
+
+class DisputeParams(_Params, kw_only=True):
+    obligation_id: int
     reason: str = ""
 
 
@@ -143,6 +153,27 @@ def parse_params(params: Any, kind: type[T]) -> T:
         return msgspec.convert(params, kind)
     except msgspec.ValidationError as error:
         raise WireError(ErrorCode.BAD_REQUEST, f"params: {error}") from None
+
+
+def parse_access(value: Any) -> Access:
+    """Convert `provision.confirm`'s access to `Access`; refuse with BAD_ACCESS naming the field."""
+    if not isinstance(value, dict):
+        raise WireError(
+            ErrorCode.BAD_ACCESS,
+            'access: expected an object {"host", "port", "user", "instructions"}, '
+            f"found {type(value).__name__}",
+        )
+    unknown = sorted(set(value) - set(Access.__struct_fields__))
+    if unknown:
+        raise WireError(ErrorCode.BAD_ACCESS, f"access: unknown fields {unknown[:5]}")
+    try:
+        access = msgspec.convert(value, Access, strict=True)
+    except msgspec.ValidationError as error:
+        raise WireError(ErrorCode.BAD_ACCESS, f"access: {error}") from None
+    why = access_error(access)
+    if why is not None:
+        raise WireError(ErrorCode.BAD_ACCESS, why)
+    return access
 
 
 def _ns(text: str, field: str) -> int:
@@ -175,11 +206,14 @@ class OrderDesk:
         client_orders: ClientOrders,
         catalog: Catalog,
         prices: Prices,
+        *,
+        deliveries: Deliveries,
     ) -> None:
         self.hub = hub  # sends the commands and waits for their events
         self.accounts = accounts
         self.feed = feed
         self.provisioning = provisioning
+        self.deliveries = deliveries
         self.client_orders = client_orders
         self.catalog = catalog
         self.prices = prices
@@ -453,10 +487,11 @@ class OrderDesk:
             )
 
     async def confirm(self, account: int, p: ConfirmParams) -> dict[str, Any]:
-        """Confirm a delivery with access details."""
+        """Confirm a delivery with access details (checked before anything is sent)."""
+        access = parse_access(p.access)
         self._outstanding(account, p.obligation_id)
         await self.hub.send_provision(
-            ProvisionConfirmed(obligation_id=p.obligation_id, provider=account, access=p.access)
+            ProvisionConfirmed(obligation_id=p.obligation_id, provider=account, access=access)
         )
         return {"obligation_id": p.obligation_id}
 
@@ -474,3 +509,37 @@ class OrderDesk:
             )
         )
         return {"obligation_id": p.obligation_id}
+
+    # ------------------------------------------------------------------ holders
+
+    async def dispute(self, account: int, p: DisputeParams) -> dict[str, Any]:
+        """Dispute a delivery the account holds (the machines are unreachable): no hour is
+        released until an operator resolves it. Answer `{"delivery"}` once the engine took it.
+
+        Refused here, before anything is sent, when the account does not hold the delivery
+        (UNKNOWN_DELIVERY, telling nothing of another's); the engine refuses the rest (window,
+        state) with its code.
+        """
+        if not self.deliveries.is_holder(account, p.obligation_id):
+            raise WireError(
+                ErrorCode.UNKNOWN_DELIVERY,
+                f"obligation_id: no delivery {p.obligation_id} held by this account",
+            )
+        if len(p.reason) > dispute_reason_chars_max:
+            raise WireError(
+                ErrorCode.BAD_REQUEST,
+                f"reason: expected at most {dispute_reason_chars_max} characters, "
+                f"found {len(p.reason)}",
+            )
+        command = c.DisputeDelivery(
+            shard=self.shard,
+            ts_init=time.time_ns(),
+            account=account,
+            obligation_id=p.obligation_id,
+            reason=p.reason,
+        )
+        events = await self.hub.submit(command)
+        _reject(events)
+        if not any(isinstance(ev, e.DeliveryDisputed) for ev in events):
+            raise WireError(ErrorCode.UNAVAILABLE, "the engine answered without a decision")
+        return {"delivery": self.deliveries.delivery(account, p.obligation_id)}

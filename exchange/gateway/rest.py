@@ -21,6 +21,7 @@ from exchange.gateway.orders import (
     AmendParams,
     CancelAllParams,
     CapacityParams,
+    DisputeParams,
     OrderRef,
     PlaceParams,
     RouteParams,
@@ -243,16 +244,35 @@ class AccountController(Controller):
 
     @get("/deliveries")
     async def deliveries(
-        self, request: Request[Any, Any, Any], role: FromQuery[str] = "holder"
+        self,
+        request: Request[Any, Any, Any],
+        # `state` is a name Litestar keeps for the app state: the query is read under another
+        state_: Annotated[str | None, QueryParameter(name="state")] = None,
+        role: FromQuery[str | None] = None,
     ) -> dict[str, Any]:
-        """Return the account's deliveries as provider or as holder."""
+        """Return the account's deliveries as holder and as provider (one `role` if given, one
+        `state` if given: assigned, confirmed, disputed, settled), with the access of confirmed
+        ones: active ones by obligation id, then settled ones, newest first."""
         gw = _gateway(request)
         key = await gw.authenticate(request, "read")
-        if role not in ("provider", "holder"):
-            raise WireError(
-                ErrorCode.BAD_REQUEST, f"role: expected provider or holder, found {role!r}"
-            )
-        return {"deliveries": gw.accounts.deliveries(key.account, role)}
+        return gw.list_deliveries(key.account, state_, role)
+
+    @post("/deliveries/{obligation_id:int}/dispute", status_code=200)
+    async def dispute_delivery(
+        self,
+        request: Request[Any, Any, Any],
+        obligation_id: FromPath[int],
+        data: JSONBody[dict[str, Any] | None] = None,
+    ) -> dict[str, Any]:
+        """Dispute a delivery the account holds (its machines are unreachable; in the first hour
+        of the window): no hour is released until an operator resolves it. Body optional:
+        `{"reason"}`."""
+        gw, key = await _order_entry(request)
+        reason = (data or {}).get("reason", "")
+        if not isinstance(reason, str):
+            raise WireError(ErrorCode.BAD_REQUEST, "reason: expected a string")
+        params = DisputeParams(obligation_id=obligation_id, reason=reason)
+        return await gw.desk.dispute(key.account, params)
 
     @get("/keys")
     async def keys(self, request: Request[Any, Any, Any]) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from exchange.gateway.orders import (
     CancelAllParams,
     CapacityParams,
     ConfirmParams,
+    DisputeParams,
     FailParams,
     OrderRef,
     PlaceParams,
@@ -59,6 +60,7 @@ PRIVATE_CHANNELS = {
     "executions": "read",
     "balances": "read",
     "positions": "read",
+    "deliveries": "read",
     "provisioning": "provide",
 }
 CANCEL_ON_DISCONNECT = ("none", "connection", "account")
@@ -97,6 +99,11 @@ class _SshKey(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class _SshKeyRef(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     fingerprint: str
+
+
+class _DeliveryQuery(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    state: str | None = None
+    role: str | None = None
 
 
 def _stream_name(key: Any) -> str:
@@ -370,7 +377,9 @@ class Connection:
             raise WireError(ErrorCode.UNKNOWN_METHOD, f"method: {method!r} is not a method")
         scope, kind, handler = entry
         account = self._require(scope)
-        if method.startswith("order.") and method != "order.status":
+        if (
+            method.startswith("order.") and method != "order.status"
+        ) or method == "delivery.dispute":
             self.gw.check_rate(f"orders:{self.key_id}", "orders")
         return await handler(self, account, parse_params(params, kind))
 
@@ -478,6 +487,8 @@ class Connection:
             pushes = [(channel, accounts.balances_snapshot(account))]
         elif channel == "positions":
             pushes = [(channel, accounts.positions_snapshot(account))]
+        elif channel == "deliveries":
+            pushes = [(channel, self.gw.deliveries.snapshot(account))]
         else:
             pushes = [(channel, body) for body in self.gw.provisioning.snapshot(account)]
         self.private.add(channel)
@@ -537,6 +548,12 @@ class Connection:
     async def _remove_ssh_key(self, account: int, p: _SshKeyRef) -> dict[str, Any]:
         return await self.gw.remove_ssh_key(account, p.fingerprint)
 
+    async def _deliveries(self, account: int, p: _DeliveryQuery) -> dict[str, Any]:
+        return self.gw.list_deliveries(account, p.state, p.role)
+
+    async def _dispute(self, account: int, p: DisputeParams) -> dict[str, Any]:
+        return await self.gw.desk.dispute(account, p)
+
     async def _cancel_all_after(self, account: int, p: _DeadMan) -> dict[str, Any]:
         """Arm (or disarm with 0) the dead-man timer: cancel everything unless re-armed."""
         if self._dead_man is not None:
@@ -575,6 +592,8 @@ _ACCOUNT_METHODS: dict[str, tuple[str, type[Any], Any]] = {
     "ssh_key.list": ("read", _NoParams, Connection._ssh_keys),
     "ssh_key.add": ("trade", _SshKey, Connection._add_ssh_key),
     "ssh_key.remove": ("trade", _SshKeyRef, Connection._remove_ssh_key),
+    "delivery.list": ("read", _DeliveryQuery, Connection._deliveries),
+    "delivery.dispute": ("trade", DisputeParams, Connection._dispute),
 }
 
 

@@ -522,7 +522,7 @@ class Provider(Delivering):
         if draw < FAIL_PROBABILITY + INTERRUPT_PROBABILITY:
             self.background(self._interrupt(request))
         self.stats.confirmed += 1
-        return ProvisionResult.confirm(_access(self.spec, request))
+        return _confirm(self.spec, request)
 
     async def _interrupt(self, request: ProvisionRequest) -> None:
         """Report an interruption some minutes into the window, after the confirmation."""
@@ -572,12 +572,13 @@ class Maker(Delivering):
         if request.stage != "start":
             return None
         self.stats.confirmed += 1
-        return ProvisionResult.confirm(_access(self.spec, request))
+        return _confirm(self.spec, request)
 
 
-def _access(spec: BotSpec, request: ProvisionRequest) -> dict[str, object]:
-    host = f"{spec.name}.sandbox.invalid"  # a reserved name: nothing real is handed out
-    return {"ssh": f"gx@{host}:22", "gpus": request.gpus, "obligation": request.obligation_id}
+def _confirm(spec: BotSpec, request: ProvisionRequest) -> ProvisionResult:
+    host = f"{spec.name.lower()}.sandbox.invalid"  # a reserved name: nothing real is handed out
+    note = f"sandbox delivery {request.obligation_id}: {request.gpus} GPUs"
+    return ProvisionResult.confirm(host, 22, "gx", note)
 
 
 class Buyer(Bot):

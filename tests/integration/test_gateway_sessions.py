@@ -152,7 +152,8 @@ def test_provider_streams_capacity_and_answers_provisioning(broker, dsn):
                 await provider.wait_push(
                     lambda p: p["channel"] == "provisioning" and p["stage"] == "start", timeout_s=30
                 )
-                confirm = {"obligation_id": request["obligation_id"], "access": "ssh gpu@10.0.0.7"}
+                access = {"host": "10.0.0.7", "port": 22, "user": "gpu"}
+                confirm = {"obligation_id": request["obligation_id"], "access": access}
                 assert (await provider.request("provision.confirm", confirm))["status"] == 200
                 deliveries = ex.gateway.accounts.deliveries
                 # the confirmation goes provisioning -> gx.commands -> engine: started, then settle

@@ -21,6 +21,7 @@ from schemas.catalog import load_catalog
 from schemas.codec import decode_command
 from schemas.codes import Reject
 from schemas.provisioning import (
+    Access,
     ProvisionConfirmed,
     ProvisionFailed,
     ProvisionRequested,
@@ -160,9 +161,15 @@ def test_confirmations_failures_and_deadline_become_commands_the_engine_settles(
     ids = _obligations(events)
     assert sorted(ids) == list(PROVIDERS)
     replies = [
-        ProvisionConfirmed(obligation_id=ids[20], provider=20, access="ssh gpu@10.0.0.20"),
+        ProvisionConfirmed(
+            obligation_id=ids[20], provider=20, access=Access(host="10.0.0.20", port=22, user="gpu")
+        ),
         ProvisionFailed(obligation_id=ids[21], provider=21, hours_delivered=0, reason="no power"),
-        ProvisionConfirmed(obligation_id=ids[22], provider=99, access="not the provider"),
+        ProvisionConfirmed(
+            obligation_id=ids[22],
+            provider=99,
+            access=Access(host="not.the.provider", port=22, user="x"),
+        ),
     ]
 
     # 1. Assignment and start: six requests; the providers answer; two commands go out.

@@ -579,7 +579,7 @@ def test_provider_agent_streams_capacity_and_answers_provisioning(broker, dsn):
                 seen.append(request)
                 if request.stage != "start":
                     return None
-                return ProvisionResult.confirm({"ssh": "gpu@10.0.0.7"})
+                return ProvisionResult.confirm("10.0.0.7", 22, "gpu")
 
             async with client(ex, "provider") as provider, client(ex, "trader") as buyer:
                 holder_key = await buyer.add_ssh_key(new_ssh_key("holder@laptop"))

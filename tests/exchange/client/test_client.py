@@ -726,7 +726,7 @@ def test_provider_agent_answers_a_repeated_request_without_calling_the_handler_a
         if request.stage != "start":
             return None  # the heads-up needs no answer
         await asyncio.sleep(0.05)  # the repeated copy arrives while this one is handled
-        return ProvisionResult.confirm({"ssh": "gpu-9.example:22"})
+        return ProvisionResult.confirm("gpu-9.example", 22, "gx")
 
     async def body(url: str) -> None:
         async with Client(BASE, KEY, SECRET, ws_url=url) as c:
@@ -745,7 +745,12 @@ def test_provider_agent_answers_a_repeated_request_without_calling_the_handler_a
     confirms = gateway.methods("provision.confirm")
     assert len(confirms) == 2
     assert all(
-        p == {"obligation_id": 9, "access": '{"ssh": "gpu-9.example:22"}'} for _, p in confirms
+        p
+        == {
+            "obligation_id": 9,
+            "access": {"host": "gpu-9.example", "port": 22, "user": "gx", "instructions": ""},
+        }
+        for _, p in confirms
     )
     (_, capacity), *_ = gateway.methods("capacity.update")
     assert capacity == {
