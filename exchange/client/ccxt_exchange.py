@@ -100,6 +100,9 @@ _REJECT_ERRORS: dict[Reject, type[Exception]] = {
     Reject.NOT_OBLIGATION_PROVIDER: PermissionDenied,
     Reject.NOT_OBLIGATION_HOLDER: PermissionDenied,
     Reject.DISPUTE_WINDOW: BadRequest,
+    Reject.DUPLICATE_REFERENCE: BadRequest,
+    Reject.UNKNOWN_WITHDRAWAL: BadRequest,
+    Reject.WITHDRAWAL_LIMIT: OperationRejected,
 }
 _GATEWAY_ERRORS: dict[ErrorCode, type[Exception]] = {
     ErrorCode.BAD_REQUEST: BadRequest,
@@ -151,6 +154,8 @@ _LEDGER_TYPE: dict[str, str] = {
     "delivery_release": "settlement",
     "delivery_refund": "settlement",
     "delivery_penalty": "settlement",
+    "withdrawal_requested": "transfer",  # available -> pending: settled later by an operator
+    "withdrawal_rejected": "transfer",
 }
 _TIF_IN = {"GTC": "gtc", "GTD": "gtd", "IOC": "ioc", "FOK": "fok"}
 

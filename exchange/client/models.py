@@ -134,6 +134,7 @@ class Balance(msgspec.Struct, frozen=True, kw_only=True):
     held: Decimal = Decimal(0)
     escrow: Decimal = Decimal(0)
     collateral: Decimal = Decimal(0)
+    pending: Decimal = Decimal(0)  # withdrawals asked for, not yet approved or rejected
     ts_ns: int = 0
     account_seq: int = 0
 

@@ -167,6 +167,7 @@ class _Account:
         "held",
         "escrow",
         "collateral",
+        "pending",
         "money",
         "balances_ts",
         "positions",
@@ -185,8 +186,8 @@ class _Account:
         # closed orders, oldest first; rejected placements have no id: keyed -1, -2, ...
         self.closed: OrderedDict[int, _Order] = OrderedDict()
         self.by_client: dict[str, _Order] = {}  # live and retained closed orders
-        self.available = self.held = self.escrow = self.collateral = 0
-        self.money = _ZERO_MONEY  # the four balances as strings, redone only where they moved
+        self.available = self.held = self.escrow = self.collateral = self.pending = 0
+        self.money = _ZERO_MONEY  # the five balances as strings, redone only where they moved
         self.balances_ts = "0"
         self.positions: dict[str, int] = {}  # symbol -> signed lots, zero left out
         self.fills: deque[dict[str, Any]] = deque(maxlen=fills_max)  # newest first
@@ -234,7 +235,7 @@ class _Account:
         return [body for prev, body in recent if prev >= from_seq]
 
 
-_ZERO_MONEY = ("0.000000",) * 4
+_ZERO_MONEY = ("0.000000",) * 5
 _NO_ACCOUNT = _Account(0, 0)  # answers queries about accounts never seen, never written
 
 
@@ -358,14 +359,18 @@ class Accounts:
     # ------------------------------------------------------------------ money and positions
 
     def balances(self, account: int) -> dict[str, Any]:
-        """`{"account", "available", "held", "escrow", "collateral"}` as money strings."""
-        available, held, escrow, collateral = self._accounts.get(account, _NO_ACCOUNT).money
+        """`{"account", "available", "held", "escrow", "collateral", "pending"}` as money strings
+        (pending: withdrawals asked for, not yet approved or rejected)."""
+        available, held, escrow, collateral, pending = self._accounts.get(
+            account, _NO_ACCOUNT
+        ).money
         return {
             "account": account,
             "available": available,
             "held": held,
             "escrow": escrow,
             "collateral": collateral,
+            "pending": pending,
         }
 
     def positions(self, account: int) -> list[dict[str, Any]]:
@@ -425,6 +430,7 @@ class Accounts:
             "held": a.money[1],
             "escrow": a.money[2],
             "collateral": a.money[3],
+            "pending": a.money[4],
             "ts_ns": a.balances_ts,
         }
         return orjson.dumps(body)
@@ -699,7 +705,7 @@ class Accounts:
 
     def _cash(self, ev: e.CashChanged) -> list[Push]:
         a = self._account(ev.account)
-        available, held, escrow, collateral = a.money
+        available, held, escrow, collateral, pending = a.money
         if ev.available_delta:
             a.available += ev.available_delta
             available = _money(a.available)
@@ -712,7 +718,10 @@ class Accounts:
         if ev.collateral_delta:
             a.collateral += ev.collateral_delta
             collateral = _money(a.collateral)
-        a.money = (available, held, escrow, collateral)
+        if ev.pending_delta:
+            a.pending += ev.pending_delta
+            pending = _money(a.pending)
+        a.money = (available, held, escrow, collateral, pending)
         a.balances_ts = ts = str(ev.ts_event)
         prev = a.advance(_BALANCES, ev.seq)
         body = {
@@ -724,6 +733,7 @@ class Accounts:
             "held": held,
             "escrow": escrow,
             "collateral": collateral,
+            "pending": pending,
             "ts_ns": ts,
         }
         return [(ev.account, "balances", a.keep(_BALANCES, prev, orjson.dumps(body)))]

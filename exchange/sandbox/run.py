@@ -375,7 +375,7 @@ class Sandbox:
         funds.update({s.account: s.deposit_micros for s in self.bot_specs})
         start_ns = time.time_ns() // NS_PER_HOUR * NS_PER_HOUR
         commands: list[c.Command] = [
-            c.Deposit(account=account, amount_micros=amount, ref="sandbox")
+            c.Deposit(account=account, amount_micros=amount, ref=f"sandbox-funding-{account}")
             for account, amount in funds.items()
         ]
         commands.append(

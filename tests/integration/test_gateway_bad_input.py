@@ -61,7 +61,7 @@ def test_ws_bad_requests_get_stable_codes_and_the_connection_survives(broker, ds
                     ("order.cancel", {"order_id": 999_999}, "UNKNOWN_ORDER"),
                     ("order.amend", {"order_id": 999_999, "price": "1.000", "qty": "1"}, "UNKNOWN_ORDER"),
                     ("cancel_all_after", {"timeout_ms": 5}, "BAD_REQUEST"),
-                    ("provision.confirm", {"obligation_id": 1}, "NOT_FOUND"),
+                    ("provision.confirm", {"obligation_id": 1, "access": {"host": "gpu.example.com", "port": 22, "user": "root"}}, "NOT_FOUND"),
                 ]  # fmt: skip
                 for method, params, code in cases:
                     answer = await ws.request(method, params)

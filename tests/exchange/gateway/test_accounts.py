@@ -67,6 +67,7 @@ BALANCE_KEYS = [
     "held",
     "escrow",
     "collateral",
+    "pending",
     "ts_ns",
 ]
 POSITION_KEYS = [
@@ -652,7 +653,7 @@ def test_snapshots_have_the_api_shapes_and_the_last_seqs(catalog):
     assert list(balances) == BALANCE_KEYS and balances["type"] == "snapshot"
     last_update = [b for a, ch, b in m.pushes if a == BUYER and ch == "balances"][-1]
     assert balances == {**last_update, "type": "snapshot"}
-    assert {k: balances[k] for k in ("available", "held", "escrow", "collateral")} == {
+    assert {k: balances[k] for k in ("available", "held", "escrow", "collateral", "pending")} == {
         k: v for k, v in acc.balances(BUYER).items() if k != "account"
     }
     positions = orjson.loads(acc.positions_snapshot(BUYER))
@@ -675,6 +676,7 @@ def test_an_account_never_seen_has_empty_answers(catalog):
         "held": "0.000000",
         "escrow": "0.000000",
         "collateral": "0.000000",
+        "pending": "0.000000",
     }
     assert acc.positions(42) == acc.open_orders(42) == acc.closed_orders(42) == acc.fills(42) == []
     assert acc.capacity(42) == acc.deliveries(42, "holder") == []
