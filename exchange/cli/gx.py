@@ -11,6 +11,7 @@ from exchange.cli import (
     bench,
     clock,
     engine,
+    funds,
     gateway,
     keys,
     marketdata,
@@ -28,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     for command in (engine, clock, topics, settle, marketdata, provision, audit, gateway):
         command.register(subparsers)  # the processes, in the order data flows through them
-    for command in (keys, sandbox, bench):
+    for command in (keys, funds, sandbox, bench):
         command.register(subparsers)
     return parser
 

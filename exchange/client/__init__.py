@@ -51,6 +51,7 @@ from exchange.client.models import (
     SshKey,
     Ticker,
     Trade,
+    Transfer,
 )
 from exchange.client.provider import ProviderAgent, ProvisionResult
 
@@ -85,6 +86,7 @@ __all__ = [
     "LedgerEntry",
     "LedgerPage",
     "SshKey",
+    "Transfer",
     "OrderResult",
     "RouteChild",
     "RouteResult",

@@ -46,6 +46,7 @@ from exchange.client.models import (
     SshKey,
     Ticker,
     Trade,
+    Transfer,
     to_model,
 )
 from exchange.client.orders import Number, amend_body, order_body, route_body
@@ -305,6 +306,26 @@ class Client:
         """Return the account's fills, newest first."""
         answer = await self._get("/fills", {"symbol": symbol, "limit": limit})
         return [to_model(f, Fill) for f in answer.get("fills", [])]
+
+    # ------------------------------------------------------------------ money in and out
+
+    async def withdraw(self, amount: Number, destination: str) -> Transfer:
+        """Ask to be paid `amount` USD out to `destination` (a key with scope `withdraw`): it
+        leaves available at once and is pending until an operator approves or rejects it. Not
+        retried: a lost answer shows in `fetch_withdrawals`."""
+        body = {"amount": str(Decimal(str(amount))), "destination": destination}
+        answer = await self.rest.request("POST", "/withdrawals", body=body, private=True)
+        return to_model(answer.get("withdrawal"), Transfer)
+
+    async def fetch_withdrawals(self, limit: int = 100) -> list[Transfer]:
+        """Return the account's withdrawals, newest first."""
+        answer = await self._get("/withdrawals", {"limit": limit})
+        return [to_model(w, Transfer) for w in answer.get("withdrawals", [])]
+
+    async def fetch_deposits(self, limit: int = 100) -> list[Transfer]:
+        """Return the account's deposits, newest first."""
+        answer = await self._get("/deposits", {"limit": limit})
+        return [to_model(d, Transfer) for d in answer.get("deposits", [])]
 
     # ------------------------------------------------------------------ SSH keys
 

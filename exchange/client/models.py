@@ -34,6 +34,7 @@ __all__ = [
     "Delivery",
     "DeliveryUpdate",
     "SshKey",
+    "Transfer",
     "Fees",
     "LedgerEntry",
     "LedgerPage",
@@ -276,6 +277,22 @@ class SshKey(msgspec.Struct, frozen=True, kw_only=True):
     public_key: str = ""
     comment: str = ""
     created_ns: int = 0
+
+
+class Transfer(msgspec.Struct, frozen=True, kw_only=True):
+    """A deposit or a withdrawal (`GET /deposits`, `GET /withdrawals`, `POST /withdrawals`).
+
+    `status`: pending (a withdrawal awaiting an operator), completed or rejected (its amount
+    returned to available). A deposit has a `reference`, a withdrawal a `destination`.
+    """
+
+    id: int
+    amount: Decimal
+    status: str
+    reference: str = ""
+    destination: str = ""
+    ts_ns: int = 0
+    updated_ns: int = 0
 
 
 class ProvisionRequest(msgspec.Struct, frozen=True, kw_only=True):

@@ -61,7 +61,7 @@ __all__ = [
 
 log = logging.getLogger("gx.gateway.keys")
 
-SCOPES = ("read", "trade", "provide")
+SCOPES = ("read", "trade", "provide", "withdraw")
 
 KEY_ID_PREFIX = "gx"
 KEY_ID_HEX_CHARS = 24  # 96 random bits

@@ -25,9 +25,11 @@ from exchange.gateway.orders import (
     OrderRef,
     PlaceParams,
     RouteParams,
+    parse_params,
 )
 from exchange.gateway.statements import ledger_page, statement
 from exchange.gateway.ticker import ticker_view
+from exchange.gateway.transfers import WithdrawParams, list_transfers, request_withdrawal
 from exchange.wire import ErrorCode, WireError, money_to_str
 from schemas.catalog import Catalog
 
@@ -273,6 +275,37 @@ class AccountController(Controller):
             raise WireError(ErrorCode.BAD_REQUEST, "reason: expected a string")
         params = DisputeParams(obligation_id=obligation_id, reason=reason)
         return await gw.desk.dispute(key.account, params)
+
+    @get("/deposits")
+    async def deposits(
+        self, request: Request[Any, Any, Any], limit: FromQuery[int] = 100
+    ) -> dict[str, Any]:
+        """Return the account's deposits (credited by an operator), newest first."""
+        gw = _gateway(request)
+        key = await gw.authenticate(request, "read")
+        return {"deposits": await list_transfers(gw.pool, key.account, "deposit", _limit(limit))}
+
+    @get("/withdrawals")
+    async def withdrawals(
+        self, request: Request[Any, Any, Any], limit: FromQuery[int] = 100
+    ) -> dict[str, Any]:
+        """Return the account's withdrawals (pending, completed, rejected), newest first."""
+        gw = _gateway(request)
+        key = await gw.authenticate(request, "read")
+        rows = await list_transfers(gw.pool, key.account, "withdrawal", _limit(limit))
+        return {"withdrawals": rows}
+
+    @post("/withdrawals", status_code=200)
+    async def withdraw(
+        self, request: Request[Any, Any, Any], data: JSONBody[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Ask to be paid out (scope `withdraw`): `{"amount", "destination"}`. The amount moves
+        from available to pending at once; an operator approves or rejects it."""
+        gw = _gateway(request)
+        key = await gw.authenticate(request, "withdraw")
+        gw.check_rate(f"orders:{key.key_id}", "orders")
+        params = parse_params(data, WithdrawParams)
+        return await request_withdrawal(gw.hub, gw.desk.shard, key.account, params)
 
     @get("/keys")
     async def keys(self, request: Request[Any, Any, Any]) -> dict[str, Any]:

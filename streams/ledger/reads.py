@@ -22,6 +22,11 @@ from streams.ledger.schema import (
     BUCKET_ESCROW,
     BUCKET_HELD,
     BUCKET_PENDING,
+    TRANSFER_COMPLETED,
+    TRANSFER_DEPOSIT,
+    TRANSFER_PENDING,
+    TRANSFER_REJECTED,
+    TRANSFER_WITHDRAWAL,
 )
 
 __all__ = [
@@ -31,6 +36,10 @@ __all__ = [
     "TIME_MAX_NS",
     "Posting",
     "Cursor",
+    "TRANSFER_KINDS",
+    "TRANSFER_STATUS_NAMES",
+    "Transfer",
+    "account_transfers",
     "account_postings",
     "opening_balances",
     "parse_cursor",
@@ -53,6 +62,11 @@ PERIOD_POSTINGS_SQL = (
     "WHERE account = $1 AND ts_event >= $2 AND ts_event < $3 "
     "ORDER BY seq, posting_index LIMIT $4"
 )
+# An account's deposits or withdrawals, newest first, along transfers_by_account.
+ACCOUNT_TRANSFERS_SQL = (
+    "SELECT transfer_id, amount_micros, reference, status, ts_requested, ts_event FROM transfers "
+    "WHERE account = $1 AND kind = $2 ORDER BY ts_requested DESC, transfer_id DESC LIMIT $3"
+)
 OPENING_BALANCES_SQL = (
     "SELECT bucket, COALESCE(sum(amount_micros), 0)::bigint AS amount FROM postings "
     "WHERE account = $1 AND ts_event < $2 GROUP BY bucket"
@@ -67,6 +81,13 @@ BUCKET_NAMES = {
 }
 # Why money moved, as the API names it: the CashReason member in lower case ("delivery_release").
 REASON_NAMES = {int(reason): reason.name.lower() for reason in CashReason}
+
+TRANSFER_KINDS = {"deposit": TRANSFER_DEPOSIT, "withdrawal": TRANSFER_WITHDRAWAL}
+TRANSFER_STATUS_NAMES = {
+    TRANSFER_PENDING: "pending",
+    TRANSFER_COMPLETED: "completed",
+    TRANSFER_REJECTED: "rejected",
+}
 
 Cursor = tuple[int, int]  # (seq, posting_index) of the last entry a reader saw
 _START: Cursor = (TIME_MAX_NS, 2**15 - 1)  # before every posting (posting_index is a smallint)
@@ -137,3 +158,30 @@ async def opening_balances(conn: Any, account: int, at_ns: int) -> dict[int, int
     found = {bucket: 0 for bucket in BUCKET_NAMES}
     found.update({row["bucket"]: row["amount"] for row in rows})
     return found
+
+
+class Transfer(msgspec.Struct, frozen=True, kw_only=True):
+    """A deposit or a withdrawal of an account as the ledger holds it."""
+
+    transfer_id: int  # the deposit's or withdrawal's id, the ref_id of its postings
+    amount_micros: int
+    reference: str  # a deposit's payment reference, a withdrawal's destination
+    status: int  # TRANSFER_PENDING, _COMPLETED or _REJECTED
+    ts_requested: int  # engine time it was credited or asked for
+    ts_updated: int  # engine time of its last change (approval, rejection)
+
+
+async def account_transfers(conn: Any, account: int, kind: int, limit: int) -> list[Transfer]:
+    """The account's newest `limit` transfers of `kind` (TRANSFER_DEPOSIT or _WITHDRAWAL)."""
+    rows = await conn.fetch(ACCOUNT_TRANSFERS_SQL, account, kind, limit)
+    return [
+        Transfer(
+            transfer_id=row["transfer_id"],
+            amount_micros=row["amount_micros"],
+            reference=row["reference"],
+            status=row["status"],
+            ts_requested=row["ts_requested"],
+            ts_updated=row["ts_event"],
+        )
+        for row in rows
+    ]
