@@ -17,29 +17,42 @@ arithmetic, so each float is the nearest float to the exact decimal. Requests ar
 SDK's own `signing.signed_headers`; refusals raise the ccxt error their stable code maps to
 (`EXACT_ERRORS`).
 
+The ccxt pro methods `watch_order_book`, `watch_trades`, `watch_ticker`, `watch_orders` and
+`watch_my_trades` run over the SDK's WebSocket client (`exchange.client.Client`, created on the
+first watch with the same URL and key, closed by `close()`). As in ccxt pro, the first call
+subscribes and every call returns the next update; between calls the subscription stays open and
+its updates are kept, so the next call returns everything that arrived meanwhile (trades, orders)
+or the latest state (book, ticker). `info` of a watched structure is the SDK model's fields.
+
 Not implemented (their `has` flags are False): deposits, withdrawals and transfers (the gateway
-has no such endpoints yet), positions, and every `watch_*` (use `exchange.client.Client`).
+has no such endpoints yet), positions, `watch_balance` and `watch_ohlcv` (use
+`exchange.client.Client`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, Callable, Mapping
 from decimal import Decimal
 from typing import Any
 
 import ccxt.async_support as ccxt_async
+import msgspec
 from ccxt.base.decimal_to_precision import TICK_SIZE
 from ccxt.base.errors import (
     AccountNotEnabled,
     AuthenticationError,
     BadRequest,
     BadSymbol,
+    ExchangeClosedByUser,
     ExchangeError,
     ExchangeNotAvailable,
     InsufficientFunds,
     InvalidNonce,
     InvalidOrder,
     MarketClosed,
+    NetworkError,
     OperationRejected,
     OrderImmediatelyFillable,
     OrderNotFillable,
@@ -50,7 +63,11 @@ from ccxt.base.errors import (
 )
 from ccxt.base.precise import Precise
 
-from exchange.client.client import DEFAULT_BASE_URL, TIMEFRAMES
+from exchange.client.client import DEFAULT_BASE_URL, TIMEFRAMES, Client
+from exchange.client.errors import GatewayError
+from exchange.client.errors import NetworkError as SdkNetworkError
+from exchange.client.feeds import FeedClosed, SlowConsumer, Watch
+from exchange.client.models import Execution, Order
 from exchange.client.orders import lots_str, order_body
 from exchange.client.rest import API_PREFIX, segment
 from exchange.client.signing import Credentials, signed_headers
@@ -65,6 +82,7 @@ QUOTE = "USD"  # every price, fee and balance
 NS_PER_MS = 1_000_000
 BPS_PER_UNIT = 10_000
 FILLS_PAGE_MAX = 1000  # fills read to give fetched orders their trades (average, cost)
+BOOK_LEVELS_DEFAULT = 10  # levels a side of fetch_order_book and watch_order_book without a limit
 
 Params = dict[str, Any] | None
 
@@ -175,12 +193,80 @@ def _ms(ts_ns: object) -> int | None:
     return value // NS_PER_MS if value > 0 else None
 
 
+def _builtins(model: msgspec.Struct) -> dict[str, Any]:
+    """An SDK model as the gateway's JSON would give it (Decimal as its string), for `parse_*`."""
+    fields: dict[str, Any] = msgspec.to_builtins(model)
+    return fields
+
+
+def _fill(x: Execution) -> dict[str, Any]:
+    """The `GET /fills` row of a `trade` execution."""
+    return {
+        "trade_id": x.trade_id,
+        "order_id": x.order.order_id,
+        "symbol": x.order.symbol,
+        "side": x.order.side,
+        "price": None if x.last_price is None else str(x.last_price),
+        "qty": None if x.last_qty is None else str(x.last_qty),
+        "fee": None if x.fee is None else str(x.fee),
+        "liquidity": x.liquidity,
+        "ts_ns": x.ts_ns,
+    }
+
+
+async def _next_batch(batches: AsyncGenerator[list[Any], None]) -> list[Any]:
+    try:
+        return await anext(batches)
+    except StopAsyncIteration:
+        raise FeedClosed("the subscription ended") from None
+
+
+class _Stream:
+    """One watch_* stream: its SDK watcher stays attached between calls, so what arrives while
+    the caller is busy comes with the next call.
+
+    Concurrent calls share one pending batch (ccxt pro resolves them with the same update), and
+    a caller that gives up (a timeout) leaves the batch to the next call instead of losing it.
+    """
+
+    def __init__(self, batches: AsyncGenerator[list[Any], None]) -> None:
+        self._batches = batches
+        self._pending: asyncio.Task[list[Any]] | None = None
+
+    async def next(self) -> list[Any]:
+        if self._pending is None:
+            self._pending = asyncio.ensure_future(_next_batch(self._batches))
+        pending = self._pending
+        try:
+            return await asyncio.shield(pending)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if pending.cancelled() and not (current is not None and current.cancelling()):
+                raise FeedClosed("the watch was closed") from None  # by close(), not the caller
+            raise
+        finally:
+            if pending.done() and self._pending is pending:
+                self._pending = None
+
+    async def close(self) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._pending
+        await self._batches.aclose()
+
+
 class GpuExchange(ccxt_async.Exchange):  # type: ignore[misc]
     """The gpu-exchange gateway behind ccxt's unified async API.
 
     Configure the gateway with `urls.api.rest` (default `DEFAULT_BASE_URL`), the key with
     `apiKey` and `secret`.
     """
+
+    def __init__(self, config: Mapping[str, Any] | None = None) -> None:
+        super().__init__(dict(config or {}))
+        self._sdk: Client | None = None  # the WebSocket client of the watch_* methods
+        self._watches: dict[tuple[str, str], _Stream] = {}
 
     def describe(self) -> Any:
         """Return ccxt's description of the exchange: capabilities, URLs, precision, errors."""
@@ -194,7 +280,7 @@ class GpuExchange(ccxt_async.Exchange):  # type: ignore[misc]
                 # ms between requests: the gateway's default per-key REST rate
                 "rateLimit": 1000 / RateLimits().rest_per_key_per_s,
                 "certified": False,
-                "pro": False,
+                "pro": True,
                 "has": {
                     "CORS": None,
                     "spot": False,
@@ -230,12 +316,14 @@ class GpuExchange(ccxt_async.Exchange):  # type: ignore[misc]
                     "fetchWithdrawals": False,
                     "transfer": False,
                     "withdraw": False,
-                    "ws": False,
-                    "watchOrderBook": False,
-                    "watchTicker": False,
-                    "watchTrades": False,
-                    "watchOrders": False,
+                    "ws": True,
+                    "watchOrderBook": True,
+                    "watchTicker": True,
+                    "watchTrades": True,
+                    "watchOrders": True,
+                    "watchMyTrades": True,
                     "watchBalance": False,
+                    "watchOHLCV": False,
                 },
                 "timeframes": {tf: tf for tf in TIMEFRAMES},
                 "urls": {
@@ -461,10 +549,10 @@ class GpuExchange(ccxt_async.Exchange):  # type: ignore[misc]
     async def fetch_order_book(
         self, symbol: str, limit: int | None = None, params: Params = None
     ) -> Any:
-        """Return the book of one instrument to `limit` levels a side (default 10)."""
+        """Return the book of one instrument to `limit` levels a side (default BOOK_LEVELS_DEFAULT)."""
         await self.load_markets()
         market = self.market(symbol)
-        request = {"symbol": market["id"], "depth": limit or 10, **(params or {})}
+        request = {"symbol": market["id"], "depth": limit or BOOK_LEVELS_DEFAULT, **(params or {})}
         answer = await self._public("book/{symbol}", request)
         book = self.parse_order_book(answer, market["symbol"], _ms(answer.get("ts_ns")))
         book["nonce"] = self.safe_integer(answer, "seq")
@@ -845,3 +933,157 @@ class GpuExchange(ccxt_async.Exchange):  # type: ignore[misc]
             },
             market,
         )
+
+    # ------------------------------------------------------------------ WebSocket (ccxt pro)
+
+    async def watch_order_book(
+        self, symbol: str, limit: int | None = None, params: Params = None
+    ) -> Any:
+        """Return the book of one instrument at its next change (first: the snapshot), to
+        `limit` levels a side (default BOOK_LEVELS_DEFAULT). An instrument has one book
+        subscription, of the first call's depth: the smallest of the SDK's BOOK_DEPTHS holding
+        its `limit`.
+        """
+        await self.load_markets()
+        market = self.market(symbol)
+        market_id, levels = market["id"], limit or BOOK_LEVELS_DEFAULT
+
+        def subscribe(client: Client) -> Watch[Any]:
+            return client.watch_order_book(market_id, levels)
+
+        while True:
+            book = (await self._next("book", market_id, subscribe))[-1]
+            if book.synced:  # and not resyncing since it was published
+                break
+        answer = {"bids": book.bids(levels), "asks": book.asks(levels)}
+        out = self.parse_order_book(answer, market["symbol"], _ms(book.ts_ns))
+        out["nonce"] = book.seq
+        return out
+
+    async def watch_trades(
+        self, symbol: str, since: int | None = None, limit: int | None = None, params: Params = None
+    ) -> Any:
+        """Return the public trades of one instrument since the previous call, oldest first
+        (the first call waits for the first trade after subscribing)."""
+        await self.load_markets()
+        market = self.market(symbol)
+        market_id = market["id"]
+        while True:
+            batch = await self._next("trades", market_id, lambda c: c.watch_trades(market_id))
+            trades = self.parse_trades([_builtins(t) for t in batch], market, since, limit)
+            if trades:
+                return trades
+
+    async def watch_ticker(self, symbol: str, params: Params = None) -> Any:
+        """Return the ticker of one instrument at its next push (top of book moved or traded),
+        with the rolling 24 h figures."""
+        await self.load_markets()
+        market = self.market(symbol)
+        market_id = market["id"]
+        tickers = await self._next("ticker", market_id, lambda c: c.watch_ticker(market_id))
+        return self.parse_ticker(_builtins(tickers[-1]), market)
+
+    async def watch_orders(
+        self,
+        symbol: str | None = None,
+        since: int | None = None,
+        limit: int | None = None,
+        params: Params = None,
+    ) -> Any:
+        """Return the account's orders (of `symbol`) that changed since the previous call, each
+        in its latest state; the first call returns the open orders the subscription starts
+        with, or else waits for the first change."""
+        market = await self._watched_market(symbol)
+        market_id = "" if market is None else market["id"]
+        while True:
+            batch = await self._next("orders", market_id, lambda c: c.watch_orders())
+            latest: dict[int, Order] = {}  # order id -> latest state, by last change
+            for i, x in enumerate(batch):
+                if market_id and x.order.symbol != market_id:
+                    continue
+                # a refused placement has no order id (0): each one stays its own entry
+                key = x.order.order_id or -i - 1
+                latest.pop(key, None)
+                latest[key] = x.order
+            orders = [self.parse_order(_builtins(o), market) for o in latest.values()]
+            orders = self.filter_by_symbol_since_limit(orders, symbol, since, limit, True)
+            if orders:
+                return orders
+
+    async def watch_my_trades(
+        self,
+        symbol: str | None = None,
+        since: int | None = None,
+        limit: int | None = None,
+        params: Params = None,
+    ) -> Any:
+        """Return the account's fills (of `symbol`) since the previous call, oldest first (the
+        first call waits for the first fill after subscribing)."""
+        market = await self._watched_market(symbol)
+        market_id = "" if market is None else market["id"]
+        while True:
+            batch = await self._next("my_trades", market_id, lambda c: c.watch_orders())
+            fills = [
+                _fill(x)
+                for x in batch
+                if x.exec_type == "trade" and (not market_id or x.order.symbol == market_id)
+            ]
+            trades = self.parse_trades(fills, market, since, limit)
+            if trades:
+                return trades
+
+    async def close(self, clean_instance_data: bool = False) -> None:
+        """End every watch (waiting calls raise ExchangeClosedByUser), close the WebSocket
+        client and ccxt's HTTP session."""
+        self.closed_by_user = True  # before the first await: no watch may open a client now
+        sdk, self._sdk = self._sdk, None
+        watches, self._watches = list(self._watches.values()), {}
+        if sdk is not None:
+            await sdk.close()  # ends the SDK's watchers first: waiting calls see FeedClosed
+        for watch in watches:
+            await watch.close()
+        await super().close(clean_instance_data)
+
+    async def _watched_market(self, symbol: str | None) -> Any:
+        """Check the key of a private watch; return the market of `symbol` (None for all)."""
+        self.check_required_credentials()
+        await self.load_markets()
+        return None if symbol is None else self.market(symbol)
+
+    async def _next(
+        self, kind: str, market_id: str, watch: Callable[[Client], Watch[Any]]
+    ) -> list[Any]:
+        """The next batch of the `kind` stream of `market_id` ("" for the account's), opened on
+        the first call; an SDK error ends the stream (the next call opens it again) and is
+        raised as the ccxt error its code maps to."""
+        key = (kind, market_id)
+        stream = self._watches.get(key)
+        if stream is None:
+            if self.closed_by_user:  # as ccxt's own lazy open: a closed instance stays closed
+                raise ExchangeClosedByUser(f"{self.id} instance was closed by the user")
+            if self._sdk is None:
+                self._sdk = Client(
+                    self.urls["api"]["rest"],
+                    self.apiKey or None,
+                    self.secret or None,
+                    timeout_s=self.timeout / 1000,
+                )
+            stream = self._watches[key] = _Stream(watch(self._sdk).batches())
+        try:
+            return await stream.next()
+        except (GatewayError, FeedClosed, SlowConsumer) as error:
+            if self._watches.get(key) is stream:
+                del self._watches[key]
+            raise self._watch_error(error) from error
+
+    def _watch_error(self, error: Exception) -> Exception:
+        feedback = f"{self.id} watch: {error}"
+        if isinstance(error, FeedClosed) or self.closed_by_user:
+            return ExchangeClosedByUser(feedback)
+        if isinstance(error, SdkNetworkError):
+            return NetworkError(feedback)
+        if isinstance(error, GatewayError):
+            return EXACT_ERRORS.get(error.code, ExchangeError)(feedback)
+        return ExchangeError(
+            feedback
+        )  # SlowConsumer: more than the SDK keeps arrived between calls

@@ -419,7 +419,7 @@ class Client:
         return self.feeds.watch("trades", symbol)
 
     def watch_ticker(self, symbol: str) -> Watch[Ticker]:
-        """Watch the best bid, best ask and last trade of `symbol`."""
+        """Watch the best bid, best ask, last trade and rolling 24 h figures of `symbol`."""
         return self.feeds.watch("ticker", symbol)
 
     def watch_ohlcv(self, symbol: str, timeframe: str = "1m") -> Watch[Candle]:

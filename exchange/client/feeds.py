@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Coroutine, Generator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Generator
 from typing import Any, Generic, Protocol, TypeVar
 
 from exchange.client.book import BookOutOfSync, LocalBook
@@ -118,6 +118,12 @@ class _Listener(Generic[T]):
             self.wakeup.clear()
             await self.wakeup.wait()
         return self.items.popleft()
+
+    def take_all(self) -> list[T]:
+        """Return and remove every item queued now (none if there are none)."""
+        out = list(self.items)
+        self.items.clear()
+        return out
 
 
 # ---------------------------------------------------------------------- views
@@ -565,7 +571,8 @@ class Feeds:
 class Watch(Generic[T]):
     """A watched channel: `async for item in watch` yields every item from now on, and
     `await watch` returns the next one (ccxt-pro style; the subscription stays open between
-    awaits, so a loop of awaits does not resubscribe).
+    awaits, so a loop of awaits does not resubscribe). `async for items in watch.batches()`
+    yields lists: every item that arrived while the loop's body ran.
     """
 
     def __init__(self, feeds: Feeds, key: Key, params: dict[str, Any], depth: int) -> None:
@@ -586,6 +593,21 @@ class Watch(Generic[T]):
         try:
             item: T = await listener.get()
             return item
+        finally:
+            self._feeds.detach(self._key, listener)
+
+    async def batches(self) -> AsyncGenerator[list[T], None]:
+        """Yield every item that arrived since the previous yield (at least one), oldest first;
+        end when the subscription does. The watcher stays attached between yields, so a slow
+        loop body loses nothing (up to LISTENER_ITEMS_MAX items, then SlowConsumer)."""
+        listener = await self._feeds.attach(self._key, self._params, self._depth)
+        try:
+            while True:
+                try:
+                    first: T = await listener.get()
+                except FeedClosed:
+                    return
+                yield [first, *listener.take_all()]
         finally:
             self._feeds.detach(self._key, listener)
 

@@ -106,7 +106,8 @@ class Candle(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Ticker(msgspec.Struct, frozen=True, kw_only=True):
-    """Best bid and ask and the last trade of an instrument (None where there is none)."""
+    """Best bid and ask, the last trade and the rolling 24 h figures of an instrument (None
+    where there is none), from `GET /ticker` or a `ticker` push."""
 
     symbol: str
     bid: Decimal | None = None
@@ -117,7 +118,7 @@ class Ticker(msgspec.Struct, frozen=True, kw_only=True):
     last_qty: Decimal | None = None
     ts_ns: int = 0
     seq: int = 0
-    # the rolling 24 h figures of `GET /ticker` (the `ticker` channel carries none)
+    # the rolling 24 h figures when the answer or push was made
     open: Decimal | None = None
     high: Decimal | None = None
     low: Decimal | None = None

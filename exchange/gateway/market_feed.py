@@ -619,7 +619,7 @@ class MarketFeed:
             self._ticker(book, offset, ts_ns, out)
 
     def _ticker(self, book: _Book, offset: int, ts_ns: int, out: list[Push]) -> None:
-        """Push the ticker of `book.best` and `book.last`."""
+        """Push the ticker of `book.best` and `book.last` with the rolling 24 h figures."""
         bid, bid_lots, ask, ask_lots = book.best
         last, last_lots = book.last
         price_str = self._price_str
@@ -634,6 +634,7 @@ class MarketFeed:
                 "ask_qty": qty_to_str(ask_lots) if ask else None,
                 "last": price_str(last) if last else None,
                 "last_qty": qty_to_str(last_lots) if last else None,
+                **self.day.figures(book.symbol, self.prices),
                 "ts_ns": str(ts_ns),
             },
         )

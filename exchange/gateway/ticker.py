@@ -1,10 +1,12 @@
-"""The 24-hour ticker of `GET /ticker/{symbol}`: top of book, last trade, rolling 24 h figures.
+"""The 24-hour ticker of `GET /ticker/{symbol}` and the `ticker` channel: top of book, last
+trade, rolling 24 h figures.
 
 `DayStats` keeps each instrument's trades of the last 24 hours in one-minute buckets (at most
 `DAY_BUCKETS_MAX` per instrument), so high, low, volume and VWAP are exact over whole minutes
 without keeping every trade. The window ends at the market's clock, the latest trade time seen
 on any instrument, not at the wall clock: the feed reads no clock, the same records give the
-same ticker, and a replayed market shows the figures it showed then.
+same ticker, and a replayed market shows the figures it showed then. `day_figures` is the one
+place the figures are formatted, so the REST ticker and the WebSocket push cannot disagree.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from schemas.marketdata import Trade
 from schemas.symbols import parse_symbol
 from schemas.units import MICROS_PER_USD, NS_PER_DAY, NS_PER_MINUTE
 
-__all__ = ["DAY_BUCKETS_MAX", "DayStats", "ticker_view"]
+__all__ = ["DAY_BUCKETS_MAX", "DayStats", "day_figures", "ticker_view"]
 
 DAY_BUCKETS_MAX = NS_PER_DAY // NS_PER_MINUTE + 1  # the minutes a 24 h window can touch
 _MICRO = Decimal(1) / MICROS_PER_USD  # VWAP and quote volume are quoted to the micro-dollar
@@ -52,6 +54,9 @@ class DayStats:
     def __init__(self) -> None:
         self.now_ns = 0  # the market's clock: the latest trade time seen
         self._minutes: dict[str, deque[_Minute]] = {}
+        # Every ticker push carries the figures, and most pushes are book moves that leave them
+        # as they were: keep each instrument's formatted figures until its window changes.
+        self._figures: dict[str, dict[str, Any]] = {}
 
     def add(self, symbol: str, trades: Iterable[Trade]) -> None:
         """Count an instrument's new trades (oldest first); drop minutes older than 24 h."""
@@ -64,28 +69,64 @@ class DayStats:
             if not minutes or start > minutes[-1].start_ns:
                 minutes.append(_Minute(start, t.price_ticks))
             minutes[-1].add(t.price_ticks, t.lots)
-        self._prune(minutes)
+        self._figures.pop(symbol, None)
+        self._prune(symbol, minutes)
 
     def forget(self, symbol: str) -> None:
         """Drop a closed instrument's figures."""
         self._minutes.pop(symbol, None)
+        self._figures.pop(symbol, None)
 
     def window(self, symbol: str) -> list[_Minute]:
         """The instrument's minutes inside the 24 h ending at the market's clock, oldest first."""
         minutes = self._minutes.get(symbol)
         if not minutes:
             return []
-        self._prune(minutes)
+        self._prune(symbol, minutes)
         return list(minutes)
 
-    def _prune(self, minutes: deque[_Minute]) -> None:
+    def figures(self, symbol: str, prices: Prices) -> dict[str, Any]:
+        """The instrument's `day_figures` now; the same dict until its window changes (read
+        only: callers copy it into their own)."""
+        minutes = self._minutes.get(symbol)
+        if minutes:
+            self._prune(symbol, minutes)
+        found = self._figures.get(symbol)
+        if found is None:
+            found = self._figures[symbol] = day_figures(symbol, list(minutes or ()), prices)
+        return found
+
+    def _prune(self, symbol: str, minutes: deque[_Minute]) -> None:
         floor = self.now_ns - NS_PER_DAY
         while minutes and minutes[0].start_ns + NS_PER_MINUTE <= floor:
             minutes.popleft()
+            self._figures.pop(symbol, None)
 
 
 def _usd(value: Decimal) -> str:
     return format(value.quantize(_MICRO, rounding=ROUND_HALF_EVEN), "f")
+
+
+def day_figures(symbol: str, minutes: list[_Minute], prices: Prices) -> dict[str, Any]:
+    """The rolling 24 h fields of a ticker (API.md): open, high, low, volume, quote_volume,
+    vwap, trades; null where there is no figure.
+
+    Volume is in lots; quote volume is the USD notional (price x lots x the instrument's hours);
+    VWAP is per GPU-hour like every price.
+    """
+    lots = sum(m.lots for m in minutes)
+    ticks_lots = sum(m.ticks_lots for m in minutes)
+    hours = parse_symbol(symbol).hours
+    tick = prices.tick
+    return {
+        "open": prices.to_str(minutes[0].open) if minutes else None,
+        "high": prices.to_str(max(m.high for m in minutes)) if minutes else None,
+        "low": prices.to_str(min(m.low for m in minutes)) if minutes else None,
+        "volume": qty_to_str(lots),
+        "quote_volume": _usd(Decimal(ticks_lots * hours) * tick),
+        "vwap": _usd(Decimal(ticks_lots) / lots * tick) if lots else None,
+        "trades": sum(m.trades for m in minutes),
+    }
 
 
 def ticker_view(
@@ -98,16 +139,11 @@ def ticker_view(
 ) -> dict[str, Any]:
     """The `GET /ticker` object of one instrument (API.md); null where there is no figure.
 
-    `best` is (bid ticks, bid lots, ask ticks, ask lots) and `last` (ticks, lots), 0 for none.
-    Volume is in lots; quote volume is the USD notional (price x lots x the instrument's hours);
-    VWAP is per GPU-hour like every price.
+    `best` is (bid ticks, bid lots, ask ticks, ask lots) and `last` (ticks, lots), 0 for none;
+    the 24 h fields are `day_figures` of `minutes`.
     """
     bid, bid_lots, ask, ask_lots = best
     last_ticks, last_lots = last
-    lots = sum(m.lots for m in minutes)
-    ticks_lots = sum(m.ticks_lots for m in minutes)
-    hours = parse_symbol(symbol).hours
-    tick = prices.tick
     return {
         "symbol": symbol,
         "bid": prices.to_str(bid) if bid else None,
@@ -116,12 +152,6 @@ def ticker_view(
         "ask_qty": qty_to_str(ask_lots) if ask else None,
         "last": prices.to_str(last_ticks) if last_ticks else None,
         "last_qty": qty_to_str(last_lots) if last_ticks else None,
-        "open": prices.to_str(minutes[0].open) if minutes else None,
-        "high": prices.to_str(max(m.high for m in minutes)) if minutes else None,
-        "low": prices.to_str(min(m.low for m in minutes)) if minutes else None,
-        "volume": qty_to_str(lots),
-        "quote_volume": _usd(Decimal(ticks_lots * hours) * tick),
-        "vwap": _usd(Decimal(ticks_lots) / lots * tick) if lots else None,
-        "trades": sum(m.trades for m in minutes),
+        **day_figures(symbol, minutes, prices),
         "ts_ns": str(ts_ns),
     }

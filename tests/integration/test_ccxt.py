@@ -7,6 +7,7 @@ structure returned, and the error mapping checked on real refusals.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from decimal import Decimal
 from typing import Any
@@ -222,6 +223,157 @@ async def session(ex: Exchange, seller: GpuExchange, buyer: GpuExchange) -> None
                 await stranger.fetch_balance()
         finally:
             await stranger.close()
+
+
+# ---------------------------------------------------------------------- ccxt pro: watch_*
+
+WATCH_TIMEOUT_S = 10.0  # per awaited update
+DAY_FIELDS = ("open", "high", "low", "vwap", "baseVolume", "quoteVolume")
+
+
+def test_ccxt_pro_watches_return_each_update_as_a_unified_structure(broker, dsn):
+    async def scenario() -> None:
+        async with running_exchange(broker, dsn) as ex:
+            seller, buyer = gpu_exchange(ex, "provider"), gpu_exchange(ex, "trader")
+            try:
+                await watching(ex, seller, buyer)
+            finally:
+                await seller.close()
+                await buyer.close()
+
+    run(scenario(), timeout_s=170)
+
+
+async def next_update(call: Any) -> Any:
+    return await asyncio.wait_for(call, WATCH_TIMEOUT_S)
+
+
+async def watch_until(watch: Any, check: Any, what: str) -> Any:
+    """Call `watch()` until `check(result)` holds, at most WATCH_TIMEOUT_S in all."""
+
+    async def loop() -> Any:
+        while not check(result := await watch()):
+            pass
+        return result
+
+    try:
+        return await asyncio.wait_for(loop(), WATCH_TIMEOUT_S)
+    except TimeoutError:
+        raise AssertionError(f"timed out watching for {what}") from None
+
+
+def public_subscribed(ex: Exchange, *keys: tuple[str, str]) -> bool:
+    return all(ex.gateway.subscriptions.public.get(key) for key in keys)
+
+
+def executions_subscribed(ex: Exchange, name: str) -> bool:
+    connections = ex.gateway.subscriptions.private.get(ex.keys[name].account, ())
+    return any("executions" in conn.private for conn in connections)
+
+
+async def watching(ex: Exchange, seller: GpuExchange, buyer: GpuExchange) -> None:
+    symbol = ex.symbol
+    hours = parse_symbol(symbol).hours
+    await buyer.load_markets()
+    await seller.load_markets()
+    for flag in ("watchOrderBook", "watchTrades", "watchTicker", "watchOrders", "watchMyTrades"):
+        assert buyer.has[flag] is True, flag
+
+    # the first calls of the book and of the orders return what the subscription starts with
+    ask = await seller.create_order(symbol, "limit", "sell", 5, 2.6)
+    await ex.wait_for(lambda: ex.gateway.feed.ask_levels(symbol), what="the ask")
+    await ex.wait_for(
+        lambda: ex.gateway.accounts.open_orders(ex.keys["provider"].account), what="open order"
+    )
+    book = await next_update(buyer.watch_order_book(symbol))
+    check_order_book(buyer, SKIP, "watchOrderBook", book, symbol)
+    assert (book["asks"], book["bids"], book["symbol"]) == ([[2.6, 5]], [], symbol)
+    assert book["nonce"] > 0
+    opened = await next_update(seller.watch_orders(symbol))
+    orders_ok(seller, "watchOrders", opened, symbol)
+    assert [(o["id"], o["status"], o["remaining"]) for o in opened] == [(ask["id"], "open", 5)]
+
+    # the other watches wait for the first update after subscribing: subscribe, then trade
+    ticker_call = asyncio.ensure_future(buyer.watch_ticker(symbol))
+    trades_call = asyncio.ensure_future(buyer.watch_trades(symbol))
+    mine_call = asyncio.ensure_future(buyer.watch_my_trades(symbol))
+    orders_call = asyncio.ensure_future(buyer.watch_orders())
+    # the seller's executions are subscribed already: its fills watch joins them at once
+    theirs_call = asyncio.ensure_future(seller.watch_my_trades())
+    await ex.wait_for(
+        lambda: (
+            public_subscribed(ex, ("ticker", symbol), ("trades", symbol))
+            and executions_subscribed(ex, "trader")
+        ),
+        what="the buyer's subscriptions",
+    )
+    buy = await buyer.create_order(symbol, "limit", "buy", 2, 2.6)
+    assert buy["status"] == "closed"
+
+    trades = await next_update(trades_call)
+    trades_ok(buyer, "watchTrades", trades, symbol, public=True)
+    assert [(t["price"], t["amount"], t["side"], t["takerOrMaker"]) for t in trades] == [
+        (2.6, 2, "buy", "taker")
+    ]
+    mine = await next_update(mine_call)
+    trades_ok(buyer, "watchMyTrades", mine, symbol, public=False)
+    assert [(t["order"], t["side"], t["amount"], t["takerOrMaker"]) for t in mine] == [
+        (buy["id"], "buy", 2, "taker")
+    ]
+    assert mine[0]["id"] == trades[0]["id"] and mine[0]["fee"]["currency"] == "USD"
+    theirs = await next_update(theirs_call)
+    trades_ok(seller, "watchMyTrades", theirs, symbol, public=False)
+    assert [(t["order"], t["side"], t["takerOrMaker"]) for t in theirs] == [
+        (ask["id"], "sell", "maker")
+    ]
+
+    orders = await next_update(orders_call)
+    orders_ok(buyer, "watchOrders", orders, None)
+    assert {o["id"] for o in orders} == {buy["id"]}
+    if orders[-1]["status"] != "closed":  # the acceptance came alone: the fill is next
+        orders = await watch_until(buyer.watch_orders, lambda o: o, "the buy's fill")
+        orders_ok(buyer, "watchOrders", orders, None)
+    assert [(o["status"], o["filled"], o["remaining"]) for o in orders] == [("closed", 2, 0)]
+    partly = await watch_until(
+        lambda: seller.watch_orders(symbol), lambda o: o[-1]["filled"] == 2, "the ask's fill"
+    )
+    orders_ok(seller, "watchOrders", partly, symbol)
+    assert [(o["id"], o["status"], o["remaining"]) for o in partly] == [(ask["id"], "open", 3)]
+
+    ticker = await next_update(ticker_call)
+    check_ticker(buyer, SKIP, "watchTicker", ticker, symbol)
+    if ticker["last"] is None:  # the book's move came before the trade's print
+        ticker = await watch_until(lambda: buyer.watch_ticker(symbol), lambda t: t["last"], "last")
+        check_ticker(buyer, SKIP, "watchTicker", ticker, symbol)
+    assert (ticker["last"], ticker["high"], ticker["vwap"]) == (2.6, 2.6, 2.6)
+    assert ticker["baseVolume"] == 2 * hours and ticker["quoteVolume"] == pytest.approx(5.2 * hours)
+    fetched = await buyer.fetch_ticker(symbol)  # nothing traded since: the same 24 h figures
+    assert {f: ticker[f] for f in DAY_FIELDS} == {f: fetched[f] for f in DAY_FIELDS}
+
+    book = await watch_until(
+        lambda: buyer.watch_order_book(symbol), lambda b: b["asks"] == [[2.6, 3]], "the fill"
+    )
+    check_order_book(buyer, SKIP, "watchOrderBook", book, symbol)
+
+    # trades made while no call waits are kept for the next calls, none lost
+    for _ in range(2):
+        await buyer.create_order(symbol, "limit", "buy", 1, 2.6)
+    later: list[Any] = []
+    await watch_until(
+        lambda: buyer.watch_trades(symbol),
+        lambda batch: later.extend(batch) or len(later) >= 2,
+        "the two trades",
+    )
+    trades_ok(buyer, "watchTrades", later, symbol, public=True)
+    assert [(t["amount"], t["price"]) for t in later] == [(1, 2.6), (1, 2.6)]
+    assert len({t["id"] for t in [*trades, *later]}) == 3
+
+    # close() ends a waiting watch with ccxt's ExchangeClosedByUser
+    waiting = asyncio.ensure_future(buyer.watch_trades(symbol))
+    await asyncio.sleep(0.1)
+    await buyer.close()
+    with pytest.raises(ccxt.ExchangeClosedByUser):
+        await next_update(waiting)
 
 
 def buyer_account(ex: Exchange) -> int:

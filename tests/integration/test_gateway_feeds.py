@@ -14,7 +14,7 @@ import pytest
 
 from schemas import commands as c
 from streams.marketdata.state import book_checksum
-from tests.support.gateway_harness import PROVIDER, TRADER, Socket, running_exchange, socket
+from tests.support.gateway_harness import PROVIDER, TRADER, Socket, rest, running_exchange, socket
 
 from .conftest import run
 
@@ -117,6 +117,13 @@ def test_every_channel_pushes_with_sequence_numbers_and_checksums(broker, dsn, w
             assert trades[0]["side"] == "buy"
             ticker = [p for p in pushes if p["channel"] == "ticker"][-1]
             assert (ticker["ask"], ticker["last"], ticker["bid"]) == ("2.600", "2.600", None)
+            # nothing traded since the last push: REST gives the same rolling 24 h figures
+            answer = (await rest(ex, "GET", f"/api/v1/ticker/{ex.symbol}")).json()
+            day_fields = ("open", "high", "low", "volume", "quote_volume", "vwap", "trades")
+            assert {f: ticker[f] for f in day_fields} == {f: answer[f] for f in day_fields}
+            assert (ticker["open"], ticker["high"], ticker["volume"], ticker["trades"]) == (
+                "2.500", "2.600", "4", 2,
+            )  # fmt: skip
             candle = [p for p in pushes if p["channel"] == "candles"][-1]
             assert (candle["open"], candle["high"], candle["close"], candle["volume"]) == (
                 "2.500", "2.600", "2.600", "4",

@@ -342,6 +342,12 @@ def test_ws_feeds_follow_the_gateway_and_order_entry_works(broker, dsn):
                     Decimal("2.600"),
                     Decimal(1),
                 )
+                assert (ticker.open, ticker.high, ticker.volume, ticker.trades) == (
+                    Decimal("2.500"),
+                    Decimal("2.600"),
+                    Decimal(3),
+                    2,
+                )  # the push's rolling 24 h figures
                 await ex.wait_for(
                     lambda: candles.items and candles.items[-1].volume == 3, what="the candle"
                 )

@@ -1,5 +1,6 @@
 """GpuExchange without a gateway: the error table covers every stable code, requests are signed
-as the gateway verifies them, error answers raise the mapped ccxt class.
+as the gateway verifies them, error answers raise the mapped ccxt class, and a watch stream
+keeps what arrives between calls.
 
 The whole flow against a live exchange is tests/integration/test_ccxt.py.
 """
@@ -7,6 +8,7 @@ The whole flow against a live exchange is tests/integration/test_ccxt.py.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncGenerator
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,7 +23,9 @@ from ccxt.test.exchange.base import test_ticker as check_ticker
 from ccxt.test.exchange.base import test_trade as check_trade
 
 from exchange import wire
-from exchange.client.ccxt_exchange import EXACT_ERRORS, GpuExchange
+from exchange.client.ccxt_exchange import EXACT_ERRORS, GpuExchange, _Stream
+from exchange.client.errors import GatewayError, NetworkError
+from exchange.client.feeds import FeedClosed, SlowConsumer
 from schemas.codes import Reject
 
 SYM = "H100-SXM.us-east.1h.2026-12-01T14"
@@ -196,3 +200,38 @@ def test_ledger_entries_carry_the_statements_bucket_balances():
         ("3.0", "available", "transfer", "out", 100, 97.6),
         ("3.1", "held", "transfer", "in", 0, 2.4),
     ]
+
+
+def test_a_watch_stream_keeps_what_arrives_between_calls_and_shares_a_batch():
+    async def scenario() -> None:
+        queue: asyncio.Queue[list[int]] = asyncio.Queue()
+
+        async def batches() -> AsyncGenerator[list[int], None]:
+            while True:
+                yield await queue.get()
+
+        stream = _Stream(batches())
+        first, second = asyncio.ensure_future(stream.next()), asyncio.ensure_future(stream.next())
+        await asyncio.sleep(0)
+        queue.put_nowait([1, 2])
+        assert await first == await second == [1, 2]  # concurrent calls resolve together
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(stream.next(), 0.01)
+        queue.put_nowait([3])
+        assert await stream.next() == [3]  # the caller that gave up did not take it
+        waiting = asyncio.ensure_future(stream.next())
+        await asyncio.sleep(0)
+        await stream.close()
+        with pytest.raises(FeedClosed):
+            await waiting
+
+    asyncio.run(scenario())
+
+
+def test_watch_errors_map_sdk_codes_to_ccxt_errors():
+    ex = exchange()
+    assert isinstance(ex._watch_error(GatewayError("UNKNOWN_SYMBOL", "x", 404)), ccxt.BadSymbol)
+    assert isinstance(ex._watch_error(NetworkError("connection lost")), ccxt.NetworkError)
+    assert isinstance(ex._watch_error(SlowConsumer("behind")), ccxt.ExchangeError)
+    assert isinstance(ex._watch_error(FeedClosed("closed")), ccxt.ExchangeClosedByUser)
+    assert ex.has["watchOrderBook"] and ex.has["watchMyTrades"] and not ex.has["watchBalance"]

@@ -577,6 +577,32 @@ def test_trades_gap_resubscribes_resuming_from_the_last_seq():
     _run(gateway, body)
 
 
+def test_batches_yield_everything_that_arrived_while_the_caller_was_busy():
+    gateway = FakeGateway()
+
+    async def body(url: str) -> None:
+        async with Client(BASE, ws_url=url) as c:
+            batches = c.watch_trades(SYMBOL).batches()
+            first = asyncio.ensure_future(anext(batches))
+            await _until(lambda: len(gateway.requests) == 1)
+            conn = gateway.conns[0]
+            await conn.push(_trade(100, 90))
+            assert [t.trade_id for t in await first] == [100]
+            await conn.push(_trade(110, 100, ids=(110, 111)))  # nobody awaits: they are kept
+            await conn.push(_trade(120, 110))
+            await _until(lambda: gateway.conns[0].conn_seq == 3)
+            await asyncio.sleep(0.05)
+            got = [t.trade_id for t in await anext(batches)]
+            if got != [110, 111, 120]:  # the last push came after the first two were taken
+                got += [t.trade_id for t in await anext(batches)]
+            assert got == [110, 111, 120]
+            await c.unwatch("trades", SYMBOL)
+            with pytest.raises(StopAsyncIteration):
+                await anext(batches)
+
+    _run(gateway, body)
+
+
 def test_missed_heartbeats_make_the_client_reconnect():
     gateway = FakeGateway(results={"ping": {"ts_ns": "1"}})
 

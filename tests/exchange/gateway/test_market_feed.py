@@ -516,6 +516,12 @@ def test_ticker_follows_best_and_last_trade():
     assert [(t["trade_id"], t["qty"]) for t in body["trades"]] == [(10, "2"), (11, "3")]
     ticker = orjson.loads(pushes[1][1])
     assert (ticker["last"], ticker["last_qty"]) == ("2.407", "3")
+    assert (ticker["open"], ticker["high"], ticker["volume"], ticker["trades"]) == (
+        "2.405",
+        "2.407",
+        "6",
+        3,
+    )  # trade 9 counted once
 
 
 def test_rest_queries_answer_from_the_messages(catalog):

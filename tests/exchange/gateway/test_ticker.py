@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import random
 from decimal import Decimal
+from typing import Any
+
+import orjson
 
 from exchange.gateway.market_feed import MarketFeed
 from exchange.gateway.ticker import DAY_BUCKETS_MAX, DayStats, ticker_view
 from exchange.wire import Prices
-from schemas.marketdata import BookSnapshot, Trade, TradePrints
+from schemas.marketdata import BookDelta, BookSnapshot, Trade, TradePrints
 from schemas.units import NS_PER_DAY, NS_PER_HOUR, NS_PER_MINUTE
 
 PRICES = Prices(1000)  # tick 0.001 USD
@@ -109,3 +112,44 @@ def test_market_feed_ticker_counts_trades_once_and_forgets_unknown_symbols():
         "2.400",
     )
     assert ticker["ts_ns"] == str(T0)
+
+
+DAY_FIELDS = ("open", "high", "low", "volume", "quote_volume", "vwap", "trades")
+
+
+def test_ticker_push_carries_the_rest_tickers_day_figures_at_each_push():
+    """Seeded book moves and trades on two instruments, far enough apart in time that each
+    one's trades roll the other's window: every ticker push carries exactly the 24 h fields
+    that `GET /ticker` gives right after it, next to its own top of book and seq fields."""
+    for seed in range(10):
+        rng = random.Random(seed)
+        feed = MarketFeed(PRICES)
+        seqs = {SYM: 1, DAY_SYM: 1}
+        for offset, symbol in enumerate((SYM, DAY_SYM)):
+            feed.apply(BookSnapshot(symbol=symbol, seq=1, bids=((2000, 1),), asks=()), 0, offset)
+        ts, trade_id, pushes_seen = T0, 0, 0
+        for offset in range(2, 300):
+            symbol = rng.choice((SYM, DAY_SYM))
+            ts += rng.choice((1, 10**9, NS_PER_MINUTE, NS_PER_HOUR, 6 * NS_PER_HOUR))
+            if rng.random() < 0.5:
+                trade_id += 1
+                trade = Trade(trade_id, rng.randint(2000, 3000), rng.randint(1, 9), "buy", ts)
+                message: Any = TradePrints(symbol=symbol, ts_ns=ts, trades=(trade,))
+            else:
+                seq = seqs[symbol] = seqs[symbol] + 1
+                level = ((rng.randint(1900, 2100), rng.randint(1, 9)),)
+                message = BookDelta(symbol=symbol, seq=seq, prev_seq=seq - 1, ts_ns=ts, bids=level)
+            for key, body in feed.apply(message, 0, offset):
+                if key[0] != "ticker":
+                    continue
+                pushed, rest = orjson.loads(body), feed.ticker(symbol)
+                assert rest is not None
+                assert {f: pushed[f] for f in DAY_FIELDS} == {f: rest[f] for f in DAY_FIELDS}
+                assert (pushed["channel"], pushed["type"], pushed["symbol"]) == (
+                    "ticker",
+                    "update",
+                    symbol,
+                )
+                assert pushed["seq"] == offset and pushed["bid"] == rest["bid"]
+                pushes_seen += 1
+        assert pushes_seen > 100, seed
