@@ -365,6 +365,24 @@ function renderHolderDeliveries() {
   $("holder-deliveries-meta").textContent = `${active} active · ${mine.length} shown`;
 }
 
+function providedDelivery(d) {
+  const id = fmt.esc(d.obligation_id);
+  const row = tr({}, [
+    raw(`<td title="${fmt.esc(d.symbol)}">${fmt.esc(fmt.shortSymbol(d.symbol))}</td>`),
+    d.gpus,
+    windowText(d),
+    badge(d.outcome ?? d.state, d.outcome ?? d.state),
+  ]);
+  const paid =
+    `<tr class="paid"><td colspan="4">released <b class="released">${fmt.esc(d.hours_released)}` +
+    `/${windowHours(d)} h</b> · refund <b class="refund">${fmt.esc(fmt.usd(d.refund))}</b>` +
+    ` · penalty <b class="penalty">${fmt.esc(fmt.usd(d.penalty))}</b></td></tr>`;
+  return (
+    `<tbody data-obligation-id="${id}" data-state="${fmt.esc(d.state)}" ` +
+    `title="obligation ${id}: ${fmt.esc(stateText(d))}">${row}${paid}</tbody>`
+  );
+}
+
 function renderProvider() {
   const p = state.provider;
   $("capacity").innerHTML = p.capacity.length
@@ -379,24 +397,15 @@ function renderProvider() {
         )
         .join("")
     : emptyRow(4, "no capacity streamed");
-  $("provider-deliveries").innerHTML = p.deliveries.length
-    ? p.deliveries
-        .map((d) =>
-          tr({ "obligation-id": d.obligation_id, state: d.state }, [
-            d.obligation_id,
-            raw(`<td title="${fmt.esc(d.symbol)}">${fmt.esc(fmt.shortSymbol(d.symbol))}</td>`),
-            d.gpus,
-            windowText(d),
-            badge(d.outcome ?? d.state, stateText(d)),
-            raw(
-              `<td class="released">${fmt.esc(d.hours_released)}/${windowHours(d)} h</td>`,
-            ),
-            raw(`<td class="refund">${fmt.esc(fmt.usd(d.refund))}</td>`),
-            raw(`<td class="penalty">${fmt.esc(fmt.usd(d.penalty))}</td>`),
-          ]),
-        )
-        .join("")
-    : emptyRow(8, "no deliveries");
+  // One tbody a delivery: its row, then a line of what it paid (the panel is narrow).
+  const table = $("provider-deliveries");
+  for (const body of [...table.tBodies]) body.remove();
+  table.insertAdjacentHTML(
+    "beforeend",
+    p.deliveries.length
+      ? p.deliveries.map(providedDelivery).join("")
+      : `<tbody>${emptyRow(4, "no deliveries")}</tbody>`,
+  );
   const meta = $("provider-meta");
   meta.className = `meta${p.error ? " bad" : ""}`;
   const updated = p.updated?.toISOString().slice(11, 19) ?? "–";
