@@ -320,6 +320,13 @@ async def check_deliveries(
     await expect(provided).to_have_attribute("data-state", "confirmed")
     await expect(provided.locator(".released")).to_have_text("0/1 h")
 
+    # A lost connection: the snapshot on the new subscription brings the delivery back as it was.
+    await page.evaluate("() => window.gx.feed.drop('dropped by the test')")
+    await expect(page.locator("#status")).to_have_attribute("data-state", "live")
+    assert await page.evaluate("() => window.gx.feed.stats.connects") == 2
+    await expect(row).to_have_attribute("data-state", "confirmed")
+    await expect(row.locator("code.ssh")).to_have_text(f"ssh -p {port} {user}@{host}")
+
     # In the first hour the holder disputes from the page; an operator refunds the holder.
     await row.locator("button.dispute").click()
     await expect(row).to_have_attribute("data-state", "disputed")
