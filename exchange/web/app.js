@@ -1,5 +1,6 @@
 // The market page: instrument picker, verified order book, trades, candles, index, forward curve,
-// and (with the sandbox's demo keys) an order ticket, the trader's orders and a provider panel.
+// and (with the sandbox's demo keys) an order ticket, the trader's orders and deliveries, and a
+// provider panel.
 //
 // Data flow: REST fills each view once, the WebSocket (ws.js) keeps it current. Every stream is
 // checked for continuity; a break is repaired by resubscribing (book: fresh snapshot; others:
@@ -9,13 +10,14 @@ import { OrderBook } from "./book.js";
 import * as fmt from "./format.js";
 import { defaultSymbol, fillPicker } from "./picker.js";
 import { logonParams, publicFetch, signedFetch } from "./sign.js";
-import { OPEN_STATUSES, state } from "./state.js";
+import { isDisputable, noteEngineTime, OPEN_STATUSES, state } from "./state.js";
 import { $, bindFeed, log, schedule, ticketValues } from "./views.js";
 import { Feed } from "./ws.js";
 
 const CANDLES_KEPT_MAX = 300;
 const INDEX_HISTORY_MAX = 120;
 const TRADES_SHOWN_MAX = 100;
+const DELIVERIES_KEPT_MAX = 200; // settled deliveries kept beyond this are dropped, oldest first
 const PROVIDER_REFRESH_MS = 4_000;
 const INSTRUMENTS_REFRESH_MS = 60_000;
 const RETRY_MS = 1_000;
@@ -35,6 +37,7 @@ function wsUrl() {
 async function main() {
   bindPicker();
   bindTicket();
+  bindDeliveries();
   new ResizeObserver(() => schedule("depth", "candles", "curve")).observe(document.body);
   await loadDemo();
   await loadInstruments();
@@ -43,7 +46,22 @@ async function main() {
   if (first) await selectSymbol(first);
   feed.start();
   setInterval(() => loadInstruments().catch((e) => log(e.message, true)), INSTRUMENTS_REFRESH_MS);
-  setInterval(() => schedule("feedInfo"), 1000);
+  setInterval(everySecond, 1000);
+}
+
+let disputableShown = ""; // the obligation ids that showed a Dispute button at the last check
+
+function everySecond() {
+  schedule("feedInfo");
+  // A delivery's first hour ends (or starts) without a push: redraw only when that changes.
+  const disputable = [...state.deliveries.values()]
+    .filter(isDisputable)
+    .map((d) => d.obligation_id)
+    .join();
+  if (disputable !== disputableShown) {
+    disputableShown = disputable;
+    schedule("deliveries");
+  }
 }
 
 /** Fetch the sandbox's demo keys; without them the page is a read-only market view. */
@@ -62,8 +80,9 @@ async function loadDemo() {
   $("ticket-off").hidden = Boolean(demo?.trader);
   $("ticket").setAttribute("aria-disabled", demo?.trader ? "false" : "true");
   $("provider").hidden = !demo?.provider;
+  $("holdings").hidden = !demo?.trader;
   document.body.classList.toggle("readonly", !demo?.trader);
-  schedule("orders", "ticket");
+  schedule("orders", "ticket", "deliveries");
   if (demo?.provider) refreshProvider();
   // Keys that arrive after the socket opened: reconnect, and log on as the socket opens.
   if (demo?.trader && feed.ws) feed.drop("the demo keys are ready: logging on");
@@ -314,7 +333,41 @@ async function subscribePrivate() {
   await Promise.all([
     retrying("executions", () => feed.request("subscribe", { channel: "executions" })),
     retrying("balances", () => feed.request("subscribe", { channel: "balances" })),
+    subscribeDeliveries(),
   ]);
+}
+
+/** Subscribe (the snapshot has the active deliveries), then list the settled ones too. */
+async function subscribeDeliveries() {
+  const subscribed = await retrying("deliveries", () =>
+    feed.request("subscribe", { channel: "deliveries" }),
+  );
+  if (!subscribed) return;
+  const listed = await retrying("deliveries", () =>
+    feed.request("delivery.list", { role: "holder" }),
+  );
+  for (const d of listed?.deliveries ?? []) upsertDelivery(d);
+}
+
+// Private channels whose pushes are checked for gaps (`prev_account_seq`, heartbeats).
+const SEQUENCED_CHANNELS = ["executions", "deliveries"];
+
+/** Start a private channel again from its snapshot. */
+function resubscribePrivate(channel, why) {
+  log(`${channel}: ${why}; resubscribing`, true);
+  state.accountSeqs[channel] = null;
+  if (channel === "deliveries") return subscribeDeliveries();
+  return retrying(channel, () => feed.request("subscribe", { channel }));
+}
+
+/** Follow a private update's `account_seq`; resubscribe when one was missed. */
+function followAccountSeq(msg) {
+  const had = state.accountSeqs[msg.channel];
+  if (had !== null && msg.prev_account_seq !== had) {
+    resubscribePrivate(msg.channel, `gap (prev ${msg.prev_account_seq}, had ${had})`);
+  } else {
+    state.accountSeqs[msg.channel] = msg.account_seq;
+  }
 }
 
 // ------------------------------------------------------------------ the socket's callbacks
@@ -360,16 +413,21 @@ function onHeartbeat(msg) {
   if (book?.synced && !state.bookPending && seq !== undefined && seq > book.seq) {
     resyncBook(`heartbeat at seq ${seq}, book at ${book.seq}`);
   }
-  const execSeq = msg.seqs?.executions;
-  if (state.execSeq !== null && execSeq !== undefined && execSeq > state.execSeq) {
-    log(`executions: heartbeat at ${execSeq}, list at ${state.execSeq}; resubscribing`, true);
-    state.execSeq = null;
-    retrying("executions", () => feed.request("subscribe", { channel: "executions" }));
+  for (const channel of SEQUENCED_CHANNELS) {
+    const seq = msg.seqs?.[channel];
+    const had = state.accountSeqs[channel];
+    if (had !== null && seq !== undefined && seq > had) {
+      resubscribePrivate(channel, `heartbeat at ${seq}, list at ${had}`);
+    }
   }
 }
 
+// Channels whose `ts_ns` is engine time (the heartbeat's is the gateway's wall clock).
+const ENGINE_TIME_CHANNELS = new Set(["trades", "executions", "balances", "deliveries"]);
+
 function onPush(msg) {
   if (msg.type === "resync_required") return onResyncRequired(msg);
+  if (ENGINE_TIME_CHANNELS.has(msg.channel)) noteEngineTime(msg.ts_ns);
   switch (msg.channel) {
     case "book":
       return onBook(msg);
@@ -388,6 +446,8 @@ function onPush(msg) {
     case "balances":
       state.balances = msg;
       return schedule("ticket");
+    case "deliveries":
+      return onDelivery(msg);
   }
 }
 
@@ -399,7 +459,8 @@ function onResyncRequired(msg) {
   else if (msg.channel === "candles") subscribeCandles({ resume: false });
   else if (msg.channel === "index") subscribeIndex({ resume: false });
   else if (msg.channel === "curve") subscribeCurve({ resume: false });
-  else if (msg.channel === "executions" || msg.channel === "balances") {
+  else if (SEQUENCED_CHANNELS.includes(msg.channel)) resubscribePrivate(msg.channel, msg.reason);
+  else if (msg.channel === "balances") {
     retrying(msg.channel, () => feed.request("subscribe", { channel: msg.channel }));
   }
 }
@@ -483,18 +544,84 @@ function onExecution(msg) {
       if (OPEN_STATUSES.has(order.status)) state.orders.delete(key); // the snapshot has them
     }
     for (const order of msg.orders) state.orders.set(orderKey(order), order);
-    state.execSeq = msg.account_seq;
+    state.accountSeqs.executions = msg.account_seq;
     schedule("orders");
     return;
   }
-  if (state.execSeq !== null && msg.prev_account_seq !== state.execSeq) {
-    log(`executions: gap (prev ${msg.prev_account_seq}, had ${state.execSeq}); resubscribing`, true);
-    state.execSeq = null;
-    retrying("executions", () => feed.request("subscribe", { channel: "executions" }));
-  } else {
-    state.execSeq = msg.account_seq;
-  }
+  followAccountSeq(msg);
   if (msg.order) upsertOrder(msg.order);
+}
+
+// ------------------------------------------------------------------ the holder's deliveries
+
+/** Keep the newer of what is known and `d`: pushes, answers and lists arrive in any order. */
+function upsertDelivery(d) {
+  noteEngineTime(d.ts_ns);
+  const known = state.deliveries.get(d.obligation_id);
+  if (known) {
+    const had = BigInt(known.ts_ns);
+    const got = BigInt(d.ts_ns);
+    if (got < had || known.state === "settled") return;
+    // The same engine step seen twice (a second `confirmed` brings the access): never lose
+    // the access or an hour released.
+    if (got === had && ((known.access && !d.access) || d.hours_released < known.hours_released)) {
+      return;
+    }
+  }
+  state.deliveries.set(d.obligation_id, d);
+  pruneDeliveries();
+  schedule("deliveries");
+}
+
+function pruneDeliveries() {
+  if (state.deliveries.size <= DELIVERIES_KEPT_MAX) return;
+  const settled = [...state.deliveries.values()]
+    .filter((d) => d.state === "settled")
+    .sort((a, b) => (BigInt(a.ts_ns) < BigInt(b.ts_ns) ? -1 : 1));
+  for (const d of settled.slice(0, state.deliveries.size - DELIVERIES_KEPT_MAX)) {
+    state.deliveries.delete(d.obligation_id);
+  }
+}
+
+function onDelivery(msg) {
+  if (msg.type === "snapshot") {
+    // The snapshot lists the active deliveries: one known as active and not listed has settled
+    // since (the list that follows the subscription brings it back, settled).
+    const active = new Set(msg.deliveries.map((d) => d.obligation_id));
+    for (const [id, d] of state.deliveries) {
+      if (d.state !== "settled" && !active.has(id)) state.deliveries.delete(id);
+    }
+    for (const d of msg.deliveries) upsertDelivery(d);
+    state.accountSeqs.deliveries = msg.account_seq;
+    schedule("deliveries");
+    return;
+  }
+  followAccountSeq(msg);
+  upsertDelivery(msg.delivery);
+  if (msg.type === "confirmed" && msg.delivery.access && msg.delivery.holder === state.account) {
+    log(`delivery ${msg.delivery.obligation_id} confirmed: the machines are reachable`);
+  }
+}
+
+function bindDeliveries() {
+  $("holder-deliveries").addEventListener("click", async (event) => {
+    const button = event.target.closest("button.dispute");
+    if (!button) return;
+    const obligationId = Number(button.dataset.obligationId);
+    state.disputing.add(obligationId);
+    schedule("deliveries");
+    try {
+      const result = await feed.request("delivery.dispute", { obligation_id: obligationId });
+      upsertDelivery(result.delivery);
+      log(`delivery ${obligationId} disputed: no hour is paid until an operator resolves it`);
+    } catch (error) {
+      const why = error.body?.reason ?? error.body?.msg ?? error.message;
+      log(`dispute ${obligationId}: ${error.code} ${why}`, true);
+    } finally {
+      state.disputing.delete(obligationId);
+      schedule("deliveries");
+    }
+  });
 }
 
 // ------------------------------------------------------------------ the ticket and orders

@@ -2,9 +2,11 @@
 
 import { drawCandles, drawCurve, drawDepth, drawSparkline } from "./charts.js";
 import * as fmt from "./format.js";
-import { OPEN_STATUSES, state } from "./state.js";
+import { isDisputable, OPEN_STATUSES, state } from "./state.js";
 
 const ORDERS_SHOWN_MAX = 100;
+const DELIVERIES_SHOWN_MAX = 100;
+const HOUR_NS = 3_600_000_000_000n;
 const LOG_LINES_MAX = 4;
 
 export const $ = (id) => document.getElementById(id);
@@ -80,6 +82,7 @@ const RENDER = {
   curve: renderCurve,
   ticket: renderTicket,
   orders: renderOrders,
+  deliveries: renderHolderDeliveries,
   provider: renderProvider,
   feedInfo: renderFeedInfo,
 };
@@ -217,7 +220,9 @@ function renderTicket() {
   $("account").textContent = state.loggedOn ? `account ${state.account}` : "";
   const b = state.balances;
   $("balances").innerHTML = b
-    ? `<span>available <b>${fmt.usd(b.available)}</b></span><span>held <b>${fmt.usd(b.held)}</b></span>`
+    ? `<span>available <b>${fmt.usd(b.available)}</b></span>` +
+      `<span>held <b>${fmt.usd(b.held)}</b></span>` +
+      `<span title="withdrawals requested, not yet paid out">pending <b>${fmt.usd(b.pending)}</b></span>`
     : "";
 }
 
@@ -267,6 +272,117 @@ function orderRow(o) {
   ]);
 }
 
+/** Deliveries: active ones by obligation id, then settled ones newest first. */
+function deliveryOrder(a, b) {
+  const settled = (a.state === "settled") - (b.state === "settled");
+  if (settled !== 0) return settled;
+  if (a.state !== "settled") return a.obligation_id - b.obligation_id;
+  return BigInt(b.ts_ns) > BigInt(a.ts_ns) ? 1 : -1;
+}
+
+const windowText = (d) => `${fmt.stamp(d.start_ns)}–${fmt.hhmm(d.end_ns)}`;
+const stateText = (d) => (d.outcome ? `${d.state} · ${d.outcome}` : d.state);
+const windowHours = (d) => Number((BigInt(d.end_ns) - BigInt(d.start_ns)) / HOUR_NS);
+
+/** A table cell of plain text (never parsed as HTML: access comes from the provider). */
+function textCell(text, className = "") {
+  const td = document.createElement("td");
+  td.textContent = String(text ?? "");
+  if (className) td.className = className;
+  return td;
+}
+
+function accessCell(d) {
+  const td = textCell("", "access");
+  if (!d.access) {
+    td.textContent = d.state === "assigned" ? "waiting for the provider" : "–";
+    td.classList.add("muted");
+    return td;
+  }
+  const { host, port, user, instructions } = d.access;
+  const command = document.createElement("code");
+  command.className = "ssh";
+  command.textContent = `ssh -p ${port} ${user}@${host}`;
+  td.append(command);
+  if (instructions) {
+    const note = document.createElement("div");
+    note.className = "instructions";
+    note.textContent = instructions;
+    td.append(note);
+  }
+  return td;
+}
+
+function renderHolderDeliveries() {
+  const body = $("holder-deliveries");
+  const mine = [...state.deliveries.values()]
+    .filter((d) => d.holder === state.account)
+    .sort(deliveryOrder)
+    .slice(0, DELIVERIES_SHOWN_MAX);
+  if (!mine.length) {
+    body.innerHTML = emptyRow(8, state.demo?.trader ? "no deliveries" : "sign in to see deliveries");
+    $("holder-deliveries-meta").textContent = "";
+    return;
+  }
+  body.replaceChildren(
+    ...mine.map((d) => {
+      const row = document.createElement("tr");
+      row.dataset.obligationId = d.obligation_id;
+      row.dataset.state = d.state;
+      row.dataset.symbol = d.symbol;
+      const symbol = textCell(fmt.shortSymbol(d.symbol));
+      symbol.title = d.symbol;
+      const badge = document.createElement("span");
+      badge.className = `badge ${d.outcome ?? d.state}`;
+      badge.textContent = stateText(d);
+      const stateTd = textCell("");
+      stateTd.append(badge);
+      const action = textCell("");
+      if (isDisputable(d)) {
+        const button = document.createElement("button");
+        button.className = "dispute";
+        button.dataset.obligationId = d.obligation_id;
+        button.title = "the machines cannot be reached: hold the payment until an operator looks";
+        button.textContent = "Dispute";
+        button.disabled = state.disputing.has(d.obligation_id);
+        action.append(button);
+      }
+      const refund = d.state === "settled" ? fmt.usd(d.refund) : "–";
+      row.append(
+        textCell(d.obligation_id),
+        symbol,
+        textCell(d.gpus),
+        textCell(windowText(d)),
+        stateTd,
+        textCell(refund),
+        accessCell(d),
+        action,
+      );
+      return row;
+    }),
+  );
+  const active = mine.filter((d) => d.state !== "settled").length;
+  $("holder-deliveries-meta").textContent = `${active} active · ${mine.length} shown`;
+}
+
+function providedDelivery(d) {
+  const id = fmt.esc(d.obligation_id);
+  const row = tr({}, [
+    raw(`<td title="${fmt.esc(d.symbol)}">${fmt.esc(fmt.shortSymbol(d.symbol))}</td>`),
+    d.gpus,
+    windowText(d),
+    badge(d.outcome ?? d.state, d.outcome ?? d.state),
+  ]);
+  const paid =
+    `<tr class="paid"><td colspan="4">released <b class="released">${fmt.esc(d.hours_released)}` +
+    `/${windowHours(d)} h</b> · refund <b class="refund">${fmt.esc(fmt.usd(d.refund))}</b>` +
+    ` · penalty <b class="penalty">${fmt.esc(fmt.usd(d.penalty))}</b></td></tr>`;
+  return (
+    `<tbody data-obligation-id="${id}" data-state="${fmt.esc(d.state)}" ` +
+    `title="obligation ${id}: ${fmt.esc(stateText(d))}">${row}${paid}</tbody>`
+  );
+}
+
 function renderProvider() {
   const p = state.provider;
   $("capacity").innerHTML = p.capacity.length
@@ -281,19 +397,15 @@ function renderProvider() {
         )
         .join("")
     : emptyRow(4, "no capacity streamed");
-  $("deliveries").innerHTML = p.deliveries.length
-    ? p.deliveries
-        .map((d) =>
-          tr({ "obligation-id": d.obligation_id, state: d.state }, [
-            d.obligation_id,
-            raw(`<td title="${fmt.esc(d.symbol)}">${fmt.esc(fmt.shortSymbol(d.symbol))}</td>`),
-            d.gpus,
-            `${fmt.stamp(d.start_ns)}–${fmt.hhmm(d.end_ns)}`,
-            badge(d.state, d.outcome ? `${d.state} · ${d.outcome}` : d.state),
-          ]),
-        )
-        .join("")
-    : emptyRow(5, "no deliveries");
+  // One tbody a delivery: its row, then a line of what it paid (the panel is narrow).
+  const table = $("provider-deliveries");
+  for (const body of [...table.tBodies]) body.remove();
+  table.insertAdjacentHTML(
+    "beforeend",
+    p.deliveries.length
+      ? p.deliveries.map(providedDelivery).join("")
+      : `<tbody>${emptyRow(4, "no deliveries")}</tbody>`,
+  );
   const meta = $("provider-meta");
   meta.className = `meta${p.error ? " bad" : ""}`;
   const updated = p.updated?.toISOString().slice(11, 19) ?? "–";

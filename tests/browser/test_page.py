@@ -4,21 +4,36 @@ The test trades from the side (a provider and a maker over raw WebSockets) and f
 own ticket, and checks that the page's book ladder, trades tape, charts, order list and provider
 panel follow; it also breaks the page's book and its connection on purpose and checks that the
 page repairs both (a checksum mismatch resyncs; a reconnect resumes with `resume_from_seq`).
+
+A second scenario runs a delivery for the page's account from trade to settlement (gate closure,
+the provider's confirmation with access, the page's Dispute, an operator's refund) and checks the
+Deliveries panel and the provider panel at each step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import zlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from exchange.sandbox.demo import demo_keys_route
+from schemas import commands as c
 from schemas.symbols import parse_symbol
 from streams.marketdata.state import book_checksum
 from tests.integration.conftest import run
-from tests.support.gateway_harness import Exchange, Socket, rest, running_exchange, socket
+from tests.support.gateway_harness import (
+    PROVIDER,
+    TRADER,
+    Exchange,
+    Socket,
+    rest,
+    running_exchange,
+    socket,
+)
 
 from .conftest import CHROMIUM_ARGS
 
@@ -71,10 +86,33 @@ def demo_keys(ex: Exchange) -> dict[str, dict[str, Any]]:
     }
 
 
+@contextlib.asynccontextmanager
+async def market_page(chromium: Path, screenshot_path: Path) -> AsyncIterator[Any]:
+    """A Chromium page; on leaving, a screenshot, and a failure if the page had an error."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
+        page = await browser.new_page(viewport={"width": 1440, "height": 1000})
+        problems: list[str] = []
+        page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+        page.on(
+            "console",
+            lambda m: problems.append(f"console: {m.text}") if m.type == "error" else None,
+        )
+        try:
+            yield page
+            assert not problems, problems
+        finally:
+            await page.screenshot(path=str(screenshot_path), full_page=True)
+            print(f"\nscreenshot of the market page: {screenshot_path}")
+            await browser.close()
+
+
 def test_page_follows_the_market_and_trades_from_its_ticket(
     broker: Any, dsn: str, chromium: Path, screenshot_path: Path
 ) -> None:
-    from playwright.async_api import async_playwright, expect
+    from playwright.async_api import expect
 
     expect.set_options(timeout=expect_ms)
 
@@ -83,26 +121,11 @@ def test_page_follows_the_market_and_trades_from_its_ticket(
         async with running_exchange(broker, dsn, extra_handlers=[demo_keys_route(served)]) as ex:
             served.update(demo_keys(ex))
             key = parse_symbol(ex.symbol)
-            async with async_playwright() as pw, socket(ex) as provider, socket(ex) as maker:
+            async with socket(ex) as provider, socket(ex) as maker:
                 await provider.logon(ex.keys["provider"])
                 await maker.logon(ex.keys["maker"])
-                browser = await pw.chromium.launch(
-                    executable_path=str(chromium), args=CHROMIUM_ARGS
-                )
-                page = await browser.new_page(viewport={"width": 1440, "height": 1000})
-                problems: list[str] = []
-                page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
-                page.on(
-                    "console",
-                    lambda m: problems.append(f"console: {m.text}") if m.type == "error" else None,
-                )
-                try:
+                async with market_page(chromium, screenshot_path) as page:
                     await check_page(ex, page, expect, provider, maker, key)
-                    assert not problems, problems
-                finally:
-                    await page.screenshot(path=str(screenshot_path), full_page=True)
-                    print(f"\nscreenshot of the market page: {screenshot_path}")
-                    await browser.close()
 
     run(scenario(), timeout_s=scenario_s_max)
 
@@ -206,4 +229,116 @@ async def check_page(
     assert stats["bookResumes"] == 1 and stats["snapshots"] == snapshots, stats
     assert stats["checksumFailures"] == 1, stats
     await expect(page.locator('#executions tr[data-status="canceled"]')).to_have_count(1)
+    await page.wait_for_timeout(300)  # let the last frame paint before the screenshot
+
+
+MINUTE_NS = 60_000_000_000
+# Markup in the instructions must show as text: the provider writes them, the holder's page shows.
+ACCESS = {
+    "host": "gpu-7.example.com",
+    "port": 2222,
+    "user": "gx",
+    "instructions": "<b>run</b> nvidia-smi && <img src=x onerror=alert(1)>",
+}
+
+
+def usd(amount: str) -> str:
+    """A wire amount as the page shows it (format.js `usd`)."""
+    return f"${float(amount):,.2f}"
+
+
+def test_deliveries_panel_shows_the_access_and_the_dispute_then_the_refund(
+    broker: Any, dsn: str, chromium: Path, screenshot_path: Path
+) -> None:
+    from playwright.async_api import expect
+
+    expect.set_options(timeout=expect_ms)
+
+    async def scenario() -> None:
+        served: dict[str, dict[str, Any]] = {}
+        async with running_exchange(
+            broker, dsn, provisioning=True, extra_handlers=[demo_keys_route(served)]
+        ) as ex:
+            served.update(demo_keys(ex))
+            async with socket(ex) as provider, socket(ex) as holder:
+                await provider.logon(ex.keys["provider"])
+                await holder.logon(ex.keys["trader"])  # the page's account
+                answer = await provider.request("subscribe", {"channel": "provisioning"})
+                assert answer["status"] == 200, answer
+                async with market_page(chromium, screenshot_path) as page:
+                    await check_deliveries(ex, page, expect, provider, holder)
+
+    run(scenario(), timeout_s=scenario_s_max)
+
+
+async def check_deliveries(
+    ex: Exchange, page: Any, expect: Any, provider: Socket, holder: Socket
+) -> None:
+    """Trade, close the gate, confirm, dispute and refund; the panels follow each step."""
+    key = parse_symbol(ex.symbol)
+    await page.goto(ex.url + "/")
+    await expect(page.locator("#status")).to_contain_text("logged on")
+    await expect(page.locator("#balances")).to_contain_text("pending $0.00")
+    panel = page.locator("#holder-deliveries")
+    await expect(panel).to_contain_text("no deliveries")
+
+    # A trade of 2 lots between the provider and the page's account, then gate closure.
+    await place(provider, ex.symbol, "sell", "2.000", "2")
+    await place(holder, ex.symbol, "buy", "2.000", "2")
+    await ex.send(c.ClockTick(ts_ns=key.start_ns - 10 * MINUTE_NS))
+    row = panel.locator("tr[data-obligation-id]")
+    await expect(row).to_have_count(1)
+    await expect(row).to_have_attribute("data-state", "assigned")
+    await expect(row).to_contain_text("waiting for the provider")
+    await expect(row.locator("button.dispute")).to_have_count(0)  # the engine would refuse it
+    obligation_id = int(await row.get_attribute("data-obligation-id"))
+    await expect(row).to_have_attribute("data-symbol", ex.symbol)
+    await expect(row.locator("td").nth(2)).to_have_text("2")
+
+    # The delivery starts: the provider confirms with access, and the page shows it as text.
+    await ex.send(c.ClockTick(ts_ns=key.start_ns))
+    await provider.wait_push(
+        lambda p: (
+            p["channel"] == "provisioning"
+            and p["obligation_id"] == obligation_id
+            and p["stage"] == "start"
+        ),
+        timeout_s=30,
+    )
+    answer = await provider.request(
+        "provision.confirm", {"obligation_id": obligation_id, "access": ACCESS}
+    )
+    assert answer["status"] == 200, answer
+    await expect(row).to_have_attribute("data-state", "confirmed", timeout=30_000)
+    port, user, host = ACCESS["port"], ACCESS["user"], ACCESS["host"]
+    await expect(row.locator("code.ssh")).to_have_text(f"ssh -p {port} {user}@{host}")
+    await expect(row.locator(".instructions")).to_have_text(str(ACCESS["instructions"]))
+    assert await row.locator(".instructions b, .instructions img").count() == 0
+
+    # The provider panel lists it as the provider's, nothing released or settled yet.
+    provided = page.locator(f'#provider-deliveries tbody[data-obligation-id="{obligation_id}"]')
+    await expect(provided).to_have_attribute("data-state", "confirmed")
+    await expect(provided.locator(".released")).to_have_text("0/1 h")
+
+    # A lost connection: the snapshot on the new subscription brings the delivery back as it was.
+    await page.evaluate("() => window.gx.feed.drop('dropped by the test')")
+    await expect(page.locator("#status")).to_have_attribute("data-state", "live")
+    assert await page.evaluate("() => window.gx.feed.stats.connects") == 2
+    await expect(row).to_have_attribute("data-state", "confirmed")
+    await expect(row.locator("code.ssh")).to_have_text(f"ssh -p {port} {user}@{host}")
+
+    # In the first hour the holder disputes from the page; an operator refunds the holder.
+    await row.locator("button.dispute").click()
+    await expect(row).to_have_attribute("data-state", "disputed")
+    await expect(row.locator("button.dispute")).to_have_count(0)
+    await ex.send(c.ResolveDispute(obligation_id=obligation_id, release=False))
+    await expect(row).to_have_attribute("data-state", "settled")
+    settled = ex.gateway.deliveries.delivery(TRADER, obligation_id)
+    assert settled["outcome"] == "failed" and settled["provider"] == PROVIDER, settled
+    assert float(settled["refund"]) > 0 and float(settled["penalty"]) > 0, settled
+    await expect(row).to_contain_text("settled · failed")
+    await expect(row.locator("td").nth(5)).to_have_text(usd(settled["refund"]))
+    await expect(provided).to_have_attribute("data-state", "settled")
+    await expect(provided.locator(".refund")).to_have_text(usd(settled["refund"]))
+    await expect(provided.locator(".penalty")).to_have_text(usd(settled["penalty"]))
     await page.wait_for_timeout(300)  # let the last frame paint before the screenshot
