@@ -87,7 +87,13 @@ def plan_commit(pending: Sequence[Entry], last_seq: Mapping[int, int], caught_up
 
 
 def _cash_sum(event: ev.CashChanged) -> int:
-    return event.available_delta + event.held_delta + event.escrow_delta + event.collateral_delta
+    return (
+        event.available_delta
+        + event.held_delta
+        + event.escrow_delta
+        + event.collateral_delta
+        + event.pending_delta
+    )
 
 
 def _close_group(plan: Plan, group: list[tuple[int, Any]], indexes: list[int], cash: int) -> None:

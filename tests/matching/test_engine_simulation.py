@@ -55,7 +55,11 @@ def _assert_every_command_balances(events: list) -> None:
     for ev in events:
         if isinstance(ev, e.CashChanged):
             net[ev.input_offset] += (
-                ev.available_delta + ev.held_delta + ev.escrow_delta + ev.collateral_delta
+                ev.available_delta
+                + ev.held_delta
+                + ev.escrow_delta
+                + ev.collateral_delta
+                + ev.pending_delta
             )
     unbalanced = {offset: total for offset, total in net.items() if total != 0}
     assert unbalanced == {}

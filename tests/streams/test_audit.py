@@ -54,7 +54,7 @@ def kinds(auditor: Auditor) -> set[str]:
 
 
 def cash_sum(x: e.CashChanged) -> int:
-    return x.available_delta + x.held_delta + x.escrow_delta + x.collateral_delta
+    return x.available_delta + x.held_delta + x.escrow_delta + x.collateral_delta + x.pending_delta
 
 
 def test_simulated_log_passes_with_engine_balances_and_positions(

@@ -159,7 +159,7 @@ async def running_exchange(
         )
         store: KeyStore = exchange.gateway.keys
         for name, account in (("trader", TRADER), ("maker", MAKER), ("provider", PROVIDER)):
-            api_key, secret = await store.create(account, ("read", "trade", "provide"))
+            api_key, secret = await store.create(account, ("read", "trade", "provide", "withdraw"))
             exchange.keys[name] = Keys(api_key.key_id, secret, account)
         yield exchange
     finally:
