@@ -175,6 +175,9 @@ _LEDGER_TYPE: dict[str, str] = {
     "withdrawal_requested": "transfer",  # available -> pending: settled later by an operator
     "withdrawal_rejected": "transfer",
 }
+# Our transfer statuses as ccxt's transaction statuses.
+_TRANSFER_STATUS = {"pending": "pending", "completed": "ok", "rejected": "rejected"}
+NETWORK = "BANK"  # money moves by bank transfer, never on a chain
 _TIF_IN = {"GTC": "gtc", "GTD": "gtd", "IOC": "ioc", "FOK": "fok"}
 
 
@@ -298,7 +301,7 @@ class GpuExchange(ccxt_async.Exchange):  # type: ignore[misc]
                     "fetchBalance": True,
                     "fetchClosedOrders": True,
                     "fetchCurrencies": False,
-                    "fetchDeposits": False,
+                    "fetchDeposits": True,
                     "fetchLedger": True,
                     "fetchMarkets": True,
                     "fetchMyTrades": True,
@@ -313,9 +316,9 @@ class GpuExchange(ccxt_async.Exchange):  # type: ignore[misc]
                     "fetchTrades": True,
                     "fetchTradingFee": True,
                     "fetchTradingFees": True,
-                    "fetchWithdrawals": False,
+                    "fetchWithdrawals": True,
                     "transfer": False,
-                    "withdraw": False,
+                    "withdraw": True,
                     "ws": True,
                     "watchOrderBook": True,
                     "watchTicker": True,
@@ -352,8 +355,10 @@ class GpuExchange(ccxt_async.Exchange):  # type: ignore[misc]
                             "fills": 1,
                             "ledger": 1,
                             "statements": 1,
+                            "deposits": 1,
+                            "withdrawals": 1,
                         },
-                        "post": {"orders": 1},
+                        "post": {"orders": 1, "withdrawals": 1},
                         "patch": {"orders/{id}": 1},
                         "delete": {"orders/{id}": 1, "orders": 1},
                     },
@@ -630,10 +635,11 @@ class GpuExchange(ccxt_async.Exchange):  # type: ignore[misc]
     # ------------------------------------------------------------------ account
 
     async def fetch_balance(self, params: Params = None) -> Any:
-        """Return the USD balance: free = available; used = held + escrow + collateral."""
+        """Return the USD balance: free = available; used = held + escrow + collateral + pending
+        (withdrawals not yet paid out are still the account's, but not to trade)."""
         answer = await self._private("balances", "GET", params)
         used = "0"
-        for bucket in ("held", "escrow", "collateral"):
+        for bucket in ("held", "escrow", "collateral", "pending"):
             used = Precise.string_add(used, self.safe_string(answer, bucket, "0"))
         free = self.safe_string(answer, "available", "0")
         account = {"free": free, "used": used, "total": Precise.string_add(free, used)}
@@ -686,6 +692,82 @@ class GpuExchange(ccxt_async.Exchange):  # type: ignore[misc]
             },
             currency,
         )
+
+    # ------------------------------------------------------------------ deposits and withdrawals
+
+    async def fetch_deposits(
+        self,
+        code: str | None = None,
+        since: int | None = None,
+        limit: int | None = None,
+        params: Params = None,
+    ) -> Any:
+        """Return the account's deposits (USD, credited by an operator), oldest first."""
+        answer = await self._private("deposits", "GET", {"limit": 1000, **(params or {})})
+        rows = [{**row, "type": "deposit"} for row in self.safe_list(answer, "deposits", [])]
+        return self.parse_transactions(rows, self._usd(code), since, limit)
+
+    async def fetch_withdrawals(
+        self,
+        code: str | None = None,
+        since: int | None = None,
+        limit: int | None = None,
+        params: Params = None,
+    ) -> Any:
+        """Return the account's withdrawals (pending, ok, rejected), oldest first."""
+        answer = await self._private("withdrawals", "GET", {"limit": 1000, **(params or {})})
+        rows = [{**row, "type": "withdrawal"} for row in self.safe_list(answer, "withdrawals", [])]
+        return self.parse_transactions(rows, self._usd(code), since, limit)
+
+    async def withdraw(
+        self, code: str, amount: float, address: str, tag: Any = None, params: Params = None
+    ) -> Any:
+        """Ask to be paid `amount` USD to `address` (a bank account; `tag` is appended as a
+        note). Needs a key with the `withdraw` scope; pending until an operator approves."""
+        self._usd(code)
+        destination = address if not tag else f"{address} {tag}"
+        body = {"amount": self.number_to_string(amount), "destination": destination}
+        answer = await self._private("withdrawals", "POST", {**body, **(params or {})})
+        row = {**self.safe_dict(answer, "withdrawal", {}), "type": "withdrawal"}
+        return self.parse_transaction(row)
+
+    def _usd(self, code: str | None) -> Any:
+        """The one currency; another code is refused with BadRequest."""
+        if code is not None and code != QUOTE:
+            raise BadRequest(f"{self.id} has one currency, {QUOTE}; found {code}")
+        return {"id": QUOTE, "code": QUOTE}
+
+    def parse_transaction(self, transaction: dict[str, Any], currency: Any = None) -> Any:
+        """Build a ccxt transaction from a deposit or withdrawal. There is no chain: `network`
+        is BANK, `txid` the deposit's payment reference or the withdrawal's id."""
+        kind = self.safe_string(transaction, "type")
+        timestamp = _ms(transaction.get("ts_ns"))
+        updated = _ms(transaction.get("updated_ns"))
+        destination = self.safe_string(transaction, "destination")
+        reference = self.safe_string(transaction, "reference")
+        txid = reference if kind == "deposit" and reference else self.safe_string(transaction, "id")
+        return {
+            "info": transaction,
+            "id": self.safe_string(transaction, "id"),
+            "txid": txid,
+            "timestamp": timestamp,
+            "datetime": self.iso8601(timestamp),
+            "network": NETWORK,
+            "address": destination,
+            "addressTo": destination,
+            "addressFrom": None,
+            "tag": None,
+            "tagTo": None,
+            "tagFrom": None,
+            "type": kind,
+            "amount": self.safe_number(transaction, "amount"),
+            "currency": QUOTE,
+            "status": _TRANSFER_STATUS.get(self.safe_string(transaction, "status", ""), "pending"),
+            "updated": updated,
+            "internal": False,
+            "comment": None,
+            "fee": {"cost": 0.0, "currency": QUOTE},
+        }
 
     # ------------------------------------------------------------------ orders
 
