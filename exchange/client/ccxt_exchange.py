@@ -703,6 +703,7 @@ class GpuExchange(ccxt_async.Exchange):  # type: ignore[misc]
         params: Params = None,
     ) -> Any:
         """Return the account's deposits (USD, credited by an operator), oldest first."""
+        await self.load_markets()
         answer = await self._private("deposits", "GET", {"limit": 1000, **(params or {})})
         rows = [{**row, "type": "deposit"} for row in self.safe_list(answer, "deposits", [])]
         return self.parse_transactions(rows, self._usd(code), since, limit)
@@ -715,6 +716,7 @@ class GpuExchange(ccxt_async.Exchange):  # type: ignore[misc]
         params: Params = None,
     ) -> Any:
         """Return the account's withdrawals (pending, ok, rejected), oldest first."""
+        await self.load_markets()
         answer = await self._private("withdrawals", "GET", {"limit": 1000, **(params or {})})
         rows = [{**row, "type": "withdrawal"} for row in self.safe_list(answer, "withdrawals", [])]
         return self.parse_transactions(rows, self._usd(code), since, limit)
@@ -724,6 +726,7 @@ class GpuExchange(ccxt_async.Exchange):  # type: ignore[misc]
     ) -> Any:
         """Ask to be paid `amount` USD to `address` (a bank account; `tag` is appended as a
         note). Needs a key with the `withdraw` scope; pending until an operator approves."""
+        await self.load_markets()
         self._usd(code)
         destination = address if not tag else f"{address} {tag}"
         body = {"amount": self.number_to_string(amount), "destination": destination}
@@ -735,7 +738,7 @@ class GpuExchange(ccxt_async.Exchange):  # type: ignore[misc]
         """The one currency; another code is refused with BadRequest."""
         if code is not None and code != QUOTE:
             raise BadRequest(f"{self.id} has one currency, {QUOTE}; found {code}")
-        return {"id": QUOTE, "code": QUOTE}
+        return self.currency(QUOTE)
 
     def parse_transaction(self, transaction: dict[str, Any], currency: Any = None) -> Any:
         """Build a ccxt transaction from a deposit or withdrawal. There is no chain: `network`

@@ -19,11 +19,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from decimal import Decimal
 from typing import Any
 
 import msgspec
 import pytest
+from ccxt.test.exchange.base import test_deposit_withdrawal as check_transaction
 
 from exchange.cli.gx import main as gx_main
 from exchange.client import (
@@ -118,6 +120,8 @@ def test_a_gpu_hour_from_deposit_to_payout(broker, dsn, capsys):
                 ccxt_client(ex, "maker") as maker_cx,
             ):
                 deposits = await buyer_cx.fetch_deposits("USD")
+                for deposit in deposits:
+                    check_transaction(buyer_cx, {}, "fetchDeposits", deposit, "USD", _now_ms())
                 assert [d["txid"] for d in deposits if d["txid"] == "WIRE-B-1"] == ["WIRE-B-1"]
                 markets = {m["id"]: m["symbol"] for m in await buyer_cx.fetch_markets()}
 
@@ -261,6 +265,7 @@ def test_a_gpu_hour_from_deposit_to_payout(broker, dsn, capsys):
                     "USD", float(paid_out), "DE89 3704 0044 0532 0130 00"
                 )
                 assert withdrawal["status"] == "pending" and withdrawal["type"] == "withdrawal"
+                check_transaction(provider_cx, {}, "withdraw", withdrawal, "USD", _now_ms())
                 status, approved, err = await gx_funds(broker, "approve", withdrawal["id"])
                 assert (status, approved["status"]) == (0, "approved"), err
 
@@ -274,6 +279,8 @@ def test_a_gpu_hour_from_deposit_to_payout(broker, dsn, capsys):
                         break
                     await asyncio.sleep(0.05)
                 assert [w["id"] for w in await withdrawn()] == [withdrawal["id"]]
+                for w in await provider_cx.fetch_withdrawals("USD"):
+                    check_transaction(provider_cx, {}, "fetchWithdrawals", w, "USD", _now_ms())
 
                 # 9. Every balance equals the running total of its statement (once settlement
                 # has written the last events: the statement is read from the ledger).
@@ -298,6 +305,10 @@ def test_a_gpu_hour_from_deposit_to_payout(broker, dsn, capsys):
     report = json.loads(capsys.readouterr().out)
     assert status == 0 and report["ok"], report["violations"]
     assert report["ledger_compared"]
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 async def _balance_and_statement(client: Client) -> tuple[dict[str, Decimal], dict[str, Decimal]]:
