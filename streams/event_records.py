@@ -7,6 +7,14 @@ events exceed that is split over several records, every one but the last marked 
 `PARTIAL_HEADER` record header, so a reader holds a command's events until its last record.
 Anything that is not a msgpack array is not a record (the first releases wrote one event map per
 record; nothing produces those any more).
+
+Readers: the gateway hub, market data and the audit read records through `CommandGrouper`
+(whole commands out, partial records held). Settlement does not: it commits many records per
+PostgreSQL transaction and must cut each commit at a record boundary that is also a command
+boundary (the audit compares the ledger there), keep every malformed event in its place so its
+dead letter is named by offset and index, and check sequence gaps and each command's cash
+balance before it writes (streams/settlement/plan.py). Provisioning reads through faust, which
+hands it single events without record headers, and acts per event.
 """
 
 from __future__ import annotations
