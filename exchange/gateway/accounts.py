@@ -4,7 +4,8 @@
 private pushes it causes as `(account, channel, body)`: `channel` is `executions`, `balances` or
 `positions`, and `body` is the push encoded once as JSON (exchange/API.md, "Push bodies"; no
 `conn_seq`: a connection splices its own in with `wire.with_conn_seq`). The same state answers the
-REST account queries, the subscribe snapshots, and the listing, delivery and capacity queries.
+REST account queries, the subscribe snapshots, and the listing and capacity queries (deliveries
+are exchange/gateway/deliveries.py's).
 
 Sequencing: a push's `account_seq` is the engine sequence (`seq`) of its event and
 `prev_account_seq` that of the previous push of the same (account, channel), 0 for the first.
@@ -30,9 +31,8 @@ Orders (FIX semantics):
 - Executions pushes of `canceled` and `expired` carry the `CancelReason` or `ExpireReason` name
   in `reason` (`reject_code` stays null).
 
-Retention is bounded: per account the last `closed_orders_max` closed orders, the last
-`fills_max` fills and the last `DELIVERIES_SETTLED_MAX` settled deliveries per role.
-Live orders, balances, positions, active deliveries and capacity are bounded by the engine.
+Retention is bounded: per account the last `closed_orders_max` closed orders and the last
+`fills_max` fills. Live orders, balances, positions and capacity are bounded by the engine.
 
 Idempotent on the source position: an event whose `seq` is not above the last applied `seq` of
 its shard is a redelivery and changes nothing. No I/O, no asyncio, no clock: time is the events'
@@ -52,7 +52,6 @@ from exchange import wire
 from schemas import events as e
 from schemas.codes import (
     CancelReason,
-    DeliveryOutcome,
     ExpireReason,
     OrderType,
     SelfTradePrevention,
@@ -64,10 +63,8 @@ __all__ = [
     "CHANNELS",
     "CLOSED_ORDERS_MAX",
     "FILLS_MAX",
-    "DELIVERIES_SETTLED_MAX",
     "PRIVATE_RESUME_MAX",
     "PRICE_STRINGS_MAX",
-    "ROLES",
     "Push",
     "Accounts",
     "AccountsStats",
@@ -75,21 +72,18 @@ __all__ = [
 
 CLOSED_ORDERS_MAX = 1000  # closed orders (filled, canceled, expired, rejected) kept per account
 FILLS_MAX = 1000  # fills kept per account for GET /fills
-DELIVERIES_SETTLED_MAX = 1000  # settled deliveries kept per account and role
 PRIVATE_RESUME_MAX = 200  # pushes kept per account and private channel for resume_from_seq
 PRICE_STRINGS_MAX = 1 << 16  # cached price strings; the cache starts over when full
 
 # `deliveries` pushes are made by exchange/gateway/deliveries.py and numbered here (`numbered`),
 # so every private channel resumes alike.
 CHANNELS = ("executions", "balances", "positions", "deliveries")
-ROLES = ("provider", "holder")
 _EXECUTIONS, _BALANCES, _POSITIONS, _DELIVERIES = 0, 1, 2, 3
 
 Push = tuple[int, str, bytes]  # (account, channel, encoded body)
 
 _CANCEL_NAMES = {int(code): code.name for code in CancelReason}
 _EXPIRE_NAMES = {int(code): code.name for code in ExpireReason}
-_OUTCOME_NAMES = {int(code): code.name.lower() for code in DeliveryOutcome}
 # Enum members to plain strings by dict lookup: `member.value` costs several times more.
 _SIDE = {side: side.value for side in Side}
 _OTHER_SIDE = {Side.BUY: Side.SELL.value, Side.SELL: Side.BUY.value}
@@ -175,8 +169,6 @@ class _Account:
         "last",
         "prev",
         "recent",
-        "active",
-        "settled",
         "capacity",
     )
 
@@ -196,12 +188,6 @@ class _Account:
         # per channel: the last pushes as (prev_account_seq, body), oldest first, for resume
         self.recent: tuple[deque[tuple[int, bytes]], ...] = tuple(
             deque(maxlen=PRIVATE_RESUME_MAX) for _ in CHANNELS
-        )
-        # per role: obligation id -> delivery (active), and the settled ones, newest first
-        self.active: tuple[dict[int, dict[str, Any]], dict[int, dict[str, Any]]] = ({}, {})
-        self.settled: tuple[deque[dict[str, Any]], deque[dict[str, Any]]] = (
-            deque(maxlen=DELIVERIES_SETTLED_MAX),
-            deque(maxlen=DELIVERIES_SETTLED_MAX),
         )
         # (gpu, region) -> non-overlapping [start_ns, end_ns, gpus] ranges, by start
         self.capacity: dict[tuple[str, str], list[tuple[int, int, int]]] = {}
@@ -263,7 +249,6 @@ class Accounts:
         self._rejections = 0  # rejected placements kept so far (their closed-order keys)
         self._price_strs: dict[int, str] = {}
         self._instruments: dict[str, dict[str, Any]] = {}  # listed symbol -> GET /instruments
-        self._obligations: dict[int, dict[str, Any]] = {}  # active obligation id -> delivery
         self._handlers: dict[type, Callable[[Any], list[Push]]] = {
             e.OrderAccepted: self._accepted,
             e.TradeExecuted: self._trade,
@@ -276,9 +261,6 @@ class Accounts:
             e.CapacityUpdated: self._capacity,
             e.InstrumentListed: self._listed,
             e.InstrumentClosed: self._closed,
-            e.DeliveryAssigned: self._assigned,
-            e.DeliveryStarted: self._started,
-            e.DeliverySettled: self._settled,
         }
 
     # ------------------------------------------------------------------ applying events
@@ -446,7 +428,7 @@ class Accounts:
         }
         return orjson.dumps(body)
 
-    # ------------------------------------------------------------------ listing and delivery
+    # ------------------------------------------------------------------ listing and capacity
 
     def instruments(self) -> list[dict[str, Any]]:
         """The instruments listed and trading, in listing order, as GET /instruments entries."""
@@ -455,14 +437,6 @@ class Accounts:
     def is_listed(self, symbol: str) -> bool:
         """Whether `symbol` is listed and not yet closed."""
         return symbol in self._instruments
-
-    def deliveries(self, account: int, role: str) -> list[dict[str, Any]]:
-        """The account's deliveries as `role`: active ones by assignment, then settled, newest first."""
-        if role not in ROLES:
-            raise ValueError(f"role: expected one of {ROLES}, found {role!r}")
-        i = ROLES.index(role)
-        a = self._accounts.get(account, _NO_ACCOUNT)
-        return [dict(d) for d in a.active[i].values()] + [dict(d) for d in a.settled[i]]
 
     def capacity(self, account: int) -> list[dict[str, Any]]:
         """A provider's streamed capacity as ranges `{"gpu", "region", "start_ns", "end_ns", "gpus"}`.
@@ -757,7 +731,7 @@ class Accounts:
         }
         return [(ev.account, "positions", a.keep(_POSITIONS, prev, orjson.dumps(body)))]
 
-    # ------------------------------------------------------------------ listing, capacity, delivery
+    # ------------------------------------------------------------------ listing and capacity
 
     def _listed(self, ev: e.InstrumentListed) -> list[Push]:
         self._instruments[ev.symbol] = {
@@ -787,41 +761,6 @@ class Accounts:
             ranges[key] = updated
         else:
             ranges.pop(key, None)
-        return []
-
-    def _assigned(self, ev: e.DeliveryAssigned) -> list[Push]:
-        delivery = {
-            "obligation_id": ev.obligation_id,
-            "symbol": ev.symbol,
-            "provider": ev.provider,
-            "holder": ev.holder,
-            "gpus": ev.gpus,
-            "start_ns": str(ev.start_ns),
-            "end_ns": str(ev.end_ns),
-            "state": "assigned",
-            "outcome": None,
-        }
-        self._obligations[ev.obligation_id] = delivery
-        self._account(ev.provider).active[0][ev.obligation_id] = delivery
-        self._account(ev.holder).active[1][ev.obligation_id] = delivery
-        return []
-
-    def _started(self, ev: e.DeliveryStarted) -> list[Push]:
-        delivery = self._obligations.get(ev.obligation_id)
-        if delivery is not None:
-            delivery["state"] = "started"
-        return []
-
-    def _settled(self, ev: e.DeliverySettled) -> list[Push]:
-        delivery = self._obligations.pop(ev.obligation_id, None)
-        if delivery is None:
-            return []
-        delivery["state"] = "settled"
-        delivery["outcome"] = _OUTCOME_NAMES.get(ev.outcome, str(ev.outcome))
-        for i, account in enumerate((ev.provider, ev.holder)):
-            a = self._account(account)
-            a.active[i].pop(ev.obligation_id, None)
-            a.settled[i].appendleft(delivery)
         return []
 
 

@@ -14,7 +14,7 @@ import asyncpg
 
 from exchange.gateway import auth
 from exchange.gateway.accounts import Accounts
-from exchange.gateway.deliveries import DELIVERY_STATES, Deliveries
+from exchange.gateway.deliveries import DELIVERY_ROLES, DELIVERY_STATES, Deliveries
 from exchange.gateway.hub import Hub
 from exchange.gateway.keys import SCOPES, ApiKey, KeyStore
 from exchange.gateway.market_feed import MarketFeed
@@ -190,7 +190,7 @@ class Gateway:
             raise WireError(
                 ErrorCode.BAD_REQUEST, f"state: expected one of {DELIVERY_STATES}, found {state!r}"
             )
-        if role is not None and role not in ("holder", "provider"):
+        if role is not None and role not in DELIVERY_ROLES:
             raise WireError(
                 ErrorCode.BAD_REQUEST, f"role: expected holder or provider, found {role!r}"
             )

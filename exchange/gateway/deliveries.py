@@ -44,16 +44,25 @@ from typing import Any
 
 import orjson
 
-from exchange.gateway.accounts import DELIVERIES_SETTLED_MAX, Accounts, Push
+from exchange.gateway.accounts import Accounts, Push
 from exchange.wire import money_to_str
 from schemas import events as e
 from schemas.codes import CashReason, DeliveryOutcome
 from schemas.provisioning import Access, ProvisionConfirmed, ProvisionMessage
 
-__all__ = ["CHANNEL", "DELIVERY_STATES", "PENDING_ACCESS_MAX", "Deliveries"]
+__all__ = [
+    "CHANNEL",
+    "DELIVERIES_SETTLED_MAX",
+    "DELIVERY_ROLES",
+    "DELIVERY_STATES",
+    "PENDING_ACCESS_MAX",
+    "Deliveries",
+]
 
 CHANNEL = "deliveries"
 DELIVERY_STATES = ("assigned", "confirmed", "disputed", "settled")
+DELIVERY_ROLES = ("holder", "provider")
+DELIVERIES_SETTLED_MAX = 1000  # settled deliveries kept per account
 PENDING_ACCESS_MAX = 10_000  # confirmations read before their delivery's assignment
 _RELEASE = int(CashReason.DELIVERY_RELEASE)
 _OUTCOME_NAMES = {int(code): code.name.lower() for code in DeliveryOutcome}

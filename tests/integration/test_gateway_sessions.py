@@ -155,18 +155,18 @@ def test_provider_streams_capacity_and_answers_provisioning(broker, dsn):
                 access = {"host": "10.0.0.7", "port": 22, "user": "gpu"}
                 confirm = {"obligation_id": request["obligation_id"], "access": access}
                 assert (await provider.request("provision.confirm", confirm))["status"] == 200
-                deliveries = ex.gateway.accounts.deliveries
-                # the confirmation goes provisioning -> gx.commands -> engine: started, then settle
+                deliveries = ex.gateway.deliveries.deliveries
+                # the confirmation goes provisioning -> gx.commands -> engine: confirmed, then settle
                 await ex.wait_for(
-                    lambda: [d for d in deliveries(PROVIDER, "provider") if d["state"] == "started"],
+                    lambda: deliveries(PROVIDER, "confirmed", "provider"),
                     timeout_s=30, what="the delivery confirmed",
                 )  # fmt: skip
                 await ex.send(c.ClockTick(ts_ns=key.start_ns + HOUR_NS))
                 await ex.wait_for(
-                    lambda: [d for d in deliveries(PROVIDER, "provider") if d["state"] == "settled"],
+                    lambda: deliveries(PROVIDER, "settled", "provider"),
                     timeout_s=30, what="the delivery settled",
                 )  # fmt: skip
-                settled = deliveries(TRADER, "holder")[0]
+                settled = deliveries(TRADER, role="holder")[0]
                 assert settled["outcome"] == "delivered"
                 listed = await rest(ex, "GET", "/api/v1/deliveries?role=holder", ex.keys["trader"])
                 assert listed.json()["deliveries"][0]["obligation_id"] == request["obligation_id"]
@@ -284,11 +284,12 @@ def test_provider_reports_a_failure_and_the_holder_is_refunded(broker, dsn):
                     },
                 )
                 assert failed["status"] == 200, failed
+                deliveries = ex.gateway.deliveries.deliveries
                 await ex.wait_for(
-                    lambda: [d for d in accounts.deliveries(TRADER, "holder") if d["state"] == "settled"],
+                    lambda: deliveries(TRADER, "settled", "holder"),
                     timeout_s=30, what="the failed delivery settled",
                 )  # fmt: skip
-                settled = accounts.deliveries(TRADER, "holder")[0]
+                settled = deliveries(TRADER, role="holder")[0]
                 assert settled["outcome"] == "failed"
                 # refund of the notional and the fee, plus the penalty from the provider
                 refunded = accounts.balances(TRADER)["available"]

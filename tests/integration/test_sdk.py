@@ -610,24 +610,20 @@ def test_provider_agent_streams_capacity_and_answers_provisioning(broker, dsn):
                     (holder_key.fingerprint, holder_key.public_key)
                 ]
                 await ex.send(c.ClockTick(ts_ns=key.start_ns))
-                deliveries = ex.gateway.accounts.deliveries
+                deliveries = ex.gateway.deliveries.deliveries
                 await ex.wait_for(
-                    lambda: [
-                        d for d in deliveries(PROVIDER, "provider") if d["state"] == "started"
-                    ],
+                    lambda: deliveries(PROVIDER, "confirmed", "provider"),
                     timeout_s=30,
                     what="the delivery confirmed",
                 )
                 assert [r.stage for r in seen] == ["assigned", "start"]
                 await ex.send(c.ClockTick(ts_ns=key.start_ns + HOUR_NS))
                 await ex.wait_for(
-                    lambda: [
-                        d for d in deliveries(PROVIDER, "provider") if d["state"] == "settled"
-                    ],
+                    lambda: deliveries(PROVIDER, "settled", "provider"),
                     timeout_s=30,
                     what="the delivery settled",
                 )
-                assert deliveries(TRADER, "holder")[0]["outcome"] == "delivered"
+                assert deliveries(TRADER, role="holder")[0]["outcome"] == "delivered"
                 assert [r.obligation_id for r in seen] == [seen[0].obligation_id] * 2
                 running.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

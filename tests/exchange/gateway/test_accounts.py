@@ -679,7 +679,7 @@ def test_an_account_never_seen_has_empty_answers(catalog):
         "pending": "0.000000",
     }
     assert acc.positions(42) == acc.open_orders(42) == acc.closed_orders(42) == acc.fills(42) == []
-    assert acc.capacity(42) == acc.deliveries(42, "holder") == []
+    assert acc.capacity(42) == []
     assert orjson.loads(acc.executions_snapshot(42)) == {
         "channel": "executions",
         "type": "snapshot",
@@ -715,72 +715,6 @@ def test_instruments_follow_listing_and_closure(simulated, catalog):
     }
     closed = next(ev.symbol for ev in events if isinstance(ev, e.InstrumentClosed))
     assert accounts.is_listed(listed[-1]["symbol"]) and not accounts.is_listed(closed)
-
-
-@pytest.mark.parametrize("seed", SEEDS)
-def test_deliveries_follow_assignment_start_and_settlement(simulated, seed):
-    _, events, accounts, _ = simulated[seed]
-    state: dict[int, tuple[str, str | None]] = {}
-    parties: dict[int, tuple[int, int]] = {}
-    for ev in events:
-        if isinstance(ev, e.DeliveryAssigned):
-            state[ev.obligation_id] = ("assigned", None)
-            parties[ev.obligation_id] = (ev.provider, ev.holder)
-        elif isinstance(ev, e.DeliveryStarted):
-            state[ev.obligation_id] = ("started", None)
-        elif isinstance(ev, e.DeliverySettled):
-            outcome = {1: "delivered", 2: "failed", 3: "interrupted"}[ev.outcome]
-            state[ev.obligation_id] = ("settled", outcome)
-    assert any(s == "settled" for s, _ in state.values())
-    for obligation_id, (provider, holder) in parties.items():
-        for account, role in ((provider, "provider"), (holder, "holder")):
-            (found,) = [
-                d for d in accounts.deliveries(account, role) if d["obligation_id"] == obligation_id
-            ]
-            assert (found["state"], found["outcome"]) == state[obligation_id]
-            assert (found["provider"], found["holder"]) == (provider, holder)
-            assert list(found) == [
-                "obligation_id",
-                "symbol",
-                "provider",
-                "holder",
-                "gpus",
-                "start_ns",
-                "end_ns",
-                "state",
-                "outcome",
-            ]
-    with pytest.raises(ValueError, match="role"):
-        accounts.deliveries(10, "owner")
-
-
-def test_a_delivery_moves_from_assigned_to_started_to_settled(catalog):
-    m = _Market(catalog).funded()
-    m.place(PROVIDER, "sell", 2)
-    m.place(BUYER, "buy", 2)
-    key = parse_symbol(m.symbol)
-
-    def seen() -> list[tuple[int, str, str | None]]:
-        out = []
-        for account, role in ((PROVIDER, "provider"), (BUYER, "holder")):
-            out += [
-                (d["gpus"], d["state"], d["outcome"]) for d in m.accounts.deliveries(account, role)
-            ]
-        return out
-
-    m.run(c.ClockTick(ts_ns=key.start_ns - catalog.gate_closure_lead_ns))
-    assert seen() == [(2, "assigned", None)] * 2
-    assert (
-        m.accounts.deliveries(PROVIDER, "holder") == m.accounts.deliveries(BUYER, "provider") == []
-    )
-    (obligation,) = m.accounts.deliveries(BUYER, "holder")
-    assert obligation["symbol"] == m.symbol
-    assert (obligation["start_ns"], obligation["end_ns"]) == (str(key.start_ns), str(key.end_ns))
-    m.run(c.ClockTick(ts_ns=key.start_ns))
-    m.run(c.DeliveryConfirmed(account=PROVIDER, obligation_id=obligation["obligation_id"]))
-    assert seen() == [(2, "started", None)] * 2
-    m.run(c.ClockTick(ts_ns=key.end_ns))
-    assert seen() == [(2, "settled", "delivered")] * 2
 
 
 def test_capacity_ranges_follow_updates(catalog):

@@ -2,8 +2,10 @@
 
 Each scenario feeds `Deliveries` the events of one delivery's life and checks who is pushed
 what: only the holder and the provider, the access only once the engine confirmed, numbered so
-`resume_from_seq` works like on the other private channels. The desk's checks before anything
-is sent (bad access, disputing another's delivery) run against a hub that fails if used.
+`resume_from_seq` works like on the other private channels. Seeded simulations and one traded
+delivery replay the engine's own events and compare each delivery's state with them. The desk's
+checks before anything is sent (bad access, disputing another's delivery) run against a hub that
+fails if used.
 """
 
 from __future__ import annotations
@@ -20,15 +22,38 @@ from exchange.gateway.deliveries import PENDING_ACCESS_MAX, Deliveries
 from exchange.gateway.orders import ConfirmParams, DisputeParams, OrderDesk
 from exchange.gateway.provisioning import Provisioning
 from exchange.wire import ErrorCode, WireError
+from matching.engine import Engine
+from schemas import commands as c
 from schemas import events as e
 from schemas.codes import CashReason, DeliveryOutcome
 from schemas.provisioning import Access, ProvisionConfirmed, ProvisionRequested
+from schemas.symbols import parse_symbol
+from tests.conftest import SMALL, T0_NS, capacity_for, first_hourly
+from tests.support.simulation import run_simulation
 
 HOLDER, PROVIDER, OTHER = 10, 20, 30
 OBLIGATION = 7
 START_NS, END_NS = 1_000 * 3_600_000_000_000, 1_002 * 3_600_000_000_000
 SYMBOL = "H100-SXM.us-east.1h.2026-11-30T22"
 ACCESS = Access(host="gpu-7.example.com", port=2222, user="gx", instructions="run nvidia-smi")
+DELIVERY_KEYS = [
+    "obligation_id",
+    "symbol",
+    "provider",
+    "holder",
+    "gpus",
+    "start_ns",
+    "end_ns",
+    "state",
+    "outcome",
+    "hours_released",
+    "refund",
+    "penalty",
+    "access",
+    "ts_ns",
+]
+SEEDS = (1, 2, 3)
+USD = 1_000_000
 
 
 class Log:
@@ -261,6 +286,108 @@ def test_list_filters_by_state_and_role():
     assert len(deliveries.deliveries(HOLDER, "assigned", "holder")) == 1
     assert deliveries.deliveries(HOLDER, "assigned", "provider") == []
     assert deliveries.deliveries(HOLDER, "confirmed") == []
+
+
+# ---------------------------------------------------------------------- against the engine
+
+
+@pytest.fixture(scope="module")
+def simulated(catalog) -> dict[int, list[e.Event]]:
+    """Per seed: every event of a long simulation (deliveries assigned, confirmed, settled)."""
+    return {seed: run_simulation(catalog, seed, 300)[2] for seed in SEEDS}
+
+
+def _told(events: list[e.Event]) -> dict[int, tuple[int, int, str, str | None, int]]:
+    """Per obligation as the events tell it: (provider, holder, state, outcome, hours released)."""
+    told: dict[int, tuple[int, int, str, str | None, int]] = {}
+    for ev in events:
+        if isinstance(ev, e.DeliveryAssigned):
+            told[ev.obligation_id] = (ev.provider, ev.holder, "assigned", None, 0)
+            continue
+        if isinstance(ev, e.CashChanged):
+            if ev.reason != CashReason.DELIVERY_RELEASE or ev.ref_id not in told:
+                continue
+            provider, holder, state, outcome, hours = told[ev.ref_id]
+            told[ev.ref_id] = (provider, holder, state, outcome, hours + 1)
+            continue
+        if not isinstance(
+            ev, e.DeliveryStarted | e.DeliveryDisputed | e.DisputeResolved | e.DeliverySettled
+        ):
+            continue
+        provider, holder, state, outcome, hours = told[ev.obligation_id]
+        if isinstance(ev, e.DeliveryStarted):
+            state = "confirmed"
+        elif isinstance(ev, e.DeliveryDisputed):
+            state = "disputed"
+        elif isinstance(ev, e.DisputeResolved):
+            state = "confirmed" if ev.released else state
+        else:
+            state = "settled"
+            outcome = {1: "delivered", 2: "failed", 3: "interrupted"}[ev.outcome]
+        told[ev.obligation_id] = (provider, holder, state, outcome, hours)
+    return told
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_every_simulated_delivery_is_listed_to_both_parties_as_the_engine_tells_it(simulated, seed):
+    events = simulated[seed]
+    _, deliveries = projection()
+    for ev in events:
+        deliveries.apply(ev)
+    told = _told(events)
+    assert any(state == "settled" for _, _, state, _, _ in told.values())
+    for obligation_id, (provider, holder, state, outcome, hours) in told.items():
+        for account, role in ((provider, "provider"), (holder, "holder")):
+            (found,) = [
+                d
+                for d in deliveries.deliveries(account, role=role)
+                if d["obligation_id"] == obligation_id
+            ]
+            assert (found["provider"], found["holder"]) == (provider, holder)
+            assert (found["state"], found["outcome"], found["hours_released"]) == (
+                state,
+                outcome,
+                hours,
+            )
+            assert list(found) == DELIVERY_KEYS
+
+
+def test_a_traded_delivery_moves_from_assigned_to_confirmed_to_settled(catalog):
+    engine = Engine(catalog, SMALL)
+    _, deliveries = projection()
+
+    def run(command: c.Command) -> None:
+        for ev in engine.apply([command]):
+            deliveries.apply(ev)
+
+    def seen() -> list[tuple[int, str, str | None]]:
+        return [
+            (d["gpus"], d["state"], d["outcome"])
+            for account, role in ((PROVIDER, "provider"), (HOLDER, "holder"))
+            for d in deliveries.deliveries(account, role=role)
+        ]
+
+    run(c.ClockTick(ts_ns=T0_NS))
+    symbol = first_hourly(engine)
+    key = parse_symbol(symbol)
+    run(capacity_for(PROVIDER, symbol, 10))
+    for account in (PROVIDER, HOLDER):
+        run(c.Deposit(account=account, amount_micros=100 * USD))
+    for account, side in ((PROVIDER, "sell"), (HOLDER, "buy")):
+        run(c.PlaceOrder(account=account, symbol=symbol, side=side, lots=2, price_ticks=2400))
+    run(c.ClockTick(ts_ns=key.start_ns - catalog.gate_closure_lead_ns))
+    assert seen() == [(2, "assigned", None)] * 2
+    assert deliveries.deliveries(PROVIDER, role="holder") == []
+    assert deliveries.deliveries(HOLDER, role="provider") == []
+    (obligation,) = deliveries.deliveries(HOLDER)
+    assert obligation["symbol"] == symbol
+    assert (obligation["start_ns"], obligation["end_ns"]) == (str(key.start_ns), str(key.end_ns))
+    run(c.ClockTick(ts_ns=key.start_ns))
+    run(c.DeliveryConfirmed(account=PROVIDER, obligation_id=obligation["obligation_id"]))
+    assert seen() == [(2, "confirmed", None)] * 2
+    run(c.ClockTick(ts_ns=key.end_ns))
+    assert seen() == [(2, "settled", "delivered")] * 2
+    assert deliveries.deliveries(PROVIDER)[0]["hours_released"] == key.hours
 
 
 # ---------------------------------------------------------------------- the desk's checks
