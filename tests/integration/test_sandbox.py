@@ -1,8 +1,8 @@
 """`gx sandbox`: the whole exchange embedded, with demo keys and bots, started and stopped cleanly.
 
 Two scenarios: the sandbox in-process with bots (page, demo keys that sign, trades and depth
-made by the bots through the gateway, providers' withdrawals settled by the sandbox's operator,
-an audit without violations, and nothing left running after the stop), and `gx sandbox --no-bots` as a subprocess stopped by SIGINT (exit status 0,
+made by the bots through the gateway, providers' withdrawals settled and a drained buyer topped
+up by the sandbox's operator, an audit without violations, and nothing left running after the stop), and `gx sandbox --no-bots` as a subprocess stopped by SIGINT (exit status 0,
 PostgreSQL gone).
 """
 
@@ -26,6 +26,7 @@ import pytest
 
 from exchange.cli.gx import build_parser
 from exchange.client import Client, Transfer
+from exchange.sandbox.operator import TOPUP_FLOOR_PERCENT
 from exchange.sandbox.run import (
     DEMO_PROVIDER_ACCOUNT,
     DEMO_TRADER_ACCOUNT,
@@ -33,6 +34,9 @@ from exchange.sandbox.run import (
     SandboxOptions,
     run_sandbox,
 )
+from schemas import commands as c
+from schemas import events as e
+from schemas.units import usd_to_micros
 from streams.embedded.postgres import process_alive
 from tests.support.waiting import until
 
@@ -100,6 +104,7 @@ def test_sandbox_with_bots_serves_page_demo_keys_and_a_trading_market() -> None:
                 symbol = await _check_trades(http, sandbox)
                 await _check_depth(http, symbol)
             await _check_withdrawals(sandbox)
+            await _check_topup(sandbox)
 
             async def audited() -> bool:
                 return "audit: ok" in out.getvalue()
@@ -181,6 +186,28 @@ async def _check_withdrawals(sandbox: Sandbox) -> None:
     assert all(w.destination in banks and w.amount > 0 for w in completed)
     assert sandbox.bots.stats.withdrawals >= len(completed)
     assert sandbox.operator.stats.approved >= len(completed)
+
+
+async def _check_topup(sandbox: Sandbox) -> None:
+    """A buyer whose cash an operator paid out is funded again by the sandbox's operator."""
+    assert sandbox.bots is not None and sandbox.operator is not None
+    buyer = next(s for s in sandbox.bots.specs if s.role == "buyer")
+    gateway = sandbox._gateway()
+    available = usd_to_micros(gateway.accounts.balances(buyer.account)["available"])
+    # Half the floor is left: the buyer may hold some for an order meanwhile.
+    left = buyer.deposit_micros * TOPUP_FLOOR_PERCENT // 200
+    drain = c.Withdraw(account=buyer.account, amount_micros=available - left, ref="drain")
+    assert not any(isinstance(ev, e.CommandRejected) for ev in await gateway.hub.submit(drain))
+    async with Client(sandbox.url, *sandbox.bots.credentials[buyer.name]) as client:
+
+        async def topped_up() -> list[Transfer]:
+            deposits = await client.fetch_deposits()
+            return [d for d in deposits if d.reference.startswith("sandbox-topup-")]
+
+        deposits = await until(topped_up, MARKET_WAIT_S, "a top-up of a drained buyer")
+    assert deposits[0].reference == f"sandbox-topup-{buyer.account}-1"
+    assert deposits[0].status == "completed" and deposits[0].amount > 0
+    assert sandbox.operator.stats.topped_up >= 1
 
 
 def test_gx_sandbox_no_bots_stops_cleanly_on_sigint() -> None:
