@@ -542,9 +542,14 @@ class Provider(Delivering):
                 await paying
 
     async def _pay_out(self) -> None:
+        """Withdraw now and then until cancelled; a bug is counted and the next one goes on."""
         await self.sleep(*WITHDRAWAL_FIRST_S)
         while not self.halt.is_set():
-            await self.withdraw()
+            try:
+                await self.withdraw()
+            except Exception:  # nothing awaits this task until the bot stops: say so now
+                self.stats.crashes += 1
+                log.exception("%s: withdrawing failed", self.spec.name)
             await self.sleep(*WITHDRAWAL_EVERY_S)
 
     async def withdraw(self) -> None:
