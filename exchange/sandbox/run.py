@@ -441,7 +441,7 @@ class Sandbox:
         )
 
     def _start_operator(self) -> None:
-        """Top up the buyers and the demo trader; resolve their disputes; settle every withdrawal."""
+        """Top up the buyers and the demo trader, resolve their disputes, settle all withdrawals."""
         buyers = {s.account: s.deposit_micros for s in self.bot_specs if s.role == "buyer"}
         funded = {DEMO_TRADER_ACCOUNT: DEMO_DEPOSIT_MICROS, **buyers}
         self.operator = Operator(

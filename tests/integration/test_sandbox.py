@@ -2,8 +2,9 @@
 
 Two scenarios: the sandbox in-process with bots (page, demo keys that sign, trades and depth
 made by the bots through the gateway, providers' withdrawals settled and a drained buyer topped
-up by the sandbox's operator, an audit without violations, and nothing left running after the stop), and `gx sandbox --no-bots` as a subprocess stopped by SIGINT (exit status 0,
-PostgreSQL gone).
+up by the sandbox's operator, an audit without violations, and nothing left running after the
+stop), and `gx sandbox --no-bots` as a subprocess stopped by SIGINT (exit status 0, PostgreSQL
+gone).
 """
 
 from __future__ import annotations
@@ -192,7 +193,7 @@ async def _check_topup(sandbox: Sandbox) -> None:
     """A buyer whose cash an operator paid out is funded again by the sandbox's operator."""
     assert sandbox.bots is not None and sandbox.operator is not None
     buyer = next(s for s in sandbox.bots.specs if s.role == "buyer")
-    gateway = sandbox._gateway()
+    gateway = sandbox.operator.gateway
     available = usd_to_micros(gateway.accounts.balances(buyer.account)["available"])
     # Half the floor is left: the buyer may hold some for an order meanwhile.
     left = buyer.deposit_micros * TOPUP_FLOOR_PERCENT // 200

@@ -161,7 +161,10 @@ def test_pending_withdrawals_are_settled_once_each_as_the_seed_decides() -> None
     assert len(engine.sent) == 30
     ledger.pending = [31]
     asyncio.run(op.settle_withdrawals())
-    assert len(engine.sent) == 31 and engine.sent[-1].withdrawal_id == 31  # type: ignore[union-attr]
+    assert len(engine.sent) == 31
+    assert engine.sent[-1] == c.SettleWithdrawal(
+        ts_init=engine.sent[-1].ts_init, withdrawal_id=31, approved=approves(SEED, 31)
+    )
 
 
 def test_a_refused_settlement_is_counted_and_not_sent_again_while_pending() -> None:
