@@ -11,14 +11,18 @@ books fill), 1-3 trades per second, the whole sandbox about a third of one core.
     providers   stream capacity for their GPU models and regions, quote ask ladders a little
                 above the fair price, and answer provisioning requests: most are confirmed,
                 `FAIL_PROBABILITY` fail at the start and `INTERRUPT_PROBABILITY` are interrupted
-                during the window, so refunds and penalties happen
+                during the window, so refunds and penalties happen; now and then they withdraw
+                part of their cash above `WITHDRAWAL_RESERVE_MICROS` to a sandbox bank account
+                (the sandbox's operator, exchange/sandbox/operator.py, approves most)
     makers      quote two levels a side around the fair price on the nearest instruments of
                 their models, requoting by amend (a new order when the old one is gone); they
                 are capacity-backed (a neocloud's trading desk), so their asks are covered by
                 streamed capacity and they confirm every delivery
     buyers      take liquidity: `app` buys the nearest hours in small IOC and market orders,
                 `algo` buys below and resells above the fair price, `lab` routes orders for
-                GPU-hours across instruments and buys day blocks
+                GPU-hours across instruments and buys day blocks; every buyer reports
+                `DISPUTE_PROBABILITY` of its confirmed deliveries unreachable in their first
+                hour, for the operator to resolve
 
 The fair price of each GPU model is a seeded, mean-reverting random walk around the catalog's
 reference price (`World`); an instrument's fair price adds a region premium, a block discount
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import random
@@ -55,9 +60,9 @@ from exchange.client import (
     RateLimitError,
     RejectedError,
 )
-from exchange.wire import Prices
+from exchange.wire import Prices, money_to_str
 from schemas.catalog import Catalog
-from schemas.units import NS_PER_HOUR
+from schemas.units import MICROS_PER_USD, NS_PER_HOUR
 
 __all__ = [
     "BotSpec",
@@ -67,6 +72,8 @@ __all__ = [
     "roster",
     "FAIL_PROBABILITY",
     "INTERRUPT_PROBABILITY",
+    "DISPUTE_PROBABILITY",
+    "payout_micros",
 ]
 
 log = logging.getLogger("gx.bots")
@@ -100,7 +107,19 @@ STOP_ROUND_S = 2.0  # stopping: how long one round waits for the cancelled bots
 STOP_ROUNDS_MAX = 5
 DEPOSIT_PROVIDER_MICROS = 5_000_000 * 1_000_000
 DEPOSIT_MAKER_MICROS = 20_000_000 * 1_000_000
-DEPOSIT_BUYER_MICROS = 10_000_000 * 1_000_000
+# Small enough that buyers run low within a session and the operator's top-ups show.
+DEPOSIT_BUYER_MICROS = 10_000 * 1_000_000
+# Providers bank part of their cash now and then; what they keep lets them go on trading.
+WITHDRAWAL_FIRST_S = (3.0, 10.0)  # a provider's first withdrawal comes this long after its start
+WITHDRAWAL_EVERY_S = (60.0, 180.0)  # then one each this long
+WITHDRAWAL_RESERVE_MICROS = DEPOSIT_PROVIDER_MICROS // 2  # never withdrawn
+WITHDRAWAL_SHARE_PERCENT = 50  # of the cash above the reserve, asked for at a time
+WITHDRAWAL_MAX_MICROS = 250_000 * 1_000_000
+WITHDRAWAL_MIN_MICROS = 100 * 1_000_000  # less is left for the next time
+# Buyers dispute a few deliveries, in the first hour of the window as the engine requires.
+DISPUTE_CHECK_S = 60.0  # how often a buyer looks at its confirmed deliveries
+DISPUTE_PROBABILITY = 0.03  # of the confirmed deliveries a buyer holds
+DISPUTE_MARGIN_NS = 5 * 60 * 1_000_000_000  # not this close to the end of the first hour
 ACCOUNT_PROVIDER_FIRST = 200
 ACCOUNT_MAKER_FIRST = 300
 ACCOUNT_BUYER_FIRST = 400
@@ -108,6 +127,13 @@ ACCOUNT_BUYER_FIRST = 400
 
 def _bps(value: float, bps: float) -> float:
     return value * (1.0 + bps / 10_000.0)
+
+
+def payout_micros(available_micros: int) -> int:
+    """Return what a provider withdraws from its available cash (0: nothing this time)."""
+    above = available_micros - WITHDRAWAL_RESERVE_MICROS
+    amount = min(WITHDRAWAL_MAX_MICROS, above * WITHDRAWAL_SHARE_PERCENT // 100)
+    return amount if amount >= WITHDRAWAL_MIN_MICROS else 0
 
 
 # ---------------------------------------------------------------------- the cast
@@ -130,6 +156,8 @@ class BotSpec(msgspec.Struct, frozen=True, kw_only=True):
         """Return the API key scopes the bot needs."""
         if self.role == "buyer":
             return ("read", "trade")
+        if self.role == "provider":
+            return ("read", "trade", "provide", "withdraw")
         return ("read", "trade", "provide")
 
 
@@ -193,6 +221,8 @@ class BotStats(msgspec.Struct, kw_only=True):
     confirmed: int = 0  # deliveries confirmed
     failed: int = 0  # deliveries failed at their start
     interrupted: int = 0  # deliveries interrupted during their window
+    withdrawals: int = 0  # withdrawals requested (providers)
+    disputes: int = 0  # deliveries disputed (buyers)
     errors: int = 0  # lost connections and unexpected answers
     crashes: int = 0  # bot loops restarted after a bug
 
@@ -497,9 +527,46 @@ class Delivering(Quoter):
 
 
 class Provider(Delivering):
-    """A GPU provider: capacity, an ask ladder above the fair price, provisioning answers."""
+    """A GPU provider: capacity, an ask ladder above the fair price, provisioning answers,
+    withdrawals of its cash above the reserve."""
 
     requote_s = (1.0, 2.5)
+
+    async def act(self) -> None:
+        paying = asyncio.create_task(self._pay_out())
+        try:
+            await super().act()
+        finally:
+            paying.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await paying
+
+    async def _pay_out(self) -> None:
+        """Withdraw now and then until cancelled; a bug is counted and the next one goes on."""
+        await self.sleep(*WITHDRAWAL_FIRST_S)
+        while not self.halt.is_set():
+            try:
+                await self.withdraw()
+            except Exception:  # nothing awaits this task until the bot stops: say so now
+                self.stats.crashes += 1
+                log.exception("%s: withdrawing failed", self.spec.name)
+            await self.sleep(*WITHDRAWAL_EVERY_S)
+
+    async def withdraw(self) -> None:
+        """Ask for part of the available cash above the reserve, to the provider's bank."""
+        balance = await self.guarded(self.client.fetch_balance, "balance")
+        if balance is None:
+            return
+        amount = payout_micros(int(balance.available * MICROS_PER_USD))
+        if amount == 0:
+            return
+        destination = f"sandbox-bank-{self.spec.account}"
+        sent = await self.guarded(
+            lambda: self.client.withdraw(money_to_str(amount), destination),
+            f"withdraw {money_to_str(amount)}",
+        )
+        if sent is not None:
+            self.stats.withdrawals += 1
 
     def levels(self, m: Market) -> list[tuple[str, int, int, int]]:
         fair = self.world.fair(m)
@@ -595,14 +662,43 @@ class Buyer(Bot):
     ) -> None:
         super().__init__(spec, client, world, rng, stats, halt)
         self.held: dict[str, int] = {}  # lots bought and not yet resold, per symbol
+        self.considered: dict[int, int] = {}  # deliveries drawn for a dispute -> start_ns
 
     async def act(self) -> None:
         style = {"app": self.app, "algo": self.algo, "lab": self.lab}[self.spec.style]
+        loop = asyncio.get_running_loop()
+        checked = loop.time()
         while not self.halt.is_set():
             now_ns = time.time_ns()
             for symbol in [s for s in self.held if not self.world.tradable(s, now_ns)]:
                 del self.held[symbol]  # gate closure made it a delivery: nothing to resell
+            if loop.time() - checked >= DISPUTE_CHECK_S:
+                checked = loop.time()
+                await self.dispute_some()
             await style()
+
+    async def dispute_some(self) -> None:
+        """Draw each confirmed delivery in its first hour once; dispute the unlucky ones."""
+        deliveries = await self.guarded(
+            lambda: self.client.fetch_deliveries("confirmed", "holder"), "deliveries"
+        )
+        if deliveries is None:
+            return
+        now_ns = time.time_ns()
+        last_ns = now_ns + DISPUTE_MARGIN_NS - NS_PER_HOUR  # a window started after this
+        self.considered = {i: s for i, s in self.considered.items() if s > last_ns}
+        for d in deliveries:
+            if d.obligation_id in self.considered or not last_ns < d.start_ns <= now_ns:
+                continue
+            self.considered[d.obligation_id] = d.start_ns  # a released dispute is not redrawn
+            if self.rng.random() >= DISPUTE_PROBABILITY:
+                continue
+            dispute = functools.partial(
+                self.client.dispute_delivery, d.obligation_id, "sandbox: machines unreachable"
+            )
+            sent = await self.guarded(dispute, f"dispute {d.obligation_id}")
+            if sent is not None:
+                self.stats.disputes += 1
 
     def _quoted(self, hours: int) -> list[Market]:
         gpus, regions = list(self.world.reference), list(self.world.region_factor)

@@ -6,6 +6,8 @@
     -> listing (the clock's first tick lists the calendar)
     -> demo accounts funded, demo API keys created, bots' accounts and keys
     -> bots (exchange/sandbox/bots.py) trading through the gateway
+    -> the operator (exchange/sandbox/operator.py): approves withdrawals, tops buyers up,
+       resolves disputes
     -> a status line every STATUS_INTERVAL_S, an audit every AUDIT_INTERVAL_S
 
 Everything lives and dies with the process: the broker is in-process, the database is a private
@@ -40,6 +42,13 @@ from exchange.gateway.context import Gateway
 from exchange.gateway.keys import check_master_key
 from exchange.sandbox.bots import Bots, BotSpec, roster
 from exchange.sandbox.demo import DEMO_PATH, demo_keys_route
+from exchange.sandbox.operator import (
+    DISPUTE_REVIEW_S,
+    OPERATOR_INTERVAL_S,
+    TOPUP_FLOOR_PERCENT,
+    WITHDRAWAL_REJECT_PROBABILITY,
+    Operator,
+)
 from exchange.stack import Stack, StackOptions
 from matching.engine import Engine
 from matching.state import EngineConfig
@@ -78,8 +87,9 @@ DEMO_PROVIDER_ACCOUNT = 101
 DEMO_DEPOSIT_MICROS = 1_000_000 * 1_000_000  # one million USD each
 DEMO_CAPACITY_GPUS = 16  # the demo provider may sell this many GPUs of the flagship model
 DEMO_CAPACITY_HOURS = 72
-_TRADER_SCOPES = ("read", "trade")
-_PROVIDER_SCOPES = ("read", "trade", "provide")
+# Withdrawals too: the sandbox's operator settles them, so a demo user can try one.
+_TRADER_SCOPES = ("read", "trade", "withdraw")
+_PROVIDER_SCOPES = ("read", "trade", "provide", "withdraw")
 _LOOPBACK = "127.0.0.1"
 # A throwaway engine just big enough to run one command: it compiles or loads every kernel.
 _WARM_ENGINE = EngineConfig(
@@ -116,6 +126,7 @@ class SandboxOptions(msgspec.Struct, frozen=True, kw_only=True):
     seed: int = 7
     status_interval_s: float = STATUS_INTERVAL_S
     audit_interval_s: float = AUDIT_INTERVAL_S
+    operator_interval_s: float = OPERATOR_INTERVAL_S
 
 
 class DemoKey(msgspec.Struct, frozen=True):
@@ -137,6 +148,10 @@ class SandboxStatus(msgspec.Struct, kw_only=True):
     interrupted: int = 0
     deliveries_open: int = 0
     commands: int = 0  # engine commands applied since start
+    withdrawals_approved: int = 0  # by the sandbox's operator
+    withdrawals_rejected: int = 0
+    topups: int = 0
+    disputes_resolved: int = 0
     audit: str = "pending"
 
 
@@ -257,6 +272,8 @@ class Sandbox:
         self.dsn = ""
         self.stack: Stack | None = None
         self.bots: Bots | None = None
+        self.operator: Operator | None = None
+        self._operating: asyncio.Task[None] | None = None
         self.bot_specs: list[BotSpec] = roster(self.catalog) if options.bots else []
         self.demo_keys: dict[str, DemoKey] = {}
         self.ready_s: float | None = None  # seconds from start() to a serving, funded exchange
@@ -340,6 +357,7 @@ class Sandbox:
         self._status_conn = await asyncpg.connect(self.dsn)
         if self.bot_specs:
             await p.stage(self._start_bots(), lambda text: text)
+        self._start_operator()
         self.ready_s = p.elapsed()
 
     async def _open_database(self) -> str:
@@ -422,6 +440,19 @@ class Sandbox:
             f"makers, {roles.count('buyer')} buyers (seed {self.options.seed})"
         )
 
+    def _start_operator(self) -> None:
+        """Top up the buyers and the demo trader, resolve their disputes, settle all withdrawals."""
+        buyers = {s.account: s.deposit_micros for s in self.bot_specs if s.role == "buyer"}
+        funded = {DEMO_TRADER_ACCOUNT: DEMO_DEPOSIT_MICROS, **buyers}
+        self.operator = Operator(
+            self._gateway(),
+            funded=funded,
+            holders=list(funded),
+            seed=self.options.seed,
+            interval_s=self.options.operator_interval_s,
+        )
+        self._operating = asyncio.create_task(self.operator.run(), name="sandbox-operator")
+
     def _gateway(self) -> Gateway:
         assert self.stack is not None and self.stack.gateway is not None
         assert self.stack.gateway.gateway is not None
@@ -452,6 +483,12 @@ class Sandbox:
         lines.append(f"  demo keys      {self.url}{DEMO_PATH} (loopback only)")
         if self.bots is None:
             lines.append("  bots           off (--no-bots): an empty market")
+        lines.append(
+            f"  operator       settles withdrawals every {self.options.operator_interval_s:g} s "
+            f"(rejects {WITHDRAWAL_REJECT_PROBABILITY:.0%}), tops buyers up below "
+            f"{TOPUP_FLOOR_PERCENT}% of their funding, resolves disputes after "
+            f"{DISPUTE_REVIEW_S:g} s"
+        )
         if self.postgres is not None:
             lines.append("  Ctrl-C stops everything; the sandbox's database is thrown away.")
         else:
@@ -466,6 +503,10 @@ class Sandbox:
         status = SandboxStatus(audit=self.last_audit)
         if self.stack is not None and self.stack.runner is not None:
             status.commands = self.stack.runner.stats.commands
+        if self.operator is not None:
+            done = self.operator.stats
+            status.withdrawals_approved, status.withdrawals_rejected = done.approved, done.rejected
+            status.topups, status.disputes_resolved = done.topped_up, done.released + done.refunded
         if self._status_conn is not None:
             row = await self._status_conn.fetchrow(_STATUS_SQL)
             if row is not None:
@@ -548,6 +589,10 @@ class Sandbox:
         """Stop the bots, the stages and gateway, the broker and PostgreSQL; never raise."""
         t = time.monotonic()
         started = self.broker is not None  # a refusal before the broker has nothing to stop
+        if self._operating is not None:
+            self._operating.cancel()
+            await self._quietly("operator", _cancelled(self._operating))
+            self._operating = None
         if self.bots is not None:
             await self._quietly("bots", self.bots.stop())
             self.bots = None
@@ -578,8 +623,16 @@ def _status_line(s: SandboxStatus, commands_per_s: float) -> str:
     return (
         f"orders {s.orders}  trades {s.trades}  deliveries {s.delivered} delivered, "
         f"{s.failed} failed, {s.interrupted} interrupted, {s.deliveries_open} open  "
+        f"withdrawals {s.withdrawals_approved} paid, {s.withdrawals_rejected} rejected  "
+        f"top-ups {s.topups}  disputes {s.disputes_resolved} resolved  "
         f"{commands_per_s:.0f} commands/s  audit {s.audit}"
     )
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    """Wait for a cancelled task to end."""
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _check_empty(dsn: str) -> None:

@@ -38,8 +38,10 @@ __all__ = [
     "Cursor",
     "TRANSFER_KINDS",
     "TRANSFER_STATUS_NAMES",
+    "PendingWithdrawal",
     "Transfer",
     "account_transfers",
+    "pending_withdrawals",
     "account_postings",
     "opening_balances",
     "parse_cursor",
@@ -66,6 +68,12 @@ PERIOD_POSTINGS_SQL = (
 ACCOUNT_TRANSFERS_SQL = (
     "SELECT transfer_id, amount_micros, reference, status, ts_requested, ts_event FROM transfers "
     "WHERE account = $1 AND kind = $2 ORDER BY ts_requested DESC, transfer_id DESC LIMIT $3"
+)
+# Withdrawals awaiting an operator, oldest first, across accounts: no index serves it, as only
+# operators' tools ask and pending rows are few (a status scan of transfers, not of postings).
+PENDING_WITHDRAWALS_SQL = (
+    "SELECT shard, transfer_id, account, amount_micros, reference, ts_requested FROM transfers "
+    "WHERE kind = $1 AND status = $2 ORDER BY ts_requested, transfer_id LIMIT $3"
 )
 OPENING_BALANCES_SQL = (
     "SELECT bucket, COALESCE(sum(amount_micros), 0)::bigint AS amount FROM postings "
@@ -182,6 +190,33 @@ async def account_transfers(conn: Any, account: int, kind: int, limit: int) -> l
             status=row["status"],
             ts_requested=row["ts_requested"],
             ts_updated=row["ts_event"],
+        )
+        for row in rows
+    ]
+
+
+class PendingWithdrawal(msgspec.Struct, frozen=True, kw_only=True):
+    """A withdrawal awaiting an operator's approval or rejection (`SettleWithdrawal`)."""
+
+    shard: int
+    withdrawal_id: int
+    account: int
+    amount_micros: int
+    destination: str
+    ts_requested: int  # engine time it was asked for
+
+
+async def pending_withdrawals(conn: Any, limit: int) -> list[PendingWithdrawal]:
+    """The oldest `limit` withdrawals of any account still pending, oldest first."""
+    rows = await conn.fetch(PENDING_WITHDRAWALS_SQL, TRANSFER_WITHDRAWAL, TRANSFER_PENDING, limit)
+    return [
+        PendingWithdrawal(
+            shard=row["shard"],
+            withdrawal_id=row["transfer_id"],
+            account=row["account"],
+            amount_micros=row["amount_micros"],
+            destination=row["reference"],
+            ts_requested=row["ts_requested"],
         )
         for row in rows
     ]

@@ -1,9 +1,10 @@
 """`gx sandbox`: the whole exchange embedded, with demo keys and bots, started and stopped cleanly.
 
 Two scenarios: the sandbox in-process with bots (page, demo keys that sign, trades and depth
-made by the bots through the gateway, an audit without violations, and nothing left running
-after the stop), and `gx sandbox --no-bots` as a subprocess stopped by SIGINT (exit status 0,
-PostgreSQL gone).
+made by the bots through the gateway, providers' withdrawals settled and a drained buyer topped
+up by the sandbox's operator, an audit without violations, and nothing left running after the
+stop), and `gx sandbox --no-bots` as a subprocess stopped by SIGINT (exit status 0, PostgreSQL
+gone).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ import httpx
 import pytest
 
 from exchange.cli.gx import build_parser
-from exchange.client import Client
+from exchange.client import Client, Transfer
+from exchange.sandbox.operator import TOPUP_FLOOR_PERCENT
 from exchange.sandbox.run import (
     DEMO_PROVIDER_ACCOUNT,
     DEMO_TRADER_ACCOUNT,
@@ -33,6 +35,9 @@ from exchange.sandbox.run import (
     SandboxOptions,
     run_sandbox,
 )
+from schemas import commands as c
+from schemas import events as e
+from schemas.units import usd_to_micros
 from streams.embedded.postgres import process_alive
 from tests.support.waiting import until
 
@@ -85,7 +90,9 @@ def test_sandbox_with_bots_serves_page_demo_keys_and_a_trading_market() -> None:
     async def scenario() -> tuple[Sandbox, int | None, str]:
         stop = asyncio.Event()
         ready: asyncio.Future[Sandbox] = asyncio.get_running_loop().create_future()
-        options = SandboxOptions(port=0, seed=5, status_interval_s=5.0, audit_interval_s=8.0)
+        options = SandboxOptions(
+            port=0, seed=5, status_interval_s=5.0, audit_interval_s=8.0, operator_interval_s=0.5
+        )
         running = asyncio.create_task(
             run_sandbox(options, stop, out=out, ready=lambda s: ready.set_result(s))
         )
@@ -97,6 +104,8 @@ def test_sandbox_with_bots_serves_page_demo_keys_and_a_trading_market() -> None:
                 await _check_page_and_keys(http, sandbox)
                 symbol = await _check_trades(http, sandbox)
                 await _check_depth(http, symbol)
+            await _check_withdrawals(sandbox)
+            await _check_topup(sandbox)
 
             async def audited() -> bool:
                 return "audit: ok" in out.getvalue()
@@ -104,6 +113,7 @@ def test_sandbox_with_bots_serves_page_demo_keys_and_a_trading_market() -> None:
             await until(audited, MARKET_WAIT_S, "a clean audit", interval_s=0.5)
             assert "violations in" not in out.getvalue()
             assert sandbox.bots is not None and sandbox.bots.stats.crashes == 0
+            assert sandbox.operator is not None and sandbox.operator.stats.crashes == 0
         finally:
             stop.set()
             await asyncio.wait_for(running, STOP_WAIT_S)
@@ -157,6 +167,48 @@ async def _check_depth(http: httpx.AsyncClient, symbol: str) -> None:
         return len(book["bids"]) >= 2 and len(book["asks"]) >= 2
 
     await until(deep, MARKET_WAIT_S, f"two levels a side in {symbol}", interval_s=0.5)
+
+
+async def _check_withdrawals(sandbox: Sandbox) -> None:
+    """A provider bot's withdrawal to its sandbox bank is paid out by the sandbox's operator."""
+    assert sandbox.bots is not None and sandbox.operator is not None
+    providers = [s for s in sandbox.bots.specs if s.role == "provider"]
+    clients = [Client(sandbox.url, *sandbox.bots.credentials[s.name]) for s in providers]
+    try:
+
+        async def paid() -> list[Transfer]:
+            found = [await client.fetch_withdrawals() for client in clients]
+            return [w for ws in found for w in ws if w.status == "completed"]
+
+        completed = await until(paid, MARKET_WAIT_S, "a provider's withdrawal paid", interval_s=0.5)
+    finally:
+        await asyncio.gather(*(client.close() for client in clients))
+    banks = {f"sandbox-bank-{s.account}" for s in providers}
+    assert all(w.destination in banks and w.amount > 0 for w in completed)
+    assert sandbox.bots.stats.withdrawals >= len(completed)
+    assert sandbox.operator.stats.approved >= len(completed)
+
+
+async def _check_topup(sandbox: Sandbox) -> None:
+    """A buyer whose cash an operator paid out is funded again by the sandbox's operator."""
+    assert sandbox.bots is not None and sandbox.operator is not None
+    buyer = next(s for s in sandbox.bots.specs if s.role == "buyer")
+    gateway = sandbox.operator.gateway
+    available = usd_to_micros(gateway.accounts.balances(buyer.account)["available"])
+    # Half the floor is left: the buyer may hold some for an order meanwhile.
+    left = buyer.deposit_micros * TOPUP_FLOOR_PERCENT // 200
+    drain = c.Withdraw(account=buyer.account, amount_micros=available - left, ref="drain")
+    assert not any(isinstance(ev, e.CommandRejected) for ev in await gateway.hub.submit(drain))
+    async with Client(sandbox.url, *sandbox.bots.credentials[buyer.name]) as client:
+
+        async def topped_up() -> list[Transfer]:
+            deposits = await client.fetch_deposits()
+            return [d for d in deposits if d.reference.startswith("sandbox-topup-")]
+
+        deposits = await until(topped_up, MARKET_WAIT_S, "a top-up of a drained buyer")
+    assert deposits[0].reference == f"sandbox-topup-{buyer.account}-1"
+    assert deposits[0].status == "completed" and deposits[0].amount > 0
+    assert sandbox.operator.stats.topped_up >= 1
 
 
 def test_gx_sandbox_no_bots_stops_cleanly_on_sigint() -> None:
