@@ -20,6 +20,7 @@ from typing import Any, cast
 import msgspec
 import orjson
 
+from exchange.gateway.accounts import CHANNELS as NUMBERED_CHANNELS
 from exchange.gateway.context import Gateway
 from exchange.gateway.fanout import Frames, flusher, frame_pushes, text_frame
 from exchange.gateway.market_feed import BOOK_DEPTHS, StreamKey
@@ -289,7 +290,8 @@ class Connection:
                 seqs[_stream_name(key)] = self.gw.feed.last_seq(key)
             if self.account is not None:
                 for channel in self.private:
-                    seqs[channel] = self.gw.accounts.last_seq(self.account, channel)
+                    if channel in NUMBERED_CHANNELS:  # provisioning requests carry no seq
+                        seqs[channel] = self.gw.accounts.last_seq(self.account, channel)
             body = {"channel": "heartbeat", "ts_ns": str(time.time_ns()), "seqs": seqs}
             self._enqueue_push(orjson.dumps(body))
 

@@ -348,3 +348,27 @@ def test_a_slow_client_gets_resync_required_never_a_silent_gap(broker, dsn):
             assert 0 < len(received) < trades  # the client fell behind before the end
 
     run(scenario(), timeout_s=170)
+
+
+def test_a_provider_watching_provisioning_keeps_its_heartbeats(broker, dsn):
+    """Heartbeats go on for a socket on the provisioning channel, whose requests are unnumbered
+    (the heartbeat used to ask for its seq, fail, and stop, so provider agents reconnected)."""
+
+    async def scenario() -> None:
+        async with running_exchange(broker, dsn) as ex, socket(ex) as provider:
+            await provider.logon(ex.keys["provider"])
+            for channel in ("provisioning", "deliveries"):
+                answer = await provider.request("subscribe", {"channel": channel})
+                assert answer["status"] == 200, answer
+            for _ in range(3):
+                seen = len(provider.channel("heartbeat"))
+                await provider.wait_push(
+                    lambda p: (
+                        p["channel"] == "heartbeat" and len(provider.channel("heartbeat")) > seen
+                    ),
+                    timeout_s=5,
+                )
+            last = provider.channel("heartbeat")[-1]
+            assert "deliveries" in last["seqs"] and "provisioning" not in last["seqs"]
+
+    run(scenario(), 120)
