@@ -167,6 +167,41 @@ async def running_exchange(
         await stack.stop()
 
 
+class KeyQueries:
+    """A pool wrapper counting the queries that read `api_keys` (put it in a KeyStore's place).
+
+    `delay_s` holds each such statement that long before it runs, so that concurrent lookups
+    overlap; `in_flight_max` is the most that were running at once.
+    """
+
+    def __init__(self, pool: Any, delay_s: float = 0.0) -> None:
+        self._pool = pool
+        self.delay_s = delay_s
+        self.count = 0
+        self.in_flight = 0
+        self.in_flight_max = 0
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._pool, name)
+        if name not in ("fetch", "fetchrow", "fetchval", "execute"):
+            return method
+
+        async def counted(query: str, *args: Any, **kwargs: Any) -> Any:
+            if not (query.lstrip().startswith("SELECT") and "FROM api_keys" in query):
+                return await method(query, *args, **kwargs)
+            self.count += 1
+            self.in_flight += 1
+            self.in_flight_max = max(self.in_flight_max, self.in_flight)
+            try:
+                if self.delay_s:
+                    await asyncio.sleep(self.delay_s)
+                return await method(query, *args, **kwargs)
+            finally:
+                self.in_flight -= 1
+
+        return counted
+
+
 # ---------------------------------------------------------------------- raw clients
 
 
