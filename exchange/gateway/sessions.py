@@ -1,10 +1,11 @@
 """The logged-on WebSocket sessions of one gateway, by API key; a revoked key's sessions close.
 
 `session.logon` checks a key once, so revocation must reach the sessions it opened. The guarantee:
-a session logged on with a key that is then revoked is closed (WebSocket code 1008, exchange/
-gateway/ws.py) on the gateway that revoked it before the revoke is answered, and on every other
-gateway sharing the database within `REVOCATION_POLL_INTERVAL_S` plus one query; from then on
-the key is out of that gateway's key cache, so REST and new logons refuse it there at once too.
+a session logged on with a key that is then revoked refuses every request and is closed
+(WebSocket code 1008, exchange/gateway/ws.py) on the gateway that revoked it before the revoke is
+answered (the close frame follows at once), and on every other gateway sharing the database
+within `REVOCATION_POLL_INTERVAL_S` plus one query. From then on the key is out of that gateway's
+key cache, so REST and new logons refuse it there at once too.
 
 How other gateways learn of it: each polls the database for which of the keys it has sessions
 for are revoked now (`KeyStore.revoked_among`, one primary-key probe per distinct key). Chosen

@@ -129,7 +129,7 @@ class Connection:
         self.account: int | None = None
         self.scopes: frozenset[str] = frozenset()
         self.key_id = ""
-        self.revoked = False  # the key was revoked: refuse everything, the socket is closing
+        self.revoked = False  # the key was revoked: requests are dropped, the socket is closing
         self.closing = False  # a close was sent: requests still arriving are dropped
         self.logon_failures = 0
         self._close_task: asyncio.Task[None] | None = None
@@ -439,12 +439,6 @@ class Connection:
     def _require(self, scope: str) -> int:
         if self.account is None:
             raise WireError(ErrorCode.NOT_LOGGED_ON, "log on first (session.logon)")
-        if self.revoked:
-            raise WireError(
-                ErrorCode.UNAUTHORIZED,
-                f"key {self.key_id}: expected an active key, found it revoked; this session "
-                "is closing",
-            )
         if scope not in self.scopes:
             raise WireError(ErrorCode.FORBIDDEN, f"this key lacks the {scope!r} scope")
         return self.account

@@ -22,6 +22,7 @@ from tests.support.gateway_harness import (
     MASTER_KEY,
     PROVIDER,
     TRADER,
+    WEBSOCKET_IMPLS,
     Exchange,
     KeyQueries,
     Keys,
@@ -335,9 +336,10 @@ async def _closed_within(ws: Socket, timeout_s: float) -> float:
     return time.monotonic() - started
 
 
-def test_revoked_key_closes_its_sessions_with_1008_on_every_gateway(broker, dsn):
+@pytest.mark.parametrize("websocket_impl", WEBSOCKET_IMPLS)
+def test_revoked_key_closes_its_sessions_with_1008_on_every_gateway(broker, dsn, websocket_impl):
     async def scenario() -> None:
-        async with running_exchange(broker, dsn) as ex:
+        async with running_exchange(broker, dsn, websocket_impl=websocket_impl) as ex:
             accounts = ex.gateway.accounts
             revoked_here, revoked_there = await _new_key(ex), await _new_key(ex)
             async with socket(ex) as kept, socket(ex) as here, socket(ex) as there:
@@ -420,9 +422,10 @@ async def _logon_until_closed(ws: Socket, attempts_max: int, key_id: str | None 
     return answers
 
 
-def test_failed_logons_are_limited_and_close_the_connection(broker, dsn):
+@pytest.mark.parametrize("websocket_impl", WEBSOCKET_IMPLS)
+def test_failed_logons_are_limited_and_close_the_connection(broker, dsn, websocket_impl):
     async def scenario() -> None:
-        async with running_exchange(broker, dsn) as ex:
+        async with running_exchange(broker, dsn, websocket_impl=websocket_impl) as ex:
             limits = ex.gateway.limits
             failures_max = limits.ws_logon_failures_per_conn_max
             queries = KeyQueries(ex.gateway.keys._pool)

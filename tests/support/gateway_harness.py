@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 import websockets
 from aiokafka import AIOKafkaProducer
 
@@ -32,6 +33,17 @@ from streams.topics import shard_key, topics
 from tests.conftest import T0_NS
 
 MASTER_KEY = "test-master-key-" + "x" * 32
+# The gateway's two WebSocket paths, for tests parametrized over `websocket_impl`.
+WEBSOCKET_IMPLS = [
+    WEBSOCKET_IMPL,  # "websockets-sansio": frames batched into one socket write (fanout.py `Frames`)
+    pytest.param(  # no batching: the plain ASGI path, one send per frame
+        "websockets",
+        marks=[
+            pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+            pytest.mark.filterwarnings("ignore:The `websockets` implementation is deprecated"),
+        ],
+    ),  # (uvicorn and websockets deprecate this implementation: the warnings are known)
+]
 TRADER, MAKER, PROVIDER = 10, 11, 12
 FUNDS_MICROS = 1_000_000 * 1_000_000  # one million USD each
 
