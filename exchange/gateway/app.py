@@ -192,6 +192,7 @@ class GatewayServer:
             subscriptions=subscriptions,
             ssh_keys=ssh_keys,
         )
+        self.gateway.sessions.start()  # revocations made elsewhere close this gateway's sessions
         try:
             async with asyncio.timeout(ready_wait_s):
                 await hub.ready.wait()
@@ -238,6 +239,7 @@ class GatewayServer:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(self._task, 10)
         if self.gateway is not None:
+            await self.gateway.sessions.stop()
             await self.gateway.hub.stop()
             self.gateway.subscriptions.close()
         if self._pool is not None:

@@ -90,7 +90,7 @@ async def verify(
     Arguments are as received (header strings, or JSON values of `session.logon`); `path`
     includes the query string, `body` is the raw body, `now_ms` the server's UNIX milliseconds.
     Codes: UNAUTHORIZED (missing, unknown or revoked key), TIMESTAMP_EXPIRED, BAD_REQUEST (nonce
-    format), BAD_SIGNATURE, NONCE_REUSED.
+    format), BAD_SIGNATURE, NONCE_REUSED, UNAVAILABLE (too many key lookups waiting, see keys.py).
     """
     if not key_id:
         raise WireError(

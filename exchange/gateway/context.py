@@ -21,6 +21,7 @@ from exchange.gateway.market_feed import MarketFeed
 from exchange.gateway.orders import OrderDesk
 from exchange.gateway.provisioning import Provisioning
 from exchange.gateway.ratelimit import ConnectionCounter, RateLimiter, RateLimits
+from exchange.gateway.sessions import Sessions
 from exchange.gateway.ssh_keys import SshKeyStore
 from exchange.gateway.subscriptions import Subscriptions
 from exchange.wire import ErrorCode, Prices, WireError
@@ -58,6 +59,7 @@ class Gateway:
         self.deliveries = deliveries
         self.subscriptions = subscriptions
         self.keys = keys
+        self.sessions = Sessions(keys)  # logged-on WebSocket sessions; the server starts its watch
         self.ssh_keys = ssh_keys or SshKeyStore(pool)
         self.pool = pool
         self.limits = limits or RateLimits()
@@ -79,6 +81,16 @@ class Gateway:
             ),
             "orders": RateLimiter(
                 lim.orders_per_key_per_s, lim.orders_per_key_burst, name="orders per key"
+            ),
+            "ws_logon_ip": RateLimiter(
+                lim.ws_logons_per_ip_per_s,
+                lim.ws_logons_per_ip_burst,
+                name="WebSocket logons per IP",
+            ),
+            "ws_logon_conn": RateLimiter(
+                lim.ws_logons_per_conn_per_s,
+                lim.ws_logons_per_conn_burst,
+                name="WebSocket logons per connection",
             ),
         }
         self.connections = ConnectionCounter(lim.ws_connections_per_ip)
@@ -141,9 +153,16 @@ class Gateway:
             return symbol in self._curves
         return bool(self.accounts.is_listed(symbol))
 
+    def check_logon(self, connection: Any) -> None:
+        """Apply the per-connection, then the per-IP limit on `session.logon` attempts."""
+        now_s = time.monotonic()
+        self.limiters["ws_logon_conn"].check(f"conn:{connection.id}", now_s)
+        self.limiters["ws_logon_ip"].check(f"ip:{connection.ip}", now_s)
+
     def connections_closed(self, connection: Any) -> None:
-        """Forget what a closed connection held (its message bucket)."""
+        """Forget what a closed connection held (its message and logon buckets)."""
         self.limiters["ws_message"].forget(f"conn:{connection.id}")
+        self.limiters["ws_logon_conn"].forget(f"conn:{connection.id}")
 
     # ------------------------------------------------------------------ keys
 
@@ -175,9 +194,10 @@ class Gateway:
         return {"key": key.key_id, "secret": secret, "scopes": list(key.scopes)}
 
     async def revoke_key(self, account: int, key_id: str) -> dict[str, Any]:
-        """Revoke one of the account's keys."""
+        """Revoke one of the account's keys and close its sessions here (other gateways poll)."""
         if not await self.keys.revoke(account, key_id):
             raise WireError(ErrorCode.NOT_FOUND, f"no key {key_id!r} of this account")
+        self.sessions.revoked(key_id)
         return {"key": key_id, "revoked": True}
 
     # ------------------------------------------------------------------ deliveries

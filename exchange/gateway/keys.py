@@ -14,12 +14,21 @@ long and random (`MASTER_KEY_CHARS_MIN`), since the stored hash would let a weak
 Changing the master key invalidates every key issued under the old one.
 
 Every gateway instance shares this state: a key revoked on one instance stops working on all of
-them within `KEY_CACHE_TTL_S`; a nonce (`use_nonce`) or a client order id (`reserve_client_order`)
-is taken once across all instances.
+them within `KEY_CACHE_TTL_S` (and its open WebSocket sessions are closed, exchange/gateway/
+sessions.py); a nonce (`use_nonce`) or a client order id (`reserve_client_order`) is taken once
+across all instances.
+
+Unauthenticated traffic reaches the database only through `get`, so `get` is bounded: an unknown
+key id is remembered for `KEY_UNKNOWN_CACHE_TTL_S` (in its own cache of at most
+`KEY_UNKNOWN_CACHE_ENTRIES_MAX` ids, so random ids never push real keys out), and at most
+`KEY_LOOKUPS_CONCURRENT_MAX` lookups hold a pool connection at once, with at most
+`KEY_LOOKUPS_WAITING_MAX` more waiting (beyond that UNAVAILABLE), so that order entry always finds
+a connection. The callers limit the rate (exchange/gateway/ratelimit.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import builtins
 import hashlib
@@ -50,6 +59,10 @@ __all__ = [
     "MASTER_KEY_CHARS_MIN",
     "KEY_CACHE_TTL_S",
     "KEY_CACHE_ENTRIES_MAX",
+    "KEY_UNKNOWN_CACHE_TTL_S",
+    "KEY_UNKNOWN_CACHE_ENTRIES_MAX",
+    "KEY_LOOKUPS_CONCURRENT_MAX",
+    "KEY_LOOKUPS_WAITING_MAX",
     "KEYS_PER_ACCOUNT_MAX",
     "NONCE_HORIZON_MS",
     "NONCE_PRUNE_INTERVAL_S",
@@ -68,6 +81,12 @@ KEY_ID_HEX_CHARS = 24  # 96 random bits
 MASTER_KEY_CHARS_MIN = 32
 KEY_CACHE_TTL_S = 1.0  # a revoke reaches every gateway instance within this
 KEY_CACHE_ENTRIES_MAX = 10_000
+# A key created on another instance works here at most this long after a lookup found it unknown
+# (at once when created here).
+KEY_UNKNOWN_CACHE_TTL_S = 1.0
+KEY_UNKNOWN_CACHE_ENTRIES_MAX = 10_000
+KEY_LOOKUPS_CONCURRENT_MAX = 2  # pool connections `get` may hold at once (the pool has 8)
+KEY_LOOKUPS_WAITING_MAX = 64  # lookups queued for one of those; more are refused UNAVAILABLE
 KEYS_PER_ACCOUNT_MAX = 20  # active (not revoked) keys
 # Nonces older than this (by their request's ts_ms) are deleted. It must exceed the whole
 # signature window (auth.SIGNATURE_WINDOW_MS on both sides), so that no nonce is forgotten while
@@ -172,6 +191,9 @@ class KeyStore:
         self._clock_s = clock_s
         self._clock_ns = clock_ns
         self._cache: OrderedDict[str, tuple[float, ApiKey]] = OrderedDict()
+        self._unknown: OrderedDict[str, float] = OrderedDict()  # key id -> until (clock_s)
+        self._lookups = asyncio.Semaphore(KEY_LOOKUPS_CONCURRENT_MAX)
+        self._lookups_admitted = 0  # running or waiting for the semaphore
         self._nonces_pruned_s = -NONCE_PRUNE_INTERVAL_S  # prune on the first use
         self._client_orders_pruned_s = -CLIENT_ORDER_PRUNE_INTERVAL_S
         # Whether an account's order with this client order id is still live (the gateway sets
@@ -218,28 +240,30 @@ class KeyStore:
                 f"account {account}: expected at most {KEYS_PER_ACCOUNT_MAX} active keys, found "
                 f"{KEYS_PER_ACCOUNT_MAX} already; revoke one first",
             )
+        self._unknown.pop(key_id, None)
         key = ApiKey(key_id=key_id, account=account, scopes=ordered, created_ns=created_ns)
         return key, secret
 
     async def get(self, key_id: str) -> ApiKey | None:
-        """Return the key (revoked ones too), or None when unknown; cached for KEY_CACHE_TTL_S.
+        """Return the key (revoked ones too), or None when unknown; cached for KEY_CACHE_TTL_S,
+        an unknown id for KEY_UNKNOWN_CACHE_TTL_S.
 
-        Raises MasterKeyMismatch when the key was issued under another master key.
+        Raises MasterKeyMismatch when the key was issued under another master key, and
+        WireError(UNAVAILABLE) when KEY_LOOKUPS_WAITING_MAX lookups already wait for the database.
         """
         now_s = self._clock_s()
         cached = self._cache.get(key_id)
         if cached is not None and cached[0] > now_s:
             return cached[1]
-        row = await self._pool.fetchrow(
-            "SELECT key_id, account, scopes, secret_sha256, created_ns, revoked "
-            "FROM api_keys WHERE key_id = $1",
-            key_id,
-        )
-        if row is None:
-            # Unknown ids are not cached: a key created on another instance works at once, and
-            # random ids cannot push real keys out of the cache.
-            self._cache.pop(key_id, None)
+        unknown_until_s = self._unknown.get(key_id)
+        if unknown_until_s is not None and unknown_until_s > now_s:
             return None
+        row = await self._lookup(key_id)
+        if row is None:
+            self._cache.pop(key_id, None)
+            self._remember_unknown(key_id, now_s)
+            return None
+        self._unknown.pop(key_id, None)
         if not hmac.compare_digest(
             bytes(row["secret_sha256"]), _secret_sha256(self.secret_of(key_id))
         ):
@@ -254,6 +278,47 @@ class KeyStore:
         while len(self._cache) > KEY_CACHE_ENTRIES_MAX:
             self._cache.popitem(last=False)
         return key
+
+    async def _lookup(self, key_id: str) -> asyncpg.Record | None:
+        """Read one key's row, holding at most KEY_LOOKUPS_CONCURRENT_MAX pool connections."""
+        admitted_max = KEY_LOOKUPS_CONCURRENT_MAX + KEY_LOOKUPS_WAITING_MAX
+        if self._lookups_admitted >= admitted_max:
+            raise WireError(
+                ErrorCode.UNAVAILABLE,
+                f"key lookups: expected at most {KEY_LOOKUPS_WAITING_MAX} waiting for the "
+                f"database, found {self._lookups_admitted - KEY_LOOKUPS_CONCURRENT_MAX}; retry in "
+                "a moment",
+            )
+        self._lookups_admitted += 1
+        try:
+            async with self._lookups:
+                row: asyncpg.Record | None = await self._pool.fetchrow(
+                    "SELECT key_id, account, scopes, secret_sha256, created_ns, revoked "
+                    "FROM api_keys WHERE key_id = $1",
+                    key_id,
+                )
+                return row
+        finally:
+            self._lookups_admitted -= 1
+
+    def _remember_unknown(self, key_id: str, now_s: float) -> None:
+        """Cache `key_id` as unknown, apart from the keys: random ids cannot push keys out."""
+        self._unknown[key_id] = now_s + KEY_UNKNOWN_CACHE_TTL_S
+        self._unknown.move_to_end(key_id)
+        while len(self._unknown) > KEY_UNKNOWN_CACHE_ENTRIES_MAX:
+            self._unknown.popitem(last=False)
+
+    def forget(self, key_id: str) -> None:
+        """Drop `key_id` from the cache (found revoked): its next use reads the database."""
+        self._cache.pop(key_id, None)
+
+    async def revoked_among(self, key_ids: Iterable[str]) -> builtins.list[str]:
+        """Return which of `key_ids` are revoked (one query, by primary key)."""
+        rows = await self._pool.fetch(
+            "SELECT key_id FROM api_keys WHERE key_id = ANY($1::text[]) AND revoked",
+            builtins.list(key_ids),
+        )
+        return [row["key_id"] for row in rows]
 
     async def list(self, account: int) -> builtins.list[ApiKey]:
         """Return every key of `account`, revoked ones too, oldest first."""

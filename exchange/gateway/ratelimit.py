@@ -33,6 +33,13 @@ class RateLimits(msgspec.Struct, frozen=True, kw_only=True):
     orders_per_key_per_s: int = 100  # order entry over REST and WebSocket together
     orders_per_key_burst: int = 200
     ws_connections_per_ip: int = 50  # open at once
+    # `session.logon` attempts, the only WebSocket message that reaches the database unsigned;
+    # the per-IP burst lets a full set of connections log on at once.
+    ws_logons_per_ip_per_s: int = 10
+    ws_logons_per_ip_burst: int = 50
+    ws_logons_per_conn_per_s: int = 1
+    ws_logons_per_conn_burst: int = 3
+    ws_logon_failures_per_conn_max: int = 5  # refused logons (any reason), then closed with 1008
     keys_max: int = RATE_LIMIT_KEYS_MAX  # buckets per limiter
 
 

@@ -5,6 +5,10 @@ it sent them) and writes through one bounded queue, written in the gateway's wri
 (exchange/gateway/fanout.py), every push numbered with `conn_seq` as it goes out. A
 subscription whose pushes no longer fit the queue is stopped with a `resync_required` push: a
 slow client is told, never silently skipped.
+
+The gateway closes a socket with code 1008 (policy violation) when its key is revoked
+(exchange/gateway/sessions.py), after RateLimits.ws_logon_failures_per_conn_max refused logons,
+and when its address has too many sockets open.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ __all__ = [
     "message_bytes_max",
     "heartbeat_interval_s",
     "dead_man_timeout_ms_max",
+    "CLOSE_POLICY_VIOLATION",
 ]
 
 log = logging.getLogger("gx.gateway.ws")
@@ -55,6 +60,7 @@ dead_man_timeout_ms_min = 100
 dead_man_timeout_ms_max = 3_600_000
 symbols_per_subscribe_max = 100
 frames_per_write_max = 256  # frames a writer hands to the socket at once
+CLOSE_POLICY_VIOLATION = 1008  # WebSocket close code (RFC 6455 7.4.1)
 
 PUBLIC_CHANNELS = frozenset({"book", "trades", "ticker", "candles", "index", "curve"})
 PRIVATE_CHANNELS = {
@@ -124,6 +130,10 @@ class Connection:
         self.account: int | None = None
         self.scopes: frozenset[str] = frozenset()
         self.key_id = ""
+        self.revoked = False  # the key was revoked: requests are dropped, the socket is closing
+        self.closing = False  # a close was sent: requests still arriving are dropped
+        self.logon_failures = 0
+        self._close_task: asyncio.Task[None] | None = None
         self.cancel_on_disconnect = "none"
         self.public: set[StreamKey] = set()
         self.private: set[str] = set()
@@ -163,7 +173,40 @@ class Connection:
                     await task
             if self._resume_task is not None:
                 self._resume_task.cancel()
+            if self._close_task is not None:
+                with contextlib.suppress(Exception):
+                    await self._close_task
             self._detach()
+
+    def revoke(self) -> None:
+        """Close the session at once: its key was revoked (sessions.Sessions calls this)."""
+        if self.revoked:
+            return
+        self.revoked = True
+        # Nothing more reaches the client, not even what was queued before the revocation.
+        self.queue.clear()
+        self._answers = 0
+        self.closed = True
+        log.info("connection %d: key %s revoked, closing", self.id, self.key_id)
+        self._close_task = asyncio.create_task(
+            self._close(CLOSE_POLICY_VIOLATION, "API key revoked", drain=False)
+        )
+
+    async def _close(self, code: int, reason: str, *, drain: bool) -> None:
+        """Send a close frame, after what is queued when `drain` (the answer that closes)."""
+        if self.closing:
+            return
+        self.closing = True
+        try:
+            if drain and self.frames.batched:
+                self.flush()
+            elif drain:
+                while self.queue:
+                    await self.frames.send(self._batch())
+            self.closed = True
+            await self.frames.close(code, reason)
+        except Exception as error:  # the client went first: nothing left to close
+            log.debug("connection %d: close %d not sent (%s)", self.id, code, error)
 
     def _batch(self) -> list[bytes]:
         """Take up to frames_per_write_max queued bodies, pushes numbered with conn_seq."""
@@ -302,10 +345,11 @@ class Connection:
         self.public.clear()
         if self._dead_man is not None:
             self._dead_man.cancel()
+        self.gw.connections_closed(self)
         if self.account is None:
             return
         subscriptions.detach_account(self, self.account)
-        self.gw.connections_closed(self)
+        self.gw.sessions.remove(self.key_id, self)
         if self.cancel_on_disconnect == "account":
             hub.submit_later(c.CancelAll(account=self.account, ts_init=time.time_ns()))
         elif self.cancel_on_disconnect == "connection":
@@ -329,6 +373,8 @@ class Connection:
         self._enqueue_answer(body)
 
     async def _handle(self, data: str | bytes) -> None:
+        if self.closing or self.revoked:
+            return  # the close is sent; the client reads nothing more
         request_id: Any = None
         try:
             if len(data) > message_bytes_max:
@@ -362,6 +408,9 @@ class Connection:
                 self._enqueue_push(body)
         except WireError as error:
             self._error(request_id, error)
+            if self.logon_failures >= self.gw.limits.ws_logon_failures_per_conn_max:
+                log.info("connection %d: %d logons refused, closing", self.id, self.logon_failures)
+                await self._close(CLOSE_POLICY_VIOLATION, "too many failed logons", drain=True)
         finally:
             self._after_answer = []
 
@@ -369,7 +418,11 @@ class Connection:
         if method == "ping":
             return {"ts_ns": str(time.time_ns())}
         if method == "session.logon":
-            return await self._logon(params)
+            try:
+                return await self._logon(params)
+            except WireError:
+                self.logon_failures += 1
+                raise
         if method == "subscribe":
             return self._subscribe(params)
         if method == "unsubscribe":
@@ -393,6 +446,7 @@ class Connection:
         return self.account
 
     async def _logon(self, params: Any) -> dict[str, Any]:
+        self.gw.check_logon(self)  # before anything can reach the database
         p = parse_params(params, _Logon)
         if self.account is not None:
             raise WireError(ErrorCode.BAD_REQUEST, "session.logon: already logged on")
@@ -408,6 +462,7 @@ class Connection:
         self.key_id = key.key_id
         self.cancel_on_disconnect = p.cancel_on_disconnect
         self.gw.subscriptions.attach_account(self, key.account)
+        self.gw.sessions.add(key.key_id, self)
         return {"account": key.account, "scopes": sorted(self.scopes)}
 
     # ------------------------------------------------------------------ subscriptions
@@ -613,7 +668,9 @@ async def serve_socket(gateway: Gateway, scope: Any, receive: Any, send: Any) ->
     except WireError as error:
         body = orjson.dumps({"id": None, "status": error.status, "error": error.body()})
         await connection.frames.send([body])
-        await connection.frames.close(1008, "too many connections from this address")
+        await connection.frames.close(
+            CLOSE_POLICY_VIOLATION, "too many connections from this address"
+        )
         return
     try:
         await connection.serve()

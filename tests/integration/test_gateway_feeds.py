@@ -14,7 +14,15 @@ import pytest
 
 from schemas import commands as c
 from streams.marketdata.state import book_checksum
-from tests.support.gateway_harness import PROVIDER, TRADER, Socket, rest, running_exchange, socket
+from tests.support.gateway_harness import (
+    PROVIDER,
+    TRADER,
+    WEBSOCKET_IMPLS,
+    Socket,
+    rest,
+    running_exchange,
+    socket,
+)
 
 from .conftest import run
 
@@ -53,19 +61,7 @@ async def place(ws: Socket, symbol: str, side: str, price: str, qty: str, **extr
     return answer["result"]
 
 
-@pytest.mark.parametrize(
-    "websocket_impl",
-    [
-        "websockets-sansio",  # frames batched into one socket write per pass (fanout.py `Frames`)
-        pytest.param(  # no batching: the plain ASGI path, one send per frame
-            "websockets",
-            marks=[
-                pytest.mark.filterwarnings("ignore::DeprecationWarning"),
-                pytest.mark.filterwarnings("ignore:The `websockets` implementation is deprecated"),
-            ],
-        ),  # (uvicorn and websockets deprecate this implementation: the warnings are known)
-    ],
-)
+@pytest.mark.parametrize("websocket_impl", WEBSOCKET_IMPLS)
 def test_every_channel_pushes_with_sequence_numbers_and_checksums(broker, dsn, websocket_impl):
     async def scenario() -> None:
         async with running_exchange(broker, dsn, websocket_impl=websocket_impl) as ex:

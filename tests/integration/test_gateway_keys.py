@@ -4,6 +4,7 @@ verified with a stable code for every refusal; nonces and client order ids taken
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,11 +18,15 @@ import pytest
 from exchange import wire
 from exchange.cli import keys as cli_keys
 from exchange.gateway import auth
+from exchange.gateway import keys as keys_module
 from exchange.gateway.keys import (
     CLIENT_ORDER_PRUNE_INTERVAL_S,
     CLIENT_ORDER_PRUNE_ROWS_MAX,
     CLIENT_ORDER_RETENTION_NS,
     KEY_CACHE_TTL_S,
+    KEY_LOOKUPS_CONCURRENT_MAX,
+    KEY_LOOKUPS_WAITING_MAX,
+    KEY_UNKNOWN_CACHE_TTL_S,
     KEYS_PER_ACCOUNT_MAX,
     NONCE_HORIZON_MS,
     NONCE_PRUNE_INTERVAL_S,
@@ -33,6 +38,7 @@ from exchange.gateway.keys import (
 )
 from exchange.wire import ErrorCode, WireError
 from streams.ledger.schema import migrate
+from tests.support.gateway_harness import KeyQueries
 
 from .conftest import run
 
@@ -216,6 +222,67 @@ def test_revoke_reaches_other_instances_within_the_cache_ttl(dsn):
             assert not (await other_instance.get(key.key_id)).revoked  # type: ignore[union-attr]
             clock.now_s += KEY_CACHE_TTL_S
             assert (await other_instance.get(key.key_id)).revoked  # type: ignore[union-attr]
+
+    run(main())
+
+
+def test_unknown_key_ids_are_cached_briefly_and_apart_from_real_keys(dsn, monkeypatch):
+    async def main() -> None:
+        clock = Clock()
+        async with opened(dsn, clock_s=clock) as (pool, store):
+            queries = KeyQueries(pool)
+            store._pool = queries
+            real, _ = await store.create(ALICE, ["read"])
+            unknown = "gx" + "ab" * 12
+            for _ in range(3):
+                assert await store.get(unknown) is None
+            assert queries.count == 1  # a client retrying a wrong key asks the database once
+            clock.now_s += KEY_UNKNOWN_CACHE_TTL_S
+            assert await store.get(unknown) is None
+            assert queries.count == 2  # forgotten after its TTL: a key created elsewhere works
+
+            # Bounded, and never at the expense of real keys.
+            monkeypatch.setattr(keys_module, "KEY_UNKNOWN_CACHE_ENTRIES_MAX", 5)
+            assert await store.get(real.key_id) == real
+            before = queries.count
+            for i in range(20):
+                assert await store.get(f"gx{i:024x}") is None
+            assert queries.count == before + 20
+            assert await store.get(real.key_id) == real
+            assert queries.count == before + 20  # still cached
+            assert await store.get(f"gx{19:024x}") is None
+            assert queries.count == before + 20  # among the newest 5
+            assert await store.get(f"gx{0:024x}") is None
+            assert queries.count == before + 21  # pushed out by newer ones
+
+            # A key created on this gateway works at once, even if its id was looked up before.
+            monkeypatch.setattr(keys_module.secrets, "token_hex", lambda n: "cd" * n)
+            chosen = "gx" + "cd" * 12
+            assert await store.get(chosen) is None
+            created, _ = await store.create(ALICE, ["read"])
+            assert created.key_id == chosen and await store.get(chosen) == created
+
+    run(main())
+
+
+def test_key_lookups_take_at_most_their_share_of_the_pool(dsn):
+    async def main() -> None:
+        async with opened(dsn) as (pool, store):
+            queries = KeyQueries(pool, delay_s=0.01)
+            store._pool = queries
+            ids = [f"gx{i:024x}" for i in range(KEY_LOOKUPS_WAITING_MAX)]
+            found = await asyncio.gather(*(store.get(key_id) for key_id in ids))
+            assert found == [None] * len(ids)
+            assert queries.in_flight_max == KEY_LOOKUPS_CONCURRENT_MAX
+
+            # Beyond the waiting room, a lookup is refused at once rather than queued.
+            ids = [f"gx{i:024x}" for i in range(1000, 1000 + 2 * KEY_LOOKUPS_WAITING_MAX)]
+            results = await asyncio.gather(
+                *(store.get(key_id) for key_id in ids), return_exceptions=True
+            )
+            busy = [r for r in results if isinstance(r, WireError)]
+            assert busy and all(e.code == ErrorCode.UNAVAILABLE and e.retryable for e in busy)
+            assert all(r is None for r in results if not isinstance(r, WireError))
 
     run(main())
 

@@ -3,15 +3,34 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+import secrets
+import time
 
+import asyncpg
 import httpx
+import orjson
 import pytest
+import websockets
 
+from exchange.gateway.keys import KeyStore
 from exchange.gateway.ratelimit import RateLimits
 from schemas import commands as c
 from schemas.symbols import parse_symbol
-from tests.support.gateway_harness import PROVIDER, TRADER, rest, running_exchange, socket
+from tests.support.gateway_harness import (
+    MASTER_KEY,
+    PROVIDER,
+    TRADER,
+    WEBSOCKET_IMPLS,
+    Exchange,
+    KeyQueries,
+    Keys,
+    Socket,
+    rest,
+    running_exchange,
+    socket,
+)
 
 from .conftest import run
 
@@ -300,5 +319,152 @@ def test_provider_reports_a_failure_and_the_holder_is_refunded(broker, dsn):
                     "provision.fail", {"obligation_id": request["obligation_id"]}
                 )
                 assert again["error"]["code"] == "NOT_FOUND"  # answered once, nothing changes
+
+    run(scenario(), timeout_s=170)
+
+
+async def _new_key(ex: Exchange) -> Keys:
+    """Another key of the trader's, with scopes read and trade."""
+    api_key, secret = await ex.gateway.keys.create(TRADER, ("read", "trade"))
+    return Keys(api_key.key_id, secret, TRADER)
+
+
+async def _closed_within(ws: Socket, timeout_s: float) -> float:
+    """Wait until the server closes `ws`; return how long it took."""
+    started = time.monotonic()
+    await asyncio.wait_for(ws.closed.wait(), timeout_s)
+    return time.monotonic() - started
+
+
+@pytest.mark.parametrize("websocket_impl", WEBSOCKET_IMPLS)
+def test_revoked_key_closes_its_sessions_with_1008_on_every_gateway(broker, dsn, websocket_impl):
+    async def scenario() -> None:
+        async with running_exchange(broker, dsn, websocket_impl=websocket_impl) as ex:
+            accounts = ex.gateway.accounts
+            revoked_here, revoked_there = await _new_key(ex), await _new_key(ex)
+            async with socket(ex) as kept, socket(ex) as here, socket(ex) as there:
+                assert (await kept.logon(ex.keys["trader"]))["status"] == 200
+                assert (await here.logon(revoked_here))["status"] == 200
+                assert (await there.logon(revoked_there))["status"] == 200
+                await here.request("subscribe", {"channel": "executions"})
+                placed = await here.request("order.place", _order(ex.symbol, "1.000", "v1"))
+                assert placed["status"] == 200
+                open_before = len(accounts.open_orders(TRADER))
+
+                # Revoked on this gateway (REST): its sessions close before the answer.
+                gone = await rest(
+                    ex, "DELETE", f"/api/v1/keys/{revoked_here.key_id}", ex.keys["trader"]
+                )
+                assert gone.status_code == 200
+                with contextlib.suppress(websockets.ConnectionClosed):
+                    await here.send_raw(
+                        orjson.dumps(
+                            {"id": 99, "method": "order.place",
+                             "params": _order(ex.symbol, "1.000", "v2")}
+                        ).decode()
+                    )  # fmt: skip
+                await _closed_within(here, 1.0)
+                assert here.ws.close_code == 1008
+                assert 99 not in here.answers or here.answers[99]["status"] != 200
+                await asyncio.sleep(0.3)
+                assert len(accounts.open_orders(TRADER)) == open_before
+
+                # Revoked by another gateway (its own KeyStore on the shared database).
+                pool = await asyncpg.create_pool(ex.stack.dsn, min_size=1, max_size=1)
+                try:
+                    other_gateway = KeyStore(pool, MASTER_KEY)
+                    assert await other_gateway.revoke(TRADER, revoked_there.key_id)
+                finally:
+                    await pool.close()
+                assert await _closed_within(there, 2.0) < 1.5
+                assert there.ws.close_code == 1008
+                with pytest.raises(websockets.ConnectionClosed):
+                    await there.send_raw(
+                        orjson.dumps(
+                            {"id": 1, "method": "order.place",
+                             "params": _order(ex.symbol, "1.000", "v3")}
+                        ).decode()
+                    )  # fmt: skip
+
+                # Neither key logs on again, on REST or WebSocket; other keys go on.
+                for revoked in (revoked_here, revoked_there):
+                    async with socket(ex) as again:
+                        refused = await again.logon(revoked)
+                        assert refused["error"]["code"] == "UNAUTHORIZED", refused
+                    listed = await rest(ex, "GET", "/api/v1/keys", revoked)
+                    assert listed.status_code == 401
+                assert not kept.closed.is_set()
+                assert (await kept.request("order.status", {"client_order_id": "v1"}))[
+                    "status"
+                ] == 200
+
+    run(scenario(), timeout_s=170)
+
+
+def _unknown_logon(key_id: str | None = None) -> dict[str, object]:
+    """Logon params naming a key nobody issued (well formed, so only the database can tell)."""
+    return {
+        "key": key_id or "gx" + secrets.token_hex(12),
+        "ts_ms": int(time.time() * 1000),
+        "nonce": secrets.token_hex(12),
+        "signature": "0" * 64,
+    }
+
+
+async def _logon_until_closed(ws: Socket, attempts_max: int, key_id: str | None = None) -> list:
+    """Send failing logons until the gateway closes the socket; return the answers."""
+    answers = []
+    for _ in range(attempts_max):
+        try:
+            answers.append(await ws.request("session.logon", _unknown_logon(key_id)))
+        except (AssertionError, websockets.ConnectionClosed):  # closed before sending or answering
+            break
+    return answers
+
+
+@pytest.mark.parametrize("websocket_impl", WEBSOCKET_IMPLS)
+def test_failed_logons_are_limited_and_close_the_connection(broker, dsn, websocket_impl):
+    async def scenario() -> None:
+        async with running_exchange(broker, dsn, websocket_impl=websocket_impl) as ex:
+            limits = ex.gateway.limits
+            failures_max = limits.ws_logon_failures_per_conn_max
+            queries = KeyQueries(ex.gateway.keys._pool)
+            ex.gateway.keys._pool = queries
+
+            # One connection retrying one unknown key: the database is asked once, the
+            # connection's own limit answers RATE_LIMITED, and it is closed at the failure limit.
+            async with socket(ex) as ws:
+                answers = await _logon_until_closed(ws, failures_max + 5, "gx" + "0" * 24)
+                await asyncio.wait_for(ws.closed.wait(), 2.0)
+                assert ws.ws.close_code == 1008
+            assert len(answers) == failures_max
+            codes = [a["error"]["code"] for a in answers]
+            assert codes[0] == "UNAUTHORIZED" and set(codes) <= {"UNAUTHORIZED", "RATE_LIMITED"}
+            assert "RATE_LIMITED" in codes  # the connection's burst is below the failure limit
+            assert all(a["error"]["retry_after_ms"] > 0 for a in answers if a["status"] == 429)
+            assert queries.count == 1
+
+            # Many connections from one address, each key random: the per-IP limit bounds the
+            # lookups, whatever the number of connections.
+            started, attempts, limited = time.monotonic(), 0, []
+            for _ in range(4 * limits.ws_logons_per_ip_burst // failures_max):
+                async with socket(ex) as ws:
+                    answers = await _logon_until_closed(ws, failures_max + 5)
+                    await asyncio.wait_for(ws.closed.wait(), 2.0)
+                    assert ws.ws.close_code == 1008 and len(answers) == failures_max
+                attempts += len(answers)
+                limited += [a for a in answers if a["status"] == 429]
+            elapsed_s = time.monotonic() - started
+            allowed = limits.ws_logons_per_ip_burst + limits.ws_logons_per_ip_per_s * elapsed_s
+            assert queries.count <= 1 + allowed < attempts, (queries.count, allowed, attempts)
+            assert any("per IP" in a["error"]["msg"] for a in limited)
+
+            # A client that waits as told logs on again from that address.
+            async with socket(ex) as ws:
+                answer = await ws.logon(ex.keys["trader"])
+                if answer["status"] == 429:
+                    await asyncio.sleep(answer["error"]["retry_after_ms"] / 1000)
+                    answer = await ws.logon(ex.keys["trader"])
+                assert answer["status"] == 200, answer
 
     run(scenario(), timeout_s=170)

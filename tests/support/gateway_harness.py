@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 import websockets
 from aiokafka import AIOKafkaProducer
 
@@ -32,6 +33,17 @@ from streams.topics import shard_key, topics
 from tests.conftest import T0_NS
 
 MASTER_KEY = "test-master-key-" + "x" * 32
+# The gateway's two WebSocket paths, for tests parametrized over `websocket_impl`.
+WEBSOCKET_IMPLS = [
+    WEBSOCKET_IMPL,  # "websockets-sansio": frames batched into one socket write (fanout.py `Frames`)
+    pytest.param(  # no batching: the plain ASGI path, one send per frame
+        "websockets",
+        marks=[
+            pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+            pytest.mark.filterwarnings("ignore:The `websockets` implementation is deprecated"),
+        ],
+    ),  # (uvicorn and websockets deprecate this implementation: the warnings are known)
+]
 TRADER, MAKER, PROVIDER = 10, 11, 12
 FUNDS_MICROS = 1_000_000 * 1_000_000  # one million USD each
 
@@ -165,6 +177,41 @@ async def running_exchange(
     finally:
         await exchange._producer.stop()
         await stack.stop()
+
+
+class KeyQueries:
+    """A pool wrapper counting the queries that read `api_keys` (put it in a KeyStore's place).
+
+    `delay_s` holds each such statement that long before it runs, so that concurrent lookups
+    overlap; `in_flight_max` is the most that were running at once.
+    """
+
+    def __init__(self, pool: Any, delay_s: float = 0.0) -> None:
+        self._pool = pool
+        self.delay_s = delay_s
+        self.count = 0
+        self.in_flight = 0
+        self.in_flight_max = 0
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._pool, name)
+        if name not in ("fetch", "fetchrow", "fetchval", "execute"):
+            return method
+
+        async def counted(query: str, *args: Any, **kwargs: Any) -> Any:
+            if not (query.lstrip().startswith("SELECT") and "FROM api_keys" in query):
+                return await method(query, *args, **kwargs)
+            self.count += 1
+            self.in_flight += 1
+            self.in_flight_max = max(self.in_flight_max, self.in_flight)
+            try:
+                if self.delay_s:
+                    await asyncio.sleep(self.delay_s)
+                return await method(query, *args, **kwargs)
+            finally:
+                self.in_flight -= 1
+
+        return counted
 
 
 # ---------------------------------------------------------------------- raw clients

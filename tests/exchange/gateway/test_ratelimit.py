@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+import exchange
 from exchange.gateway.ratelimit import ConnectionCounter, RateLimiter, RateLimits, TokenBucket
 from exchange.wire import ErrorCode, WireError
 
@@ -127,8 +130,29 @@ def test_default_limits_are_the_published_ones():
     assert (limits.ws_messages_per_conn_per_s, limits.ws_messages_per_conn_burst) == (100, 200)
     assert (limits.orders_per_key_per_s, limits.orders_per_key_burst) == (100, 200)
     assert limits.ws_connections_per_ip == 50
+    assert (limits.ws_logons_per_ip_per_s, limits.ws_logons_per_ip_burst) == (10, 50)
+    assert (limits.ws_logons_per_conn_per_s, limits.ws_logons_per_conn_burst) == (1, 3)
+    assert limits.ws_logon_failures_per_conn_max == 5
     for rate, burst in (
         (limits.rest_per_key_per_s, limits.rest_per_key_burst),
         (limits.rest_per_ip_per_s, limits.rest_per_ip_burst),
     ):
         assert burst >= rate
+    # every open connection of an address can log on at once
+    assert limits.ws_logons_per_ip_burst >= limits.ws_connections_per_ip
+
+
+def test_every_limit_is_documented_in_the_api_page():
+    page = (Path(exchange.__file__).parent / "API.md").read_text()
+    limits = page[page.index("## Limits") :]
+    for name in RateLimits.__struct_fields__:
+        assert name in limits, f"RateLimits.{name} is missing from API.md ## Limits"
+    for name in (
+        "KEY_LOOKUPS_CONCURRENT_MAX",
+        "KEY_LOOKUPS_WAITING_MAX",
+        "KEY_UNKNOWN_CACHE_TTL_S",
+        "KEY_UNKNOWN_CACHE_ENTRIES_MAX",
+        "KEY_CACHE_TTL_S",
+        "REVOCATION_POLL_INTERVAL_S",
+    ):
+        assert name in limits, f"{name} is missing from API.md ## Limits"
