@@ -79,6 +79,8 @@ SCOPES = ("read", "trade", "provide", "withdraw")
 KEY_ID_PREFIX = "gx"
 KEY_ID_HEX_CHARS = 24  # 96 random bits
 MASTER_KEY_CHARS_MIN = 32
+MASTER_KEY_DISTINCT_MIN = 12  # hex has 16, urlsafe base64 64
+MASTER_KEY_REPEAT_SHARE_MAX = 4  # no character in more than a quarter of the key
 KEY_CACHE_TTL_S = 1.0  # a revoke reaches every gateway instance within this
 KEY_CACHE_ENTRIES_MAX = 10_000
 # A key created on another instance works here at most this long after a lookup found it unknown
@@ -124,12 +126,33 @@ def is_key_id(text: object) -> bool:
 
 
 def check_master_key(master_key: str) -> None:
-    """Raise ValueError unless `master_key` has at least MASTER_KEY_CHARS_MIN characters."""
+    """Raise ValueError unless `master_key` looks random: at least MASTER_KEY_CHARS_MIN
+    characters, MASTER_KEY_DISTINCT_MIN distinct ones, and no character in more than
+    1 / MASTER_KEY_REPEAT_SHARE_MAX of them.
+
+    Every API secret is an HMAC of the key id under this key, so a guessable master key gives
+    away every secret; a length check alone passes "x" * 32 or a sentence.
+    """
+    advice = (
+        "; set GX_GATEWAY_MASTER_KEY to a long random string, e.g. from "
+        "`python -c 'import secrets; print(secrets.token_urlsafe(32))'` or `openssl rand -hex 32`"
+    )
     if len(master_key) < MASTER_KEY_CHARS_MIN:
         raise ValueError(
             f"gateway master key: expected at least {MASTER_KEY_CHARS_MIN} characters, found "
-            f"{len(master_key)}; set GX_GATEWAY_MASTER_KEY to a long random string, e.g. from "
-            "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+            f"{len(master_key)}{advice}"
+        )
+    distinct = len(set(master_key))
+    if distinct < MASTER_KEY_DISTINCT_MIN:
+        raise ValueError(
+            f"gateway master key: expected at least {MASTER_KEY_DISTINCT_MIN} distinct "
+            f"characters, found {distinct}{advice}"
+        )
+    most = max(master_key.count(ch) for ch in set(master_key))
+    if most * MASTER_KEY_REPEAT_SHARE_MAX > len(master_key):
+        raise ValueError(
+            f"gateway master key: one character fills {most} of its {len(master_key)} "
+            f"characters (at most 1/{MASTER_KEY_REPEAT_SHARE_MAX} allowed){advice}"
         )
 
 

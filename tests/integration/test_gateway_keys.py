@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import base64
 import json
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -33,6 +34,7 @@ from exchange.gateway.keys import (
     ApiKey,
     KeyStore,
     MasterKeyMismatch,
+    check_master_key,
     derive_secret,
     is_key_id,
 )
@@ -166,9 +168,19 @@ def test_create_refuses_unknown_scopes_system_accounts_and_too_many_keys(dsn):
     with_store(dsn, body)
 
 
-def test_master_key_must_be_long():
-    with pytest.raises(ValueError, match="GX_GATEWAY_MASTER_KEY"):
-        KeyStore(None, "short")  # type: ignore[arg-type]
+def test_master_key_must_be_long_and_look_random():
+    weak = [
+        "short",
+        "x" * 64,  # long enough, one character
+        "abababababababababababababababababab",  # two characters
+        "passwordpasswordpasswordpassword1",  # few distinct characters
+        "a" * 20 + "0123456789bcdefghijk",  # one character fills half of it
+    ]
+    for key in weak:
+        with pytest.raises(ValueError, match="GX_GATEWAY_MASTER_KEY"):
+            KeyStore(None, key)  # type: ignore[arg-type]
+    for key in (secrets.token_urlsafe(32), secrets.token_hex(32), MASTER_KEY, OTHER_MASTER_KEY):
+        check_master_key(key)
 
 
 def test_secret_is_derived_stably_and_the_database_holds_none_of_it(dsn):

@@ -133,6 +133,10 @@ async def _check_page_and_keys(http: httpx.AsyncClient, sandbox: Sandbox) -> Non
     page = await http.get("/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     demo = (await http.get("/sandbox/demo.json")).json()
+    # A page that rebound its own name to 127.0.0.1 asks with that name as Host: refused.
+    rebound = await http.get("/sandbox/demo.json", headers={"Host": "attacker.example:8080"})
+    assert rebound.status_code == 403 and "secret" not in rebound.text
+    assert rebound.json()["error"]["code"] == "FORBIDDEN"
     assert demo["trader"]["account"] == DEMO_TRADER_ACCOUNT
     assert demo["provider"]["account"] == DEMO_PROVIDER_ACCOUNT
     for name in ("trader", "provider"):

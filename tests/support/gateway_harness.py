@@ -32,7 +32,7 @@ from streams.settings import Settings
 from streams.topics import shard_key, topics
 from tests.conftest import T0_NS
 
-MASTER_KEY = "test-master-key-" + "x" * 32
+MASTER_KEY = "test-master-key-0123456789abcdefghijklmnopqrstuv"
 # The gateway's two WebSocket paths, for tests parametrized over `websocket_impl`.
 WEBSOCKET_IMPLS = [
     WEBSOCKET_IMPL,  # "websockets-sansio": frames batched into one socket write (fanout.py `Frames`)

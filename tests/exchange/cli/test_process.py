@@ -24,7 +24,7 @@ def test_a_process_without_a_broker_says_the_one_message_and_exits_2(
     argv: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("GX_KAFKA_BOOTSTRAP", raising=False)
-    monkeypatch.setenv("GX_GATEWAY_MASTER_KEY", "k" * 32)
+    monkeypatch.setenv("GX_GATEWAY_MASTER_KEY", "test-master-key-0123456789abcdefghijklmnop")
     assert main(argv) == 2
     assert (
         capsys.readouterr().err
