@@ -25,6 +25,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
@@ -72,6 +73,7 @@ class HubStats:
         self.marketdata = 0
         self.provisioning = 0
         self.malformed = 0
+        self.failed = 0  # records a projection raised on: logged with their position, skipped
         self.commands_sent = 0
 
 
@@ -208,7 +210,10 @@ class Hub:
                 name = names[tp.topic]
                 if name == "provisioning" and self._ssh_keys is not None:
                     # A request carries its holder's SSH keys: read them before it is pushed.
-                    await self._ssh_keys.of_accounts(_holders(r.value for r in records))
+                    try:
+                        await self._ssh_keys.of_accounts(_holders(r.value for r in records))
+                    except (OSError, asyncpg.PostgresError) as error:
+                        log.warning("reading holders' SSH keys: %s; pushing without", error)
                 for record in records:
                     self._apply(name, tp.partition, record.offset, record.value, record.headers)
             for name, reader in self._readers.items():
@@ -245,6 +250,15 @@ class Hub:
                 self._on_provisioning(decode_provision(value))
         except DecodeError as error:
             self._malformed(name, partition, offset, error)
+        except Exception:
+            # A bug in one projection must not stop every reader of this gateway (the task
+            # would end, and the gateway serve stale state with nothing said): name the record
+            # so it can be read again from the log, count it, and go on with the next.
+            self.stats.failed += 1
+            log.exception(
+                "record skipped, a projection failed on it: topic=%s partition=%d offset=%d",
+                self._readers[name].topic, partition, offset,
+            )  # fmt: skip
 
     def _malformed(self, name: str, partition: int, offset: int, error: Exception) -> None:
         self.stats.malformed += 1

@@ -7,6 +7,8 @@ import contextlib
 import re
 import secrets
 import time
+from decimal import Decimal
+from typing import Any
 
 import asyncpg
 import httpx
@@ -17,6 +19,7 @@ import websockets
 from exchange.gateway.keys import KeyStore
 from exchange.gateway.ratelimit import RateLimits
 from schemas import commands as c
+from schemas import events as e
 from schemas.symbols import parse_symbol
 from tests.support.gateway_harness import (
     MASTER_KEY,
@@ -468,3 +471,34 @@ def test_failed_logons_are_limited_and_close_the_connection(broker, dsn, websock
                 assert answer["status"] == 200, answer
 
     run(scenario(), timeout_s=170)
+
+
+def test_a_projection_that_raises_skips_one_record_and_reading_goes_on(broker, dsn):
+    """A bug in one projection loses that record's effect there, never the gateway's reading."""
+
+    async def scenario() -> None:
+        async with running_exchange(broker, dsn) as ex:
+            accounts = ex.gateway.accounts
+            real_apply = accounts.apply
+            poisoned: list[Any] = []
+
+            def apply(event: Any) -> Any:
+                if isinstance(event, e.DepositCredited) and not poisoned:
+                    poisoned.append(event)
+                    raise RuntimeError("a projection bug")
+                return real_apply(event)
+
+            accounts.apply = apply  # type: ignore[method-assign]
+            before = accounts.balances(TRADER)["available"]
+            await ex.send(c.Deposit(account=TRADER, amount_micros=1_000_000, ref="poison-1"))
+            await ex.wait_for(lambda: ex.gateway.hub.stats.failed == 1, what="the failure counted")
+            await ex.send(c.Deposit(account=TRADER, amount_micros=2_000_000, ref="poison-2"))
+            await ex.wait_for(
+                lambda: accounts.balances(TRADER)["available"] != before,
+                what="the next deposit applied",
+            )
+            assert len(poisoned) == 1
+            # the second deposit arrived; the first, whose record failed, is missing here only
+            assert Decimal(accounts.balances(TRADER)["available"]) == Decimal(before) + 2
+
+    run(scenario(), 120)
