@@ -297,11 +297,15 @@ class Engine:
                 if getattr(command, "shard", self.config.shard) != self.config.shard:
                     raise _Refused(Reject.WRONG_SHARD)
                 self._encode_one(command, row, now)
-            except _Refused as refused:
+            except Exception as error:  # noqa: BLE001
+                # Anything the encoder did not foresee is refused as MALFORMED, like what it
+                # did: raising would stop the runner, and the same command would stop it again
+                # on every replay. The refusal is a function of the command alone.
+                code = error.code if isinstance(error, _Refused) else int(Reject.MALFORMED)
                 row[:] = 0
                 row[lay.C0_OP] = lay.OP_REJECT
                 row[lay.C_REJECT_ACCOUNT] = _clamp(getattr(command, "account", 0))
-                row[lay.C_REJECT_CODE] = refused.code
+                row[lay.C_REJECT_CODE] = code
             else:
                 if isinstance(command, cmd.ClockTick):
                     self._tick(batch, i, now)
