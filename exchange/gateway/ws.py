@@ -35,7 +35,7 @@ from exchange.gateway.orders import (
     RouteParams,
     parse_params,
 )
-from exchange.wire import ErrorCode, WireError
+from exchange.wire import ErrorCode, WireError, WireInt
 from schemas import commands as c
 
 __all__ = [
@@ -80,13 +80,13 @@ class _Logon(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class _Subscribe(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     channel: str
     symbols: list[str] = []
-    depth: int = 10
+    depth: WireInt = 10
     interval: str = "1m"
-    resume_from_seq: int | None = None
+    resume_from_seq: WireInt | None = None
 
 
 class _DeadMan(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    timeout_ms: int
+    timeout_ms: WireInt
 
 
 class _NoParams(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -360,6 +360,11 @@ class Connection:
                 self._enqueue_push(body)
         except WireError as error:
             self._error(request_id, error)
+        except Exception:
+            # A bug, not the client's doing: answer it and keep the socket (closing it would
+            # fire cancel-on-disconnect for every order of the connection or account).
+            log.exception("connection %d: request %r failed", self.id, request_id)
+            self._error(request_id, WireError.internal())
         finally:
             self._after_answer = []
 
