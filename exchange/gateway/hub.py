@@ -88,7 +88,11 @@ class NotSent(WireError):
 
     Only this failure lets a caller undo what it did for the command (a client order id's
     reservation): any later one may have been written, and the engine may still act on it.
+    The answer says so with `"sent": false`.
     """
+
+    def __init__(self, code: str, msg: str) -> None:
+        super().__init__(code, msg, sent=False)
 
 
 def _holders(values: Iterable[bytes | None]) -> set[int]:

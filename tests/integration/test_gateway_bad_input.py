@@ -327,6 +327,7 @@ def test_a_placement_never_sent_frees_its_client_order_id_for_the_retry(broker, 
             assert first.status_code == 503, first.text
             assert first.json()["error"]["code"] == "UNAVAILABLE"
             assert first.json()["error"]["retryable"] is True
+            assert first.json()["error"]["sent"] is False
             retry = await rest(ex, "POST", "/api/v1/orders", keys, order)
             assert retry.status_code == 200, retry.text  # not TIMEOUT for the next seven days
             assert "duplicate" not in retry.json()
