@@ -54,8 +54,9 @@ ACCESS_INSTRUCTIONS_CHARS_MAX = 2000
 ACCESS_PORT_MAX = 65535
 FAIL_REASON_CHARS_MAX = 500
 
-_DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")  # RFC 1123: may start with a digit
-_USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # a login name: no spaces, "@" or shell marks
+# Always fullmatch: with match, a "$" anchor takes a trailing newline ("gx\n").
+_DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")  # RFC 1123: may start with a digit
+_USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # a login name: no spaces, "@" or shell marks
 
 
 class Access(msgspec.Struct, frozen=True, kw_only=True):
@@ -83,7 +84,7 @@ def _is_host(host: str) -> bool:
         return False
     if labels[-1].isdigit():
         return False  # all-numeric top label: a malformed IPv4 address, not a name
-    return all(_DNS_LABEL.match(label) for label in labels)
+    return all(_DNS_LABEL.fullmatch(label) for label in labels)
 
 
 def access_error(access: Access) -> str | None:
@@ -101,7 +102,7 @@ def access_error(access: Access) -> str | None:
     if not 1 <= access.port <= ACCESS_PORT_MAX:
         return f"access.port: expected 1-{ACCESS_PORT_MAX}, found {access.port}"
     if not isinstance(access.user, str) or not (
-        len(access.user) <= ACCESS_USER_CHARS_MAX and _USER.match(access.user)
+        len(access.user) <= ACCESS_USER_CHARS_MAX and _USER.fullmatch(access.user)
     ):
         return (
             f"access.user: expected 1-{ACCESS_USER_CHARS_MAX} characters of [A-Za-z0-9_.-] "

@@ -84,7 +84,8 @@ __all__ = [
 client_order_id_max = 36
 dispute_reason_chars_max = 500
 route_children_max = 50  # child orders one routed order may place
-_CLIENT_ORDER_ID = re.compile(r"[A-Za-z0-9_.:-]{1,36}")  # fullmatch: "$" would take "id\n"
+# Always fullmatch: a "$" anchor would take a trailing newline ("id\n").
+_CLIENT_ORDER_ID = re.compile(f"[A-Za-z0-9_.:-]{{1,{client_order_id_max}}}")
 _duplicate_poll_s = 0.02
 T = TypeVar("T", bound=msgspec.Struct)
 

@@ -446,6 +446,8 @@ def _desk(deliveries: Deliveries, accounts: Accounts) -> OrderDesk:
         ({"host": "10.0.0.7", "port": "22", "user": "gx"}, "access:"),
         ({"host": "10.0.0.7", "port": 22, "user": "x" * 65}, "access:"),
         ({"host": "10.0.0.7", "port": 22, "user": "a;rm"}, "access.user:"),
+        ({"host": "10.0.0.7", "port": 22, "user": "gx\n"}, "access.user:"),
+        ({"host": "gpu-7.example.com\n", "port": 22, "user": "gx"}, "access.host:"),
         ({"host": "h" * 254, "port": 22, "user": "gx"}, "access:"),
         ({"host": "10.0.0.7", "port": 22, "user": "gx", "instructions": "i" * 2001}, "access:"),
         ({"host": "10.0.0.7", "port": 22, "user": "gx", "password": "hunter2"}, "access:"),
