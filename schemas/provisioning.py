@@ -11,7 +11,8 @@ one provider's deliveries lands in one partition, in order:
   them: an SSH endpoint `Access(host, port, user, instructions)`, checked by `access_error`
   before it is sent. Becomes `DeliveryConfirmed`.
 - `ProvisionFailed` (provider -> provisioning): the provider cannot deliver, or was interrupted
-  after `hours_delivered` hours. Becomes `DeliveryFailed`.
+  after `hours_delivered` hours. Becomes `DeliveryFailed`. Checked by `failure_error` (hours
+  within the delivery's, a short printable reason) at the gateway and again by the process.
 
 A provider agent reads the partition of its key and ignores messages that are not requests to it.
 Messages are msgspec JSON tagged by `"type"`; integer times are UNIX nanoseconds.
@@ -25,10 +26,13 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from schemas.units import NS_PER_HOUR
+
 __all__ = [
     "ACCESS_HOST_CHARS_MAX",
     "ACCESS_INSTRUCTIONS_CHARS_MAX",
     "ACCESS_USER_CHARS_MAX",
+    "FAIL_REASON_CHARS_MAX",
     "Access",
     "ProvisionConfirmed",
     "ProvisionFailed",
@@ -37,7 +41,9 @@ __all__ = [
     "access_error",
     "decode_provision",
     "encode_provision",
+    "failure_error",
     "provider_key",
+    "window_hours",
 ]
 
 Stage = Literal["assigned", "start"]
@@ -46,9 +52,11 @@ ACCESS_HOST_CHARS_MAX = 253  # the longest DNS name (RFC 1035), and longer than 
 ACCESS_USER_CHARS_MAX = 64
 ACCESS_INSTRUCTIONS_CHARS_MAX = 2000
 ACCESS_PORT_MAX = 65535
+FAIL_REASON_CHARS_MAX = 500
 
-_DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")  # RFC 1123: may start with a digit
-_USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # a login name: no spaces, "@" or shell marks
+# Always fullmatch: with match, a "$" anchor takes a trailing newline ("gx\n").
+_DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")  # RFC 1123: may start with a digit
+_USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # a login name: no spaces, "@" or shell marks
 
 
 class Access(msgspec.Struct, frozen=True, kw_only=True):
@@ -76,7 +84,7 @@ def _is_host(host: str) -> bool:
         return False
     if labels[-1].isdigit():
         return False  # all-numeric top label: a malformed IPv4 address, not a name
-    return all(_DNS_LABEL.match(label) for label in labels)
+    return all(_DNS_LABEL.fullmatch(label) for label in labels)
 
 
 def access_error(access: Access) -> str | None:
@@ -94,7 +102,7 @@ def access_error(access: Access) -> str | None:
     if not 1 <= access.port <= ACCESS_PORT_MAX:
         return f"access.port: expected 1-{ACCESS_PORT_MAX}, found {access.port}"
     if not isinstance(access.user, str) or not (
-        len(access.user) <= ACCESS_USER_CHARS_MAX and _USER.match(access.user)
+        len(access.user) <= ACCESS_USER_CHARS_MAX and _USER.fullmatch(access.user)
     ):
         return (
             f"access.user: expected 1-{ACCESS_USER_CHARS_MAX} characters of [A-Za-z0-9_.-] "
@@ -142,6 +150,27 @@ class ProvisionFailed(msgspec.Struct, frozen=True, kw_only=True, tag=True, tag_f
 
 
 ProvisionMessage = ProvisionRequested | ProvisionConfirmed | ProvisionFailed
+
+
+def window_hours(start_ns: int, end_ns: int) -> int:
+    """The hours of a delivery window: the most `hours_delivered` a failure may claim."""
+    return max(0, (end_ns - start_ns) // NS_PER_HOUR)
+
+
+def failure_error(message: ProvisionFailed, hours: int) -> str | None:
+    """Why a failure report is unfit to send the engine (naming the field), or None if fit.
+
+    `hours` is the delivery's (`window_hours`): a provider cannot have delivered more.
+    """
+    claimed = message.hours_delivered
+    if isinstance(claimed, bool) or not isinstance(claimed, int) or not 0 <= claimed <= hours:
+        return f"hours_delivered: expected 0-{hours} (the delivery's hours), found {claimed!r:.40}"
+    if not isinstance(message.reason, str) or len(message.reason) > FAIL_REASON_CHARS_MAX:
+        found = len(message.reason) if isinstance(message.reason, str) else "not a string"
+        return f"reason: expected at most {FAIL_REASON_CHARS_MAX} characters, found {found}"
+    if not message.reason.isprintable():
+        return "reason: control characters are not allowed"
+    return None
 
 
 class _LegacyConfirmed(

@@ -30,6 +30,11 @@ remembered in the table before the next record, so a replayed event or a provide
 reply sends nothing twice (a crash between send and table write can still repeat one message,
 which the provider and the engine both drop). Money never lives here: the engine settles.
 
+A bad record never stops the worker: one that does not decode, or a failure report out of
+bounds (`schemas.provisioning.failure_error`: hours beyond the delivery's, a long reason), is
+logged, counted and skipped before anything changes; a record whose handling raises anyway (a
+bug) is logged with its traceback, counted and skipped, and the next record is read.
+
 Against librdkafka's mock cluster faust needs `topic_allow_declare=False` and
 `topic_disable_leader=True`, and every topic, the tables' changelogs included
 (`changelog_topics`), must exist beforehand (create them through the mock's API). The tables
@@ -43,6 +48,7 @@ import asyncio
 import contextlib
 import logging
 import zlib
+from collections.abc import Callable
 from typing import Any, Literal, Protocol, TypeVar
 
 import faust
@@ -60,7 +66,9 @@ from schemas.provisioning import (
     ProvisionRequested,
     decode_provision,
     encode_provision,
+    failure_error,
     provider_key,
+    window_hours,
 )
 from streams.event_records import decode_event_record
 from streams.settings import Settings
@@ -129,6 +137,8 @@ class ProvisioningStats(msgspec.Struct, kw_only=True):
     malformed: int = 0  # records of either topic that did not decode
     replies: int = 0  # provider confirmations and failures read
     ignored_replies: int = 0  # unknown obligation, wrong provider, or already decided
+    unfit_replies: int = 0  # failure reports out of bounds (failure_error): dropped
+    errors: int = 0  # records whose handling raised (a bug): logged and skipped
     requests: int = 0  # ProvisionRequested sent
     confirmed: int = 0  # DeliveryConfirmed sent
     failed: int = 0  # DeliveryFailed sent on a provider's report
@@ -292,16 +302,22 @@ class Lifecycle:
         if record.state not in (*_awaiting, "confirmed"):
             self.stats.ignored_replies += 1
             return []
-        record.state = "failed"
-        self._put(record)
-        self.stats.failed += 1
+        why = failure_error(message, window_hours(record.start_ns, record.end_ns))
+        if why is not None:  # the gateway refuses these: another producer wrote it
+            self.stats.unfit_replies += 1
+            log.warning("obligation %d: failure report dropped: %s", record.obligation_id, why)
+            return []
         command = c.DeliveryFailed(
             account=record.provider,
             obligation_id=record.obligation_id,
             hours_delivered=message.hours_delivered,
             reason=message.reason,
         )
-        return [self._command(record, command)]
+        out = [self._command(record, command)]  # encoded before the state changes
+        record.state = "failed"
+        self._put(record)
+        self.stats.failed += 1
+        return out
 
     # ------------------------------------------------------------------ leaves
 
@@ -458,7 +474,8 @@ class ProvisioningProcess:
                     self.stats.malformed += 1
                     log.warning("malformed event skipped: %s", event)
                     continue
-                await self._send(self.lifecycle.on_event(event))
+                out = self._guarded(self.lifecycle.on_event, event, "event")
+                await self._send(out)
 
     async def _on_replies(self, stream: StreamT[bytes]) -> None:
         async for value in stream:
@@ -468,7 +485,20 @@ class ProvisioningProcess:
                 self.stats.malformed += 1
                 log.warning("malformed provisioning record skipped: %s", error)
                 continue
-            await self._send(self.lifecycle.on_reply(message))
+            await self._send(self._guarded(self.lifecycle.on_reply, message, "reply"))
+
+    def _guarded(
+        self, handler: Callable[[Any], list[Outgoing]], message: Any, kind: str
+    ) -> list[Outgoing]:
+        """Run one lifecycle handler; a raise (a bug) is logged and the record skipped, so one
+        bad record cannot stop the agent, and with it every delivery's provisioning."""
+        try:
+            out = handler(message)
+        except Exception:
+            self.stats.errors += 1
+            log.exception("%s skipped: handling it raised: %.200r", kind, message)
+            return []
+        return out
 
     async def _send(self, out: list[Outgoing]) -> None:
         # Wait for every send before the next record, so a committed offset is never ahead.

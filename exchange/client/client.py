@@ -49,7 +49,7 @@ from exchange.client.models import (
     Transfer,
     to_model,
 )
-from exchange.client.orders import Number, amend_body, order_body, route_body
+from exchange.client.orders import Number, amend_body, decimal_str, order_body, route_body
 from exchange.client.rest import (
     RETRIES_MAX,
     RETRY_BACKOFF_S,
@@ -313,7 +313,7 @@ class Client:
         """Ask to be paid `amount` USD out to `destination` (a key with scope `withdraw`): it
         leaves available at once and is pending until an operator approves or rejects it. Not
         retried: a lost answer shows in `fetch_withdrawals`."""
-        body = {"amount": str(Decimal(str(amount))), "destination": destination}
+        body = {"amount": decimal_str(amount, "amount"), "destination": destination}
         answer = await self.rest.request("POST", "/withdrawals", body=body, private=True)
         return to_model(answer.get("withdrawal"), Transfer)
 

@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 import uvicorn
 from litestar import Litestar, Request, Response
-from litestar.exceptions import HTTPException
+from litestar.exceptions import HTTPException, SerializationException
 from litestar.openapi import OpenAPIConfig
 from litestar.static_files import create_static_files_router
 
@@ -58,7 +58,22 @@ _HTTP_CODES = {
     405: ErrorCode.BAD_REQUEST,
     413: ErrorCode.PAYLOAD_TOO_LARGE,
     429: ErrorCode.RATE_LIMITED,
+    503: ErrorCode.UNAVAILABLE,
 }
+
+
+class WireRequest(Request[Any, Any, Any]):
+    """A request whose JSON body nested too deeply is a client error (400), not a crash.
+
+    msgspec's decoder raises RecursionError, which Litestar would answer 500; its
+    SerializationException becomes Litestar's 400, answered by `_http_error`.
+    """
+
+    async def json(self) -> Any:
+        try:
+            return await super().json()
+        except RecursionError:
+            raise SerializationException("body: JSON nested too deeply") from None
 
 
 def _wire_error(_: Request[Any, Any, Any], error: WireError) -> Response[Any]:
@@ -69,13 +84,21 @@ def _wire_error(_: Request[Any, Any, Any], error: WireError) -> Response[Any]:
 
 
 def _http_error(_: Request[Any, Any, Any], error: HTTPException) -> Response[Any]:
-    code = _HTTP_CODES.get(error.status_code, ErrorCode.BAD_REQUEST)
+    fallback = ErrorCode.INTERNAL if error.status_code >= 500 else ErrorCode.BAD_REQUEST
+    code = _HTTP_CODES.get(error.status_code, fallback)
     detail = str(error.detail)
     extra = getattr(error, "extra", None)
     if extra:
         detail += f": {extra}"
     wire = WireError(code, detail)
     return Response({"error": wire.body()}, status_code=error.status_code)
+
+
+def _unexpected_error(request: Request[Any, Any, Any], error: Exception) -> Response[Any]:
+    """Answer a bug in the wire's shape (INTERNAL, 500), never Litestar's own body; log it."""
+    log.error("%s %s failed", request.method, request.url.path, exc_info=error)
+    wire = WireError.internal()
+    return Response({"error": wire.body()}, status_code=wire.status)
 
 
 def asgi_app(gateway: Gateway, app: Litestar) -> Any:
@@ -104,7 +127,12 @@ def build_app(gateway: Gateway, extra_handlers: list[Any] | None = None) -> Lite
             *(extra_handlers or []),
             page,
         ],
-        exception_handlers={WireError: _wire_error, HTTPException: _http_error},
+        exception_handlers={
+            WireError: _wire_error,
+            HTTPException: _http_error,
+            Exception: _unexpected_error,
+        },
+        request_class=WireRequest,
         openapi_config=OpenAPIConfig(
             title="gpu-exchange gateway", version="1", path="/api/v1/schema"
         ),

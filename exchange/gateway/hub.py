@@ -54,7 +54,7 @@ from streams.event_records import CommandEvents, CommandGrouper
 from streams.settings import Settings
 from streams.topics import shard_key, topics
 
-__all__ = ["Hub", "HubStats", "command_timeout_s"]
+__all__ = ["Hub", "HubStats", "NotSent", "command_timeout_s"]
 
 log = logging.getLogger("gx.gateway")
 
@@ -83,6 +83,18 @@ class _Reader:
     def __init__(self, topic: str) -> None:
         self.topic = topic
         self.partitions: list[TopicPartition] = []
+
+
+class NotSent(WireError):
+    """A command that certainly never reached Kafka (no producer, or the producer refused it).
+
+    Only this failure lets a caller undo what it did for the command (a client order id's
+    reservation): any later one may have been written, and the engine may still act on it.
+    The answer says so with `"sent": false`.
+    """
+
+    def __init__(self, code: str, msg: str) -> None:
+        super().__init__(code, msg, sent=False)
 
 
 def _holders(values: Iterable[bytes | None]) -> set[int]:
@@ -339,19 +351,33 @@ class Hub:
             self._waiting.pop(key, None)
 
     async def send_command(self, command: c.Command) -> int:
-        """Produce a command to gx.commands; return its offset."""
+        """Produce a command to gx.commands; return its offset.
+
+        Raises NotSent when the command certainly did not reach Kafka; WireError(UNAVAILABLE)
+        when its write failed after the producer took it (it may still have been written).
+        """
         if self._producer is None:
-            raise WireError(ErrorCode.UNAVAILABLE, "the gateway is not connected to Kafka")
+            raise NotSent(ErrorCode.UNAVAILABLE, "the gateway is not connected to Kafka")
+        try:
+            value = encode(command)
+        except (OverflowError, TypeError, ValueError) as error:  # a gateway bug: fields unchecked
+            message = f"gx.commands: the command does not encode ({error})"
+            raise NotSent(ErrorCode.INTERNAL, message) from None
         try:
             future = await self._producer.send(
-                self.commands_topic,
-                encode(command),
-                key=shard_key(command.shard),
-                partition=command.shard,
+                self.commands_topic, value, key=shard_key(command.shard), partition=command.shard
             )
+        except KafkaError as error:
+            raise NotSent(
+                ErrorCode.UNAVAILABLE, f"gx.commands: {error}; nothing was sent"
+            ) from None
+        try:
             metadata = await future
         except KafkaError as error:
-            raise WireError(ErrorCode.UNAVAILABLE, f"gx.commands: {error}") from None
+            raise WireError(
+                ErrorCode.UNAVAILABLE,
+                f"gx.commands: {error}; the command may still have been written: ask order.status",
+            ) from None
         self.stats.commands_sent += 1
         return int(metadata.offset)
 

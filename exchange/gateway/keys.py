@@ -417,6 +417,17 @@ class KeyStore:
         )
         return bool(status == "INSERT 0 1")
 
+    async def release_client_order(self, account: int, client_order_id: str, ts_ns: int) -> None:
+        """Forget the reservation `reserve_client_order(account, client_order_id, ts_ns)` made,
+        when its command was never sent (hub.NotSent): a retry with the id then places the order.
+        The `ts_ns` must match, so that only that reservation goes."""
+        await self._pool.execute(
+            "DELETE FROM client_orders WHERE account = $1 AND client_order_id = $2 AND ts_ns = $3",
+            account,
+            client_order_id,
+            ts_ns,
+        )
+
     async def prune_client_orders(self, before_ns: int) -> int:
         """Forget up to CLIENT_ORDER_PRUNE_ROWS_MAX reservations made before `before_ns` whose
         order is not live (`client_order_live`); return how many."""

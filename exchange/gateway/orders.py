@@ -13,7 +13,13 @@ body into it, the WebSocket decodes its params with `parse_params`.
   (`wire.reject_name`), as the code.
 
 `client_order_id` makes placement idempotent across gateway instances: it is reserved in
-PostgreSQL before the command is sent, and a retry finds the order the first attempt made.
+PostgreSQL before the command is sent, and a retry finds the order the first attempt made. A
+reservation whose command certainly never reached Kafka (`hub.NotSent`) is released at once, so
+the retry places the order; after any later failure it stays (the command may have been written).
+
+Every number of a request is parsed strictly and bounded (exchange/wire.py "Numbers on the
+wire"): strings through `qty_from_str`, `Prices.from_str`, `int_from_str`; JSON integers as
+`WireInt`.
 """
 
 from __future__ import annotations
@@ -28,15 +34,32 @@ import msgspec
 
 from exchange.gateway.accounts import Accounts
 from exchange.gateway.deliveries import Deliveries
-from exchange.gateway.hub import Hub, command_timeout_s
+from exchange.gateway.hub import Hub, NotSent, command_timeout_s
 from exchange.gateway.market_feed import MarketFeed
 from exchange.gateway.provisioning import Provisioning
-from exchange.wire import ErrorCode, Prices, WireError, money_to_str, qty_from_str, qty_to_str
+from exchange.wire import (
+    ErrorCode,
+    Prices,
+    WireError,
+    WireInt,
+    int_from_str,
+    money_to_str,
+    qty_from_str,
+    qty_to_str,
+)
 from schemas import commands as c
 from schemas import events as e
 from schemas.catalog import Catalog
 from schemas.codes import OrderType, SelfTradePrevention, Side, TimeInForce
-from schemas.provisioning import Access, ProvisionConfirmed, ProvisionFailed, access_error
+from schemas.provisioning import (
+    Access,
+    ProvisionConfirmed,
+    ProvisionFailed,
+    ProvisionRequested,
+    access_error,
+    failure_error,
+    window_hours,
+)
 from schemas.symbols import SymbolError, parse_symbol
 
 __all__ = [
@@ -61,7 +84,8 @@ __all__ = [
 client_order_id_max = 36
 dispute_reason_chars_max = 500
 route_children_max = 50  # child orders one routed order may place
-_CLIENT_ORDER_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,36}$")
+# Always fullmatch: a "$" anchor would take a trailing newline ("id\n").
+_CLIENT_ORDER_ID = re.compile(f"[A-Za-z0-9_.:-]{{1,{client_order_id_max}}}")
 _duplicate_poll_s = 0.02
 T = TypeVar("T", bound=msgspec.Struct)
 
@@ -72,6 +96,10 @@ class ClientOrders(Protocol):
     async def reserve_client_order(
         self, account: int, client_order_id: str, ts_ns: int
     ) -> bool: ...
+
+    async def release_client_order(
+        self, account: int, client_order_id: str, ts_ns: int
+    ) -> None: ...
 
 
 # ---------------------------------------------------------------------- request parameters
@@ -95,7 +123,7 @@ class PlaceParams(_Params, kw_only=True):
 
 
 class OrderRef(_Params, kw_only=True):
-    order_id: int = 0
+    order_id: WireInt = 0
     client_order_id: str = ""
 
 
@@ -110,7 +138,7 @@ class CancelAllParams(_Params, kw_only=True):
 
 class RouteParams(_Params, kw_only=True):
     gpu: str
-    gpu_hours: int
+    gpu_hours: WireInt
     start_ns: str
     end_ns: str
     max_price: str
@@ -124,22 +152,22 @@ class CapacityParams(_Params, kw_only=True):
     region: str
     start_ns: str
     end_ns: str
-    gpus: int
+    gpus: WireInt
 
 
 class ConfirmParams(_Params, kw_only=True):
-    obligation_id: int
+    obligation_id: WireInt
     access: Any  # {"host", "port", "user", "instructions"}: checked by `parse_access`
 
 
 class FailParams(_Params, kw_only=True):
-    obligation_id: int
-    hours_delivered: int = 0
+    obligation_id: WireInt
+    hours_delivered: WireInt = 0
     reason: str = ""
 
 
 class DisputeParams(_Params, kw_only=True):
-    obligation_id: int
+    obligation_id: WireInt
     reason: str = ""
 
 
@@ -174,14 +202,6 @@ def parse_access(value: Any) -> Access:
     if why is not None:
         raise WireError(ErrorCode.BAD_ACCESS, why)
     return access
-
-
-def _ns(text: str, field: str) -> int:
-    if not text.isdigit() or len(text) > 19:
-        raise WireError(
-            ErrorCode.BAD_REQUEST, f"{field}: expected integer nanoseconds, found {text!r}"
-        )
-    return int(text)
 
 
 def _reject(events: list[e.Event]) -> None:
@@ -240,15 +260,16 @@ class OrderDesk:
             price_ticks = self.prices.from_str(p.price)
         else:
             price_ticks = 0 if p.price is None else self.prices.from_str(p.price)
-        expire_ns = _ns(p.expire_ns, "expire_ns")
+        expire_ns = int_from_str(p.expire_ns, "expire_ns")
         cid = p.client_order_id or "gx-" + secrets.token_hex(8)
-        if not _CLIENT_ORDER_ID.match(cid):
+        if not _CLIENT_ORDER_ID.fullmatch(cid):
             raise WireError(
                 ErrorCode.BAD_REQUEST,
                 f"client_order_id: expected 1-{client_order_id_max} characters of "
-                f"[A-Za-z0-9_.:-], found {cid!r}",
+                f"[A-Za-z0-9_.:-], found {cid!r:.60}",
             )
-        if not await self.client_orders.reserve_client_order(account, cid, time.time_ns()):
+        reserved_ns = time.time_ns()
+        if not await self.client_orders.reserve_client_order(account, cid, reserved_ns):
             return await self._existing(account, cid)
         command = c.PlaceOrder(
             shard=self.shard,
@@ -265,7 +286,13 @@ class OrderDesk:
             expire_ns=expire_ns,
             client_order_id=cid,
         )
-        events = await self.hub.submit(command)
+        try:
+            events = await self.hub.submit(command)
+        except NotSent:
+            # Nothing reached Kafka: free the id, or every retry would answer TIMEOUT for as
+            # long as the reservation is kept (keys.CLIENT_ORDER_RETENTION_NS).
+            await self.client_orders.release_client_order(account, cid, reserved_ns)
+            raise
         return self._placed(account, cid, events)
 
     def _placed(self, account: int, cid: str, events: list[e.Event]) -> dict[str, Any]:
@@ -396,7 +423,7 @@ class OrderDesk:
         """Buy GPU-hours of a model in a window, cheapest asks first, as IOC child orders."""
         if p.gpu_hours <= 0:
             raise WireError(ErrorCode.QTY_INVALID, f"gpu_hours: expected > 0, found {p.gpu_hours}")
-        start_ns, end_ns = _ns(p.start_ns, "start_ns"), _ns(p.end_ns, "end_ns")
+        start_ns, end_ns = int_from_str(p.start_ns, "start_ns"), int_from_str(p.end_ns, "end_ns")
         max_ticks = self.prices.from_str(p.max_price, "max_price")
         plan = self._route_plan(p, start_ns, end_ns, max_ticks)
         prefix = p.client_order_id or "rt-" + secrets.token_hex(6)
@@ -471,20 +498,22 @@ class OrderDesk:
             account=account,
             gpu=p.gpu,
             region=p.region,
-            start_ns=_ns(p.start_ns, "start_ns"),
-            end_ns=_ns(p.end_ns, "end_ns"),
+            start_ns=int_from_str(p.start_ns, "start_ns"),
+            end_ns=int_from_str(p.end_ns, "end_ns"),
             gpus=p.gpus,
         )
         events = await self.hub.submit(command)
         _reject(events)
         return {"status": "accepted"}
 
-    def _outstanding(self, account: int, obligation_id: int) -> None:
-        if not self.provisioning.is_outstanding(account, obligation_id):
+    def _outstanding(self, account: int, obligation_id: int) -> ProvisionRequested:
+        request = self.provisioning.request(account, obligation_id)
+        if request is None:
             raise WireError(
                 ErrorCode.NOT_FOUND,
                 f"obligation {obligation_id}: no outstanding provisioning request to this provider",
             )
+        return request
 
     async def confirm(self, account: int, p: ConfirmParams) -> dict[str, Any]:
         """Confirm a delivery with access details (checked before anything is sent)."""
@@ -496,18 +525,19 @@ class OrderDesk:
         return {"obligation_id": p.obligation_id}
 
     async def fail(self, account: int, p: FailParams) -> dict[str, Any]:
-        """Report a delivery failed (or interrupted after `hours_delivered` hours)."""
-        self._outstanding(account, p.obligation_id)
-        if p.hours_delivered < 0:
-            raise WireError(ErrorCode.BAD_REQUEST, "hours_delivered: expected >= 0")
-        await self.hub.send_provision(
-            ProvisionFailed(
-                obligation_id=p.obligation_id,
-                provider=account,
-                hours_delivered=p.hours_delivered,
-                reason=p.reason,
-            )
+        """Report a delivery failed (or interrupted after `hours_delivered` hours, at most the
+        delivery's; `reason` short and printable: `schemas.provisioning.failure_error`)."""
+        request = self._outstanding(account, p.obligation_id)
+        message = ProvisionFailed(
+            obligation_id=p.obligation_id,
+            provider=account,
+            hours_delivered=p.hours_delivered,
+            reason=p.reason,
         )
+        why = failure_error(message, window_hours(request.start_ns, request.end_ns))
+        if why is not None:
+            raise WireError(ErrorCode.BAD_REQUEST, why)
+        await self.hub.send_provision(message)
         return {"obligation_id": p.obligation_id}
 
     # ------------------------------------------------------------------ holders

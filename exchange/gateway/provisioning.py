@@ -57,6 +57,10 @@ class Provisioning:
         """Whether the provider has an outstanding request for the obligation."""
         return obligation_id in self.outstanding.get(provider, {})
 
+    def request(self, provider: int, obligation_id: int) -> ProvisionRequested | None:
+        """The provider's outstanding request for the obligation, if any."""
+        return self.outstanding.get(provider, {}).get(obligation_id)
+
     def snapshot(self, provider: int) -> list[bytes]:
         """The push bodies of the provider's outstanding requests, by obligation id."""
         requests = self.outstanding.get(provider, {})

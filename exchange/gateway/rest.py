@@ -30,7 +30,7 @@ from exchange.gateway.orders import (
 from exchange.gateway.statements import ledger_page, statement
 from exchange.gateway.ticker import ticker_view
 from exchange.gateway.transfers import WithdrawParams, list_transfers, request_withdrawal
-from exchange.wire import ErrorCode, WireError, money_to_str
+from exchange.wire import ErrorCode, WireError, int_from_str, money_to_str
 from schemas.catalog import Catalog
 
 __all__ = ["PublicController", "AccountController", "OrderController", "ProviderController"]
@@ -259,11 +259,11 @@ class AccountController(Controller):
         key = await gw.authenticate(request, "read")
         return gw.list_deliveries(key.account, state_, role)
 
-    @post("/deliveries/{obligation_id:int}/dispute", status_code=200)
+    @post("/deliveries/{obligation_id:str}/dispute", status_code=200)
     async def dispute_delivery(
         self,
         request: Request[Any, Any, Any],
-        obligation_id: FromPath[int],
+        obligation_id: FromPath[str],
         data: JSONBody[dict[str, Any] | None] = None,
     ) -> dict[str, Any]:
         """Dispute a delivery the account holds (its machines are unreachable; in the first hour
@@ -273,7 +273,9 @@ class AccountController(Controller):
         reason = (data or {}).get("reason", "")
         if not isinstance(reason, str):
             raise WireError(ErrorCode.BAD_REQUEST, "reason: expected a string")
-        params = DisputeParams(obligation_id=obligation_id, reason=reason)
+        params = DisputeParams(
+            obligation_id=int_from_str(obligation_id, "obligation_id"), reason=reason
+        )
         return await gw.desk.dispute(key.account, params)
 
     @get("/deposits")
@@ -381,14 +383,15 @@ class OrderController(Controller):
             return {"orders": gw.accounts.closed_orders(key.account, symbol)}
         raise WireError(ErrorCode.BAD_REQUEST, f"status: expected open or closed, found {status!r}")
 
-    @get("/orders/{order_id:int}")
+    @get("/orders/{order_id:str}")
     async def order(
-        self, request: Request[Any, Any, Any], order_id: FromPath[int]
+        self, request: Request[Any, Any, Any], order_id: FromPath[str]
     ) -> dict[str, Any]:
         """Return one of the account's orders."""
         gw = _gateway(request)
         key = await gw.authenticate(request, "read")
-        return gw.desk.status(key.account, OrderRef(order_id=order_id))["order"]  # type: ignore[no-any-return]
+        ref = OrderRef(order_id=int_from_str(order_id, "order_id"))
+        return gw.desk.status(key.account, ref)["order"]  # type: ignore[no-any-return]
 
     @get("/orders/client/{client_order_id:str}")
     async def order_by_client_id(
@@ -407,21 +410,23 @@ class OrderController(Controller):
         gw, key = await _order_entry(request)
         return await gw.desk.place(key.account, data)
 
-    @patch("/orders/{order_id:int}")
+    @patch("/orders/{order_id:str}")
     async def amend(
-        self, request: Request[Any, Any, Any], order_id: FromPath[int], data: JSONBody[AmendParams]
+        self, request: Request[Any, Any, Any], order_id: FromPath[str], data: JSONBody[AmendParams]
     ) -> dict[str, Any]:
         """Amend an order's price and remaining quantity."""
         gw, key = await _order_entry(request)
-        return await gw.desk.amend(key.account, msgspec.structs.replace(data, order_id=order_id))
+        ref = msgspec.structs.replace(data, order_id=int_from_str(order_id, "order_id"))
+        return await gw.desk.amend(key.account, ref)
 
-    @delete("/orders/{order_id:int}", status_code=200)
+    @delete("/orders/{order_id:str}", status_code=200)
     async def cancel(
-        self, request: Request[Any, Any, Any], order_id: FromPath[int]
+        self, request: Request[Any, Any, Any], order_id: FromPath[str]
     ) -> dict[str, Any]:
         """Cancel one order."""
         gw, key = await _order_entry(request)
-        return await gw.desk.cancel(key.account, OrderRef(order_id=order_id))
+        ref = OrderRef(order_id=int_from_str(order_id, "order_id"))
+        return await gw.desk.cancel(key.account, ref)
 
     @delete("/orders", status_code=200)
     async def cancel_all(

@@ -17,7 +17,7 @@ import io
 from datetime import UTC, datetime
 from typing import Any
 
-from exchange.wire import ErrorCode, WireError, money_to_str
+from exchange.wire import ErrorCode, WireError, int_from_str, money_to_str
 from streams.ledger.reads import (
     BUCKET_NAMES,
     REASON_NAMES,
@@ -48,9 +48,11 @@ def parse_time_ns(text: str | None, name: str, default: int) -> int:
     """A time from the query: UNIX nanoseconds, or an ISO-8601 date or time (UTC unless given)."""
     if text is None or text == "":
         return default
-    if text.isdigit() and len(text) <= 19:
-        return int(text)
+    if text.isascii() and text.isdigit():  # str.isdigit alone takes "²" and "٣"
+        return int_from_str(text, name)
     try:
+        if not text.isascii():
+            raise ValueError(text)  # fromisoformat takes other scripts' digits too
         when = datetime.fromisoformat(text)
     except ValueError:
         raise WireError(

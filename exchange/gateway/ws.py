@@ -40,7 +40,7 @@ from exchange.gateway.orders import (
     RouteParams,
     parse_params,
 )
-from exchange.wire import ErrorCode, WireError
+from exchange.wire import ErrorCode, WireError, WireInt
 from schemas import commands as c
 
 __all__ = [
@@ -87,13 +87,13 @@ class _Logon(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class _Subscribe(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     channel: str
     symbols: list[str] = []
-    depth: int = 10
+    depth: WireInt = 10
     interval: str = "1m"
-    resume_from_seq: int | None = None
+    resume_from_seq: WireInt | None = None
 
 
 class _DeadMan(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    timeout_ms: int
+    timeout_ms: WireInt
 
 
 class _NoParams(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -411,6 +411,11 @@ class Connection:
             if self.logon_failures >= self.gw.limits.ws_logon_failures_per_conn_max:
                 log.info("connection %d: %d logons refused, closing", self.id, self.logon_failures)
                 await self._close(CLOSE_POLICY_VIOLATION, "too many failed logons", drain=True)
+        except Exception:
+            # A bug, not the client's doing: answer it and keep the socket (closing it would
+            # fire cancel-on-disconnect for every order of the connection or account).
+            log.exception("connection %d: request %.80r failed", self.id, request_id)
+            self._error(request_id, WireError.internal())
         finally:
             self._after_answer = []
 

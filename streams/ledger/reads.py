@@ -11,6 +11,7 @@ however deep. Times are engine times (`ts_event`), a period is `[from_ns, to_ns)
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
@@ -113,14 +114,17 @@ class Posting(msgspec.Struct, frozen=True, kw_only=True):
     ref_id: int
 
 
+_CURSOR = re.compile(r"([0-9]{1,19})\.([0-9]{1,5})")  # ASCII digits: str.isdigit takes "²"
+
+
 def parse_cursor(text: str | None) -> Cursor | None:
     """A cursor from its wire form "seq.index"; None when it is not one."""
     if text is None or text == "":
         return _START
-    seq, dot, index = text.partition(".")
-    if not (dot and seq.isdigit() and index.isdigit() and len(seq) <= 19 and len(index) <= 5):
+    match = _CURSOR.fullmatch(text)
+    if match is None:
         return None
-    cursor = (int(seq), int(index))
+    cursor = (int(match[1]), int(match[2]))
     return cursor if cursor <= _START else None
 
 

@@ -167,3 +167,173 @@ def test_rest_signatures_refused_with_stable_codes(broker, dsn):
             assert ex.gateway.accounts.open_orders(TRADER) == []
 
     run(scenario(), timeout_s=170)
+
+
+# Numbers Decimal() or int() would take, or that do not fit int64: each is refused at the gateway.
+LOOSE_NUMBERS = ["1e28", "9" * 100, "1E+999999", "1e20", "１２", "1_000", "+5", " 5 ", "٣", "²"]
+
+
+def _raise(*args: object, **kwargs: object) -> None:
+    raise RuntimeError("a bug in a handler")
+
+
+def test_ws_bad_numbers_and_a_failing_handler_get_stable_codes_and_the_socket_survives(broker, dsn):
+    async def scenario() -> None:
+        async with running_exchange(broker, dsn) as ex:
+            order = {
+                "symbol": ex.symbol,
+                "side": "buy",
+                "type": "limit",
+                "price": "2.000",
+                "qty": "1",
+            }
+            async with socket(ex) as ws:
+                # cancel-on-disconnect: a socket that died on bad input would cancel this order
+                logon = await ws.logon(ex.keys["trader"], cancel_on_disconnect="connection")
+                assert logon["status"] == 200
+                resting = await ws.request("order.place", order)
+                assert resting["status"] == 200, resting
+                order_id = resting["result"]["order"]["order_id"]
+                before = _state(ex)
+                window = {"start_ns": "1796076000000000000", "end_ns": "1796079600000000000"}
+                route = {"gpu": "H100-SXM", "gpu_hours": 1, "max_price": "2.000", **window}
+                capacity = {"gpu": "H100-SXM", "region": "us-east", "gpus": 1, **window}
+                cases = [("order.place", {**order, "qty": n}, "QTY_INVALID") for n in LOOSE_NUMBERS]
+                cases += [
+                    ("order.place", {**order, "price": n}, "BAD_REQUEST") for n in LOOSE_NUMBERS
+                ]
+                cases += [
+                    ("order.place", {**order, "price": "２.０００"}, "BAD_REQUEST"),
+                    ("order.place", {**order, "expire_ns": "²"}, "BAD_REQUEST"),
+                    ("order.place", {**order, "expire_ns": "１２"}, "BAD_REQUEST"),
+                    ("order.place", {**order, "expire_ns": "99999999999999999999"}, "BAD_REQUEST"),
+                    ("order.place", {**order, "client_order_id": "my-order\n"}, "BAD_REQUEST"),
+                    ("order.amend", {"order_id": order_id, "price": "1e28", "qty": "1"}, "BAD_REQUEST"),
+                    ("order.amend", {"order_id": order_id, "price": "2.000", "qty": "1e28"}, "QTY_INVALID"),
+                    ("order.cancel", {"order_id": 2**64 - 1}, "BAD_REQUEST"),
+                    ("order.route", {**route, "start_ns": "²"}, "BAD_REQUEST"),
+                    ("order.route", {**route, "max_price": "1E+999999"}, "BAD_REQUEST"),
+                    ("order.route", {**route, "gpu_hours": 2**63}, "BAD_REQUEST"),
+                    ("capacity.update", {**capacity, "end_ns": "1e20"}, "BAD_REQUEST"),
+                    ("capacity.update", {**capacity, "gpus": 2**63}, "BAD_REQUEST"),
+                    ("cancel_all_after", {"timeout_ms": 2**64 - 1}, "BAD_REQUEST"),
+                    ("subscribe", {"channel": "trades", "symbols": [ex.symbol], "resume_from_seq": 2**64 - 1}, "BAD_REQUEST"),
+                    ("provision.fail", {"obligation_id": 1, "hours_delivered": 2**64 - 1}, "BAD_REQUEST"),
+                ]  # fmt: skip
+                for method, params, code in cases:
+                    answer = await ws.request(method, params)
+                    assert answer["status"] == 400, (method, params, answer)
+                    assert answer["error"]["code"] == code, (method, params, answer)
+                    assert answer["error"]["retryable"] is False
+
+                # a bug in a handler: answered INTERNAL, logged, and the socket stays
+                ex.gateway.desk.status = _raise
+                answer = await ws.request("order.status", {"order_id": order_id})
+                del ex.gateway.desk.status
+                assert answer["status"] == 500 and answer["error"]["code"] == "INTERNAL", answer
+                assert answer["error"]["retryable"] is False and answer["error"]["msg"]
+                assert (await ws.request("ping"))["status"] == 200
+                assert not ws.closed.is_set()
+                assert _state(ex) == before  # nothing sent, the order still rests
+                assert ex.gateway.accounts.order(TRADER, order_id)["status"] == "new"
+
+    run(scenario(), timeout_s=170)
+
+
+def test_rest_bad_numbers_deep_json_and_a_failing_handler_answer_wire_errors_never_a_bare_500(
+    broker, dsn
+):
+    async def scenario() -> None:
+        async with running_exchange(broker, dsn) as ex:
+            keys = ex.keys["trader"]
+            order = {
+                "symbol": ex.symbol,
+                "side": "buy",
+                "type": "limit",
+                "price": "2.000",
+                "qty": "1",
+            }
+            before = _state(ex)
+
+            async def refused(method: str, path: str, body: object = None) -> str:
+                answer = await rest(ex, method, path, keys, body)
+                assert answer.status_code == 400, (method, path, body, answer.text)
+                error = answer.json()["error"]
+                assert error["msg"] and error["retryable"] is False, error
+                return str(error["code"])
+
+            for n in LOOSE_NUMBERS:
+                assert await refused("POST", "/api/v1/orders", {**order, "qty": n}) == "QTY_INVALID"
+                assert (
+                    await refused("POST", "/api/v1/orders", {**order, "price": n}) == "BAD_REQUEST"
+                )
+                withdrawal = {"amount": n, "destination": "IBAN DE00 0000"}
+                assert await refused("POST", "/api/v1/withdrawals", withdrawal) == "BAD_REQUEST"
+            bad = [
+                ("POST", "/api/v1/orders", {**order, "expire_ns": "²"}),
+                ("POST", "/api/v1/orders", {**order, "client_order_id": "my-order\n"}),
+                ("POST", "/api/v1/capacity", b'{"gpu": "H100-SXM", "region": "us-east", "start_ns": "0", "end_ns": "0", "gpus": %d}' % 2**70),
+                ("GET", "/api/v1/ledger?from=%C2%B2", None),
+                ("GET", "/api/v1/ledger?to=%D9%A3", None),
+                ("GET", "/api/v1/ledger?cursor=%C2%B2.1", None),
+                ("GET", "/api/v1/statements?from=%EF%BC%91%EF%BC%92", None),
+                ("GET", "/api/v1/orders/%EF%BC%91%EF%BC%92", None),
+                ("GET", "/api/v1/orders/1_0", None),
+                ("DELETE", "/api/v1/orders/+5", None),
+                ("GET", "/api/v1/orders/" + "9" * 30, None),
+                ("POST", "/api/v1/deliveries/%C2%B2/dispute", None),
+            ]  # fmt: skip
+            for method, path, body in bad:
+                assert await refused(method, path, body) == "BAD_REQUEST"
+            deep = b'{"scopes": ' + b"[" * 2000 + b"]" * 2000 + b"}"
+            assert await refused("POST", "/api/v1/keys", deep) == "BAD_REQUEST"
+
+            # a bug in a handler: the wire's error object with INTERNAL, never Litestar's body
+            ex.gateway.accounts.balances = _raise
+            failed = await rest(ex, "GET", "/api/v1/balances", keys)
+            del ex.gateway.accounts.balances
+            assert failed.status_code == 500, failed.text
+            error = failed.json()["error"]
+            assert error["code"] == "INTERNAL" and error["retryable"] is False and error["msg"]
+            assert _state(ex) == before
+
+    run(scenario(), timeout_s=170)
+
+
+def test_a_placement_never_sent_frees_its_client_order_id_for_the_retry(broker, dsn):
+    async def scenario() -> None:
+        async with running_exchange(broker, dsn) as ex:
+            from aiokafka.errors import KafkaTimeoutError
+
+            keys = ex.keys["trader"]
+            order = {
+                "symbol": ex.symbol,
+                "side": "buy",
+                "type": "limit",
+                "price": "2.000",
+                "qty": "1",
+                "client_order_id": "retry-after-outage",
+            }
+            producer = ex.gateway.hub._producer
+
+            async def refuse(*args: object, **kwargs: object) -> None:
+                raise KafkaTimeoutError()  # as when the broker's metadata cannot be had
+
+            producer.send = refuse
+            try:
+                first = await rest(ex, "POST", "/api/v1/orders", keys, order)
+            finally:
+                del producer.send
+            assert first.status_code == 503, first.text
+            assert first.json()["error"]["code"] == "UNAVAILABLE"
+            assert first.json()["error"]["retryable"] is True
+            assert first.json()["error"]["sent"] is False
+            retry = await rest(ex, "POST", "/api/v1/orders", keys, order)
+            assert retry.status_code == 200, retry.text  # not TIMEOUT for the next seven days
+            assert "duplicate" not in retry.json()
+            assert retry.json()["order"]["client_order_id"] == "retry-after-outage"
+            again = await rest(ex, "POST", "/api/v1/orders", keys, order)
+            assert again.status_code == 200 and again.json()["duplicate"] is True
+            assert len(ex.gateway.accounts.open_orders(TRADER)) == 1
+
+    run(scenario(), timeout_s=170)

@@ -4,8 +4,8 @@ Each scenario feeds `Deliveries` the events of one delivery's life and checks wh
 what: only the holder and the provider, the access only once the engine confirmed, numbered so
 `resume_from_seq` works like on the other private channels. Seeded simulations and one traded
 delivery replay the engine's own events and compare each delivery's state with them. The desk's
-checks before anything is sent (bad access, disputing another's delivery) run against a hub that
-fails if used.
+checks before anything is sent (bad access, a failure report out of bounds, disputing another's
+delivery) run against a hub that fails if used.
 """
 
 from __future__ import annotations
@@ -19,14 +19,20 @@ import pytest
 from exchange import wire
 from exchange.gateway.accounts import Accounts
 from exchange.gateway.deliveries import PENDING_ACCESS_MAX, Deliveries
-from exchange.gateway.orders import ConfirmParams, DisputeParams, OrderDesk
+from exchange.gateway.orders import (
+    ConfirmParams,
+    DisputeParams,
+    FailParams,
+    OrderDesk,
+    parse_params,
+)
 from exchange.gateway.provisioning import Provisioning
 from exchange.wire import ErrorCode, WireError
 from matching.engine import Engine
 from schemas import commands as c
 from schemas import events as e
 from schemas.codes import CashReason, DeliveryOutcome
-from schemas.provisioning import Access, ProvisionConfirmed, ProvisionRequested
+from schemas.provisioning import Access, ProvisionConfirmed, ProvisionFailed, ProvisionRequested
 from schemas.symbols import parse_symbol
 from tests.conftest import SMALL, T0_NS, capacity_for, first_hourly
 from tests.support.simulation import run_simulation
@@ -440,6 +446,8 @@ def _desk(deliveries: Deliveries, accounts: Accounts) -> OrderDesk:
         ({"host": "10.0.0.7", "port": "22", "user": "gx"}, "access:"),
         ({"host": "10.0.0.7", "port": 22, "user": "x" * 65}, "access:"),
         ({"host": "10.0.0.7", "port": 22, "user": "a;rm"}, "access.user:"),
+        ({"host": "10.0.0.7", "port": 22, "user": "gx\n"}, "access.user:"),
+        ({"host": "gpu-7.example.com\n", "port": 22, "user": "gx"}, "access.host:"),
         ({"host": "h" * 254, "port": 22, "user": "gx"}, "access:"),
         ({"host": "10.0.0.7", "port": 22, "user": "gx", "instructions": "i" * 2001}, "access:"),
         ({"host": "10.0.0.7", "port": 22, "user": "gx", "password": "hunter2"}, "access:"),
@@ -465,3 +473,45 @@ def test_a_dispute_of_a_delivery_the_caller_does_not_hold_is_refused_locally():
         with pytest.raises(WireError) as refused:
             asyncio.run(desk.dispute(account, DisputeParams(obligation_id=obligation_id)))
         assert refused.value.code == ErrorCode.UNKNOWN_DELIVERY and refused.value.status == 404
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"hours_delivered": 3}, "hours_delivered:"),  # the window has 2 hours
+        ({"hours_delivered": -1}, "hours_delivered:"),
+        ({"hours_delivered": 2**63 - 1}, "params:"),
+        ({"hours_delivered": 2**64 - 1}, "params:"),
+        ({"hours_delivered": 2**64}, "params:"),
+        ({"obligation_id": 2**64}, "params:"),
+        ({"reason": "r" * 501}, "reason:"),
+        ({"reason": "no power\x00"}, "reason:"),
+    ],
+)
+def test_a_failure_report_out_of_bounds_is_refused_and_nothing_is_sent(fields, field):
+    accounts, deliveries = projection()
+    desk = _desk(deliveries, accounts)
+    params = {"obligation_id": OBLIGATION, "hours_delivered": 1, "reason": "no power", **fields}
+    with pytest.raises(WireError) as refused:
+        asyncio.run(desk.fail(PROVIDER, parse_params(params, FailParams)))
+    assert refused.value.code == ErrorCode.BAD_REQUEST and refused.value.status == 400
+    assert refused.value.msg.startswith(field), refused.value.msg
+
+
+def test_a_failure_report_within_bounds_is_sent_as_given():
+    sent: list[Any] = []
+
+    class _Hub(_NoHub):
+        async def send_provision(self, message: Any) -> None:
+            sent.append(message)
+
+    accounts, deliveries = projection()
+    desk = _desk(deliveries, accounts)
+    desk.hub = _Hub()  # type: ignore[assignment]
+    params = {"obligation_id": OBLIGATION, "hours_delivered": 2, "reason": "r" * 500}
+    asyncio.run(desk.fail(PROVIDER, parse_params(params, FailParams)))
+    assert sent == [
+        ProvisionFailed(
+            obligation_id=OBLIGATION, provider=PROVIDER, hours_delivered=2, reason="r" * 500
+        )
+    ]
