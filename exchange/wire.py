@@ -108,6 +108,8 @@ class ErrorCode(StrEnum):
     SSH_KEYS_FULL = "SSH_KEYS_FULL"  # the account has SSH_KEYS_PER_ACCOUNT_MAX keys
     BAD_ACCESS = "BAD_ACCESS"  # provision.confirm access unfit (schemas.provisioning.access_error)
     UNKNOWN_DELIVERY = "UNKNOWN_DELIVERY"  # not a delivery of which the caller is the holder
+    # a subscribe past the public streams a connection or an IP may hold (gateway/subscriptions.py)
+    TOO_MANY_STREAMS = "TOO_MANY_STREAMS"
 
 
 ERROR_STATUS: dict[str, int] = {
@@ -134,6 +136,7 @@ ERROR_STATUS: dict[str, int] = {
     ErrorCode.SSH_KEYS_FULL: 409,
     ErrorCode.BAD_ACCESS: 400,
     ErrorCode.UNKNOWN_DELIVERY: 404,
+    ErrorCode.TOO_MANY_STREAMS: 409,
 }
 
 RETRYABLE = frozenset({ErrorCode.RATE_LIMITED, ErrorCode.TIMEOUT, ErrorCode.UNAVAILABLE})

@@ -146,6 +146,7 @@ _GATEWAY_ERRORS: dict[ErrorCode, type[Exception]] = {
     ErrorCode.SSH_KEYS_FULL: BadRequest,
     ErrorCode.BAD_ACCESS: BadRequest,
     ErrorCode.UNKNOWN_DELIVERY: BadRequest,
+    ErrorCode.TOO_MANY_STREAMS: BadRequest,  # unsubscribe some first: retrying will not help
 }
 EXACT_ERRORS: dict[str, type[Exception]] = {
     **{code.name: error for code, error in _REJECT_ERRORS.items()},

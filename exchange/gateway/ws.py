@@ -41,6 +41,7 @@ from exchange.gateway.orders import (
     RouteParams,
     parse_params,
 )
+from exchange.gateway.subscriptions import StreamSet
 from exchange.wire import ErrorCode, WireError
 from schemas import commands as c
 
@@ -118,6 +119,14 @@ class _DeliveryQuery(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     role: str | None = None
 
 
+def _check_symbols(symbols: list[str]) -> None:
+    if not symbols or len(symbols) > symbols_per_subscribe_max:
+        raise WireError(
+            ErrorCode.BAD_REQUEST,
+            f"symbols: expected 1-{symbols_per_subscribe_max} symbols, found {len(symbols)}",
+        )
+
+
 def _stream_name(key: Any) -> str:
     return ":".join(str(part) for part in key) if isinstance(key, tuple) else str(key)
 
@@ -136,7 +145,7 @@ class Connection:
         self.scopes: frozenset[str] = frozenset()
         self.key_id = ""
         self.cancel_on_disconnect = "none"
-        self.public: set[StreamKey] = set()
+        self.public = StreamSet()  # kept by gw.subscriptions as it (un)subscribes this connection
         self.private: set[str] = set()
         self.placed: set[int] = set()  # order ids placed through this connection
         # A push as its body without the `{` (see frame_pushes), an answer as (body,).
@@ -305,7 +314,6 @@ class Connection:
         if isinstance(key, tuple):
             if key not in self.public:
                 return
-            self.public.discard(key)
             self.gw.subscriptions.unsubscribe_public(self, key)
             channel, symbol = key[0], key[1]
         else:
@@ -336,7 +344,6 @@ class Connection:
         hub, subscriptions = self.gw.hub, self.gw.subscriptions
         for key in list(self.public):
             subscriptions.unsubscribe_public(self, key)
-        self.public.clear()
         if self._dead_man is not None:
             self._dead_man.cancel()
         if self.account is None:
@@ -466,7 +473,7 @@ class Connection:
             key = ("candles", symbol, p.interval)
         else:
             key = (p.channel, symbol)
-        if not self.gw.known_symbol(p.channel, symbol) and symbol not in feed.symbols():
+        if not self.gw.known_symbol(p.channel, symbol) and not feed.has_book(symbol):
             raise WireError(ErrorCode.UNKNOWN_SYMBOL, f"{p.channel}: unknown symbol {symbol!r}")
         return key
 
@@ -476,13 +483,10 @@ class Connection:
             return self._subscribe_private(p.channel, p.resume_from_seq)
         if p.channel not in PUBLIC_CHANNELS:
             raise WireError(ErrorCode.UNKNOWN_CHANNEL, f"channel: {p.channel!r} is not a channel")
-        if not p.symbols or len(p.symbols) > symbols_per_subscribe_max:
-            raise WireError(
-                ErrorCode.BAD_REQUEST,
-                f"symbols: expected 1-{symbols_per_subscribe_max} symbols, found {len(p.symbols)}",
-            )
+        _check_symbols(p.symbols)
         # all valid, or none; a symbol named twice is one stream
         keys = list(dict.fromkeys(self._public_key(p, symbol) for symbol in p.symbols))
+        self.gw.subscriptions.check_room(self, sum(1 for key in keys if key not in self.public))
         feed = self.gw.feed
         if p.channel == "book":
             for key in keys:
@@ -506,7 +510,6 @@ class Connection:
             if key in self.public:
                 self.gw.subscriptions.unsubscribe_public(self, key)
             self.gw.subscriptions.subscribe_public(self, key)
-            self.public.add(key)
             replay = replays.get(key)
             if replay is not None:
                 pushes += [(key, body) for body in replay]
@@ -562,10 +565,9 @@ class Connection:
         if p.channel in PRIVATE_CHANNELS:
             self.private.discard(p.channel)
             return {"channel": p.channel, "symbols": []}
-        for key in list(self.public):
-            if key[0] == p.channel and key[1] in p.symbols:
-                self.public.discard(key)
-                self.gw.subscriptions.unsubscribe_public(self, key)
+        _check_symbols(p.symbols)
+        for key in self.public.of(p.channel, p.symbols):
+            self.gw.subscriptions.unsubscribe_public(self, key)
         return {"channel": p.channel, "symbols": p.symbols}
 
     # ------------------------------------------------------------------ account methods
