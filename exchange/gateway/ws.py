@@ -10,7 +10,8 @@ snapshots and replays stop short of it (`send_queue_pushes_max`), leaving room f
 heartbeats and notices: a subscription whose pushes no longer fit is stopped with a
 `resync_required` push (a slow client is told, never silently skipped), and a `resume_from_seq`
 whose replay does not fit gets snapshots instead. A frame that finds the queue full closes the
-connection with `close_code_queue_full`.
+connection with `close_code_queue_full`. The public streams a connection and its IP may hold
+are limited by the subscriptions (exchange/gateway/subscriptions.py, `TOO_MANY_STREAMS`).
 """
 
 from __future__ import annotations
