@@ -126,6 +126,8 @@ class ErrorCode(StrEnum):
     BAD_ACCESS = "BAD_ACCESS"  # provision.confirm access unfit (schemas.provisioning.access_error)
     UNKNOWN_DELIVERY = "UNKNOWN_DELIVERY"  # not a delivery of which the caller is the holder
     INTERNAL = "INTERNAL"  # the gateway failed on this request (a bug, logged); ask before retrying
+    # a subscribe past the public streams a connection or an IP may hold (gateway/subscriptions.py)
+    TOO_MANY_STREAMS = "TOO_MANY_STREAMS"
 
 
 ERROR_STATUS: dict[str, int] = {
@@ -153,6 +155,7 @@ ERROR_STATUS: dict[str, int] = {
     ErrorCode.BAD_ACCESS: 400,
     ErrorCode.UNKNOWN_DELIVERY: 404,
     ErrorCode.INTERNAL: 500,
+    ErrorCode.TOO_MANY_STREAMS: 409,
 }
 
 RETRYABLE = frozenset({ErrorCode.RATE_LIMITED, ErrorCode.TIMEOUT, ErrorCode.UNAVAILABLE})

@@ -147,6 +147,7 @@ _GATEWAY_ERRORS: dict[ErrorCode, type[Exception]] = {
     ErrorCode.BAD_ACCESS: BadRequest,
     ErrorCode.UNKNOWN_DELIVERY: BadRequest,
     ErrorCode.INTERNAL: ExchangeError,  # a gateway bug: the request's effect is unknown
+    ErrorCode.TOO_MANY_STREAMS: BadRequest,  # unsubscribe some first: retrying will not help
 }
 EXACT_ERRORS: dict[str, type[Exception]] = {
     **{code.name: error for code, error in _REJECT_ERRORS.items()},

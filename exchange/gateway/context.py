@@ -27,9 +27,15 @@ from exchange.gateway.subscriptions import Subscriptions
 from exchange.wire import ErrorCode, Prices, WireError
 from schemas.catalog import Catalog
 
-__all__ = ["Gateway", "SEND_QUEUE_MAX"]
+__all__ = ["Gateway", "SEND_QUEUE_MAX", "SEND_QUEUE_RESERVE"]
 
-SEND_QUEUE_MAX = 2_000  # pushes waiting for a slow client before its subscription is stopped
+# Frames of every kind (answers, pushes, snapshots, replays, heartbeats, resync notices) waiting
+# for one connection; a frame that finds the queue full closes the connection (ws.py).
+SEND_QUEUE_MAX = 2_000
+# The last frames of that queue are kept for answers, heartbeats and resync notices: pushes,
+# snapshots and replays stop SEND_QUEUE_RESERVE short of it (the subscription gets
+# `resync_required`, a replay becomes a snapshot), so a client that falls behind is told.
+SEND_QUEUE_RESERVE = 200
 
 
 class Gateway:
@@ -95,6 +101,7 @@ class Gateway:
         }
         self.connections = ConnectionCounter(lim.ws_connections_per_ip)
         self.send_queue_max = SEND_QUEUE_MAX
+        self.send_queue_pushes_max = SEND_QUEUE_MAX - SEND_QUEUE_RESERVE
         self._gpus = {g.model for g in catalog.gpus}
         self._curves = {
             f"{g.model}.{r}.{p.code}"

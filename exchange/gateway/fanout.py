@@ -29,7 +29,9 @@ flush_gap_max_s = 0.050
 class Queued(Protocol):
     """A connection as the fan-out and the write passes see it."""
 
-    gw: Any  # its gateway: `send_queue_max` pushes may wait before a subscription is stopped
+    # its gateway: a push that finds `send_queue_pushes_max` frames waiting stops its
+    # subscription; no frame of any kind is queued past `send_queue_max`
+    gw: Any
     queue: deque[bytes | tuple[bytes]]  # pushes as bodies without `{`, answers as (body,)
     closed: bool
 
@@ -56,7 +58,7 @@ def fan_out(key: Any, body: bytes, subscribers: Iterable[Queued]) -> None:
         if connection.closed:
             continue
         queue = connection.queue
-        if len(queue) >= connection.gw.send_queue_max:
+        if len(queue) >= connection.gw.send_queue_pushes_max:
             connection.overflow(key)
             continue
         queue.append(tail)
@@ -134,6 +136,24 @@ class Frames:
 
     async def close(self, code: int, reason: str) -> None:
         await self._send({"type": "websocket.close", "code": code, "reason": reason})
+
+    async def shut(self, code: int, reason: str, wait_s: float) -> None:
+        """Close with `code`; cut the connection off if the close cannot go out within `wait_s`.
+
+        The close frame goes out behind what the transport holds, once the client reads enough
+        of it; a client that reads nothing would keep its socket, and its buffers, for good.
+        """
+        try:
+            async with asyncio.timeout(wait_s):
+                await self.close(code, reason)
+        except Exception:  # TimeoutError, or the client has gone meanwhile
+            self.abort()
+
+    def abort(self) -> None:
+        """Drop the connection at once, buffers and all (the server's transport, if it has one)."""
+        transport = getattr(getattr(self._send, "__self__", None), "transport", None)
+        if transport is not None:
+            transport.abort()
 
     def writable(self) -> bool:
         """Tell whether a batch can be written now (batched, not paused, not closing)."""

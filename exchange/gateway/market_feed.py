@@ -319,6 +319,11 @@ class MarketFeed:
         """Symbols with a book (listed and not closed), synced or not."""
         return sorted(s for s, book in self._books.items() if book.known)
 
+    def has_book(self, symbol: str) -> bool:
+        """Whether `symbol` is one of `symbols()` (without listing them all)."""
+        book = self._books.get(symbol)
+        return book is not None and book.known
+
     def book(self, symbol: str, depth: int) -> dict[str, Any] | None:
         """`GET /book`: the top `depth` levels per side; None when unknown or unsynced."""
         if not 1 <= depth <= BOOK_DEPTH_MAX:

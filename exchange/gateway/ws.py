@@ -2,9 +2,16 @@
 
 A connection reads requests one at a time (so a client's commands reach the engine in the order
 it sent them) and writes through one bounded queue, written in the gateway's write passes
-(exchange/gateway/fanout.py), every push numbered with `conn_seq` as it goes out. A
-subscription whose pushes no longer fit the queue is stopped with a `resync_required` push: a
-slow client is told, never silently skipped.
+(exchange/gateway/fanout.py), every push numbered with `conn_seq` as it goes out.
+
+Every frame counts against the queue's one limit (`Gateway.send_queue_max`): answers, refusals
+of requests that were rate limited or not JSON, pushes, snapshots, replays, heartbeats. Pushes,
+snapshots and replays stop short of it (`send_queue_pushes_max`), leaving room for answers,
+heartbeats and notices: a subscription whose pushes no longer fit is stopped with a
+`resync_required` push (a slow client is told, never silently skipped), and a `resume_from_seq`
+whose replay does not fit gets snapshots instead. A frame that finds the queue full closes the
+connection with `close_code_queue_full`. The public streams a connection and its IP may hold
+are limited by the subscriptions (exchange/gateway/subscriptions.py, `TOO_MANY_STREAMS`).
 
 The gateway closes a socket with code 1008 (policy violation) when its key is revoked
 (exchange/gateway/sessions.py), after RateLimits.ws_logon_failures_per_conn_max refused logons,
@@ -40,12 +47,14 @@ from exchange.gateway.orders import (
     RouteParams,
     parse_params,
 )
+from exchange.gateway.subscriptions import StreamSet
 from exchange.wire import ErrorCode, WireError, WireInt
 from schemas import commands as c
 
 __all__ = [
     "Connection",
     "serve_socket",
+    "close_code_queue_full",
     "message_bytes_max",
     "heartbeat_interval_s",
     "dead_man_timeout_ms_max",
@@ -58,9 +67,14 @@ message_bytes_max = 16_384  # a larger request is refused (PAYLOAD_TOO_LARGE); t
 heartbeat_interval_s = 1.0
 dead_man_timeout_ms_min = 100
 dead_man_timeout_ms_max = 3_600_000
-symbols_per_subscribe_max = 100
+symbols_per_subscribe_max = 100  # also per unsubscribe
 frames_per_write_max = 256  # frames a writer hands to the socket at once
 CLOSE_POLICY_VIOLATION = 1008  # WebSocket close code (RFC 6455 7.4.1)
+# RFC 6455 "Try Again Later": the client read too slowly and its send queue is full; it may
+# reconnect and resume (`resume_from_seq`)
+close_code_queue_full = 1013
+close_wait_s = 2.0  # a closed slow client that does not take the close frame in time is cut off
+send_queue_retry_after_ms = 1_000  # a subscribe whose snapshots do not fit: retry after reading
 
 PUBLIC_CHANNELS = frozenset({"book", "trades", "ticker", "candles", "index", "curve"})
 PRIVATE_CHANNELS = {
@@ -113,6 +127,14 @@ class _DeliveryQuery(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     role: str | None = None
 
 
+def _check_symbols(symbols: list[str]) -> None:
+    if not symbols or len(symbols) > symbols_per_subscribe_max:
+        raise WireError(
+            ErrorCode.BAD_REQUEST,
+            f"symbols: expected 1-{symbols_per_subscribe_max} symbols, found {len(symbols)}",
+        )
+
+
 def _stream_name(key: Any) -> str:
     return ":".join(str(part) for part in key) if isinstance(key, tuple) else str(key)
 
@@ -135,7 +157,7 @@ class Connection:
         self.logon_failures = 0
         self._close_task: asyncio.Task[None] | None = None
         self.cancel_on_disconnect = "none"
-        self.public: set[StreamKey] = set()
+        self.public = StreamSet()  # kept by gw.subscriptions as it (un)subscribes this connection
         self.private: set[str] = set()
         self.placed: set[int] = set()  # order ids placed through this connection
         # A push as its body without the `{` (see frame_pushes), an answer as (body,).
@@ -143,6 +165,7 @@ class Connection:
         self._answers = 0  # answers in the queue
         self._wakeup = asyncio.Event()
         self._resume_task: asyncio.Task[None] | None = None
+        self._shut_task: asyncio.Task[None] | None = None
         self._flusher = flusher()
         self.closed = False
         self._dead_man: asyncio.TimerHandle | None = None
@@ -161,6 +184,8 @@ class Connection:
                 message = await self.receive()
                 if message["type"] == "websocket.disconnect":
                     break
+                if self.closed:
+                    continue  # closed for reading too slowly: nothing more is done for it
                 data = message.get("text")
                 if data is None:
                     data = message.get("bytes") or b""
@@ -282,19 +307,41 @@ class Connection:
             while self.queue:
                 await self.frames.send(self._batch())
 
-    def _enqueue(self, item: bytes | tuple[bytes]) -> None:
+    def _enqueue(self, item: bytes | tuple[bytes]) -> bool:
+        """Queue a frame; a queue already full closes the connection instead (False)."""
+        if self.closed:
+            return False
         queue = self.queue
+        if len(queue) >= self.gw.send_queue_max:
+            self._close_queue_full()
+            return False
         queue.append(item)
         if len(queue) == 1:  # else the flusher has it already, or the resume task will
             self._flusher.mark(self)
+        return True
 
     def _enqueue_push(self, body: bytes) -> None:
         """Queue a push body (encoded once for every subscriber; conn_seq is spliced in later)."""
         self._enqueue(self._flusher.tail_of(body))
 
     def _enqueue_answer(self, body: bytes) -> None:
-        self._answers += 1
-        self._enqueue((body,))
+        if self._enqueue((body,)):
+            self._answers += 1
+
+    def _push_room(self) -> int:
+        """Frames that pushes, snapshots and replays may still add to the queue."""
+        return self.gw.send_queue_pushes_max - len(self.queue)
+
+    def _close_queue_full(self) -> None:
+        """Close a client whose send queue is full: drop what waits, stop every push to it."""
+        log.info("connection %d (%s): %d frames waited, closing", self.id, self.ip, len(self.queue))
+        self.closed = True
+        self.queue.clear()
+        self._answers = 0
+        reason = f"send queue full: {self.gw.send_queue_max} frames waited"
+        self._shut_task = asyncio.create_task(
+            self.frames.shut(close_code_queue_full, reason, close_wait_s)
+        )
 
     def push(self, key: Any, body: bytes) -> None:
         """Queue a push from the hub; stop the subscription if the client cannot keep up."""
@@ -302,7 +349,7 @@ class Connection:
             return
         if isinstance(key, str) and key not in self.private:
             return  # a private channel of this account this connection did not subscribe to
-        if len(self.queue) >= self.gw.send_queue_max:
+        if len(self.queue) >= self.gw.send_queue_pushes_max:
             self.overflow(key)
             return
         self._enqueue_push(body)
@@ -312,7 +359,6 @@ class Connection:
         if isinstance(key, tuple):
             if key not in self.public:
                 return
-            self.public.discard(key)
             self.gw.subscriptions.unsubscribe_public(self, key)
             channel, symbol = key[0], key[1]
         else:
@@ -322,11 +368,13 @@ class Connection:
             channel, symbol = key, None
         log.info("connection %d: %s too slow, resync required", self.id, _stream_name(key))
         body = {"channel": channel, "type": "resync_required", "symbol": symbol}
-        body["reason"] = f"the client read too slowly: {self.gw.send_queue_max} pushes waited"
+        body["reason"] = (
+            f"the client read too slowly: {self.gw.send_queue_pushes_max} frames waited"
+        )
         self._enqueue_push(orjson.dumps(body))
 
     async def _heartbeat(self) -> None:
-        while True:
+        while not self.closed:
             await asyncio.sleep(heartbeat_interval_s)
             seqs: dict[str, int] = {}
             for key in self.public:
@@ -342,7 +390,6 @@ class Connection:
         hub, subscriptions = self.gw.hub, self.gw.subscriptions
         for key in list(self.public):
             subscriptions.unsubscribe_public(self, key)
-        self.public.clear()
         if self._dead_man is not None:
             self._dead_man.cancel()
         self.gw.connections_closed(self)
@@ -489,7 +536,7 @@ class Connection:
             key = ("candles", symbol, p.interval)
         else:
             key = (p.channel, symbol)
-        if not self.gw.known_symbol(p.channel, symbol) and symbol not in feed.symbols():
+        if not self.gw.known_symbol(p.channel, symbol) and not feed.has_book(symbol):
             raise WireError(ErrorCode.UNKNOWN_SYMBOL, f"{p.channel}: unknown symbol {symbol!r}")
         return key
 
@@ -499,12 +546,10 @@ class Connection:
             return self._subscribe_private(p.channel, p.resume_from_seq)
         if p.channel not in PUBLIC_CHANNELS:
             raise WireError(ErrorCode.UNKNOWN_CHANNEL, f"channel: {p.channel!r} is not a channel")
-        if not p.symbols or len(p.symbols) > symbols_per_subscribe_max:
-            raise WireError(
-                ErrorCode.BAD_REQUEST,
-                f"symbols: expected 1-{symbols_per_subscribe_max} symbols, found {len(p.symbols)}",
-            )
-        keys = [self._public_key(p, symbol) for symbol in p.symbols]  # all valid, or none
+        _check_symbols(p.symbols)
+        # all valid, or none; a symbol named twice is one stream
+        keys = list(dict.fromkeys(self._public_key(p, symbol) for symbol in p.symbols))
+        self.gw.subscriptions.check_room(self, sum(1 for key in keys if key not in self.public))
         feed = self.gw.feed
         if p.channel == "book":
             for key in keys:
@@ -512,27 +557,44 @@ class Connection:
                     raise WireError(
                         ErrorCode.UNAVAILABLE, f"book {key[1]}: not synchronised yet; retry"
                     )
+        replays: dict[StreamKey, list[bytes]] = {}
+        if p.resume_from_seq is not None:
+            for key in keys:
+                replay = feed.resume(key, p.resume_from_seq)
+                if replay is not None:
+                    replays[key] = replay
+        room = self._push_room() - 1  # the answer goes first
+        snapshots = sum(1 for key in keys if key[0] == "book" and key not in replays)
+        if sum(map(len, replays.values())) + snapshots > room:
+            replays = {}  # the missed pushes do not all fit the send queue: snapshots instead
+        self._check_room(sum(1 for key in keys if key[0] == "book" and key not in replays))
         pushes: list[tuple[StreamKey, bytes]] = []
-        resumed = True
         for key in keys:
             if key in self.public:
                 self.gw.subscriptions.unsubscribe_public(self, key)
             self.gw.subscriptions.subscribe_public(self, key)
-            self.public.add(key)
-            replay = None
-            if p.resume_from_seq is not None:
-                replay = feed.resume(key, p.resume_from_seq)
+            replay = replays.get(key)
             if replay is not None:
                 pushes += [(key, body) for body in replay]
-                continue
-            resumed = False
-            if p.channel == "book":
+            elif p.channel == "book":
                 snapshot = feed.snapshot(key)
                 assert snapshot is not None
                 pushes.append((key, snapshot))
-        result = {"channel": p.channel, "symbols": p.symbols, "resumed": resumed}
+        result = {"channel": p.channel, "symbols": p.symbols, "resumed": len(replays) == len(keys)}
         self._after_answer = pushes
         return result
+
+    def _check_room(self, frames: int) -> None:
+        """Refuse a subscribe whose snapshots do not fit the send queue after its answer."""
+        room = self._push_room() - 1
+        if frames > room:
+            raise WireError(
+                ErrorCode.RATE_LIMITED,
+                f"send queue: expected room for {frames} snapshots, found {max(room, 0)} "
+                f"({len(self.queue)} frames wait for this connection); read them, then "
+                "subscribe again",
+                retry_after_ms=send_queue_retry_after_ms,
+            )
 
     def _subscribe_private(self, channel: str, resume_from_seq: int | None) -> dict[str, Any]:
         account = self._require(PRIVATE_CHANNELS[channel])
@@ -541,6 +603,8 @@ class Connection:
         replay = None
         if resume_from_seq is not None and channel != "provisioning":
             replay = accounts.resume(account, channel, resume_from_seq)
+        if replay is not None and len(replay) > self._push_room() - 1:
+            replay = None  # the missed pushes do not fit the send queue: the snapshot instead
         if replay is not None:
             pushes = [(channel, body) for body in replay]
         elif channel == "executions":
@@ -553,6 +617,8 @@ class Connection:
             pushes = [(channel, self.gw.deliveries.snapshot(account))]
         else:
             pushes = [(channel, body) for body in self.gw.provisioning.snapshot(account)]
+        if replay is None:
+            self._check_room(len(pushes))
         self.private.add(channel)
         self._after_answer = pushes
         return {"channel": channel, "symbols": [], "resumed": replay is not None}
@@ -562,10 +628,9 @@ class Connection:
         if p.channel in PRIVATE_CHANNELS:
             self.private.discard(p.channel)
             return {"channel": p.channel, "symbols": []}
-        for key in list(self.public):
-            if key[0] == p.channel and key[1] in p.symbols:
-                self.public.discard(key)
-                self.gw.subscriptions.unsubscribe_public(self, key)
+        _check_symbols(p.symbols)
+        for key in self.public.of(p.channel, p.symbols):
+            self.gw.subscriptions.unsubscribe_public(self, key)
         return {"channel": p.channel, "symbols": p.symbols}
 
     # ------------------------------------------------------------------ account methods

@@ -12,6 +12,8 @@ from decimal import Decimal
 import orjson
 import pytest
 
+from exchange.gateway.context import SEND_QUEUE_MAX
+from exchange.gateway.ws import close_code_queue_full
 from schemas import commands as c
 from streams.marketdata.state import book_checksum
 from tests.support.gateway_harness import (
@@ -23,6 +25,7 @@ from tests.support.gateway_harness import (
     running_exchange,
     socket,
 )
+from tests.support.offline_gateway import Gauge
 
 from .conftest import run
 
@@ -256,25 +259,40 @@ class _StalledClient:
         return cls(reader, writer)
 
     def send(self, message: dict) -> None:
-        payload = orjson.dumps(message)
+        self.send_text(orjson.dumps(message))
+
+    def send_text(self, payload: bytes) -> None:
         assert len(payload) < 126
         mask = os.urandom(4)
         masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
         self.writer.write(bytes((0x81, 0x80 | len(payload))) + mask + masked)
 
+    async def _frame(self) -> tuple[int, bytes]:
+        head = await self.reader.readexactly(2)
+        size = head[1] & 0x7F
+        if size == 126:
+            size = int.from_bytes(await self.reader.readexactly(2), "big")
+        elif size == 127:
+            size = int.from_bytes(await self.reader.readexactly(8), "big")
+        return head[0] & 0x0F, await self.reader.readexactly(size)
+
     async def recv(self, timeout_s: float) -> dict:
         """The next text message (control frames, such as pings, are passed over)."""
         async with asyncio.timeout(timeout_s):
             while True:
-                head = await self.reader.readexactly(2)
-                size = head[1] & 0x7F
-                if size == 126:
-                    size = int.from_bytes(await self.reader.readexactly(2), "big")
-                elif size == 127:
-                    size = int.from_bytes(await self.reader.readexactly(8), "big")
-                payload = await self.reader.readexactly(size)
-                if head[0] & 0x0F == 0x1:
+                opcode, payload = await self._frame()
+                if opcode == 0x1:
                     return orjson.loads(payload)
+
+    async def read_to_close(self, timeout_s: float) -> tuple[int, int]:
+        """Read every frame up to the server's close; return (text frames read, close code)."""
+        texts = 0
+        async with asyncio.timeout(timeout_s):
+            while True:
+                opcode, payload = await self._frame()
+                if opcode == 0x8:
+                    return texts, int.from_bytes(payload[:2], "big")
+                texts += opcode == 0x1
 
     def close(self) -> None:
         self.writer.close()
@@ -283,7 +301,8 @@ class _StalledClient:
 def test_a_slow_client_gets_resync_required_never_a_silent_gap(broker, dsn):
     async def scenario() -> None:
         async with running_exchange(broker, dsn) as ex:
-            ex.gateway.send_queue_max = 20
+            # pushes stop at 20 frames; the reserve above them holds the notice and heartbeats
+            ex.gateway.send_queue_pushes_max, ex.gateway.send_queue_max = 20, 1_000
             client = await _StalledClient.connect(ex.url)
             client.send({"id": 1, "method": "subscribe", "params": {
                 "channel": "trades", "symbols": [ex.symbol]}})  # fmt: skip
@@ -367,3 +386,33 @@ def test_a_provider_watching_provisioning_keeps_its_heartbeats(broker, dsn):
             assert "deliveries" in last["seqs"] and "provisioning" not in last["seqs"]
 
     run(scenario(), 120)
+
+
+def test_a_client_that_never_reads_is_closed_and_its_queue_stays_bounded(broker, dsn):
+    async def scenario() -> None:
+        async with running_exchange(broker, dsn) as ex:
+            client = await _StalledClient.connect(ex.url)
+            # no logon: a subscription only so that the test finds the gateway's connection
+            client.send({"id": 1, "method": "subscribe", "params": {
+                "channel": "trades", "symbols": [ex.symbol]}})  # fmt: skip
+            key = ("trades", ex.symbol)
+            await ex.wait_for(lambda: key in ex.gateway.subscriptions.public)
+            [connection] = ex.gateway.subscriptions.public[key]
+            transport = connection.frames._protocol.transport  # the real server socket
+            transport.get_extra_info("socket").setsockopt(net.SOL_SOCKET, net.SO_SNDBUF, 8192)
+            connection.queue = queue = Gauge(connection.queue)
+            # Requests that are not JSON, soon rate limited too: each is answered, none is read.
+            # The socket buffers hold some hundreds of answers, the queue the rest.
+            for _ in range(3 * SEND_QUEUE_MAX):
+                client.send_text(b"not json")
+            await ex.wait_for(lambda: connection.closed, timeout_s=60, what="the close")
+            assert queue.most <= SEND_QUEUE_MAX and not connection.queue
+            # the client reads at last: what the sockets held, then the close
+            texts, code = await client.read_to_close(timeout_s=30)
+            assert code == close_code_queue_full == 1013
+            assert 0 < texts < 3 * SEND_QUEUE_MAX
+            client.close()
+            await ex.wait_for(lambda: key not in ex.gateway.subscriptions.public, what="detach")
+            assert ex.gateway.connections.count("127.0.0.1") == 0
+
+    run(scenario(), timeout_s=170)

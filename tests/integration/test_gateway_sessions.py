@@ -18,6 +18,8 @@ import websockets
 
 from exchange.gateway.keys import KeyStore
 from exchange.gateway.ratelimit import RateLimits
+from exchange.gateway.subscriptions import STREAMS_PER_CONNECTION_MAX
+from exchange.gateway.ws import symbols_per_subscribe_max
 from schemas import commands as c
 from schemas import events as e
 from schemas.symbols import parse_symbol
@@ -137,6 +139,42 @@ def test_rate_limits_answer_429_with_retry_after(broker, dsn):
                 ]
                 assert [a["status"] for a in answers] == [200, 200, 429]
                 assert len(ex.gateway.accounts.open_orders(TRADER)) == 2
+
+    run(scenario(), timeout_s=170)
+
+
+def test_the_stream_past_a_connections_limit_is_refused_with_too_many_streams(broker, dsn):
+    async def scenario() -> None:
+        async with running_exchange(broker, dsn) as ex:
+            listed = sorted(i["symbol"] for i in ex.gateway.accounts.instruments())
+            channels = [
+                {"channel": "trades"}, {"channel": "ticker"},
+                *({"channel": "candles", "interval": i} for i in ("1m", "1h", "1d")),
+            ]  # fmt: skip
+            symbols = listed[: STREAMS_PER_CONNECTION_MAX // len(channels) + 1]
+            assert len(symbols) * len(channels) > STREAMS_PER_CONNECTION_MAX, len(listed)
+            held, last = symbols[:-1], symbols[-1]
+            async with socket(ex) as ws:  # no logon: public streams are open to anyone
+                for params in channels:
+                    for start in range(0, len(held), symbols_per_subscribe_max):
+                        batch = held[start : start + symbols_per_subscribe_max]
+                        answer = await ws.request("subscribe", {**params, "symbols": batch})
+                        assert answer["status"] == 200, answer
+                [connection] = ex.gateway.subscriptions.public[("trades", held[0])]
+                assert len(connection.public) == STREAMS_PER_CONNECTION_MAX
+                answer = await ws.request("subscribe", {"channel": "trades", "symbols": [last]})
+                assert (answer["status"], answer["error"]["code"]) == (409, "TOO_MANY_STREAMS")
+                assert ("trades", last) not in ex.gateway.subscriptions.public
+                # unsubscribe is bounded like subscribe, and what it gives up makes room
+                too_many = listed[: symbols_per_subscribe_max + 1]
+                answer = await ws.request("unsubscribe", {"channel": "trades", "symbols": too_many})
+                assert (answer["status"], answer["error"]["code"]) == (400, "BAD_REQUEST")
+                unsubscribe = {"channel": "trades", "symbols": held[:1]}
+                assert (await ws.request("unsubscribe", unsubscribe))["status"] == 200
+                answer = await ws.request("subscribe", {"channel": "trades", "symbols": [last]})
+                assert answer["status"] == 200, answer
+            await ex.wait_for(lambda: not ex.gateway.subscriptions.public, what="detach")
+            assert ex.gateway.subscriptions.ip_streams("127.0.0.1") == 0
 
     run(scenario(), timeout_s=170)
 
