@@ -705,10 +705,7 @@ class GpuExchange(ccxt_async.Exchange):  # type: ignore[misc]
         params: Params = None,
     ) -> Any:
         """Return the account's deposits (USD, credited by an operator), oldest first."""
-        await self.load_markets()
-        answer = await self._private("deposits", "GET", {"limit": 1000, **(params or {})})
-        rows = [{**row, "type": "deposit"} for row in self.safe_list(answer, "deposits", [])]
-        return self.parse_transactions(rows, self._usd(code), since, limit)
+        return await self._transactions("deposit", code, since, limit, params)
 
     async def fetch_withdrawals(
         self,
@@ -718,9 +715,16 @@ class GpuExchange(ccxt_async.Exchange):  # type: ignore[misc]
         params: Params = None,
     ) -> Any:
         """Return the account's withdrawals (pending, ok, rejected), oldest first."""
+        return await self._transactions("withdrawal", code, since, limit, params)
+
+    async def _transactions(
+        self, kind: str, code: str | None, since: int | None, limit: int | None, params: Params
+    ) -> Any:
+        """`GET /deposits` or `/withdrawals` (`kind` + "s") as ccxt transactions."""
         await self.load_markets()
-        answer = await self._private("withdrawals", "GET", {"limit": 1000, **(params or {})})
-        rows = [{**row, "type": "withdrawal"} for row in self.safe_list(answer, "withdrawals", [])]
+        path = kind + "s"
+        answer = await self._private(path, "GET", {"limit": 1000, **(params or {})})
+        rows = [{**row, "type": kind} for row in self.safe_list(answer, path, [])]
         return self.parse_transactions(rows, self._usd(code), since, limit)
 
     async def withdraw(
