@@ -268,6 +268,7 @@ class GatewayServer:
                 await asyncio.wait_for(self._task, 10)
         if self.gateway is not None:
             await self.gateway.sessions.stop()
+            self.gateway.dead_man.fire_all()  # sent before the hub stops (it waits for them)
             await self.gateway.hub.stop()
             self.gateway.subscriptions.close()
         if self._pool is not None:

@@ -14,6 +14,7 @@ import asyncpg
 
 from exchange.gateway import auth
 from exchange.gateway.accounts import Accounts
+from exchange.gateway.dead_man import DeadManSwitches
 from exchange.gateway.deliveries import DELIVERY_ROLES, DELIVERY_STATES, Deliveries
 from exchange.gateway.hub import Hub
 from exchange.gateway.keys import SCOPES, ApiKey, KeyStore
@@ -66,6 +67,8 @@ class Gateway:
         self.desk = OrderDesk(
             hub, accounts, feed, provisioning, keys, catalog, self.prices, deliveries=deliveries
         )
+        # `cancel_all_after` per account, beyond any one socket of it
+        self.dead_man = DeadManSwitches(hub.submit_later, shard=self.desk.shard)
         lim = self.limits
         self.limiters = {
             "rest_key": RateLimiter(

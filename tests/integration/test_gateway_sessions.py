@@ -107,6 +107,33 @@ def test_dead_man_timer_cancels_unless_rearmed(broker, dsn):
     run(scenario(), timeout_s=170)
 
 
+def test_dead_man_switch_outlives_the_socket_and_is_rearmed_from_any_session(broker, dsn):
+    async def scenario() -> None:
+        async with running_exchange(broker, dsn) as ex:
+            accounts = ex.gateway.accounts
+            async with socket(ex) as first, socket(ex) as second:
+                await first.logon(ex.keys["trader"])
+                await second.logon(ex.keys["trader"])
+                await first.request("order.place", _order(ex.symbol, "1.000", "dm1"))
+                armed = await first.request("cancel_all_after", {"timeout_ms": 1_500})
+                assert armed["result"]["armed"] is True
+                # the other session refreshes the same switch, the account's
+                refreshed = await second.request("cancel_all_after", {"timeout_ms": 1_500})
+                deadlines_ms = [int(a["result"]["deadline_ms"]) for a in (armed, refreshed)]
+                assert deadlines_ms[1] >= deadlines_ms[0]
+            # Both sockets are gone, the order is live: the switch keeps counting and fires.
+            assert len(accounts.open_orders(TRADER)) == 1
+            await ex.wait_for(
+                lambda: not accounts.open_orders(TRADER),
+                timeout_s=5,
+                what="the dead-man switch after the socket dropped",
+            )
+            switches = ex.gateway.dead_man
+            assert len(switches) == 0 and switches.deadline_ms(TRADER) is None
+
+    run(scenario(), timeout_s=170)
+
+
 def test_rate_limits_answer_429_with_retry_after(broker, dsn):
     limits = RateLimits(
         ws_messages_per_conn_per_s=5, ws_messages_per_conn_burst=5,
