@@ -19,7 +19,7 @@ from exchange.gateway.deliveries import DELIVERY_ROLES, DELIVERY_STATES, Deliver
 from exchange.gateway.hub import Hub
 from exchange.gateway.keys import SCOPES, ApiKey, KeyStore
 from exchange.gateway.market_feed import MarketFeed
-from exchange.gateway.orders import OrderDesk
+from exchange.gateway.orders import OrderDesk, RouteParams, route_children_max
 from exchange.gateway.provisioning import Provisioning
 from exchange.gateway.ratelimit import ConnectionCounter, RateLimiter, RateLimits
 from exchange.gateway.sessions import Sessions
@@ -97,6 +97,8 @@ class Gateway:
             ),
         }
         self.connections = ConnectionCounter(lim.ws_connections_per_ip)
+        # each child takes an order token: never more children than the bucket can ever hold
+        self.route_children_max = min(route_children_max, lim.orders_per_key_burst)
         self.send_queue_max = SEND_QUEUE_MAX
         self._gpus = {g.model for g in catalog.gpus}
         self._curves = {
@@ -108,9 +110,9 @@ class Gateway:
 
     # ------------------------------------------------------------------ limits and auth
 
-    def check_rate(self, name: str, kind: str) -> None:
-        """Take a token from the named bucket of a limiter; raise RATE_LIMITED when empty."""
-        self.limiters[kind].check(name, time.monotonic())
+    def check_rate(self, name: str, kind: str, cost: int = 1) -> None:
+        """Take `cost` tokens from the named bucket of a limiter; raise RATE_LIMITED when short."""
+        self.limiters[kind].check(name, time.monotonic(), cost)
 
     def check_ip(self, request: Any) -> None:
         """Apply the per-IP REST limit."""
@@ -147,6 +149,20 @@ class Gateway:
         self.check_rate(f"key:{key.key_id}", "rest_key")
         auth.require_scope(key, scope)
         return key
+
+    async def route(self, account: int, key_id: str, p: RouteParams) -> dict[str, Any]:
+        """Route a buy (`order.route`, `POST /route`): one order token per child placed.
+
+        The request took one token on entry (it pays for the first child); the other children
+        take theirs before any is placed, or the route is refused RATE_LIMITED, nothing placed.
+        """
+
+        def charge(children: int) -> None:
+            self.check_rate(f"orders:{key_id}", "orders", children)
+
+        return await self.desk.route(
+            account, p, charge=charge, children_max=self.route_children_max
+        )
 
     def known_symbol(self, channel: str, symbol: str) -> bool:
         """Tell whether a channel's symbol exists (listed instrument, GPU model, curve)."""

@@ -585,7 +585,7 @@ class Connection:
         return self.gw.desk.status(account, p)
 
     async def _route(self, account: int, p: RouteParams) -> dict[str, Any]:
-        return await self.gw.desk.route(account, p)
+        return await self.gw.route(account, self.key_id, p)
 
     async def _capacity(self, account: int, p: CapacityParams) -> dict[str, Any]:
         return await self.gw.desk.capacity(account, p)

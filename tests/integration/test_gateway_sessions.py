@@ -271,6 +271,55 @@ def test_route_buys_the_cheapest_gpu_hours_across_regions(broker, dsn):
     run(scenario(), timeout_s=170)
 
 
+def test_route_refuses_lists_beyond_the_catalog_and_takes_an_order_token_per_child(broker, dsn):
+    limits = RateLimits(orders_per_key_per_s=1, orders_per_key_burst=3)
+
+    async def scenario() -> None:
+        async with running_exchange(broker, dsn, limits=limits) as ex:
+            gw, key = ex.gateway, parse_symbol(ex.symbol)
+            hourly = sorted(
+                (parse_symbol(i["symbol"]).start_ns, i["symbol"]) for i in gw.accounts.instruments()
+                if i["symbol"].startswith(f"{key.gpu}.{key.region}.1h.")
+                and parse_symbol(i["symbol"]).start_ns >= key.start_ns
+            )  # fmt: skip
+            hours = [symbol for _, symbol in hourly[:3]]
+            assert len(hours) == 3
+            route = {"gpu": key.gpu, "gpu_hours": 3, "start_ns": str(key.start_ns),
+                     "end_ns": str(parse_symbol(hours[-1]).end_ns), "max_price": "2.500"}  # fmt: skip
+            # Lists bounded by the catalog: unknown or repeated names are refused (another key:
+            # each refusal takes an order token too).
+            for places in (
+                {"regions": [key.region, key.region]},
+                {"regions": ["mars"]},
+                {"products": ["1h"] * 1_000},
+            ):
+                refused = await rest(
+                    ex, "POST", "/api/v1/route", ex.keys["maker"], {**route, **places}
+                )
+                assert refused.status_code == 400, refused.json()
+                assert refused.json()["error"]["code"] == "BAD_REQUEST"
+            async with socket(ex) as seller, socket(ex) as buyer:
+                await seller.logon(ex.keys["provider"])
+                await buyer.logon(ex.keys["trader"])
+                for symbol in hours:
+                    sold = await seller.request("order.place", _order(symbol, "2.000", side="sell"))
+                    assert sold["status"] == 200, sold
+                await ex.wait_for(lambda: all(gw.feed.ask_levels(s) for s in hours))
+                # 3 tokens: a resting bid takes one, the route one more, its 3 children need 2
+                resting = await buyer.request("order.place", _order(ex.symbol, "1.000", "r1"))
+                assert resting["status"] == 200, resting
+                answer = await buyer.request("order.route", route)
+                assert answer["status"] == 429, answer
+                assert answer["error"]["code"] == "RATE_LIMITED"
+                assert answer["error"]["retry_after_ms"] > 0
+                await asyncio.sleep(0.3)
+                assert all(gw.feed.ask_levels(s) for s in hours)  # no child was placed
+                assert gw.accounts.closed_orders(TRADER) == []
+                assert len(gw.accounts.open_orders(TRADER)) == 1
+
+    run(scenario(), timeout_s=170)
+
+
 def test_openapi_document_lists_every_rest_route(broker, dsn):
     async def scenario() -> None:
         async with running_exchange(broker, dsn) as ex:
