@@ -28,9 +28,10 @@ from exchange.gateway.subscriptions import Subscriptions
 from exchange.wire import ErrorCode, Prices, WireError
 from schemas.catalog import Catalog
 
-__all__ = ["Gateway", "SEND_QUEUE_MAX"]
+__all__ = ["Gateway", "SEND_QUEUE_MAX", "not_ready_retry_after_ms"]
 
 SEND_QUEUE_MAX = 2_000  # pushes waiting for a slow client before its subscription is stopped
+not_ready_retry_after_ms = 1_000  # what a private request refused before the gateway is ready waits
 
 
 class Gateway:
@@ -135,9 +136,30 @@ class Gateway:
             self.keys, key_id, ts_ms, nonce, signature, method, path, body, now_ms
         )
 
+    def require_ready(self) -> None:
+        """Refuse a private request with UNAVAILABLE (retryable) until the hub is ready.
+
+        Before it, the projections hold a past state of the exchange (the hub is still reading
+        the topics from their beginning): an account's orders and balances would be missing or
+        stale, and a command's events would arrive only after it timed out.
+        """
+        if self.hub.ready.is_set():
+            return
+        left = sum(self.hub.behind().values())
+        raise WireError(
+            ErrorCode.UNAVAILABLE,
+            f"the gateway is still reading the exchange's log ({left} offsets left) and cannot "
+            "answer for accounts yet; retry shortly (GET /ready says when it can)",
+            retry_after_ms=not_ready_retry_after_ms,
+        )
+
     async def authenticate(self, request: Any, scope: str) -> ApiKey:
-        """Verify a signed REST request and its scope; apply the per-key and per-IP limits."""
+        """Verify a signed REST request and its scope; apply the per-key and per-IP limits.
+
+        Refused UNAVAILABLE while the gateway is not ready (`require_ready`).
+        """
         self.check_ip(request)
+        self.require_ready()
         key_id, ts_ms, nonce, signature = auth.headers_of(request.headers)
         raw_path = request.scope.get("raw_path") or request.scope["path"].encode()
         path = raw_path.decode("latin-1")

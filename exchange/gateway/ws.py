@@ -418,6 +418,8 @@ class Connection:
         if method == "ping":
             return {"ts_ns": str(time.time_ns())}
         if method == "session.logon":
+            # Not a failed logon (the client did nothing wrong): refused before it is counted.
+            self.gw.require_ready()
             try:
                 return await self._logon(params)
             except WireError:
