@@ -1,4 +1,4 @@
-"""The gateway application: Litestar routes (REST, `/ws`), errors, start-up, and `serve`.
+"""The gateway application: Litestar routes (REST, `/ws`, `/ready`), errors, start-up, `serve`.
 
 `GatewayServer` owns what one gateway process holds (the hub's Kafka clients, a PostgreSQL pool,
 the key store) and runs Litestar on uvicorn; tests and the sandbox start it in-process on a
@@ -15,7 +15,7 @@ from typing import Any
 
 import asyncpg
 import uvicorn
-from litestar import Litestar, Request, Response
+from litestar import Litestar, Request, Response, get
 from litestar.exceptions import HTTPException, SerializationException
 from litestar.openapi import OpenAPIConfig
 from litestar.static_files import create_static_files_router
@@ -49,7 +49,7 @@ log = logging.getLogger("gx.gateway")
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"  # the market page's files
 request_body_bytes_max = 65_536  # REST bodies; larger ones get PAYLOAD_TOO_LARGE
 ws_frame_bytes_max = 1_048_576  # uvicorn closes a socket sending more (1009); smaller: answered
-ready_wait_s = 60.0  # how long start() waits for the gateway to read the topics to their end
+ready_wait_s = 60.0  # start() waits this long for the hub to be ready before it listens anyway
 _HTTP_CODES = {
     400: ErrorCode.BAD_REQUEST,
     401: ErrorCode.UNAUTHORIZED,
@@ -76,11 +76,15 @@ class WireRequest(Request[Any, Any, Any]):
             raise SerializationException("body: JSON nested too deeply") from None
 
 
+def _retry_after(error: WireError) -> dict[str, str]:
+    """The `Retry-After` header (whole seconds, rounded up) of an error that says when."""
+    if not error.retry_after_ms:
+        return {}
+    return {"Retry-After": str(max(1, -(-error.retry_after_ms // 1000)))}
+
+
 def _wire_error(_: Request[Any, Any, Any], error: WireError) -> Response[Any]:
-    headers = {}
-    if error.retry_after_ms:
-        headers["Retry-After"] = str(max(1, -(-error.retry_after_ms // 1000)))
-    return Response({"error": error.body()}, status_code=error.status, headers=headers)
+    return Response({"error": error.body()}, status_code=error.status, headers=_retry_after(error))
 
 
 def _http_error(_: Request[Any, Any, Any], error: HTTPException) -> Response[Any]:
@@ -99,6 +103,19 @@ def _unexpected_error(request: Request[Any, Any, Any], error: Exception) -> Resp
     log.error("%s %s failed", request.method, request.url.path, exc_info=error)
     wire = WireError.internal()
     return Response({"error": wire.body()}, status_code=wire.status)
+
+
+@get("/ready", include_in_schema=False)
+async def ready(request: Request[Any, Any, Any]) -> Response[Any]:
+    """Readiness: 200 once the gateway has read the exchange's log up to where it ended at start
+    (its private endpoints answer from then on), else 503 with the offsets left by topic."""
+    gateway: Gateway = request.app.state.gateway
+    try:
+        gateway.require_ready()
+    except WireError as error:
+        body = {"ready": False, "behind": gateway.hub.behind(), "error": error.body()}
+        return Response(body, status_code=error.status, headers=_retry_after(error))
+    return Response({"ready": True})
 
 
 def asgi_app(gateway: Gateway, app: Litestar) -> Any:
@@ -124,6 +141,7 @@ def build_app(gateway: Gateway, extra_handlers: list[Any] | None = None) -> Lite
             AccountController,
             OrderController,
             ProviderController,
+            ready,
             *(extra_handlers or []),
             page,
         ],
@@ -225,7 +243,11 @@ class GatewayServer:
             async with asyncio.timeout(ready_wait_s):
                 await hub.ready.wait()
         except TimeoutError:
-            log.warning("topics not read to their end after %.0f s; serving anyway", ready_wait_s)
+            log.warning(
+                "topics not read to their end after %.0f s (%s offsets left); serving market data "
+                "now, private endpoints and GET /ready once caught up",
+                ready_wait_s, hub.behind(),
+            )  # fmt: skip
         self.app = build_app(self.gateway, self.extra_handlers)
         config = uvicorn.Config(
             asgi_app(self.gateway, self.app),
@@ -268,6 +290,7 @@ class GatewayServer:
                 await asyncio.wait_for(self._task, 10)
         if self.gateway is not None:
             await self.gateway.sessions.stop()
+            self.gateway.dead_man.fire_all()  # sent before the hub stops (it waits for them)
             await self.gateway.hub.stop()
             self.gateway.subscriptions.close()
         if self._pool is not None:

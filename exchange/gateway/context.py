@@ -14,11 +14,12 @@ import asyncpg
 
 from exchange.gateway import auth
 from exchange.gateway.accounts import Accounts
+from exchange.gateway.dead_man import DeadManSwitches
 from exchange.gateway.deliveries import DELIVERY_ROLES, DELIVERY_STATES, Deliveries
 from exchange.gateway.hub import Hub
 from exchange.gateway.keys import SCOPES, ApiKey, KeyStore
 from exchange.gateway.market_feed import MarketFeed
-from exchange.gateway.orders import OrderDesk
+from exchange.gateway.orders import OrderDesk, RouteParams, route_children_max
 from exchange.gateway.provisioning import Provisioning
 from exchange.gateway.ratelimit import ConnectionCounter, RateLimiter, RateLimits
 from exchange.gateway.sessions import Sessions
@@ -27,7 +28,7 @@ from exchange.gateway.subscriptions import Subscriptions
 from exchange.wire import ErrorCode, Prices, WireError
 from schemas.catalog import Catalog
 
-__all__ = ["Gateway", "SEND_QUEUE_MAX", "SEND_QUEUE_RESERVE"]
+__all__ = ["Gateway", "SEND_QUEUE_MAX", "SEND_QUEUE_RESERVE", "not_ready_retry_after_ms"]
 
 # Frames of every kind (answers, pushes, snapshots, replays, heartbeats, resync notices) waiting
 # for one connection; a frame that finds the queue full closes the connection (ws.py).
@@ -36,6 +37,7 @@ SEND_QUEUE_MAX = 2_000
 # snapshots and replays stop SEND_QUEUE_RESERVE short of it (the subscription gets
 # `resync_required`, a replay becomes a snapshot), so a client that falls behind is told.
 SEND_QUEUE_RESERVE = 200
+not_ready_retry_after_ms = 1_000  # what a private request refused before the gateway is ready waits
 
 
 class Gateway:
@@ -72,6 +74,10 @@ class Gateway:
         self.desk = OrderDesk(
             hub, accounts, feed, provisioning, keys, catalog, self.prices, deliveries=deliveries
         )
+        # `cancel_all_after` per account, beyond any one socket of it
+        self.dead_man = DeadManSwitches(
+            lambda command: self.hub.submit_later(command), shard=self.desk.shard
+        )
         lim = self.limits
         self.limiters = {
             "rest_key": RateLimiter(
@@ -100,6 +106,8 @@ class Gateway:
             ),
         }
         self.connections = ConnectionCounter(lim.ws_connections_per_ip)
+        # each child takes an order token: never more children than the bucket can ever hold
+        self.route_children_max = min(route_children_max, lim.orders_per_key_burst)
         self.send_queue_max = SEND_QUEUE_MAX
         self.send_queue_pushes_max = SEND_QUEUE_MAX - SEND_QUEUE_RESERVE
         self._gpus = {g.model for g in catalog.gpus}
@@ -112,9 +120,9 @@ class Gateway:
 
     # ------------------------------------------------------------------ limits and auth
 
-    def check_rate(self, name: str, kind: str) -> None:
-        """Take a token from the named bucket of a limiter; raise RATE_LIMITED when empty."""
-        self.limiters[kind].check(name, time.monotonic())
+    def check_rate(self, name: str, kind: str, cost: int = 1) -> None:
+        """Take `cost` tokens from the named bucket of a limiter; raise RATE_LIMITED when short."""
+        self.limiters[kind].check(name, time.monotonic(), cost)
 
     def check_ip(self, request: Any) -> None:
         """Apply the per-IP REST limit."""
@@ -137,9 +145,30 @@ class Gateway:
             self.keys, key_id, ts_ms, nonce, signature, method, path, body, now_ms
         )
 
+    def require_ready(self) -> None:
+        """Refuse a private request with UNAVAILABLE (retryable) until the hub is ready.
+
+        Before it, the projections hold a past state of the exchange (the hub is still reading
+        the topics from their beginning): an account's orders and balances would be missing or
+        stale, and a command's events would arrive only after it timed out.
+        """
+        if self.hub.ready.is_set():
+            return
+        left = sum(self.hub.behind().values())
+        raise WireError(
+            ErrorCode.UNAVAILABLE,
+            f"the gateway is still reading the exchange's log ({left} offsets left) and cannot "
+            "answer for accounts yet; retry shortly (GET /ready says when it can)",
+            retry_after_ms=not_ready_retry_after_ms,
+        )
+
     async def authenticate(self, request: Any, scope: str) -> ApiKey:
-        """Verify a signed REST request and its scope; apply the per-key and per-IP limits."""
+        """Verify a signed REST request and its scope; apply the per-key and per-IP limits.
+
+        Refused UNAVAILABLE while the gateway is not ready (`require_ready`).
+        """
         self.check_ip(request)
+        self.require_ready()
         key_id, ts_ms, nonce, signature = auth.headers_of(request.headers)
         raw_path = request.scope.get("raw_path") or request.scope["path"].encode()
         path = raw_path.decode("latin-1")
@@ -151,6 +180,20 @@ class Gateway:
         self.check_rate(f"key:{key.key_id}", "rest_key")
         auth.require_scope(key, scope)
         return key
+
+    async def route(self, account: int, key_id: str, p: RouteParams) -> dict[str, Any]:
+        """Route a buy (`order.route`, `POST /route`): one order token per child placed.
+
+        The request took one token on entry (it pays for the first child); the other children
+        take theirs before any is placed, or the route is refused RATE_LIMITED, nothing placed.
+        """
+
+        def charge(children: int) -> None:
+            self.check_rate(f"orders:{key_id}", "orders", children)
+
+        return await self.desk.route(
+            account, p, charge=charge, children_max=self.route_children_max
+        )
 
     def known_symbol(self, channel: str, symbol: str) -> bool:
         """Tell whether a channel's symbol exists (listed instrument, GPU model, curve)."""

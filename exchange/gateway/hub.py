@@ -14,6 +14,11 @@ Subscriptions; request handlers read the projections and register subscribers th
 Every gateway reads the three topics from their beginning, so any number of them serve the same
 sequence numbers: they are stateless apart from what the log rebuilds. A command's events are
 complete at the end of the gx.events record that ends it (streams/event_records.py).
+
+Until the projections have read every partition up to where it ended when the hub started
+(`ready`), they hold a past state of the exchange: the gateway refuses private requests
+meanwhile (exchange/gateway/context.py `require_ready`) and `GET /ready` fails. `behind()` says
+how many offsets are left.
 """
 
 from __future__ import annotations
@@ -140,7 +145,7 @@ class Hub:
         # read per event: the Subscriptions' own dict, not a copy.
         self._private = subscriptions.private
         self.stats = HubStats()
-        self.ready = asyncio.Event()  # every topic read up to where it ended at start
+        self.ready = asyncio.Event()  # every partition read up to where it ended at start
         # Called with each gx.marketdata message as it is read, before its fan-out (benchmarks
         # time arrivals with it; a tap must be quick and must not raise).
         self.taps: list[Callable[[Any], None]] = []
@@ -156,7 +161,8 @@ class Hub:
         self._commands = CommandGrouper()  # gx.events records -> whole commands
         self._done: OrderedDict[tuple[int, int], list[e.Event]] = OrderedDict()
         self._waiting: dict[tuple[int, int], asyncio.Future[list[e.Event]]] = {}
-        self._caught_up: set[str] = set()
+        # partition -> (end offset at start, position): the partitions not read that far yet
+        self._behind: dict[TopicPartition, tuple[int, int]] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -180,6 +186,9 @@ class Hub:
         everything = [tp for reader in self._readers.values() for tp in reader.partitions]
         self._consumer.assign(everything)
         await self._consumer.seek_to_beginning(*everything)
+        ends = await self._end_offsets(self._consumer, everything)
+        self._behind = {tp: (ends[tp], 0) for tp in everything}
+        await self._catch_up(self._consumer)
         self._tasks.append(asyncio.create_task(self._read(self._consumer)))
 
     async def stop(self) -> None:
@@ -228,21 +237,34 @@ class Hub:
                         log.warning("reading holders' SSH keys: %s; pushing without", error)
                 for record in records:
                     self._apply(name, tp.partition, record.offset, record.value, record.headers)
-            for name, reader in self._readers.items():
-                ended = await self._ended(consumer, reader.partitions)
-                if name not in self._caught_up and len(ended) == len(reader.partitions):
-                    self._caught_up.add(name)
-                    if len(self._caught_up) == len(self._readers):
-                        self.ready.set()
+            if self._behind:
+                await self._catch_up(consumer)
 
     @staticmethod
-    async def _ended(consumer: AIOKafkaConsumer, partitions: list[TopicPartition]) -> list[int]:
-        ended = []
-        for tp in partitions:
-            end = consumer.last_stable_offset(tp) or consumer.highwater(tp)
-            if end is not None and await consumer.position(tp) >= end:
-                ended.append(tp.partition)
-        return ended
+    async def _end_offsets(
+        consumer: AIOKafkaConsumer, partitions: list[TopicPartition]
+    ) -> dict[TopicPartition, int]:
+        """Where each partition ends now (its last stable offset: committed records only)."""
+        return {tp: int(end) for tp, end in (await consumer.end_offsets(partitions)).items()}
+
+    async def _catch_up(self, consumer: AIOKafkaConsumer) -> None:
+        """Forget the partitions read up to their end at start; once none is left, be ready."""
+        behind = {}
+        for tp, (end, _) in self._behind.items():
+            position = await consumer.position(tp)
+            if position < end:
+                behind[tp] = (end, position)
+        self._behind = behind
+        if not behind and not self.ready.is_set():
+            log.info("caught up: every topic read to where it ended at start")
+            self.ready.set()
+
+    def behind(self) -> dict[str, int]:
+        """Offsets left to read, by topic, before the hub is ready (empty once it is)."""
+        left: dict[str, int] = {}
+        for tp, (end, position) in self._behind.items():
+            left[tp.topic] = left.get(tp.topic, 0) + end - position
+        return left
 
     def _apply(
         self, name: str, partition: int, offset: int, value: bytes | None, headers: Any = ()

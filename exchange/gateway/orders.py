@@ -28,6 +28,7 @@ import asyncio
 import re
 import secrets
 import time
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 import msgspec
@@ -83,7 +84,7 @@ __all__ = [
 
 client_order_id_max = 36
 dispute_reason_chars_max = 500
-route_children_max = 50  # child orders one routed order may place
+route_children_max = 50  # child orders one routed order may place (each takes an order token)
 # Always fullmatch: a "$" anchor would take a trailing newline ("id\n").
 _CLIENT_ORDER_ID = re.compile(f"[A-Za-z0-9_.:-]{{1,{client_order_id_max}}}")
 _duplicate_poll_s = 0.02
@@ -202,6 +203,30 @@ def parse_access(value: Any) -> Access:
     if why is not None:
         raise WireError(ErrorCode.BAD_ACCESS, why)
     return access
+
+
+def _catalog_subset(names: list[str], catalog: Sequence[str], field: str) -> frozenset[str]:
+    """The names a route keeps (all of the catalog's when none given); refuse any other list.
+
+    At most the catalog's count, each known and given once: a route's work is bounded by the
+    catalog, not by the request.
+    """
+    if len(names) > len(catalog):
+        raise WireError(
+            ErrorCode.BAD_REQUEST,
+            f"{field}: expected at most {len(catalog)} (the catalog's), found {len(names)}",
+        )
+    known = frozenset(catalog)
+    for name in names:
+        if name not in known:
+            raise WireError(
+                ErrorCode.BAD_REQUEST,
+                f"{field}: expected some of {sorted(known)}, found {name!r:.40}",
+            )
+    chosen = frozenset(names)
+    if len(chosen) != len(names):
+        raise WireError(ErrorCode.BAD_REQUEST, f"{field}: expected each at most once")
+    return chosen or known
 
 
 def _reject(events: list[e.Event]) -> None:
@@ -419,13 +444,32 @@ class OrderDesk:
 
     # ------------------------------------------------------------------ routing
 
-    async def route(self, account: int, p: RouteParams) -> dict[str, Any]:
-        """Buy GPU-hours of a model in a window, cheapest asks first, as IOC child orders."""
+    async def route(
+        self,
+        account: int,
+        p: RouteParams,
+        *,
+        charge: Callable[[int], None] | None = None,
+        children_max: int = route_children_max,
+    ) -> dict[str, Any]:
+        """Buy GPU-hours of a model in a window, cheapest asks first, as IOC child orders.
+
+        The request has paid one order token; `charge(n)` takes the `n` more its other children
+        need before any is placed (raising RATE_LIMITED places none). At most `children_max`
+        children.
+        """
         if p.gpu_hours <= 0:
             raise WireError(ErrorCode.QTY_INVALID, f"gpu_hours: expected > 0, found {p.gpu_hours}")
         start_ns, end_ns = int_from_str(p.start_ns, "start_ns"), int_from_str(p.end_ns, "end_ns")
         max_ticks = self.prices.from_str(p.max_price, "max_price")
-        plan = self._route_plan(p, start_ns, end_ns, max_ticks)
+        regions = _catalog_subset(p.regions, self.catalog.regions, "regions")
+        codes = [product.code for product in self.catalog.products]
+        products = _catalog_subset(p.products, codes, "products")
+        plan = self._route_plan(
+            p.gpu, p.gpu_hours, (start_ns, end_ns), (regions, products), max_ticks, children_max
+        )
+        if charge is not None and len(plan) > 1:
+            charge(len(plan) - 1)
         prefix = p.client_order_id or "rt-" + secrets.token_hex(6)
         children: list[dict[str, Any]] = []
         filled = 0
@@ -456,25 +500,33 @@ class OrderDesk:
         }
 
     def _route_plan(
-        self, p: RouteParams, start_ns: int, end_ns: int, max_ticks: int
+        self,
+        gpu: str,
+        gpu_hours: int,
+        window_ns: tuple[int, int],
+        places: tuple[frozenset[str], frozenset[str]],
+        max_ticks: int,
+        children_max: int,
     ) -> list[tuple[str, int, int, int]]:
-        """(symbol, lots, limit ticks, hours per lot) per child, cheapest GPU-hour first."""
+        """(symbol, lots, limit ticks, hours per lot) per child, cheapest GPU-hour first.
+
+        `places` are the (regions, products) to buy in.
+        """
+        (start_ns, end_ns), (regions, products) = window_ns, places
         offers: list[tuple[int, int, str, int, int]] = []  # ticks, start, symbol, lots, hours
         for instrument in self.accounts.instruments():
             symbol = instrument["symbol"]
             key = parse_symbol(symbol)
-            if key.gpu != p.gpu or (p.regions and key.region not in p.regions):
+            if key.gpu != gpu or key.region not in regions or key.product not in products:
                 continue
-            if (p.products and key.product not in p.products) or key.start_ns < start_ns:
-                continue
-            if key.end_ns > end_ns:
+            if key.start_ns < start_ns or key.end_ns > end_ns:
                 continue
             for ticks, lots in self.feed.ask_levels(symbol):
                 if ticks > max_ticks:
                     break
                 offers.append((ticks, key.start_ns, symbol, lots, key.hours))
         offers.sort()
-        left = p.gpu_hours
+        left = gpu_hours
         chosen: dict[str, list[int]] = {}  # symbol -> [lots, worst ticks, hours]
         for ticks, _, symbol, lots, hours in offers:
             take = min(lots, left // hours)
@@ -484,7 +536,7 @@ class OrderDesk:
             entry[0] += take
             entry[1] = max(entry[1], ticks)
             left -= take * hours
-            if left <= 0 or len(chosen) >= route_children_max:
+            if left <= 0 or len(chosen) >= children_max:
                 break
         return [(symbol, v[0], v[1], v[2]) for symbol, v in chosen.items()]
 

@@ -442,7 +442,7 @@ class OrderController(Controller):
     ) -> dict[str, Any]:
         """Buy GPU-hours of a model across regions and products, cheapest first."""
         gw, key = await _order_entry(request)
-        return await gw.desk.route(key.account, data)
+        return await gw.route(key.account, key.key_id, data)
 
 
 class ProviderController(Controller):

@@ -57,7 +57,6 @@ __all__ = [
     "close_code_queue_full",
     "message_bytes_max",
     "heartbeat_interval_s",
-    "dead_man_timeout_ms_max",
     "CLOSE_POLICY_VIOLATION",
 ]
 
@@ -65,8 +64,6 @@ log = logging.getLogger("gx.gateway.ws")
 
 message_bytes_max = 16_384  # a larger request is refused (PAYLOAD_TOO_LARGE); the socket stays
 heartbeat_interval_s = 1.0
-dead_man_timeout_ms_min = 100
-dead_man_timeout_ms_max = 3_600_000
 symbols_per_subscribe_max = 100  # also per unsubscribe
 frames_per_write_max = 256  # frames a writer hands to the socket at once
 CLOSE_POLICY_VIOLATION = 1008  # WebSocket close code (RFC 6455 7.4.1)
@@ -168,7 +165,6 @@ class Connection:
         self._shut_task: asyncio.Task[None] | None = None
         self._flusher = flusher()
         self.closed = False
-        self._dead_man: asyncio.TimerHandle | None = None
         # Pushes a subscribe queues after its answer: snapshot first, then the updates after it.
         self._after_answer: list[tuple[Any, bytes]] = []
 
@@ -390,8 +386,7 @@ class Connection:
         hub, subscriptions = self.gw.hub, self.gw.subscriptions
         for key in list(self.public):
             subscriptions.unsubscribe_public(self, key)
-        if self._dead_man is not None:
-            self._dead_man.cancel()
+        # The account's dead-man switch keeps counting: a dropped socket is what it is for.
         self.gw.connections_closed(self)
         if self.account is None:
             return
@@ -470,6 +465,8 @@ class Connection:
         if method == "ping":
             return {"ts_ns": str(time.time_ns())}
         if method == "session.logon":
+            # Not a failed logon (the client did nothing wrong): refused before it is counted.
+            self.gw.require_ready()
             try:
                 return await self._logon(params)
             except WireError:
@@ -655,7 +652,7 @@ class Connection:
         return self.gw.desk.status(account, p)
 
     async def _route(self, account: int, p: RouteParams) -> dict[str, Any]:
-        return await self.gw.desk.route(account, p)
+        return await self.gw.route(account, self.key_id, p)
 
     async def _capacity(self, account: int, p: CapacityParams) -> dict[str, Any]:
         return await self.gw.desk.capacity(account, p)
@@ -682,26 +679,12 @@ class Connection:
         return await self.gw.desk.dispute(account, p)
 
     async def _cancel_all_after(self, account: int, p: _DeadMan) -> dict[str, Any]:
-        """Arm (or disarm with 0) the dead-man timer: cancel everything unless re-armed."""
-        if self._dead_man is not None:
-            self._dead_man.cancel()
-            self._dead_man = None
+        """Arm or re-arm (0 disarms) the account's dead-man switch (exchange/gateway/dead_man.py)."""
         if p.timeout_ms == 0:
+            self.gw.dead_man.disarm(account)
             return {"armed": False, "deadline_ms": None}
-        if not dead_man_timeout_ms_min <= p.timeout_ms <= dead_man_timeout_ms_max:
-            raise WireError(
-                ErrorCode.BAD_REQUEST,
-                f"timeout_ms: expected 0 or {dead_man_timeout_ms_min}-{dead_man_timeout_ms_max}, "
-                f"found {p.timeout_ms}",
-            )
-        loop = asyncio.get_running_loop()
-        self._dead_man = loop.call_later(p.timeout_ms / 1000, self._dead_man_fired, account)
-        return {"armed": True, "deadline_ms": str(int(time.time() * 1000) + p.timeout_ms)}
-
-    def _dead_man_fired(self, account: int) -> None:
-        self._dead_man = None
-        log.info("connection %d: cancel_all_after fired for account %d", self.id, account)
-        self.gw.hub.submit_later(c.CancelAll(account=account, ts_init=time.time_ns()))
+        deadline_ms = self.gw.dead_man.arm(account, p.timeout_ms)
+        return {"armed": True, "deadline_ms": str(deadline_ms)}
 
 
 # method -> (scope, params Struct, handler): the params are decoded before the handler runs

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
+import websockets
 
-from tests.support.gateway_harness import PROVIDER, TRADER, rest, running_exchange, socket
+from exchange.gateway import app as gateway_app
+from exchange.gateway.hub import Hub
+from schemas import commands as c
+from streams.topics import topics
+from tests.support.gateway_harness import PROVIDER, TRADER, Socket, rest, running_exchange, socket
 
 from .conftest import run
 
@@ -224,6 +230,72 @@ def test_two_gateways_share_sequence_numbers_and_client_order_ids(broker, dsn):
                 assert gateways[1].accounts.last_seq(TRADER, "executions") == gateways[
                     0
                 ].accounts.last_seq(TRADER, "executions")
+            finally:
+                await second.close()
+
+    run(scenario(), timeout_s=170)
+
+
+def test_a_gateway_behind_the_log_refuses_private_requests_until_it_caught_up(
+    broker, dsn, monkeypatch
+):
+    async def scenario() -> None:
+        async with running_exchange(broker, dsn) as ex:
+            events = topics(ex.stack.settings)["events"].name
+            end_offsets = Hub._end_offsets
+
+            async def further(consumer: Any, partitions: Any) -> dict[Any, int]:
+                # As if gx.events had ended one offset further at start: the gateway cannot
+                # catch up before the engine writes one more record.
+                ends = await end_offsets(consumer, partitions)
+                return {tp: end + (tp.topic == events and tp.partition == 0) for tp, end in ends.items()}  # fmt: skip
+
+            monkeypatch.setattr(Hub, "_end_offsets", staticmethod(further))
+            monkeypatch.setattr(gateway_app, "ready_wait_s", 0.5)  # then it listens anyway
+            second = gateway_app.GatewayServer(
+                ex.stack.settings, dsn, catalog=ex.stack.catalog, mock_broker=True, port=0
+            )
+            await second.start()
+            try:
+                url, trader = second.url, ex.keys["trader"]
+                not_ready = await rest(ex, "GET", "/ready", base_url=url)
+                assert not_ready.status_code == 503, not_ready.text
+                assert not_ready.json()["ready"] is False
+                assert not_ready.json()["behind"] == {events: 1}
+                refused = await rest(ex, "GET", "/api/v1/balances", trader, base_url=url)
+                assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
+                error = refused.json()["error"]
+                assert error["code"] == "UNAVAILABLE" and error["retryable"] is True
+                placed = await rest(
+                    ex, "POST", "/api/v1/orders", trader,
+                    {"symbol": ex.symbol, "side": "buy", "price": "1.000", "qty": "1"},
+                    base_url=url,
+                )  # fmt: skip
+                assert placed.status_code == 503, placed.text
+                public = await rest(ex, "GET", "/api/v1/instruments", base_url=url)
+                assert public.status_code == 200  # market data is served meanwhile
+                ws_url = url.replace("http://", "ws://") + "/ws"
+                async with websockets.connect(ws_url) as raw:
+                    ws = Socket(raw)
+                    try:
+                        logon = await ws.logon(trader)
+                        assert logon["status"] == 503, logon
+                        assert logon["error"]["code"] == "UNAVAILABLE"
+                        # the engine writes the record the gateway waits for
+                        await ex.send(c.Deposit(account=TRADER, amount_micros=1))
+                        await ex.wait_for(
+                            lambda: second.gateway is not None and second.gateway.hub.ready.is_set(),
+                            what="the second gateway to catch up",
+                        )  # fmt: skip
+                        ready = await rest(ex, "GET", "/ready", base_url=url)
+                        assert ready.status_code == 200 and ready.json() == {"ready": True}
+                        logon = await ws.logon(trader)  # the same socket: no failure counted
+                        assert logon["status"] == 200, logon
+                    finally:
+                        await ws.close()
+                balances = await rest(ex, "GET", "/api/v1/balances", trader, base_url=url)
+                assert balances.status_code == 200, balances.text
+                assert balances.json() == (await rest(ex, "GET", "/api/v1/balances", trader)).json()
             finally:
                 await second.close()
 

@@ -109,6 +109,33 @@ def test_dead_man_timer_cancels_unless_rearmed(broker, dsn):
     run(scenario(), timeout_s=170)
 
 
+def test_dead_man_switch_outlives_the_socket_and_is_rearmed_from_any_session(broker, dsn):
+    async def scenario() -> None:
+        async with running_exchange(broker, dsn) as ex:
+            accounts = ex.gateway.accounts
+            async with socket(ex) as first, socket(ex) as second:
+                await first.logon(ex.keys["trader"])
+                await second.logon(ex.keys["trader"])
+                await first.request("order.place", _order(ex.symbol, "1.000", "dm1"))
+                armed = await first.request("cancel_all_after", {"timeout_ms": 1_500})
+                assert armed["result"]["armed"] is True
+                # the other session refreshes the same switch, the account's
+                refreshed = await second.request("cancel_all_after", {"timeout_ms": 1_500})
+                deadlines_ms = [int(a["result"]["deadline_ms"]) for a in (armed, refreshed)]
+                assert deadlines_ms[1] >= deadlines_ms[0]
+            # Both sockets are gone, the order is live: the switch keeps counting and fires.
+            assert len(accounts.open_orders(TRADER)) == 1
+            await ex.wait_for(
+                lambda: not accounts.open_orders(TRADER),
+                timeout_s=5,
+                what="the dead-man switch after the socket dropped",
+            )
+            switches = ex.gateway.dead_man
+            assert len(switches) == 0 and switches.deadline_ms(TRADER) is None
+
+    run(scenario(), timeout_s=170)
+
+
 def test_rate_limits_answer_429_with_retry_after(broker, dsn):
     limits = RateLimits(
         ws_messages_per_conn_per_s=5, ws_messages_per_conn_burst=5,
@@ -278,6 +305,55 @@ def test_route_buys_the_cheapest_gpu_hours_across_regions(broker, dsn):
                 ]  # cheapest first, never above 2.500
                 assert result["gpu_hours_filled"] == 4 and result["gpu_hours_left"] == 0
                 assert all(ch["order"]["tif"] == "ioc" for ch in result["children"])
+
+    run(scenario(), timeout_s=170)
+
+
+def test_route_refuses_lists_beyond_the_catalog_and_takes_an_order_token_per_child(broker, dsn):
+    limits = RateLimits(orders_per_key_per_s=1, orders_per_key_burst=3)
+
+    async def scenario() -> None:
+        async with running_exchange(broker, dsn, limits=limits) as ex:
+            gw, key = ex.gateway, parse_symbol(ex.symbol)
+            hourly = sorted(
+                (parse_symbol(i["symbol"]).start_ns, i["symbol"]) for i in gw.accounts.instruments()
+                if i["symbol"].startswith(f"{key.gpu}.{key.region}.1h.")
+                and parse_symbol(i["symbol"]).start_ns >= key.start_ns
+            )  # fmt: skip
+            hours = [symbol for _, symbol in hourly[:3]]
+            assert len(hours) == 3
+            route = {"gpu": key.gpu, "gpu_hours": 3, "start_ns": str(key.start_ns),
+                     "end_ns": str(parse_symbol(hours[-1]).end_ns), "max_price": "2.500"}  # fmt: skip
+            # Lists bounded by the catalog: unknown or repeated names are refused (another key:
+            # each refusal takes an order token too).
+            for places in (
+                {"regions": [key.region, key.region]},
+                {"regions": ["mars"]},
+                {"products": ["1h"] * 1_000},
+            ):
+                refused = await rest(
+                    ex, "POST", "/api/v1/route", ex.keys["maker"], {**route, **places}
+                )
+                assert refused.status_code == 400, refused.json()
+                assert refused.json()["error"]["code"] == "BAD_REQUEST"
+            async with socket(ex) as seller, socket(ex) as buyer:
+                await seller.logon(ex.keys["provider"])
+                await buyer.logon(ex.keys["trader"])
+                for symbol in hours:
+                    sold = await seller.request("order.place", _order(symbol, "2.000", side="sell"))
+                    assert sold["status"] == 200, sold
+                await ex.wait_for(lambda: all(gw.feed.ask_levels(s) for s in hours))
+                # 3 tokens: a resting bid takes one, the route one more, its 3 children need 2
+                resting = await buyer.request("order.place", _order(ex.symbol, "1.000", "r1"))
+                assert resting["status"] == 200, resting
+                answer = await buyer.request("order.route", route)
+                assert answer["status"] == 429, answer
+                assert answer["error"]["code"] == "RATE_LIMITED"
+                assert answer["error"]["retry_after_ms"] > 0
+                await asyncio.sleep(0.3)
+                assert all(gw.feed.ask_levels(s) for s in hours)  # no child was placed
+                assert gw.accounts.closed_orders(TRADER) == []
+                assert len(gw.accounts.open_orders(TRADER)) == 1
 
     run(scenario(), timeout_s=170)
 
