@@ -8,7 +8,7 @@ from schemas.catalog import Catalog
 from schemas.symbols import InstrumentKey, is_aligned
 from schemas.units import NS_PER_DAY, NS_PER_HOUR
 
-__all__ = ["due_listings"]
+__all__ = ["due_listings", "capacity_horizon_hours"]
 
 _STEP_NS = {"1h": NS_PER_HOUR, "1d": NS_PER_DAY, "1w": 7 * NS_PER_DAY}
 
@@ -19,6 +19,15 @@ def _first_start(product: str, after_ns: int) -> int:
     while not is_aligned(product, start):
         start += NS_PER_HOUR
     return start
+
+
+def capacity_horizon_hours(catalog: Catalog) -> int:
+    """Hours from the current one within which a listed instrument can deliver.
+
+    An instrument is listed while its start lies within its product's listing horizon, and it
+    delivers for the product's hours from there: capacity for any later hour backs nothing.
+    """
+    return max(product.listing_horizon_hours + product.hours for product in catalog.products)
 
 
 def due_listings(

@@ -12,6 +12,7 @@ import numpy as np
 
 from matching import layout as lay
 from matching.state import State
+from schemas.units import NS_PER_HOUR
 
 __all__ = ["violations"]
 
@@ -138,9 +139,24 @@ def _positions(st: State) -> list[str]:
 
 
 def _capacity(st: State) -> list[str]:
+    out = []
     meta = st[lay.ST_META][0]
-    cap = st[lay.ST_CAP][: int(meta[lay.M_CAP_HWM])]
+    rows = st[lay.ST_CAP][: int(meta[lay.M_CAP_HWM])]
+    cap = rows[rows[:, lay.C_KEY] != -1]
     over = cap[cap[:, lay.C_USED] > cap[:, lay.C_CAP]]
     if len(over):
-        return [f"capacity: {len(over)} provider-hours committed beyond streamed capacity"]
-    return []
+        out.append(f"capacity: {len(over)} provider-hours committed beyond streamed capacity")
+    if len(cap) != meta[lay.M_CAP_LIVE]:
+        out.append(f"capacity: {len(cap)} live rows, the pool counts {meta[lay.M_CAP_LIVE]}")
+    hours = cap[:, lay.C_KEY] & lay.CAP_HOUR_MASK
+    past = int((hours < meta[lay.M_NOW] // NS_PER_HOUR).sum())
+    if past:
+        out.append(f"capacity: {past} rows of hours already over (the tick frees them)")
+    accounts = cap[:, lay.C_KEY] >> lay.CAP_ACCOUNT_SHIFT
+    held = np.bincount(accounts, minlength=len(st[lay.ST_ACCTS]))
+    counted = st[lay.ST_ACCTS][:, lay.A_CAP_ROWS]
+    for account in np.flatnonzero(held != counted):
+        out.append(
+            f"capacity: account {account} holds {held[account]} rows, counts {counted[account]}"
+        )
+    return out

@@ -62,13 +62,16 @@ CFG_REGIONS = 12  # regions in the catalog (capacity key = gpu * regions + regio
 CFG_LOTS_MAX = 13  # the catalog's lots per order
 CFG_WITHDRAWAL_MAX = 14  # one withdrawal request, micros
 CFG_WITHDRAWAL_DAY_MAX = 15  # one account's withdrawal requests per engine day, micros
-CFG_WIDTH = 16
+CFG_CAPACITY_HORIZON_HOURS = 16  # capacity is taken for hours before now + this (the calendar's)
+CFG_CAPACITY_ROWS_ACCOUNT_MAX = 17  # capacity rows one provider holds at once
+CFG_WIDTH = 18
 
 # --- accounts -------------------------------------------------------------------------------
 A_AVAIL, A_HELD, A_ESCROW, A_COLLAT, A_OPEN, A_HEAD, A_TAIL = 0, 1, 2, 3, 4, 5, 6
 A_PENDING = 7  # withdrawals requested, not yet approved or rejected
 A_WD_DAY, A_WD_DAY_SUM = 8, 9  # the engine day of the last request, and that day's requests
-A_WIDTH = 10
+A_CAP_ROWS = 10  # capacity rows the account holds (bounded by CFG_CAPACITY_ROWS_ACCOUNT_MAX)
+A_WIDTH = 11
 
 # --- instruments ------------------------------------------------------------------------------
 I_ID, I_STATE, I_GPU, I_REGION, I_PRODUCT, I_START, I_HOURS, I_GATE = 0, 1, 2, 3, 4, 5, 6, 7
@@ -117,8 +120,14 @@ P_ACCOUNT, P_INSTR, P_LOTS, P_RESERVED, P_ESCROW, P_FEES, P_COLLAT, P_NEXT = 0, 
 P_WIDTH = 8
 
 # --- provider capacity per (account, gpu x region, hour) ----------------------------------------
+# A row's key packs (account, capkey, hour) into disjoint bits: account (30 bits, see
+# EngineConfig.check), capkey (6) and the whole hour since the epoch (22: every int64 of
+# nanoseconds is below hour 2**22), so two rows never share a key. A free row's key is EMPTY.
 C_KEY, C_CAP, C_USED, C_NEXT = 0, 1, 2, 3
 C_WIDTH = 4
+CAP_HOUR_BITS, CAP_CAPKEY_BITS = 22, 6
+CAP_HOUR_MASK, CAP_CAPKEY_MASK = (1 << CAP_HOUR_BITS) - 1, (1 << CAP_CAPKEY_BITS) - 1
+CAP_ACCOUNT_SHIFT = CAP_HOUR_BITS + CAP_CAPKEY_BITS
 
 # --- delivery obligations ---------------------------------------------------------------------
 B_ID, B_STATE, B_PROVIDER, B_HOLDER, B_GPUS, B_START, B_HOURS, B_HOURS_LEFT = 0, 1, 2, 3, 4, 5, 6, 7

@@ -10,6 +10,7 @@ import msgspec
 import numpy as np
 
 from matching import layout as lay
+from matching.calendar import capacity_horizon_hours
 from schemas.catalog import Catalog
 
 __all__ = ["EngineConfig", "State", "new_state", "snapshot_bytes", "restore_state", "state_hash"]
@@ -60,7 +61,11 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
     deposit_max_micros: int = 10**15  # one deposit: one billion USD
     balance_max_micros: int = 10**17
     capacity_gpus_max: int = 1_000_000
-    capacity_hours_max: int = 24 * 7 * 10
+    capacity_hours_max: int = 24 * 7 * 10  # hours one capacity update may name
+    # Capacity rows (one per provider, GPU model x region and hour) one provider holds at once:
+    # the whole catalog (15 pairs) over the whole listing horizon (1512 hours) is 22,680, so an
+    # honest provider never meets it, and no provider can take more than its share of the pool.
+    capacity_rows_per_account_max: int = 1 << 15
     withdrawal_max_micros: int = 10**12  # one request: one million USD
     withdrawal_day_max_micros: int = 5 * 10**12  # one account's requests per engine day
 
@@ -78,6 +83,8 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("instruments_max: expected 1..2**20 (position keys use 20 bits)")
         if not 16 <= self.accounts_max <= 1 << 30:
             raise ValueError("accounts_max: expected 16..2**30 (capacity keys use 30 bits)")
+        if self.capacity_rows_per_account_max <= 0:
+            raise ValueError("capacity_rows_per_account_max: expected at least 1")
 
 
 def _table_size(rows: int) -> int:
@@ -119,6 +126,8 @@ def new_state(config: EngineConfig, catalog: Catalog) -> State:
     c[lay.CFG_LOTS_MAX] = catalog.lots_max
     c[lay.CFG_WITHDRAWAL_MAX] = config.withdrawal_max_micros
     c[lay.CFG_WITHDRAWAL_DAY_MAX] = config.withdrawal_day_max_micros
+    c[lay.CFG_CAPACITY_HORIZON_HOURS] = capacity_horizon_hours(catalog)
+    c[lay.CFG_CAPACITY_ROWS_ACCOUNT_MAX] = config.capacity_rows_per_account_max
     accounts = z((config.accounts_max, lay.A_WIDTH), dtype=np.int64)
     accounts[:, lay.A_HEAD] = -1
     accounts[:, lay.A_TAIL] = -1
@@ -195,7 +204,10 @@ class _Snapshot(msgspec.Struct, frozen=True):
     arrays: list[bytes]
 
 
-SNAPSHOT_VERSION = 2  # 2: pending withdrawals and deposit references
+# 2: pending withdrawals and deposit references; 3: capacity rows per account (accounts are 11
+# columns), the capacity horizon and per-account limit (cfg is 18), capacity keys with the whole
+# hour (a snapshot of version 2 holds keys of 20 hour bits, which this version would misread).
+SNAPSHOT_VERSION = 3
 
 
 def catalog_hash(catalog: Catalog) -> str:

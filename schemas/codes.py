@@ -78,6 +78,7 @@ class Reject(IntEnum):
     ENGINE_FULL = 2005
     BALANCE_LIMIT = 2006
     WITHDRAWAL_LIMIT = 2007  # above the per-request or the per-day withdrawal limit
+    CAPACITY_LIMIT = 2008  # a provider's capacity rows (hours x GPU model x region) at its limit
     # 3xxx: matching
     POST_ONLY_WOULD_TAKE = 3001
     FOK_NOT_FILLABLE = 3002

@@ -121,6 +121,7 @@ _REJECT_ERRORS: dict[Reject, type[Exception]] = {
     Reject.DUPLICATE_REFERENCE: BadRequest,
     Reject.UNKNOWN_WITHDRAWAL: BadRequest,
     Reject.WITHDRAWAL_LIMIT: OperationRejected,
+    Reject.CAPACITY_LIMIT: OperationRejected,
 }
 _GATEWAY_ERRORS: dict[ErrorCode, type[Exception]] = {
     ErrorCode.BAD_REQUEST: BadRequest,

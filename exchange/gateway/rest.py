@@ -455,9 +455,11 @@ class ProviderController(Controller):
     async def capacity(
         self, request: Request[Any, Any, Any], data: JSONBody[CapacityParams]
     ) -> dict[str, Any]:
-        """Set the provider's GPUs of a model and region over a window."""
+        """Set the provider's GPUs of a model and region over a window (counted against the
+        per-key order limit: it is an engine command, as an order is)."""
         gw = _gateway(request)
         key = await gw.authenticate(request, "provide")
+        gw.check_rate(f"orders:{key.key_id}", "orders")
         return await gw.desk.capacity(key.account, data)
 
     @get("/capacity")

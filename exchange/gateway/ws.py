@@ -483,7 +483,7 @@ class Connection:
         account = self._require(scope)
         if (
             method.startswith("order.") and method != "order.status"
-        ) or method == "delivery.dispute":
+        ) or method in _ORDER_LIMITED_METHODS:
             self.gw.check_rate(f"orders:{self.key_id}", "orders")
         return await handler(self, account, parse_params(params, kind))
 
@@ -687,6 +687,9 @@ class Connection:
         return {"armed": True, "deadline_ms": str(deadline_ms)}
 
 
+# Beside order entry, the methods that send the engine a command on the client's word: they take
+# from the per-key order limit too (a capacity update can be 1680 hours of engine work).
+_ORDER_LIMITED_METHODS = frozenset({"delivery.dispute", "capacity.update"})
 # method -> (scope, params Struct, handler): the params are decoded before the handler runs
 _ACCOUNT_METHODS: dict[str, tuple[str, type[Any], Any]] = {
     "order.place": ("trade", PlaceParams, Connection._place),

@@ -15,6 +15,7 @@ from matching.kernels._base import (
     R_AMOUNT_INVALID,
     R_BALANCE_LIMIT,
     R_CAPACITY_BELOW_COMMITTED,
+    R_CAPACITY_LIMIT,
     R_CAPACITY_RANGE_INVALID,
     R_DUPLICATE_REFERENCE,
     R_ENGINE_FULL,
@@ -31,9 +32,10 @@ from matching.kernels._base import (
     _reject,
 )
 from matching.kernels.orders import _user_account
-from matching.kernels.pools import _alloc, _cap_key, _ht_get, _ht_put
+from matching.kernels.pools import _alloc, _cap_free, _cap_key, _cap_new, _ht_get
 from matching.layout import (
     A_AVAIL,
+    A_CAP_ROWS,
     A_WD_DAY,
     A_WD_DAY_SUM,
     ACCT_EXTERNAL,
@@ -44,21 +46,20 @@ from matching.layout import (
     C_CAPACITY_KEY,
     C_CAPACITY_START_HOUR,
     C_DEPOSIT_REF,
-    C_KEY,
-    C_NEXT,
     C_TRANSFER_ACCOUNT,
     C_TRANSFER_AMOUNT,
     C_USED,
     C_WD_APPROVED,
     C_WD_ID,
+    CAP_CAPKEY_MASK,
     CFG_BALANCE_MAX,
     CFG_CAPACITY_GPUS_MAX,
+    CFG_CAPACITY_HORIZON_HOURS,
     CFG_CAPACITY_HOURS_MAX,
+    CFG_CAPACITY_ROWS_ACCOUNT_MAX,
     CFG_DEPOSIT_MAX,
     CFG_WITHDRAWAL_DAY_MAX,
     CFG_WITHDRAWAL_MAX,
-    M_CAP_FREE,
-    M_CAP_HWM,
     M_CAP_LIVE,
     M_NOW,
     M_REFS_LIVE,
@@ -194,7 +195,12 @@ def _settle_withdrawal(st, ev, n, ci, cmds):
 
 @njit(cache=True, _nrt=False)
 def _capacity(st, ev, n, ci, cmds):
-    """Set a provider's GPUs for every hour in [start, end) of one GPU model and region."""
+    """Set a provider's GPUs for every hour in [start, end) of one GPU model and region.
+
+    Only hours an instrument can still deliver in take a row: the range must end after the
+    current hour and within the listing horizon; its hours before the current one are left out
+    (the event names the hours set). Zero GPUs frees the rows, as a missing row means none.
+    """
     meta, cfg, accts, instrs = st.meta, st.cfg, st.accounts, st.instruments
     cap, ht = st.capacity, st.capacity_ht
     account = cmds[ci, C_CAPACITY_ACCOUNT]
@@ -202,18 +208,22 @@ def _capacity(st, ev, n, ci, cmds):
     start = cmds[ci, C_CAPACITY_START_HOUR]
     end = cmds[ci, C_CAPACITY_END_HOUR]
     gpus = cmds[ci, C_CAPACITY_GPUS]
+    now_hour = meta[0, M_NOW] // NS_PER_HOUR
     if not _user_account(accts, account):
         return _reject(instrs, ev, n, ci, account, R_UNKNOWN_ACCOUNT, 0, -1)
     if (
         end <= start
         or start < 0
         or end - start > cfg[0, CFG_CAPACITY_HOURS_MAX]
+        or end <= now_hour
+        or end > now_hour + cfg[0, CFG_CAPACITY_HORIZON_HOURS]
         or gpus < 0
         or gpus > cfg[0, CFG_CAPACITY_GPUS_MAX]
         or capkey < 0
-        or capkey >= 64
+        or capkey > CAP_CAPKEY_MASK
     ):
         return _reject(instrs, ev, n, ci, account, R_CAPACITY_RANGE_INVALID, 0, -1)
+    start = max(start, now_hour)
     missing = 0
     for h in range(start, end):
         row = _ht_get(ht, _cap_key(account, capkey, h))
@@ -221,17 +231,20 @@ def _capacity(st, ev, n, ci, cmds):
             missing += 1
         elif cap[row, C_USED] > gpus:
             return _reject(instrs, ev, n, ci, account, R_CAPACITY_BELOW_COMMITTED, 0, -1)
+    if gpus == 0:
+        missing = 0
+    if accts[account, A_CAP_ROWS] + missing > cfg[0, CFG_CAPACITY_ROWS_ACCOUNT_MAX]:
+        return _reject(instrs, ev, n, ci, account, R_CAPACITY_LIMIT, 0, -1)
     if cap.shape[0] - meta[0, M_CAP_LIVE] < missing:
         return _reject(instrs, ev, n, ci, account, R_ENGINE_FULL, 0, -1)
     for h in range(start, end):
         key = _cap_key(account, capkey, h)
         row = _ht_get(ht, key)
+        if gpus == 0:
+            if row != EMPTY:  # nothing is committed on it: the check above saw used <= 0
+                _cap_free(meta, accts, cap, ht, row)
+            continue
         if row == EMPTY:
-            row = _alloc(meta, cap, M_CAP_FREE, M_CAP_HWM, C_NEXT)
-            meta[0, M_CAP_LIVE] += 1
-            cap[row, C_KEY] = key
-            cap[row, C_USED] = 0
-            cap[row, C_NEXT] = EMPTY
-            _ht_put(ht, key, row)
+            row = _cap_new(meta, accts, cap, ht, key)
         cap[row, C_CAP] = gpus
     return _emit_capacity(ev, n, ci, account, capkey, start, end, gpus)

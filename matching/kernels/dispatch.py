@@ -161,7 +161,7 @@ def _apply(cmds, first, st, ev, n):
 
 @njit(cache=True, _nrt=False)
 def _rebuild(st):
-    """Re-index levels, positions and capacity rows after a restore."""
+    """Re-index levels, positions and live capacity rows after a restore."""
     meta, levels, lht = st.meta, st.levels, st.level_ht
     pos, pht, cap, cht = st.positions, st.position_ht, st.capacity, st.capacity_ht
     for lv in range(meta[0, M_LEVEL_HWM]):
@@ -172,4 +172,5 @@ def _rebuild(st):
         if pos[r, P_ACCOUNT] != EMPTY:
             _ht_put(pht, _pos_key(pos[r, P_ACCOUNT], pos[r, P_INSTR]), r)
     for r in range(meta[0, M_CAP_HWM]):
-        _ht_put(cht, cap[r, C_KEY], r)
+        if cap[r, C_KEY] != EMPTY:
+            _ht_put(cht, cap[r, C_KEY], r)

@@ -37,7 +37,7 @@ from matching.kernels._base import (
 )
 from matching.kernels.book import _order_slot, _reduce
 from matching.kernels.expiry import _gtd_pop
-from matching.kernels.pools import _alloc, _pos_free
+from matching.kernels.pools import _alloc, _cap_sweep, _pos_free
 from matching.layout import (
     ACCT_EXTERNAL,
     ACCT_FEES,
@@ -334,9 +334,13 @@ def _elapsed_hours(meta, obl, b):
 @njit(cache=True, _nrt=False)
 def _clock(st, ev, n, ci, cmds):
     meta, cfg, instrs, obl = st.meta, st.cfg, st.instruments, st.obligations
+    hour_before = meta[0, M_NOW] // NS_PER_HOUR
     if cmds[ci, C_CLOCK_TS_NS] > meta[0, M_NOW]:
         meta[0, M_NOW] = cmds[ci, C_CLOCK_TS_NS]
     now = meta[0, M_NOW]
+    if now // NS_PER_HOUR > hour_before:
+        # An hour is over: its capacity rows back nothing more (once an hour, not every tick).
+        _cap_sweep(meta, st.accounts, st.capacity, st.capacity_ht, now // NS_PER_HOUR)
     n = _expire_gtd(st, ev, n, ci)
     for i in range(instrs.shape[0]):
         if instrs[i, I_STATE] == INSTR_OPEN and instrs[i, I_GATE] <= now:

@@ -6,12 +6,22 @@ from numba import njit
 
 from matching.kernels._base import EMPTY
 from matching.layout import (
+    A_CAP_ROWS,
     C_CAP,
+    C_KEY,
+    C_NEXT,
     C_USED,
+    CAP_ACCOUNT_SHIFT,
+    CAP_CAPKEY_BITS,
+    CAP_HOUR_BITS,
+    CAP_HOUR_MASK,
     I_CAPKEY,
     I_HOUR0,
     I_HOURS,
     I_POSITIONS,
+    M_CAP_FREE,
+    M_CAP_HWM,
+    M_CAP_LIVE,
     M_POS_FREE,
     M_POS_HWM,
     M_POS_LIVE,
@@ -132,7 +142,51 @@ def _pos_free(meta, instrs, pos, pht, row):
 
 @njit(cache=True, _nrt=False)
 def _cap_key(account, capkey, hour):
-    return (((account << 6) | capkey) << 20) | (hour & 0xFFFFF)
+    """The row key of (account, capkey, hour): disjoint bit fields, so no two rows share one
+    (the caller checked capkey < 64 and 0 <= hour < 2**22; accounts are below 2**30)."""
+    return (((account << CAP_CAPKEY_BITS) | capkey) << CAP_HOUR_BITS) | hour
+
+
+@njit(cache=True, _nrt=False)
+def _cap_new(meta, accts, cap, ht, key):
+    """Allocate a row for `key` with no capacity (the caller checked the pool and the limit)."""
+    row = _alloc(meta, cap, M_CAP_FREE, M_CAP_HWM, C_NEXT)
+    meta[0, M_CAP_LIVE] += 1
+    accts[key >> CAP_ACCOUNT_SHIFT, A_CAP_ROWS] += 1
+    cap[row, C_KEY] = key
+    cap[row, C_CAP] = 0
+    cap[row, C_USED] = 0
+    cap[row, C_NEXT] = EMPTY
+    _ht_put(ht, key, row)
+    return row
+
+
+@njit(cache=True, _nrt=False)
+def _cap_free(meta, accts, cap, ht, row):
+    """Return a row to the pool: its account holds one row fewer."""
+    key = cap[row, C_KEY]
+    _ht_del(ht, key)
+    accts[key >> CAP_ACCOUNT_SHIFT, A_CAP_ROWS] -= 1
+    cap[row, C_KEY] = EMPTY
+    cap[row, C_CAP] = 0
+    cap[row, C_USED] = 0
+    cap[row, C_NEXT] = meta[0, M_CAP_FREE]
+    meta[0, M_CAP_FREE] = row
+    meta[0, M_CAP_LIVE] -= 1
+
+
+@njit(cache=True, _nrt=False)
+def _cap_sweep(meta, accts, cap, ht, hour):
+    """Free every row of an hour before `hour`, in row order (so the free list, and every later
+    allocation, is a function of the rows alone).
+
+    Nothing reads such a row again: capacity backs the asks of open instruments only, and an
+    open instrument's gate, so its first hour, is still ahead; obligations keep no capacity row.
+    """
+    for row in range(meta[0, M_CAP_HWM]):
+        key = cap[row, C_KEY]
+        if key != EMPTY and key & CAP_HOUR_MASK < hour:
+            _cap_free(meta, accts, cap, ht, row)
 
 
 @njit(cache=True, _nrt=False)

@@ -10,8 +10,11 @@ import websockets
 
 from exchange.gateway import app as gateway_app
 from exchange.gateway.hub import Hub
+from exchange.gateway.ratelimit import RateLimits
 from schemas import commands as c
+from schemas.symbols import parse_symbol
 from streams.topics import topics
+from tests.conftest import HOUR_NS
 from tests.support.gateway_harness import PROVIDER, TRADER, Socket, rest, running_exchange, socket
 
 from .conftest import run
@@ -298,5 +301,35 @@ def test_a_gateway_behind_the_log_refuses_private_requests_until_it_caught_up(
                 assert balances.json() == (await rest(ex, "GET", "/api/v1/balances", trader)).json()
             finally:
                 await second.close()
+
+    run(scenario(), timeout_s=170)
+
+
+def test_capacity_updates_count_against_the_per_key_order_limit(broker, dsn):
+    # Found in a security review: capacity.update and POST /capacity skipped the order limit, so
+    # one key could stream engine commands (each up to 1680 rows' work) as fast as it could.
+    limits = RateLimits(orders_per_key_per_s=1, orders_per_key_burst=2)
+
+    async def scenario() -> None:
+        async with running_exchange(broker, dsn, limits=limits) as ex:
+            key = parse_symbol(ex.symbol)
+            capacity = {"gpu": key.gpu, "region": key.region, "start_ns": str(key.start_ns),
+                        "end_ns": str(key.start_ns + HOUR_NS), "gpus": 5}  # fmt: skip
+            async with socket(ex) as ws:
+                assert (await ws.logon(ex.keys["provider"]))["status"] == 200
+                answers = [await ws.request("capacity.update", capacity) for _ in range(4)]
+            statuses = [a["status"] for a in answers]
+            assert statuses[:2] == [200, 200] and 429 in statuses, answers
+            limited = next(a for a in answers if a["status"] == 429)
+            assert limited["error"]["code"] == "RATE_LIMITED"
+            # REST, with another key (its own bucket): the same limit.
+            keys = ex.keys["maker"]
+            rest_answers = [
+                await rest(ex, "POST", "/api/v1/capacity", keys, capacity) for _ in range(4)
+            ]
+            codes = [r.status_code for r in rest_answers]
+            assert codes[:2] == [200, 200] and 429 in codes, [r.text for r in rest_answers]
+            refused = next(r for r in rest_answers if r.status_code == 429)
+            assert refused.json()["error"]["code"] == "RATE_LIMITED"
 
     run(scenario(), timeout_s=170)

@@ -39,6 +39,7 @@ CONFIG = EngineConfig(
     levels_max=1024,
     positions_max=1024,
     capacity_rows_max=8192,
+    capacity_rows_per_account_max=130,  # the setup takes up to 120 a provider: 72-hour updates meet it
     obligations_max=1024,
     accounts_max=64,
     instruments_max=2048,
@@ -145,7 +146,10 @@ def engine_view(engine: Engine) -> dict:
     capacity = {}
     for row in s[lay.ST_CAP][: meta[lay.M_CAP_HWM]]:
         key = int(row[lay.C_KEY])
-        capacity[(key >> 26, (key >> 20) & 63, key & 0xFFFFF)] = (
+        if key == -1:
+            continue  # a free row
+        account, capkey = key >> lay.CAP_ACCOUNT_SHIFT, (key >> lay.CAP_HOUR_BITS) & 63
+        capacity[(account, capkey, key & lay.CAP_HOUR_MASK)] = (
             int(row[lay.C_CAP]),
             int(row[lay.C_USED]),
         )
@@ -402,7 +406,8 @@ def _command(data: DataObject, ref: ReferenceExchange, seen: list[int], obls: li
             gpu=gpu,
             region="us-east",
             start_ns=start,
-            end_ns=start + data.draw(st.sampled_from((-1, 0, 1, 2, 30))) * NS_PER_HOUR,
+            # 72 hours reach past the setup's rows (the per-provider limit), 1600 past the horizon
+            end_ns=start + data.draw(st.sampled_from((-1, 0, 1, 2, 30, 72, 1600))) * NS_PER_HOUR,
             gpus=data.draw(st.sampled_from((-1, 0, 2, 10, 40, 2_000_000))),
         )
     return _delivery(data, ref, obls)

@@ -225,6 +225,8 @@ class ReferenceExchange:
         self.orders: dict[int, Order] = {}
         self.positions: dict[tuple[int, int], Position] = {}  # (account, instrument_id)
         self.capacity: dict[tuple[int, int, int], list[int]] = {}  # (acct, capkey, hour): cap, used
+        # The last hour a listed instrument can deliver in, counted from the current one.
+        self._horizon_hours = max(p.listing_horizon_hours + p.hours for p in catalog.products)
         self.obligations: dict[int, Obligation] = {}
         self.gtd_heap: list[tuple[int, int]] = []  # (expire_ns, order_id), stale entries kept
         self.order_pool = _Pool(self.config.orders_max)
@@ -991,23 +993,34 @@ class ReferenceExchange:
         start, end = c.start_ns // NS_PER_HOUR, c.end_ns // NS_PER_HOUR
         if not self._user_account(c.account):
             raise _Refused(Reject.UNKNOWN_ACCOUNT)
+        # Hours an instrument can deliver in: from the current one to the listing horizon.
+        now_hour = self.now // NS_PER_HOUR
         if (
             end <= start
             or start < 0
             or end - start > cfg.capacity_hours_max
+            or not now_hour < end <= now_hour + self._horizon_hours
             or not 0 <= c.gpus <= cfg.capacity_gpus_max
         ):
             raise _Refused(Reject.CAPACITY_RANGE_INVALID)
+        start = max(start, now_hour)  # the hours already over are not set
         hours = [(c.account, capkey, h) for h in range(start, end)]
         for key in hours:
             row = self.capacity.get(key)
             if row is not None and row[1] > c.gpus:
                 raise _Refused(Reject.CAPACITY_BELOW_COMMITTED)
-        missing = sum(key not in self.capacity for key in hours)
+        # No GPUs is no row: it is what a missing hour means.
+        missing = 0 if c.gpus == 0 else sum(key not in self.capacity for key in hours)
+        held = sum(key[0] == c.account for key in self.capacity)
+        if held + missing > cfg.capacity_rows_per_account_max:
+            raise _Refused(Reject.CAPACITY_LIMIT)
         if cfg.capacity_rows_max - len(self.capacity) < missing:
             raise _Refused(Reject.ENGINE_FULL)
         for key in hours:
-            self.capacity.setdefault(key, [0, 0])[0] = c.gpus
+            if c.gpus == 0:
+                self.capacity.pop(key, None)
+            else:
+                self.capacity.setdefault(key, [0, 0])[0] = c.gpus
         out.append(
             evt.CapacityUpdated(
                 account=c.account,
@@ -1023,6 +1036,9 @@ class ReferenceExchange:
 
     def _clock(self, c: cmd.ClockTick, out: list, listed: list) -> None:
         self.now = max(self.now, c.ts_ns)
+        # Capacity of the hours already over backs nothing more.
+        hour = self.now // NS_PER_HOUR
+        self.capacity = {k: v for k, v in self.capacity.items() if k[2] >= hour}
         closing = sorted(
             (ins for ins in self.instruments.values() if ins.gate_ns <= self.now),
             key=lambda ins: ins.slot,
