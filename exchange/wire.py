@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from decimal import Decimal
 from enum import StrEnum
 
@@ -67,6 +68,14 @@ __all__ = [
     "WS_LOGON_METHOD",
     "WS_LOGON_PATH",
     "Prices",
+    "COUNT_MAX",
+    "ID_MAX",
+    "INT64_MAX",
+    "NS_PATTERN",
+    "QTY_PATTERN",
+    "int_pattern",
+    "positive_decimal_pattern",
+    "ns_from_str",
     "qty_to_str",
     "qty_from_str",
     "money_to_str",
@@ -80,6 +89,53 @@ HEADER_NONCE = "GX-NONCE"
 HEADER_SIGNATURE = "GX-SIGNATURE"
 WS_LOGON_METHOD = "GET"
 WS_LOGON_PATH = "/ws"
+
+
+INT64_MAX = 2**63 - 1  # ids, nanoseconds and counts are int64 in the engine
+PRICE_DIGITS_MAX = 9  # before the point: prices below a billion USD per GPU-hour
+ID_MAX = 2**53 - 1  # order, obligation ids in paths: exact as a JSON number
+COUNT_MAX = 2**31 - 1  # GPUs, GPU-hours: far above any catalog, and exact as a JSON number
+LOTS_DIGITS_MAX = 9  # the engine refuses more than the catalog's lots_max (LOTS_ABOVE_MAX)
+
+
+def int_pattern(max_value: int) -> str:
+    """The pattern of a decimal integer 0..max_value without leading zeros (exactly those)."""
+    if max_value < 0:
+        raise ValueError(f"max_value: expected >= 0, found {max_value}")
+    top = str(max_value)
+    branches = ["0"]
+    if len(top) > 1:
+        branches.append(f"[1-9][0-9]{{0,{len(top) - 2}}}")
+    # Numbers as long as max_value: its first i digits, then a smaller one, then any digits.
+    for i, digit in enumerate(top):
+        low = 1 if i == 0 else 0
+        if int(digit) > low:
+            rest = len(top) - i - 1
+            tail = f"[0-9]{{{rest}}}" if rest else ""
+            branches.append(f"{top[:i]}[{low}-{int(digit) - 1}]{tail}")
+    if max_value > 0:
+        branches.append(top)
+    return "^(" + "|".join(dict.fromkeys(branches)) + ")$"
+
+
+def positive_decimal_pattern(decimals: int, int_digits: int) -> str:
+    """The pattern of a decimal > 0 with at most `decimals` places and no leading zeros."""
+    whole = f"[1-9][0-9]{{0,{int_digits - 1}}}" + (
+        f"(\\.[0-9]{{1,{decimals}}})?" if decimals else ""
+    )
+    if not decimals:
+        return f"^{whole}$"
+    # Below 1: 0.0...0d with the first non-zero digit at each place.
+    fractions = "|".join(
+        "0" * zeros + f"[1-9][0-9]{{0,{decimals - zeros - 1}}}" for zeros in range(decimals)
+    )
+    return f"^({whole}|0\\.({fractions}))$"
+
+
+NS_PATTERN = int_pattern(INT64_MAX)  # timestamps as strings of integer nanoseconds
+QTY_PATTERN = positive_decimal_pattern(0, LOTS_DIGITS_MAX)  # whole lots > 0
+_NS_RE = re.compile(NS_PATTERN)
+_QTY_RE = re.compile(QTY_PATTERN)
 
 
 class ErrorCode(StrEnum):
@@ -106,6 +162,7 @@ class ErrorCode(StrEnum):
     REJECTED = "REJECTED"  # the engine refused; `engine_code` and `reason` say why
     BAD_SSH_KEY = "BAD_SSH_KEY"  # not an accepted OpenSSH public key (exchange/gateway/ssh_keys.py)
     SSH_KEYS_FULL = "SSH_KEYS_FULL"  # the account has SSH_KEYS_PER_ACCOUNT_MAX keys
+    KEYS_FULL = "KEYS_FULL"  # the account has KEYS_PER_ACCOUNT_MAX active API keys
     BAD_ACCESS = "BAD_ACCESS"  # provision.confirm access unfit (schemas.provisioning.access_error)
     UNKNOWN_DELIVERY = "UNKNOWN_DELIVERY"  # not a delivery of which the caller is the holder
 
@@ -130,8 +187,9 @@ ERROR_STATUS: dict[str, int] = {
     ErrorCode.TIMEOUT: 504,
     ErrorCode.UNAVAILABLE: 503,
     ErrorCode.REJECTED: 422,
-    ErrorCode.BAD_SSH_KEY: 400,
+    ErrorCode.BAD_SSH_KEY: 422,  # fits the document's line grammar, but does not load as a key
     ErrorCode.SSH_KEYS_FULL: 409,
+    ErrorCode.KEYS_FULL: 409,
     ErrorCode.BAD_ACCESS: 400,
     ErrorCode.UNKNOWN_DELIVERY: 404,
 }
@@ -198,6 +256,10 @@ class Prices:
         if tick_micros <= 0:
             raise ValueError(f"tick_micros: expected > 0, found {tick_micros}")
         self.tick = Decimal(tick_micros) / Decimal(1_000_000)
+        self.decimals = max(0, -self.tick.normalize().as_tuple().exponent)  # type: ignore[operator]
+        # Exactly the prices on tick when the tick is a power of ten (0.001); a superset else.
+        self.pattern = positive_decimal_pattern(self.decimals, PRICE_DIGITS_MAX)
+        self._re = re.compile(self.pattern)
 
     def to_str(self, ticks: int) -> str:
         """Format integer ticks as a price string at the tick's precision."""
@@ -214,8 +276,12 @@ class Prices:
         except UnitError as error:
             code = ErrorCode.PRICE_OFF_TICK if "multiple" in str(error) else ErrorCode.BAD_REQUEST
             raise WireError(code, str(error)) from None
-        if ticks <= 0:
-            raise WireError(ErrorCode.BAD_REQUEST, f"{field}: expected > 0, found {text!r}")
+        if self._re.fullmatch(text) is None:
+            raise WireError(
+                ErrorCode.BAD_REQUEST,
+                f"{field}: expected a decimal > 0 with at most {self.decimals} decimals and "
+                f"{PRICE_DIGITS_MAX} digits before the point, found {text[:40]!r}",
+            )
         return ticks
 
 
@@ -230,13 +296,23 @@ def qty_from_str(text: object, field: str = "qty") -> int:
         raise WireError(
             ErrorCode.BAD_REQUEST, f"{field}: expected a decimal string, found {text!r}"
         )
-    try:
-        lots = decimal_to_int(text, Decimal(1), field)
-    except UnitError as error:
-        raise WireError(ErrorCode.QTY_INVALID, str(error)) from None
-    if lots <= 0:
-        raise WireError(ErrorCode.QTY_INVALID, f"{field}: expected whole lots > 0, found {text!r}")
-    return lots
+    if _QTY_RE.fullmatch(text) is None:
+        raise WireError(
+            ErrorCode.QTY_INVALID,
+            f"{field}: expected whole lots > 0 ({LOTS_DIGITS_MAX} digits at most, no leading "
+            f"zeros), found {text[:40]!r}",
+        )
+    return int(text)
+
+
+def ns_from_str(text: str, field: str) -> int:
+    """Parse a `ts_ns`-style string of integer nanoseconds (0..INT64_MAX, no leading zeros)."""
+    if _NS_RE.fullmatch(text) is None:
+        raise WireError(
+            ErrorCode.BAD_REQUEST,
+            f"{field}: expected integer nanoseconds 0-{INT64_MAX}, found {text[:40]!r}",
+        )
+    return int(text)
 
 
 def ns_to_str(ns: int) -> str:

@@ -18,7 +18,9 @@ import uvicorn
 from litestar import Litestar, Request, Response
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
+from litestar.routes import HTTPRoute
 from litestar.static_files import create_static_files_router
+from litestar.types import Message, Scope
 
 from exchange.gateway.accounts import Accounts
 from exchange.gateway.context import Gateway
@@ -26,6 +28,8 @@ from exchange.gateway.deliveries import Deliveries
 from exchange.gateway.hub import Hub
 from exchange.gateway.keys import KeyStore
 from exchange.gateway.market_feed import MarketFeed
+from exchange.gateway.openapi import GatewayDocument, components
+from exchange.gateway.orders import PLACE_RULES
 from exchange.gateway.provisioning import Provisioning
 from exchange.gateway.ratelimit import RateLimits
 from exchange.gateway.rest import (
@@ -75,7 +79,32 @@ def _http_error(_: Request[Any, Any, Any], error: HTTPException) -> Response[Any
     if extra:
         detail += f": {extra}"
     wire = WireError(code, detail)
-    return Response({"error": wire.body()}, status_code=error.status_code)
+    # Litestar's own headers stay: `Allow` on 405 (RFC 9110 requires it).
+    return Response({"error": wire.body()}, status_code=error.status_code, headers=error.headers)
+
+
+def _allow_fixer(app: Litestar) -> Any:
+    """A `before_send` hook: an OPTIONS answer lists every method of its path in `Allow`.
+
+    Litestar builds the OPTIONS handler of a path when its first handler is registered, so its
+    `Allow` names that handler's method alone (GET /orders/{id} hides PATCH and DELETE).
+    """
+    methods: dict[str, str] = {}
+    for route in app.routes:
+        if isinstance(route, HTTPRoute):
+            methods[route.path] = ", ".join(sorted(route.methods))
+
+    async def before_send(message: Message, scope: Scope) -> None:
+        if message["type"] != "http.response.start" or scope.get("method") != "OPTIONS":
+            return
+        handler = scope.get("route_handler")
+        path = next(iter(getattr(handler, "paths", ())), None)
+        allow = methods.get(path) if path is not None else None
+        if allow is not None:
+            headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != b"allow"]
+            message["headers"] = [*headers, (b"allow", allow.encode())]
+
+    return before_send
 
 
 def asgi_app(gateway: Gateway, app: Litestar) -> Any:
@@ -105,8 +134,16 @@ def build_app(gateway: Gateway, extra_handlers: list[Any] | None = None) -> Lite
             page,
         ],
         exception_handlers={WireError: _wire_error, HTTPException: _http_error},
+        # The JSON document only: a documentation page would load its scripts from a CDN into
+        # the gateway's origin, where the signing keys of the market page live.
         openapi_config=OpenAPIConfig(
-            title="gpu-exchange gateway", version="1", path="/api/v1/schema"
+            title="gpu-exchange gateway",
+            version="1",
+            path="/api/v1/schema",
+            components=components(),
+            render_plugins=[
+                GatewayDocument(gateway.prices.pattern, rules={"PlaceParams": PLACE_RULES})
+            ],
         ),
         request_max_body_size=request_body_bytes_max,
         # Litestar's default logging config sets the root logger to INFO with its own handler:
@@ -114,6 +151,7 @@ def build_app(gateway: Gateway, extra_handlers: list[Any] | None = None) -> Lite
         logging_config=None,
     )
     app.state.gateway = gateway
+    app.before_send.append(_allow_fixer(app))  # type: ignore[arg-type]
     return app
 
 

@@ -230,8 +230,8 @@ class KeyStore:
     async def create(self, account: int, scopes: Iterable[str]) -> tuple[ApiKey, str]:
         """Issue a key for `account` with `scopes`; return it and its secret, shown only now.
 
-        Raises WireError(BAD_REQUEST) for a system account, unknown scopes, or an account that
-        already has KEYS_PER_ACCOUNT_MAX active keys.
+        Raises WireError(BAD_REQUEST) for a system account or unknown scopes, KEYS_FULL for an
+        account that already has KEYS_PER_ACCOUNT_MAX active keys.
         """
         if isinstance(account, bool) or not ACCOUNT_FIRST_USER <= account <= ACCOUNT_MAX:
             raise WireError(
@@ -259,7 +259,7 @@ class KeyStore:
         )
         if not inserted:
             raise WireError(
-                ErrorCode.BAD_REQUEST,
+                ErrorCode.KEYS_FULL,
                 f"account {account}: expected at most {KEYS_PER_ACCOUNT_MAX} active keys, found "
                 f"{KEYS_PER_ACCOUNT_MAX} already; revoke one first",
             )

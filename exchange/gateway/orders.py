@@ -22,7 +22,7 @@ import asyncio
 import re
 import secrets
 import time
-from typing import Any, Protocol, TypeVar
+from typing import Annotated, Any, Protocol, TypeVar
 
 import msgspec
 
@@ -30,8 +30,21 @@ from exchange.gateway.accounts import Accounts
 from exchange.gateway.deliveries import Deliveries
 from exchange.gateway.hub import Hub, command_timeout_s
 from exchange.gateway.market_feed import MarketFeed
+from exchange.gateway.openapi import documented, price_field
 from exchange.gateway.provisioning import Provisioning
-from exchange.wire import ErrorCode, Prices, WireError, money_to_str, qty_from_str, qty_to_str
+from exchange.wire import (
+    COUNT_MAX,
+    ID_MAX,
+    NS_PATTERN,
+    QTY_PATTERN,
+    ErrorCode,
+    Prices,
+    WireError,
+    money_to_str,
+    ns_from_str,
+    qty_from_str,
+    qty_to_str,
+)
 from schemas import commands as c
 from schemas import events as e
 from schemas.catalog import Catalog
@@ -54,6 +67,8 @@ __all__ = [
     "dispute_reason_chars_max",
     "client_order_id_max",
     "route_children_max",
+    "CLIENT_ORDER_ID_PATTERN",
+    "PLACE_RULES",
     "parse_params",
     "parse_access",
 ]
@@ -61,7 +76,25 @@ __all__ = [
 client_order_id_max = 36
 dispute_reason_chars_max = 500
 route_children_max = 50  # child orders one routed order may place
-_CLIENT_ORDER_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,36}$")
+CLIENT_ORDER_ID_PATTERN = rf"^[A-Za-z0-9_.:-]{{1,{client_order_id_max}}}$"
+# A routed order's children are "<prefix>-<index>": the prefix leaves room for the index.
+_ROUTE_PREFIX_CHARS_MAX = client_order_id_max - len(f"-{route_children_max - 1}")
+ROUTE_PREFIX_PATTERN = rf"^[A-Za-z0-9_.:-]{{1,{_ROUTE_PREFIX_CHARS_MAX}}}$"
+_CLIENT_ORDER_ID = re.compile(CLIENT_ORDER_ID_PATTERN)
+_ROUTE_PREFIX = re.compile(ROUTE_PREFIX_PATTERN)
+# Empty: the gateway names the order.
+_OPTIONAL_ID = f"^({CLIENT_ORDER_ID_PATTERN[1:-1]})?$"
+_OPTIONAL_PREFIX = f"^({ROUTE_PREFIX_PATTERN[1:-1]})?$"
+_Qty = Annotated[str, documented("whole lots > 0", pattern=QTY_PATTERN)]
+_Ns = Annotated[str, documented("integer UNIX nanoseconds", pattern=NS_PATTERN)]
+_Price = Annotated[str, price_field("a price at the tick's precision")]
+# PlaceParams as a whole: a limit order (the default type) names its price.
+PLACE_RULES: dict[str, Any] = {
+    "anyOf": [
+        {"required": ["price"], "properties": {"price": {"type": "string"}}},
+        {"required": ["type"], "properties": {"type": {"const": "market"}}},
+    ]
+}
 _duplicate_poll_s = 0.02
 T = TypeVar("T", bound=msgspec.Struct)
 
@@ -84,24 +117,26 @@ class _Params(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class PlaceParams(_Params, kw_only=True):
     symbol: str
     side: Side
-    qty: str
+    qty: _Qty
     type: OrderType = OrderType.LIMIT
-    price: str | None = None
+    price: _Price | None = None
     tif: TimeInForce = TimeInForce.GTC
     post_only: bool = False
     stp: SelfTradePrevention = SelfTradePrevention.CANCEL_TAKER
-    expire_ns: str = "0"
-    client_order_id: str = ""
+    expire_ns: _Ns = "0"
+    client_order_id: Annotated[
+        str, documented("empty: the gateway names it", pattern=_OPTIONAL_ID)
+    ] = ""
 
 
 class OrderRef(_Params, kw_only=True):
-    order_id: int = 0
+    order_id: Annotated[int, msgspec.Meta(ge=-ID_MAX, le=ID_MAX)] = 0
     client_order_id: str = ""
 
 
 class AmendParams(OrderRef, kw_only=True):
-    price: str
-    qty: str
+    price: _Price
+    qty: _Qty
 
 
 class CancelAllParams(_Params, kw_only=True):
@@ -110,21 +145,23 @@ class CancelAllParams(_Params, kw_only=True):
 
 class RouteParams(_Params, kw_only=True):
     gpu: str
-    gpu_hours: int
-    start_ns: str
-    end_ns: str
-    max_price: str
+    gpu_hours: Annotated[int, msgspec.Meta(le=COUNT_MAX), documented(minimum=1)]
+    start_ns: _Ns
+    end_ns: _Ns
+    max_price: _Price
     regions: list[str] = []
     products: list[str] = []
-    client_order_id: str = ""
+    client_order_id: Annotated[
+        str, documented("the children's id prefix; empty: the gateway's", pattern=_OPTIONAL_PREFIX)
+    ] = ""
 
 
 class CapacityParams(_Params, kw_only=True):
     gpu: str
     region: str
-    start_ns: str
-    end_ns: str
-    gpus: int
+    start_ns: _Ns
+    end_ns: _Ns
+    gpus: Annotated[int, msgspec.Meta(ge=0, le=COUNT_MAX)]
 
 
 class ConfirmParams(_Params, kw_only=True):
@@ -177,11 +214,7 @@ def parse_access(value: Any) -> Access:
 
 
 def _ns(text: str, field: str) -> int:
-    if not text.isdigit() or len(text) > 19:
-        raise WireError(
-            ErrorCode.BAD_REQUEST, f"{field}: expected integer nanoseconds, found {text!r}"
-        )
-    return int(text)
+    return ns_from_str(text, field)
 
 
 def _reject(events: list[e.Event]) -> None:
@@ -242,7 +275,7 @@ class OrderDesk:
             price_ticks = 0 if p.price is None else self.prices.from_str(p.price)
         expire_ns = _ns(p.expire_ns, "expire_ns")
         cid = p.client_order_id or "gx-" + secrets.token_hex(8)
-        if not _CLIENT_ORDER_ID.match(cid):
+        if not _CLIENT_ORDER_ID.fullmatch(cid):
             raise WireError(
                 ErrorCode.BAD_REQUEST,
                 f"client_order_id: expected 1-{client_order_id_max} characters of "
@@ -398,6 +431,12 @@ class OrderDesk:
             raise WireError(ErrorCode.QTY_INVALID, f"gpu_hours: expected > 0, found {p.gpu_hours}")
         start_ns, end_ns = _ns(p.start_ns, "start_ns"), _ns(p.end_ns, "end_ns")
         max_ticks = self.prices.from_str(p.max_price, "max_price")
+        if p.client_order_id and not _ROUTE_PREFIX.fullmatch(p.client_order_id):
+            raise WireError(
+                ErrorCode.BAD_REQUEST,
+                f"client_order_id: expected 1-{_ROUTE_PREFIX_CHARS_MAX} characters of "
+                f"[A-Za-z0-9_.:-] (the children add -<index>), found {p.client_order_id[:40]!r}",
+            )
         plan = self._route_plan(p, start_ns, end_ns, max_ticks)
         prefix = p.client_order_id or "rt-" + secrets.token_hex(6)
         children: list[dict[str, Any]] = []

@@ -129,7 +129,10 @@ def test_schemathesis_finds_the_gateway_true_to_its_openapi_document(broker, dsn
                     for check in event.recorder.checks.get(case_id, []):
                         if check.status == Status.FAILURE and check.failure_info is not None:
                             failure = check.failure_info.failure
-                            failures.setdefault(failure, f"{check.name}: {failure.operation}: {failure.title}: {failure.message[:600]!r}")
+                            failures.setdefault(
+                                failure,
+                                f"{check.name}: {failure.operation}: {failure.title}: {failure.message[:600]!r}",
+                            )
             elif isinstance(event, st_events.NonFatalError):
                 errors.append(f"{event.label}: {event.info.format()}")
             elif isinstance(event, st_events.FatalError):
