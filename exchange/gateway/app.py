@@ -28,18 +28,28 @@ from exchange.gateway.deliveries import Deliveries
 from exchange.gateway.hub import Hub
 from exchange.gateway.keys import KeyStore
 from exchange.gateway.market_feed import MarketFeed
-from exchange.gateway.openapi import GatewayDocument, components
-from exchange.gateway.orders import PLACE_RULES
+from exchange.gateway.openapi import GatewayDocument, closed, components
+from exchange.gateway.orders import (
+    PLACE_RULES,
+    AmendParams,
+    CapacityParams,
+    PlaceParams,
+    RouteParams,
+)
 from exchange.gateway.provisioning import Provisioning
 from exchange.gateway.ratelimit import RateLimits
 from exchange.gateway.rest import (
     AccountController,
+    DisputeBody,
+    KeyParams,
     OrderController,
     ProviderController,
     PublicController,
+    SshKeyParams,
 )
 from exchange.gateway.ssh_keys import SshKeyStore
 from exchange.gateway.subscriptions import Subscriptions
+from exchange.gateway.transfers import WithdrawParams
 from exchange.gateway.ws import serve_socket
 from exchange.wire import ErrorCode, Prices, WireError
 from schemas.catalog import Catalog, load_catalog
@@ -54,6 +64,17 @@ WEB_DIR = Path(__file__).resolve().parent.parent / "web"  # the market page's fi
 request_body_bytes_max = 65_536  # REST bodies; larger ones get PAYLOAD_TOO_LARGE
 ws_frame_bytes_max = 1_048_576  # uvicorn closes a socket sending more (1009); smaller: answered
 ready_wait_s = 60.0  # how long start() waits for the gateway to read the topics to their end
+# The REST bodies: each refuses unknown fields, and the document says so.
+_BODIES = (
+    PlaceParams,
+    AmendParams,
+    RouteParams,
+    CapacityParams,
+    WithdrawParams,
+    KeyParams,
+    SshKeyParams,
+    DisputeBody,
+)
 _HTTP_CODES = {
     400: ErrorCode.BAD_REQUEST,
     401: ErrorCode.UNAUTHORIZED,
@@ -107,6 +128,12 @@ def _allow_fixer(app: Litestar) -> Any:
     return before_send
 
 
+def _document_rules() -> dict[str, dict[str, Any]]:
+    rules = closed(*_BODIES)
+    rules[PlaceParams.__name__] = {**rules[PlaceParams.__name__], **PLACE_RULES}
+    return rules
+
+
 def asgi_app(gateway: Gateway, app: Litestar) -> Any:
     """`/ws` served directly, everything else by Litestar."""
 
@@ -141,9 +168,7 @@ def build_app(gateway: Gateway, extra_handlers: list[Any] | None = None) -> Lite
             version="1",
             path="/api/v1/schema",
             components=components(),
-            render_plugins=[
-                GatewayDocument(gateway.prices.pattern, rules={"PlaceParams": PLACE_RULES})
-            ],
+            render_plugins=[GatewayDocument(gateway.prices.pattern, rules=_document_rules())],
         ),
         request_max_body_size=request_body_bytes_max,
         # Litestar's default logging config sets the root logger to INFO with its own handler:

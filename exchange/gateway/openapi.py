@@ -35,6 +35,7 @@ __all__ = [
     "PRICE_UNIT",
     "SECURITY_SCHEMES",
     "SIGNED",
+    "closed",
     "components",
     "documented",
     "errors",
@@ -115,6 +116,15 @@ def price_field(description: str) -> Any:
     )
 
 
+def closed(*bodies: type[msgspec.Struct]) -> dict[str, dict[str, Any]]:
+    """`GatewayDocument` rules: the bodies that refuse unknown fields say so in the document."""
+    return {
+        body.__name__: {"additionalProperties": False}
+        for body in bodies
+        if body.__struct_config__.forbid_unknown_fields
+    }
+
+
 def _filled(node: Any, patterns: dict[str, str]) -> Any:
     """Copy a document tree, setting the pattern of every node marked with a unit."""
     if isinstance(node, list):
@@ -148,7 +158,7 @@ class GatewayDocument(JsonRenderPlugin):
         if self._rendered is None:
             document = _filled(openapi_schema, self._patterns)
             schemas = document.get("components", {}).get("schemas", {})
-            for name, rule in self._rules.items():
+            for name, rule in self._rules.items():  # a component exists once a route uses it
                 if name in schemas:
                     schemas[name].update(rule)
             self._rendered = json.dumps(document).encode()

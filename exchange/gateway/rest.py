@@ -20,6 +20,7 @@ from litestar.params import FromPath, FromQuery, JSONBody, PathParameter, QueryP
 from exchange.gateway.context import Gateway
 from exchange.gateway.deliveries import DELIVERY_ROLES, DELIVERY_STATES
 from exchange.gateway.keys import SCOPES, ApiKey
+from exchange.gateway.market_feed import BOOK_DEPTH_MAX
 from exchange.gateway.openapi import SIGNED, documented, errors
 from exchange.gateway.orders import (
     AmendParams,
@@ -60,6 +61,7 @@ _SIGNED = (400, 401, 403, 413, 429, 503)
 _COMMAND = (*_SIGNED, 404, 422, 503, 504)
 
 Limit = Annotated[int, QueryParameter(ge=1, le=limit_max)]
+Depth = Annotated[int, QueryParameter(ge=1, le=BOOK_DEPTH_MAX)]
 Id = Annotated[int, PathParameter(ge=1, le=ID_MAX)]
 Time = Annotated[str | None, QueryParameter(schema_extra=TIME_SCHEMA)]
 Scope = Literal["read", "trade", "provide", "withdraw"]
@@ -147,12 +149,12 @@ class PublicController(Controller):
 
     @get("/book/{symbol:str}", responses=errors(*_PUBLIC, 400, 404))
     async def book(
-        self, request: Request[Any, Any, Any], symbol: FromPath[str], depth: Limit = 10
+        self, request: Request[Any, Any, Any], symbol: FromPath[str], depth: Depth = 10
     ) -> dict[str, Any]:
         """Return the order book of an instrument to a depth, with its seq and checksum."""
         gw = _gateway(request)
         gw.check_ip(request)
-        book = gw.feed.book(symbol, _limit(depth))
+        book = gw.feed.book(symbol, depth)
         if book is None:
             raise WireError(ErrorCode.UNKNOWN_SYMBOL, f"no book for {symbol!r}")
         return book
@@ -279,7 +281,9 @@ class AccountController(Controller):
         self,
         request: Request[Any, Any, Any],
         limit: Limit = 100,
-        cursor: Annotated[str | None, QueryParameter(pattern=f"({CURSOR_PATTERN})?")] = None,
+        cursor: Annotated[
+            str | None, QueryParameter(pattern=f"^({CURSOR_PATTERN[1:-1]})?$")
+        ] = None,
         from_: Annotated[str | None, QueryParameter(name="from", schema_extra=TIME_SCHEMA)] = None,
         to: Time = None,
     ) -> dict[str, Any]:

@@ -56,10 +56,12 @@ DATE_TIME_PATTERN = (
     f"^{_YEAR}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
     r"(\.[0-9]{1,6})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
 )
-# The `from` and `to` of a query: UNIX nanoseconds, an RFC 3339 date, or an RFC 3339 date-time.
+# The `from` and `to` of a query: UNIX nanoseconds, an RFC 3339 date or date-time, or empty
+# (no bound).
 TIME_SCHEMA: dict[str, Any] = {
     "type": "string",
     "anyOf": [
+        {"maxLength": 0},
         {"pattern": NS_PATTERN},
         {"pattern": DATE_PATTERN, "format": "date"},
         {"pattern": DATE_TIME_PATTERN, "format": "date-time"},
