@@ -135,6 +135,7 @@ def positive_decimal_pattern(decimals: int, int_digits: int) -> str:
 NS_PATTERN = int_pattern(INT64_MAX)  # timestamps as strings of integer nanoseconds
 QTY_PATTERN = positive_decimal_pattern(0, LOTS_DIGITS_MAX)  # whole lots > 0
 _NS_RE = re.compile(NS_PATTERN)
+_PLAIN_DECIMAL_RE = re.compile(r"[0-9]{1,20}(\.[0-9]{1,20})?")  # off tick, or on it: ask Decimal
 _QTY_RE = re.compile(QTY_PATTERN)
 
 
@@ -271,12 +272,14 @@ class Prices:
             raise WireError(
                 ErrorCode.BAD_REQUEST, f"{field}: expected a decimal string, found {text!r}"
             )
+        # Only plain decimals reach Decimal: "1e999999999" would build a huge integer.
+        plain = _PLAIN_DECIMAL_RE.fullmatch(text) is not None
         try:
-            ticks = decimal_to_int(text, self.tick, field)
+            ticks = decimal_to_int(text, self.tick, field) if plain else 0
         except UnitError as error:
             code = ErrorCode.PRICE_OFF_TICK if "multiple" in str(error) else ErrorCode.BAD_REQUEST
             raise WireError(code, str(error)) from None
-        if self._re.fullmatch(text) is None:
+        if not plain or self._re.fullmatch(text) is None:
             raise WireError(
                 ErrorCode.BAD_REQUEST,
                 f"{field}: expected a decimal > 0 with at most {self.decimals} decimals and "

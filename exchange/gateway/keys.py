@@ -54,6 +54,7 @@ __all__ = [
     "check_master_key",
     "derive_secret",
     "is_key_id",
+    "KEY_ID_PATTERN",
     "KEY_ID_PREFIX",
     "KEY_ID_HEX_CHARS",
     "MASTER_KEY_CHARS_MIN",
@@ -103,7 +104,8 @@ CLIENT_ORDER_PRUNE_INTERVAL_S = 60.0  # per gateway instance
 CLIENT_ORDER_PRUNE_ROWS_MAX = 10_000  # per prune; a larger backlog goes over several
 ACCOUNT_MAX = 2**63 - 1  # bigint
 
-_KEY_ID_RE = re.compile(f"{KEY_ID_PREFIX}[0-9a-f]{{{KEY_ID_HEX_CHARS}}}")
+KEY_ID_PATTERN = f"^{KEY_ID_PREFIX}[0-9a-f]{{{KEY_ID_HEX_CHARS}}}$"
+_KEY_ID_RE = re.compile(KEY_ID_PATTERN)
 
 
 class MasterKeyMismatch(RuntimeError):

@@ -19,7 +19,7 @@ from litestar.params import FromPath, FromQuery, JSONBody, PathParameter, QueryP
 
 from exchange.gateway.context import Gateway
 from exchange.gateway.deliveries import DELIVERY_ROLES, DELIVERY_STATES
-from exchange.gateway.keys import SCOPES, ApiKey
+from exchange.gateway.keys import KEY_ID_PATTERN, SCOPES, ApiKey
 from exchange.gateway.market_feed import BOOK_DEPTH_MAX
 from exchange.gateway.openapi import SIGNED, documented, errors
 from exchange.gateway.orders import (
@@ -32,7 +32,7 @@ from exchange.gateway.orders import (
     RouteParams,
     dispute_reason_chars_max,
 )
-from exchange.gateway.ssh_keys import SSH_KEY_CHARS_MAX
+from exchange.gateway.ssh_keys import FINGERPRINT_PATTERN, SSH_KEY_CHARS_MAX
 from exchange.gateway.statements import (
     CURSOR_PATTERN,
     LEDGER_PAGE_MAX,
@@ -382,7 +382,9 @@ class AccountController(Controller):
 
     @delete("/keys/{key_id:str}", status_code=200, responses=errors(*_SIGNED, 404))
     async def revoke_key(
-        self, request: Request[Any, Any, Any], key_id: FromPath[str]
+        self,
+        request: Request[Any, Any, Any],
+        key_id: Annotated[str, PathParameter(pattern=KEY_ID_PATTERN)],
     ) -> dict[str, Any]:
         """Revoke one of the account's API keys."""
         gw = _gateway(request)
@@ -407,7 +409,9 @@ class AccountController(Controller):
 
     @delete("/ssh_keys", status_code=200, responses=errors(*_SIGNED, 404))
     async def remove_ssh_key(
-        self, request: Request[Any, Any, Any], fingerprint: FromQuery[str]
+        self,
+        request: Request[Any, Any, Any],
+        fingerprint: Annotated[str, QueryParameter(pattern=FINGERPRINT_PATTERN)],
     ) -> dict[str, Any]:
         """Remove one of the account's SSH keys by its fingerprint ("SHA256:...", a query: its
         base64 may hold "/")."""
