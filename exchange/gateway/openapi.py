@@ -80,7 +80,8 @@ class ErrorBody(msgspec.Struct, kw_only=True):
 
 def _description(status: int) -> str:
     codes = sorted(code for code, code_status in ERROR_STATUS.items() if code_status == status)
-    text = f"{HTTPStatus(status).phrase}: " + (", ".join(codes) or "no code of the gateway's")
+    text = f"{HTTPStatus(status).phrase}; the wire's codes of this status (some only on the WebSocket): "
+    text += ", ".join(codes) or "none"
     note = _STATUS_NOTES.get(status)
     return f"{text}; {note}" if note else text
 
