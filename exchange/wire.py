@@ -8,9 +8,9 @@ Numbers on the wire
 - Money is a decimal string of USD at micro-dollar precision (`"12.345678"`).
 - Timestamps are `ts_ns`: strings of integer UNIX nanoseconds. Ids (order, trade, obligation)
   are JSON integers.
-- Parsing is strict (`schemas.units.decimal_to_int`, `digits_to_int`): a decimal is ASCII
+- Parsing is strict (`schemas.units.decimal_to_int`, `int_from_str`): a decimal is ASCII
   digits with at most one "." between digits, at most 40 characters, no sign; an integer string
-  is 1-19 ASCII digits. No exponent, "+", spaces, "_" or other scripts' digits. Every value,
+  is ASCII digits without leading zeros. No exponent, "+", spaces, "_" or other scripts' digits. Every value,
   JSON integers included, is at most `INT_MAX` (2**63 - 2) in size. A quantity refused for any
   reason is `QTY_INVALID`; anything else `BAD_REQUEST` (a price off tick `PRICE_OFF_TICK`).
 
@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated
@@ -57,14 +58,7 @@ from typing import Annotated
 import msgspec
 
 from schemas.codes import Reject
-from schemas.units import (
-    INT_MAX,
-    OffStepError,
-    UnitError,
-    decimal_to_int,
-    digits_to_int,
-    int_to_decimal,
-)
+from schemas.units import INT_MAX, OffStepError, UnitError, decimal_to_int, int_to_decimal
 from schemas.units import micros_to_usd as money_to_str  # money on the wire: USD strings
 
 __all__ = [
@@ -82,6 +76,14 @@ __all__ = [
     "WS_LOGON_METHOD",
     "WS_LOGON_PATH",
     "Prices",
+    "COUNT_MAX",
+    "ID_MAX",
+    "INT64_MAX",
+    "NS_PATTERN",
+    "QTY_PATTERN",
+    "int_pattern",
+    "positive_decimal_pattern",
+    "ID_PATTERN",
     "qty_to_str",
     "qty_from_str",
     "int_from_str",
@@ -97,6 +99,58 @@ HEADER_NONCE = "GX-NONCE"
 HEADER_SIGNATURE = "GX-SIGNATURE"
 WS_LOGON_METHOD = "GET"
 WS_LOGON_PATH = "/ws"
+
+
+INT64_MAX = 2**63 - 1  # ids, nanoseconds and counts are int64 in the engine
+PRICE_DIGITS_MAX = 9  # before the point: prices below a billion USD per GPU-hour
+ID_MAX = 2**53 - 1  # order, obligation ids in paths: exact as a JSON number
+COUNT_MAX = 2**31 - 1  # GPUs, GPU-hours: far above any catalog, and exact as a JSON number
+LOTS_DIGITS_MAX = 9  # the engine refuses more than the catalog's lots_max (LOTS_ABOVE_MAX)
+
+
+def int_pattern(max_value: int, *, least: int = 0) -> str:
+    """The pattern of a decimal integer least..max_value (least 0 or 1) without leading zeros
+    (exactly those)."""
+    if max_value < least or least not in (0, 1):
+        raise ValueError(
+            f"expected 0 <= least <= 1 and least <= max_value, found {least}, {max_value}"
+        )
+    top = str(max_value)
+    branches = ["0"] if least == 0 else ["[1-9]"]
+    if len(top) > 1:
+        branches.append(f"[1-9][0-9]{{0,{len(top) - 2}}}")
+    # Numbers as long as max_value: its first i digits, then a smaller one, then any digits.
+    for i, digit in enumerate(top):
+        low = 1 if i == 0 else 0
+        if int(digit) > low:
+            rest = len(top) - i - 1
+            tail = f"[0-9]{{{rest}}}" if rest else ""
+            branches.append(f"{top[:i]}[{low}-{int(digit) - 1}]{tail}")
+    if max_value > 0:
+        branches.append(top)
+    return "^(" + "|".join(dict.fromkeys(branches)) + ")$"
+
+
+def positive_decimal_pattern(decimals: int, int_digits: int) -> str:
+    """The pattern of a decimal > 0 with at most `decimals` places and no leading zeros."""
+    whole = f"[1-9][0-9]{{0,{int_digits - 1}}}" + (
+        f"(\\.[0-9]{{1,{decimals}}})?" if decimals else ""
+    )
+    if not decimals:
+        return f"^{whole}$"
+    # Below 1: 0.0...0d with the first non-zero digit at each place.
+    fractions = "|".join(
+        "0" * zeros + f"[1-9][0-9]{{0,{decimals - zeros - 1}}}" for zeros in range(decimals)
+    )
+    return f"^({whole}|0\\.({fractions}))$"
+
+
+NS_PATTERN = int_pattern(INT_MAX)  # timestamps as strings of integer nanoseconds
+ID_PATTERN = int_pattern(ID_MAX, least=1)  # ids in paths
+QTY_PATTERN = positive_decimal_pattern(0, LOTS_DIGITS_MAX)  # whole lots > 0
+_NS_RE = re.compile(NS_PATTERN)
+_PLAIN_DECIMAL_RE = re.compile(r"[0-9]{1,20}(\.[0-9]{1,20})?")  # off tick, or on it: ask Decimal
+_QTY_RE = re.compile(QTY_PATTERN)
 
 
 class ErrorCode(StrEnum):
@@ -123,6 +177,7 @@ class ErrorCode(StrEnum):
     REJECTED = "REJECTED"  # the engine refused; `engine_code` and `reason` say why
     BAD_SSH_KEY = "BAD_SSH_KEY"  # not an accepted OpenSSH public key (exchange/gateway/ssh_keys.py)
     SSH_KEYS_FULL = "SSH_KEYS_FULL"  # the account has SSH_KEYS_PER_ACCOUNT_MAX keys
+    KEYS_FULL = "KEYS_FULL"  # the account has KEYS_PER_ACCOUNT_MAX active API keys
     BAD_ACCESS = "BAD_ACCESS"  # provision.confirm access unfit (schemas.provisioning.access_error)
     UNKNOWN_DELIVERY = "UNKNOWN_DELIVERY"  # not a delivery of which the caller is the holder
     INTERNAL = "INTERNAL"  # the gateway failed on this request (a bug, logged); ask before retrying
@@ -150,8 +205,9 @@ ERROR_STATUS: dict[str, int] = {
     ErrorCode.TIMEOUT: 504,
     ErrorCode.UNAVAILABLE: 503,
     ErrorCode.REJECTED: 422,
-    ErrorCode.BAD_SSH_KEY: 400,
+    ErrorCode.BAD_SSH_KEY: 422,  # fits the document's line grammar, but does not load as a key
     ErrorCode.SSH_KEYS_FULL: 409,
+    ErrorCode.KEYS_FULL: 409,
     ErrorCode.BAD_ACCESS: 400,
     ErrorCode.UNKNOWN_DELIVERY: 404,
     ErrorCode.INTERNAL: 500,
@@ -229,6 +285,10 @@ class Prices:
         if tick_micros <= 0:
             raise ValueError(f"tick_micros: expected > 0, found {tick_micros}")
         self.tick = Decimal(tick_micros) / Decimal(1_000_000)
+        self.decimals = max(0, -self.tick.normalize().as_tuple().exponent)  # type: ignore[operator]
+        # Exactly the prices on tick when the tick is a power of ten (0.001); a superset else.
+        self.pattern = positive_decimal_pattern(self.decimals, PRICE_DIGITS_MAX)
+        self._re = re.compile(self.pattern)
 
     def to_str(self, ticks: int) -> str:
         """Format integer ticks as a price string at the tick's precision."""
@@ -240,14 +300,20 @@ class Prices:
             raise WireError(
                 ErrorCode.BAD_REQUEST, f"{field}: expected a decimal string, found {text!r:.40}"
             )
+        # Only plain decimals reach Decimal: "1e999999999" would build a huge integer.
+        plain = _PLAIN_DECIMAL_RE.fullmatch(text) is not None
         try:
-            ticks = decimal_to_int(text, self.tick, field)
+            ticks = decimal_to_int(text, self.tick, field) if plain else 0
         except OffStepError as error:
             raise WireError(ErrorCode.PRICE_OFF_TICK, str(error)) from None
         except UnitError as error:
             raise WireError(ErrorCode.BAD_REQUEST, str(error)) from None
-        if ticks <= 0:
-            raise WireError(ErrorCode.BAD_REQUEST, f"{field}: expected > 0, found {text!r}")
+        if not plain or self._re.fullmatch(text) is None:
+            raise WireError(
+                ErrorCode.BAD_REQUEST,
+                f"{field}: expected a decimal > 0 with at most {self.decimals} decimals and "
+                f"{PRICE_DIGITS_MAX} digits before the point, found {text[:40]!r}",
+            )
         return ticks
 
 
@@ -262,21 +328,25 @@ def qty_from_str(text: object, field: str = "qty") -> int:
         raise WireError(
             ErrorCode.BAD_REQUEST, f"{field}: expected a decimal string, found {text!r:.40}"
         )
-    try:
-        lots = decimal_to_int(text, Decimal(1), field)
-    except UnitError as error:
-        raise WireError(ErrorCode.QTY_INVALID, str(error)) from None
-    if lots <= 0:
-        raise WireError(ErrorCode.QTY_INVALID, f"{field}: expected whole lots > 0, found {text!r}")
-    return lots
+    if _QTY_RE.fullmatch(text) is None:
+        raise WireError(
+            ErrorCode.QTY_INVALID,
+            f"{field}: expected whole lots > 0 ({LOTS_DIGITS_MAX} digits at most, no leading "
+            f"zeros), found {text[:40]!r}",
+        )
+    return int(text)
 
 
 def int_from_str(text: object, field: str) -> int:
-    """Parse an integer string (a `ts_ns`, an id in a path) of 1-19 ASCII digits, 0..INT_MAX."""
-    try:
-        return digits_to_int(text, field)
-    except UnitError as error:
-        raise WireError(ErrorCode.BAD_REQUEST, str(error)) from None
+    """Parse an integer string (a `ts_ns`, an id in a path): NS_PATTERN, so 0..INT_MAX in ASCII
+    digits without leading zeros (the document's grammar); refuse anything else."""
+    if not isinstance(text, str) or _NS_RE.fullmatch(text) is None:
+        raise WireError(
+            ErrorCode.BAD_REQUEST,
+            f"{field}: expected integer digits 0-{INT_MAX} without leading zeros, "
+            f"found {str(text)[:40]!r}",
+        )
+    return int(text)
 
 
 # A JSON integer of a request: Python's ints have no bound, the engine's rows are int64.

@@ -145,6 +145,7 @@ _GATEWAY_ERRORS: dict[ErrorCode, type[Exception]] = {
     ErrorCode.REJECTED: OperationRejected,
     ErrorCode.BAD_SSH_KEY: BadRequest,
     ErrorCode.SSH_KEYS_FULL: BadRequest,
+    ErrorCode.KEYS_FULL: BadRequest,
     ErrorCode.BAD_ACCESS: BadRequest,
     ErrorCode.UNKNOWN_DELIVERY: BadRequest,
     ErrorCode.INTERNAL: ExchangeError,  # a gateway bug: the request's effect is unknown

@@ -18,7 +18,9 @@ import uvicorn
 from litestar import Litestar, Request, Response, get
 from litestar.exceptions import HTTPException, SerializationException
 from litestar.openapi import OpenAPIConfig
+from litestar.routes import HTTPRoute
 from litestar.static_files import create_static_files_router
+from litestar.types import Message, Scope
 
 from exchange.gateway.accounts import Accounts
 from exchange.gateway.context import Gateway
@@ -26,16 +28,28 @@ from exchange.gateway.deliveries import Deliveries
 from exchange.gateway.hub import Hub
 from exchange.gateway.keys import KeyStore
 from exchange.gateway.market_feed import MarketFeed
+from exchange.gateway.openapi import GatewayDocument, closed, components
+from exchange.gateway.orders import (
+    PLACE_RULES,
+    AmendParams,
+    CapacityParams,
+    PlaceParams,
+    RouteParams,
+)
 from exchange.gateway.provisioning import Provisioning
 from exchange.gateway.ratelimit import RateLimits
 from exchange.gateway.rest import (
     AccountController,
+    DisputeBody,
+    KeyParams,
     OrderController,
     ProviderController,
     PublicController,
+    SshKeyParams,
 )
 from exchange.gateway.ssh_keys import SshKeyStore
 from exchange.gateway.subscriptions import Subscriptions
+from exchange.gateway.transfers import WithdrawParams
 from exchange.gateway.ws import serve_socket
 from exchange.wire import ErrorCode, Prices, WireError
 from schemas.catalog import Catalog, load_catalog
@@ -50,6 +64,17 @@ WEB_DIR = Path(__file__).resolve().parent.parent / "web"  # the market page's fi
 request_body_bytes_max = 65_536  # REST bodies; larger ones get PAYLOAD_TOO_LARGE
 ws_frame_bytes_max = 1_048_576  # uvicorn closes a socket sending more (1009); smaller: answered
 ready_wait_s = 60.0  # start() waits this long for the hub to be ready before it listens anyway
+# The REST bodies: each refuses unknown fields, and the document says so.
+_BODIES = (
+    PlaceParams,
+    AmendParams,
+    RouteParams,
+    CapacityParams,
+    WithdrawParams,
+    KeyParams,
+    SshKeyParams,
+    DisputeBody,
+)
 _HTTP_CODES = {
     400: ErrorCode.BAD_REQUEST,
     401: ErrorCode.UNAUTHORIZED,
@@ -95,7 +120,44 @@ def _http_error(_: Request[Any, Any, Any], error: HTTPException) -> Response[Any
     if extra:
         detail += f": {extra}"
     wire = WireError(code, detail)
-    return Response({"error": wire.body()}, status_code=error.status_code)
+    # Litestar's own headers stay: `Allow` on 405 (RFC 9110 requires it).
+    return Response({"error": wire.body()}, status_code=error.status_code, headers=error.headers)
+
+
+def _allow_fixer(app: Litestar) -> Any:
+    """A `before_send` hook: an OPTIONS answer lists every method of its path in `Allow`.
+
+    Litestar builds the OPTIONS handler of a path when its first handler is registered, so its
+    `Allow` names that handler's method alone (GET /orders/{id} hides PATCH and DELETE).
+    """
+    methods: dict[str, str] = {}
+    for route in app.routes:
+        if isinstance(route, HTTPRoute):
+            methods[route.path] = ", ".join(sorted(route.methods))
+
+    async def before_send(message: Message, scope: Scope) -> None:
+        if message["type"] != "http.response.start" or scope.get("method") != "OPTIONS":
+            return
+        handler = scope.get("route_handler")
+        path = next(iter(getattr(handler, "paths", ())), None)
+        allow = methods.get(path) if path is not None else None
+        if allow is not None:
+            headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != b"allow"]
+            message["headers"] = [*headers, (b"allow", allow.encode())]
+
+    return before_send
+
+
+def _document_rules(catalog: Catalog) -> dict[str, dict[str, Any]]:
+    rules = closed(*_BODIES)
+    rules[PlaceParams.__name__] = {**rules[PlaceParams.__name__], **PLACE_RULES}
+    # A route names regions and products of this catalog, each at most once (orders.py).
+    names = {"regions": list(catalog.regions), "products": [p.code for p in catalog.products]}
+    rules[RouteParams.__name__]["properties"] = {
+        field: {"items": {"enum": known}, "uniqueItems": True, "maxItems": len(known)}
+        for field, known in names.items()
+    }
+    return rules
 
 
 def _unexpected_error(request: Request[Any, Any, Any], error: Exception) -> Response[Any]:
@@ -151,8 +213,16 @@ def build_app(gateway: Gateway, extra_handlers: list[Any] | None = None) -> Lite
             Exception: _unexpected_error,
         },
         request_class=WireRequest,
+        # The JSON document only: a documentation page would load its scripts from a CDN into
+        # the gateway's origin, where the signing keys of the market page live.
         openapi_config=OpenAPIConfig(
-            title="gpu-exchange gateway", version="1", path="/api/v1/schema"
+            title="gpu-exchange gateway",
+            version="1",
+            path="/api/v1/schema",
+            components=components(),
+            render_plugins=[
+                GatewayDocument(gateway.prices.pattern, rules=_document_rules(gateway.catalog))
+            ],
         ),
         request_max_body_size=request_body_bytes_max,
         # Litestar's default logging config sets the root logger to INFO with its own handler:
@@ -160,6 +230,7 @@ def build_app(gateway: Gateway, extra_handlers: list[Any] | None = None) -> Lite
         logging_config=None,
     )
     app.state.gateway = gateway
+    app.before_send.append(_allow_fixer(app))  # type: ignore[arg-type]
     return app
 
 

@@ -17,13 +17,13 @@ from exchange.gateway.accounts import Accounts
 from exchange.gateway.dead_man import DeadManSwitches
 from exchange.gateway.deliveries import DELIVERY_ROLES, DELIVERY_STATES, Deliveries
 from exchange.gateway.hub import Hub
-from exchange.gateway.keys import SCOPES, ApiKey, KeyStore
+from exchange.gateway.keys import SCOPES, ApiKey, KeyStore, is_key_id
 from exchange.gateway.market_feed import MarketFeed
 from exchange.gateway.orders import OrderDesk, RouteParams, route_children_max
 from exchange.gateway.provisioning import Provisioning
 from exchange.gateway.ratelimit import ConnectionCounter, RateLimiter, RateLimits
 from exchange.gateway.sessions import Sessions
-from exchange.gateway.ssh_keys import SshKeyStore
+from exchange.gateway.ssh_keys import FINGERPRINT_RE, SshKeyStore
 from exchange.gateway.subscriptions import Subscriptions
 from exchange.wire import ErrorCode, Prices, WireError
 from schemas.catalog import Catalog
@@ -245,7 +245,8 @@ class Gateway:
 
     async def revoke_key(self, account: int, key_id: str) -> dict[str, Any]:
         """Revoke one of the account's keys and close its sessions here (other gateways poll)."""
-        if not await self.keys.revoke(account, key_id):
+        # Only a key id's form reaches the database (a NUL character would fail the query).
+        if not is_key_id(key_id) or not await self.keys.revoke(account, key_id):
             raise WireError(ErrorCode.NOT_FOUND, f"no key {key_id!r} of this account")
         self.sessions.revoked(key_id)
         return {"key": key_id, "revoked": True}
@@ -278,7 +279,11 @@ class Gateway:
 
     async def remove_ssh_key(self, account: int, fingerprint: Any) -> dict[str, Any]:
         """Remove one of the account's SSH keys by fingerprint."""
-        if not isinstance(fingerprint, str) or not await self.ssh_keys.remove(account, fingerprint):
+        if (
+            not isinstance(fingerprint, str)
+            or FINGERPRINT_RE.fullmatch(fingerprint) is None
+            or not await self.ssh_keys.remove(account, fingerprint)
+        ):
             raise WireError(ErrorCode.NOT_FOUND, f"no SSH key {fingerprint!r} of this account")
         return {"fingerprint": fingerprint, "removed": True}
 

@@ -54,6 +54,7 @@ __all__ = [
     "check_master_key",
     "derive_secret",
     "is_key_id",
+    "KEY_ID_PATTERN",
     "KEY_ID_PREFIX",
     "KEY_ID_HEX_CHARS",
     "MASTER_KEY_CHARS_MIN",
@@ -103,7 +104,8 @@ CLIENT_ORDER_PRUNE_INTERVAL_S = 60.0  # per gateway instance
 CLIENT_ORDER_PRUNE_ROWS_MAX = 10_000  # per prune; a larger backlog goes over several
 ACCOUNT_MAX = 2**63 - 1  # bigint
 
-_KEY_ID_RE = re.compile(f"{KEY_ID_PREFIX}[0-9a-f]{{{KEY_ID_HEX_CHARS}}}")
+KEY_ID_PATTERN = f"^{KEY_ID_PREFIX}[0-9a-f]{{{KEY_ID_HEX_CHARS}}}$"
+_KEY_ID_RE = re.compile(KEY_ID_PATTERN)
 
 
 class MasterKeyMismatch(RuntimeError):
@@ -230,8 +232,8 @@ class KeyStore:
     async def create(self, account: int, scopes: Iterable[str]) -> tuple[ApiKey, str]:
         """Issue a key for `account` with `scopes`; return it and its secret, shown only now.
 
-        Raises WireError(BAD_REQUEST) for a system account, unknown scopes, or an account that
-        already has KEYS_PER_ACCOUNT_MAX active keys.
+        Raises WireError(BAD_REQUEST) for a system account or unknown scopes, KEYS_FULL for an
+        account that already has KEYS_PER_ACCOUNT_MAX active keys.
         """
         if isinstance(account, bool) or not ACCOUNT_FIRST_USER <= account <= ACCOUNT_MAX:
             raise WireError(
@@ -259,7 +261,7 @@ class KeyStore:
         )
         if not inserted:
             raise WireError(
-                ErrorCode.BAD_REQUEST,
+                ErrorCode.KEYS_FULL,
                 f"account {account}: expected at most {KEYS_PER_ACCOUNT_MAX} active keys, found "
                 f"{KEYS_PER_ACCOUNT_MAX} already; revoke one first",
             )

@@ -29,7 +29,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Annotated, Any, Protocol, TypeVar
 
 import msgspec
 
@@ -37,8 +37,13 @@ from exchange.gateway.accounts import Accounts
 from exchange.gateway.deliveries import Deliveries
 from exchange.gateway.hub import Hub, NotSent, command_timeout_s
 from exchange.gateway.market_feed import MarketFeed
+from exchange.gateway.openapi import documented, price_field
 from exchange.gateway.provisioning import Provisioning
 from exchange.wire import (
+    COUNT_MAX,
+    ID_MAX,
+    NS_PATTERN,
+    QTY_PATTERN,
     ErrorCode,
     Prices,
     WireError,
@@ -78,6 +83,8 @@ __all__ = [
     "dispute_reason_chars_max",
     "client_order_id_max",
     "route_children_max",
+    "CLIENT_ORDER_ID_PATTERN",
+    "PLACE_RULES",
     "parse_params",
     "parse_access",
 ]
@@ -85,8 +92,26 @@ __all__ = [
 client_order_id_max = 36
 dispute_reason_chars_max = 500
 route_children_max = 50  # child orders one routed order may place (each takes an order token)
-# Always fullmatch: a "$" anchor would take a trailing newline ("id\n").
-_CLIENT_ORDER_ID = re.compile(f"[A-Za-z0-9_.:-]{{1,{client_order_id_max}}}")
+# Always fullmatch: a "$" anchor alone would take a trailing newline ("id\n").
+CLIENT_ORDER_ID_PATTERN = rf"^[A-Za-z0-9_.:-]{{1,{client_order_id_max}}}$"
+# A routed order's children are "<prefix>-<index>": the prefix leaves room for the index.
+_ROUTE_PREFIX_CHARS_MAX = client_order_id_max - len(f"-{route_children_max - 1}")
+ROUTE_PREFIX_PATTERN = rf"^[A-Za-z0-9_.:-]{{1,{_ROUTE_PREFIX_CHARS_MAX}}}$"
+_CLIENT_ORDER_ID = re.compile(CLIENT_ORDER_ID_PATTERN)
+_ROUTE_PREFIX = re.compile(ROUTE_PREFIX_PATTERN)
+# Empty: the gateway names the order.
+_OPTIONAL_ID = f"^({CLIENT_ORDER_ID_PATTERN[1:-1]})?$"
+_OPTIONAL_PREFIX = f"^({ROUTE_PREFIX_PATTERN[1:-1]})?$"
+_Qty = Annotated[str, documented("whole lots > 0", pattern=QTY_PATTERN)]
+_Ns = Annotated[str, documented("integer UNIX nanoseconds", pattern=NS_PATTERN)]
+_Price = Annotated[str, price_field("a price at the tick's precision")]
+# PlaceParams as a whole: a limit order (the default type) names its price.
+PLACE_RULES: dict[str, Any] = {
+    "anyOf": [
+        {"required": ["price"], "properties": {"price": {"type": "string"}}},
+        {"required": ["type"], "properties": {"type": {"const": "market"}}},
+    ]
+}
 _duplicate_poll_s = 0.02
 T = TypeVar("T", bound=msgspec.Struct)
 
@@ -113,24 +138,26 @@ class _Params(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class PlaceParams(_Params, kw_only=True):
     symbol: str
     side: Side
-    qty: str
+    qty: _Qty
     type: OrderType = OrderType.LIMIT
-    price: str | None = None
+    price: _Price | None = None
     tif: TimeInForce = TimeInForce.GTC
     post_only: bool = False
     stp: SelfTradePrevention = SelfTradePrevention.CANCEL_TAKER
-    expire_ns: str = "0"
-    client_order_id: str = ""
+    expire_ns: _Ns = "0"
+    client_order_id: Annotated[
+        str, documented("empty: the gateway names it", pattern=_OPTIONAL_ID)
+    ] = ""
 
 
 class OrderRef(_Params, kw_only=True):
-    order_id: WireInt = 0
+    order_id: Annotated[int, msgspec.Meta(ge=-ID_MAX, le=ID_MAX)] = 0
     client_order_id: str = ""
 
 
 class AmendParams(OrderRef, kw_only=True):
-    price: str
-    qty: str
+    price: _Price
+    qty: _Qty
 
 
 class CancelAllParams(_Params, kw_only=True):
@@ -139,21 +166,23 @@ class CancelAllParams(_Params, kw_only=True):
 
 class RouteParams(_Params, kw_only=True):
     gpu: str
-    gpu_hours: WireInt
-    start_ns: str
-    end_ns: str
-    max_price: str
+    gpu_hours: Annotated[int, msgspec.Meta(le=COUNT_MAX), documented(minimum=1)]
+    start_ns: _Ns
+    end_ns: _Ns
+    max_price: _Price
     regions: list[str] = []
     products: list[str] = []
-    client_order_id: str = ""
+    client_order_id: Annotated[
+        str, documented("the children's id prefix; empty: the gateway's", pattern=_OPTIONAL_PREFIX)
+    ] = ""
 
 
 class CapacityParams(_Params, kw_only=True):
     gpu: str
     region: str
-    start_ns: str
-    end_ns: str
-    gpus: WireInt
+    start_ns: _Ns
+    end_ns: _Ns
+    gpus: Annotated[int, msgspec.Meta(ge=0, le=COUNT_MAX)]
 
 
 class ConfirmParams(_Params, kw_only=True):
@@ -462,6 +491,12 @@ class OrderDesk:
             raise WireError(ErrorCode.QTY_INVALID, f"gpu_hours: expected > 0, found {p.gpu_hours}")
         start_ns, end_ns = int_from_str(p.start_ns, "start_ns"), int_from_str(p.end_ns, "end_ns")
         max_ticks = self.prices.from_str(p.max_price, "max_price")
+        if p.client_order_id and not _ROUTE_PREFIX.fullmatch(p.client_order_id):
+            raise WireError(
+                ErrorCode.BAD_REQUEST,
+                f"client_order_id: expected 1-{_ROUTE_PREFIX_CHARS_MAX} characters of "
+                f"[A-Za-z0-9_.:-] (the children add -<index>), found {p.client_order_id[:40]!r}",
+            )
         regions = _catalog_subset(p.regions, self.catalog.regions, "regions")
         codes = [product.code for product in self.catalog.products]
         products = _catalog_subset(p.products, codes, "products")

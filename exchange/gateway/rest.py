@@ -8,15 +8,20 @@ as the WebSocket, so both refuse alike.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post
-from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Operation, Schema
+from litestar.params import FromPath, FromQuery, JSONBody, PathParameter, QueryParameter
 
 from exchange.gateway.context import Gateway
-from exchange.gateway.keys import ApiKey
+from exchange.gateway.deliveries import DELIVERY_ROLES, DELIVERY_STATES
+from exchange.gateway.keys import KEY_ID_PATTERN, SCOPES, ApiKey
+from exchange.gateway.market_feed import BOOK_DEPTH_MAX
+from exchange.gateway.openapi import SIGNED, documented, errors
 from exchange.gateway.orders import (
     AmendParams,
     CancelAllParams,
@@ -25,18 +30,78 @@ from exchange.gateway.orders import (
     OrderRef,
     PlaceParams,
     RouteParams,
-    parse_params,
+    dispute_reason_chars_max,
 )
-from exchange.gateway.statements import ledger_page, statement
+from exchange.gateway.ssh_keys import FINGERPRINT_PATTERN, SSH_KEY_CHARS_MAX
+from exchange.gateway.statements import (
+    CURSOR_PATTERN,
+    LEDGER_PAGE_MAX,
+    STATEMENT_FORMATS,
+    TIME_SCHEMA,
+    ledger_page,
+    statement,
+)
 from exchange.gateway.ticker import ticker_view
 from exchange.gateway.transfers import WithdrawParams, list_transfers, request_withdrawal
-from exchange.wire import ErrorCode, WireError, int_from_str, money_to_str
+from exchange.wire import ID_PATTERN, ErrorCode, WireError, int_from_str, money_to_str
 from schemas.catalog import Catalog
 
 __all__ = ["PublicController", "AccountController", "OrderController", "ProviderController"]
 
 limit_max = 1000
 BPS_PER_UNIT = 10_000
+
+# What each kind of route can answer besides 2xx (exchange/gateway/openapi.py): every route is
+# rate limited per IP; a signed one reads its body (413), checks the signature and the nonce's
+# form (400, 401), the scope (403), and may find too many key lookups waiting (503).
+_PUBLIC = (429,)
+_SIGNED = (400, 401, 403, 413, 429, 503)
+# Commands the engine decides: the thing named may not exist (404), the engine refuses (422),
+# Kafka is unreachable (503) or the engine does not answer in time (504).
+_COMMAND = (*_SIGNED, 404, 422, 503, 504)
+
+Limit = Annotated[int, QueryParameter(ge=1, le=limit_max)]
+Depth = Annotated[int, QueryParameter(ge=1, le=BOOK_DEPTH_MAX)]
+# Strings, parsed by wire.int_from_str: Litestar's int converter takes "+5", "1_0" and "１２".
+Id = Annotated[str, PathParameter(pattern=ID_PATTERN)]
+Time = Annotated[str | None, QueryParameter(schema_extra=TIME_SCHEMA)]
+Scope = Literal["read", "trade", "provide", "withdraw"]
+assert get_args(Scope) == SCOPES, "Scope lists keys.SCOPES"
+assert LEDGER_PAGE_MAX == limit_max
+_State = Literal["assigned", "confirmed", "disputed", "settled"]
+_Role = Literal["holder", "provider"]
+assert get_args(_State) == DELIVERY_STATES and get_args(_Role) == DELIVERY_ROLES
+_Format = Literal["json", "csv"]
+assert get_args(_Format) == STATEMENT_FORMATS
+
+
+class KeyParams(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """`POST /keys`: the new key's scopes, at most the caller's."""
+
+    scopes: Annotated[list[Scope], msgspec.Meta(min_length=1, max_length=2 * len(SCOPES))]
+
+
+class SshKeyParams(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """`POST /ssh_keys`: one OpenSSH public key line (BAD_SSH_KEY when it does not load)."""
+
+    public_key: Annotated[str, documented("type base64 [comment]", maxLength=SSH_KEY_CHARS_MAX)]
+
+
+class DisputeBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """`POST /deliveries/{obligation_id}/dispute`, optional: why."""
+
+    reason: Annotated[str, msgspec.Meta(max_length=dispute_reason_chars_max)] = ""
+
+
+@dataclass
+class _JsonOrCsv(Operation):
+    """The statement's operation: its 200 is JSON or, with `format=csv`, CSV."""
+
+    def __post_init__(self) -> None:
+        ok = (self.responses or {}).get("200")
+        if isinstance(ok, OpenAPIResponse):
+            csv = OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING))
+            ok.content = {**(ok.content or {}), "text/csv": csv}
 
 
 def _gateway(request: Request[Any, Any, Any]) -> Gateway:
@@ -76,53 +141,49 @@ class PublicController(Controller):
     path = "/api/v1"
     tags = ["market data"]
 
-    @get("/instruments")
+    @get("/instruments", responses=errors(*_PUBLIC))
     async def instruments(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
         """List the catalog and the instruments trading now."""
         gw = _gateway(request)
         gw.check_ip(request)
         return {"instruments": gw.accounts.instruments(), "catalog": gw.catalog_view()}
 
-    @get("/book/{symbol:str}")
+    @get("/book/{symbol:str}", responses=errors(*_PUBLIC, 400, 404))
     async def book(
-        self, request: Request[Any, Any, Any], symbol: FromPath[str], depth: FromQuery[int] = 10
+        self, request: Request[Any, Any, Any], symbol: FromPath[str], depth: Depth = 10
     ) -> dict[str, Any]:
         """Return the order book of an instrument to a depth, with its seq and checksum."""
         gw = _gateway(request)
         gw.check_ip(request)
-        book = gw.feed.book(symbol, _limit(depth))
+        book = gw.feed.book(symbol, depth)
         if book is None:
             raise WireError(ErrorCode.UNKNOWN_SYMBOL, f"no book for {symbol!r}")
         return book
 
-    @get("/trades/{symbol:str}")
+    @get("/trades/{symbol:str}", responses=errors(*_PUBLIC, 400, 404))
     async def trades(
-        self, request: Request[Any, Any, Any], symbol: FromPath[str], limit: FromQuery[int] = 100
+        self, request: Request[Any, Any, Any], symbol: FromPath[str], limit: Limit = 100
     ) -> dict[str, Any]:
         """Return an instrument's latest trades, newest first."""
         gw = _gateway(request)
         gw.check_ip(request)
         return {"symbol": symbol, "trades": gw.feed.trades(symbol, _limit(limit))}
 
-    @get("/candles/{symbol:str}")
+    @get("/candles/{symbol:str}", responses=errors(*_PUBLIC, 400, 404))
     async def candles(
         self,
         request: Request[Any, Any, Any],
         symbol: FromPath[str],
-        interval: FromQuery[str] = "1m",
-        limit: FromQuery[int] = 100,
+        interval: FromQuery[Literal["1m", "1h", "1d"]] = "1m",
+        limit: Limit = 100,
     ) -> dict[str, Any]:
         """Return an instrument's candles of an interval (1m, 1h, 1d), oldest first."""
         gw = _gateway(request)
         gw.check_ip(request)
-        if interval not in ("1m", "1h", "1d"):
-            raise WireError(
-                ErrorCode.BAD_REQUEST, f"interval: expected 1m, 1h or 1d, found {interval!r}"
-            )
         rows = gw.feed.candles(symbol, interval, _limit(limit))
         return {"symbol": symbol, "interval": interval, "candles": rows}
 
-    @get("/ticker/{symbol:str}")
+    @get("/ticker/{symbol:str}", responses=errors(*_PUBLIC, 404))
     async def ticker(
         self, request: Request[Any, Any, Any], symbol: FromPath[str]
     ) -> dict[str, Any]:
@@ -136,7 +197,7 @@ class PublicController(Controller):
             ticker = ticker_view(symbol, (0, 0, 0, 0), (0, 0), 0, [], gw.prices)
         return ticker
 
-    @get("/tickers")
+    @get("/tickers", responses=errors(*_PUBLIC))
     async def tickers(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
         """Return the ticker of every instrument with a book or a trade."""
         gw = _gateway(request)
@@ -144,14 +205,14 @@ class PublicController(Controller):
         found = (gw.feed.ticker(symbol) for symbol in gw.feed.symbols())
         return {"tickers": [t for t in found if t is not None]}
 
-    @get("/fees")
+    @get("/fees", responses=errors(*_PUBLIC))
     async def fees(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
         """Return the trading fees (fractions of notional) and the delivery penalty."""
         gw = _gateway(request)
         gw.check_ip(request)
         return _fees(gw.catalog)
 
-    @get("/index/{gpu:str}")
+    @get("/index/{gpu:str}", responses=errors(*_PUBLIC, 404))
     async def index(self, request: Request[Any, Any, Any], gpu: FromPath[str]) -> dict[str, Any]:
         """Return the GPU price index of a model (24 h volume-weighted price per GPU-hour)."""
         gw = _gateway(request)
@@ -167,7 +228,7 @@ class PublicController(Controller):
             "ts_ns": "0",
         }
 
-    @get("/curve/{gpu:str}/{region:str}/{product:str}")
+    @get("/curve/{gpu:str}/{region:str}/{product:str}", responses=errors(*_PUBLIC, 404))
     async def curve(
         self,
         request: Request[Any, Any, Any],
@@ -189,53 +250,56 @@ class AccountController(Controller):
 
     path = "/api/v1"
     tags = ["account"]
+    security = SIGNED
 
-    @get("/balances")
+    @get("/balances", responses=errors(*_SIGNED))
     async def balances(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
         """Return the account's cash by bucket."""
         key = await _gateway(request).authenticate(request, "read")
         balances: dict[str, Any] = _gateway(request).accounts.balances(key.account)
         return balances
 
-    @get("/positions")
+    @get("/positions", responses=errors(*_SIGNED))
     async def positions(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
         """Return the account's positions (short < 0)."""
         key = await _gateway(request).authenticate(request, "read")
         return {"positions": _gateway(request).accounts.positions(key.account)}
 
-    @get("/fills")
+    @get("/fills", responses=errors(*_SIGNED))
     async def fills(
         self,
         request: Request[Any, Any, Any],
         symbol: FromQuery[str | None] = None,
-        limit: FromQuery[int] = 100,
+        limit: Limit = 100,
     ) -> dict[str, Any]:
         """Return the account's fills, newest first."""
         gw = _gateway(request)
         key = await gw.authenticate(request, "read")
         return {"fills": gw.accounts.fills(key.account, symbol, _limit(limit))}
 
-    @get("/ledger")
+    @get("/ledger", responses=errors(*_SIGNED))
     async def ledger(
         self,
         request: Request[Any, Any, Any],
-        limit: FromQuery[int] = 100,
-        cursor: FromQuery[str | None] = None,
-        from_: Annotated[str | None, QueryParameter(name="from")] = None,
-        to: FromQuery[str | None] = None,
+        limit: Limit = 100,
+        cursor: Annotated[
+            str | None, QueryParameter(pattern=f"^({CURSOR_PATTERN[1:-1]})?$")
+        ] = None,
+        from_: Annotated[str | None, QueryParameter(name="from", schema_extra=TIME_SCHEMA)] = None,
+        to: Time = None,
     ) -> dict[str, Any]:
         """Return a page of the account's ledger entries, newest first, and the next cursor."""
         gw = _gateway(request)
         key = await gw.authenticate(request, "read")
         return await ledger_page(gw.pool, key.account, limit, cursor, from_, to)
 
-    @get("/statements")
+    @get("/statements", responses=errors(*_SIGNED), operation_class=_JsonOrCsv)
     async def statements(
         self,
         request: Request[Any, Any, Any],
-        from_: Annotated[str | None, QueryParameter(name="from")] = None,
-        to: FromQuery[str | None] = None,
-        format: FromQuery[str] = "json",
+        from_: Annotated[str | None, QueryParameter(name="from", schema_extra=TIME_SCHEMA)] = None,
+        to: Time = None,
+        format: FromQuery[_Format] = "json",
     ) -> Response[Any]:
         """Return the account's statement of a period: opening balances, entries with running
         balances (JSON, or CSV for an accountant)."""
@@ -244,13 +308,13 @@ class AccountController(Controller):
         body, media_type = await statement(gw.pool, key.account, from_, to, format)
         return Response(content=body, media_type=media_type)
 
-    @get("/deliveries")
+    @get("/deliveries", responses=errors(*_SIGNED))
     async def deliveries(
         self,
         request: Request[Any, Any, Any],
         # `state` is a name Litestar keeps for the app state: the query is read under another
-        state_: Annotated[str | None, QueryParameter(name="state")] = None,
-        role: FromQuery[str | None] = None,
+        state_: Annotated[_State | None, QueryParameter(name="state")] = None,
+        role: FromQuery[_Role | None] = None,
     ) -> dict[str, Any]:
         """Return the account's deliveries as holder and as provider (one `role` if given, one
         `state` if given: assigned, confirmed, disputed, settled), with the access of confirmed
@@ -259,37 +323,33 @@ class AccountController(Controller):
         key = await gw.authenticate(request, "read")
         return gw.list_deliveries(key.account, state_, role)
 
-    @post("/deliveries/{obligation_id:str}/dispute", status_code=200)
+    @post("/deliveries/{obligation_id:str}/dispute", status_code=200, responses=errors(*_COMMAND))
     async def dispute_delivery(
         self,
         request: Request[Any, Any, Any],
-        obligation_id: FromPath[str],
-        data: JSONBody[dict[str, Any] | None] = None,
+        obligation_id: Id,
+        data: JSONBody[DisputeBody | None] = None,
     ) -> dict[str, Any]:
         """Dispute a delivery the account holds (its machines are unreachable; in the first hour
         of the window): no hour is released until an operator resolves it. Body optional:
         `{"reason"}`."""
         gw, key = await _order_entry(request)
-        reason = (data or {}).get("reason", "")
-        if not isinstance(reason, str):
-            raise WireError(ErrorCode.BAD_REQUEST, "reason: expected a string")
+        reason = data.reason if data else ""
         params = DisputeParams(
             obligation_id=int_from_str(obligation_id, "obligation_id"), reason=reason
         )
         return await gw.desk.dispute(key.account, params)
 
-    @get("/deposits")
-    async def deposits(
-        self, request: Request[Any, Any, Any], limit: FromQuery[int] = 100
-    ) -> dict[str, Any]:
+    @get("/deposits", responses=errors(*_SIGNED))
+    async def deposits(self, request: Request[Any, Any, Any], limit: Limit = 100) -> dict[str, Any]:
         """Return the account's deposits (credited by an operator), newest first."""
         gw = _gateway(request)
         key = await gw.authenticate(request, "read")
         return {"deposits": await list_transfers(gw.pool, key.account, "deposit", _limit(limit))}
 
-    @get("/withdrawals")
+    @get("/withdrawals", responses=errors(*_SIGNED))
     async def withdrawals(
-        self, request: Request[Any, Any, Any], limit: FromQuery[int] = 100
+        self, request: Request[Any, Any, Any], limit: Limit = 100
     ) -> dict[str, Any]:
         """Return the account's withdrawals (pending, completed, rejected), newest first."""
         gw = _gateway(request)
@@ -297,62 +357,65 @@ class AccountController(Controller):
         rows = await list_transfers(gw.pool, key.account, "withdrawal", _limit(limit))
         return {"withdrawals": rows}
 
-    @post("/withdrawals", status_code=200)
+    @post("/withdrawals", status_code=200, responses=errors(*_COMMAND))
     async def withdraw(
-        self, request: Request[Any, Any, Any], data: JSONBody[dict[str, Any]]
+        self, request: Request[Any, Any, Any], data: JSONBody[WithdrawParams]
     ) -> dict[str, Any]:
         """Ask to be paid out (scope `withdraw`): `{"amount", "destination"}`. The amount moves
         from available to pending at once; an operator approves or rejects it."""
         gw = _gateway(request)
         key = await gw.authenticate(request, "withdraw")
         gw.check_rate(f"orders:{key.key_id}", "orders")
-        params = parse_params(data, WithdrawParams)
-        return await request_withdrawal(gw.hub, gw.desk.shard, key.account, params)
+        return await request_withdrawal(gw.hub, gw.desk.shard, key.account, data)
 
-    @get("/keys")
+    @get("/keys", responses=errors(*_SIGNED))
     async def keys(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
         """List the account's API keys (never their secrets)."""
         gw = _gateway(request)
         key = await gw.authenticate(request, "read")
         return {"keys": await gw.list_keys(key.account)}
 
-    @post("/keys", status_code=200)
+    @post("/keys", status_code=200, responses=errors(*_SIGNED, 409))
     async def create_key(
-        self, request: Request[Any, Any, Any], data: JSONBody[dict[str, Any]]
+        self, request: Request[Any, Any, Any], data: JSONBody[KeyParams]
     ) -> dict[str, Any]:
         """Create an API key with at most the caller's scopes; the secret is shown once."""
         gw = _gateway(request)
         key = await gw.authenticate(request, "trade")
-        return await gw.create_key(key, data.get("scopes"))
+        return await gw.create_key(key, list(data.scopes))
 
-    @delete("/keys/{key_id:str}", status_code=200)
+    @delete("/keys/{key_id:str}", status_code=200, responses=errors(*_SIGNED, 404))
     async def revoke_key(
-        self, request: Request[Any, Any, Any], key_id: FromPath[str]
+        self,
+        request: Request[Any, Any, Any],
+        key_id: Annotated[str, PathParameter(pattern=KEY_ID_PATTERN)],
     ) -> dict[str, Any]:
         """Revoke one of the account's API keys."""
         gw = _gateway(request)
         key = await gw.authenticate(request, "trade")
         return await gw.revoke_key(key.account, key_id)
 
-    @get("/ssh_keys")
+    @get("/ssh_keys", responses=errors(*_SIGNED))
     async def ssh_keys(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
         """List the account's SSH public keys (providers install them on delivered machines)."""
         gw = _gateway(request)
         key = await gw.authenticate(request, "read")
         return await gw.list_ssh_keys(key.account)
 
-    @post("/ssh_keys", status_code=200)
+    @post("/ssh_keys", status_code=200, responses=errors(*_SIGNED, 409, 422))
     async def add_ssh_key(
-        self, request: Request[Any, Any, Any], data: JSONBody[dict[str, Any]]
+        self, request: Request[Any, Any, Any], data: JSONBody[SshKeyParams]
     ) -> dict[str, Any]:
         """Register an OpenSSH public key (ed25519, ECDSA, RSA >= 3072 bits)."""
         gw = _gateway(request)
         key = await gw.authenticate(request, "trade")
-        return await gw.add_ssh_key(key.account, data.get("public_key"))
+        return await gw.add_ssh_key(key.account, data.public_key)
 
-    @delete("/ssh_keys", status_code=200)
+    @delete("/ssh_keys", status_code=200, responses=errors(*_SIGNED, 404))
     async def remove_ssh_key(
-        self, request: Request[Any, Any, Any], fingerprint: FromQuery[str]
+        self,
+        request: Request[Any, Any, Any],
+        fingerprint: Annotated[str, QueryParameter(pattern=FINGERPRINT_PATTERN)],
     ) -> dict[str, Any]:
         """Remove one of the account's SSH keys by its fingerprint ("SHA256:...", a query: its
         base64 may hold "/")."""
@@ -366,12 +429,13 @@ class OrderController(Controller):
 
     path = "/api/v1"
     tags = ["orders"]
+    security = SIGNED
 
-    @get("/orders")
+    @get("/orders", responses=errors(*_SIGNED))
     async def orders(
         self,
         request: Request[Any, Any, Any],
-        status: FromQuery[str] = "open",
+        status: FromQuery[Literal["open", "closed"]] = "open",
         symbol: FromQuery[str | None] = None,
     ) -> dict[str, Any]:
         """List the account's open or closed orders."""
@@ -383,17 +447,15 @@ class OrderController(Controller):
             return {"orders": gw.accounts.closed_orders(key.account, symbol)}
         raise WireError(ErrorCode.BAD_REQUEST, f"status: expected open or closed, found {status!r}")
 
-    @get("/orders/{order_id:str}")
-    async def order(
-        self, request: Request[Any, Any, Any], order_id: FromPath[str]
-    ) -> dict[str, Any]:
+    @get("/orders/{order_id:str}", responses=errors(*_SIGNED, 404))
+    async def order(self, request: Request[Any, Any, Any], order_id: Id) -> dict[str, Any]:
         """Return one of the account's orders."""
         gw = _gateway(request)
         key = await gw.authenticate(request, "read")
         ref = OrderRef(order_id=int_from_str(order_id, "order_id"))
         return gw.desk.status(key.account, ref)["order"]  # type: ignore[no-any-return]
 
-    @get("/orders/client/{client_order_id:str}")
+    @get("/orders/client/{client_order_id:str}", responses=errors(*_SIGNED, 404))
     async def order_by_client_id(
         self, request: Request[Any, Any, Any], client_order_id: FromPath[str]
     ) -> dict[str, Any]:
@@ -402,7 +464,7 @@ class OrderController(Controller):
         key = await gw.authenticate(request, "read")
         return gw.desk.status(key.account, OrderRef(client_order_id=client_order_id))["order"]  # type: ignore[no-any-return]
 
-    @post("/orders", status_code=200)
+    @post("/orders", status_code=200, responses=errors(*_COMMAND))
     async def place(
         self, request: Request[Any, Any, Any], data: JSONBody[PlaceParams]
     ) -> dict[str, Any]:
@@ -410,25 +472,23 @@ class OrderController(Controller):
         gw, key = await _order_entry(request)
         return await gw.desk.place(key.account, data)
 
-    @patch("/orders/{order_id:str}")
+    @patch("/orders/{order_id:str}", responses=errors(*_COMMAND))
     async def amend(
-        self, request: Request[Any, Any, Any], order_id: FromPath[str], data: JSONBody[AmendParams]
+        self, request: Request[Any, Any, Any], order_id: Id, data: JSONBody[AmendParams]
     ) -> dict[str, Any]:
         """Amend an order's price and remaining quantity."""
         gw, key = await _order_entry(request)
         ref = msgspec.structs.replace(data, order_id=int_from_str(order_id, "order_id"))
         return await gw.desk.amend(key.account, ref)
 
-    @delete("/orders/{order_id:str}", status_code=200)
-    async def cancel(
-        self, request: Request[Any, Any, Any], order_id: FromPath[str]
-    ) -> dict[str, Any]:
+    @delete("/orders/{order_id:str}", status_code=200, responses=errors(*_COMMAND))
+    async def cancel(self, request: Request[Any, Any, Any], order_id: Id) -> dict[str, Any]:
         """Cancel one order."""
         gw, key = await _order_entry(request)
         ref = OrderRef(order_id=int_from_str(order_id, "order_id"))
         return await gw.desk.cancel(key.account, ref)
 
-    @delete("/orders", status_code=200)
+    @delete("/orders", status_code=200, responses=errors(*_COMMAND))
     async def cancel_all(
         self, request: Request[Any, Any, Any], symbol: FromQuery[str | None] = None
     ) -> dict[str, Any]:
@@ -436,7 +496,7 @@ class OrderController(Controller):
         gw, key = await _order_entry(request)
         return await gw.desk.cancel_all(key.account, CancelAllParams(symbol=symbol))
 
-    @post("/route", status_code=200)
+    @post("/route", status_code=200, responses=errors(*_COMMAND))
     async def route(
         self, request: Request[Any, Any, Any], data: JSONBody[RouteParams]
     ) -> dict[str, Any]:
@@ -450,8 +510,9 @@ class ProviderController(Controller):
 
     path = "/api/v1"
     tags = ["providers"]
+    security = SIGNED
 
-    @post("/capacity", status_code=200)
+    @post("/capacity", status_code=200, responses=errors(*_COMMAND))
     async def capacity(
         self, request: Request[Any, Any, Any], data: JSONBody[CapacityParams]
     ) -> dict[str, Any]:
@@ -462,7 +523,7 @@ class ProviderController(Controller):
         gw.check_rate(f"orders:{key.key_id}", "orders")
         return await gw.desk.capacity(key.account, data)
 
-    @get("/capacity")
+    @get("/capacity", responses=errors(*_SIGNED))
     async def capacity_list(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
         """List the provider's capacity as the engine accepted it."""
         gw = _gateway(request)

@@ -38,6 +38,8 @@ __all__ = [
     "parse_ssh_key",
     "SSH_KEYS_PER_ACCOUNT_MAX",
     "SSH_KEY_CHARS_MAX",
+    "FINGERPRINT_PATTERN",
+    "FINGERPRINT_RE",
     "SSH_KEY_COMMENT_CHARS_MAX",
     "SSH_RSA_BITS_MIN",
     "SSH_KEY_CACHE_TTL_S",
@@ -47,6 +49,9 @@ __all__ = [
 SSH_KEYS_PER_ACCOUNT_MAX = 10
 SSH_KEY_CHARS_MAX = 4_096  # an RSA-8192 line is about 1,400 characters
 SSH_KEY_COMMENT_CHARS_MAX = 100
+# "SHA256:" and the unpadded base64 of a 32-byte digest, as `ssh-keygen -l` prints it.
+FINGERPRINT_PATTERN = "^SHA256:[A-Za-z0-9+/]{43}$"
+FINGERPRINT_RE = re.compile(FINGERPRINT_PATTERN)
 SSH_RSA_BITS_MIN = 3_072
 # How stale a gateway's copy of an account's keys may be when it pushes a provisioning request
 # (another gateway instance may have added or removed one).

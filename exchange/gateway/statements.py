@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import UTC, datetime
+import re
+from datetime import UTC, date, datetime
+from datetime import time as dt_time
 from typing import Any
 
-from exchange.wire import ErrorCode, WireError, int_from_str, money_to_str
+from exchange.wire import NS_PATTERN, ErrorCode, WireError, int_pattern, money_to_str
 from streams.ledger.reads import (
     BUCKET_NAMES,
     REASON_NAMES,
     TIME_MAX_NS,
+    Cursor,
     Posting,
     account_postings,
     opening_balances,
@@ -30,9 +33,11 @@ from streams.ledger.reads import (
 )
 
 __all__ = [
+    "CURSOR_PATTERN",
     "LEDGER_PAGE_MAX",
     "STATEMENT_ENTRIES_MAX",
     "STATEMENT_FORMATS",
+    "TIME_SCHEMA",
     "ledger_page",
     "parse_time_ns",
     "statement",
@@ -41,35 +46,77 @@ __all__ = [
 LEDGER_PAGE_MAX = 1_000
 STATEMENT_ENTRIES_MAX = 100_000  # a longer period is asked for in parts
 STATEMENT_FORMATS = ("json", "csv")
+CURSOR_INDEX_MAX = 2**15 - 1  # posting_index is a smallint
 CSV_COLUMNS = ("ts_ns", "time", "seq", "id", "bucket", "reason", "ref_id", "amount", "balance")
 
 
+_YEAR = r"([1-9][0-9]{3}|0[1-9][0-9]{2}|00[1-9][0-9]|000[1-9])"
+DATE_PATTERN = f"^{_YEAR}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$"
+DATE_TIME_PATTERN = (
+    f"^{_YEAR}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+    r"(\.[0-9]{1,6})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+)
+# The `from` and `to` of a query: UNIX nanoseconds, an RFC 3339 date or date-time, or empty
+# (no bound).
+TIME_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "anyOf": [
+        {"maxLength": 0},
+        {"pattern": NS_PATTERN},
+        {"pattern": DATE_PATTERN, "format": "date"},
+        {"pattern": DATE_TIME_PATTERN, "format": "date-time"},
+    ],
+}
+CURSOR_PATTERN = (
+    "^(" + int_pattern(TIME_MAX_NS)[1:-1] + r")\.(" + int_pattern(CURSOR_INDEX_MAX)[1:-1] + ")$"
+)
+_NS_RE, _DATE_RE, _DATE_TIME_RE = (
+    re.compile(p) for p in (NS_PATTERN, DATE_PATTERN, DATE_TIME_PATTERN)
+)
+_CURSOR_RE = re.compile(CURSOR_PATTERN)
+
+
 def parse_time_ns(text: str | None, name: str, default: int) -> int:
-    """A time from the query: UNIX nanoseconds, or an ISO-8601 date or time (UTC unless given)."""
+    """A time from the query: UNIX nanoseconds, or an RFC 3339 date or date-time (a date is
+    midnight UTC), clamped to 0..TIME_MAX_NS (nothing in the ledger lies outside)."""
     if text is None or text == "":
         return default
-    if text.isascii() and text.isdigit():  # str.isdigit alone takes "²" and "٣"
-        return int_from_str(text, name)
+    if _NS_RE.fullmatch(text):
+        return int(text)
     try:
-        if not text.isascii():
-            raise ValueError(text)  # fromisoformat takes other scripts' digits too
-        when = datetime.fromisoformat(text)
+        if _DATE_RE.fullmatch(text):
+            when = datetime.combine(date.fromisoformat(text), dt_time(), UTC)
+        elif _DATE_TIME_RE.fullmatch(text):
+            when = datetime.fromisoformat(text)
+        else:
+            raise ValueError(text)
     except ValueError:
         raise WireError(
             ErrorCode.BAD_REQUEST,
-            f"{name}: expected UNIX nanoseconds or an ISO-8601 date, found {text[:40]!r}",
+            f"{name}: expected UNIX nanoseconds, an RFC 3339 date (2026-01-31) or date-time "
+            f"(2026-01-31T12:00:00Z), found {text[:40]!r}",
         ) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return int(when.timestamp()) * 1_000_000_000 + when.microsecond * 1_000
+    try:
+        seconds = int(when.timestamp())
+    except (OverflowError, ValueError):  # a year-1 or year-9999 time shifted past the calendar
+        return 0 if when.year < 1970 else TIME_MAX_NS
+    ns = seconds * 1_000_000_000 + when.microsecond * 1_000
+    return min(max(ns, 0), TIME_MAX_NS)
 
 
 def _period(from_text: str | None, to_text: str | None) -> tuple[int, int]:
-    from_ns = parse_time_ns(from_text, "from", 0)
-    to_ns = parse_time_ns(to_text, "to", TIME_MAX_NS)
-    if not 0 <= from_ns <= to_ns <= TIME_MAX_NS:
-        raise WireError(ErrorCode.BAD_REQUEST, "from, to: expected 0 <= from <= to")
-    return from_ns, to_ns
+    """`[from, to)` in nanoseconds; from after to is an empty period, not an error."""
+    return parse_time_ns(from_text, "from", 0), parse_time_ns(to_text, "to", TIME_MAX_NS)
+
+
+def _cursor(text: str | None) -> Cursor:
+    """The `cursor` of a page: empty for the newest, else a previous page's `next_cursor`."""
+    before = parse_cursor(text) if not text or _CURSOR_RE.fullmatch(text) else None
+    if before is None:
+        raise WireError(
+            ErrorCode.BAD_REQUEST, "cursor: expected the next_cursor of a previous page (seq.index)"
+        )
+    return before
 
 
 def _entry(p: Posting) -> dict[str, Any]:
@@ -97,11 +144,7 @@ async def ledger_page(
         raise WireError(
             ErrorCode.BAD_REQUEST, f"limit: expected 1-{LEDGER_PAGE_MAX}, found {limit}"
         )
-    before = parse_cursor(cursor)
-    if before is None:
-        raise WireError(
-            ErrorCode.BAD_REQUEST, "cursor: expected the next_cursor of a previous page"
-        )
+    before = _cursor(cursor)
     from_ns, to_ns = _period(from_text, to_text)
     # One more than the page: a full last page then says there is nothing after it.
     postings = await account_postings(pool, account, limit + 1, before, from_ns, to_ns)

@@ -15,13 +15,15 @@ answered shows in `GET /withdrawals` once settlement has written its event (mill
 
 from __future__ import annotations
 
+import re
 import time
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
 from exchange.gateway.hub import Hub
-from exchange.wire import ErrorCode, WireError, money_to_str, ns_to_str
+from exchange.gateway.openapi import documented
+from exchange.wire import ErrorCode, WireError, money_to_str, ns_to_str, positive_decimal_pattern
 from schemas import commands as c
 from schemas import events as e
 from schemas.units import UnitError, usd_to_micros
@@ -36,33 +38,41 @@ __all__ = [
 ]
 
 DESTINATION_CHARS_MAX = 128  # a bank account, an IBAN with a note, a wallet address
+AMOUNT_DIGITS_MAX = 12  # dollars before the point: the engine's cash check refuses the rest
+AMOUNT_PATTERN = positive_decimal_pattern(6, AMOUNT_DIGITS_MAX)  # USD at micro-dollar precision
+# Printable ASCII: shown to operators and written to the ledger as text, so no control or
+# invisible characters and no look-alike letters.
+DESTINATION_PATTERN = f"^[ -~]{{1,{DESTINATION_CHARS_MAX}}}$"
+_AMOUNT_RE, _DESTINATION_RE = re.compile(AMOUNT_PATTERN), re.compile(DESTINATION_PATTERN)
 
 
 class WithdrawParams(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    amount: str
-    destination: str
+    amount: Annotated[str, documented("USD > 0, at most 6 decimals", pattern=AMOUNT_PATTERN)]
+    destination: Annotated[str, documented("printable ASCII", pattern=DESTINATION_PATTERN)]
 
 
 def _amount_micros(text: str) -> int:
+    if _AMOUNT_RE.fullmatch(text) is None:
+        raise WireError(
+            ErrorCode.BAD_REQUEST,
+            f"amount: expected USD > 0 with at most 6 decimals and {AMOUNT_DIGITS_MAX} digits "
+            f"before the point, found {text[:40]!r}",
+        )
     try:
-        micros = usd_to_micros(text)
-    except UnitError as error:
+        return usd_to_micros(text)
+    except UnitError as error:  # not reached: the pattern admits only what converts
         raise WireError(ErrorCode.BAD_REQUEST, str(error)) from None
-    if micros <= 0:
-        raise WireError(ErrorCode.BAD_REQUEST, f"amount: expected more than 0, found {text}")
-    return micros
 
 
 def _destination(text: str) -> str:
-    """The destination as given, refused when empty, too long or holding control characters
-    (it is shown to operators and written to the ledger as text)."""
-    if not text or len(text) > DESTINATION_CHARS_MAX:
+    """The destination as given, refused unless 1-DESTINATION_CHARS_MAX printable ASCII
+    characters (it is shown to operators and written to the ledger as text)."""
+    if _DESTINATION_RE.fullmatch(text) is None:
         raise WireError(
             ErrorCode.BAD_REQUEST,
-            f"destination: expected 1-{DESTINATION_CHARS_MAX} characters, found {len(text)}",
+            f"destination: expected 1-{DESTINATION_CHARS_MAX} printable ASCII characters, "
+            f"found {len(text)} characters",
         )
-    if not text.isprintable():
-        raise WireError(ErrorCode.BAD_REQUEST, "destination: control characters are not allowed")
     return text
 
 

@@ -93,11 +93,13 @@ def test_ledger_pages_by_cursor_and_period_and_statements_add_up(broker, dsn):
                 "/api/v1/ledger?limit=0",
                 "/api/v1/ledger?limit=1001",
                 "/api/v1/ledger?from=yesterday",
-                "/api/v1/ledger?from=5&to=4",
                 "/api/v1/statements?format=xml",
             ):
                 status, bad = await get(path)
                 assert status == 400 and bad.json()["error"]["code"] == "BAD_REQUEST", path
+            # from after to fits the document (each is a time): an empty period, not an error
+            status, empty = await get("/api/v1/ledger?from=5&to=4")
+            assert status == 200 and empty.json() == {"entries": [], "next_cursor": None}
             assert (await rest(ex, "GET", "/api/v1/statements")).status_code == 401
 
     run(scenario(), timeout_s=100)
