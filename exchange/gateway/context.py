@@ -68,8 +68,10 @@ class Gateway:
         )
         lim = self.limits
         self.limiters = {
-            "rest_key": RateLimiter(
-                lim.rest_per_key_per_s, lim.rest_per_key_burst, name="REST requests per key"
+            "rest_account": RateLimiter(
+                lim.rest_per_account_per_s,
+                lim.rest_per_account_burst,
+                name="REST requests per account",
             ),
             "rest_ip": RateLimiter(
                 lim.rest_per_ip_per_s, lim.rest_per_ip_burst, name="REST requests per IP"
@@ -80,7 +82,9 @@ class Gateway:
                 name="WebSocket messages per connection",
             ),
             "orders": RateLimiter(
-                lim.orders_per_key_per_s, lim.orders_per_key_burst, name="orders per key"
+                lim.orders_per_account_per_s,
+                lim.orders_per_account_burst,
+                name="orders per account",
             ),
             "ws_logon_ip": RateLimiter(
                 lim.ws_logons_per_ip_per_s,
@@ -109,6 +113,10 @@ class Gateway:
         """Take a token from the named bucket of a limiter; raise RATE_LIMITED when empty."""
         self.limiters[kind].check(name, time.monotonic())
 
+    def check_orders(self, account: int) -> None:
+        """Apply the per-account order-entry limit (shared by every key of the account)."""
+        self.check_rate(f"orders:{account}", "orders")
+
     def check_ip(self, request: Any) -> None:
         """Apply the per-IP REST limit."""
         client = request.client
@@ -131,7 +139,7 @@ class Gateway:
         )
 
     async def authenticate(self, request: Any, scope: str) -> ApiKey:
-        """Verify a signed REST request and its scope; apply the per-key and per-IP limits."""
+        """Verify a signed REST request and its scope; apply the per-account and per-IP limits."""
         self.check_ip(request)
         key_id, ts_ms, nonce, signature = auth.headers_of(request.headers)
         raw_path = request.scope.get("raw_path") or request.scope["path"].encode()
@@ -141,7 +149,7 @@ class Gateway:
             path += "?" + query.decode("latin-1")
         body = await request.body()
         key = await self.verify(key_id, ts_ms, nonce, signature, request.method, path, body)
-        self.check_rate(f"key:{key.key_id}", "rest_key")
+        self.check_rate(f"account:{key.account}", "rest_account")
         auth.require_scope(key, scope)
         return key
 
@@ -175,12 +183,14 @@ class Gateway:
                 "scopes": list(k.scopes),
                 "created_ns": str(k.created_ns),
                 "revoked": k.revoked,
+                "parent": k.parent_key_id,
             }
             for k in keys
         ]
 
     async def create_key(self, caller: ApiKey, scopes: Any) -> dict[str, Any]:
-        """Create a key for the caller's account with at most the caller's scopes."""
+        """Create a key for the caller's account with at most the caller's scopes, minted under
+        the caller: revoking the caller revokes it."""
         if (
             not isinstance(scopes, list)
             or not scopes
@@ -190,15 +200,23 @@ class Gateway:
         extra = set(scopes) - set(caller.scopes)
         if extra:
             raise WireError(ErrorCode.FORBIDDEN, f"scopes: this key cannot grant {sorted(extra)}")
-        key, secret = await self.keys.create(caller.account, scopes)
-        return {"key": key.key_id, "secret": secret, "scopes": list(key.scopes)}
+        key, secret = await self.keys.create(caller.account, scopes, parent_key_id=caller.key_id)
+        return {
+            "key": key.key_id,
+            "secret": secret,
+            "scopes": list(key.scopes),
+            "parent": caller.key_id,
+        }
 
     async def revoke_key(self, account: int, key_id: str) -> dict[str, Any]:
-        """Revoke one of the account's keys and close its sessions here (other gateways poll)."""
-        if not await self.keys.revoke(account, key_id):
+        """Revoke one of the account's keys and those minted under it, and close their sessions
+        here (other gateways poll)."""
+        revoked = await self.keys.revoke(account, key_id)
+        if not revoked:
             raise WireError(ErrorCode.NOT_FOUND, f"no key {key_id!r} of this account")
-        self.sessions.revoked(key_id)
-        return {"key": key_id, "revoked": True}
+        for gone in revoked:
+            self.sessions.revoked(gone)
+        return {"key": key_id, "revoked": True, "revoked_keys": revoked}
 
     # ------------------------------------------------------------------ deliveries
 

@@ -45,10 +45,10 @@ def _gateway(request: Request[Any, Any, Any]) -> Gateway:
 
 
 async def _order_entry(request: Request[Any, Any, Any]) -> tuple[Gateway, ApiKey]:
-    """Authenticate an order-entry request (scope `trade`) and apply the per-key order limit."""
+    """Authenticate an order-entry request (scope `trade`) and apply the per-account order limit."""
     gw = _gateway(request)
     key = await gw.authenticate(request, "trade")
-    gw.check_rate(f"orders:{key.key_id}", "orders")
+    gw.check_orders(key.account)
     return gw, key
 
 
@@ -305,7 +305,7 @@ class AccountController(Controller):
         from available to pending at once; an operator approves or rejects it."""
         gw = _gateway(request)
         key = await gw.authenticate(request, "withdraw")
-        gw.check_rate(f"orders:{key.key_id}", "orders")
+        gw.check_orders(key.account)
         params = parse_params(data, WithdrawParams)
         return await request_withdrawal(gw.hub, gw.desk.shard, key.account, params)
 
@@ -320,18 +320,19 @@ class AccountController(Controller):
     async def create_key(
         self, request: Request[Any, Any, Any], data: JSONBody[dict[str, Any]]
     ) -> dict[str, Any]:
-        """Create an API key with at most the caller's scopes; the secret is shown once."""
+        """Create an API key with at most the caller's scopes (scope `admin`); the secret is shown
+        once. Revoking the caller revokes the new key too."""
         gw = _gateway(request)
-        key = await gw.authenticate(request, "trade")
+        key = await gw.authenticate(request, "admin")
         return await gw.create_key(key, data.get("scopes"))
 
     @delete("/keys/{key_id:str}", status_code=200)
     async def revoke_key(
         self, request: Request[Any, Any, Any], key_id: FromPath[str]
     ) -> dict[str, Any]:
-        """Revoke one of the account's API keys."""
+        """Revoke one of the account's API keys and every key minted under it (scope `admin`)."""
         gw = _gateway(request)
-        key = await gw.authenticate(request, "trade")
+        key = await gw.authenticate(request, "admin")
         return await gw.revoke_key(key.account, key_id)
 
     @get("/ssh_keys")

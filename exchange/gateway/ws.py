@@ -440,7 +440,7 @@ class Connection:
         if (
             method.startswith("order.") and method != "order.status"
         ) or method == "delivery.dispute":
-            self.gw.check_rate(f"orders:{self.key_id}", "orders")
+            self.gw.check_orders(account)
         return await handler(self, account, parse_params(params, kind))
 
     def _require(self, scope: str) -> int:

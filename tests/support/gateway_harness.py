@@ -20,7 +20,7 @@ import websockets
 from aiokafka import AIOKafkaProducer
 
 from exchange.gateway.app import WEBSOCKET_IMPL
-from exchange.gateway.keys import KeyStore
+from exchange.gateway.keys import SCOPES, KeyStore
 from exchange.gateway.ratelimit import RateLimits
 from exchange.stack import Stack, StackOptions
 from exchange.wire import HEADER_KEY, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TS, signature
@@ -126,7 +126,8 @@ async def running_exchange(
     extra_handlers: list[Any] | None = None,
     websocket_impl: str = WEBSOCKET_IMPL,
 ) -> AsyncIterator[Exchange]:
-    """Start the stack, list instruments, fund three accounts, give each a key with all scopes.
+    """Start the stack, list instruments, fund three accounts, give each a key with all scopes
+    (`admin` included: it manages the account's keys).
 
     `extra_handlers` are more gateway routes (the browser test adds the demo keys route).
     """
@@ -171,7 +172,7 @@ async def running_exchange(
         )
         store: KeyStore = exchange.gateway.keys
         for name, account in (("trader", TRADER), ("maker", MAKER), ("provider", PROVIDER)):
-            api_key, secret = await store.create(account, ("read", "trade", "provide", "withdraw"))
+            api_key, secret = await store.create(account, SCOPES)
             exchange.keys[name] = Keys(api_key.key_id, secret, account)
         yield exchange
     finally:
