@@ -7,6 +7,7 @@ from `provisioning` and deliveries from `deliveries`, register subscribers with 
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -28,6 +29,8 @@ from exchange.wire import ErrorCode, Prices, WireError
 from schemas.catalog import Catalog
 
 __all__ = ["Gateway", "SEND_QUEUE_MAX"]
+
+log = logging.getLogger("gx.gateway")
 
 SEND_QUEUE_MAX = 2_000  # pushes waiting for a slow client before its subscription is stopped
 
@@ -98,6 +101,9 @@ class Gateway:
             ),
         }
         self.connections = ConnectionCounter(lim.ws_connections_per_ip)
+        # Signatures accepted, by version: an operator sees whether clients still sign v1
+        # before auth.SIGN_V1_ACCEPTED_UNTIL_MS.
+        self.signature_versions: dict[int, int] = {}
         self.send_queue_max = SEND_QUEUE_MAX
         self._gpus = {g.model for g in catalog.gpus}
         self._curves = {
@@ -131,12 +137,34 @@ class Gateway:
         method: str,
         path: str,
         body: bytes,
+        *,
+        sig_version: object,
     ) -> ApiKey:
-        """Verify a signed request or logon; return its key."""
+        """Verify a signed request or logon (`sig_version` as received, None when absent);
+        return its key."""
         now_ms = time.time_ns() // 1_000_000
-        return await auth.verify(
-            self.keys, key_id, ts_ms, nonce, signature, method, path, body, now_ms
+        key = await auth.verify(
+            self.keys,
+            key_id,
+            ts_ms,
+            nonce,
+            signature,
+            method,
+            path,
+            body,
+            now_ms,
+            sig_version=sig_version,
         )
+        version = auth.sign_version(sig_version)
+        if version == 1 and not self.signature_versions.get(1):
+            log.warning(
+                "key %s signed with signature version 1, accepted until %s: move the clients "
+                "to version 2 (exchange/wire.py)",
+                key.key_id,
+                auth.SIGN_V1_ACCEPTED_UNTIL,
+            )
+        self.signature_versions[version] = self.signature_versions.get(version, 0) + 1
+        return key
 
     async def authenticate(self, request: Any, scope: str) -> ApiKey:
         """Verify a signed REST request and its scope; apply the per-account and per-IP limits."""
@@ -148,7 +176,10 @@ class Gateway:
         if query:
             path += "?" + query.decode("latin-1")
         body = await request.body()
-        key = await self.verify(key_id, ts_ms, nonce, signature, request.method, path, body)
+        version = auth.sign_version_header(request.headers)
+        key = await self.verify(
+            key_id, ts_ms, nonce, signature, request.method, path, body, sig_version=version
+        )
         self.check_rate(f"account:{key.account}", "rest_account")
         auth.require_scope(key, scope)
         return key

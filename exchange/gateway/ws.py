@@ -24,6 +24,7 @@ from typing import Any, cast
 import msgspec
 import orjson
 
+from exchange import wire
 from exchange.gateway.accounts import CHANNELS as NUMBERED_CHANNELS
 from exchange.gateway.context import Gateway
 from exchange.gateway.fanout import Frames, flusher, frame_pushes, text_frame
@@ -82,6 +83,7 @@ class _Logon(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     nonce: str
     signature: str
     cancel_on_disconnect: str = "none"
+    sig_version: int | None = None  # None: version 1, accepted until auth.SIGN_V1_ACCEPTED_UNTIL_MS
 
 
 class _Subscribe(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -461,7 +463,16 @@ class Connection:
                 f"cancel_on_disconnect: expected one of {CANCEL_ON_DISCONNECT}, "
                 f"found {p.cancel_on_disconnect!r}",
             )
-        key = await self.gw.verify(p.key, p.ts_ms, p.nonce, p.signature, "GET", "/ws", b"")
+        key = await self.gw.verify(
+            p.key,
+            p.ts_ms,
+            p.nonce,
+            p.signature,
+            wire.WS_LOGON_METHOD,
+            wire.WS_LOGON_PATH,
+            b"",
+            sig_version=p.sig_version,
+        )
         self.account = key.account
         self.scopes = frozenset(key.scopes)
         self.key_id = key.key_id

@@ -94,15 +94,29 @@ class Request(msgspec.Struct, kw_only=True):
     method: str = "POST"
     path: str = "/api/v1/orders?symbol=H100-SXM.us-east.1h.2026-12-01T14"
     body: bytes = b'{"symbol":"H100-SXM.us-east.1h.2026-12-01T14","side":"buy"}'
+    sig_version: object = "2"  # the GX-SIGN-VERSION header as sent (None: absent)
 
 
 def signed(secret: str, key_id: object, **parts: Any) -> Request:
-    """A request signed with `secret` as a client would sign it."""
+    """A request signed with `secret` as a client would sign it (version 2 unless
+    `sig_version` says 1 or None)."""
     request = Request(key_id=key_id, **parts)
     assert isinstance(request.ts_ms, int | str) and isinstance(request.nonce, str)
-    request.signature_hex = wire.signature(
-        secret, request.ts_ms, request.nonce, request.method, request.path, request.body
-    )
+    if request.sig_version in (None, "", 1, "1"):
+        request.signature_hex = wire.signature_v1(
+            secret, request.ts_ms, request.nonce, request.method, request.path, request.body
+        )
+    else:
+        assert isinstance(request.key_id, str)
+        request.signature_hex = wire.signature(
+            secret,
+            request.key_id,
+            request.ts_ms,
+            request.nonce,
+            request.method,
+            request.path,
+            request.body,
+        )
     return request
 
 
@@ -117,6 +131,7 @@ async def verify(store: KeyStore, request: Request, now_ms: int = NOW_MS) -> Api
         request.path,
         request.body,
         now_ms,
+        sig_version=request.sig_version,
     )
 
 
@@ -511,6 +526,82 @@ def test_verify_refuses_each_bad_request_with_its_code(dsn):
         assert await verify(store, good) == key
         replay = await refused(store, good)
         assert replay.code == ErrorCode.NONCE_REUSED and "nonce-0001" in replay.msg
+
+    with_store(dsn, body)
+
+
+def test_v2_signature_verifies_and_v1_only_until_the_end_of_the_transition(dsn):
+    async def body(pool: asyncpg.Pool, store: KeyStore) -> None:
+        key, secret = await store.create(ALICE, ["read", "trade"])
+        assert NOW_MS < auth.SIGN_V1_ACCEPTED_UNTIL_MS
+        assert auth.SIGN_V1_ACCEPTED_UNTIL == "2027-04-01T00:00:00Z"
+        assert auth.SIGN_V1_ACCEPTED_UNTIL_MS == 1_806_537_600_000  # that instant
+        # Version 2, as a header string or a JSON integer (session.logon).
+        assert await verify(store, signed(secret, key.key_id, nonce="v2-header")) == key
+        logon = signed(
+            secret, key.key_id, nonce="v2-logon-1", sig_version=2,
+            method=wire.WS_LOGON_METHOD, path=wire.WS_LOGON_PATH, body=b"",
+        )  # fmt: skip
+        assert await verify(store, logon) == key
+        # Version 1 during the transition: no header, or "1".
+        for i, version in enumerate((None, "", "1", 1)):
+            v1 = signed(secret, key.key_id, nonce=f"v1-nonce-{i}", sig_version=version)
+            assert await verify(store, v1) == key
+        # A version 1 signature sent as version 2 (or the reverse) does not verify.
+        v1 = signed(secret, key.key_id, nonce="v1-as-v2", sig_version=None)
+        error = await refused(store, msgspec.structs.replace(v1, sig_version="2"))
+        assert error.code == ErrorCode.BAD_SIGNATURE and "version 2" in error.msg
+        assert "gx-v2\\n" + key.key_id in error.msg  # the expected string, escaped
+        v2 = signed(secret, key.key_id, nonce="v2-as-v1")
+        error = await refused(store, msgspec.structs.replace(v2, sig_version=None))
+        assert error.code == ErrorCode.BAD_SIGNATURE and "version 1" in error.msg
+        # After the transition, version 1 is refused, version 2 goes on.
+        end_ms = auth.SIGN_V1_ACCEPTED_UNTIL_MS
+        late = signed(secret, key.key_id, nonce="v1-too-late", ts_ms=end_ms, sig_version=None)
+        error = await refused(store, late, now_ms=end_ms)
+        assert error.code == ErrorCode.BAD_SIGNATURE and "2027-04-01" in error.msg
+        on_time = signed(secret, key.key_id, nonce="v1-on-time", ts_ms=end_ms - 1, sig_version="1")
+        assert await verify(store, on_time, now_ms=end_ms - 1) == key
+        assert await verify(store, signed(secret, key.key_id, ts_ms=end_ms), now_ms=end_ms)
+        # Unknown versions are refused before anything is looked up.
+        for version in ("3", 3, "v2", True, 2.0):
+            bad = msgspec.structs.replace(signed(secret, key.key_id), sig_version=version)
+            error = await refused(store, bad)
+            assert error.code == ErrorCode.BAD_REQUEST and "signature version" in error.msg
+
+    with_store(dsn, body)
+
+
+def test_v2_signature_binds_every_field_where_v1_let_characters_move(dsn):
+    async def body(pool: asyncpg.Pool, store: KeyStore) -> None:
+        key, secret = await store.create(ALICE, ["read", "trade"])
+        path = "/api/v1/orders?symbol=H100-SXM.us-east.1h.2026-12-01T14"
+        moves = [
+            # (signed as, presented as): characters moved from the nonce into the method, from
+            # the method into the path, from the query string into the body
+            ({"nonce": "nonce-0001G", "method": "ET"}, {"nonce": "nonce-0001", "method": "GET"}),
+            ({"method": "GE", "path": "T" + path}, {"method": "GET", "path": path}),
+            ({"path": path, "body": b""}, {"path": "/api/v1/orders", "body": b"?" + path.split("?")[1].encode()}),
+        ]  # fmt: skip
+        for i, (signed_as, presented_as) in enumerate(moves):
+            for version in (None, "2"):
+                original = signed(
+                    secret, key.key_id, sig_version=version, **{"nonce": f"move-{i}-{version}",
+                                                                **signed_as}
+                )  # fmt: skip
+                moved = msgspec.structs.replace(original, **presented_as)
+                if "nonce" not in presented_as:
+                    moved = msgspec.structs.replace(moved, nonce=original.nonce)
+                if version is None:  # v1: the moved request verifies with the same signature
+                    assert await verify(store, moved) == key
+                else:
+                    error = await refused(store, moved)
+                    assert error.code == ErrorCode.BAD_SIGNATURE, (i, error.msg)
+        # v2 refuses a line feed in the method or path rather than sign an ambiguous string
+        for field in ("method", "path"):
+            bad = msgspec.structs.replace(signed(secret, key.key_id), **{field: "GET\n/x"})
+            error = await refused(store, bad)
+            assert error.code == ErrorCode.BAD_REQUEST and "line feed" in error.msg
 
     with_store(dsn, body)
 
