@@ -15,11 +15,25 @@ Numbers on the wire
   reason is `QTY_INVALID`; anything else `BAD_REQUEST` (a price off tick `PRICE_OFF_TICK`).
 
 REST (`/api/v1`) signing: the headers `GX-KEY`, `GX-TS` (milliseconds), `GX-NONCE` (any string of
-8-64 characters from [A-Za-z0-9_-], never reused by a key) and `GX-SIGNATURE`, the lowercase hex
-HMAC-SHA256, keyed by the key's secret, of `ts_ms + nonce + METHOD + path + body`, where path
-includes the query string (`/api/v1/orders?status=open`) and body is the raw request body (empty
-for GET/DELETE). Accepted within +-5 s of the server's clock. The WebSocket logs on with
-`session.logon` signed the same way over method `GET`, path `/ws` and an empty body.
+8-64 characters from [A-Za-z0-9_-], never reused by a key), `GX-SIGN-VERSION: 2` and
+`GX-SIGNATURE`, the lowercase hex HMAC-SHA256, keyed by the key's secret, of the bytes
+(`signing_payload`)
+
+    "gx-v2" LF key LF ts_ms LF nonce LF METHOD LF path LF body
+
+where LF is one byte 0x0A, key the `GX-KEY` value, ts_ms the `GX-TS` value as sent, METHOD the
+upper-case HTTP method, path the request target with its query string
+(`/api/v1/orders?status=open`), all UTF-8, and body the raw request body bytes (empty for
+GET/DELETE), after the sixth LF and not followed by anything. No field but the body may hold a LF
+(the key, ts and nonce cannot; a method or path with one is refused), so the string splits back
+into its fields one way only: no characters can move from one field to the next. Accepted within
++-5 s of the server's clock. The WebSocket logs on with `session.logon` params `key`, `ts_ms`,
+`nonce`, `signature` and `"sig_version": 2`, signed the same way over method `GET`, path `/ws`
+and an empty body.
+
+Version 1 (no `GX-SIGN-VERSION` header, or `"sig_version"` absent; `signing_payload_v1`) signs
+`ts_ms + nonce + METHOD + path + body` with no delimiters and no key. The gateway accepts it
+until `auth.SIGN_V1_ACCEPTED_UNTIL_MS` (2027-04-01T00:00:00Z) and refuses it after.
 
 WebSocket `/ws`: one JSON object per text frame.
 - Request  `{"id": 1, "method": "subscribe", "params": {...}}`
@@ -68,7 +82,12 @@ __all__ = [
     "WireError",
     "reject_name",
     "signature",
+    "signature_v1",
     "signing_payload",
+    "signing_payload_v1",
+    "SIGN_VERSION",
+    "SIGN_V2_TAG",
+    "HEADER_SIGN_VERSION",
     "HEADER_KEY",
     "HEADER_TS",
     "HEADER_NONCE",
@@ -97,6 +116,9 @@ HEADER_KEY = "GX-KEY"
 HEADER_TS = "GX-TS"
 HEADER_NONCE = "GX-NONCE"
 HEADER_SIGNATURE = "GX-SIGNATURE"
+HEADER_SIGN_VERSION = "GX-SIGN-VERSION"
+SIGN_VERSION = 2  # what clients sign with (the header's value, the logon's `sig_version`)
+SIGN_V2_TAG = "gx-v2"  # the first line of a version 2 signed string
 WS_LOGON_METHOD = "GET"
 WS_LOGON_PATH = "/ws"
 
@@ -265,16 +287,53 @@ class WireError(ValueError):
         return error
 
 
-def signing_payload(ts_ms: int | str, nonce: str, method: str, path: str, body: bytes) -> bytes:
-    """The bytes a request signature covers: ts_ms + nonce + METHOD + path + body."""
+def signing_payload(
+    key_id: str, ts_ms: int | str, nonce: str, method: str, path: str, body: bytes
+) -> bytes:
+    """The bytes a version 2 signature covers: "gx-v2", key, ts_ms, nonce, METHOD and path, each
+    followed by LF, then the body.
+
+    Raises ValueError when a field before the body holds a LF (it would make the string
+    ambiguous).
+    """
+    fields = (
+        ("key", key_id),
+        ("ts_ms", str(ts_ms)),
+        ("nonce", nonce),
+        ("method", method.upper()),
+        ("path", path),
+    )
+    for name, value in fields:
+        if "\n" in value:
+            raise ValueError(
+                f"{name}: expected no line feed in a signed field, found {value!r:.80}"
+            )
+    head = "\n".join((SIGN_V2_TAG, *(value for _, value in fields))) + "\n"
+    return head.encode() + body
+
+
+def signing_payload_v1(ts_ms: int | str, nonce: str, method: str, path: str, body: bytes) -> bytes:
+    """The bytes a version 1 signature covers: ts_ms + nonce + METHOD + path + body, undelimited.
+
+    Accepted by the gateway only until auth.SIGN_V1_ACCEPTED_UNTIL_MS; sign with `signature`.
+    """
     return f"{ts_ms}{nonce}{method.upper()}{path}".encode() + body
 
 
 def signature(
+    secret: str, key_id: str, ts_ms: int | str, nonce: str, method: str, path: str, body: bytes
+) -> str:
+    """Sign a request (version 2): lowercase hex HMAC-SHA256, keyed by the API secret, of
+    `signing_payload`. Send it with `GX-SIGN-VERSION: 2` (`"sig_version": 2` on logon)."""
+    payload = signing_payload(key_id, ts_ms, nonce, method, path, body)
+    return hmac.new(secret.encode(), payload, hashlib.sha256).hexdigest()
+
+
+def signature_v1(
     secret: str, ts_ms: int | str, nonce: str, method: str, path: str, body: bytes = b""
 ) -> str:
-    """Sign a request: lowercase hex HMAC-SHA256 keyed by the API secret."""
-    payload = signing_payload(ts_ms, nonce, method, path, body)
+    """Sign a request the version 1 way (`signing_payload_v1`), during the transition only."""
+    payload = signing_payload_v1(ts_ms, nonce, method, path, body)
     return hmac.new(secret.encode(), payload, hashlib.sha256).hexdigest()
 
 

@@ -1,12 +1,15 @@
 """`gx keys`: create, list and revoke API keys in the exchange's PostgreSQL database.
 
     gx keys create --account 12 --scopes read,trade
+    gx keys create --account 12 --scopes read,admin
     gx keys list --account 12
     gx keys revoke --account 12 --key gx0123456789abcdef01234567
 
 Each prints one JSON object. A key's secret is derived from `GX_GATEWAY_MASTER_KEY`
 (exchange/gateway/keys.py), so this command needs the same master key as the gateways; `create`
-prints the secret once and nothing stores it.
+prints the secret once and nothing stores it. Only an operator's key can be made here without a
+parent; the `admin` scope lets a key create and revoke the account's keys over REST, and revoking
+a key (here or there) revokes every key minted under it.
 """
 
 from __future__ import annotations
@@ -124,8 +127,9 @@ async def _act(dsn: str, master_key: str, args: argparse.Namespace) -> dict[str,
         if args.action == "list":
             keys = await store.list(args.account)
             return {"account": args.account, "keys": [_listed(key) for key in keys]}
-        if await store.revoke(args.account, args.key):
-            return {"key": args.key, "revoked": True}
+        revoked = await store.revoke(args.account, args.key)
+        if revoked:
+            return {"key": args.key, "revoked": True, "revoked_keys": revoked}
         return None
     finally:
         await pool.close()
@@ -138,4 +142,5 @@ def _listed(key: ApiKey) -> dict[str, Any]:
         "scopes": list(key.scopes),
         "created_ns": ns_to_str(key.created_ns),
         "revoked": key.revoked,
+        "parent": key.parent_key_id,
     }

@@ -285,7 +285,7 @@ class GpuExchange(ccxt_async.Exchange):  # type: ignore[misc]
                 "countries": [],
                 "version": "v1",
                 # ms between requests: the gateway's default per-key REST rate
-                "rateLimit": 1000 / RateLimits().rest_per_key_per_s,
+                "rateLimit": 1000 / RateLimits().rest_per_account_per_s,
                 "certified": False,
                 "pro": True,
                 "has": {

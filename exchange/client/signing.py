@@ -1,4 +1,4 @@
-"""Sign requests as `exchange/wire.py` specifies: REST headers and the WebSocket logon.
+"""Sign requests as `exchange/wire.py` specifies (version 2): REST headers and the WebSocket logon.
 
 Every signature gets a fresh nonce and the current time, so a retried request is signed again
 (a nonce is never reused by a key). The signed path includes the query string and the signed
@@ -50,14 +50,16 @@ def signed_headers(
     ts_ms: int | None = None,
     nonce: str | None = None,
 ) -> dict[str, str]:
-    """Return the GX-* headers of a request; `path` includes its query string."""
+    """Return the GX-* headers of a request, signed with version 2; `path` includes its query
+    string."""
     ts = _now_ms() if ts_ms is None else ts_ms
     nonce = new_nonce() if nonce is None else nonce
-    sig = wire.signature(credentials.secret, ts, nonce, method, path, body)
+    sig = wire.signature(credentials.secret, credentials.key, ts, nonce, method, path, body)
     return {
         wire.HEADER_KEY: credentials.key,
         wire.HEADER_TS: str(ts),
         wire.HEADER_NONCE: nonce,
+        wire.HEADER_SIGN_VERSION: str(wire.SIGN_VERSION),
         wire.HEADER_SIGNATURE: sig,
     }
 
@@ -65,16 +67,24 @@ def signed_headers(
 def logon_params(
     credentials: Credentials, cancel_on_disconnect: str, *, ts_ms: int | None = None
 ) -> dict[str, object]:
-    """Return the params of `session.logon`, signed over GET /ws with an empty body."""
+    """Return the params of `session.logon`, signed (version 2) over GET /ws with an empty
+    body."""
     ts = _now_ms() if ts_ms is None else ts_ms
     nonce = new_nonce()
     sig = wire.signature(
-        credentials.secret, ts, nonce, wire.WS_LOGON_METHOD, wire.WS_LOGON_PATH, b""
+        credentials.secret,
+        credentials.key,
+        ts,
+        nonce,
+        wire.WS_LOGON_METHOD,
+        wire.WS_LOGON_PATH,
+        b"",
     )
     return {
         "key": credentials.key,
         "ts_ms": ts,
         "nonce": nonce,
         "signature": sig,
+        "sig_version": wire.SIGN_VERSION,
         "cancel_on_disconnect": cancel_on_disconnect,
     }

@@ -7,6 +7,7 @@ from `provisioning` and deliveries from `deliveries`, register subscribers with 
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -29,6 +30,8 @@ from exchange.wire import ErrorCode, Prices, WireError
 from schemas.catalog import Catalog
 
 __all__ = ["Gateway", "SEND_QUEUE_MAX", "SEND_QUEUE_RESERVE", "not_ready_retry_after_ms"]
+
+log = logging.getLogger("gx.gateway")
 
 # Frames of every kind (answers, pushes, snapshots, replays, heartbeats, resync notices) waiting
 # for one connection; a frame that finds the queue full closes the connection (ws.py).
@@ -80,8 +83,10 @@ class Gateway:
         )
         lim = self.limits
         self.limiters = {
-            "rest_key": RateLimiter(
-                lim.rest_per_key_per_s, lim.rest_per_key_burst, name="REST requests per key"
+            "rest_account": RateLimiter(
+                lim.rest_per_account_per_s,
+                lim.rest_per_account_burst,
+                name="REST requests per account",
             ),
             "rest_ip": RateLimiter(
                 lim.rest_per_ip_per_s, lim.rest_per_ip_burst, name="REST requests per IP"
@@ -92,7 +97,9 @@ class Gateway:
                 name="WebSocket messages per connection",
             ),
             "orders": RateLimiter(
-                lim.orders_per_key_per_s, lim.orders_per_key_burst, name="orders per key"
+                lim.orders_per_account_per_s,
+                lim.orders_per_account_burst,
+                name="orders per account",
             ),
             "ws_logon_ip": RateLimiter(
                 lim.ws_logons_per_ip_per_s,
@@ -107,7 +114,10 @@ class Gateway:
         }
         self.connections = ConnectionCounter(lim.ws_connections_per_ip)
         # each child takes an order token: never more children than the bucket can ever hold
-        self.route_children_max = min(route_children_max, lim.orders_per_key_burst)
+        self.route_children_max = min(route_children_max, lim.orders_per_account_burst)
+        # Signatures accepted, by version: an operator sees whether clients still sign v1
+        # before auth.SIGN_V1_ACCEPTED_UNTIL_MS.
+        self.signature_versions: dict[int, int] = {}
         self.send_queue_max = SEND_QUEUE_MAX
         self.send_queue_pushes_max = SEND_QUEUE_MAX - SEND_QUEUE_RESERVE
         self._gpus = {g.model for g in catalog.gpus}
@@ -124,6 +134,10 @@ class Gateway:
         """Take `cost` tokens from the named bucket of a limiter; raise RATE_LIMITED when short."""
         self.limiters[kind].check(name, time.monotonic(), cost)
 
+    def check_orders(self, account: int) -> None:
+        """Apply the per-account order-entry limit (shared by every key of the account)."""
+        self.check_rate(f"orders:{account}", "orders")
+
     def check_ip(self, request: Any) -> None:
         """Apply the per-IP REST limit."""
         client = request.client
@@ -138,12 +152,34 @@ class Gateway:
         method: str,
         path: str,
         body: bytes,
+        *,
+        sig_version: object,
     ) -> ApiKey:
-        """Verify a signed request or logon; return its key."""
+        """Verify a signed request or logon (`sig_version` as received, None when absent);
+        return its key."""
         now_ms = time.time_ns() // 1_000_000
-        return await auth.verify(
-            self.keys, key_id, ts_ms, nonce, signature, method, path, body, now_ms
+        key = await auth.verify(
+            self.keys,
+            key_id,
+            ts_ms,
+            nonce,
+            signature,
+            method,
+            path,
+            body,
+            now_ms,
+            sig_version=sig_version,
         )
+        version = auth.sign_version(sig_version)
+        if version == 1 and not self.signature_versions.get(1):
+            log.warning(
+                "key %s signed with signature version 1, accepted until %s: move the clients "
+                "to version 2 (exchange/wire.py)",
+                key.key_id,
+                auth.SIGN_V1_ACCEPTED_UNTIL,
+            )
+        self.signature_versions[version] = self.signature_versions.get(version, 0) + 1
+        return key
 
     def require_ready(self) -> None:
         """Refuse a private request with UNAVAILABLE (retryable) until the hub is ready.
@@ -163,7 +199,7 @@ class Gateway:
         )
 
     async def authenticate(self, request: Any, scope: str) -> ApiKey:
-        """Verify a signed REST request and its scope; apply the per-key and per-IP limits.
+        """Verify a signed REST request and its scope; apply the per-account and per-IP limits.
 
         Refused UNAVAILABLE while the gateway is not ready (`require_ready`).
         """
@@ -176,8 +212,11 @@ class Gateway:
         if query:
             path += "?" + query.decode("latin-1")
         body = await request.body()
-        key = await self.verify(key_id, ts_ms, nonce, signature, request.method, path, body)
-        self.check_rate(f"key:{key.key_id}", "rest_key")
+        version = auth.sign_version_header(request.headers)
+        key = await self.verify(
+            key_id, ts_ms, nonce, signature, request.method, path, body, sig_version=version
+        )
+        self.check_rate(f"account:{key.account}", "rest_account")
         auth.require_scope(key, scope)
         return key
 
@@ -189,7 +228,7 @@ class Gateway:
         """
 
         def charge(children: int) -> None:
-            self.check_rate(f"orders:{key_id}", "orders", children)
+            self.check_rate(f"orders:{account}", "orders", children)
 
         return await self.desk.route(
             account, p, charge=charge, children_max=self.route_children_max
@@ -225,12 +264,14 @@ class Gateway:
                 "scopes": list(k.scopes),
                 "created_ns": str(k.created_ns),
                 "revoked": k.revoked,
+                "parent": k.parent_key_id,
             }
             for k in keys
         ]
 
     async def create_key(self, caller: ApiKey, scopes: Any) -> dict[str, Any]:
-        """Create a key for the caller's account with at most the caller's scopes."""
+        """Create a key for the caller's account with at most the caller's scopes, minted under
+        the caller: revoking the caller revokes it."""
         if (
             not isinstance(scopes, list)
             or not scopes
@@ -240,16 +281,24 @@ class Gateway:
         extra = set(scopes) - set(caller.scopes)
         if extra:
             raise WireError(ErrorCode.FORBIDDEN, f"scopes: this key cannot grant {sorted(extra)}")
-        key, secret = await self.keys.create(caller.account, scopes)
-        return {"key": key.key_id, "secret": secret, "scopes": list(key.scopes)}
+        key, secret = await self.keys.create(caller.account, scopes, parent_key_id=caller.key_id)
+        return {
+            "key": key.key_id,
+            "secret": secret,
+            "scopes": list(key.scopes),
+            "parent": caller.key_id,
+        }
 
     async def revoke_key(self, account: int, key_id: str) -> dict[str, Any]:
-        """Revoke one of the account's keys and close its sessions here (other gateways poll)."""
+        """Revoke one of the account's keys and those minted under it, and close their sessions
+        here (other gateways poll)."""
         # Only a key id's form reaches the database (a NUL character would fail the query).
-        if not is_key_id(key_id) or not await self.keys.revoke(account, key_id):
+        revoked = await self.keys.revoke(account, key_id) if is_key_id(key_id) else []
+        if not revoked:
             raise WireError(ErrorCode.NOT_FOUND, f"no key {key_id!r} of this account")
-        self.sessions.revoked(key_id)
-        return {"key": key_id, "revoked": True}
+        for gone in revoked:
+            self.sessions.revoked(gone)
+        return {"key": key_id, "revoked": True, "revoked_keys": revoked}
 
     # ------------------------------------------------------------------ deliveries
 

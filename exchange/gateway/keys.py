@@ -13,6 +13,20 @@ refusing every signature. A database leak alone then reveals no secret, and the 
 long and random (`MASTER_KEY_CHARS_MIN`), since the stored hash would let a weak one be guessed.
 Changing the master key invalidates every key issued under the old one.
 
+Who may manage keys. Creating and revoking keys needs the `admin` scope; a key created over REST
+(`POST /keys`) gets at most its creator's scopes and records its creator as its parent, and
+revoking a key revokes every key minted under it, at any depth (`revoke`). So a leaked key, once
+revoked, leaves nothing behind that it made, and a trade key can neither mint keys nor revoke the
+account's stronger ones. An operator's `gx keys create` makes keys with no parent, with any
+scopes, `admin` included.
+
+What is stored is bounded. An account has at most KEYS_PER_ACCOUNT_MAX active keys; a revoked
+key is forgotten KEY_REVOKED_RETENTION_NS after its revocation, and beyond the newest
+KEYS_REVOKED_PER_ACCOUNT_MAX revoked keys of its account (a forgotten key is unknown, so it stays
+refused). Nonces go after NONCE_HORIZON_MS. A client order reservation goes after
+CLIENT_ORDER_RETENTION_NS, and beyond the newest CLIENT_ORDERS_PER_ACCOUNT_MAX of its account,
+unless its order is still live (`reserve_client_order`).
+
 Every gateway instance shares this state: a key revoked on one instance stops working on all of
 them within `KEY_CACHE_TTL_S` (and its open WebSocket sessions are closed, exchange/gateway/
 sessions.py); a nonce (`use_nonce`) or a client order id (`reserve_client_order`) is taken once
@@ -65,17 +79,25 @@ __all__ = [
     "KEY_LOOKUPS_CONCURRENT_MAX",
     "KEY_LOOKUPS_WAITING_MAX",
     "KEYS_PER_ACCOUNT_MAX",
+    "KEYS_REVOKED_PER_ACCOUNT_MAX",
+    "KEY_REVOKED_RETENTION_NS",
+    "KEY_PRUNE_INTERVAL_S",
+    "KEY_PRUNE_ROWS_MAX",
     "NONCE_HORIZON_MS",
     "NONCE_PRUNE_INTERVAL_S",
     "CLIENT_ORDER_RETENTION_NS",
     "CLIENT_ORDER_PRUNE_INTERVAL_S",
     "CLIENT_ORDER_PRUNE_ROWS_MAX",
+    "CLIENT_ORDERS_PER_ACCOUNT_MAX",
+    "CLIENT_ORDER_TRIM_EVERY",
+    "CLIENT_ORDER_TRIM_ACCOUNTS_MAX",
     "CLIENT_ORDER_ID_CHARS_MAX",
 ]
 
 log = logging.getLogger("gx.gateway.keys")
 
-SCOPES = ("read", "trade", "provide", "withdraw")
+# `admin`: create and revoke keys (POST /keys, DELETE /keys/{key}).
+SCOPES = ("read", "trade", "provide", "withdraw", "admin")
 
 KEY_ID_PREFIX = "gx"
 KEY_ID_HEX_CHARS = 24  # 96 random bits
@@ -91,6 +113,12 @@ KEY_UNKNOWN_CACHE_ENTRIES_MAX = 10_000
 KEY_LOOKUPS_CONCURRENT_MAX = 2  # pool connections `get` may hold at once (the pool has 8)
 KEY_LOOKUPS_WAITING_MAX = 64  # lookups queued for one of those; more are refused UNAVAILABLE
 KEYS_PER_ACCOUNT_MAX = 20  # active (not revoked) keys
+# Revoked keys stay listed (and their sessions are closed) this long, then are forgotten; an
+# account keeps at most this many of them, newest first, whatever their age.
+KEY_REVOKED_RETENTION_NS = 30 * 24 * 3600 * 1_000_000_000
+KEYS_REVOKED_PER_ACCOUNT_MAX = 100
+KEY_PRUNE_INTERVAL_S = 60.0  # per gateway instance, on key creation (the only way rows grow)
+KEY_PRUNE_ROWS_MAX = 10_000  # per prune; a larger backlog goes over several
 # Nonces older than this (by their request's ts_ms) are deleted. It must exceed the whole
 # signature window (auth.SIGNATURE_WINDOW_MS on both sides), so that no nonce is forgotten while
 # its request could still be accepted; auth.py asserts it.
@@ -102,6 +130,13 @@ CLIENT_ORDER_ID_CHARS_MAX = 64
 CLIENT_ORDER_RETENTION_NS = 7 * 24 * 3600 * 1_000_000_000
 CLIENT_ORDER_PRUNE_INTERVAL_S = 60.0  # per gateway instance
 CLIENT_ORDER_PRUNE_ROWS_MAX = 10_000  # per prune; a larger backlog goes over several
+# An account's reservations beyond its newest CLIENT_ORDERS_PER_ACCOUNT_MAX are forgotten (live
+# orders' excepted), looked for once every CLIENT_ORDER_TRIM_EVERY reservations of the account on
+# one instance: the account holds at most the maximum plus that many per instance, plus its live
+# orders. Counters are kept for the CLIENT_ORDER_TRIM_ACCOUNTS_MAX accounts reserving most recently.
+CLIENT_ORDERS_PER_ACCOUNT_MAX = 100_000
+CLIENT_ORDER_TRIM_EVERY = 1_000
+CLIENT_ORDER_TRIM_ACCOUNTS_MAX = 10_000
 ACCOUNT_MAX = 2**63 - 1  # bigint
 
 KEY_ID_PATTERN = f"^{KEY_ID_PREFIX}[0-9a-f]{{{KEY_ID_HEX_CHARS}}}$"
@@ -120,6 +155,7 @@ class ApiKey(msgspec.Struct, frozen=True):
     scopes: tuple[str, ...]  # in SCOPES order
     revoked: bool = False
     created_ns: int = 0
+    parent_key_id: str | None = None  # the key that created it over REST; None: an operator
 
 
 def is_key_id(text: object) -> bool:
@@ -191,15 +227,16 @@ def _key_of(row: asyncpg.Record) -> ApiKey:
         scopes=tuple(s for s in SCOPES if s in row["scopes"]),
         revoked=bool(row["revoked"]),
         created_ns=int(row["created_ns"]),
+        parent_key_id=row["parent_key_id"],
     )
 
 
 class KeyStore:
     """API keys, nonces and client order reservations of every gateway instance, in PostgreSQL.
 
-    `pool` is an asyncpg pool on a database migrated to version 3 (`streams.ledger.schema`);
+    `pool` is an asyncpg pool on a database migrated to version 10 (`streams.ledger.schema`);
     `master_key` is `GX_GATEWAY_MASTER_KEY`. `clock_s` (monotonic seconds) times the cache and the
-    nonce pruning; `clock_ns` (UNIX ns) stamps new keys.
+    pruning; `clock_ns` (UNIX ns) stamps new and revoked keys.
     """
 
     def __init__(
@@ -221,6 +258,9 @@ class KeyStore:
         self._lookups_admitted = 0  # running or waiting for the semaphore
         self._nonces_pruned_s = -NONCE_PRUNE_INTERVAL_S  # prune on the first use
         self._client_orders_pruned_s = -CLIENT_ORDER_PRUNE_INTERVAL_S
+        self._keys_pruned_s = -KEY_PRUNE_INTERVAL_S
+        # reservations per account since its last trim, least recently reserving first
+        self._reserved_since_trim: OrderedDict[int, int] = OrderedDict()
         # Whether an account's order with this client order id is still live (the gateway sets
         # it to its projection's answer); a live order's reservation is never pruned.
         self.client_order_live: Callable[[int, str], bool] = lambda account, cid: False
@@ -229,11 +269,22 @@ class KeyStore:
         """Derive the secret of `key_id` from the master key (the database holds no secret)."""
         return derive_secret(self._master_key, key_id)
 
-    async def create(self, account: int, scopes: Iterable[str]) -> tuple[ApiKey, str]:
+    async def create(
+        self, account: int, scopes: Iterable[str], *, parent_key_id: str | None = None
+    ) -> tuple[ApiKey, str]:
         """Issue a key for `account` with `scopes`; return it and its secret, shown only now.
 
+        `parent_key_id` is the key that asks (POST /keys): revoking it revokes the new key too.
+        It must be an active key of `account` when the new key is inserted, checked in the same
+        statement under a share lock of its row, so that a revocation running at once (which
+        locks that row) cannot miss the new key. The scopes are not checked against the parent's
+        here (the gateway does). First, every KEY_PRUNE_INTERVAL_S, forget revoked keys past
+        KEY_REVOKED_RETENTION_NS; after, the account's revoked keys beyond
+        KEYS_REVOKED_PER_ACCOUNT_MAX.
+
         Raises WireError(BAD_REQUEST) for a system account or unknown scopes, KEYS_FULL for an
-        account that already has KEYS_PER_ACCOUNT_MAX active keys.
+        account that already has KEYS_PER_ACCOUNT_MAX active keys; WireError(UNAUTHORIZED) when the parent is
+        no active key of the account (revoked meanwhile).
         """
         if isinstance(account, bool) or not ACCOUNT_FIRST_USER <= account <= ACCOUNT_MAX:
             raise WireError(
@@ -244,12 +295,23 @@ class KeyStore:
         key_id = KEY_ID_PREFIX + secrets.token_hex(KEY_ID_HEX_CHARS // 2)
         secret = self.secret_of(key_id)
         created_ns = self._clock_ns()
+        now_s = self._clock_s()
+        if now_s - self._keys_pruned_s >= KEY_PRUNE_INTERVAL_S:
+            self._keys_pruned_s = now_s
+            await self.prune_revoked_keys(created_ns - KEY_REVOKED_RETENTION_NS)
         # The count and the insert are one statement; concurrent creates may overshoot slightly.
+        # The parent's row is share-locked: a revoke holding it waits, or is waited for and then
+        # found (the parent revoked, nothing is inserted).
         inserted = await self._pool.fetchval(
             """
-            INSERT INTO api_keys (key_id, account, scopes, secret_sha256, created_ns)
-            SELECT $1, $2, $3, $4, $5
-            WHERE (SELECT count(*) FROM api_keys WHERE account = $2 AND NOT revoked) < $6
+            WITH parent AS (
+                SELECT key_id FROM api_keys
+                WHERE key_id = $7 AND account = $2 AND NOT revoked FOR SHARE
+            )
+            INSERT INTO api_keys (key_id, account, scopes, secret_sha256, created_ns, parent_key_id)
+            SELECT $1, $2, $3, $4, $5, $7
+            WHERE ($7::text IS NULL OR EXISTS (SELECT 1 FROM parent))
+              AND (SELECT count(*) FROM api_keys WHERE account = $2 AND NOT revoked) < $6
             RETURNING true
             """,
             key_id,
@@ -258,16 +320,71 @@ class KeyStore:
             _secret_sha256(secret),
             created_ns,
             KEYS_PER_ACCOUNT_MAX,
+            parent_key_id,
         )
         if not inserted:
+            if parent_key_id is not None and not await self._active(account, parent_key_id):
+                self.forget(parent_key_id)
+                raise WireError(
+                    ErrorCode.UNAUTHORIZED,
+                    f"key {parent_key_id}: expected an active key of account {account} to "
+                    "create a key with, found it revoked",
+                )
             raise WireError(
                 ErrorCode.KEYS_FULL,
                 f"account {account}: expected at most {KEYS_PER_ACCOUNT_MAX} active keys, found "
                 f"{KEYS_PER_ACCOUNT_MAX} already; revoke one first",
             )
+        await self._trim_revoked(account)
         self._unknown.pop(key_id, None)
-        key = ApiKey(key_id=key_id, account=account, scopes=ordered, created_ns=created_ns)
+        key = ApiKey(
+            key_id=key_id,
+            account=account,
+            scopes=ordered,
+            created_ns=created_ns,
+            parent_key_id=parent_key_id,
+        )
         return key, secret
+
+    async def _active(self, account: int, key_id: str) -> bool:
+        found = await self._pool.fetchval(
+            "SELECT true FROM api_keys WHERE key_id = $1 AND account = $2 AND NOT revoked",
+            key_id,
+            account,
+        )
+        return bool(found)
+
+    async def _trim_revoked(self, account: int) -> int:
+        """Forget `account`'s revoked keys beyond its newest KEYS_REVOKED_PER_ACCOUNT_MAX."""
+        status = await self._pool.execute(
+            """
+            DELETE FROM api_keys WHERE key_id IN (
+                SELECT key_id FROM api_keys WHERE account = $1 AND revoked
+                ORDER BY revoked_ns DESC, key_id OFFSET $2
+            )
+            """,
+            account,
+            KEYS_REVOKED_PER_ACCOUNT_MAX,
+        )
+        return int(status.split()[-1])
+
+    async def prune_revoked_keys(self, before_ns: int) -> int:
+        """Forget up to KEY_PRUNE_ROWS_MAX keys revoked before `before_ns`; return how many.
+
+        A forgotten key is unknown: it stays refused, and the sessions it still had (none, once
+        the revocation reached them) are closed as if revoked (`revoked_among`).
+        """
+        status = await self._pool.execute(
+            """
+            DELETE FROM api_keys WHERE key_id IN (
+                SELECT key_id FROM api_keys WHERE revoked AND revoked_ns < $1
+                ORDER BY revoked_ns LIMIT $2
+            )
+            """,
+            before_ns,
+            KEY_PRUNE_ROWS_MAX,
+        )
+        return int(status.split()[-1])
 
     async def get(self, key_id: str) -> ApiKey | None:
         """Return the key (revoked ones too), or None when unknown; cached for KEY_CACHE_TTL_S,
@@ -318,8 +435,8 @@ class KeyStore:
         try:
             async with self._lookups:
                 row: asyncpg.Record | None = await self._pool.fetchrow(
-                    "SELECT key_id, account, scopes, secret_sha256, created_ns, revoked "
-                    "FROM api_keys WHERE key_id = $1",
+                    "SELECT key_id, account, scopes, secret_sha256, created_ns, revoked, "
+                    "parent_key_id FROM api_keys WHERE key_id = $1",
                     key_id,
                 )
                 return row
@@ -338,9 +455,13 @@ class KeyStore:
         self._cache.pop(key_id, None)
 
     async def revoked_among(self, key_ids: Iterable[str]) -> builtins.list[str]:
-        """Return which of `key_ids` are revoked (one query, by primary key)."""
+        """Return which of `key_ids` are revoked or gone (one query, by primary key).
+
+        A key no longer stored (pruned, or deleted by an operator) counts as revoked.
+        """
         rows = await self._pool.fetch(
-            "SELECT key_id FROM api_keys WHERE key_id = ANY($1::text[]) AND revoked",
+            "SELECT k.key_id FROM unnest($1::text[]) AS k(key_id) WHERE NOT EXISTS "
+            "(SELECT 1 FROM api_keys a WHERE a.key_id = k.key_id AND NOT a.revoked)",
             builtins.list(key_ids),
         )
         return [row["key_id"] for row in rows]
@@ -348,26 +469,50 @@ class KeyStore:
     async def list(self, account: int) -> builtins.list[ApiKey]:
         """Return every key of `account`, revoked ones too, oldest first."""
         rows = await self._pool.fetch(
-            "SELECT key_id, account, scopes, created_ns, revoked FROM api_keys "
+            "SELECT key_id, account, scopes, created_ns, revoked, parent_key_id FROM api_keys "
             "WHERE account = $1 ORDER BY created_ns, key_id",
             account,
         )
         return [_key_of(row) for row in rows]
 
-    async def revoke(self, account: int, key_id: str) -> bool:
-        """Revoke `key_id` if `account` owns it; return False when it does not (or no such key).
+    async def revoke(self, account: int, key_id: str) -> builtins.list[str]:
+        """Revoke `key_id` if `account` owns it, and every key minted under it at any depth;
+        return the ids revoked, `key_id` first, or [] when `account` has no such key.
 
-        Revoking an already revoked key returns True. Other gateway instances stop accepting the
-        key within KEY_CACHE_TTL_S; this one at once.
+        Revoking an already revoked key revokes what it minted again (nothing new, normally) and
+        returns its ids too. Other gateway instances stop accepting the keys within
+        KEY_CACHE_TTL_S; this one at once. One transaction: the key's row is locked first, so a
+        key being minted with it at the same moment is either committed before the descendants
+        are read (and revoked with them) or refused (`create`); each generation is read by a new
+        statement, after the previous one's rows are locked, for the same reason.
         """
-        found = await self._pool.fetchval(
-            "UPDATE api_keys SET revoked = true WHERE key_id = $1 AND account = $2 RETURNING true",
-            key_id,
-            account,
-        )
-        if found:
-            self._cache.pop(key_id, None)
-        return bool(found)
+        revoked_ns = self._clock_ns()
+        async with self._pool.acquire() as conn, conn.transaction():
+            found = await conn.fetchval(
+                "UPDATE api_keys SET revoked = true, "
+                "revoked_ns = CASE WHEN revoked THEN revoked_ns ELSE $3 END "
+                "WHERE key_id = $1 AND account = $2 RETURNING true",
+                key_id,
+                account,
+                revoked_ns,
+            )
+            if not found:
+                return []
+            revoked = [key_id]
+            frontier = [key_id]
+            while frontier:  # a key's parent is older than it: no cycle, the tree is finite
+                rows = await conn.fetch(
+                    "UPDATE api_keys SET revoked = true, "
+                    "revoked_ns = CASE WHEN revoked THEN revoked_ns ELSE $2 END "
+                    "WHERE parent_key_id = ANY($1::text[]) RETURNING key_id",
+                    frontier,
+                    revoked_ns,
+                )
+                frontier = [row["key_id"] for row in rows if row["key_id"] not in revoked]
+                revoked += frontier
+        for gone in revoked:
+            self._cache.pop(gone, None)
+        return revoked
 
     async def use_nonce(self, key_id: str, nonce: str, ts_ms: int) -> bool:
         """Record `nonce` for `key_id`; return False when the key has used it before.
@@ -417,7 +562,40 @@ class KeyStore:
             client_order_id,
             ts_ns,
         )
-        return bool(status == "INSERT 0 1")
+        reserved = status == "INSERT 0 1"
+        if reserved and self._count_reservation(account) >= CLIENT_ORDER_TRIM_EVERY:
+            self._reserved_since_trim[account] = 0
+            await self.trim_client_orders(account)
+        return reserved
+
+    def _count_reservation(self, account: int) -> int:
+        """Count one reservation of `account` since its last trim; return the count."""
+        count = self._reserved_since_trim.pop(account, 0) + 1
+        self._reserved_since_trim[account] = count
+        while len(self._reserved_since_trim) > CLIENT_ORDER_TRIM_ACCOUNTS_MAX:
+            self._reserved_since_trim.popitem(last=False)
+        return count
+
+    async def trim_client_orders(self, account: int) -> int:
+        """Forget up to CLIENT_ORDER_PRUNE_ROWS_MAX of `account`'s reservations beyond its newest
+        CLIENT_ORDERS_PER_ACCOUNT_MAX whose order is not live; return how many."""
+        rows = await self._pool.fetch(
+            "SELECT client_order_id FROM client_orders WHERE account = $1 "
+            "ORDER BY ts_ns DESC OFFSET $2 LIMIT $3",
+            account,
+            CLIENT_ORDERS_PER_ACCOUNT_MAX,
+            CLIENT_ORDER_PRUNE_ROWS_MAX,
+        )
+        gone = [r["client_order_id"] for r in rows]
+        gone = [cid for cid in gone if not self.client_order_live(account, cid)]
+        if not gone:
+            return 0
+        await self._pool.execute(
+            "DELETE FROM client_orders WHERE account = $1 AND client_order_id = ANY($2::text[])",
+            account,
+            gone,
+        )
+        return len(gone)
 
     async def release_client_order(self, account: int, client_order_id: str, ts_ns: int) -> None:
         """Forget the reservation `reserve_client_order(account, client_order_id, ts_ns)` made,

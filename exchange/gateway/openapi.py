@@ -46,17 +46,26 @@ __all__ = [
 # sets (Litestar accepts only Schema fields as extras); the served document has the pattern.
 UNIT_KEY = "format"
 PRICE_UNIT = "x-gx-price"
-_SIGNING_HEADERS = (wire.HEADER_KEY, wire.HEADER_TS, wire.HEADER_NONCE, wire.HEADER_SIGNATURE)
+_SIGNING_HEADERS = (
+    wire.HEADER_KEY,
+    wire.HEADER_TS,
+    wire.HEADER_NONCE,
+    wire.HEADER_SIGN_VERSION,
+    wire.HEADER_SIGNATURE,
+)
 SECURITY_SCHEMES = {
     name: SecurityScheme(
         type="apiKey",
         name=name,
         security_scheme_in="header",
-        description="One of the four signing headers; see exchange/wire.py for how to sign.",
+        description=(
+            "One of the signing headers (GX-SIGN-VERSION: 2); see exchange/wire.py for how to "
+            "sign. Without GX-SIGN-VERSION a request is read as version 1 until that is retired."
+        ),
     )
     for name in _SIGNING_HEADERS
 }
-# All four headers together: one requirement object.
+# All the headers together: one requirement object.
 SIGNED: list[SecurityRequirement] = [{name: [] for name in _SIGNING_HEADERS}]
 # Answers the gateway gives without a wire code of its own (the engine's refusals are named by
 # `schemas.codes.Reject`, under REJECTED's status).

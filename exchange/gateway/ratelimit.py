@@ -1,4 +1,7 @@
-"""Token buckets: the gateway's message-rate limits, per key, per IP and per connection.
+"""Token buckets: the gateway's message-rate limits, per account, per IP and per connection.
+
+Signed traffic is limited per account, not per API key: an account's keys share its buckets, so
+creating more keys (up to keys.KEYS_PER_ACCOUNT_MAX) buys no extra rate.
 
 Pure: the caller passes the clock (`now_s`, monotonic seconds), so tests need no sleeping. Every
 limit is named once, in `RateLimits`. A refused request changes nothing and learns how long to
@@ -24,14 +27,15 @@ _TOKENS_EPSILON = 1e-9
 class RateLimits(msgspec.Struct, frozen=True, kw_only=True):
     """Every rate limit of the gateway: sustained rate per second and burst (bucket size)."""
 
-    rest_per_key_per_s: int = 50
-    rest_per_key_burst: int = 100
+    rest_per_account_per_s: int = 50  # signed requests, all the account's keys together
+    rest_per_account_burst: int = 100
     rest_per_ip_per_s: int = 100
     rest_per_ip_burst: int = 200
     ws_messages_per_conn_per_s: int = 100
     ws_messages_per_conn_burst: int = 200
-    orders_per_key_per_s: int = 100  # order entry over REST and WebSocket together
-    orders_per_key_burst: int = 200
+    # order entry (and withdrawals) over REST and WebSocket, all the account's keys together
+    orders_per_account_per_s: int = 100
+    orders_per_account_burst: int = 200
     ws_connections_per_ip: int = 50  # open at once
     # `session.logon` attempts, the only WebSocket message that reaches the database unsigned;
     # the per-IP burst lets a full set of connections log on at once.
@@ -82,9 +86,9 @@ class TokenBucket:
 
 
 class RateLimiter:
-    """Token buckets per key string (an API key, an IP, a connection), at most `keys_max`.
+    """Token buckets per key string (an account, an IP, a connection), at most `keys_max`.
 
-    `name` says what is limited in the error message ("REST requests per key").
+    `name` says what is limited in the error message ("REST requests per account").
     """
 
     def __init__(

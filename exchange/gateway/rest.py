@@ -65,7 +65,7 @@ Depth = Annotated[int, QueryParameter(ge=1, le=BOOK_DEPTH_MAX)]
 # Strings, parsed by wire.int_from_str: Litestar's int converter takes "+5", "1_0" and "１２".
 Id = Annotated[str, PathParameter(pattern=ID_PATTERN)]
 Time = Annotated[str | None, QueryParameter(schema_extra=TIME_SCHEMA)]
-Scope = Literal["read", "trade", "provide", "withdraw"]
+Scope = Literal["read", "trade", "provide", "withdraw", "admin"]
 assert get_args(Scope) == SCOPES, "Scope lists keys.SCOPES"
 assert LEDGER_PAGE_MAX == limit_max
 _State = Literal["assigned", "confirmed", "disputed", "settled"]
@@ -110,10 +110,10 @@ def _gateway(request: Request[Any, Any, Any]) -> Gateway:
 
 
 async def _order_entry(request: Request[Any, Any, Any]) -> tuple[Gateway, ApiKey]:
-    """Authenticate an order-entry request (scope `trade`) and apply the per-key order limit."""
+    """Authenticate an order-entry request (scope `trade`) and apply the per-account order limit."""
     gw = _gateway(request)
     key = await gw.authenticate(request, "trade")
-    gw.check_rate(f"orders:{key.key_id}", "orders")
+    gw.check_orders(key.account)
     return gw, key
 
 
@@ -365,7 +365,7 @@ class AccountController(Controller):
         from available to pending at once; an operator approves or rejects it."""
         gw = _gateway(request)
         key = await gw.authenticate(request, "withdraw")
-        gw.check_rate(f"orders:{key.key_id}", "orders")
+        gw.check_orders(key.account)
         return await request_withdrawal(gw.hub, gw.desk.shard, key.account, data)
 
     @get("/keys", responses=errors(*_SIGNED))
@@ -379,9 +379,10 @@ class AccountController(Controller):
     async def create_key(
         self, request: Request[Any, Any, Any], data: JSONBody[KeyParams]
     ) -> dict[str, Any]:
-        """Create an API key with at most the caller's scopes; the secret is shown once."""
+        """Create an API key with at most the caller's scopes (scope `admin`); the secret is shown
+        once. Revoking the caller revokes the new key too."""
         gw = _gateway(request)
-        key = await gw.authenticate(request, "trade")
+        key = await gw.authenticate(request, "admin")
         return await gw.create_key(key, list(data.scopes))
 
     @delete("/keys/{key_id:str}", status_code=200, responses=errors(*_SIGNED, 404))
@@ -390,9 +391,9 @@ class AccountController(Controller):
         request: Request[Any, Any, Any],
         key_id: Annotated[str, PathParameter(pattern=KEY_ID_PATTERN)],
     ) -> dict[str, Any]:
-        """Revoke one of the account's API keys."""
+        """Revoke one of the account's API keys and every key minted under it (scope `admin`)."""
         gw = _gateway(request)
-        key = await gw.authenticate(request, "trade")
+        key = await gw.authenticate(request, "admin")
         return await gw.revoke_key(key.account, key_id)
 
     @get("/ssh_keys", responses=errors(*_SIGNED))
@@ -517,10 +518,10 @@ class ProviderController(Controller):
         self, request: Request[Any, Any, Any], data: JSONBody[CapacityParams]
     ) -> dict[str, Any]:
         """Set the provider's GPUs of a model and region over a window (counted against the
-        per-key order limit: it is an engine command, as an order is)."""
+        per-account order limit: it is an engine command, as an order is)."""
         gw = _gateway(request)
         key = await gw.authenticate(request, "provide")
-        gw.check_rate(f"orders:{key.key_id}", "orders")
+        gw.check_orders(key.account)
         return await gw.desk.capacity(key.account, data)
 
     @get("/capacity", responses=errors(*_SIGNED))

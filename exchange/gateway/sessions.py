@@ -17,7 +17,9 @@ cursor can step over one) and it misses a key revoked just before a logon read i
 cache. Asking about the live keys has no cursor to lose: each poll re-reads the truth, so a
 failed poll is repaired by the next one.
 
-Keys do not record the key that created them, so revoking a key leaves keys minted with it alone.
+Revoking a key revokes the keys minted under it (KeyStore.revoke returns them all); the gateway
+closes the sessions of each, and the poll finds each on the other gateways. A key no longer
+stored (a pruned revoked key) counts as revoked.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ from typing import Any, cast
 import msgspec
 import orjson
 
+from exchange import wire
 from exchange.gateway.accounts import CHANNELS as NUMBERED_CHANNELS
 from exchange.gateway.context import Gateway
 from exchange.gateway.fanout import Frames, flusher, frame_pushes, text_frame
@@ -93,6 +94,7 @@ class _Logon(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     nonce: str
     signature: str
     cancel_on_disconnect: str = "none"
+    sig_version: int | None = None  # None: version 1, accepted until auth.SIGN_V1_ACCEPTED_UNTIL_MS
 
 
 class _Subscribe(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -484,7 +486,7 @@ class Connection:
         if (
             method.startswith("order.") and method != "order.status"
         ) or method in _ORDER_LIMITED_METHODS:
-            self.gw.check_rate(f"orders:{self.key_id}", "orders")
+            self.gw.check_orders(account)
         return await handler(self, account, parse_params(params, kind))
 
     def _require(self, scope: str) -> int:
@@ -505,7 +507,16 @@ class Connection:
                 f"cancel_on_disconnect: expected one of {CANCEL_ON_DISCONNECT}, "
                 f"found {p.cancel_on_disconnect!r}",
             )
-        key = await self.gw.verify(p.key, p.ts_ms, p.nonce, p.signature, "GET", "/ws", b"")
+        key = await self.gw.verify(
+            p.key,
+            p.ts_ms,
+            p.nonce,
+            p.signature,
+            wire.WS_LOGON_METHOD,
+            wire.WS_LOGON_PATH,
+            b"",
+            sig_version=p.sig_version,
+        )
         self.account = key.account
         self.scopes = frozenset(key.scopes)
         self.key_id = key.key_id
@@ -688,7 +699,7 @@ class Connection:
 
 
 # Beside order entry, the methods that send the engine a command on the client's word: they take
-# from the per-key order limit too (a capacity update can be 1680 hours of engine work).
+# from the per-account order limit too (a capacity update can be 1680 hours of engine work).
 _ORDER_LIMITED_METHODS = frozenset({"delivery.dispute", "capacity.update"})
 # method -> (scope, params Struct, handler): the params are decoded before the handler runs
 _ACCOUNT_METHODS: dict[str, tuple[str, type[Any], Any]] = {

@@ -1,8 +1,10 @@
-// Request signing (exchange/wire.py): lowercase hex HMAC-SHA256, keyed by the API secret, of
-// ts_ms + nonce + METHOD + path + body. WebCrypto only exists in a secure context; http://127.0.0.1
-// and http://localhost are one.
+// Request signing, version 2 (exchange/wire.py): lowercase hex HMAC-SHA256, keyed by the API
+// secret, of "gx-v2", key, ts_ms, nonce, METHOD and path, each followed by "\n", then the body;
+// sent with the header GX-SIGN-VERSION: 2 (the logon's "sig_version": 2). WebCrypto only exists
+// in a secure context; http://127.0.0.1 and http://localhost are one.
 
 const encoder = new TextEncoder();
+export const SIGN_VERSION = 2;
 const keys = new Map(); // secret -> CryptoKey, imported once
 
 async function hmacKey(secret) {
@@ -29,9 +31,18 @@ export function newNonce() {
   return [...bytes].map((b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-/** The signature of one request. */
-export async function sign(secret, tsMs, nonce, method, path, body = "") {
-  const payload = encoder.encode(`${tsMs}${nonce}${method.toUpperCase()}${path}${body}`);
+/** The bytes a version 2 signature covers; no field but the body may hold a line feed. */
+export function signingPayload(keyId, tsMs, nonce, method, path, body = "") {
+  const fields = [keyId, String(tsMs), nonce, method.toUpperCase(), path];
+  if (fields.some((field) => field.includes("\n"))) {
+    throw new Error(`signing: a line feed in a signed field (${JSON.stringify(fields)})`);
+  }
+  return encoder.encode(["gx-v2", ...fields].join("\n") + "\n" + body);
+}
+
+/** The version 2 signature of one request. */
+export async function sign(secret, keyId, tsMs, nonce, method, path, body = "") {
+  const payload = signingPayload(keyId, tsMs, nonce, method, path, body);
   const mac = await crypto.subtle.sign("HMAC", await hmacKey(secret), payload);
   return [...new Uint8Array(mac)].map((b) => b.toString(16).padStart(2, "0")).join("");
 }
@@ -44,7 +55,8 @@ export async function logonParams(creds, cancelOnDisconnect = "none") {
     key: creds.key,
     ts_ms: tsMs,
     nonce,
-    signature: await sign(creds.secret, tsMs, nonce, "GET", "/ws"),
+    signature: await sign(creds.secret, creds.key, tsMs, nonce, "GET", "/ws"),
+    sig_version: SIGN_VERSION,
     cancel_on_disconnect: cancelOnDisconnect,
   };
 }
@@ -58,7 +70,8 @@ export async function signedFetch(creds, method, path, body = null) {
     "GX-KEY": creds.key,
     "GX-TS": String(tsMs),
     "GX-NONCE": nonce,
-    "GX-SIGNATURE": await sign(creds.secret, tsMs, nonce, method, path, raw),
+    "GX-SIGN-VERSION": String(SIGN_VERSION),
+    "GX-SIGNATURE": await sign(creds.secret, creds.key, tsMs, nonce, method, path, raw),
   };
   if (raw) headers["content-type"] = "application/json";
   const response = await fetch(path, { method, headers, body: raw || undefined });

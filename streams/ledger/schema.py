@@ -342,6 +342,20 @@ CREATE TABLE transfers (
 CREATE INDEX transfers_by_account ON transfers (account, kind, ts_requested);
 """
 
+# API keys remember the key that created them (`POST /keys`; NULL for `gx keys create`), so that
+# revoking a key revokes every key minted under it, and when they were revoked, so that revoked
+# keys are forgotten after a retention (exchange/gateway/keys.py). A key revoked before this
+# migration counts as revoked when it was created. Client order reservations are indexed by
+# account and age, so that each account's oldest beyond its bound can be forgotten.
+_V10_KEY_LINEAGE = """
+ALTER TABLE api_keys ADD COLUMN parent_key_id text;
+ALTER TABLE api_keys ADD COLUMN revoked_ns bigint NOT NULL DEFAULT 0;
+UPDATE api_keys SET revoked_ns = created_ns WHERE revoked;
+CREATE INDEX api_keys_by_parent ON api_keys (parent_key_id) WHERE parent_key_id IS NOT NULL;
+CREATE INDEX api_keys_revoked_by_time ON api_keys (revoked_ns) WHERE revoked;
+CREATE INDEX client_orders_by_account_ts ON client_orders (account, ts_ns);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "ledger", _V1_LEDGER),
     Migration(2, "market history", _V2_MARKET_HISTORY),
@@ -352,6 +366,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(7, "postings by account and sequence", _V7_POSTINGS_BY_ACCOUNT_SEQ),
     Migration(8, "ssh keys", _V8_SSH_KEYS),
     Migration(9, "transfers", _V9_TRANSFERS),
+    Migration(10, "api key lineage and revocation time", _V10_KEY_LINEAGE),
 )
 
 _CREATE_MIGRATIONS_TABLE = """

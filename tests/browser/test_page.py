@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from exchange import wire
 from exchange.sandbox.demo import demo_keys_route
 from schemas import commands as c
 from schemas.symbols import parse_symbol
@@ -229,7 +230,21 @@ async def check_page(
     assert stats["bookResumes"] == 1 and stats["snapshots"] == snapshots, stats
     assert stats["checksumFailures"] == 1, stats
     await expect(page.locator('#executions tr[data-status="canceled"]')).to_have_count(1)
+    await check_signing(ex, page)
     await page.wait_for_timeout(300)  # let the last frame paint before the screenshot
+
+
+async def check_signing(ex: Exchange, page: Any) -> None:
+    """The page signs version 2 (sign.js), byte for byte as exchange/wire.py does, and every
+    signature the gateway took (the page's logons and requests, the harness's) was version 2."""
+    parts = ("gx" + "0a" * 12, 1_790_000_000_000, "nonce-0001", "post", "/api/v1/orders?a=1")
+    body = '{"note":"é\\n"}'
+    signed = await page.evaluate(
+        "async ([parts, body]) => (await import('./sign.js')).sign('secret-1', ...parts, body)",
+        [list(parts), body],
+    )
+    assert signed == wire.signature("secret-1", *parts, body.encode())
+    assert set(ex.gateway.signature_versions) == {2}, ex.gateway.signature_versions
 
 
 MINUTE_NS = 60_000_000_000

@@ -27,6 +27,8 @@ from exchange.gateway.keys import (
     KEY_CACHE_TTL_S,
     KEY_LOOKUPS_CONCURRENT_MAX,
     KEY_LOOKUPS_WAITING_MAX,
+    KEY_PRUNE_INTERVAL_S,
+    KEY_REVOKED_RETENTION_NS,
     KEY_UNKNOWN_CACHE_TTL_S,
     KEYS_PER_ACCOUNT_MAX,
     NONCE_HORIZON_MS,
@@ -92,15 +94,29 @@ class Request(msgspec.Struct, kw_only=True):
     method: str = "POST"
     path: str = "/api/v1/orders?symbol=H100-SXM.us-east.1h.2026-12-01T14"
     body: bytes = b'{"symbol":"H100-SXM.us-east.1h.2026-12-01T14","side":"buy"}'
+    sig_version: object = "2"  # the GX-SIGN-VERSION header as sent (None: absent)
 
 
 def signed(secret: str, key_id: object, **parts: Any) -> Request:
-    """A request signed with `secret` as a client would sign it."""
+    """A request signed with `secret` as a client would sign it (version 2 unless
+    `sig_version` says 1 or None)."""
     request = Request(key_id=key_id, **parts)
     assert isinstance(request.ts_ms, int | str) and isinstance(request.nonce, str)
-    request.signature_hex = wire.signature(
-        secret, request.ts_ms, request.nonce, request.method, request.path, request.body
-    )
+    if request.sig_version in (None, "", 1, "1"):
+        request.signature_hex = wire.signature_v1(
+            secret, request.ts_ms, request.nonce, request.method, request.path, request.body
+        )
+    else:
+        assert isinstance(request.key_id, str)
+        request.signature_hex = wire.signature(
+            secret,
+            request.key_id,
+            request.ts_ms,
+            request.nonce,
+            request.method,
+            request.path,
+            request.body,
+        )
     return request
 
 
@@ -115,6 +131,7 @@ async def verify(store: KeyStore, request: Request, now_ms: int = NOW_MS) -> Api
         request.path,
         request.body,
         now_ms,
+        sig_version=request.sig_version,
     )
 
 
@@ -153,7 +170,7 @@ def test_create_get_list_and_revoke_only_by_the_owner(dsn):
 
 def test_create_refuses_unknown_scopes_system_accounts_and_too_many_keys(dsn):
     async def body(pool: asyncpg.Pool, store: KeyStore) -> None:
-        for scopes in ([], ["admin"], "read"):
+        for scopes in ([], ["root"], "read"):
             with pytest.raises(WireError, match="scopes") as caught:
                 await store.create(ALICE, scopes)
             assert caught.value.code == ErrorCode.BAD_REQUEST
@@ -166,6 +183,97 @@ def test_create_refuses_unknown_scopes_system_accounts_and_too_many_keys(dsn):
         await store.create(ALICE, ["read"])  # a revoked key frees its place
 
     with_store(dsn, body)
+
+
+def test_revoking_a_key_revokes_every_key_minted_under_it(dsn):
+    async def body(pool: asyncpg.Pool, store: KeyStore) -> None:
+        root, _ = await store.create(ALICE, ["read", "trade", "admin"])  # gx keys create
+        child, _ = await store.create(ALICE, ["read", "admin"], parent_key_id=root.key_id)
+        grandchild, _ = await store.create(ALICE, ["trade"], parent_key_id=child.key_id)
+        sibling, _ = await store.create(ALICE, ["read"], parent_key_id=root.key_id)
+        apart, _ = await store.create(ALICE, ["read", "admin"])
+        assert (child.parent_key_id, grandchild.parent_key_id) == (root.key_id, child.key_id)
+        assert (await store.get(grandchild.key_id)).parent_key_id == child.key_id  # type: ignore[union-attr]
+
+        assert await store.revoke(BOB, root.key_id) == []  # not Bob's: nothing happens
+        assert await store.revoke(ALICE, child.key_id) == [child.key_id, grandchild.key_id]
+        assert (await store.get(sibling.key_id)).revoked is False  # type: ignore[union-attr]
+        revoked = await store.revoke(ALICE, root.key_id)
+        assert revoked[0] == root.key_id
+        assert set(revoked) == {root.key_id, child.key_id, grandchild.key_id, sibling.key_id}
+        listed = {k.key_id: k.revoked for k in await store.list(ALICE)}
+        assert listed == {k: k != apart.key_id for k in listed} and len(listed) == 5
+        everyone = [root.key_id, child.key_id, grandchild.key_id, sibling.key_id, apart.key_id]
+        assert set(await store.revoked_among(everyone)) == set(everyone) - {apart.key_id}
+
+        # A revoked key mints nothing, even on a gateway that still has it cached as active.
+        with pytest.raises(WireError) as caught:
+            await store.create(ALICE, ["read"], parent_key_id=root.key_id)
+        assert caught.value.code == ErrorCode.UNAUTHORIZED and "revoked" in caught.value.msg
+        with pytest.raises(WireError):
+            await store.create(BOB, ["read"], parent_key_id=apart.key_id)  # Alice's key
+        assert len(await store.list(ALICE)) == 5 and not await store.list(BOB)
+
+    with_store(dsn, body)
+
+
+def test_a_key_minted_while_its_parent_is_being_revoked_is_refused(dsn):
+    async def body(pool: asyncpg.Pool, store: KeyStore) -> None:
+        parent, _ = await store.create(ALICE, ["read", "admin"])
+        async with pool.acquire() as conn:
+            revoking = conn.transaction()
+            await revoking.start()
+            await conn.execute(
+                "UPDATE api_keys SET revoked = true WHERE key_id = $1", parent.key_id
+            )  # what `revoke` does first, its transaction still open
+            minting = asyncio.ensure_future(
+                store.create(ALICE, ["read"], parent_key_id=parent.key_id)
+            )
+            await asyncio.sleep(0.3)
+            assert not minting.done()  # waits for the revocation's row lock
+            await revoking.commit()
+        with pytest.raises(WireError) as caught:
+            await minting
+        assert caught.value.code == ErrorCode.UNAUTHORIZED
+        assert [k.key_id for k in await store.list(ALICE)] == [parent.key_id]
+
+    with_store(dsn, body)
+
+
+def test_revoked_keys_are_forgotten_after_the_retention_and_beyond_the_bound(dsn, monkeypatch):
+    async def main() -> None:
+        clock, now_ns = Clock(), [10**18]
+        async with opened(dsn, clock_s=clock, clock_ns=lambda: now_ns[0]) as (pool, store):
+            old, _ = await store.create(ALICE, ["read"])
+            await store.revoke(ALICE, old.key_id)
+            now_ns[0] += KEY_REVOKED_RETENTION_NS
+            recent, _ = await store.create(ALICE, ["read"])
+            await store.revoke(ALICE, recent.key_id)
+            now_ns[0] += 1
+            # Within the prune interval the old one is kept; after it, it is forgotten.
+            await store.create(BOB, ["read"])
+            assert len(await store.list(ALICE)) == 2
+            clock.now_s += KEY_PRUNE_INTERVAL_S
+            await store.create(BOB, ["read"])
+            assert [k.key_id for k in await store.list(ALICE)] == [recent.key_id]
+            assert await store.get(old.key_id) is None  # unknown: still refused
+            assert await store.revoked_among([old.key_id]) == [old.key_id]  # sessions close
+
+            # However young, an account keeps only its newest revoked keys.
+            monkeypatch.setattr(keys_module, "KEYS_REVOKED_PER_ACCOUNT_MAX", 3)
+            for _ in range(5):
+                now_ns[0] += 1
+                key, _ = await store.create(ALICE, ["read"])
+                await store.revoke(ALICE, key.key_id)
+            active, _ = await store.create(ALICE, ["read"])
+            left = await store.list(ALICE)
+            assert sum(k.revoked for k in left) == 3 and [k for k in left if not k.revoked] == [
+                active
+            ]
+            assert recent.key_id not in {k.key_id for k in left}  # the oldest went first
+            assert len(await store.list(BOB)) == 2  # other accounts untouched
+
+    run(main())
 
 
 def test_master_key_must_be_long_and_look_random():
@@ -422,6 +530,82 @@ def test_verify_refuses_each_bad_request_with_its_code(dsn):
     with_store(dsn, body)
 
 
+def test_v2_signature_verifies_and_v1_only_until_the_end_of_the_transition(dsn):
+    async def body(pool: asyncpg.Pool, store: KeyStore) -> None:
+        key, secret = await store.create(ALICE, ["read", "trade"])
+        assert NOW_MS < auth.SIGN_V1_ACCEPTED_UNTIL_MS
+        assert auth.SIGN_V1_ACCEPTED_UNTIL == "2027-04-01T00:00:00Z"
+        assert auth.SIGN_V1_ACCEPTED_UNTIL_MS == 1_806_537_600_000  # that instant
+        # Version 2, as a header string or a JSON integer (session.logon).
+        assert await verify(store, signed(secret, key.key_id, nonce="v2-header")) == key
+        logon = signed(
+            secret, key.key_id, nonce="v2-logon-1", sig_version=2,
+            method=wire.WS_LOGON_METHOD, path=wire.WS_LOGON_PATH, body=b"",
+        )  # fmt: skip
+        assert await verify(store, logon) == key
+        # Version 1 during the transition: no header, or "1".
+        for i, version in enumerate((None, "", "1", 1)):
+            v1 = signed(secret, key.key_id, nonce=f"v1-nonce-{i}", sig_version=version)
+            assert await verify(store, v1) == key
+        # A version 1 signature sent as version 2 (or the reverse) does not verify.
+        v1 = signed(secret, key.key_id, nonce="v1-as-v2", sig_version=None)
+        error = await refused(store, msgspec.structs.replace(v1, sig_version="2"))
+        assert error.code == ErrorCode.BAD_SIGNATURE and "version 2" in error.msg
+        assert "gx-v2\\n" + key.key_id in error.msg  # the expected string, escaped
+        v2 = signed(secret, key.key_id, nonce="v2-as-v1")
+        error = await refused(store, msgspec.structs.replace(v2, sig_version=None))
+        assert error.code == ErrorCode.BAD_SIGNATURE and "version 1" in error.msg
+        # After the transition, version 1 is refused, version 2 goes on.
+        end_ms = auth.SIGN_V1_ACCEPTED_UNTIL_MS
+        late = signed(secret, key.key_id, nonce="v1-too-late", ts_ms=end_ms, sig_version=None)
+        error = await refused(store, late, now_ms=end_ms)
+        assert error.code == ErrorCode.BAD_SIGNATURE and "2027-04-01" in error.msg
+        on_time = signed(secret, key.key_id, nonce="v1-on-time", ts_ms=end_ms - 1, sig_version="1")
+        assert await verify(store, on_time, now_ms=end_ms - 1) == key
+        assert await verify(store, signed(secret, key.key_id, ts_ms=end_ms), now_ms=end_ms)
+        # Unknown versions are refused before anything is looked up.
+        for version in ("3", 3, "v2", True, 2.0):
+            bad = msgspec.structs.replace(signed(secret, key.key_id), sig_version=version)
+            error = await refused(store, bad)
+            assert error.code == ErrorCode.BAD_REQUEST and "signature version" in error.msg
+
+    with_store(dsn, body)
+
+
+def test_v2_signature_binds_every_field_where_v1_let_characters_move(dsn):
+    async def body(pool: asyncpg.Pool, store: KeyStore) -> None:
+        key, secret = await store.create(ALICE, ["read", "trade"])
+        path = "/api/v1/orders?symbol=H100-SXM.us-east.1h.2026-12-01T14"
+        moves = [
+            # (signed as, presented as): characters moved from the nonce into the method, from
+            # the method into the path, from the query string into the body
+            ({"nonce": "nonce-0001G", "method": "ET"}, {"nonce": "nonce-0001", "method": "GET"}),
+            ({"method": "GE", "path": "T" + path}, {"method": "GET", "path": path}),
+            ({"path": path, "body": b""}, {"path": "/api/v1/orders", "body": b"?" + path.split("?")[1].encode()}),
+        ]  # fmt: skip
+        for i, (signed_as, presented_as) in enumerate(moves):
+            for version in (None, "2"):
+                original = signed(
+                    secret, key.key_id, sig_version=version, **{"nonce": f"move-{i}-{version}",
+                                                                **signed_as}
+                )  # fmt: skip
+                moved = msgspec.structs.replace(original, **presented_as)
+                if "nonce" not in presented_as:
+                    moved = msgspec.structs.replace(moved, nonce=original.nonce)
+                if version is None:  # v1: the moved request verifies with the same signature
+                    assert await verify(store, moved) == key
+                else:
+                    error = await refused(store, moved)
+                    assert error.code == ErrorCode.BAD_SIGNATURE, (i, error.msg)
+        # v2 refuses a line feed in the method or path rather than sign an ambiguous string
+        for field in ("method", "path"):
+            bad = msgspec.structs.replace(signed(secret, key.key_id), **{field: "GET\n/x"})
+            error = await refused(store, bad)
+            assert error.code == ErrorCode.BAD_REQUEST and "line feed" in error.msg
+
+    with_store(dsn, body)
+
+
 def test_bad_signature_does_not_burn_the_nonce(dsn):
     async def body(pool: asyncpg.Pool, store: KeyStore) -> None:
         key, secret = await store.create(ALICE, ["read"])
@@ -462,7 +646,7 @@ def test_require_scope_names_the_missing_scope():
     assert caught.value.code == ErrorCode.FORBIDDEN and caught.value.status == 403
     assert "'trade'" in caught.value.msg and "read" in caught.value.msg
     with pytest.raises(ValueError, match="scope"):
-        auth.require_scope(key, "admin")
+        auth.require_scope(key, "root")
 
 
 def test_headers_are_read_case_insensitively_and_required():
@@ -527,6 +711,31 @@ def test_a_prune_forgets_at_most_its_limit_oldest_first(dsn):
     with_store(dsn, body)
 
 
+def test_client_orders_are_bounded_per_account(dsn, monkeypatch):
+    async def body(pool: asyncpg.Pool, store: KeyStore) -> None:
+        kept_max, every = 5, 4
+        monkeypatch.setattr(keys_module, "CLIENT_ORDERS_PER_ACCOUNT_MAX", kept_max)
+        monkeypatch.setattr(keys_module, "CLIENT_ORDER_TRIM_EVERY", every)
+        store.client_order_live = lambda account, cid: (account, cid) == (ALICE, "c0")
+        for i in range(40):  # all young: the retention alone would keep every one
+            assert await store.reserve_client_order(ALICE, f"c{i}", 1_000 + i)
+            count = await pool.fetchval(
+                "SELECT count(*) FROM client_orders WHERE account = $1", ALICE
+            )
+            assert count <= kept_max + every + 1  # + the live order's reservation
+        assert await store.reserve_client_order(BOB, "c1", 2_000)
+        rows = await pool.fetch(
+            "SELECT client_order_id FROM client_orders WHERE account = $1 ORDER BY ts_ns", ALICE
+        )
+        ids = [r["client_order_id"] for r in rows]
+        assert ids[0] == "c0" and ids[-1] == "c39"  # the live order's id stays taken
+        assert not await store.reserve_client_order(ALICE, "c39", 3_000)
+        assert not await store.reserve_client_order(ALICE, "c0", 3_000)
+        assert await store.reserve_client_order(ALICE, "c1", 3_000)  # forgotten: a new order
+
+    with_store(dsn, body)
+
+
 # ============================================================================ gx keys
 
 
@@ -560,9 +769,12 @@ def test_gx_keys_create_list_revoke(dsn, monkeypatch, capsys):
     assert gx_keys(["revoke", *bob, "--key", created["key"]]) == 1
     assert "no key" in capsys.readouterr().err
     assert gx_keys(["revoke", *account, "--key", created["key"]]) == 0
-    assert json.loads(capsys.readouterr().out) == {"key": created["key"], "revoked": True}
+    revoked = json.loads(capsys.readouterr().out)
+    assert revoked == {"key": created["key"], "revoked": True, "revoked_keys": [created["key"]]}
 
-    assert gx_keys(["create", *account, "--scopes", "read,admin"]) == 1
+    assert gx_keys(["create", *account, "--scopes", "read,admin"]) == 0  # operators grant admin
+    assert json.loads(capsys.readouterr().out)["scopes"] == ["read", "admin"]
+    assert gx_keys(["create", *account, "--scopes", "read,root"]) == 1
     assert "scopes" in capsys.readouterr().err
 
 

@@ -305,10 +305,10 @@ def test_a_gateway_behind_the_log_refuses_private_requests_until_it_caught_up(
     run(scenario(), timeout_s=170)
 
 
-def test_capacity_updates_count_against_the_per_key_order_limit(broker, dsn):
+def test_capacity_updates_count_against_the_per_account_order_limit(broker, dsn):
     # Found in a security review: capacity.update and POST /capacity skipped the order limit, so
     # one key could stream engine commands (each up to 1680 rows' work) as fast as it could.
-    limits = RateLimits(orders_per_key_per_s=1, orders_per_key_burst=2)
+    limits = RateLimits(orders_per_account_per_s=1, orders_per_account_burst=2)
 
     async def scenario() -> None:
         async with running_exchange(broker, dsn, limits=limits) as ex:

@@ -27,7 +27,15 @@ from schemathesis.engine import Status, from_schema
 from schemathesis.engine import events as st_events
 
 from exchange.gateway.ratelimit import RateLimits
-from exchange.wire import HEADER_KEY, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TS, signature
+from exchange.wire import (
+    HEADER_KEY,
+    HEADER_NONCE,
+    HEADER_SIGN_VERSION,
+    HEADER_SIGNATURE,
+    HEADER_TS,
+    SIGN_VERSION,
+    signature,
+)
 from tests.support.gateway_harness import Exchange, Keys, running_exchange
 
 SEED = 20_261_203
@@ -49,12 +57,12 @@ pytestmark = [
 SCHEMA_PATH = "/api/v1/schema/openapi.json"
 # Enough that the fuzzer is not refused for its pace (429 is documented and checked apart).
 LIMITS = RateLimits(
-    rest_per_key_per_s=10_000,
-    rest_per_key_burst=10_000,
+    rest_per_account_per_s=10_000,
+    rest_per_account_burst=10_000,
     rest_per_ip_per_s=10_000,
     rest_per_ip_burst=10_000,
-    orders_per_key_per_s=10_000,
-    orders_per_key_burst=10_000,
+    orders_per_account_per_s=10_000,
+    orders_per_account_burst=10_000,
 )
 
 
@@ -73,8 +81,9 @@ class SignedRequest(requests.auth.AuthBase):
         r.headers[HEADER_KEY] = self.keys.key_id
         r.headers[HEADER_TS] = str(ts_ms)
         r.headers[HEADER_NONCE] = nonce
+        r.headers[HEADER_SIGN_VERSION] = str(SIGN_VERSION)
         r.headers[HEADER_SIGNATURE] = signature(
-            self.keys.secret, ts_ms, nonce, method, r.path_url, raw
+            self.keys.secret, self.keys.key_id, ts_ms, nonce, method, r.path_url, raw
         )
         return r
 

@@ -34,6 +34,7 @@ from tests.support.gateway_harness import (
     Socket,
     rest,
     running_exchange,
+    signed_headers,
     socket,
 )
 
@@ -140,7 +141,7 @@ def test_rate_limits_answer_429_with_retry_after(broker, dsn):
     limits = RateLimits(
         ws_messages_per_conn_per_s=5, ws_messages_per_conn_burst=5,
         rest_per_ip_per_s=5, rest_per_ip_burst=5,
-        orders_per_key_per_s=2, orders_per_key_burst=2,
+        orders_per_account_per_s=2, orders_per_account_burst=2,
     )  # fmt: skip
 
     async def scenario() -> None:
@@ -310,7 +311,7 @@ def test_route_buys_the_cheapest_gpu_hours_across_regions(broker, dsn):
 
 
 def test_route_refuses_lists_beyond_the_catalog_and_takes_an_order_token_per_child(broker, dsn):
-    limits = RateLimits(orders_per_key_per_s=1, orders_per_key_burst=3)
+    limits = RateLimits(orders_per_account_per_s=1, orders_per_account_burst=3)
 
     async def scenario() -> None:
         async with running_exchange(broker, dsn, limits=limits) as ex:
@@ -514,6 +515,91 @@ def test_revoked_key_closes_its_sessions_with_1008_on_every_gateway(broker, dsn,
                 assert (await kept.request("order.status", {"client_order_id": "v1"}))[
                     "status"
                 ] == 200
+
+    run(scenario(), timeout_s=170)
+
+
+def test_key_management_needs_admin_revokes_minted_keys_and_limits_are_per_account(broker, dsn):
+    rest_burst = 8
+    limits = RateLimits(
+        rest_per_account_per_s=2, rest_per_account_burst=rest_burst,
+        orders_per_account_per_s=1, orders_per_account_burst=2,
+    )  # fmt: skip
+
+    async def scenario() -> None:
+        async with running_exchange(broker, dsn, limits=limits) as ex:
+            trader, second = ex.keys["trader"], await _new_key(ex)
+            # REST: the account's keys share one bucket; a second key adds no rate.
+            answers = [
+                await rest(ex, "GET", "/api/v1/balances", (trader, second)[i % 2])
+                for i in range(2 * rest_burst)
+            ]
+            ok = [a for a in answers if a.status_code == 200]
+            assert rest_burst <= len(ok) <= rest_burst + 1, [a.status_code for a in answers]
+            limited = [a for a in answers if a.status_code != 200]
+            assert all(a.json()["error"]["code"] == "RATE_LIMITED" for a in limited)
+            await asyncio.sleep(rest_burst / 2 + 0.2)  # refilled
+
+            # Key management needs `admin`: a trade key can neither mint nor revoke keys.
+            made = await rest(ex, "POST", "/api/v1/keys", trader, {"scopes": ["read", "trade"]})
+            assert made.status_code == 200 and made.json()["parent"] == trader.key_id
+            trade_key = Keys(made.json()["key"], made.json()["secret"], TRADER)
+            minted = await rest(ex, "POST", "/api/v1/keys", trade_key, {"scopes": ["read"]})
+            assert minted.status_code == 403 and "'admin'" in minted.json()["error"]["msg"]
+            stronger = await rest(ex, "DELETE", f"/api/v1/keys/{trader.key_id}", trade_key)
+            assert stronger.status_code == 403
+            assert not (await ex.gateway.keys.get(trader.key_id)).revoked
+
+            # Revoking a key revokes what it minted, and closes those keys' sessions.
+            made = await rest(ex, "POST", "/api/v1/keys", trader, {"scopes": ["read", "admin"]})
+            admin_key = Keys(made.json()["key"], made.json()["secret"], TRADER)
+            made = await rest(ex, "POST", "/api/v1/keys", admin_key, {"scopes": ["read"]})
+            grandchild = Keys(made.json()["key"], made.json()["secret"], TRADER)
+            async with socket(ex) as ws:
+                assert (await ws.logon(grandchild))["status"] == 200
+                gone = await rest(ex, "DELETE", f"/api/v1/keys/{admin_key.key_id}", trader)
+                assert gone.json()["revoked_keys"] == [admin_key.key_id, grandchild.key_id]
+                await _closed_within(ws, 1.0)
+                assert ws.ws.close_code == 1008
+            assert (await rest(ex, "GET", "/api/v1/balances", grandchild)).status_code == 401
+
+            # Orders: one bucket per account, whichever key and connection places them.
+            async with socket(ex) as one, socket(ex) as two:
+                await one.logon(trader)
+                await two.logon(second)
+                placed = [
+                    await one.request("order.place", _order(ex.symbol, "1.000", "pa1")),
+                    await two.request("order.place", _order(ex.symbol, "1.000", "pa2")),
+                    await two.request("order.place", _order(ex.symbol, "1.000", "pa3")),
+                ]
+                assert [a["status"] for a in placed] == [200, 200, 429]
+
+    run(scenario(), timeout_s=170)
+
+
+def test_gateway_takes_v2_signatures_and_v1_during_the_transition(broker, dsn):
+    async def scenario() -> None:
+        async with running_exchange(broker, dsn) as ex:
+            trader = ex.keys["trader"]
+            path = "/api/v1/balances"
+            async with httpx.AsyncClient(base_url=ex.url) as client:
+                v2 = await client.get(path, headers=signed_headers(trader, "GET", path))
+                v1 = await client.get(
+                    path, headers=signed_headers(trader, "GET", path, sig_version=1)
+                )
+                # a v1 signature sent as v2 does not verify: the version is part of what is signed
+                as_v2 = signed_headers(trader, "GET", path, sig_version=1)
+                as_v2["GX-SIGN-VERSION"] = "2"
+                mislabelled = await client.get(path, headers=as_v2)
+                unknown = signed_headers(trader, "GET", path) | {"GX-SIGN-VERSION": "3"}
+                unknown_version = await client.get(path, headers=unknown)
+            assert (v2.status_code, v1.status_code) == (200, 200)
+            assert mislabelled.json()["error"]["code"] == "BAD_SIGNATURE"
+            assert unknown_version.json()["error"]["code"] == "BAD_REQUEST"
+            async with socket(ex) as new, socket(ex) as old:
+                assert (await new.logon(trader))["status"] == 200
+                assert (await old.logon(trader, sig_version=1))["status"] == 200
+            assert ex.gateway.signature_versions == {2: 2, 1: 2}
 
     run(scenario(), timeout_s=170)
 

@@ -20,10 +20,19 @@ import websockets
 from aiokafka import AIOKafkaProducer
 
 from exchange.gateway.app import WEBSOCKET_IMPL
-from exchange.gateway.keys import KeyStore
+from exchange.gateway.keys import SCOPES, KeyStore
 from exchange.gateway.ratelimit import RateLimits
 from exchange.stack import Stack, StackOptions
-from exchange.wire import HEADER_KEY, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TS, signature
+from exchange.wire import (
+    HEADER_KEY,
+    HEADER_NONCE,
+    HEADER_SIGN_VERSION,
+    HEADER_SIGNATURE,
+    HEADER_TS,
+    SIGN_VERSION,
+    signature,
+    signature_v1,
+)
 from schemas import commands as c
 from schemas.codec import encode
 from schemas.symbols import parse_symbol
@@ -126,7 +135,8 @@ async def running_exchange(
     extra_handlers: list[Any] | None = None,
     websocket_impl: str = WEBSOCKET_IMPL,
 ) -> AsyncIterator[Exchange]:
-    """Start the stack, list instruments, fund three accounts, give each a key with all scopes.
+    """Start the stack, list instruments, fund three accounts, give each a key with all scopes
+    (`admin` included: it manages the account's keys).
 
     `extra_handlers` are more gateway routes (the browser test adds the demo keys route).
     """
@@ -171,7 +181,7 @@ async def running_exchange(
         )
         store: KeyStore = exchange.gateway.keys
         for name, account in (("trader", TRADER), ("maker", MAKER), ("provider", PROVIDER)):
-            api_key, secret = await store.create(account, ("read", "trade", "provide", "withdraw"))
+            api_key, secret = await store.create(account, SCOPES)
             exchange.keys[name] = Keys(api_key.key_id, secret, account)
         yield exchange
     finally:
@@ -220,17 +230,26 @@ class KeyQueries:
 def signed_headers(
     keys: Keys, method: str, path: str, body: bytes = b"", **overrides: Any
 ) -> dict[str, str]:
-    """Headers of a signed REST request (overrides replace any part, to test refusals)."""
+    """Headers of a signed REST request, version 2 (overrides replace any part, to test
+    refusals; `sig_version=1` signs the old way, without the version header)."""
     ts_ms = overrides.get("ts_ms", int(time.time() * 1000))
     nonce = overrides.get("nonce", secrets.token_hex(12))
-    sig = overrides.get("signature") or signature(keys.secret, ts_ms, nonce, method, path, body)
-    return {
-        HEADER_KEY: overrides.get("key", keys.key_id),
+    key_id = overrides.get("key", keys.key_id)
+    version = overrides.get("sig_version", SIGN_VERSION)
+    if version == 1:
+        signed = signature_v1(keys.secret, ts_ms, nonce, method, path, body)
+    else:
+        signed = signature(keys.secret, key_id, ts_ms, nonce, method, path, body)
+    headers = {
+        HEADER_KEY: key_id,
         HEADER_TS: str(ts_ms),
         HEADER_NONCE: nonce,
-        HEADER_SIGNATURE: sig,
+        HEADER_SIGNATURE: overrides.get("signature") or signed,
         "content-type": "application/json",
     }
+    if version != 1:
+        headers[HEADER_SIGN_VERSION] = str(version)
+    return headers
 
 
 async def rest(
@@ -294,16 +313,25 @@ class Socket:
     async def send_raw(self, data: str | bytes) -> None:
         await self.ws.send(data)
 
-    async def logon(self, keys: Keys, cancel_on_disconnect: str = "none") -> dict[str, Any]:
+    async def logon(
+        self, keys: Keys, cancel_on_disconnect: str = "none", sig_version: int = SIGN_VERSION
+    ) -> dict[str, Any]:
+        """Log on with `keys`, signed with `sig_version` (1: the old way, no `sig_version`)."""
         ts_ms = int(time.time() * 1000)
         nonce = secrets.token_hex(12)
-        params = {
+        params: dict[str, Any] = {
             "key": keys.key_id,
             "ts_ms": ts_ms,
             "nonce": nonce,
-            "signature": signature(keys.secret, ts_ms, nonce, "GET", "/ws", b""),
             "cancel_on_disconnect": cancel_on_disconnect,
         }
+        if sig_version == 1:
+            params["signature"] = signature_v1(keys.secret, ts_ms, nonce, "GET", "/ws", b"")
+        else:
+            params["signature"] = signature(
+                keys.secret, keys.key_id, ts_ms, nonce, "GET", "/ws", b""
+            )
+            params["sig_version"] = sig_version
         return await self.request("session.logon", params)
 
     def channel(self, name: str, symbol: str | None = None) -> list[dict[str, Any]]:

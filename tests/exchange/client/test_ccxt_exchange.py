@@ -57,6 +57,7 @@ def test_private_requests_are_signed_over_the_exact_path_query_and_body():
     h = request["headers"]
     expected = wire.signature(
         "secret-1",
+        "key-1",
         int(h[wire.HEADER_TS]),
         h[wire.HEADER_NONCE],
         "PATCH",
@@ -64,6 +65,7 @@ def test_private_requests_are_signed_over_the_exact_path_query_and_body():
         request["body"].encode(),
     )
     assert h[wire.HEADER_KEY] == "key-1" and h[wire.HEADER_SIGNATURE] == expected
+    assert h[wire.HEADER_SIGN_VERSION] == "2"
 
     listed = ex.sign("orders", "private", "GET", {"status": "open", "symbol": SYM, "x": None})
     split = urlsplit(listed["url"])
@@ -71,7 +73,7 @@ def test_private_requests_are_signed_over_the_exact_path_query_and_body():
     assert signed_path == f"/api/v1/orders?status=open&symbol={SYM}" and listed["body"] is None
     h = listed["headers"]
     assert h[wire.HEADER_SIGNATURE] == wire.signature(
-        "secret-1", int(h[wire.HEADER_TS]), h[wire.HEADER_NONCE], "GET", signed_path, b""
+        "secret-1", "key-1", int(h[wire.HEADER_TS]), h[wire.HEADER_NONCE], "GET", signed_path, b""
     )
 
 

@@ -82,14 +82,14 @@ def _client(handler: Handler, **kwargs: Any) -> Client:
 
 
 def _assert_signed(request: httpx.Request) -> None:
-    """The signature verifies over the exact path-with-query and body bytes that were sent."""
+    """The signature (version 2) verifies over the exact path-with-query and body bytes sent."""
     headers = request.headers
-    assert headers[wire.HEADER_KEY] == KEY
+    assert headers[wire.HEADER_KEY] == KEY and headers[wire.HEADER_SIGN_VERSION] == "2"
     nonce = headers[wire.HEADER_NONCE]
     assert 8 <= len(nonce) <= 64 and all(c.isalnum() or c in "_-" for c in nonce)
     path = request.url.raw_path.decode()
     expected = wire.signature(
-        SECRET, headers[wire.HEADER_TS], nonce, request.method, path, request.content
+        SECRET, KEY, headers[wire.HEADER_TS], nonce, request.method, path, request.content
     )
     assert headers[wire.HEADER_SIGNATURE] == expected
 
@@ -376,8 +376,10 @@ class FakeGateway:
             answer["result"] = self.results.get(method, {})
             if method == "session.logon":
                 p = request["params"]
-                expected = wire.signature(SECRET, p["ts_ms"], p["nonce"], "GET", "/ws", b"")
-                if p["signature"] != expected:
+                expected = wire.signature(
+                    SECRET, p["key"], p["ts_ms"], p["nonce"], "GET", "/ws", b""
+                )
+                if p["signature"] != expected or p.get("sig_version") != 2:
                     error = {"code": "BAD_SIGNATURE", "msg": "bad", "retryable": False}
                     answer = {"id": request["id"], "status": 401, "error": error}
                 answer.setdefault("result", {"account": 1, "scopes": ["read", "trade"]})

@@ -125,16 +125,16 @@ def test_connection_counter_limits_open_connections_per_ip():
 
 def test_default_limits_are_the_published_ones():
     limits = RateLimits()
-    assert limits.rest_per_key_per_s == 50
+    assert limits.rest_per_account_per_s == 50
     assert limits.rest_per_ip_per_s == 100
     assert (limits.ws_messages_per_conn_per_s, limits.ws_messages_per_conn_burst) == (100, 200)
-    assert (limits.orders_per_key_per_s, limits.orders_per_key_burst) == (100, 200)
+    assert (limits.orders_per_account_per_s, limits.orders_per_account_burst) == (100, 200)
     assert limits.ws_connections_per_ip == 50
     assert (limits.ws_logons_per_ip_per_s, limits.ws_logons_per_ip_burst) == (10, 50)
     assert (limits.ws_logons_per_conn_per_s, limits.ws_logons_per_conn_burst) == (1, 3)
     assert limits.ws_logon_failures_per_conn_max == 5
     for rate, burst in (
-        (limits.rest_per_key_per_s, limits.rest_per_key_burst),
+        (limits.rest_per_account_per_s, limits.rest_per_account_burst),
         (limits.rest_per_ip_per_s, limits.rest_per_ip_burst),
     ):
         assert burst >= rate
