@@ -45,6 +45,7 @@ def decode_bounded(decoder: _Decoder[T_co], data: bytes | str) -> T_co:
             "recursion limit"
         ) from None
 
+
 _msgpack_encoder = msgspec.msgpack.Encoder()
 _json_encoder = msgspec.json.Encoder()
 _command_decoder = msgspec.msgpack.Decoder(Command)

@@ -147,7 +147,11 @@ CODECS = [
         json=True,
     ),
     Codec(
-        "codec.decode_event_json", codec.decode_event_json, codec.encode_json, EVENT_TYPES, json=True
+        "codec.decode_event_json",
+        codec.decode_event_json,
+        codec.encode_json,
+        EVENT_TYPES,
+        json=True,
     ),
     Codec(
         "marketdata.decode_message", decode_message, encode_message, MARKETDATA_TYPES, json=False
@@ -295,4 +299,3 @@ def test_usd_and_digits_refuse_with_unit_error_or_stay_within_int_max(text):
             continue
         assert isinstance(text, str) and 0 <= value <= INT_MAX
         covered(target, "parsed")
-

@@ -25,13 +25,7 @@ from streams.event_records import (
     pack_events,
     split_event_record,
 )
-from tests.support.fuzz import (
-    DECODER_BUDGET,
-    covered,
-    deep_msgpack,
-    mutated_bytes,
-    structs,
-)
+from tests.support.fuzz import DECODER_BUDGET, covered, deep_msgpack, mutated_bytes, structs
 
 TARGET = "event_records"
 
@@ -54,9 +48,7 @@ def _inputs(kind: str) -> st.SearchStrategy[bytes]:
         return st.tuples(event, edited).map(lambda parts: pack_events(parts[0] + parts[1]))
     assert kind == "deep"
     return st.tuples(_events(), deep_msgpack(), st.booleans()).map(
-        lambda case: case[1]
-        if case[2]
-        else pack_events([encode(e) for e in case[0]] + [case[1]])
+        lambda case: case[1] if case[2] else pack_events([encode(e) for e in case[0]] + [case[1]])
     )
 
 

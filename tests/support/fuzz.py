@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 __all__ = [
     "DECODER_BUDGET",
     "BOUNDARY_BUDGET",
+    "PARAMS_BUDGET",
     "GATEWAY_BUDGET",
     "COVERED",
     "covered",
@@ -41,9 +42,11 @@ _fixed = {
     "database": None,  # nothing written to .hypothesis/, nothing replayed from it
     "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
 }
-# Examples per fuzz target: a pure decoder, a boundary parser, a live gateway method.
-DECODER_BUDGET = settings(max_examples=300, **_fixed)
+# Examples per fuzz test: a pure decoder and one kind of input, a parser of numbers or symbols,
+# one params Struct of the gateway (32 of them), a live gateway method.
+DECODER_BUDGET = settings(max_examples=200, **_fixed)
 BOUNDARY_BUDGET = settings(max_examples=400, **_fixed)
+PARAMS_BUDGET = settings(max_examples=80, **_fixed)
 GATEWAY_BUDGET = settings(max_examples=150, **_fixed)
 
 # target -> outcome -> examples
@@ -73,7 +76,9 @@ MSGPACK_INT_MIN = -(2**63)
 MSGPACK_INT_MAX = 2**64 - 1  # what a msgpack integer can carry
 _EDGE_INTS = [0, 1, -1, 2**31, 2**53 + 1, 2**63 - 2, 2**63 - 1, 2**63, -(2**63), 2**64 - 1]
 _ints = st.one_of(
-    st.sampled_from(_EDGE_INTS), st.integers(-1000, 1000), st.integers(MSGPACK_INT_MIN, MSGPACK_INT_MAX)
+    st.sampled_from(_EDGE_INTS),
+    st.integers(-1000, 1000),
+    st.integers(MSGPACK_INT_MIN, MSGPACK_INT_MAX),
 )
 # Strings that look almost like numbers, symbols or enum values: what loose parsing takes.
 _NEAR = [
