@@ -21,6 +21,7 @@ __all__ = [
     "BOUNDARY_BUDGET",
     "PARAMS_BUDGET",
     "GATEWAY_BUDGET",
+    "LOGON_BUDGET",
     "COVERED",
     "covered",
     "summary_lines",
@@ -43,11 +44,12 @@ _fixed = {
     "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
 }
 # Examples per fuzz test: a pure decoder and one kind of input, a parser of numbers or symbols,
-# one params Struct of the gateway (32 of them), a live gateway method.
+# one params Struct of the gateway (32 of them), the live gateway's WebSocket or REST, its logon.
 DECODER_BUDGET = settings(max_examples=200, **_fixed)
 BOUNDARY_BUDGET = settings(max_examples=400, **_fixed)
 PARAMS_BUDGET = settings(max_examples=80, **_fixed)
-GATEWAY_BUDGET = settings(max_examples=150, **_fixed)
+GATEWAY_BUDGET = settings(max_examples=1000, **_fixed)
+LOGON_BUDGET = settings(max_examples=200, **_fixed)  # a fresh socket per example: slower
 
 # target -> outcome -> examples
 COVERED: defaultdict[str, Counter[str]] = defaultdict(Counter)
