@@ -35,7 +35,8 @@ def decode_bounded(decoder: _Decoder[T_co], data: bytes | str) -> T_co:
 
     msgspec raises RecursionError there, even inside a field it would skip (an unknown field
     holding `[[[[...]]]]`), and every reader of a topic catches DecodeError only: one such
-    record would stop the engine runner at every replay. Every decoder of ours goes through this.
+    record would stop the engine runner at every replay. Every decoder of a topic's records, and
+    of the audit's checkpoint file, goes through this.
     """
     try:
         return decoder.decode(data)
