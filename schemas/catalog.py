@@ -13,6 +13,7 @@ from pathlib import Path
 
 import msgspec
 
+from schemas.symbols import SYMBOL_NAME_CHARS_MAX, is_symbol_name
 from schemas.units import MICROS_PER_USD, NS_PER_SECOND, decimal_to_int, usd_to_micros
 
 __all__ = ["GpuModel", "Product", "Catalog", "CatalogError", "load_catalog"]
@@ -163,6 +164,12 @@ def _check(catalog: Catalog) -> None:
     for product in catalog.products:
         if product.code not in ("1h", "1d", "1w") or product.hours > _HOURS_MAX:
             raise CatalogError(f"product {product.code}: unknown code or too many hours")
+    for name in [gpu.model for gpu in catalog.gpus] + list(catalog.regions):
+        if not is_symbol_name(name):  # it names instruments: parse_symbol must take them back
+            raise CatalogError(
+                f"GPU model or region {name!r:.40}: expected 1-{SYMBOL_NAME_CHARS_MAX} "
+                "characters of [A-Za-z0-9_-], starting with a letter or digit"
+            )
     if len(catalog.regions) * len(catalog.gpus) > 64:
         raise CatalogError("at most 64 GPU model x region pairs (capacity keys use 6 bits)")
     # notional x bps must stay inside int64 for the largest order the catalog admits.

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import msgspec
 
+from schemas.codec import decode_bounded
+
 __all__ = [
     "BookSnapshot",
     "BookDelta",
@@ -132,4 +134,4 @@ def encode_message(message: MarketDataMessage) -> bytes:
 
 def decode_message(data: bytes) -> MarketDataMessage:
     """Decode a msgpack market-data message; raises msgspec.DecodeError naming the bad field."""
-    return _decoder.decode(data)
+    return decode_bounded(_decoder, data)

@@ -26,6 +26,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from schemas.codec import decode_bounded
 from schemas.units import NS_PER_HOUR
 
 __all__ = [
@@ -203,10 +204,10 @@ def decode_provision(data: bytes) -> ProvisionMessage:
     `DeliveryConfirmed` as before.
     """
     try:
-        return _decoder.decode(data)
+        return decode_bounded(_decoder, data)
     except msgspec.ValidationError as error:
         try:
-            legacy = _legacy_decoder.decode(data)
+            legacy = decode_bounded(_legacy_decoder, data)
         except msgspec.DecodeError:
             raise error from None
         return ProvisionConfirmed(obligation_id=legacy.obligation_id, provider=legacy.provider)

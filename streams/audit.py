@@ -40,7 +40,7 @@ import msgspec
 from aiokafka import TopicPartition
 
 from schemas import events as ev
-from schemas.codec import encode
+from schemas.codec import decode_bounded, encode
 from schemas.codes import CashReason, OrderType, Side, TimeInForce
 from schemas.ids import ACCOUNT_EXTERNAL
 from streams.consumers import log_consumer
@@ -176,10 +176,13 @@ def dump_checkpoint(checkpoint: Checkpoint) -> bytes:
     return msgspec.json.encode(checkpoint)
 
 
+_checkpoint_decoder = msgspec.json.Decoder(Checkpoint)
+
+
 def load_checkpoint(data: bytes) -> Checkpoint:
     """Decode and verify a checkpoint; raise CheckpointError saying what is wrong."""
     try:
-        cp = msgspec.json.decode(data, type=Checkpoint)
+        cp = decode_bounded(_checkpoint_decoder, data)
     except msgspec.DecodeError as error:
         raise CheckpointError(f"checkpoint: not a checkpoint file ({error})") from None
     if cp.version != _CHECKPOINT_VERSION:

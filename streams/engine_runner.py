@@ -51,7 +51,7 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 
 from matching.engine import Engine, EngineConfig
 from schemas.catalog import Catalog
-from schemas.codec import DecodeError, decode_command, encode
+from schemas.codec import DecodeError, decode_bounded, decode_command, encode
 from schemas.commands import Command
 from streams.consumers import log_consumer, read_batch
 from streams.event_records import (
@@ -465,6 +465,6 @@ def _last_event_of(value: bytes) -> bytes:
 def _event_seq(value: bytes) -> int:
     """Read just the `seq` of an encoded event (any event type)."""
     try:
-        return _seq_only_decoder.decode(value).seq
+        return decode_bounded(_seq_only_decoder, value).seq
     except DecodeError as error:
         raise RecoveryError(f"the events log's last record does not decode: {error}") from None

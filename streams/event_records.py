@@ -24,7 +24,7 @@ from typing import Any
 
 import msgspec
 
-from schemas.codec import DecodeError, encode
+from schemas.codec import DecodeError, decode_bounded, encode
 from schemas.events import Event
 
 __all__ = [
@@ -124,10 +124,10 @@ def decode_event_record(data: bytes) -> list[Event | DecodeError]:
 def _read_record(data: bytes) -> list[Event | DecodeError] | DecodeError:
     """`decode_event_record`, but a record that is not an array is its DecodeError, unlisted."""
     try:
-        return _record_decoder.decode(data)  # type: ignore[return-value]
+        return decode_bounded(_record_decoder, data)  # type: ignore[return-value]
     except DecodeError as whole:
         try:
-            parts = _raw_list_decoder.decode(data)
+            parts = decode_bounded(_raw_list_decoder, data)
         except DecodeError:
             return whole
         return [_decode_or_error(bytes(part)) for part in parts]
@@ -135,7 +135,7 @@ def _read_record(data: bytes) -> list[Event | DecodeError] | DecodeError:
 
 def _decode_or_error(data: bytes) -> Event | DecodeError:
     try:
-        return _event_decoder.decode(data)
+        return decode_bounded(_event_decoder, data)
     except DecodeError as error:
         return error
 
@@ -145,7 +145,7 @@ def split_event_record(data: bytes) -> list[bytes]:
 
     Raises DecodeError when the value is not a msgpack array.
     """
-    return [bytes(part) for part in _raw_list_decoder.decode(data)]
+    return [bytes(part) for part in decode_bounded(_raw_list_decoder, data)]
 
 
 def is_event_batch(data: bytes) -> bool:

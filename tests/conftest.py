@@ -8,6 +8,7 @@ from matching.engine import Engine, EngineConfig
 from schemas import commands as c
 from schemas.catalog import Catalog, load_catalog
 from schemas.symbols import parse_symbol
+from tests.support.fuzz import summary_lines
 
 # 2026-12-01T00:00Z minus 3 hours: hourly instruments from 03:00 on are listed at the first tick.
 T0_NS = 1_796_083_200_000_000_000 - 3 * 3_600_000_000_000
@@ -57,3 +58,12 @@ def capacity_for(account: int, symbol: str, gpus: int) -> c.CapacityUpdate:
         end_ns=key.end_ns,
         gpus=gpus,
     )
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print what the fuzzers covered (tests/support/fuzz.py): examples per target."""
+    lines = summary_lines()
+    if lines:
+        terminalreporter.section("fuzz coverage")
+        for line in lines:
+            terminalreporter.write_line(line)

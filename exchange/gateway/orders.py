@@ -113,6 +113,9 @@ PLACE_RULES: dict[str, Any] = {
     ]
 }
 _duplicate_poll_s = 0.02
+# Of the decoder's message a refusal quotes: it names a field it did not expect as sent, and a
+# request may send one of 16 KB (found by tests/exchange/test_fuzz_wire.py).
+refusal_quote_chars_max = 200
 T = TypeVar("T", bound=msgspec.Struct)
 
 
@@ -206,11 +209,20 @@ def parse_params(params: Any, kind: type[T]) -> T:
     if params is None:
         params = {}
     if not isinstance(params, dict):
-        raise WireError(ErrorCode.BAD_REQUEST, f"params: expected an object, found {params!r}")
+        raise WireError(
+            ErrorCode.BAD_REQUEST, f"params: expected an object, found {_quote(repr(params))}"
+        )
     try:
         return msgspec.convert(params, kind)
     except msgspec.ValidationError as error:
-        raise WireError(ErrorCode.BAD_REQUEST, f"params: {error}") from None
+        raise WireError(ErrorCode.BAD_REQUEST, f"params: {_quote(str(error))}") from None
+
+
+def _quote(text: str) -> str:
+    """`text`, cut to refusal_quote_chars_max characters."""
+    if len(text) <= refusal_quote_chars_max:
+        return text
+    return text[:refusal_quote_chars_max] + f"... ({len(text)} characters)"
 
 
 def parse_access(value: Any) -> Access:
@@ -223,11 +235,11 @@ def parse_access(value: Any) -> Access:
         )
     unknown = sorted(set(value) - set(Access.__struct_fields__))
     if unknown:
-        raise WireError(ErrorCode.BAD_ACCESS, f"access: unknown fields {unknown[:5]}")
+        raise WireError(ErrorCode.BAD_ACCESS, f"access: unknown fields {_quote(str(unknown[:5]))}")
     try:
         access = msgspec.convert(value, Access, strict=True)
     except msgspec.ValidationError as error:
-        raise WireError(ErrorCode.BAD_ACCESS, f"access: {error}") from None
+        raise WireError(ErrorCode.BAD_ACCESS, f"access: {_quote(str(error))}") from None
     why = access_error(access)
     if why is not None:
         raise WireError(ErrorCode.BAD_ACCESS, why)

@@ -90,7 +90,7 @@ _ids = itertools.count(1)
 
 class _Logon(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     key: str
-    ts_ms: int | str
+    ts_ms: WireInt | str  # bounded like every JSON integer; auth.verify checks the window
     nonce: str
     signature: str
     cancel_on_disconnect: str = "none"

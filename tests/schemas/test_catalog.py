@@ -23,3 +23,15 @@ def test_catalog_refuses_limits_that_overflow_fee_arithmetic():
     raw["price_band_max_usd"] = "100000.000"
     with pytest.raises(CatalogError, match="overflows"):
         parse_catalog(raw)
+
+
+@pytest.mark.parametrize("name", ["mars base", "us-east\n", "", "-west", "a" * 33, "ｕｓ"])
+def test_catalog_refuses_a_region_or_model_no_symbol_could_name(name):
+    raw = json.loads(resources.files("schemas").joinpath("catalog.json").read_text())
+    raw["regions"].append(name)
+    with pytest.raises(CatalogError, match="GPU model or region"):
+        parse_catalog(raw)
+    raw["regions"].pop()
+    raw["gpus"][0]["model"] = name
+    with pytest.raises(CatalogError, match="GPU model or region"):
+        parse_catalog(raw)

@@ -46,3 +46,15 @@ def test_old_logs_decode_when_fields_are_added():
     # Every field added after the first release has a default: a minimal message still decodes.
     minimal = msgspec.json.encode({"type": "ClockTick", "ts_ns": 5})
     assert codec.decode_command_json(minimal) == c.ClockTick(ts_ns=5)
+
+
+def test_input_nested_past_the_recursion_limit_is_a_decode_error():
+    # msgspec raises RecursionError even inside a field it skips; a reader catches DecodeError
+    # only, so one such record would stop it (found by tests/schemas/test_fuzz_decoders.py).
+    deep = b"\x91" * 5000 + b"\xc0"
+    tick = msgspec.msgpack.encode({"type": "ClockTick", "ts_ns": 1, "x": None})[:-1] + deep
+    with pytest.raises(codec.DecodeError, match="nested too deeply"):
+        codec.decode_command(tick)
+    tick_json = b'{"type":"ClockTick","ts_ns":1,"x":' + b"[" * 5000 + b"]" * 5000 + b"}"
+    with pytest.raises(codec.DecodeError, match="nested too deeply"):
+        codec.decode_command_json(tick_json)
