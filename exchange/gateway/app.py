@@ -63,6 +63,7 @@ log = logging.getLogger("gx.gateway")
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"  # the market page's files
 request_body_bytes_max = 65_536  # REST bodies; larger ones get PAYLOAD_TOO_LARGE
 ws_frame_bytes_max = 1_048_576  # uvicorn closes a socket sending more (1009); smaller: answered
+http_error_chars_max = 300  # a refusal Litestar raised quotes at most this much
 ready_wait_s = 60.0  # start() waits this long for the hub to be ready before it listens anyway
 # The REST bodies: each refuses unknown fields, and the document says so.
 _BODIES = (
@@ -112,13 +113,26 @@ def _wire_error(_: Request[Any, Any, Any], error: WireError) -> Response[Any]:
     return Response({"error": error.body()}, status_code=error.status, headers=_retry_after(error))
 
 
+def _field_error(item: object) -> str:
+    if not isinstance(item, dict):
+        return str(item)
+    message = str(item.get("message", ""))
+    if "matching regex" in message:
+        message = "expected the pattern of the OpenAPI document (/api/v1/schema/openapi.json)"
+    return f"{item.get('key', '?')}: {message}"
+
+
 def _http_error(_: Request[Any, Any, Any], error: HTTPException) -> Response[Any]:
     fallback = ErrorCode.INTERNAL if error.status_code >= 500 else ErrorCode.BAD_REQUEST
     code = _HTTP_CODES.get(error.status_code, fallback)
     detail = str(error.detail)
     extra = getattr(error, "extra", None)
-    if extra:
+    if isinstance(extra, list):  # Litestar's validation errors: name each field, not its regex
+        detail += ": " + "; ".join(_field_error(item) for item in extra)
+    elif extra:
         detail += f": {extra}"
+    if len(detail) > http_error_chars_max:  # the path or a value may be long
+        detail = detail[: http_error_chars_max - 3] + "..."
     wire = WireError(code, detail)
     # Litestar's own headers stay: `Allow` on 405 (RFC 9110 requires it).
     return Response({"error": wire.body()}, status_code=error.status_code, headers=error.headers)

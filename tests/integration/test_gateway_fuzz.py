@@ -35,7 +35,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from exchange.gateway.ratelimit import RateLimits
-from exchange.wire import ErrorCode, signature
+from exchange.wire import SIGN_VERSION, ErrorCode, signature
 from schemas.codes import Reject
 from schemas.symbols import parse_symbol
 from tests.support.fuzz import (
@@ -74,10 +74,10 @@ MSG_CHARS_MAX = 500
 ANSWER_WAIT_S = 15.0
 # Nothing is rate limited: the fuzz sends as fast as the gateway answers.
 UNLIMITED = RateLimits(
-    rest_per_key_per_s=1_000_000, rest_per_key_burst=1_000_000,
+    rest_per_account_per_s=1_000_000, rest_per_account_burst=1_000_000,
     rest_per_ip_per_s=1_000_000, rest_per_ip_burst=1_000_000,
     ws_messages_per_conn_per_s=1_000_000, ws_messages_per_conn_burst=1_000_000,
-    orders_per_key_per_s=1_000_000, orders_per_key_burst=1_000_000,
+    orders_per_account_per_s=1_000_000, orders_per_account_burst=1_000_000,
     ws_logons_per_ip_per_s=1_000_000, ws_logons_per_ip_burst=1_000_000,
     ws_logons_per_conn_per_s=1_000_000, ws_logons_per_conn_burst=1_000_000,
 )  # fmt: skip
@@ -381,8 +381,14 @@ def _timed(seconds: dict[str, float], name: str) -> Iterator[None]:
 def _logon_params(keys: Keys) -> dict[str, Any]:
     ts_ms = int(time.time() * 1000)
     nonce = secrets.token_hex(12)
-    sig = signature(keys.secret, ts_ms, nonce, "GET", "/ws", b"")
-    return {"key": keys.key_id, "ts_ms": ts_ms, "nonce": nonce, "signature": sig}
+    sig = signature(keys.secret, keys.key_id, ts_ms, nonce, "GET", "/ws", b"")
+    return {
+        "key": keys.key_id,
+        "ts_ms": ts_ms,
+        "nonce": nonce,
+        "signature": sig,
+        "sig_version": SIGN_VERSION,
+    }
 
 
 def _fuzz_logon(loop: asyncio.AbstractEventLoop, ex: Any, keys: Keys, symbol: str) -> None:
@@ -394,6 +400,7 @@ def _fuzz_logon(loop: asyncio.AbstractEventLoop, ex: Any, keys: Keys, symbol: st
         "nonce": ["", "a" * 65, "nonce-reused-0001"],
         "signature": ["0" * 64, "A" * 64, ""],
         "cancel_on_disconnect": ["none", "connection", "account", "all"],
+        "sig_version": [1, 3, "2", None, 2**70],
     }
 
     async def attempt(params: dict[str, Any]) -> dict[str, Any]:

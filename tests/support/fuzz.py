@@ -166,6 +166,8 @@ def _strategy(info: mi.Type) -> st.SearchStrategy[Any]:
         return st.builds(info.cls, **fields)
     if isinstance(info, mi.AnyType):
         return json_values()
+    if isinstance(info, mi.Metadata):  # documentation only (Annotated): fuzz the type under it
+        return _strategy(info.type)
     raise TypeError(f"no fuzz strategy for {info}")
 
 
