@@ -42,6 +42,8 @@ def table(report: Report) -> str:
     for key, value in report.items():
         if isinstance(value, bool | str) or value is None:
             shown = str(value)
+        elif isinstance(value, dict | list):
+            shown = json.dumps(value)
         else:
             shown = f"{value:,.2f}" if isinstance(value, float) else f"{value:,}"
         lines.append(f"{key:<{width}}  {shown}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 from exchange.bench import feed as bench_feed
+from exchange.bench import flood as bench_flood
 from exchange.bench import journey as bench_journey
 from exchange.bench import matching as bench_matching
 from exchange.bench import pipeline as bench_pipeline
@@ -21,6 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("bench", help="measure throughput and memory")
     group = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     bench_feed.register(group)
+    bench_flood.register(group)
     bench_journey.register(group)
     bench_matching.register(group)
     bench_pipeline.register(group)
