@@ -98,7 +98,7 @@ def _answer_struct(method: str, result: type[msgspec.Struct]) -> type[msgspec.St
 
 def _asyncapi_schema(node: Any) -> Any:
     """msgspec's JSON Schema as an AsyncAPI Schema Object (draft-07 with a string discriminator)."""
-    if isinstance(node, list):
+    if isinstance(node, list | tuple):  # a tuple default (`bids: tuple = ()`) is a JSON array
         return [_asyncapi_schema(item) for item in node]
     if not isinstance(node, dict):
         return node
