@@ -93,8 +93,8 @@ class Contract:
             if channel not in self.document["channels"]:
                 raise ContractError(f"push: channel {frame['channel']!r} is not in the document")
             return self._one_of("received", self._channel_messages(channel), frame)
-        if method is None:
-            return self._one_of("received", ["ErrorAnswer"], frame)
+        if method is None or f"ws.{method}" not in self.document["operations"]:
+            return self._one_of("received", ["ErrorAnswer"], frame)  # no method: refused
         return self._one_of("received", self._operation_messages(f"ws.{method}", True), frame)
 
     def record(self, role: str, key: bytes | None, value: bytes, headers: Any = ()) -> str:
