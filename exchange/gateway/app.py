@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import uvicorn
 import msgspec
+import uvicorn
 from litestar import Litestar, Request, Response, get
 from litestar.exceptions import HTTPException, SerializationException
 from litestar.openapi import OpenAPIConfig

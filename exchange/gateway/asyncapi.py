@@ -80,7 +80,7 @@ def message_name(kind: type[Any]) -> str:
 
 
 def _request_struct(method: str, params: type[msgspec.Struct]) -> type[msgspec.Struct]:
-    fields = [
+    fields: list[tuple[str, Any] | tuple[str, Any, Any]] = [
         ("id", m.RequestId),
         ("method", cast(Any, Literal)[method]),
         ("params", params | msgspec.UnsetType, msgspec.UNSET),
@@ -91,7 +91,11 @@ def _request_struct(method: str, params: type[msgspec.Struct]) -> type[msgspec.S
 
 
 def _answer_struct(method: str, result: type[msgspec.Struct]) -> type[msgspec.Struct]:
-    fields = [("id", m.RequestId), ("status", Literal[200]), ("result", result)]
+    fields: list[tuple[str, Any]] = [
+        ("id", m.RequestId),
+        ("status", Literal[200]),
+        ("result", result),
+    ]
     name = request_name(method).removesuffix("Request") + "Answer"
     return msgspec.defstruct(name, fields, kw_only=True, forbid_unknown_fields=True, frozen=True)
 
@@ -132,14 +136,12 @@ def asyncapi_document(settings: Settings | None = None) -> dict[str, Any]:
     settings = settings or Settings()
     requests = {method: _request_struct(method, params) for method, (_, params) in METHODS.items()}
     answers = {method: _answer_struct(method, m.RESULTS[method]) for method in METHODS}
-    pushes = {channel: list(kinds) for channel, kinds in m.PUSHES.items()}
+    pushes: dict[str, list[Any]] = {channel: list(kinds) for channel, kinds in m.PUSHES.items()}
     ws_types: list[Any] = [*requests.values(), *answers.values(), m.ErrorAnswer, m.HEARTBEAT]
     ws_types += [kind for kinds in pushes.values() for kind in kinds]
     ws_types = list(dict.fromkeys(ws_types))
     topic_types = [value for value, *_ in _TOPICS.values()]
-    roots, components = msgspec.json.schema_components(
-        [*ws_types, *topic_types], ref_template=_REF
-    )
+    roots, components = msgspec.json.schema_components([*ws_types, *topic_types], ref_template=_REF)
     record_names = {role: f"{role.capitalize()}Record" for role in _TOPICS}
     for role, root in zip(_TOPICS, roots[len(ws_types) :], strict=True):
         components[record_names[role]] = root
@@ -159,7 +161,8 @@ def asyncapi_document(settings: Settings | None = None) -> dict[str, Any]:
             "answers `{id, status: 200, result}` or `{id, status, error}` (exchange/wire.py).",
             "servers": [{"$ref": "#/servers/gateway"}],
             "messages": _refs(
-                [message_name(k) for k in [*requests.values(), *answers.values(), m.ErrorAnswer]],
+                [message_name(k) for k in [*requests.values(), *answers.values()]]
+                + [message_name(m.ErrorAnswer)],
                 "#/components/messages",
             ),
             "bindings": {"ws": {"method": "GET", "bindingVersion": "0.1.0"}},
@@ -181,7 +184,8 @@ def asyncapi_document(settings: Settings | None = None) -> dict[str, Any]:
                 ],
             },
         }
-    for channel, kinds in [*pushes.items(), ("heartbeat", [m.HEARTBEAT])]:
+    push_channels: list[tuple[str, list[Any]]] = [*pushes.items(), ("heartbeat", [m.HEARTBEAT])]
+    for channel, kinds in push_channels:
         access = "public" if channel in PUBLIC_CHANNELS else "private"
         if channel in PRIVATE_CHANNELS:
             access += f", scope `{PRIVATE_CHANNELS[channel]}`"
@@ -192,7 +196,7 @@ def asyncapi_document(settings: Settings | None = None) -> dict[str, Any]:
         channels[channel_id] = {
             "address": WS_LOGON_PATH,
             "title": f"`{channel}` pushes",
-            "description": f"Pushes with `\"channel\": \"{channel}\"` on `/ws` ({access}).",
+            "description": f'Pushes with `"channel": "{channel}"` on `/ws` ({access}).',
             "servers": [{"$ref": "#/servers/gateway"}],
             "messages": _refs(names, "#/components/messages"),
         }

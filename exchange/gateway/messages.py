@@ -21,15 +21,7 @@ import msgspec
 from schemas.codes import OrderType, SelfTradePrevention, Side, TimeInForce
 from schemas.provisioning import Access, Stage
 
-__all__ = [
-    "ErrorAnswer",
-    "ErrorBody",
-    "RESULTS",
-    "PUSHES",
-    "HEARTBEAT",
-    "Order",
-    "Fill",
-]
+__all__ = ["ErrorAnswer", "ErrorBody", "RESULTS", "PUSHES", "HEARTBEAT", "Order", "Fill"]
 
 # The wire's strings (exchange/wire.py "Numbers on the wire").
 Price = Annotated[str, msgspec.Meta(pattern=r"^[0-9]+(\.[0-9]+)?$", description="decimal USD")]
@@ -48,7 +40,7 @@ class _Wire(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
 # ---------------------------------------------------------------------- objects (API.md)
 
 
-class Order(_Wire, kw_only=True):
+class Order(_Wire, frozen=True, kw_only=True):
     """An order as the gateway shows it; a refused placement adds `reject_code` and `reason`."""
 
     order_id: int
@@ -70,7 +62,7 @@ class Order(_Wire, kw_only=True):
     reason: str | None = None
 
 
-class Fill(_Wire, kw_only=True):
+class Fill(_Wire, frozen=True, kw_only=True):
     """One of the account's trades."""
 
     trade_id: int
@@ -84,7 +76,7 @@ class Fill(_Wire, kw_only=True):
     ts_ns: Ns
 
 
-class PublicTrade(_Wire, kw_only=True):
+class PublicTrade(_Wire, frozen=True, kw_only=True):
     """One trade of a `trades` push; `side` is the aggressor's."""
 
     trade_id: int
@@ -94,7 +86,7 @@ class PublicTrade(_Wire, kw_only=True):
     ts_ns: Ns
 
 
-class Delivery(_Wire, kw_only=True):
+class Delivery(_Wire, frozen=True, kw_only=True):
     """A delivery as its holder and provider see it (`access` once confirmed)."""
 
     obligation_id: int
@@ -113,7 +105,7 @@ class Delivery(_Wire, kw_only=True):
     ts_ns: Ns
 
 
-class SshKeyView(_Wire, kw_only=True):
+class SshKeyView(_Wire, frozen=True, kw_only=True):
     """A registered SSH public key."""
 
     fingerprint: str
@@ -124,7 +116,7 @@ class SshKeyView(_Wire, kw_only=True):
     created_ns: Ns
 
 
-class HolderKey(_Wire, kw_only=True):
+class HolderKey(_Wire, frozen=True, kw_only=True):
     """A holder's SSH key in a provisioning request: install it on the machines."""
 
     fingerprint: str
@@ -148,7 +140,7 @@ class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
     order: Order | None = None  # a placement the engine answered without a decision
 
 
-class ErrorAnswer(_Wire, kw_only=True):
+class ErrorAnswer(_Wire, frozen=True, kw_only=True):
     """A refused request; `id` is null when the request had none usable."""
 
     id: RequestId | None
@@ -159,41 +151,41 @@ class ErrorAnswer(_Wire, kw_only=True):
 # ---------------------------------------------------------------------- results, by method
 
 
-class PingResult(_Wire, kw_only=True):
+class PingResult(_Wire, frozen=True, kw_only=True):
     ts_ns: Ns
 
 
-class LogonResult(_Wire, kw_only=True):
+class LogonResult(_Wire, frozen=True, kw_only=True):
     account: int
     scopes: list[str]
 
 
-class SubscribeResult(_Wire, kw_only=True):
+class SubscribeResult(_Wire, frozen=True, kw_only=True):
     channel: str
     symbols: list[str]
     resumed: bool
 
 
-class UnsubscribeResult(_Wire, kw_only=True):
+class UnsubscribeResult(_Wire, frozen=True, kw_only=True):
     channel: str
     symbols: list[str]
 
 
-class PlaceResult(_Wire, kw_only=True):
+class PlaceResult(_Wire, frozen=True, kw_only=True):
     order: Order | None
     fills: list[Fill]
     duplicate: bool = False  # a retry of a client_order_id: the first attempt's order
 
 
-class OrderResult(_Wire, kw_only=True):
+class OrderResult(_Wire, frozen=True, kw_only=True):
     order: Order | None
 
 
-class CancelAllResult(_Wire, kw_only=True):
+class CancelAllResult(_Wire, frozen=True, kw_only=True):
     canceled: int
 
 
-class RouteChildRequest(_Wire, kw_only=True):
+class RouteChildRequest(_Wire, frozen=True, kw_only=True):
     """The child order a route tried to place (shown with its refusal)."""
 
     symbol: str
@@ -205,7 +197,7 @@ class RouteChildRequest(_Wire, kw_only=True):
     client_order_id: str
 
 
-class RouteChild(_Wire, kw_only=True):
+class RouteChild(_Wire, frozen=True, kw_only=True):
     order: Order | None
     fills: list[Fill]
     duplicate: bool = False
@@ -213,38 +205,38 @@ class RouteChild(_Wire, kw_only=True):
     request: RouteChildRequest | None = None
 
 
-class RouteResult(_Wire, kw_only=True):
+class RouteResult(_Wire, frozen=True, kw_only=True):
     children: list[RouteChild]
     gpu_hours_filled: int
     gpu_hours_left: int
 
 
-class DeadManResult(_Wire, kw_only=True):
+class DeadManResult(_Wire, frozen=True, kw_only=True):
     armed: bool
     deadline_ms: Annotated[str, msgspec.Meta(pattern=r"^[0-9]+$")] | None
 
 
-class CapacityResult(_Wire, kw_only=True):
+class CapacityResult(_Wire, frozen=True, kw_only=True):
     status: Literal["accepted"]
 
 
-class ObligationResult(_Wire, kw_only=True):
+class ObligationResult(_Wire, frozen=True, kw_only=True):
     obligation_id: int
 
 
-class DeliveriesResult(_Wire, kw_only=True):
+class DeliveriesResult(_Wire, frozen=True, kw_only=True):
     deliveries: list[Delivery]
 
 
-class DeliveryResult(_Wire, kw_only=True):
+class DeliveryResult(_Wire, frozen=True, kw_only=True):
     delivery: Delivery | None
 
 
-class SshKeysResult(_Wire, kw_only=True):
+class SshKeysResult(_Wire, frozen=True, kw_only=True):
     ssh_keys: list[SshKeyView]
 
 
-class SshKeyRemoved(_Wire, kw_only=True):
+class SshKeyRemoved(_Wire, frozen=True, kw_only=True):
     fingerprint: str
     removed: bool
 
@@ -276,18 +268,18 @@ RESULTS: dict[str, type[msgspec.Struct]] = {
 # ---------------------------------------------------------------------- pushes, by channel
 
 
-class _Push(_Wire):
+class _Push(_Wire, frozen=True, kw_only=True):
     conn_seq: int  # +1 per push on this connection, from 1
 
 
-class _Public(_Push):
+class _Public(_Push, frozen=True, kw_only=True):
     symbol: str
     seq: int  # the source record's position in gx.marketdata
     prev_seq: int
     ts_ns: Ns
 
 
-class BookSnapshotPush(_Push, kw_only=True):
+class BookSnapshotPush(_Push, frozen=True, kw_only=True):
     """The book to `depth` levels each side, best first, at `seq`."""
 
     channel: Literal["book"]
@@ -301,7 +293,7 @@ class BookSnapshotPush(_Push, kw_only=True):
     ts_ns: Ns
 
 
-class BookUpdate(_Public, kw_only=True):
+class BookUpdate(_Public, frozen=True, kw_only=True):
     """The levels one engine step changed (absolute qty; "0" removes), `seq` = `prev_seq` + 1."""
 
     channel: Literal["book"]
@@ -312,7 +304,7 @@ class BookUpdate(_Public, kw_only=True):
     checksum: int
 
 
-class TradesUpdate(_Public, kw_only=True):
+class TradesUpdate(_Public, frozen=True, kw_only=True):
     """The symbol's trades of one engine step, oldest first."""
 
     channel: Literal["trades"]
@@ -320,7 +312,7 @@ class TradesUpdate(_Public, kw_only=True):
     trades: list[PublicTrade]
 
 
-class TickerUpdate(_Public, kw_only=True):
+class TickerUpdate(_Public, frozen=True, kw_only=True):
     """Top of book, last trade and the rolling 24 h figures (null where none)."""
 
     channel: Literal["ticker"]
@@ -340,7 +332,7 @@ class TickerUpdate(_Public, kw_only=True):
     trades: int
 
 
-class CandleUpdate(_Public, kw_only=True):
+class CandleUpdate(_Public, frozen=True, kw_only=True):
     """One OHLCV bar as it stands."""
 
     channel: Literal["candles"]
@@ -355,7 +347,7 @@ class CandleUpdate(_Public, kw_only=True):
     trades: int
 
 
-class IndexUpdate(_Public, kw_only=True):
+class IndexUpdate(_Public, frozen=True, kw_only=True):
     """A GPU model's 24 h volume-weighted price (`symbol` is the model)."""
 
     channel: Literal["index"]
@@ -365,7 +357,7 @@ class IndexUpdate(_Public, kw_only=True):
     trades: int
 
 
-class CurveUpdate(_Public, kw_only=True):
+class CurveUpdate(_Public, frozen=True, kw_only=True):
     """One delivery start of a forward curve (`symbol` is GPU.REGION.PRODUCT)."""
 
     channel: Literal["curve"]
@@ -379,12 +371,12 @@ class CurveUpdate(_Public, kw_only=True):
     active: bool
 
 
-class _Numbered(_Push):
+class _Numbered(_Push, frozen=True, kw_only=True):
     account_seq: int  # the engine sequence of the event
     prev_account_seq: int  # that of the channel's previous push for the account
 
 
-class ExecutionUpdate(_Numbered, kw_only=True):
+class ExecutionUpdate(_Numbered, frozen=True, kw_only=True):
     """One change of one of the account's orders (trade fields null unless a trade)."""
 
     channel: Literal["executions"]
@@ -401,7 +393,7 @@ class ExecutionUpdate(_Numbered, kw_only=True):
     ts_ns: Ns
 
 
-class ExecutionsSnapshot(_Push, kw_only=True):
+class ExecutionsSnapshot(_Push, frozen=True, kw_only=True):
     """The account's open orders as of `account_seq`."""
 
     channel: Literal["executions"]
@@ -410,7 +402,7 @@ class ExecutionsSnapshot(_Push, kw_only=True):
     orders: list[Order]
 
 
-class BalancesPush(_Numbered, kw_only=True):
+class BalancesPush(_Numbered, frozen=True, kw_only=True):
     """The account's money by bucket (a snapshot re-sends the last update)."""
 
     channel: Literal["balances"]
@@ -423,7 +415,7 @@ class BalancesPush(_Numbered, kw_only=True):
     ts_ns: Ns
 
 
-class PositionUpdate(_Numbered, kw_only=True):
+class PositionUpdate(_Numbered, frozen=True, kw_only=True):
     """One instrument's position after a trade; `delta` is the change."""
 
     channel: Literal["positions"]
@@ -434,12 +426,12 @@ class PositionUpdate(_Numbered, kw_only=True):
     ts_ns: Ns
 
 
-class Position(_Wire, kw_only=True):
+class Position(_Wire, frozen=True, kw_only=True):
     symbol: str
     qty: SignedQty
 
 
-class PositionsSnapshot(_Push, kw_only=True):
+class PositionsSnapshot(_Push, frozen=True, kw_only=True):
     """The account's open positions as of `account_seq`."""
 
     channel: Literal["positions"]
@@ -448,7 +440,7 @@ class PositionsSnapshot(_Push, kw_only=True):
     positions: list[Position]
 
 
-class DeliveryPush(_Numbered, kw_only=True):
+class DeliveryPush(_Numbered, frozen=True, kw_only=True):
     """A change of a delivery the account holds or provides."""
 
     channel: Literal["deliveries"]
@@ -458,7 +450,7 @@ class DeliveryPush(_Numbered, kw_only=True):
     ts_ns: Ns
 
 
-class DeliveriesSnapshot(_Push, kw_only=True):
+class DeliveriesSnapshot(_Push, frozen=True, kw_only=True):
     """The account's active deliveries as of `account_seq`."""
 
     channel: Literal["deliveries"]
@@ -467,7 +459,7 @@ class DeliveriesSnapshot(_Push, kw_only=True):
     deliveries: list[Delivery]
 
 
-class ProvisionRequest(_Push, kw_only=True):
+class ProvisionRequest(_Push, frozen=True, kw_only=True):
     """A delivery the logged-on provider is asked to provision (again on each subscribe)."""
 
     channel: Literal["provisioning"]
@@ -484,7 +476,7 @@ class ProvisionRequest(_Push, kw_only=True):
     ssh_keys: list[HolderKey]
 
 
-class ResyncRequired(_Push, kw_only=True):
+class ResyncRequired(_Push, frozen=True, kw_only=True):
     """A subscription stopped: the client read too slowly; subscribe again."""
 
     channel: str
@@ -493,7 +485,7 @@ class ResyncRequired(_Push, kw_only=True):
     reason: str
 
 
-class Heartbeat(_Push, kw_only=True):
+class Heartbeat(_Push, frozen=True, kw_only=True):
     """Every second: the last seq of each of the connection's subscriptions."""
 
     channel: Literal["heartbeat"]

@@ -126,7 +126,9 @@ async def trade_and_watch(ex: Exchange, maker: Socket, taker: Socket) -> None:
     assert bought["order"]["status"] == "filled" and bought["fills"]
     resting = await place(taker, ex.symbol, "buy", "2.100", "2", post_only=True)
     order_id = resting["order"]["order_id"]
-    answer = await taker.request("order.amend", {"order_id": order_id, "price": "2.200", "qty": "1"})
+    answer = await taker.request(
+        "order.amend", {"order_id": order_id, "price": "2.200", "qty": "1"}
+    )
     assert answer["status"] == 200, answer
     assert (await taker.request("order.status", {"client_order_id": "t-1"}))["status"] == 200
     assert (await taker.request("order.cancel", {"order_id": order_id}))["status"] == 200
@@ -191,9 +193,7 @@ def test_live_frames_and_topic_records_match_the_asyncapi_document(broker, dsn):
             assert refused == 2  # the qty of the wrong type and the unknown method
             seen = {}
             for role, topic in topics(ex.stack.settings).items():
-                records = await read_topic(
-                    broker.bootstrap_servers, topic.name, topic.partitions
-                )
+                records = await read_topic(broker.bootstrap_servers, topic.name, topic.partitions)
                 for record in records:
                     contract.record(role, record.key, record.value, record.headers)
                 seen[role] = records

@@ -17,7 +17,9 @@ from jsonschema import Draft7Validator
 
 # The official AsyncAPI 3.0.0 JSON Schema, byte for byte `schemas/3.0.0-without-$id.json` of the
 # npm package @asyncapi/specs 6.11.1 (Apache-2.0, the AsyncAPI Initiative); not edited here.
-OFFICIAL_SCHEMA = Path(__file__).parent.parent / "exchange/gateway/asyncapi/asyncapi-3.0.0.schema.json"
+OFFICIAL_SCHEMA = (
+    Path(__file__).parent.parent / "exchange/gateway/asyncapi/asyncapi-3.0.0.schema.json"
+)
 OFFICIAL_SCHEMA_SHA256 = "abe96881dbfaad495ccbb6bd8d3fb43ca18a13b9d7564849ccb66f39d5e5b20f"
 TOPIC_CHANNELS = {"commands", "events", "marketdata", "provisioning"}
 
