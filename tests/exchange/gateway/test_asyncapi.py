@@ -61,7 +61,7 @@ def test_official_schema_notices_a_broken_document(document, official, break_it)
 
 def test_every_payload_schema_is_a_draft_07_schema(document):
     for name, schema in document["components"]["schemas"].items():
-        Draft7Validator.check_schema(schema), name
+        Draft7Validator.check_schema(schema)
         assert "prefixItems" not in str(schema), name  # rewritten for draft-07
 
 
