@@ -399,7 +399,7 @@ def _report(
         report[f"{role}_connects"] = result["connects"]
         report[f"{role}_retry_after_missing"] = result["retry_after_missing"]
     # what the limits allow the keyed floods, for comparison with their OK order answers
-    report["orders_per_key_per_s"] = limits.orders_per_key_per_s
+    report["orders_per_account_per_s"] = limits.orders_per_account_per_s
     report["ws_messages_per_conn_per_s"] = limits.ws_messages_per_conn_per_s
     unloaded, loaded = probed["unloaded_ns"], probed["loaded_ns"]
     report["probe_rate"] = options.probe_rate

@@ -35,7 +35,7 @@ import msgspec
 import orjson
 import uvloop
 
-from exchange.wire import signature
+from exchange.client import signing
 
 __all__ = ["FloodSpec", "main", "text_frame"]
 
@@ -244,9 +244,7 @@ async def _connect(spec: FloodSpec, ip: str, counts: _Counts) -> _Socket:
 
 def logon_params(key: str, secret: str) -> dict[str, Any]:
     """A signed `session.logon` of `key` (as the SDK signs it)."""
-    ts_ms, nonce = time.time_ns() // 1_000_000, secrets.token_hex(12)
-    sig = signature(secret, ts_ms, nonce, "GET", "/ws", b"")
-    return {"key": key, "ts_ms": ts_ms, "nonce": nonce, "signature": sig}
+    return signing.logon_params(signing.Credentials(key, secret), "none")
 
 
 def _random_logon() -> bytes:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import msgspec
 import uvicorn
 from litestar import Litestar, Request, Response, get
 from litestar.exceptions import HTTPException, SerializationException
@@ -23,6 +24,8 @@ from litestar.static_files import create_static_files_router
 from litestar.types import Message, Scope
 
 from exchange.gateway.accounts import Accounts
+from exchange.gateway.asyncapi import PATH as ASYNCAPI_PATH
+from exchange.gateway.asyncapi import asyncapi_document
 from exchange.gateway.context import Gateway
 from exchange.gateway.deliveries import Deliveries
 from exchange.gateway.hub import Hub
@@ -206,6 +209,17 @@ def asgi_app(gateway: Gateway, app: Litestar) -> Any:
     return serve
 
 
+@get(ASYNCAPI_PATH, include_in_schema=False, sync_to_thread=False)
+def asyncapi_json(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Serve the AsyncAPI document of `/ws` and the topics (built once per app)."""
+    state = request.app.state
+    body = state.get("asyncapi")
+    if body is None:
+        settings = getattr(state.gateway.hub, "settings", None)  # the topics this gateway uses
+        body = state.asyncapi = msgspec.json.encode(asyncapi_document(settings))
+    return Response(body, media_type="application/json")
+
+
 def build_app(gateway: Gateway, extra_handlers: list[Any] | None = None) -> Litestar:
     """The Litestar application serving one gateway's REST API and the market page (`/`)."""
     page = create_static_files_router(
@@ -218,6 +232,7 @@ def build_app(gateway: Gateway, extra_handlers: list[Any] | None = None) -> Lite
             OrderController,
             ProviderController,
             ready,
+            asyncapi_json,
             *(extra_handlers or []),
             page,
         ],

@@ -54,6 +54,7 @@ from schemas import commands as c
 
 __all__ = [
     "Connection",
+    "METHODS",
     "serve_socket",
     "close_code_queue_full",
     "message_bytes_max",
@@ -718,6 +719,16 @@ _ACCOUNT_METHODS: dict[str, tuple[str, type[Any], Any]] = {
     "ssh_key.remove": ("trade", _SshKeyRef, Connection._remove_ssh_key),
     "delivery.list": ("read", _DeliveryQuery, Connection._deliveries),
     "delivery.dispute": ("trade", DisputeParams, Connection._dispute),
+}
+
+
+# method -> (scope or None, params Struct): every method `/ws` answers (the AsyncAPI document's list)
+METHODS: dict[str, tuple[str | None, type[msgspec.Struct]]] = {
+    "ping": (None, _NoParams),
+    "session.logon": (None, _Logon),
+    "subscribe": (None, _Subscribe),
+    "unsubscribe": (None, _Subscribe),
+    **{method: (scope, kind) for method, (scope, kind, _) in _ACCOUNT_METHODS.items()},
 }
 
 

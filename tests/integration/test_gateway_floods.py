@@ -40,7 +40,7 @@ pytestmark = pytest.mark.timeout(180)
 # Scaled down from the defaults so that a flood of a few hundred requests a second meets them.
 LIMITS = RateLimits(
     ws_messages_per_conn_per_s=40, ws_messages_per_conn_burst=40,
-    orders_per_key_per_s=20, orders_per_key_burst=20,
+    orders_per_account_per_s=20, orders_per_account_burst=20,
     ws_connections_per_ip=10,
     ws_logons_per_ip_per_s=5, ws_logons_per_ip_burst=10,
 )  # fmt: skip
