@@ -67,6 +67,9 @@ log = logging.getLogger("gx.gateway.ws")
 message_bytes_max = 16_384  # a larger request is refused (PAYLOAD_TOO_LARGE); the socket stays
 heartbeat_interval_s = 1.0
 symbols_per_subscribe_max = 100  # also per unsubscribe
+# The longest a rate-limited connection's reading waits after a refusal (its retry_after_ms
+# may be longer: a logon limit refills slowly); a flooding client is read at about its limit.
+throttle_ms_max = 1_000
 frames_per_write_max = 256  # frames a writer hands to the socket at once
 CLOSE_POLICY_VIOLATION = 1008  # WebSocket close code (RFC 6455 7.4.1)
 # RFC 6455 "Try Again Later": the client read too slowly and its send queue is full; it may
@@ -166,6 +169,7 @@ class Connection:
         self._wakeup = asyncio.Event()
         self._resume_task: asyncio.Task[None] | None = None
         self._shut_task: asyncio.Task[None] | None = None
+        self._over_message_limit: WireError | None = None  # the refusal `_handle` is answering
         self._flusher = flusher()
         self.closed = False
         # Pushes a subscribe queues after its answer: snapshot first, then the updates after it.
@@ -188,7 +192,14 @@ class Connection:
                 data = message.get("text")
                 if data is None:
                     data = message.get("bytes") or b""
-                await self._handle(data)
+                throttle_ms = await self._handle(data)
+                # One socket read can queue hundreds of frames, which `receive` hands over
+                # without yielding: without this, a flooding client's whole read is handled
+                # before any other client's next request. A client over its connection's message
+                # limit is read no sooner than the limit lets it send again (what it sends
+                # meanwhile waits in its socket: TCP's flow control, not the gateway's memory or
+                # time).
+                await asyncio.sleep(min(throttle_ms, throttle_ms_max) / 1000)
         finally:
             self.closed = True
             for task in tasks:
@@ -417,9 +428,11 @@ class Connection:
         body = orjson.dumps({"id": request_id, "status": error.status, "error": error.body()})
         self._enqueue_answer(body)
 
-    async def _handle(self, data: str | bytes) -> None:
+    async def _handle(self, data: str | bytes) -> int:
+        """Answer one request; return how long to wait before reading the next (ms): the
+        `retry_after_ms` of a RATE_LIMITED refusal, else 0."""
         if self.closing or self.revoked:
-            return  # the close is sent; the client reads nothing more
+            return 0  # the close is sent; the client reads nothing more
         request_id: Any = None
         try:
             if len(data) > message_bytes_max:
@@ -430,14 +443,14 @@ class Connection:
             try:
                 request = orjson.loads(data)
             except orjson.JSONDecodeError as error:
-                self.gw.check_rate(f"conn:{self.id}", "ws_message")
+                self._check_message_rate()
                 raise WireError(ErrorCode.BAD_REQUEST, f"request: not JSON ({error})") from None
             if isinstance(request, dict):
                 request_id = request.get("id")
             if not isinstance(request_id, int | str) or isinstance(request_id, bool):
                 request_id = None
             # after reading the id, so that a refusal names the request it refuses
-            self.gw.check_rate(f"conn:{self.id}", "ws_message")
+            self._check_message_rate()
             if not isinstance(request, dict):
                 raise WireError(ErrorCode.BAD_REQUEST, "request: expected a JSON object")
             if request_id is None:
@@ -456,6 +469,8 @@ class Connection:
             if self.logon_failures >= self.gw.limits.ws_logon_failures_per_conn_max:
                 log.info("connection %d: %d logons refused, closing", self.id, self.logon_failures)
                 await self._close(CLOSE_POLICY_VIOLATION, "too many failed logons", drain=True)
+            if error is self._over_message_limit:
+                return error.retry_after_ms
         except Exception:
             # A bug, not the client's doing: answer it and keep the socket (closing it would
             # fire cancel-on-disconnect for every order of the connection or account).
@@ -463,6 +478,15 @@ class Connection:
             self._error(request_id, WireError.internal())
         finally:
             self._after_answer = []
+            self._over_message_limit = None
+        return 0
+
+    def _check_message_rate(self) -> None:
+        try:
+            self.gw.check_rate(f"conn:{self.id}", "ws_message")
+        except WireError as error:
+            self._over_message_limit = error  # the connection's own limit: its reading waits
+            raise
 
     async def _dispatch(self, method: str, params: Any) -> Any:
         if method == "ping":

@@ -214,3 +214,49 @@ def test_floods_are_refused_with_stable_codes_and_a_quiet_client_keeps_every_ans
 
 
 _IPS = ("127.0.0.1", "127.0.0.2", "127.0.0.3", *SPREAD_IPS)
+
+
+THROTTLE_LIMITS = RateLimits(ws_messages_per_conn_per_s=10, ws_messages_per_conn_burst=10)
+THROTTLE_BURST_REQUESTS = 200  # sent at once, far past the connection's burst
+THROTTLE_WATCH_S = 1.0
+
+
+def test_a_connection_over_its_message_limit_is_read_at_its_limit_and_others_go_first(broker, dsn):
+    # Found by gx bench flood: the gateway handled a flooding connection's whole socket read
+    # (hundreds of frames, each refused RATE_LIMITED) before any other client's request, and
+    # answered every excess frame at once: the flood cost the gateway what the client sent, not
+    # what its limit allows. Now a connection refused by its own limit is read again only after
+    # its retry_after, and every frame gives the other connections their turn.
+    async def scenario() -> None:
+        async with running_exchange(broker, dsn, limits=THROTTLE_LIMITS) as ex:
+            async with (
+                _socket_from(ex, "127.0.0.20") as flood,
+                _socket_from(ex, "127.0.0.21") as quiet,
+            ):
+                started = time.monotonic()
+                for i in range(THROTTLE_BURST_REQUESTS):
+                    await flood.ws.send(orjson.dumps({"id": i + 1, "method": "ping"}).decode())
+                pong = await quiet.request("ping", {})
+                assert pong["status"] == 200
+                answered_first = len(flood.answers)
+                await asyncio.sleep(THROTTLE_WATCH_S)
+                elapsed_s = time.monotonic() - started
+                answered = len(flood.answers)
+                codes = collections.Counter(a["status"] for a in flood.answers.values())
+            lim = THROTTLE_LIMITS
+            # every frame read is answered, refusals with their retry_after ...
+            assert set(codes) <= {200, 429} and codes[200] >= lim.ws_messages_per_conn_burst
+            assert all(
+                a["error"]["retry_after_ms"] > 0
+                for a in flood.answers.values()
+                if a["status"] == 429
+            )
+            # ... but no more are read than the limit lets through, plus one refusal per wait
+            allowed = (
+                lim.ws_messages_per_conn_burst + 2 * lim.ws_messages_per_conn_per_s * elapsed_s
+            )
+            assert answered <= allowed + 1 < THROTTLE_BURST_REQUESTS, (answered, allowed)
+            # the quiet client was not queued behind the flood's frames
+            assert answered_first < THROTTLE_BURST_REQUESTS, answered_first
+
+    run(scenario(), timeout_s=120)

@@ -148,6 +148,14 @@ def test_a_gpu_hour_from_deposit_to_payout(broker, dsn, capsys):
                         markets[symbol], "limit", "sell", 2, 2.0 + i / 10
                     )
 
+                # A route plans from the published book (market data), a step behind the
+                # engine's answers: it is the book a buyer sees.
+                for symbol in symbols:
+                    for _ in range(LEDGER_POLLS_MAX):
+                        if (await buyer_cx.fetch_order_book(markets[symbol]))["asks"]:
+                            break
+                        await asyncio.sleep(0.05)
+
                 # 3. The buyer registers a key, buys the three hours routed, resells one.
                 key = await buyer.add_ssh_key(ssh_key())
                 seen: list[DeliveryUpdate] = []
