@@ -96,6 +96,21 @@ class Gateway:
                 lim.ws_messages_per_conn_burst,
                 name="WebSocket messages per connection",
             ),
+            "ws_account_message": RateLimiter(
+                lim.ws_messages_per_account_per_s,
+                lim.ws_messages_per_account_burst,
+                name="WebSocket messages per account",
+            ),
+            "ws_ip_message": RateLimiter(
+                lim.ws_messages_per_ip_per_s,
+                lim.ws_messages_per_ip_burst,
+                name="WebSocket messages per IP",
+            ),
+            "ws_refusal": RateLimiter(
+                lim.ws_refusals_per_conn_per_s,
+                lim.ws_refusals_per_conn_burst,
+                name="RATE_LIMITED answers per connection",
+            ),
             "orders": RateLimiter(
                 lim.orders_per_account_per_s,
                 lim.orders_per_account_burst,
@@ -249,9 +264,10 @@ class Gateway:
         self.limiters["ws_logon_ip"].check(f"ip:{connection.ip}", now_s)
 
     def connections_closed(self, connection: Any) -> None:
-        """Forget what a closed connection held (its message and logon buckets)."""
+        """Forget what a closed connection held (its message, logon and refusal buckets)."""
         self.limiters["ws_message"].forget(f"conn:{connection.id}")
         self.limiters["ws_logon_conn"].forget(f"conn:{connection.id}")
+        self.limiters["ws_refusal"].forget(f"conn:{connection.id}")
 
     # ------------------------------------------------------------------ keys
 

@@ -33,6 +33,16 @@ class RateLimits(msgspec.Struct, frozen=True, kw_only=True):
     rest_per_ip_burst: int = 200
     ws_messages_per_conn_per_s: int = 100
     ws_messages_per_conn_burst: int = 200
+    # every request of the account's logged-on connections together (many sockets of one key
+    # stay within what one account may ask), and of all connections from one IP
+    ws_messages_per_account_per_s: int = 500
+    ws_messages_per_account_burst: int = 1_000
+    ws_messages_per_ip_per_s: int = 2_000
+    ws_messages_per_ip_burst: int = 4_000
+    # RATE_LIMITED answers one connection may take (a client that reads its retry_after_ms
+    # never comes near): past them it is closed with 1008, its flood costs no more answers
+    ws_refusals_per_conn_per_s: int = 10
+    ws_refusals_per_conn_burst: int = 100
     # order entry (and withdrawals) over REST and WebSocket, all the account's keys together
     orders_per_account_per_s: int = 100
     orders_per_account_burst: int = 200

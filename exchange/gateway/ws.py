@@ -469,6 +469,11 @@ class Connection:
             if self.logon_failures >= self.gw.limits.ws_logon_failures_per_conn_max:
                 log.info("connection %d: %d logons refused, closing", self.id, self.logon_failures)
                 await self._close(CLOSE_POLICY_VIOLATION, "too many failed logons", drain=True)
+            if error.code == ErrorCode.RATE_LIMITED and not self._may_be_refused_again():
+                log.info("connection %d (%s): rate limits exceeded repeatedly, closing", self.id, self.ip)  # fmt: skip
+                await self._close(
+                    CLOSE_POLICY_VIOLATION, "rate limits exceeded repeatedly", drain=True
+                )
             if error is self._over_message_limit:
                 return error.retry_after_ms
         except Exception:
@@ -481,9 +486,20 @@ class Connection:
             self._over_message_limit = None
         return 0
 
+    def _may_be_refused_again(self) -> bool:
+        """Count a RATE_LIMITED answer; False once the connection is past its refusals."""
+        try:
+            self.gw.check_rate(f"conn:{self.id}", "ws_refusal")
+        except WireError:
+            return False
+        return True
+
     def _check_message_rate(self) -> None:
         try:
             self.gw.check_rate(f"conn:{self.id}", "ws_message")
+            self.gw.check_rate(f"ip:{self.ip}", "ws_ip_message")
+            if self.account is not None:
+                self.gw.check_rate(f"account:{self.account}", "ws_account_message")
         except WireError as error:
             self._over_message_limit = error  # the connection's own limit: its reading waits
             raise
@@ -723,9 +739,12 @@ class Connection:
         return {"armed": True, "deadline_ms": str(deadline_ms)}
 
 
-# Beside order entry, the methods that send the engine a command on the client's word: they take
-# from the per-account order limit too (a capacity update can be 1680 hours of engine work).
-_ORDER_LIMITED_METHODS = frozenset({"delivery.dispute", "capacity.update"})
+# Beside order entry, the methods that send a command on the client's word (to the engine, or a
+# provider's report to provisioning): they take from the per-account order limit too (a capacity
+# update can be 1680 hours of engine work).
+_ORDER_LIMITED_METHODS = frozenset(
+    {"delivery.dispute", "capacity.update", "provision.confirm", "provision.fail"}
+)
 # method -> (scope, params Struct, handler): the params are decoded before the handler runs
 _ACCOUNT_METHODS: dict[str, tuple[str, type[Any], Any]] = {
     "order.place": ("trade", PlaceParams, Connection._place),

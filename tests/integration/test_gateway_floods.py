@@ -73,8 +73,9 @@ async def _socket_from(ex: Exchange, ip: str) -> AsyncIterator[Socket]:
 async def _flood(sockets: list[Socket], rate: int, symbol: str, tag: str) -> dict[str, str]:
     """Send `rate` requests/s over `sockets` for FLOOD_S (order.place and ping in turn).
 
-    Return each placement's client order id -> the code it was answered with ("OK" or the
-    error code). Requests are sent whatever the answers; the answers are awaited at the end.
+    Return each placement's client order id -> the code it was answered with ("OK", the
+    error code, or "CLOSED": the gateway closed the socket before answering it). Requests are
+    sent whatever the answers; the answers are awaited at the end.
     """
     sent: list[tuple[Socket, int, str]] = []
     started = time.monotonic()
@@ -82,6 +83,9 @@ async def _flood(sockets: list[Socket], rate: int, symbol: str, tag: str) -> dic
     while (elapsed := time.monotonic() - started) < FLOOD_S:
         for _ in range(int(rate * elapsed) - n):
             client = sockets[n % len(sockets)]
+            n += 1
+            if client.closed.is_set():
+                continue
             client._next_id += 1
             if n % 2 == 0:
                 cid = f"{tag}-{n}"
@@ -89,16 +93,19 @@ async def _flood(sockets: list[Socket], rate: int, symbol: str, tag: str) -> dic
                 sent.append((client, client._next_id, cid))
             else:
                 body = {"id": client._next_id, "method": "ping", "params": {}}
-            await client.send_raw(orjson.dumps(body).decode())
-            n += 1
+            with contextlib.suppress(websockets.ConnectionClosed):
+                await client.send_raw(orjson.dumps(body).decode())
         await asyncio.sleep(0.005)
     codes: dict[str, str] = {}
     deadline = time.monotonic() + 30
     for client, request_id, cid in sent:
-        while request_id not in client.answers:
+        while request_id not in client.answers and not client.closed.is_set():
             assert time.monotonic() < deadline, f"{tag}: no answer to {cid}"
             await asyncio.sleep(0.01)
-        answer = client.answers[request_id]
+        answer = client.answers.get(request_id)
+        if answer is None:
+            codes[cid] = "CLOSED"
+            continue
         codes[cid] = "OK" if answer["status"] == 200 else answer["error"]["code"]
         if codes[cid] == "RATE_LIMITED":
             assert answer["error"]["retry_after_ms"] > 0 and answer["error"]["retryable"], answer
@@ -179,9 +186,12 @@ def test_floods_are_refused_with_stable_codes_and_a_quiet_client_keeps_every_ans
 
                 # the well-behaved client: every answer, every order accepted
                 assert [a["status"] for a in good_answers] == [200] * GOOD_ORDERS, good_answers
-                # one key, one connection: the connection's and the key's limits refuse
-                assert set(key_codes.values()) <= {"OK", "RATE_LIMITED"}
+                # one key, one connection: the connection's and the key's limits refuse, and
+                # past its refusals the connection is closed (1008)
+                assert set(key_codes.values()) <= {"OK", "RATE_LIMITED", "CLOSED"}
                 assert "RATE_LIMITED" in key_codes.values() and "OK" in key_codes.values()
+                await asyncio.wait_for(key_flood.closed.wait(), 10)
+                assert key_flood.ws.close_code == gateway_ws.CLOSE_POLICY_VIOLATION
                 # one key over many connections, each under its own limit: the key's refuses
                 assert set(spread_codes.values()) <= {"OK", "RATE_LIMITED"}
                 assert list(spread_codes.values()).count("RATE_LIMITED") > len(spread_codes) // 4
@@ -192,13 +202,17 @@ def test_floods_are_refused_with_stable_codes_and_a_quiet_client_keeps_every_ans
                 # a refused placement left nothing: no order, no reserved client order id
                 for account, codes in ((MAKER, key_codes), (PROVIDER, spread_codes)):
                     for cid, code in codes.items():
+                        if code == "CLOSED":
+                            continue  # unread: in the socket the gateway closed
                         order = accounts.order_by_client_id(account, cid)
                         assert (order is not None) == (code == "OK"), (cid, code, order)
                     await ex.wait_for(lambda a=account: not accounts.open_orders(a))
                     assert accounts.balances(account)["available"] == before[account]
                 refused = next(cid for cid, code in key_codes.items() if code == "RATE_LIMITED")
                 await asyncio.sleep(1.0)  # the key's bucket refills
-                retried = await key_flood.request("order.place", _ioc(symbol, refused))
+                again = await stack.enter_async_context(_socket_from(ex, "127.0.0.2"))
+                assert (await again.logon(ex.keys["maker"]))["status"] == 200
+                retried = await again.request("order.place", _ioc(symbol, refused))
                 assert retried["status"] == 200 and retried["result"]["order"]["status"] != "new"
                 # the good client's account saw only its own orders
                 assert not accounts.open_orders(TRADER)
@@ -258,5 +272,53 @@ def test_a_connection_over_its_message_limit_is_read_at_its_limit_and_others_go_
             assert answered <= allowed + 1 < THROTTLE_BURST_REQUESTS, (answered, allowed)
             # the quiet client was not queued behind the flood's frames
             assert answered_first < THROTTLE_BURST_REQUESTS, answered_first
+
+    run(scenario(), timeout_s=120)
+
+
+ACCOUNT_LIMITS = RateLimits(
+    ws_messages_per_conn_per_s=50, ws_messages_per_conn_burst=50,
+    ws_messages_per_account_per_s=20, ws_messages_per_account_burst=40,
+    ws_refusals_per_conn_per_s=1, ws_refusals_per_conn_burst=10,
+)  # fmt: skip
+ACCOUNT_SOCKETS = 4
+
+
+def test_an_accounts_sockets_share_one_message_limit_and_a_socket_past_its_refusals_is_closed(
+    broker, dsn
+):
+    # gx bench flood: one key over 200 connections, each under its own limit, asked 10,000
+    # times a second; only its orders were limited. Now every request of the account's
+    # sockets takes from one bucket, and a socket answered RATE_LIMITED past
+    # `ws_refusals_per_conn_burst` times is closed with 1008.
+    async def scenario() -> None:
+        async with running_exchange(broker, dsn, limits=ACCOUNT_LIMITS) as ex:
+            async with contextlib.AsyncExitStack() as stack:
+                sockets = [
+                    await stack.enter_async_context(_socket_from(ex, "127.0.0.30"))
+                    for _ in range(ACCOUNT_SOCKETS)
+                ]
+                for client in sockets:  # logons are not counted against the account's bucket
+                    assert (await client.logon(ex.keys["maker"]))["status"] == 200
+                started = time.monotonic()
+                answers = [
+                    await client.request("ping", {}) for client in sockets for _ in range(15)
+                ]
+                elapsed_s = time.monotonic() - started
+                codes = collections.Counter(a["status"] for a in answers)
+                # 60 pings, each socket under its own 50: the account's burst, and what its
+                # rate refilled meanwhile, went through
+                lim = ACCOUNT_LIMITS
+                allowed = lim.ws_messages_per_account_burst + lim.ws_messages_per_account_per_s * elapsed_s  # fmt: skip
+                assert codes[429] and codes[200] <= allowed + 1 < 60, (codes, allowed)
+                refused = next(a for a in answers if a["status"] == 429)
+                assert "WebSocket messages per account" in refused["error"]["msg"], refused
+                # a socket that keeps asking past its refusals is closed
+                flood = sockets[0]
+                for i in range(ACCOUNT_LIMITS.ws_refusals_per_conn_burst + 20):
+                    with contextlib.suppress(websockets.ConnectionClosed):
+                        await flood.send_raw(orjson.dumps({"id": 1000 + i, "method": "ping"}))
+                await asyncio.wait_for(flood.closed.wait(), 30)
+                assert flood.ws.close_code == gateway_ws.CLOSE_POLICY_VIOLATION
 
     run(scenario(), timeout_s=120)

@@ -318,10 +318,14 @@ def test_capacity_updates_count_against_the_per_account_order_limit(broker, dsn)
             async with socket(ex) as ws:
                 assert (await ws.logon(ex.keys["provider"]))["status"] == 200
                 answers = [await ws.request("capacity.update", capacity) for _ in range(4)]
+                # a provider's reports too, refused before they are read
+                report = {"obligation_id": 1, "hours_delivered": 0, "reason": "flood"}
+                reports = [await ws.request("provision.fail", report) for _ in range(2)]
             statuses = [a["status"] for a in answers]
             assert statuses[:2] == [200, 200] and 429 in statuses, answers
             limited = next(a for a in answers if a["status"] == 429)
             assert limited["error"]["code"] == "RATE_LIMITED"
+            assert [a["error"]["code"] for a in reports] == ["RATE_LIMITED"] * 2, reports
             # REST, with another key (its own bucket): the same limit.
             keys = ex.keys["maker"]
             rest_answers = [
