@@ -122,7 +122,10 @@ async def _bench(
     one_process: bool,
 ) -> Report:
     settings = Settings(gateway_master_key=MASTER_KEY, kafka_fetch_wait_ms=5)
-    limits = RateLimits(ws_connections_per_ip=subscribers + 10)
+    # every subscriber connects from one address: the per-IP limits scale with them
+    limits = RateLimits(
+        ws_connections_per_ip=subscribers + 10, ws_messages_per_ip_burst=10 * subscribers + 4_000
+    )
     stack = Stack(
         broker, dsn, settings,
         options=StackOptions(provisioning=False, settlement=False, limits=limits,

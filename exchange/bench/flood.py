@@ -169,9 +169,10 @@ class _Rss:
         raise RuntimeError(f"/proc/{self.pid}/status: no {field} line")
 
     async def _sample(self) -> None:
-        while True:
-            self.samples.append((time.monotonic(), self.read()))
-            await asyncio.sleep(rss_every_s)
+        with contextlib.suppress(FileNotFoundError):  # the gateway stopped: nothing to sample
+            while True:
+                self.samples.append((time.monotonic(), self.read()))
+                await asyncio.sleep(rss_every_s)
 
     def peak(self, from_s: float, to_s: float) -> int:
         return max((b for t, b in self.samples if from_s <= t <= to_s), default=0)
@@ -180,6 +181,55 @@ class _Rss:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used, from the kernel's own accounting."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _busy_s() -> float:
+    """CPU seconds the whole machine has spent busy (every core), from /proc/stat."""
+    with open("/proc/stat") as stat:
+        cpu = [int(v) for v in stat.readline().split()[1:]]
+    idle = cpu[3] + cpu[4]  # idle, iowait
+    return (sum(cpu[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+class _Cpu:
+    """CPU seconds of named processes (and the machine), sampled every `rss_every_s` so that a
+    process that ends (a flood client whose sockets were all closed) keeps its last reading."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.start = self._read({})
+        self.last = dict(self.start)
+        self._task = asyncio.create_task(self._sample())
+
+    def _read(self, last: dict[str, float]) -> dict[str, float]:
+        used = dict(last)
+        for name, pid in self.pids.items():
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                used[name] = _cpu_s(pid)
+        used["machine"] = _busy_s()
+        return used
+
+    async def _sample(self) -> None:
+        while True:
+            await asyncio.sleep(rss_every_s)
+            self.last = self._read(self.last)
+
+    async def cores(self, wall_s: float) -> dict[str, float]:
+        """Cores each process used on average since the start (the machine: all of them)."""
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        end = self._read(self.last)
+        return {
+            name: round((end[name] - self.start.get(name, end[name])) / wall_s, 2) for name in end
+        }
 
 
 class _Child:
@@ -282,8 +332,14 @@ async def _bench(broker: EmbeddedBroker, dsn: str, options: _Options) -> Report:
         await asyncio.sleep(ramp_s)
         _progress(f"loaded: floods of {options.rate} requests/s for {duration_s:g} s")
         loaded_from = time.monotonic()
+        pids = {"gateway": gateway.pid, "bench_and_broker": os.getpid()}
+        for child in children:
+            assert child.process is not None
+            pids[f"client_{child.role}"] = child.process.pid
+        cpu = _Cpu(pids)
         probe.go()
         probed = await probe.result()
+        loaded_cores = await cpu.cores(time.monotonic() - loaded_from)
         flooded = {flood.role: await flood.result() for flood in floods}
         loaded_to = time.monotonic()
         await asyncio.sleep(settle_s)
@@ -305,7 +361,11 @@ async def _bench(broker: EmbeddedBroker, dsn: str, options: _Options) -> Report:
         for stage in stages:
             await stage.stop()
         shutil.rmtree(results, ignore_errors=True)
-    return _report(options, limits, probed, flooded, memory)
+    report = _report(options, limits, probed, flooded, memory)
+    # Where the machine's cores went while the probe ran loaded: the flood clients are on the
+    # same two cores as the exchange, so their own cost is part of what the probe waits behind.
+    report["loaded_cores"] = loaded_cores
+    return report
 
 
 def _check(stages: list[Stage]) -> None:

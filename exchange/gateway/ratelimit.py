@@ -54,6 +54,10 @@ class RateLimits(msgspec.Struct, frozen=True, kw_only=True):
     ws_logons_per_conn_per_s: int = 1
     ws_logons_per_conn_burst: int = 3
     ws_logon_failures_per_conn_max: int = 5  # refused logons (any reason), then closed with 1008
+    # ... that long after the last refusal (reading nothing meanwhile): a client cycling sockets
+    # of guessed keys gets one socket per delay, not one per round trip (measured: 200 sockets a
+    # second set up and torn down were the gateway's largest cost under a logon flood)
+    ws_logon_failures_close_delay_ms: int = 1_000
     keys_max: int = RATE_LIMIT_KEYS_MAX  # buckets per limiter
 
 

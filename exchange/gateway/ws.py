@@ -468,6 +468,7 @@ class Connection:
             self._error(request_id, error)
             if self.logon_failures >= self.gw.limits.ws_logon_failures_per_conn_max:
                 log.info("connection %d: %d logons refused, closing", self.id, self.logon_failures)
+                await asyncio.sleep(self.gw.limits.ws_logon_failures_close_delay_ms / 1000)
                 await self._close(CLOSE_POLICY_VIOLATION, "too many failed logons", drain=True)
             if error.code == ErrorCode.RATE_LIMITED and not self._may_be_refused_again():
                 log.info("connection %d (%s): rate limits exceeded repeatedly, closing", self.id, self.ip)  # fmt: skip

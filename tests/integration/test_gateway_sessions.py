@@ -625,11 +625,16 @@ async def _logon_until_closed(ws: Socket, attempts_max: int, key_id: str | None 
     return answers
 
 
+CLOSE_DELAY_MS = 50  # shorter than the default: 40 sockets are closed one after another
+
+
 @pytest.mark.parametrize("websocket_impl", WEBSOCKET_IMPLS)
 def test_failed_logons_are_limited_and_close_the_connection(broker, dsn, websocket_impl):
     async def scenario() -> None:
-        async with running_exchange(broker, dsn, websocket_impl=websocket_impl) as ex:
-            limits = ex.gateway.limits
+        limits = RateLimits(ws_logon_failures_close_delay_ms=CLOSE_DELAY_MS)
+        async with running_exchange(
+            broker, dsn, websocket_impl=websocket_impl, limits=limits
+        ) as ex:
             failures_max = limits.ws_logon_failures_per_conn_max
             queries = KeyQueries(ex.gateway.keys._pool)
             ex.gateway.keys._pool = queries
@@ -637,9 +642,16 @@ def test_failed_logons_are_limited_and_close_the_connection(broker, dsn, websock
             # One connection retrying one unknown key: the database is asked once, the
             # connection's own limit answers RATE_LIMITED, and it is closed at the failure limit.
             async with socket(ex) as ws:
-                answers = await _logon_until_closed(ws, failures_max + 5, "gx" + "0" * 24)
+                unknown = "gx" + "0" * 24
+                answers = [
+                    await ws.request("session.logon", _unknown_logon(unknown))
+                    for _ in range(failures_max)
+                ]
+                refused_at = time.monotonic()  # the last refusal's answer has been read
                 await asyncio.wait_for(ws.closed.wait(), 2.0)
                 assert ws.ws.close_code == 1008
+                # held open (reading nothing) before the close: sockets cycle no faster
+                assert time.monotonic() - refused_at >= CLOSE_DELAY_MS / 1000 * 0.9
             assert len(answers) == failures_max
             codes = [a["error"]["code"] for a in answers]
             assert codes[0] == "UNAUTHORIZED" and set(codes) <= {"UNAUTHORIZED", "RATE_LIMITED"}
