@@ -107,9 +107,9 @@ class Gateway:
                 name="WebSocket messages per IP",
             ),
             "ws_refusal": RateLimiter(
-                lim.ws_refusals_per_conn_per_s,
-                lim.ws_refusals_per_conn_burst,
-                name="RATE_LIMITED answers per connection",
+                lim.ws_refusals_per_account_per_s,
+                lim.ws_refusals_per_account_burst,
+                name="RATE_LIMITED answers per account (per IP before logon)",
             ),
             "orders": RateLimiter(
                 lim.orders_per_account_per_s,
@@ -264,10 +264,9 @@ class Gateway:
         self.limiters["ws_logon_ip"].check(f"ip:{connection.ip}", now_s)
 
     def connections_closed(self, connection: Any) -> None:
-        """Forget what a closed connection held (its message, logon and refusal buckets)."""
+        """Forget what a closed connection held (its message and logon buckets)."""
         self.limiters["ws_message"].forget(f"conn:{connection.id}")
         self.limiters["ws_logon_conn"].forget(f"conn:{connection.id}")
-        self.limiters["ws_refusal"].forget(f"conn:{connection.id}")
 
     # ------------------------------------------------------------------ keys
 

@@ -39,10 +39,11 @@ class RateLimits(msgspec.Struct, frozen=True, kw_only=True):
     ws_messages_per_account_burst: int = 1_000
     ws_messages_per_ip_per_s: int = 2_000
     ws_messages_per_ip_burst: int = 4_000
-    # RATE_LIMITED answers one connection may take (a client that reads its retry_after_ms
-    # never comes near): past them it is closed with 1008, its flood costs no more answers
-    ws_refusals_per_conn_per_s: int = 10
-    ws_refusals_per_conn_burst: int = 100
+    # RATE_LIMITED answers an account's connections may take together (an IP's, before logon;
+    # a client that reads its retry_after_ms never comes near): past them, the connection
+    # refused is closed with 1008, and a flood costs no more answers
+    ws_refusals_per_account_per_s: int = 10
+    ws_refusals_per_account_burst: int = 100
     # order entry (and withdrawals) over REST and WebSocket, all the account's keys together
     orders_per_account_per_s: int = 100
     orders_per_account_burst: int = 200
@@ -54,10 +55,11 @@ class RateLimits(msgspec.Struct, frozen=True, kw_only=True):
     ws_logons_per_conn_per_s: int = 1
     ws_logons_per_conn_burst: int = 3
     ws_logon_failures_per_conn_max: int = 5  # refused logons (any reason), then closed with 1008
-    # ... that long after the last refusal (reading nothing meanwhile): a client cycling sockets
-    # of guessed keys gets one socket per delay, not one per round trip (measured: 200 sockets a
-    # second set up and torn down were the gateway's largest cost under a logon flood)
-    ws_logon_failures_close_delay_ms: int = 1_000
+    # A socket closed for its failed logons or spent refusals is closed that long after the last
+    # refusal (reading nothing meanwhile): a client cycling sockets of guessed keys gets one
+    # socket per delay, not one per round trip (measured: 200 sockets a second set up and torn
+    # down were the gateway's largest cost under a logon flood)
+    ws_policy_close_delay_ms: int = 1_000
     keys_max: int = RATE_LIMIT_KEYS_MAX  # buckets per limiter
 
 

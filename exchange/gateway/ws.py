@@ -342,6 +342,21 @@ class Connection:
         """Frames that pushes, snapshots and replays may still add to the queue."""
         return self.gw.send_queue_pushes_max - len(self.queue)
 
+    async def _close_for_policy(self, why: str) -> None:
+        """Close with 1008 after `ws_policy_close_delay_ms`, reading nothing meanwhile: what is
+        queued (the refusal that closes) goes first, unless the client does not read it within
+        close_wait_s, and then it is cut off (it would hold its socket for good)."""
+        log.info("connection %d (%s): %s, closing", self.id, self.ip, why)
+        await asyncio.sleep(self.gw.limits.ws_policy_close_delay_ms / 1000)
+        try:
+            async with asyncio.timeout(close_wait_s):
+                await self._close(CLOSE_POLICY_VIOLATION, why, drain=True)
+        except TimeoutError:
+            self.closed = True
+            self.queue.clear()
+            self._answers = 0
+            await self.frames.shut(CLOSE_POLICY_VIOLATION, why, close_wait_s)
+
     def _close_queue_full(self) -> None:
         """Close a client whose send queue is full: drop what waits, stop every push to it."""
         log.info("connection %d (%s): %d frames waited, closing", self.id, self.ip, len(self.queue))
@@ -466,15 +481,14 @@ class Connection:
                 self._enqueue_push(body)
         except WireError as error:
             self._error(request_id, error)
+            why = ""
             if self.logon_failures >= self.gw.limits.ws_logon_failures_per_conn_max:
-                log.info("connection %d: %d logons refused, closing", self.id, self.logon_failures)
-                await asyncio.sleep(self.gw.limits.ws_logon_failures_close_delay_ms / 1000)
-                await self._close(CLOSE_POLICY_VIOLATION, "too many failed logons", drain=True)
-            if error.code == ErrorCode.RATE_LIMITED and not self._may_be_refused_again():
-                log.info("connection %d (%s): rate limits exceeded repeatedly, closing", self.id, self.ip)  # fmt: skip
-                await self._close(
-                    CLOSE_POLICY_VIOLATION, "rate limits exceeded repeatedly", drain=True
-                )
+                why = "too many failed logons"
+            elif error.code == ErrorCode.RATE_LIMITED and not self._may_be_refused_again():
+                why = "rate limits exceeded repeatedly"
+            if why:
+                await self._close_for_policy(why)
+                return 0
             if error is self._over_message_limit:
                 return error.retry_after_ms
         except Exception:
@@ -488,9 +502,14 @@ class Connection:
         return 0
 
     def _may_be_refused_again(self) -> bool:
-        """Count a RATE_LIMITED answer; False once the connection is past its refusals."""
+        """Count a RATE_LIMITED answer against the account's refusals (the IP's before logon);
+        False once they are spent: the connection refused then is closed.
+
+        Per account, not per connection: one key flooding over 200 connections spends one
+        budget, and then each of its connections is closed at its next refusal."""
+        who = f"account:{self.account}" if self.account is not None else f"ip:{self.ip}"
         try:
-            self.gw.check_rate(f"conn:{self.id}", "ws_refusal")
+            self.gw.check_rate(who, "ws_refusal")
         except WireError:
             return False
         return True

@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from exchange.gateway.context import SEND_QUEUE_MAX
+from exchange.gateway.ratelimit import RateLimits
 from exchange.gateway.ws import close_code_queue_full
 from schemas import commands as c
 from streams.marketdata.state import book_checksum
@@ -389,8 +390,15 @@ def test_a_provider_watching_provisioning_keeps_its_heartbeats(broker, dsn):
 
 
 def test_a_client_that_never_reads_is_closed_and_its_queue_stays_bounded(broker, dsn):
+    # Message limits out of the way: a flood of refusals is closed (1008) before it could fill
+    # the queue (tests/exchange/gateway/test_send_queue.py); answers that are not refusals do.
+    limits = RateLimits(
+        ws_messages_per_conn_per_s=10**6, ws_messages_per_conn_burst=10**6,
+        ws_messages_per_ip_per_s=10**6, ws_messages_per_ip_burst=10**6,
+    )  # fmt: skip
+
     async def scenario() -> None:
-        async with running_exchange(broker, dsn) as ex:
+        async with running_exchange(broker, dsn, limits=limits) as ex:
             client = await _StalledClient.connect(ex.url)
             # no logon: a subscription only so that the test finds the gateway's connection
             client.send({"id": 1, "method": "subscribe", "params": {
@@ -401,7 +409,7 @@ def test_a_client_that_never_reads_is_closed_and_its_queue_stays_bounded(broker,
             transport = connection.frames._protocol.transport  # the real server socket
             transport.get_extra_info("socket").setsockopt(net.SOL_SOCKET, net.SO_SNDBUF, 8192)
             connection.queue = queue = Gauge(connection.queue)
-            # Requests that are not JSON, soon rate limited too: each is answered, none is read.
+            # Requests that are not JSON: each is answered, none is read.
             # The socket buffers hold some hundreds of answers, the queue the rest.
             for _ in range(3 * SEND_QUEUE_MAX):
                 client.send_text(b"not json")

@@ -631,7 +631,7 @@ CLOSE_DELAY_MS = 50  # shorter than the default: 40 sockets are closed one after
 @pytest.mark.parametrize("websocket_impl", WEBSOCKET_IMPLS)
 def test_failed_logons_are_limited_and_close_the_connection(broker, dsn, websocket_impl):
     async def scenario() -> None:
-        limits = RateLimits(ws_logon_failures_close_delay_ms=CLOSE_DELAY_MS)
+        limits = RateLimits(ws_policy_close_delay_ms=CLOSE_DELAY_MS)
         async with running_exchange(
             broker, dsn, websocket_impl=websocket_impl, limits=limits
         ) as ex:

@@ -20,6 +20,7 @@ from exchange.gateway.context import Gateway
 from exchange.gateway.deliveries import Deliveries
 from exchange.gateway.market_feed import MarketFeed
 from exchange.gateway.provisioning import Provisioning
+from exchange.gateway.ratelimit import RateLimits
 from exchange.gateway.subscriptions import Subscriptions
 from exchange.gateway.ws import Connection
 from exchange.wire import Prices
@@ -49,7 +50,7 @@ class Gauge(deque):  # type: ignore[type-arg]
         self.most = max(self.most, len(self))
 
 
-def offline_gateway() -> Gateway:
+def offline_gateway(limits: RateLimits | None = None) -> Gateway:
     """A gateway over the packaged catalog with empty projections."""
     catalog = load_catalog()
     prices = Prices(catalog.tick_micros)
@@ -65,6 +66,7 @@ def offline_gateway() -> Gateway:
         provisioning=Provisioning(),
         deliveries=Deliveries(accounts),
         subscriptions=Subscriptions(feed),
+        limits=limits,
     )
 
 

@@ -9,6 +9,7 @@ whose queue is full is closed with `close_code_queue_full`.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from typing import Any
 
@@ -17,6 +18,7 @@ import orjson
 from exchange.gateway import ws
 from exchange.gateway.context import SEND_QUEUE_MAX, SEND_QUEUE_RESERVE
 from exchange.gateway.fanout import fan_out
+from exchange.gateway.ratelimit import RateLimits
 from exchange.gateway.ws import Connection
 from tests.support.offline_gateway import (
     Gauge,
@@ -61,9 +63,15 @@ def _frames(conn: Connection) -> list[dict[str, Any]]:
     ]
 
 
-def test_refusals_of_requests_not_json_or_rate_limited_count_and_a_client_over_the_cap_is_closed():
+UNLIMITED = RateLimits(
+    ws_messages_per_conn_per_s=10**6, ws_messages_per_conn_burst=10**6,
+    ws_messages_per_ip_per_s=10**6, ws_messages_per_ip_burst=10**6,
+)  # fmt: skip
+
+
+def test_refusals_of_requests_not_json_count_and_a_client_over_the_cap_is_closed():
     async def scenario() -> None:
-        gateway = offline_gateway()
+        gateway = offline_gateway(UNLIMITED)  # every request is answered BAD_REQUEST
         client = _NeverReads([b"not json"] * (SEND_QUEUE_MAX + 1_000))
         conn = Connection(gateway, client.receive, client.send, "192.0.2.1")
         conn.queue = queue = Gauge()
@@ -73,6 +81,27 @@ def test_refusals_of_requests_not_json_or_rate_limited_count_and_a_client_over_t
         [close] = client.closes
         assert close["code"] == ws.close_code_queue_full == 1013
         assert close["reason"] == f"send queue full: {SEND_QUEUE_MAX} frames waited"
+
+    asyncio.run(scenario())
+
+
+def test_a_client_flooding_past_its_refusals_is_closed_before_its_queue_fills():
+    limits = RateLimits(ws_policy_close_delay_ms=0)
+
+    async def scenario() -> None:
+        gateway = offline_gateway(limits)
+        client = _NeverReads([b"not json"] * (SEND_QUEUE_MAX + 1_000))
+        conn = Connection(gateway, client.receive, client.send, "192.0.2.1")
+        conn.queue = queue = Gauge()
+        started = time.monotonic()
+        await asyncio.wait_for(conn.serve(), timeout=30)
+        elapsed_s = time.monotonic() - started
+        # the burst's BAD_REQUEST answers, then a RATE_LIMITED one and (after its retry_after)
+        # an answered one in turn, until the IP's refusals ran out; never the queue's cap
+        refusals = limits.ws_refusals_per_account_burst + limits.ws_refusals_per_account_per_s * elapsed_s  # fmt: skip
+        assert queue.most <= limits.ws_messages_per_conn_burst + 2 * refusals + 2 < SEND_QUEUE_MAX
+        [close] = client.closes
+        assert (close["code"], close["reason"]) == (1008, "rate limits exceeded repeatedly")
 
     asyncio.run(scenario())
 
