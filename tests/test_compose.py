@@ -466,8 +466,8 @@ def check_gateway(stack: Stack) -> list[str]:
     ):
         problems.append(f"{name}: port {settings.gateway_port} is not published")
     test = " ".join(as_list((service.get("healthcheck") or {}).get("test")))
-    if f":{settings.gateway_port}/api/v1/instruments" not in test:
-        problems.append(f"{name}: the health check does not GET /api/v1/instruments")
+    if f":{settings.gateway_port}/readyz" not in test:
+        problems.append(f"{name}: the health check does not GET /readyz")
     key = environment(stack.raw["services"][name]).get("GX_GATEWAY_MASTER_KEY", "")
     if not key.startswith("${GX_GATEWAY_MASTER_KEY:?"):
         problems.append(

@@ -31,6 +31,7 @@ from exchange.gateway.deliveries import Deliveries
 from exchange.gateway.hub import Hub
 from exchange.gateway.keys import KeyStore
 from exchange.gateway.market_feed import MarketFeed
+from exchange.gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from exchange.gateway.openapi import GatewayDocument, closed, components
 from exchange.gateway.orders import (
     PLACE_RULES,
@@ -67,6 +68,7 @@ WEB_DIR = Path(__file__).resolve().parent.parent / "web"  # the market page's fi
 request_body_bytes_max = 65_536  # REST bodies; larger ones get PAYLOAD_TOO_LARGE
 ws_frame_bytes_max = 1_048_576  # uvicorn closes a socket sending more (1009); smaller: answered
 http_error_chars_max = 300  # a refusal Litestar raised quotes at most this much
+database_check_timeout_s = 2.0  # /readyz: PostgreSQL answers `SELECT 1` within this
 ready_wait_s = 60.0  # start() waits this long for the hub to be ready before it listens anyway
 # The REST bodies: each refuses unknown fields, and the document says so.
 _BODIES = (
@@ -184,17 +186,40 @@ def _unexpected_error(request: Request[Any, Any, Any], error: Exception) -> Resp
     return Response({"error": wire.body()}, status_code=wire.status)
 
 
-@get("/ready", include_in_schema=False)
+@get(["/readyz", "/ready"], include_in_schema=False)
 async def ready(request: Request[Any, Any, Any]) -> Response[Any]:
     """Readiness: 200 once the gateway has read the exchange's log up to where it ended at start
-    (its private endpoints answer from then on), else 503 with the offsets left by topic."""
+    (its private endpoints answer from then on) and PostgreSQL answers, else 503 saying which:
+    the offsets left by topic, or the database's error."""
     gateway: Gateway = request.app.state.gateway
     try:
         gateway.require_ready()
     except WireError as error:
         body = {"ready": False, "behind": gateway.hub.behind(), "error": error.body()}
         return Response(body, status_code=error.status, headers=_retry_after(error))
+    try:
+        async with asyncio.timeout(database_check_timeout_s):
+            await gateway.pool.fetchval("SELECT 1")
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+        unavailable = WireError(
+            ErrorCode.UNAVAILABLE, f"database: {type(error).__name__}", retry_after_ms=1_000
+        )
+        body = {"ready": False, "database": str(error)[:200], "error": unavailable.body()}
+        return Response(body, status_code=unavailable.status, headers=_retry_after(unavailable))
     return Response({"ready": True})
+
+
+@get("/healthz", include_in_schema=False, sync_to_thread=False)
+def healthz() -> dict[str, bool]:
+    """Liveness: the process serves requests (whatever the log or the database)."""
+    return {"alive": True}
+
+
+@get("/metrics", include_in_schema=False, sync_to_thread=False)
+def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """The gateway's Prometheus metrics (exchange/gateway/metrics.py)."""
+    gateway: Gateway = request.app.state.gateway
+    return Response(gateway.metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
 
 
 def asgi_app(gateway: Gateway, app: Litestar) -> Any:
@@ -232,6 +257,8 @@ def build_app(gateway: Gateway, extra_handlers: list[Any] | None = None) -> Lite
             OrderController,
             ProviderController,
             ready,
+            healthz,
+            metrics,
             asyncapi_json,
             *(extra_handlers or []),
             page,

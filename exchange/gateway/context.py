@@ -20,7 +20,8 @@ from exchange.gateway.deliveries import DELIVERY_ROLES, DELIVERY_STATES, Deliver
 from exchange.gateway.hub import Hub
 from exchange.gateway.keys import SCOPES, ApiKey, KeyStore, is_key_id
 from exchange.gateway.market_feed import MarketFeed
-from exchange.gateway.orders import OrderDesk, RouteParams, route_children_max
+from exchange.gateway.metrics import GatewayMetrics
+from exchange.gateway.orders import OrderDesk, PlaceParams, RouteParams, route_children_max
 from exchange.gateway.provisioning import Provisioning
 from exchange.gateway.ratelimit import ConnectionCounter, RateLimiter, RateLimits
 from exchange.gateway.sessions import Sessions
@@ -133,6 +134,9 @@ class Gateway:
         # Signatures accepted, by version: an operator sees whether clients still sign v1
         # before auth.SIGN_V1_ACCEPTED_UNTIL_MS.
         self.signature_versions: dict[int, int] = {}
+        self.auth_failures: dict[str, int] = {}  # signed requests and logons refused, by code
+        self.live_connections: set[Any] = set()  # open WebSocket connections (ws.Connection)
+        self.metrics = GatewayMetrics(self)
         self.send_queue_max = SEND_QUEUE_MAX
         self.send_queue_pushes_max = SEND_QUEUE_MAX - SEND_QUEUE_RESERVE
         self._gpus = {g.model for g in catalog.gpus}
@@ -173,18 +177,22 @@ class Gateway:
         """Verify a signed request or logon (`sig_version` as received, None when absent);
         return its key."""
         now_ms = time.time_ns() // 1_000_000
-        key = await auth.verify(
-            self.keys,
-            key_id,
-            ts_ms,
-            nonce,
-            signature,
-            method,
-            path,
-            body,
-            now_ms,
-            sig_version=sig_version,
-        )
+        try:
+            key = await auth.verify(
+                self.keys,
+                key_id,
+                ts_ms,
+                nonce,
+                signature,
+                method,
+                path,
+                body,
+                now_ms,
+                sig_version=sig_version,
+            )
+        except WireError as error:
+            self.auth_failures[error.code] = self.auth_failures.get(error.code, 0) + 1
+            raise
         version = auth.sign_version(sig_version)
         if version == 1 and not self.signature_versions.get(1):
             log.warning(
@@ -195,6 +203,13 @@ class Gateway:
             )
         self.signature_versions[version] = self.signature_versions.get(version, 0) + 1
         return key
+
+    async def place(self, account: int, p: PlaceParams) -> dict[str, Any]:
+        """Place an order (REST and WebSocket), its round trip observed for the metrics."""
+        started = time.perf_counter()
+        result = await self.desk.place(account, p)
+        self.metrics.order_round_trip.observe(time.perf_counter() - started)
+        return result
 
     def require_ready(self) -> None:
         """Refuse a private request with UNAVAILABLE (retryable) until the hub is ready.

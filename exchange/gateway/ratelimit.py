@@ -122,6 +122,7 @@ class RateLimiter:
         self.burst = burst
         self.name = name
         self.keys_max = keys_max
+        self.refusals = 0  # RATE_LIMITED answers given (exchange/gateway/metrics.py)
         self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
 
     def __len__(self) -> int:
@@ -145,6 +146,7 @@ class RateLimiter:
             self._buckets.move_to_end(key)
         wait_s = bucket.take(now_s, cost)
         if wait_s > 0.0:
+            self.refusals += 1
             retry_after_ms = max(1, math.ceil(wait_s * 1000))
             raise WireError(
                 ErrorCode.RATE_LIMITED,
@@ -168,12 +170,14 @@ class ConnectionCounter:
             raise ValueError(f"limit: expected >= 1, found {limit}")
         self.limit = limit
         self.name = name
+        self.refusals = 0  # connections refused (exchange/gateway/metrics.py)
         self._open: dict[str, int] = {}
 
     def open(self, key: str) -> None:
         """Count a new connection, or raise WireError(RATE_LIMITED) when `key` has `limit`."""
         count = self._open.get(key, 0)
         if count >= self.limit:
+            self.refusals += 1
             raise WireError(
                 ErrorCode.RATE_LIMITED,
                 f"{self.name}: expected at most {self.limit} open at once, found {count} from "

@@ -471,7 +471,7 @@ class OrderController(Controller):
     ) -> dict[str, Any]:
         """Place an order; a retry with the same client_order_id returns the first order."""
         gw, key = await _order_entry(request)
-        return await gw.desk.place(key.account, data)
+        return await gw.place(key.account, data)
 
     @patch("/orders/{order_id:str}", responses=errors(*_COMMAND))
     async def amend(

@@ -705,7 +705,7 @@ class Connection:
     # ------------------------------------------------------------------ account methods
 
     async def _place(self, account: int, p: PlaceParams) -> dict[str, Any]:
-        result = await self.gw.desk.place(account, p)
+        result = await self.gw.place(account, p)
         order = result.get("order")
         if order and order.get("order_id"):
             self.placed.add(int(order["order_id"]))
@@ -813,7 +813,9 @@ async def serve_socket(gateway: Gateway, scope: Any, receive: Any, send: Any) ->
             CLOSE_POLICY_VIOLATION, "too many connections from this address"
         )
         return
+    gateway.live_connections.add(connection)
     try:
         await connection.serve()
     finally:
+        gateway.live_connections.discard(connection)
         gateway.connections.close(ip)
