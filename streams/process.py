@@ -65,14 +65,16 @@ def serve(
     stats: Any = None,
     *,
     progress_s: float | None = None,
+    health: tuple[str, int] | None = None,
 ) -> int:
     """Run `process` until it stops or SIGINT/SIGTERM arrives; print its counters on exit.
 
     `stats` is the counters (or a function returning them); with `progress_s` they are also
-    logged (INFO, logger `gx.NAME`) that often while the process runs. Returns 0, or 3 after one
-    of the `fatal` errors (printed as `gx NAME: error`).
+    logged (INFO, logger `gx.NAME`) that often while the process runs. With `health` (host,
+    port) it serves /healthz, /readyz and /metrics there (streams/health.py). Returns 0, or 3
+    after one of the `fatal` errors (printed as `gx NAME: error`).
     """
-    return run_loop(_serve(process, name, fatal, stats, progress_s))
+    return run_loop(_serve(process, name, fatal, stats, progress_s, health))
 
 
 def _counters(stats: Any) -> Any:
@@ -85,12 +87,27 @@ async def _serve(
     fatal: tuple[type[BaseException], ...],
     stats: Any,
     progress_s: float | None,
+    health: tuple[str, int] | None = None,
 ) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, process.stop)
     task = asyncio.ensure_future(process.run())
     log = logging.getLogger(f"gx.{name}")
+    server = None
+    if health is not None:
+        from streams.health import HealthServer  # only processes that serve it import uvicorn
+
+        ready = getattr(process, "ready", None)
+        server = HealthServer(
+            name,
+            task,
+            stats=None if stats is None else (lambda: _counters(stats)),
+            ready=ready if callable(ready) else None,
+            host=health[0],
+            port=health[1],
+        )
+        await server.start()
     try:
         while not task.done():
             await asyncio.wait([task], timeout=progress_s)
@@ -100,6 +117,9 @@ async def _serve(
     except fatal as error:
         print(f"gx {name}: {error}", file=sys.stderr)
         return 3
+    finally:
+        if server is not None:
+            await server.stop()
     if stats is not None:
         print(msgspec.json.encode(_counters(stats)).decode(), file=sys.stderr)
     return 0

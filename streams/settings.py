@@ -55,6 +55,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # 32 characters, the same on every gateway, never in the database.
     gateway_master_key: str = ""
     log_level: str = "WARNING"  # quiet by default
+    # GX_HEALTH_PORT: a stream process serves /healthz, /readyz and /metrics there (0: it does
+    # not; streams/health.py); GX_HEALTH_HOST where it listens
+    health_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
+    health_host: str = "127.0.0.1"
 
     def broker(self) -> str:
         """The Kafka bootstrap servers; raise ValueError saying what to set when there are none."""

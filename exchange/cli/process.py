@@ -111,5 +111,6 @@ def serve_command(
             return usage_error(name, error)
         lower_priority(nice(settings) if nice else 0)
         report = None if stats is None else (lambda: stats(process))
-        status = serve(process, name, fatal, report, progress_s=progress_s)
+        health = (settings.health_host, settings.health_port) if settings.health_port else None
+        status = serve(process, name, fatal, report, progress_s=progress_s, health=health)
     return status
