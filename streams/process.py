@@ -98,7 +98,11 @@ async def _serve(
     if health is not None:
         from streams.health import HealthServer  # only processes that serve it import uvicorn
 
+        # A process says when it is ready with `ready`: an event (the engine runner's, set
+        # once recovery is done) or a function; without one it is ready while it runs.
         ready = getattr(process, "ready", None)
+        if isinstance(ready, asyncio.Event):
+            ready = ready.is_set
         server = HealthServer(
             name,
             task,
