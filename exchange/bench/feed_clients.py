@@ -10,15 +10,15 @@ every trade print.
 from __future__ import annotations
 
 import asyncio
-import base64
 import functools
-import os
 import sys
 import time
 from typing import Any
 
 import orjson
 import uvloop
+
+from exchange.bench.ws_frames import text_frame, upgrade_request
 
 __all__ = ["main"]
 
@@ -52,19 +52,11 @@ class _Subscriber(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
-        key = base64.b64encode(os.urandom(16)).decode()
-        self.transport.write(
-            f"GET /ws HTTP/1.1\r\nHost: {self.host}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
-        )
+        self.transport.write(upgrade_request(self.host))
 
     def _send(self, message: dict[str, Any]) -> None:
-        payload = orjson.dumps(message)
-        mask = os.urandom(4)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        assert len(payload) < 126 and self.transport is not None
-        self.transport.write(bytes((0x81, 0x80 | len(payload))) + mask + masked)
+        assert self.transport is not None
+        self.transport.write(text_frame(orjson.dumps(message)))
 
     def data_received(self, data: bytes) -> None:
         buffer = self.buffer

@@ -22,10 +22,8 @@ a request's frame is built once and sent many times; the gateway unmasks it all 
 from __future__ import annotations
 
 import asyncio
-import base64
 import collections
 import functools
-import os
 import secrets
 import sys
 import time
@@ -35,9 +33,10 @@ import msgspec
 import orjson
 import uvloop
 
+from exchange.bench.ws_frames import text_frame, upgrade_request
 from exchange.client import signing
 
-__all__ = ["FloodSpec", "main", "text_frame"]
+__all__ = ["FloodSpec", "main"]
 
 write_buffer_max = 65_536  # bytes a client lets wait in its socket; beyond, a send is held back
 tick_s = 0.001  # how often a flood sends what is due
@@ -57,18 +56,6 @@ class FloodSpec(msgspec.Struct, frozen=True, kw_only=True):
     ips: list[str]  # source addresses, the connections spread over them in turn
     key: str = ""
     secret: str = ""
-
-
-def text_frame(payload: bytes) -> bytes:
-    """A client's text frame carrying `payload`, masked with the zero key."""
-    size = len(payload)
-    if size < 126:
-        head = bytes((0x81, 0x80 | size))
-    elif size < 65_536:
-        head = bytes((0x81, 0x80 | 126)) + size.to_bytes(2, "big")
-    else:
-        head = bytes((0x81, 0x80 | 127)) + size.to_bytes(8, "big")
-    return head + b"\x00\x00\x00\x00" + payload
 
 
 class _Counts:
@@ -114,12 +101,7 @@ class _Socket(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
-        key = base64.b64encode(os.urandom(16)).decode()
-        self.transport.write(
-            f"GET /ws HTTP/1.1\r\nHost: {self.host}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
-        )
+        self.transport.write(upgrade_request(self.host))
 
     def writable(self) -> bool:
         """Tell whether a frame may go out now (open, and the socket's buffer has room)."""

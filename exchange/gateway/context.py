@@ -43,6 +43,24 @@ SEND_QUEUE_MAX = 2_000
 SEND_QUEUE_RESERVE = 200
 not_ready_retry_after_ms = 1_000  # what a private request refused before the gateway is ready waits
 
+# Each rate limiter: its kind (`check_rate`'s), the `RateLimits` fields `<limit>_per_s` and
+# `<limit>_burst`, and what a refusal names.
+_LIMITERS = (
+    ("rest_account", "rest_per_account", "REST requests per account"),
+    ("rest_ip", "rest_per_ip", "REST requests per IP"),
+    ("ws_message", "ws_messages_per_conn", "WebSocket messages per connection"),
+    ("ws_account_message", "ws_messages_per_account", "WebSocket messages per account"),
+    ("ws_ip_message", "ws_messages_per_ip", "WebSocket messages per IP"),
+    (
+        "ws_refusal",
+        "ws_refusals_per_account",
+        "RATE_LIMITED answers per account (per IP before logon)",
+    ),  # fmt: skip
+    ("orders", "orders_per_account", "orders per account"),
+    ("ws_logon_ip", "ws_logons_per_ip", "WebSocket logons per IP"),
+    ("ws_logon_conn", "ws_logons_per_conn", "WebSocket logons per connection"),
+)
+
 
 class Gateway:
     """One gateway's shared state; handlers reach it as `request.app.state.gateway`."""
@@ -84,49 +102,10 @@ class Gateway:
         )
         lim = self.limits
         self.limiters = {
-            "rest_account": RateLimiter(
-                lim.rest_per_account_per_s,
-                lim.rest_per_account_burst,
-                name="REST requests per account",
-            ),
-            "rest_ip": RateLimiter(
-                lim.rest_per_ip_per_s, lim.rest_per_ip_burst, name="REST requests per IP"
-            ),
-            "ws_message": RateLimiter(
-                lim.ws_messages_per_conn_per_s,
-                lim.ws_messages_per_conn_burst,
-                name="WebSocket messages per connection",
-            ),
-            "ws_account_message": RateLimiter(
-                lim.ws_messages_per_account_per_s,
-                lim.ws_messages_per_account_burst,
-                name="WebSocket messages per account",
-            ),
-            "ws_ip_message": RateLimiter(
-                lim.ws_messages_per_ip_per_s,
-                lim.ws_messages_per_ip_burst,
-                name="WebSocket messages per IP",
-            ),
-            "ws_refusal": RateLimiter(
-                lim.ws_refusals_per_account_per_s,
-                lim.ws_refusals_per_account_burst,
-                name="RATE_LIMITED answers per account (per IP before logon)",
-            ),
-            "orders": RateLimiter(
-                lim.orders_per_account_per_s,
-                lim.orders_per_account_burst,
-                name="orders per account",
-            ),
-            "ws_logon_ip": RateLimiter(
-                lim.ws_logons_per_ip_per_s,
-                lim.ws_logons_per_ip_burst,
-                name="WebSocket logons per IP",
-            ),
-            "ws_logon_conn": RateLimiter(
-                lim.ws_logons_per_conn_per_s,
-                lim.ws_logons_per_conn_burst,
-                name="WebSocket logons per connection",
-            ),
+            kind: RateLimiter(
+                getattr(lim, f"{limit}_per_s"), getattr(lim, f"{limit}_burst"), name=name
+            )
+            for kind, limit, name in _LIMITERS
         }
         self.connections = ConnectionCounter(lim.ws_connections_per_ip)
         # each child takes an order token: never more children than the bucket can ever hold
