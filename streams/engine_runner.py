@@ -65,7 +65,14 @@ from streams.settings import Settings
 from streams.snapshots import Snapshot, SnapshotStore
 from streams.topics import shard_key, topics
 
-__all__ = ["EngineRunner", "Malformed", "RecoveryError", "RunnerStats", "decode_record"]
+__all__ = [
+    "EngineRunner",
+    "Malformed",
+    "RecoveryError",
+    "RunnerStats",
+    "decode_record",
+    "unsuppressed",
+]
 
 log = logging.getLogger("gx.engine")
 
@@ -374,21 +381,11 @@ class EngineRunner:
 
     def _unsuppressed(self, events: list) -> list:
         """Drop the events the log already has; check the replay against the log's last one."""
-        through = self._suppress_through
-        if not events or events[0].seq > through:
-            return events
-        keep = next((i for i, e in enumerate(events) if e.seq > through), len(events))
-        self.stats.suppressed += keep
-        if events[keep - 1].seq == through:
-            regenerated = encode(events[keep - 1])
-            if regenerated != self._last_event:
-                raise RecoveryError(
-                    f"shard {self.shard}: the replay regenerated event seq {through} as "
-                    f"{regenerated!r}, but the log has {self._last_event!r}: the engine, its "
-                    f"configuration or the catalog differ from the run that produced the log"
-                )
-            self._last_event = None
-        return events[keep:]
+        kept, self._last_event = unsuppressed(
+            events, self._suppress_through, self._last_event, self.shard
+        )
+        self.stats.suppressed += len(events) - len(kept)
+        return kept
 
     async def _produce(self, events: list) -> None:
         """Send the events and wait until every one is acknowledged."""
@@ -442,6 +439,30 @@ class EngineRunner:
         self._since_snapshot = 0
         self.stats.snapshots += 1
         log.info("snapshot shard=%d offset=%d seq=%d", self.shard, next_offset, engine.event_seq)
+
+
+def unsuppressed(
+    events: list, through: int, last_event: bytes | None, shard: int
+) -> tuple[list, bytes | None]:
+    """Recovery's filter: drop replayed events the log already has (seq <= `through`).
+
+    The regenerated copy of the log's last event (seq `through`, bytes `last_event`) must equal
+    it byte for byte, or RecoveryError. Returns the events to produce and the last event still
+    to compare (None once compared).
+    """
+    if not events or events[0].seq > through:
+        return events, last_event
+    keep = next((i for i, e in enumerate(events) if e.seq > through), len(events))
+    if events[keep - 1].seq == through:
+        regenerated = encode(events[keep - 1])
+        if regenerated != last_event:
+            raise RecoveryError(
+                f"shard {shard}: the replay regenerated event seq {through} as "
+                f"{regenerated!r}, but the log has {last_event!r}: the engine, its "
+                f"configuration or the catalog differ from the run that produced the log"
+            )
+        last_event = None
+    return events[keep:], last_event
 
 
 class _SeqOnly(msgspec.Struct, kw_only=True):

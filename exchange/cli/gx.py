@@ -18,6 +18,7 @@ from exchange.cli import (
     provision,
     sandbox,
     settle,
+    sim,
     topics,
 )
 from streams.process import tune_gc
@@ -29,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     for command in (engine, clock, topics, settle, marketdata, provision, audit, gateway):
         command.register(subparsers)  # the processes, in the order data flows through them
-    for command in (keys, funds, sandbox, bench):
+    for command in (keys, funds, sandbox, bench, sim):
         command.register(subparsers)
     return parser
 
