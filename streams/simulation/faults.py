@@ -7,7 +7,8 @@ batch's records reached the log, a command split over records included), `small_
 (records so small that commands split over several, `gx-partial` marked).
 Sink side: `duplicate` (a record delivered twice in a row), `redeliver` (the sink crashes and
 resumes from its committed position), `reorder` (an older record delivered again after newer
-ones), `partial_read` (a read that stops inside a split command).
+ones; to the ledger only between commits, see `LedgerSink.accepts_stale`), `partial_read` (a
+read that stops inside a split command).
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ delivers some records to the sinks (`sinks`) through faulty deliveries. Invarian
 after every step (cheap ones) and at every restart and at the end (the whole state):
 
 - `postings_zero`: the ledger's postings sum to zero;
+- `ledger_at_command_end`: the ledger has settled whole commands only;
 - `ledger_not_ahead`: no sink has settled an event the log does not hold;
 - `restore_hash`: a snapshot restores to the state hash it was taken with;
 - `replay_hash`: restore plus replay reaches the crashed engine's state hash;
@@ -34,6 +35,7 @@ import msgspec
 from matching import layout as lay
 from matching.engine import Engine, EngineConfig
 from matching.invariants import violations
+from matching.state import State
 from schemas import commands as c
 from schemas import events as e
 from schemas.catalog import Catalog
@@ -145,7 +147,13 @@ class Simulator:
         self._first = first
         self._symbols = [x.symbol for x in self._listed if isinstance(x, e.InstrumentListed)]
         self._base = _Snapshot(engine.snapshot(), 1, engine.state_hash(), engine.event_seq)
+        self._base_engine = engine
         self._base_records = pack_records(self._listed, EVENTS_RECORD_BYTES_MAX)
+
+    def _fresh_engine(self) -> Engine:
+        """An engine right after the first tick: a copy of the base state (cheaper than restore)."""
+        state = State(*(array.copy() for array in self._base_engine.state))
+        return Engine(self.catalog, self._base_engine.config, _state=state)
 
     def run(self, seed: int) -> SeedResult:
         """Run one seed; raise SimulationFailure at the first broken invariant."""
@@ -160,11 +168,12 @@ class _Run:
         self.seed = seed
         self.rng = random.Random(seed)
         self.faults = FaultPlan(random.Random(seed ^ 0x5EED), sim.rates)
-        self.engine = Engine.restore(sim._base.data, sim.catalog)
+        self.engine = sim._fresh_engine()
         self.snapshot = sim._base
         self.commands: list[Any] = [sim._first]
         self.log: list[EventRecord] = list(sim._base_records)
         self.log_seq = self.engine.event_seq
+        self.command_ends = {0, self.log_seq}  # the seq of every command's last event
         self.last_raw = split_event_record(self.log[-1].value)[-1]
         self.workload = Simulation(seed, sim._symbols, START_NS)
         self.ledger = sim.ledger_sink()
@@ -215,6 +224,12 @@ class _Run:
         self.commands.extend(batch)
         events = self.engine.apply(batch, range(start, start + len(batch)))
         self.workload.observe(events)
+        ends = self.command_ends
+        for before, after in zip(events, events[1:], strict=False):
+            if before.input_offset != after.input_offset:
+                ends.add(before.seq)
+        if events:
+            ends.add(events[-1].seq)
         faults = self.faults
         small = faults.draw("small_records")
         if faults.draw("lost_produce"):
@@ -291,7 +306,7 @@ class _Run:
                 sink.restart()
                 cursor = sink.next_offset
                 self._say(f"{name} restarts at offset {cursor}")
-            if faults and sink.next_offset > 0 and f.draw("reorder"):
+            if faults and sink.next_offset > 0 and sink.accepts_stale() and f.draw("reorder"):
                 # a settled record comes again after newer ones (a stale fetch, a retry)
                 old = self.rng.randrange(max(0, sink.next_offset - 4), sink.next_offset)
                 sink.deliver(old, self.log[old], False)
@@ -309,6 +324,9 @@ class _Run:
     def _check_step(self) -> None:
         if self.ledger.postings_sum != 0:
             self._fail("postings_zero", f"ledger postings sum to {self.ledger.postings_sum}")
+        settled = self.ledger.last_seq.get(0, 0)
+        if settled not in self.command_ends:
+            self._fail("ledger_at_command_end", f"ledger settled seq {settled}, inside a command")
         for name, seqs in (
             ("ledger", self.ledger.last_seq),
             ("marketdata", self.marketdata.last_seq),

@@ -59,6 +59,13 @@ class LedgerSink:
         if plan.count:
             self._commit(plan)
 
+    def accepts_stale(self) -> bool:
+        """Whether an older record may come now: only between commits. Kafka delivers one
+        partition in order, and the writer relies on it: its plan takes the last record read to
+        tell whether the pending commands are complete, so an older record read while a split
+        command is pending would let half of that command settle."""
+        return not self._pending
+
     def plan_seqs(self) -> dict[int, int]:
         """The last settled sequence per shard the plan dedupes against."""
         return self.last_seq
@@ -112,7 +119,13 @@ class MarketDataSink:
         """Crash and come back: the state is rebuilt by a replay, so only the grouper resets."""
         self._grouper = CommandGrouper(hold_partial=False)
 
+    def accepts_stale(self) -> bool:
+        """Whether an older record may come now: always (events at or below the last sequence
+        applied are dropped)."""
+        return True
+
     def deliver(self, offset: int, record: EventRecord, caught_up: bool) -> None:
+        """Read one record at `offset` and apply its new events."""
         commands, _ = self._grouper.feed(record.value, ())
         out: list[Any] = []
         for command in commands:

@@ -12,6 +12,7 @@ import pytest
 
 from exchange.cli.sim import parse_seeds, simulate
 from schemas.catalog import Catalog
+from streams.event_records import EventRecord
 from streams.settlement.plan import Plan
 from streams.simulation.faults import ENGINE_FAULTS, SINK_FAULTS
 from streams.simulation.simulator import SimulationFailure, Simulator
@@ -20,8 +21,8 @@ from tests.support.fuzz import COVERED
 
 # Wall time the many-seeds run may take; the seed count follows from it (printed, and listed in
 # the fuzz coverage summary). Each seed costs a few milliseconds, so this is about 10,000 seeds on
-# the 2-core development machine when it is not shared.
-SEEDS_BUDGET_S = 60.0
+# the 2-core development machine when it is not shared (the run stops there).
+SEEDS_BUDGET_S = 75.0
 SEEDS_WANTED = 10_000
 
 
@@ -36,6 +37,13 @@ class LedgerWithoutDedupe(LedgerSink):
         super()._commit(plan)
         for shard, seq in before.items():  # the stored position never moves back
             self.last_seq[shard] = max(seq, self.last_seq.get(shard, 0))
+
+
+class LedgerIgnoringPartial(LedgerSink):
+    """A planted bug: the ledger takes every record to end its last command (no `gx-partial`)."""
+
+    def deliver(self, offset: int, record: EventRecord, caught_up: bool) -> None:
+        super().deliver(offset, EventRecord(record.value), caught_up)
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +108,11 @@ def test_planted_dedupe_bug_is_found_and_reproduced(catalog: Catalog, capsys) ->
     assert f"gx sim --seed {failure.seed}" in err
     # the same seed with the real ledger passes
     assert simulate(range(failure.seed, failure.seed + 1)) == 0
+
+
+def test_planted_partial_record_bug_is_found(catalog: Catalog) -> None:
+    failure = _first_failure(Simulator(catalog, ledger_sink=LedgerIgnoringPartial), range(200))
+    assert failure.invariant == "ledger_at_command_end"
 
 
 def test_gx_sim_seed_runs_one_seed_and_reports() -> None:
