@@ -50,12 +50,16 @@ from streams.event_records import (
 )
 from streams.simulation.faults import FaultPlan, FaultRates
 from streams.simulation.sinks import LedgerSink, MarketDataSink, SinkError
-from streams.simulation.workload import Simulation
+from streams.simulation.workload import MINUTE_NS, Simulation
 
 __all__ = ["SIM_ENGINE_CONFIG", "SeedResult", "SimulationFailure", "Simulator", "START_NS"]
 
 # 2026-12-01T00:00Z minus 3 hours, the tests' start: the calendar lists hourly products from 03:00.
 START_NS = 1_796_083_200_000_000_000 - 3 * 3_600_000_000_000
+# The workload's clock starts 3 minutes before the first hourly instrument's gate closure (15
+# minutes before its 22:00 start), so that most seeds see gate closure, delivery assignment and
+# the start of delivery, not only trading.
+WORKLOAD_START_NS = START_NS + 42 * MINUTE_NS
 # One GPU model and region (about 100 instruments listed), pools small enough to copy in microseconds.
 SIM_ENGINE_CONFIG = EngineConfig(
     gpus=("H100-SXM",),
@@ -175,7 +179,7 @@ class _Run:
         self.log_seq = self.engine.event_seq
         self.command_ends = {0, self.log_seq}  # the seq of every command's last event
         self.last_raw = split_event_record(self.log[-1].value)[-1]
-        self.workload = Simulation(seed, sim._symbols, START_NS)
+        self.workload = Simulation(seed, sim._symbols, WORKLOAD_START_NS)
         self.ledger = sim.ledger_sink()
         self.marketdata = MarketDataSink()
         self.cursors = {"ledger": 0, "marketdata": 0}
