@@ -111,7 +111,7 @@ class MarketDataSink:
     def __init__(self) -> None:
         self.md = MarketData()
         self.last_seq: dict[int, int] = {}
-        self.next_offset = 0  # committed position (a redelivery resumes here)
+        self.next_offset = 0  # after the last record that ended a command: a restart resumes here
         self.messages = 0
         self._grouper = CommandGrouper(hold_partial=False)
 
@@ -136,4 +136,5 @@ class MarketDataSink:
                 out += self.md.apply(event, offset)
             out += self.md.flush(command.shard)
         self.messages += len(out)
-        self.next_offset = max(self.next_offset, offset + 1)
+        if not record.partial:  # a restart reads a split command's records again (deduped)
+            self.next_offset = max(self.next_offset, offset + 1)
