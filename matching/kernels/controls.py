@@ -34,8 +34,12 @@ from matching.kernels._base import (
     R_NOT_OPERATOR,
     R_UNKNOWN_ACCOUNT,
     R_UNKNOWN_INSTRUMENT,
+    _emit_halted,
+    _emit_instr_cancelled,
+    _emit_reinstated,
+    _emit_resumed,
+    _emit_suspended,
     _reject,
-    _start,
 )
 from matching.kernels.book import _reduce
 from matching.layout import (
@@ -50,17 +54,7 @@ from matching.layout import (
     CFG_BREAKER_HALT_NS,
     CFG_BREAKER_MOVE_BPS_MAX,
     CFG_BREAKER_WINDOW_NS,
-    E_HALTED,
-    E_INSTR_CANCELLED,
-    E_REINSTATED,
-    E_RESUMED,
-    E_SUSPENDED,
     EV_CANCELLED,
-    EV_HALTED,
-    EV_INSTR_CANCELLED,
-    EV_REINSTATED,
-    EV_RESUMED,
-    EV_SUSPENDED,
     I_BEST,
     I_HALT,
     I_HALT_UNTIL,
@@ -84,35 +78,6 @@ from matching.layout import (
     OP_SUSPEND,
     SELL,
 )
-
-# ------------------------------------------------------------------ event rows
-
-
-@njit(cache=True, _nrt=False)
-def _emit_halted(ev, n, ci, instrument_id, reason, until_ns, reference_price, trade_price):
-    _start(ev, n, EV_HALTED, ci, len(E_HALTED))
-    ev[n, E_HALTED.instrument_id] = instrument_id
-    ev[n, E_HALTED.reason] = reason
-    ev[n, E_HALTED.until_ns] = until_ns
-    ev[n, E_HALTED.reference_price_ticks] = reference_price
-    ev[n, E_HALTED.trade_price_ticks] = trade_price
-    return n + 1
-
-
-@njit(cache=True, _nrt=False)
-def _emit_resumed(ev, n, ci, instrument_id, reason):
-    _start(ev, n, EV_RESUMED, ci, len(E_RESUMED))
-    ev[n, E_RESUMED.instrument_id] = instrument_id
-    ev[n, E_RESUMED.reason] = reason
-    return n + 1
-
-
-@njit(cache=True, _nrt=False)
-def _emit_account_status(ev, n, ci, kind, account):
-    _start(ev, n, kind, ci, len(E_SUSPENDED))
-    ev[n, E_REINSTATED.account] = account
-    return n + 1
-
 
 # ------------------------------------------------------------------ checks on the order path
 
@@ -264,10 +229,7 @@ def _cancel_instrument(st, ev, n, ci, instr):
             slot = levels[instrs[instr, I_BEST + side], L_HEAD]
             n = _reduce(st, ev, n, ci, slot, orders[slot, O_LOTS], EV_CANCELLED, CX_OPERATOR)
             count += 1
-    _start(ev, n, EV_INSTR_CANCELLED, ci, len(E_INSTR_CANCELLED))
-    ev[n, E_INSTR_CANCELLED.instrument_id] = instrs[instr, I_ID]
-    ev[n, E_INSTR_CANCELLED.orders] = count
-    return n + 1
+    return _emit_instr_cancelled(ev, n, ci, instrs[instr, I_ID], count)
 
 
 @njit(cache=True, _nrt=False)
@@ -285,8 +247,8 @@ def _account_status(st, ev, n, ci, target, suspend):
             n = _reduce(st, ev, n, ci, slot, orders[slot, O_LOTS], EV_CANCELLED, CX_OPERATOR)
             slot = nxt
         accts[target, A_SUSPENDED] = 1
-        return _emit_account_status(ev, n, ci, EV_SUSPENDED, target)
+        return _emit_suspended(ev, n, ci, target)
     if accts[target, A_SUSPENDED] == 0:
         return _reject(instrs, ev, n, ci, ACCT_EXTERNAL, R_ACCOUNT_NOT_SUSPENDED, 0, -1)
     accts[target, A_SUSPENDED] = 0
-    return _emit_account_status(ev, n, ci, EV_REINSTATED, target)
+    return _emit_reinstated(ev, n, ci, target)
