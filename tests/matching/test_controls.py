@@ -8,6 +8,7 @@ import pytest
 
 from matching.engine import Engine
 from tests.golden import runner
+from tests.reference.book import ReferenceExchange
 
 pytestmark = pytest.mark.nojit
 
@@ -58,3 +59,26 @@ def test_suspension_and_operator_halt_survive_a_snapshot() -> None:
     restored = Engine.restore(engine.snapshot(), engine.catalog)
     refused = restored.apply([halted.commands[4]])
     assert refused[0].reason == "INSTRUMENT_HALTED"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        BREAKER,
+        "reject_instrument_halted",
+        "reject_instrument_not_halted",
+        "reject_not_operator",
+        "reject_account_suspended",
+        "reject_account_not_suspended",
+        "cancel_instrument_orders_by_operator",
+    ],
+)
+def test_reference_book_gives_the_engines_events_for_market_controls(name: str) -> None:
+    scenario = runner.load(name)
+    engine = runner.new_engine(scenario)
+    ref = ReferenceExchange(engine.catalog, engine.config)
+    want = [msgspec.to_builtins(e) for e in engine.apply(scenario.commands)]
+    got = [msgspec.to_builtins(e) for e in ref.apply(scenario.commands)]
+    for event in want:
+        event["input_offset"] = -1
+    assert got == want

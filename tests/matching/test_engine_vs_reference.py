@@ -357,11 +357,13 @@ def _command(data: DataObject, ref: ReferenceExchange, seen: list[int], obls: li
             ("place",) * 9
             + ("cancel", "amend", "amend", "cancel_all", "deposit", "withdraw")
             + ("request_withdrawal", "settle_withdrawal")
-            + ("tick", "tick", "capacity", "delivery", "delivery")
+            + ("tick", "tick", "capacity", "delivery", "delivery", "control")
         )
     )
     if kind == "place":
         return _place(data, ref)
+    if kind == "control":
+        return _control(data, ref)
     if kind in ("cancel", "amend"):
         order_id = _order_id(data, ref, seen)
         account = _owner_or_not(data, ref, order_id)
@@ -411,6 +413,18 @@ def _command(data: DataObject, ref: ReferenceExchange, seen: list[int], obls: li
             gpus=data.draw(st.sampled_from((-1, 0, 2, 10, 40, 2_000_000))),
         )
     return _delivery(data, ref, obls)
+
+
+def _control(data: DataObject, ref: ReferenceExchange):
+    """An operator's market control (now and then from a user account, refused)."""
+    operator = 0 if data.draw(st.integers(0, 7)) > 0 else _account(data)
+    kind = data.draw(st.sampled_from((c.HaltInstrument, c.ResumeInstrument, c.ResumeInstrument,
+                                      c.CancelInstrumentOrders, c.SuspendAccount,
+                                      c.ReinstateAccount)))  # fmt: skip
+    if kind in (c.SuspendAccount, c.ReinstateAccount):
+        return kind(account=operator, target_account=_account(data))
+    symbol = data.draw(st.sampled_from(hot_symbols(ref.now) + COLD[:1]))
+    return kind(account=operator, symbol=symbol)
 
 
 def _delivery(data: DataObject, ref: ReferenceExchange, obls: list[int]):
