@@ -44,6 +44,10 @@ CONFIG = EngineConfig(
     accounts_max=64,
     instruments_max=2048,
     orders_open_max=5,
+    # A tight circuit breaker with a short halt, so drawn trades trip it and ticks end it.
+    breaker_move_bps_max=10,  # a tick step of the drawn prices (5 ticks) is 21 bps
+    breaker_window_ns=10 * 60 * 10**9,
+    breaker_halt_ns=15 * 60 * 10**9,
 )
 MIDNIGHT = 1_796_083_200 * 10**9  # 2026-12-01T00:00Z
 T0 = MIDNIGHT - 3 * NS_PER_HOUR + 10 * NS_PER_MINUTE  # 21:10: the 22:00 gate is 35 min away
