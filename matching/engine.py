@@ -366,6 +366,16 @@ class Engine:
             row[lay.C_TRANSFER_ACCOUNT] = _int(c.account)
             row[lay.C_WD_ID] = _int(c.withdrawal_id)
             row[lay.C_WD_APPROVED] = 1 if c.approved is True else 0
+        elif isinstance(c, cmd.HaltInstrument | cmd.ResumeInstrument | cmd.CancelInstrumentOrders):
+            row[lay.C0_OP] = _CONTROL_OPS_BY_SYMBOL[type(c)]
+            row[lay.C_CONTROL_ACCOUNT] = _int(c.account)
+            row[lay.C_CONTROL_INSTR] = self._slot(c.symbol, now)
+        elif isinstance(c, cmd.SuspendAccount | cmd.ReinstateAccount):
+            row[lay.C0_OP] = (
+                lay.OP_SUSPEND if isinstance(c, cmd.SuspendAccount) else lay.OP_REINSTATE
+            )
+            row[lay.C_CONTROL_ACCOUNT] = _int(c.account)
+            row[lay.C_CONTROL_TARGET] = _int(c.target_account)
         elif isinstance(c, cmd.CapacityUpdate):
             self._encode_capacity(c, row)
         elif isinstance(c, cmd.ClockTick):
@@ -637,6 +647,41 @@ class Engine:
                 amount_micros=r[w.amount_micros],
                 approved=bool(r[w.approved]),
             )
+        return self._control_event(t, r, base)
+
+    def _control_event(self, t: int, r: list[int], base: dict[str, int]) -> msgspec.Struct:
+        """Decode the rows of market controls: halts, resumptions, suspensions."""
+        if t == lay.EV_HALTED:
+            h = lay.E_HALTED
+            return evt.InstrumentHalted(
+                **base,
+                instrument_id=r[h.instrument_id],
+                symbol=self._symbol(r[h.instrument_id]),
+                reason=r[h.reason],
+                until_ns=r[h.until_ns],
+                reference_price_ticks=r[h.reference_price_ticks],
+                trade_price_ticks=r[h.trade_price_ticks],
+            )
+        if t == lay.EV_RESUMED:
+            u = lay.E_RESUMED
+            return evt.InstrumentResumed(
+                **base,
+                instrument_id=r[u.instrument_id],
+                symbol=self._symbol(r[u.instrument_id]),
+                reason=r[u.reason],
+            )
+        if t == lay.EV_INSTR_CANCELLED:
+            k = lay.E_INSTR_CANCELLED
+            return evt.InstrumentOrdersCancelled(
+                **base,
+                instrument_id=r[k.instrument_id],
+                symbol=self._symbol(r[k.instrument_id]),
+                orders=r[k.orders],
+            )
+        if t == lay.EV_SUSPENDED:
+            return evt.AccountSuspended(**base, account=r[lay.E_SUSPENDED.account])
+        if t == lay.EV_REINSTATED:
+            return evt.AccountReinstated(**base, account=r[lay.E_REINSTATED.account])
         raise AssertionError(f"event row type {t} has no decoder")
 
     def _rejected(self, r: list[int], c: cmd.Command, base: dict[str, int]) -> msgspec.Struct:
@@ -663,6 +708,14 @@ _TRANSFER_OPS = {
     cmd.Deposit: lay.OP_DEPOSIT,
     cmd.Withdraw: lay.OP_WITHDRAW,
     cmd.RequestWithdrawal: lay.OP_WD_REQUEST,
+}
+
+
+# Operator commands that name an instrument, by their kernel op.
+_CONTROL_OPS_BY_SYMBOL = {
+    cmd.HaltInstrument: lay.OP_HALT,
+    cmd.ResumeInstrument: lay.OP_RESUME,
+    cmd.CancelInstrumentOrders: lay.OP_CANCEL_INSTR,
 }
 
 

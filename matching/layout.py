@@ -64,14 +64,18 @@ CFG_WITHDRAWAL_MAX = 14  # one withdrawal request, micros
 CFG_WITHDRAWAL_DAY_MAX = 15  # one account's withdrawal requests per engine day, micros
 CFG_CAPACITY_HORIZON_HOURS = 16  # capacity is taken for hours before now + this (the calendar's)
 CFG_CAPACITY_ROWS_ACCOUNT_MAX = 17  # capacity rows one provider holds at once
-CFG_WIDTH = 18
+CFG_BREAKER_MOVE_BPS_MAX = 18  # a trade this far from the reference price halts (0: no breaker)
+CFG_BREAKER_WINDOW_NS = 19  # the reference price is resampled once per window of engine time
+CFG_BREAKER_HALT_NS = 20  # how long a circuit breaker's halt lasts
+CFG_WIDTH = 21
 
 # --- accounts -------------------------------------------------------------------------------
 A_AVAIL, A_HELD, A_ESCROW, A_COLLAT, A_OPEN, A_HEAD, A_TAIL = 0, 1, 2, 3, 4, 5, 6
 A_PENDING = 7  # withdrawals requested, not yet approved or rejected
 A_WD_DAY, A_WD_DAY_SUM = 8, 9  # the engine day of the last request, and that day's requests
 A_CAP_ROWS = 10  # capacity rows the account holds (bounded by CFG_CAPACITY_ROWS_ACCOUNT_MAX)
-A_WIDTH = 11
+A_SUSPENDED = 11  # 1: an operator suspended the account (new orders refused)
+A_WIDTH = 12
 
 # --- instruments ------------------------------------------------------------------------------
 I_ID, I_STATE, I_GPU, I_REGION, I_PRODUCT, I_START, I_HOURS, I_GATE = 0, 1, 2, 3, 4, 5, 6, 7
@@ -81,7 +85,11 @@ I_WORST = 13  # + side
 I_CAPKEY, I_HOUR0, I_NOTIONAL_UNIT, I_COLLAT_UNIT = 15, 16, 17, 18
 I_LAST_PRICE, I_VOLUME = 19, 20
 I_ORDERS, I_POSITIONS = 21, 22  # resting orders and open positions (bound a tick's events)
-I_WIDTH = 24
+I_HALT = 23  # 0 trading, else the HaltReason of the halt in force
+I_HALT_UNTIL = 24  # a circuit breaker's halt ends at the first tick at or after this (ns)
+I_REF_PRICE = 25  # the circuit breaker's reference price (0: none yet)
+I_REF_WINDOW = 26  # the breaker window (engine time // CFG_BREAKER_WINDOW_NS) it was sampled in
+I_WIDTH = 28
 INSTR_FREE, INSTR_OPEN, INSTR_CLOSED = 0, 1, 2
 # What a command's instrument column holds when it names no open instrument.
 INSTR_ALL, INSTR_UNKNOWN, INSTR_NOT_TRADING = -1, -2, -3
@@ -163,6 +171,7 @@ CMD_WIDTH = 12
 OP_PLACE, OP_CANCEL, OP_AMEND, OP_CANCEL_ALL, OP_DEPOSIT, OP_WITHDRAW = 1, 2, 3, 4, 5, 6
 OP_CAPACITY, OP_CLOCK, OP_CONFIRM, OP_FAIL, OP_REJECT, OP_LIST = 7, 8, 9, 10, 11, 12
 OP_DISPUTE, OP_RESOLVE, OP_WD_REQUEST, OP_WD_SETTLE = 13, 14, 15, 16
+OP_HALT, OP_RESUME, OP_CANCEL_INSTR, OP_SUSPEND, OP_REINSTATE = 17, 18, 19, 20, 21
 
 # What each command keeps in the generic columns above: every name is one of those indexes, so the
 # rows are unchanged; kernels and the facade's encoder use these names. C0_OP holds every op.
@@ -183,6 +192,8 @@ C_CLOCK_TS_NS = C0_AUX
 C_DELIVERY_ACCOUNT, C_DELIVERY_OBLIGATION = C0_ACCOUNT, C0_ORDER  # confirm, fail, dispute
 C_RESOLVE_RELEASE = C0_AUX  # 1: release the disputed hours; 0: refund them
 C_FAIL_HOURS_DELIVERED = C0_LOTS
+C_CONTROL_ACCOUNT, C_CONTROL_INSTR = C0_ACCOUNT, C0_INSTR  # market controls: the operator
+C_CONTROL_TARGET = C0_AUX  # the account suspended or reinstated
 C_REJECT_ACCOUNT, C_REJECT_CODE, C_REJECT_ORDER = C0_ACCOUNT, C0_AUX, C0_ORDER  # facade refusals
 C_LIST_SLOT, C_LIST_INSTRUMENT_ID = C0_INSTR, C0_ORDER
 C_LIST_GPU, C_LIST_REGION, C_LIST_PRODUCT = C0_ACCOUNT, C0_SIDE, C0_FLAGS  # catalog indexes
@@ -200,6 +211,7 @@ EV_ACCEPTED, EV_REJECTED, EV_CANCELLED, EV_EXPIRED, EV_AMENDED = 1, 2, 3, 4, 5
 EV_TRADE, EV_CASH, EV_POSITION, EV_CAPACITY, EV_CLOSED = 6, 7, 8, 9, 10
 EV_ASSIGNED, EV_STARTED, EV_SETTLED, EV_LISTED = 11, 12, 13, 14
 EV_DISPUTED, EV_RESOLVED, EV_DEPOSITED, EV_WD_REQUESTED, EV_WD_SETTLED = 15, 16, 17, 18, 19
+EV_HALTED, EV_RESUMED, EV_INSTR_CANCELLED, EV_SUSPENDED, EV_REINSTATED = 20, 21, 22, 23, 24
 
 
 class AcceptedColumns(NamedTuple):
@@ -350,6 +362,30 @@ class WithdrawalColumns(NamedTuple):
     approved: int  # settled only
 
 
+class HaltedColumns(NamedTuple):
+    instrument_id: int
+    reason: int  # HaltReason
+    until_ns: int
+    reference_price_ticks: int
+    trade_price_ticks: int
+
+
+class ResumedColumns(NamedTuple):
+    instrument_id: int
+    reason: int  # the HaltReason of the halt that ended
+
+
+class InstrumentCancelledColumns(NamedTuple):
+    instrument_id: int
+    orders: int
+
+
+class AccountStatusColumns(NamedTuple):
+    """An account suspended or reinstated: the two kinds share one row."""
+
+    account: int
+
+
 _C = TypeVar("_C", bound=NamedTuple)
 
 
@@ -376,6 +412,10 @@ E_DISPUTED = _columns(DisputedColumns)
 E_RESOLVED = _columns(ResolvedColumns)
 E_DEPOSITED = _columns(DepositedColumns)
 E_WD_REQUESTED = E_WD_SETTLED = _columns(WithdrawalColumns)
+E_HALTED = _columns(HaltedColumns)
+E_RESUMED = _columns(ResumedColumns)
+E_INSTR_CANCELLED = _columns(InstrumentCancelledColumns)
+E_SUSPENDED = E_REINSTATED = _columns(AccountStatusColumns)
 EV_COLUMNS: dict[int, tuple[int, ...]] = {
     EV_ACCEPTED: E_ACCEPTED,
     EV_REJECTED: E_REJECTED,
@@ -396,6 +436,11 @@ EV_COLUMNS: dict[int, tuple[int, ...]] = {
     EV_DEPOSITED: E_DEPOSITED,
     EV_WD_REQUESTED: E_WD_REQUESTED,
     EV_WD_SETTLED: E_WD_SETTLED,
+    EV_HALTED: E_HALTED,
+    EV_RESUMED: E_RESUMED,
+    EV_INSTR_CANCELLED: E_INSTR_CANCELLED,
+    EV_SUSPENDED: E_SUSPENDED,
+    EV_REINSTATED: E_REINSTATED,
 }
 
 # System accounts (schemas.ids): the external world and the fee income.

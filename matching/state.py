@@ -68,6 +68,13 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
     capacity_rows_per_account_max: int = 1 << 15
     withdrawal_max_micros: int = 10**12  # one request: one million USD
     withdrawal_day_max_micros: int = 5 * 10**12  # one account's requests per engine day
+    # Circuit breaker: a trade more than breaker_move_bps_max (basis points) away from the
+    # instrument's reference price halts it for breaker_halt_ns. The reference is the last trade
+    # price when the current window of breaker_window_ns engine time began (see
+    # matching/kernels/controls.py). 0 bps turns the breaker off.
+    breaker_move_bps_max: int = 1000  # 10 %
+    breaker_window_ns: int = 300 * 10**9  # 5 minutes
+    breaker_halt_ns: int = 300 * 10**9  # 5 minutes
 
     def check(self) -> None:
         """Raise ValueError naming the first size that cannot work."""
@@ -85,6 +92,10 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("accounts_max: expected 16..2**30 (capacity keys use 30 bits)")
         if self.capacity_rows_per_account_max <= 0:
             raise ValueError("capacity_rows_per_account_max: expected at least 1")
+        if not 0 <= self.breaker_move_bps_max <= 10**6:
+            raise ValueError("breaker_move_bps_max: expected 0 (off) .. 1,000,000")
+        if self.breaker_window_ns <= 0 or self.breaker_halt_ns <= 0:
+            raise ValueError("breaker_window_ns, breaker_halt_ns: expected more than 0")
 
 
 def _table_size(rows: int) -> int:
@@ -128,6 +139,9 @@ def new_state(config: EngineConfig, catalog: Catalog) -> State:
     c[lay.CFG_WITHDRAWAL_DAY_MAX] = config.withdrawal_day_max_micros
     c[lay.CFG_CAPACITY_HORIZON_HOURS] = capacity_horizon_hours(catalog)
     c[lay.CFG_CAPACITY_ROWS_ACCOUNT_MAX] = config.capacity_rows_per_account_max
+    c[lay.CFG_BREAKER_MOVE_BPS_MAX] = config.breaker_move_bps_max
+    c[lay.CFG_BREAKER_WINDOW_NS] = config.breaker_window_ns
+    c[lay.CFG_BREAKER_HALT_NS] = config.breaker_halt_ns
     accounts = z((config.accounts_max, lay.A_WIDTH), dtype=np.int64)
     accounts[:, lay.A_HEAD] = -1
     accounts[:, lay.A_TAIL] = -1
@@ -207,7 +221,9 @@ class _Snapshot(msgspec.Struct, frozen=True):
 # 2: pending withdrawals and deposit references; 3: capacity rows per account (accounts are 11
 # columns), the capacity horizon and per-account limit (cfg is 18), capacity keys with the whole
 # hour (a snapshot of version 2 holds keys of 20 hour bits, which this version would misread).
-SNAPSHOT_VERSION = 3
+# 4: market controls: halt, breaker reference (instruments are 28 columns), suspension
+# (accounts are 12), the breaker's limits (cfg is 21).
+SNAPSHOT_VERSION = 4
 
 
 def catalog_hash(catalog: Catalog) -> str:

@@ -19,6 +19,7 @@ __all__ = [
     "CashReason",
     "PositionReason",
     "DeliveryOutcome",
+    "HaltReason",
 ]
 
 
@@ -70,6 +71,9 @@ class Reject(IntEnum):
     WRONG_SHARD = 1015  # the command names another shard than the engine that received it
     DUPLICATE_REFERENCE = 1016  # a deposit whose payment reference was credited before
     UNKNOWN_WITHDRAWAL = 1017
+    NOT_OPERATOR = 1018  # a market control (halt, suspend, ...) from another than the operator (0)
+    INSTRUMENT_HALTED = 1019  # an order or amend while the instrument is halted; or halted again
+    INSTRUMENT_NOT_HALTED = 1020  # a resume of an instrument that is not halted
     # 2xxx: risk
     INSUFFICIENT_CASH = 2001
     INSUFFICIENT_COVER = 2002
@@ -79,6 +83,8 @@ class Reject(IntEnum):
     BALANCE_LIMIT = 2006
     WITHDRAWAL_LIMIT = 2007  # above the per-request or the per-day withdrawal limit
     CAPACITY_LIMIT = 2008  # a provider's capacity rows (hours x GPU model x region) at its limit
+    ACCOUNT_SUSPENDED = 2009  # an order or amend from a suspended account; or suspended again
+    ACCOUNT_NOT_SUSPENDED = 2010  # a reinstatement of an account that is not suspended
     # 3xxx: matching
     POST_ONLY_WOULD_TAKE = 3001
     FOK_NOT_FILLABLE = 3002
@@ -97,6 +103,7 @@ class CancelReason(IntEnum):
     IOC_REMAINDER = 2
     SELF_TRADE = 3
     CANCEL_ALL = 4
+    OPERATOR = 5  # an operator cancelled the instrument's orders or suspended the account
 
 
 class ExpireReason(IntEnum):
@@ -130,3 +137,10 @@ class DeliveryOutcome(IntEnum):
     DELIVERED = 1
     FAILED = 2
     INTERRUPTED = 3
+
+
+class HaltReason(IntEnum):
+    """Why an instrument stopped trading (InstrumentHalted) and which halt ended (resumed)."""
+
+    OPERATOR = 1  # until an operator resumes it
+    CIRCUIT_BREAKER = 2  # a trade moved too far from the reference price: until a clock tick

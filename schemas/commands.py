@@ -27,6 +27,11 @@ __all__ = [
     "ResolveDispute",
     "RequestWithdrawal",
     "SettleWithdrawal",
+    "HaltInstrument",
+    "ResumeInstrument",
+    "CancelInstrumentOrders",
+    "SuspendAccount",
+    "ReinstateAccount",
     "COMMAND_TYPES",
 ]
 
@@ -149,6 +154,43 @@ class ResolveDispute(_Command, tag="ResolveDispute", frozen=True):
     account: int = 0  # the operator acts as the external account
 
 
+class HaltInstrument(_Command, tag="HaltInstrument", frozen=True):
+    """An operator stops trading in an instrument until it is resumed: resting orders stay,
+    new orders and amends are refused (INSTRUMENT_HALTED), cancels still work."""
+
+    symbol: str
+    account: int = 0  # the operator acts as the external account
+    reason: str = ""
+
+
+class ResumeInstrument(_Command, tag="ResumeInstrument", frozen=True):
+    """An operator ends a halt (its own or a circuit breaker's) at once."""
+
+    symbol: str
+    account: int = 0
+
+
+class CancelInstrumentOrders(_Command, tag="CancelInstrumentOrders", frozen=True):
+    """An operator cancels every resting order in an instrument, of every account."""
+
+    symbol: str
+    account: int = 0
+
+
+class SuspendAccount(_Command, tag="SuspendAccount", frozen=True):
+    """An operator suspends an account: its open orders are cancelled and its new orders and
+    amends refused (ACCOUNT_SUSPENDED) until it is reinstated. Its money stays where it is."""
+
+    target_account: int
+    account: int = 0
+    reason: str = ""
+
+
+class ReinstateAccount(_Command, tag="ReinstateAccount", frozen=True):
+    target_account: int
+    account: int = 0
+
+
 Command = (
     PlaceOrder
     | CancelOrder
@@ -164,6 +206,11 @@ Command = (
     | ResolveDispute
     | RequestWithdrawal
     | SettleWithdrawal
+    | HaltInstrument
+    | ResumeInstrument
+    | CancelInstrumentOrders
+    | SuspendAccount
+    | ReinstateAccount
 )
 
 COMMAND_TYPES = (
@@ -181,4 +228,9 @@ COMMAND_TYPES = (
     ResolveDispute,
     RequestWithdrawal,
     SettleWithdrawal,
+    HaltInstrument,
+    ResumeInstrument,
+    CancelInstrumentOrders,
+    SuspendAccount,
+    ReinstateAccount,
 )

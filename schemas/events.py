@@ -33,6 +33,11 @@ __all__ = [
     "DepositCredited",
     "WithdrawalRequested",
     "WithdrawalSettled",
+    "InstrumentHalted",
+    "InstrumentResumed",
+    "InstrumentOrdersCancelled",
+    "AccountSuspended",
+    "AccountReinstated",
     "EVENT_TYPES",
 ]
 
@@ -246,6 +251,46 @@ class WithdrawalSettled(_Event, tag="WithdrawalSettled", frozen=True):
     approved: bool
 
 
+class InstrumentHalted(_Event, tag="InstrumentHalted", frozen=True):
+    """Trading stopped: `reason` is a HaltReason. A circuit breaker's halt ends at the first
+    clock tick at or after `until_ns` (0: until an operator resumes it); it names the trade
+    price that tripped it and the reference price it moved too far from."""
+
+    instrument_id: int
+    symbol: str
+    reason: int
+    until_ns: int = 0
+    reference_price_ticks: int = 0
+    trade_price_ticks: int = 0
+
+
+class InstrumentResumed(_Event, tag="InstrumentResumed", frozen=True):
+    """Trading resumed; `reason` is the HaltReason of the halt that ended."""
+
+    instrument_id: int
+    symbol: str
+    reason: int
+
+
+class InstrumentOrdersCancelled(_Event, tag="InstrumentOrdersCancelled", frozen=True):
+    """An operator cancelled every resting order of an instrument (the OrderCancelled before
+    it in the same command, reason OPERATOR); `orders` is how many."""
+
+    instrument_id: int
+    symbol: str
+    orders: int
+
+
+class AccountSuspended(_Event, tag="AccountSuspended", frozen=True):
+    """New orders of the account are refused; its open orders were cancelled just before."""
+
+    account: int
+
+
+class AccountReinstated(_Event, tag="AccountReinstated", frozen=True):
+    account: int
+
+
 Event = (
     OrderAccepted
     | OrderRejected
@@ -267,6 +312,11 @@ Event = (
     | DepositCredited
     | WithdrawalRequested
     | WithdrawalSettled
+    | InstrumentHalted
+    | InstrumentResumed
+    | InstrumentOrdersCancelled
+    | AccountSuspended
+    | AccountReinstated
 )
 
 EVENT_TYPES = (
@@ -290,4 +340,9 @@ EVENT_TYPES = (
     DepositCredited,
     WithdrawalRequested,
     WithdrawalSettled,
+    InstrumentHalted,
+    InstrumentResumed,
+    InstrumentOrdersCancelled,
+    AccountSuspended,
+    AccountReinstated,
 )

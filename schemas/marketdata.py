@@ -23,6 +23,7 @@ __all__ = [
     "Candle",
     "IndexPrice",
     "ForwardCurvePoint",
+    "InstrumentStatus",
     "MarketDataMessage",
     "MARKETDATA_TYPES",
     "Level",
@@ -118,9 +119,24 @@ class ForwardCurvePoint(_Message, tag="ForwardCurvePoint", frozen=True):
     active: bool = True
 
 
-MarketDataMessage = BookSnapshot | BookDelta | TradePrints | Candle | IndexPrice | ForwardCurvePoint
+class InstrumentStatus(_Message, tag="InstrumentStatus", frozen=True):
+    """An instrument halted or trading again (published when it changes).
+
+    `status` is "halted" or "trading"; `reason` the halt's ("operator" or "circuit_breaker");
+    a circuit breaker's halt ends at the first clock tick at or after `until_ns` (0: until an
+    operator resumes it)."""
+
+    status: str
+    reason: str = ""
+    until_ns: int = 0
+
+
+MarketDataMessage = (
+    BookSnapshot | BookDelta | TradePrints | Candle | IndexPrice | ForwardCurvePoint
+    | InstrumentStatus
+)  # fmt: skip
 MARKETDATA_TYPES = (
-    BookSnapshot, BookDelta, TradePrints, Candle, IndexPrice, ForwardCurvePoint
+    BookSnapshot, BookDelta, TradePrints, Candle, IndexPrice, ForwardCurvePoint, InstrumentStatus
 )  # fmt: skip
 
 _encoder = msgspec.msgpack.Encoder()

@@ -7,6 +7,7 @@ import signal
 import sys
 
 from exchange.cli import (
+    admin,
     audit,
     bench,
     clock,
@@ -30,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     for command in (engine, clock, topics, settle, marketdata, provision, audit, gateway):
         command.register(subparsers)  # the processes, in the order data flows through them
-    for command in (keys, funds, sandbox, bench, sim):
+    for command in (keys, funds, admin, sandbox, bench, sim):
         command.register(subparsers)
     return parser
 

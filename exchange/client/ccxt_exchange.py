@@ -42,6 +42,7 @@ import msgspec
 from ccxt.base.decimal_to_precision import TICK_SIZE
 from ccxt.base.errors import (
     AccountNotEnabled,
+    AccountSuspended,
     AuthenticationError,
     BadRequest,
     BadSymbol,
@@ -122,6 +123,11 @@ _REJECT_ERRORS: dict[Reject, type[Exception]] = {
     Reject.UNKNOWN_WITHDRAWAL: BadRequest,
     Reject.WITHDRAWAL_LIMIT: OperationRejected,
     Reject.CAPACITY_LIMIT: OperationRejected,
+    Reject.NOT_OPERATOR: PermissionDenied,
+    Reject.INSTRUMENT_HALTED: MarketClosed,  # until resumed or the breaker's halt ends
+    Reject.INSTRUMENT_NOT_HALTED: BadRequest,
+    Reject.ACCOUNT_SUSPENDED: AccountSuspended,
+    Reject.ACCOUNT_NOT_SUSPENDED: BadRequest,
 }
 _GATEWAY_ERRORS: dict[ErrorCode, type[Exception]] = {
     ErrorCode.BAD_REQUEST: BadRequest,

@@ -22,12 +22,17 @@ from matching.layout import (
     E_DISPUTED,
     E_EXPIRED,
     E_FIRST,
+    E_HALTED,
+    E_INSTR_CANCELLED,
     E_LISTED,
     E_POSITION,
+    E_REINSTATED,
     E_REJECTED,
     E_RESOLVED,
+    E_RESUMED,
     E_SETTLED,
     E_STARTED,
+    E_SUSPENDED,
     E_TRADE,
     E_TYPE,
     E_WD_REQUESTED,
@@ -42,12 +47,17 @@ from matching.layout import (
     EV_DEPOSITED,
     EV_DISPUTED,
     EV_EXPIRED,
+    EV_HALTED,
+    EV_INSTR_CANCELLED,
     EV_LISTED,
     EV_POSITION,
+    EV_REINSTATED,
     EV_REJECTED,
     EV_RESOLVED,
+    EV_RESUMED,
     EV_SETTLED,
     EV_STARTED,
+    EV_SUSPENDED,
     EV_TRADE,
     EV_WD_REQUESTED,
     EV_WD_SETTLED,
@@ -60,6 +70,7 @@ from schemas.codes import (
     CashReason,
     DeliveryOutcome,
     ExpireReason,
+    HaltReason,
     PositionReason,
     Reject,
 )
@@ -83,6 +94,9 @@ R_MALFORMED = int(Reject.MALFORMED)
 R_WRONG_SHARD = int(Reject.WRONG_SHARD)
 R_DUPLICATE_REFERENCE = int(Reject.DUPLICATE_REFERENCE)
 R_UNKNOWN_WITHDRAWAL = int(Reject.UNKNOWN_WITHDRAWAL)
+R_NOT_OPERATOR = int(Reject.NOT_OPERATOR)
+R_INSTRUMENT_HALTED = int(Reject.INSTRUMENT_HALTED)
+R_INSTRUMENT_NOT_HALTED = int(Reject.INSTRUMENT_NOT_HALTED)
 R_INSUFFICIENT_CASH = int(Reject.INSUFFICIENT_CASH)
 R_INSUFFICIENT_COVER = int(Reject.INSUFFICIENT_COVER)
 R_OPEN_ORDERS_LIMIT = int(Reject.OPEN_ORDERS_LIMIT)
@@ -91,6 +105,8 @@ R_ENGINE_FULL = int(Reject.ENGINE_FULL)
 R_BALANCE_LIMIT = int(Reject.BALANCE_LIMIT)
 R_WITHDRAWAL_LIMIT = int(Reject.WITHDRAWAL_LIMIT)
 R_CAPACITY_LIMIT = int(Reject.CAPACITY_LIMIT)
+R_ACCOUNT_SUSPENDED = int(Reject.ACCOUNT_SUSPENDED)
+R_ACCOUNT_NOT_SUSPENDED = int(Reject.ACCOUNT_NOT_SUSPENDED)
 R_POST_ONLY_WOULD_TAKE = int(Reject.POST_ONLY_WOULD_TAKE)
 R_FOK_NOT_FILLABLE = int(Reject.FOK_NOT_FILLABLE)
 R_NO_LIQUIDITY = int(Reject.NO_LIQUIDITY)
@@ -105,6 +121,10 @@ CX_USER = int(CancelReason.USER)
 CX_IOC = int(CancelReason.IOC_REMAINDER)
 CX_SELF_TRADE = int(CancelReason.SELF_TRADE)
 CX_CANCEL_ALL = int(CancelReason.CANCEL_ALL)
+CX_OPERATOR = int(CancelReason.OPERATOR)
+
+HR_OPERATOR = int(HaltReason.OPERATOR)
+HR_BREAKER = int(HaltReason.CIRCUIT_BREAKER)
 
 XP_GTD = int(ExpireReason.GTD)
 XP_GATE = int(ExpireReason.GATE_CLOSURE)
@@ -438,6 +458,49 @@ def _withdrawal_row(ev, n, ci, kind, withdrawal_id, account, amount_micros, appr
     ev[n, E_WD_SETTLED.account] = account
     ev[n, E_WD_SETTLED.amount_micros] = amount_micros
     ev[n, E_WD_SETTLED.approved] = approved
+    return n + 1
+
+
+@njit(cache=True, _nrt=False)
+def _emit_halted(
+    ev, n, ci, instrument_id, reason, until_ns, reference_price_ticks, trade_price_ticks
+):
+    _start(ev, n, EV_HALTED, ci, len(E_HALTED))
+    ev[n, E_HALTED.instrument_id] = instrument_id
+    ev[n, E_HALTED.reason] = reason
+    ev[n, E_HALTED.until_ns] = until_ns
+    ev[n, E_HALTED.reference_price_ticks] = reference_price_ticks
+    ev[n, E_HALTED.trade_price_ticks] = trade_price_ticks
+    return n + 1
+
+
+@njit(cache=True, _nrt=False)
+def _emit_resumed(ev, n, ci, instrument_id, reason):
+    _start(ev, n, EV_RESUMED, ci, len(E_RESUMED))
+    ev[n, E_RESUMED.instrument_id] = instrument_id
+    ev[n, E_RESUMED.reason] = reason
+    return n + 1
+
+
+@njit(cache=True, _nrt=False)
+def _emit_instr_cancelled(ev, n, ci, instrument_id, orders):
+    _start(ev, n, EV_INSTR_CANCELLED, ci, len(E_INSTR_CANCELLED))
+    ev[n, E_INSTR_CANCELLED.instrument_id] = instrument_id
+    ev[n, E_INSTR_CANCELLED.orders] = orders
+    return n + 1
+
+
+@njit(cache=True, _nrt=False)
+def _emit_suspended(ev, n, ci, account):
+    _start(ev, n, EV_SUSPENDED, ci, len(E_SUSPENDED))
+    ev[n, E_SUSPENDED.account] = account
+    return n + 1
+
+
+@njit(cache=True, _nrt=False)
+def _emit_reinstated(ev, n, ci, account):
+    _start(ev, n, EV_REINSTATED, ci, len(E_REINSTATED))
+    ev[n, E_REINSTATED.account] = account
     return n + 1
 
 

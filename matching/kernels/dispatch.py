@@ -13,6 +13,7 @@ from matching.kernels.accounts import (
     _withdraw,
 )
 from matching.kernels.book import _level_key
+from matching.kernels.controls import _breaker_room, _control, _control_room
 from matching.kernels.expiry import _gtd_due
 from matching.kernels.lifecycle import _clock, _confirm, _dispute, _fail, _list, _resolve
 from matching.kernels.orders import _amend, _cancel, _cancel_all, _place
@@ -47,15 +48,20 @@ from matching.layout import (
     OP_AMEND,
     OP_CANCEL,
     OP_CANCEL_ALL,
+    OP_CANCEL_INSTR,
     OP_CAPACITY,
     OP_CLOCK,
     OP_CONFIRM,
     OP_DEPOSIT,
     OP_DISPUTE,
     OP_FAIL,
+    OP_HALT,
     OP_LIST,
     OP_PLACE,
+    OP_REINSTATE,
     OP_RESOLVE,
+    OP_RESUME,
+    OP_SUSPEND,
     OP_WD_REQUEST,
     OP_WD_SETTLE,
     OP_WITHDRAW,
@@ -73,15 +79,17 @@ def _room_needed(st, cmds, ci):
     open_orders = accts[account, A_OPEN] if 0 <= account < accts.shape[0] else 0
     if op == OP_PLACE or op == OP_AMEND:
         # accept + hold + remainder; per lot at most one fill (6 rows) or one decrement (4 rows);
-        # self-trade cancels of the account's own orders (2 rows each)
+        # self-trade cancels of the account's own orders (2 rows each); a breaker's halt
         lots = min(max(cmds[ci, C_PLACE_LOTS], 0), cfg[0, CFG_LOTS_MAX])  # C_AMEND_LOTS too
-        return 8 + 7 * lots + 2 * open_orders
+        return 9 + 7 * lots + 2 * open_orders
     if op == OP_CANCEL_ALL:
         return 1 + 2 * open_orders
     if op == OP_CLOCK:
         return _clock_room(st, max(meta[0, M_NOW], cmds[ci, C_CLOCK_TS_NS]))
     if op == OP_CONFIRM or op == OP_FAIL or op == OP_RESOLVE:
         return 8 + 2 * HOURS_MAX
+    if OP_HALT <= op <= OP_REINSTATE:
+        return _control_room(st, cmds, ci)
     return 4
 
 
@@ -92,7 +100,7 @@ HOURS_MAX = 168
 def _clock_room(st, now):
     """Event rows a clock tick at `now` can emit: expiries, closures, delivery progress."""
     meta, instrs, obl, gtd = st.meta, st.instruments, st.obligations, st.gtd_heap
-    rows = 2 * _gtd_due(gtd, meta[0, M_GTD_SIZE], now)
+    rows = 2 * _gtd_due(gtd, meta[0, M_GTD_SIZE], now) + _breaker_room(st, now)
     for i in range(instrs.shape[0]):
         if instrs[i, I_STATE] == INSTR_OPEN and instrs[i, I_GATE] <= now:
             p = instrs[i, I_POSITIONS]
@@ -144,6 +152,10 @@ def _apply(cmds, first, st, ev, n):
             n = _request_withdrawal(st, ev, n, ci, cmds)
         elif op == OP_WD_SETTLE:
             n = _settle_withdrawal(st, ev, n, ci, cmds)
+        elif op == OP_HALT or op == OP_RESUME or op == OP_CANCEL_INSTR:
+            n = _control(st, ev, n, ci, cmds)
+        elif op == OP_SUSPEND or op == OP_REINSTATE:
+            n = _control(st, ev, n, ci, cmds)
         else:
             # OP_REJECT: the facade refused it (malformed).
             n = _reject(

@@ -36,6 +36,7 @@ from matching.kernels._base import (
     _reject,
 )
 from matching.kernels.book import _order_slot, _reduce
+from matching.kernels.controls import _breaker_tick
 from matching.kernels.expiry import _gtd_pop
 from matching.kernels.pools import _alloc, _cap_sweep, _pos_free
 from matching.layout import (
@@ -345,6 +346,7 @@ def _clock(st, ev, n, ci, cmds):
     for i in range(instrs.shape[0]):
         if instrs[i, I_STATE] == INSTR_OPEN and instrs[i, I_GATE] <= now:
             n = _close_instrument(st, ev, n, ci, i)
+    n = _breaker_tick(st, ev, n, ci)
     for b in range(meta[0, M_OBL_HWM]):
         state = obl[b, B_STATE]
         if state == OBL_ASSIGNED and now >= obl[b, B_START] + cfg[0, CFG_DEADLINE_NS]:

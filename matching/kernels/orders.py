@@ -36,6 +36,7 @@ from matching.kernels._base import (
     _reject,
 )
 from matching.kernels.book import _book_unlink, _order_new, _order_slot, _reduce, _release
+from matching.kernels.controls import _breaker_after_trades, _order_refusal
 from matching.kernels.expiry import _gtd_live
 from matching.kernels.pools import _cap_free_for, _cap_use, _pos_find, _pos_get
 from matching.kernels.trades import _crosses, _fok_fillable, _match, _rest_or_finish
@@ -74,6 +75,7 @@ from matching.layout import (
     I_LOTS_MAX,
     I_NOTIONAL_UNIT,
     I_STATE,
+    I_VOLUME,
     INSTR_ALL,
     INSTR_NOT_TRADING,
     INSTR_OPEN,
@@ -223,6 +225,8 @@ def _place(st, ev, n, ci, cmds):
     if not _user_account(accts, account):
         return _reject(instrs, ev, n, ci, account, R_UNKNOWN_ACCOUNT, 0, instr)
     code = _check_instrument(instrs, instr)
+    if code == 0:
+        code = _order_refusal(accts, instrs, account, instr)
     if code != 0:
         return _reject(instrs, ev, n, ci, account, code, 0, instr)
     code = _check_lots(instrs, instr, lots)
@@ -298,10 +302,11 @@ def _place(st, ev, n, ci, cmds):
             pos[_pos_get(meta, instrs, pos, pht, account, instr), P_RESERVED] += covered
         if lots > covered:
             _cap_use(instrs, cap, cht, account, instr, lots - covered)
+    volume_before = instrs[instr, I_VOLUME]
     n, alive = _match(st, ev, n, ci, slot, price)
     if alive:
         n = _rest_or_finish(st, ev, n, ci, slot, True)
-    return n
+    return _breaker_after_trades(st, ev, n, ci, instr, volume_before)
 
 
 @njit(cache=True, _nrt=False)
@@ -361,7 +366,9 @@ def _amend(st, ev, n, ci, cmds):
     if slot == EMPTY:
         return n
     instr = orders[slot, O_INSTR]
-    code = _check_lots(instrs, instr, lots)
+    code = _order_refusal(accts, instrs, account, instr)
+    if code == 0:
+        code = _check_lots(instrs, instr, lots)
     if code == 0:
         code = _check_price(instrs, instr, price)
     if code == 0 and price == orders[slot, O_PRICE] and lots == orders[slot, O_LOTS]:
@@ -421,7 +428,8 @@ def _amend(st, ev, n, ci, cmds):
     orders[slot, O_UNIT] = unit
     orders[slot, O_PRICE] = price
     orders[slot, O_LOTS] = lots
+    volume_before = instrs[instr, I_VOLUME]
     n, alive = _match(st, ev, n, ci, slot, price)
     if alive:
         n = _rest_or_finish(st, ev, n, ci, slot, False)
-    return n
+    return _breaker_after_trades(st, ev, n, ci, instr, volume_before)

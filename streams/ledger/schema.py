@@ -356,6 +356,12 @@ CREATE INDEX api_keys_revoked_by_time ON api_keys (revoked_ns) WHERE revoked;
 CREATE INDEX client_orders_by_account_ts ON client_orders (account, ts_ns);
 """
 
+# A dead letter replayed after a fix (streams/settlement/dead_letters.py) is marked, in the
+# transaction that settled it, so it is never replayed twice.
+_V11_DEAD_LETTER_REPLAY = """
+ALTER TABLE dead_letters ADD COLUMN replayed_ns bigint;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "ledger", _V1_LEDGER),
     Migration(2, "market history", _V2_MARKET_HISTORY),
@@ -367,6 +373,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(8, "ssh keys", _V8_SSH_KEYS),
     Migration(9, "transfers", _V9_TRANSFERS),
     Migration(10, "api key lineage and revocation time", _V10_KEY_LINEAGE),
+    Migration(11, "dead letter replay", _V11_DEAD_LETTER_REPLAY),
 )
 
 _CREATE_MIGRATIONS_TABLE = """

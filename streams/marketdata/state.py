@@ -23,13 +23,14 @@ from collections.abc import Sequence
 import msgspec
 
 from schemas import events as e
-from schemas.codes import OrderType, Side, TimeInForce
+from schemas.codes import HaltReason, OrderType, Side, TimeInForce
 from schemas.marketdata import (
     BookDelta,
     BookSnapshot,
     Candle,
     ForwardCurvePoint,
     IndexPrice,
+    InstrumentStatus,
     Level,
     MarketDataMessage,
     Trade,
@@ -163,7 +164,7 @@ class _Index:
 class _Command:
     """What one group of events (a command, or a record of whole commands) did, until complete."""
 
-    __slots__ = ("offset", "ts_ns", "touched", "trades", "listed", "closed")
+    __slots__ = ("offset", "ts_ns", "touched", "trades", "listed", "closed", "statuses")
 
     def __init__(self, offset: int) -> None:
         self.offset = offset  # the group key: input offset or gx.events record offset
@@ -172,6 +173,7 @@ class _Command:
         self.trades: list[e.TradeExecuted] = []
         self.listed: list[str] = []
         self.closed: list[str] = []
+        self.statuses: list[e.InstrumentHalted | e.InstrumentResumed] = []
 
 
 _MARKET_EVENTS = (
@@ -182,6 +184,8 @@ _MARKET_EVENTS = (
     e.TradeExecuted,
     e.InstrumentListed,
     e.InstrumentClosed,
+    e.InstrumentHalted,
+    e.InstrumentResumed,
 )
 
 
@@ -307,6 +311,8 @@ class MarketData:
             command.listed.append(event.symbol)
         elif isinstance(event, e.InstrumentClosed):
             command.closed.append(event.symbol)
+        elif isinstance(event, e.InstrumentHalted | e.InstrumentResumed):
+            command.statuses.append(event)
 
     def _touch(self, command: _Command, order_id: int) -> _Order | None:
         order = self._orders.get(order_id)
@@ -353,6 +359,7 @@ class MarketData:
             point = self._curve_point(symbol, ts)
             if point is not None:
                 out.append(point)
+        out += [_status(event, ts) for event in command.statuses]
         for symbol in command.closed:
             out += self._close(symbol, ts)
         return out
@@ -526,3 +533,16 @@ class MarketData:
         for interval in CANDLE_INTERVALS_NS:
             self._candles.pop((symbol, interval), None)
         return out
+
+
+def _status(event: e.InstrumentHalted | e.InstrumentResumed, ts: int) -> InstrumentStatus:
+    """The market-data form of a halt or a resumption (after the command's trades and book)."""
+    if isinstance(event, e.InstrumentResumed):
+        return InstrumentStatus(symbol=event.symbol, ts_ns=ts, status="trading")
+    reason = HaltReason(event.reason).name.lower() if event.reason in _HALT_REASONS else ""
+    return InstrumentStatus(
+        symbol=event.symbol, ts_ns=ts, status="halted", reason=reason, until_ns=event.until_ns
+    )
+
+
+_HALT_REASONS = frozenset(int(r) for r in HaltReason)

@@ -44,6 +44,10 @@ CONFIG = EngineConfig(
     accounts_max=64,
     instruments_max=2048,
     orders_open_max=5,
+    # A tight circuit breaker with a short halt, so drawn trades trip it and ticks end it.
+    breaker_move_bps_max=10,  # a tick step of the drawn prices (5 ticks) is 21 bps
+    breaker_window_ns=10 * 60 * 10**9,
+    breaker_halt_ns=15 * 60 * 10**9,
 )
 MIDNIGHT = 1_796_083_200 * 10**9  # 2026-12-01T00:00Z
 T0 = MIDNIGHT - 3 * NS_PER_HOUR + 10 * NS_PER_MINUTE  # 21:10: the 22:00 gate is 35 min away
@@ -357,11 +361,13 @@ def _command(data: DataObject, ref: ReferenceExchange, seen: list[int], obls: li
             ("place",) * 9
             + ("cancel", "amend", "amend", "cancel_all", "deposit", "withdraw")
             + ("request_withdrawal", "settle_withdrawal")
-            + ("tick", "tick", "capacity", "delivery", "delivery")
+            + ("tick", "tick", "capacity", "delivery", "delivery", "control")
         )
     )
     if kind == "place":
         return _place(data, ref)
+    if kind == "control":
+        return _control(data, ref)
     if kind in ("cancel", "amend"):
         order_id = _order_id(data, ref, seen)
         account = _owner_or_not(data, ref, order_id)
@@ -411,6 +417,18 @@ def _command(data: DataObject, ref: ReferenceExchange, seen: list[int], obls: li
             gpus=data.draw(st.sampled_from((-1, 0, 2, 10, 40, 2_000_000))),
         )
     return _delivery(data, ref, obls)
+
+
+def _control(data: DataObject, ref: ReferenceExchange):
+    """An operator's market control (now and then from a user account, refused)."""
+    operator = 0 if data.draw(st.integers(0, 7)) > 0 else _account(data)
+    kind = data.draw(st.sampled_from((c.HaltInstrument, c.ResumeInstrument, c.ResumeInstrument,
+                                      c.CancelInstrumentOrders, c.SuspendAccount,
+                                      c.ReinstateAccount)))  # fmt: skip
+    if kind in (c.SuspendAccount, c.ReinstateAccount):
+        return kind(account=operator, target_account=_account(data))
+    symbol = data.draw(st.sampled_from(hot_symbols(ref.now) + COLD[:1]))
+    return kind(account=operator, symbol=symbol)
 
 
 def _delivery(data: DataObject, ref: ReferenceExchange, obls: list[int]):

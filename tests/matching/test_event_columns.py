@@ -32,6 +32,11 @@ EMITTERS = {
     lay.EV_DEPOSITED: _base._emit_deposited,
     lay.EV_WD_REQUESTED: _base._emit_wd_requested,
     lay.EV_WD_SETTLED: _base._emit_wd_settled,
+    lay.EV_HALTED: _base._emit_halted,
+    lay.EV_RESUMED: _base._emit_resumed,
+    lay.EV_INSTR_CANCELLED: _base._emit_instr_cancelled,
+    lay.EV_SUSPENDED: _base._emit_suspended,
+    lay.EV_REINSTATED: _base._emit_reinstated,
 }
 
 

@@ -14,6 +14,7 @@ from schemas.codes import (
     CashReason,
     DeliveryOutcome,
     ExpireReason,
+    HaltReason,
     PositionReason,
     Reject,
 )
@@ -28,6 +29,7 @@ PREFIXES: dict[str, type[IntEnum]] = {
     "CR_": CashReason,
     "PR_": PositionReason,
     "DO_": DeliveryOutcome,
+    "HR_": HaltReason,
 }
 
 

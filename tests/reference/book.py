@@ -18,6 +18,7 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 
@@ -32,6 +33,7 @@ from schemas.codes import (
     CashReason,
     DeliveryOutcome,
     ExpireReason,
+    HaltReason,
     OrderType,
     PositionReason,
     Reject,
@@ -89,6 +91,7 @@ class Account:
     withdrawal_day: int = 0
     withdrawn_today: int = 0  # requested on `withdrawal_day`
     open_orders: dict[int, None] = field(default_factory=dict)  # order ids in placement order
+    suspended: bool = False
 
 
 @dataclass
@@ -104,6 +107,12 @@ class Instrument:
     notional_unit: int  # micros per lot per tick
     collateral_unit: int  # micros per uncovered lot
     open: bool = True
+    halt: int = 0  # 0 trading, else the HaltReason
+    halt_until: int = 0
+    ref_price: int = 0  # the circuit breaker's reference (0: none yet)
+    ref_window: int = 0
+    last_price: int = 0
+    volume: int = 0
     # price -> FIFO of order ids, one dict per side
     book: dict[Side, dict[int, deque[int]]] = field(
         default_factory=lambda: {Side.BUY: {}, Side.SELL: {}}
@@ -184,6 +193,11 @@ _INT_FIELDS: dict[type, tuple[str, ...]] = {
     cmd.ClockTick: ("ts_ns",),
     cmd.DeliveryConfirmed: ("account", "obligation_id"),
     cmd.DeliveryFailed: ("account", "obligation_id", "hours_delivered"),
+    cmd.HaltInstrument: ("account",),
+    cmd.ResumeInstrument: ("account",),
+    cmd.CancelInstrumentOrders: ("account",),
+    cmd.SuspendAccount: ("account", "target_account"),
+    cmd.ReinstateAccount: ("account", "target_account"),
 }
 
 
@@ -310,6 +324,8 @@ class ReferenceExchange:
                 self._dispute(c, out)
             elif isinstance(c, cmd.ResolveDispute):
                 self._resolve_dispute(c, out)
+            elif isinstance(c, _CONTROL_COMMANDS):
+                self._control(c, out)
             else:
                 raise _Refused(Reject.MALFORMED)
         except _Refused as refused:
@@ -659,6 +675,8 @@ class ReferenceExchange:
             )
         maker.lots -= q
         taker.lots -= q
+        ins.last_price = price
+        ins.volume += q
 
     def _rest_or_finish(self, o: Order, new_order: bool, out: list) -> None:
         if o.lots == 0:
@@ -710,7 +728,7 @@ class ReferenceExchange:
         if not self._user_account(account):
             return reject(Reject.UNKNOWN_ACCOUNT)
         ins = self._resolve(c.symbol)
-        code = self._check_lots(c.lots)
+        code = self._control_refusal(account, ins) or self._check_lots(c.lots)
         if code is not None:
             return reject(code)
         side = Side(c.side)
@@ -787,8 +805,10 @@ class ReferenceExchange:
                 self._position(account, ins).reserved += covered
             if c.lots > covered:
                 self._cap_use(account, ins, c.lots - covered)
+        volume = ins.volume
         if self._match(o, price, out):
             self._rest_or_finish(o, True, out)
+        self._breaker_after(ins, volume, out)
         return None
 
     def _owned(self, c: cmd.CancelOrder | cmd.AmendOrder, out: list) -> Order | None:
@@ -822,7 +842,11 @@ class ReferenceExchange:
             return
         ins = o.instrument
         price, lots = c.price_ticks, c.lots
-        code = self._check_lots(lots) or self._check_price(price)
+        code = (
+            self._control_refusal(c.account, ins)
+            or self._check_lots(lots)
+            or self._check_price(price)
+        )
         if code is None and price == o.price and lots == o.lots:
             code = Reject.AMEND_NO_CHANGE
 
@@ -868,8 +892,10 @@ class ReferenceExchange:
             self._cap_use(o.account, ins, (lots - covered) - (old_lots - o.covered))
             o.covered = covered
         o.unit, o.price, o.lots = unit, price, lots
+        volume = ins.volume
         if self._match(o, price, out):
             self._rest_or_finish(o, False, out)
+        self._breaker_after(ins, volume, out)
         return None
 
     @staticmethod
@@ -1053,6 +1079,7 @@ class ReferenceExchange:
                 self._reduce(o, o.lots, ExpireReason.GTD, 0, out)
         for ins in closing:
             self._close(ins, out)
+        self._breaker_tick(out)
         deadline = self.catalog.provisioning_deadline_ns
         for slot in sorted(self.obligations):
             b = self.obligations[slot]
@@ -1064,6 +1091,113 @@ class ReferenceExchange:
                 self._deliver_to(b, self._elapsed_hours(b), out)
                 if b.hours_left == 0:
                     self._settle(b, DeliveryOutcome.DELIVERED, out)
+
+    # ------------------------------------------------------------------ market controls
+
+    def _control_refusal(self, account: int, ins: Instrument) -> Reject | None:
+        if self._account(account).suspended:
+            return Reject.ACCOUNT_SUSPENDED
+        if ins.halt:
+            return Reject.INSTRUMENT_HALTED
+        return None
+
+    def _resample(self, ins: Instrument) -> None:
+        ins.ref_price = ins.last_price
+        ins.ref_window = self.now // self.config.breaker_window_ns
+
+    def _breaker_after(self, ins: Instrument, volume_before: int, out: list) -> None:
+        """A trade too far from the reference price halts the instrument (the trade stands)."""
+        if ins.volume == volume_before:
+            return
+        if ins.ref_price == 0:
+            self._resample(ins)
+            return
+        move = self.config.breaker_move_bps_max
+        if move == 0 or abs(ins.last_price - ins.ref_price) * BPS <= move * ins.ref_price:
+            return
+        ins.halt = int(HaltReason.CIRCUIT_BREAKER)
+        ins.halt_until = self.now + self.config.breaker_halt_ns
+        out.append(
+            evt.InstrumentHalted(
+                instrument_id=ins.instrument_id, symbol=ins.symbol, reason=ins.halt,
+                until_ns=ins.halt_until, reference_price_ticks=ins.ref_price,
+                trade_price_ticks=ins.last_price,
+            )
+        )  # fmt: skip
+
+    def _breaker_tick(self, out: list) -> None:
+        window = self.now // self.config.breaker_window_ns
+        for ins in sorted(self.instruments.values(), key=lambda i: i.slot):
+            if ins.halt == HaltReason.CIRCUIT_BREAKER and self.now >= ins.halt_until:
+                ins.halt = ins.halt_until = 0
+                self._resample(ins)
+                out.append(
+                    evt.InstrumentResumed(
+                        instrument_id=ins.instrument_id,
+                        symbol=ins.symbol,
+                        reason=int(HaltReason.CIRCUIT_BREAKER),
+                    )
+                )
+            elif ins.ref_window < window and ins.last_price != 0:
+                self._resample(ins)
+
+    def _control(self, c: Any, out: list) -> None:
+        if c.account != 0:
+            raise _Refused(Reject.NOT_OPERATOR)
+        if isinstance(c, cmd.SuspendAccount | cmd.ReinstateAccount):
+            self._account_status(c, out)
+            return
+        ins = self._resolve(c.symbol)
+        if isinstance(c, cmd.HaltInstrument):
+            if ins.halt == HaltReason.OPERATOR:
+                raise _Refused(Reject.INSTRUMENT_HALTED)
+            ins.halt, ins.halt_until = int(HaltReason.OPERATOR), 0
+            out.append(
+                evt.InstrumentHalted(
+                    instrument_id=ins.instrument_id, symbol=ins.symbol, reason=ins.halt
+                )
+            )
+        elif isinstance(c, cmd.ResumeInstrument):
+            if not ins.halt:
+                raise _Refused(Reject.INSTRUMENT_NOT_HALTED)
+            reason, ins.halt, ins.halt_until = ins.halt, 0, 0
+            self._resample(ins)
+            out.append(
+                evt.InstrumentResumed(
+                    instrument_id=ins.instrument_id, symbol=ins.symbol, reason=reason
+                )
+            )
+        else:
+            count = 0
+            for side in (Side.BUY, Side.SELL):
+                while ins.book[side]:
+                    o = self.orders[ins.book[side][ins.prices(side)[0]][0]]
+                    self._cancel_lots(o, o.lots, CancelReason.OPERATOR, out)
+                    count += 1
+            out.append(
+                evt.InstrumentOrdersCancelled(
+                    instrument_id=ins.instrument_id, symbol=ins.symbol, orders=count
+                )
+            )
+
+    def _account_status(self, c: cmd.SuspendAccount | cmd.ReinstateAccount, out: list) -> None:
+        target = c.target_account
+        if not self._user_account(target):
+            raise _Refused(Reject.UNKNOWN_ACCOUNT)
+        acct = self._account(target)
+        if isinstance(c, cmd.SuspendAccount):
+            if acct.suspended:
+                raise _Refused(Reject.ACCOUNT_SUSPENDED)
+            for oid in list(acct.open_orders):
+                o = self.orders[oid]
+                self._cancel_lots(o, o.lots, CancelReason.OPERATOR, out)
+            acct.suspended = True
+            out.append(evt.AccountSuspended(account=target))
+        else:
+            if not acct.suspended:
+                raise _Refused(Reject.ACCOUNT_NOT_SUSPENDED)
+            acct.suspended = False
+            out.append(evt.AccountReinstated(account=target))
 
     def _list_due(self, closing: list[Instrument]) -> list[evt.InstrumentListed]:
         hour = self.now // NS_PER_HOUR
@@ -1322,3 +1456,12 @@ class ReferenceExchange:
         self._deliver_to(b, self._elapsed_hours(b), out)
         if b.hours_left == 0:
             self._settle(b, DeliveryOutcome.DELIVERED, out)
+
+
+_CONTROL_COMMANDS = (
+    cmd.HaltInstrument,
+    cmd.ResumeInstrument,
+    cmd.CancelInstrumentOrders,
+    cmd.SuspendAccount,
+    cmd.ReinstateAccount,
+)
