@@ -48,12 +48,13 @@ import asyncio
 import contextlib
 import logging
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Literal, Protocol, TypeVar
 
 import faust
 import msgspec
 from faust.types import StreamT
+from prometheus_client.core import Metric
 
 from schemas import commands as c
 from schemas import events as e
@@ -71,6 +72,7 @@ from schemas.provisioning import (
     window_hours,
 )
 from streams.event_records import decode_event_record
+from streams.metrics import Health, check_health, consumer_lag, counter
 from streams.settings import Settings
 from streams.topics import shard_key, topics
 
@@ -449,6 +451,29 @@ class ProvisioningProcess:
         }
         self.app.agent(self._topics["events"], name="provisioning-events")(self._on_events)
         self.app.agent(self._topics["provisioning"], name="provisioning-replies")(self._on_replies)
+
+    async def health(self) -> Health:
+        """Ready: partitions of gx.events and gx.provisioning assigned, and caught up with them."""
+        read = {
+            self._topics["events"].get_topic_name(),
+            self._topics["provisioning"].get_topic_name(),
+        }
+        lag = None
+        try:
+            consumer = self.app.consumer
+            tps = sorted(tp for tp in consumer.assignment() if tp.topic in read)
+        except Exception:  # not started yet: no consumer
+            tps = []
+        if tps:
+            lag = consumer_lag(lambda ps: consumer.highwaters(*ps), consumer.position, tps)
+        return await check_health(bool(tps), lag, None, self.settings.ready_lag_records_max)
+
+    def metrics(self) -> Iterator[Metric]:
+        stats = self.stats
+        yield counter("gx_provision_events", "events read from gx.events", stats.events)
+        yield counter("gx_provision_replies", "provider replies read", stats.replies)
+        yield counter("gx_provision_requests", "provisioning requests sent", stats.requests)
+        yield counter("gx_provision_errors", "records whose handling raised", stats.errors)
 
     def stop(self) -> None:
         """Ask the worker to stop."""
