@@ -180,11 +180,16 @@ class EngineRunner:
         consumer = self._consumer
         lag = None
         if consumer is not None and self.ready.is_set():
-            lag = consumer_lag(consumer.end_offsets, consumer.position, [self.commands_tp])
+            lag = consumer_lag(consumer.end_offsets, self._applied_position, [self.commands_tp])
         dsn = self.settings.database_url if self.use_snapshots else None
         return await check_health(
             self.ready.is_set() and lag is not None, lag, dsn, self.settings.ready_lag_records_max
         )
+
+    async def _applied_position(self, tp: TopicPartition) -> int:
+        # The next command to apply, not the read position: a batch read but not yet produced
+        # (its produce stuck) is still behind.
+        return self.stats.next_offset
 
     def metrics(self) -> Iterator[Metric]:
         stats = self.stats

@@ -128,11 +128,20 @@ class SettlementWriter:
         kafka = self._kafka
         lag = None
         if kafka is not None and self._resumed:
-            lag = consumer_lag(kafka.end_offsets, kafka.position, self._partitions)
+            lag = consumer_lag(kafka.end_offsets, self._settled_position, self._partitions)
         self._health = await check_health(
             self._resumed and lag is not None, lag, self._dsn, self._ready_lag_max
         )
         return self._health
+
+    async def _settled_position(self, tp: TopicPartition) -> int:
+        """Where settling has got to: the committed offset while records read wait in `pending`
+        (a transaction in flight, a held-back command), else the read position, which is past
+        the transaction markers that follow the last record."""
+        committed = self._next_offset.get(tp.partition, 0)
+        if self._pending.get(tp.partition) or self._kafka is None:
+            return committed
+        return max(committed, await self._kafka.position(tp))
 
     def behind_s(self) -> float:
         """Seconds between now and the engine time of the last settled event; 0 when caught up."""
