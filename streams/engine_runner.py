@@ -381,7 +381,8 @@ class EngineRunner:
             if isinstance(command, Malformed):
                 self.stats.malformed += 1
                 log.warning(
-                    "malformed command shard=%d offset=%d bytes=%d",
+                    "malformed command shard=%d offset=%d bytes=%d: refused as MALFORMED; find and fix "
+                    "the producer that wrote it (the record stays in the log)",
                     self.shard,
                     record.offset,
                     len(record.value or b""),

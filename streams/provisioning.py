@@ -283,7 +283,9 @@ class Lifecycle:
         if record is None or record.provider != message.provider:
             self.stats.ignored_replies += 1
             log.warning(
-                "reply for an unknown obligation or from another provider ignored: %s", message
+                "reply for an unknown obligation or from another provider ignored: %s; the "
+                "provider's agent must answer only its own open obligations",
+                message,
             )
             return []
         if isinstance(message, ProvisionConfirmed):
@@ -307,7 +309,12 @@ class Lifecycle:
         why = failure_error(message, window_hours(record.start_ns, record.end_ns))
         if why is not None:  # the gateway refuses these: another producer wrote it
             self.stats.unfit_replies += 1
-            log.warning("obligation %d: failure report dropped: %s", record.obligation_id, why)
+            log.warning(
+                "obligation %d: failure report dropped: %s; the provider must report again "
+                "within the bounds, or the deadline fails the delivery",
+                record.obligation_id,
+                why,
+            )
             return []
         command = c.DeliveryFailed(
             account=record.provider,
@@ -497,7 +504,9 @@ class ProvisioningProcess:
             for event in events:
                 if isinstance(event, DecodeError):
                     self.stats.malformed += 1
-                    log.warning("malformed event skipped: %s", event)
+                    log.warning(
+                        "malformed event skipped: %s; check the engine that produced it", event
+                    )
                     continue
                 out = self._guarded(self.lifecycle.on_event, event, "event")
                 await self._send(out)
@@ -508,7 +517,11 @@ class ProvisioningProcess:
                 message = decode_provision(value)
             except (msgspec.DecodeError, TypeError) as error:
                 self.stats.malformed += 1
-                log.warning("malformed provisioning record skipped: %s", error)
+                log.warning(
+                    "malformed provisioning record skipped: %s; fix the provider agent that "
+                    "wrote it (schemas/provisioning.py)",
+                    error,
+                )
                 continue
             await self._send(self._guarded(self.lifecycle.on_reply, message, "reply"))
 
@@ -521,7 +534,12 @@ class ProvisioningProcess:
             out = handler(message)
         except Exception:
             self.stats.errors += 1
-            log.exception("%s skipped: handling it raised: %.200r", kind, message)
+            log.exception(
+                "%s skipped: handling it raised (a bug): %.200r; report it with this "
+                "traceback; the delivery's deadline still applies",
+                kind,
+                message,
+            )
             return []
         return out
 

@@ -158,7 +158,8 @@ class MarketDataProcess:
     def _malformed(self, partition: int, offset: int, why: str) -> None:
         self.stats.malformed += 1
         log.warning(
-            "malformed event record skipped: topic=%s partition=%d offset=%d: %s",
+            "malformed event record skipped: topic=%s partition=%d offset=%d: %s; check the "
+            "engine that produced it (the settlement writer dead-letters it too)",
             self.events_topic, partition, offset, why,
         )  # fmt: skip
 

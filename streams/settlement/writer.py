@@ -240,7 +240,10 @@ class SettlementWriter:
                 kafka.assign(self._partitions)
                 return True
             if not warned:
-                log.warning("topic %s does not exist yet; waiting for it", self.topic)
+                log.warning(
+                    "topic %s does not exist yet; waiting for it: run `gx topics create`",
+                    self.topic,
+                )
                 warned = True
             await asyncio.sleep(topic_wait_s)
         return False
@@ -274,7 +277,13 @@ class SettlementWriter:
             except _RETRIABLE as error:
                 if attempt == reconnect_attempts_max:
                     raise
-                log.warning("database error (%s); reconnecting, attempt %d", error, attempt)
+                log.warning(
+                    "database error (%s); reconnecting, attempt %d of %d: check that "
+                    "PostgreSQL runs and GX_DATABASE_URL reaches it",
+                    error,
+                    attempt,
+                    reconnect_attempts_max,
+                )
                 self.stats.reconnects += 1
                 await asyncio.sleep(min(0.1 * 2**attempt, reconnect_backoff_s_max))
                 await self._reconnect(kafka)
@@ -286,7 +295,7 @@ class SettlementWriter:
         try:
             await self._connect()
         except _RETRIABLE as error:
-            log.warning("database still unreachable: %s", error)
+            log.warning("database still unreachable: %s; retrying (check GX_DATABASE_URL)", error)
             return
         # Whether the failed commit landed is unknown: the database says where to resume.
         await self._resume(kafka)
