@@ -197,3 +197,22 @@ def test_engine_counts_commands_events_and_steps(broker: EmbeddedBroker, tmp_pat
         assert value(samples, "gx_engine_malformed_total") == 4
         assert value(samples, "gx_engine_step_seconds_count") >= 1
         assert value(samples, "gx_consumer_lag_records", topic="gx.commands", partition="0") == 0
+
+
+@pytest.mark.timeout(120)
+def test_provision_reports_lag_of_both_topics_it_reads(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    settings = Settings(kafka_bootstrap=broker.bootstrap_servers)
+    asyncio.run(create_topics(settings, broker))
+    names = topics(settings)
+    log = tmp_path / "provision.log"
+    args = ["provision", "--mock-broker", "--bootstrap", broker.bootstrap_servers]
+    with gx(args, log, GX_READY_LAG_RECORDS_MAX="0") as base:
+        wait_for("ready once assigned and caught up", lambda: _get(base + "/readyz")[0] == 200, log)
+        produce(broker.bootstrap_servers, names["provisioning"].name, [b"not a reply"])
+        wait_for("the record read", lambda: value(scrape(base), "gx_provision_malformed") == 1, log)
+        samples = scrape(base)
+        for topic in (names["events"].name, names["provisioning"].name):
+            assert value(samples, "gx_consumer_lag_records", topic=topic, partition="0") == 0
+        assert value(samples, "gx_provision_events_total") == 0
