@@ -20,6 +20,7 @@ __all__ = ["JsonFormatter", "configure", "json_format", "say"]
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 _json = False
+_handler: logging.Handler | None = None
 
 
 class JsonFormatter(logging.Formatter):
@@ -40,15 +41,14 @@ class JsonFormatter(logging.Formatter):
 
 def configure(level: str, log_format: str) -> None:
     """Send every logger's records to stderr, as text or JSON; `gx.*` at `level`, others WARNING."""
-    global _json
+    global _json, _handler
     _json = log_format == "json"
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if _json else logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(logging.WARNING)
+    if _handler is not None:  # configured again (tests): replace ours, leave others' handlers
+        root.removeHandler(_handler)
+    _handler = logging.StreamHandler(sys.stderr)
+    _handler.setFormatter(JsonFormatter() if _json else logging.Formatter(TEXT_FORMAT))
+    root.addHandler(_handler)
     logging.getLogger("gx").setLevel(level.upper())
 
 
