@@ -169,4 +169,8 @@ class Stack:
         results = await asyncio.gather(*self._tasks, return_exceptions=True)
         for task, result in zip(self._tasks, results, strict=True):
             if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
-                log.warning("%s stopped with %r", task.get_name(), result)
+                log.warning(
+                    "%s stopped with %r; see the error above and restart it",
+                    task.get_name(),
+                    result,
+                )

@@ -12,11 +12,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterator
 
 from aiokafka import AIOKafkaProducer
+from prometheus_client.core import Metric
 
 from schemas.codec import encode
 from schemas.commands import ClockTick
+from streams.metrics import counter
 from streams.settings import Settings
 from streams.topics import shard_key, topics
 
@@ -40,6 +43,9 @@ class Clock:
         self.ticks = 0  # ticks sent (one per shard per interval)
         self._stopping = asyncio.Event()
         self._producer: AIOKafkaProducer | None = None
+
+    def metrics(self) -> Iterator[Metric]:
+        yield counter("gx_clock_ticks", "clock-tick commands sent (one per shard)", self.ticks)
 
     def stop(self) -> None:
         """Ask `run()` to return after the tick in progress."""

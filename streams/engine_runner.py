@@ -42,12 +42,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.producer.message_accumulator import BatchBuilder
+from prometheus_client.core import Metric
 
 from matching.engine import Engine, EngineConfig
 from schemas.catalog import Catalog
@@ -61,6 +62,7 @@ from streams.event_records import (
     pack_records,
     split_event_record,
 )
+from streams.metrics import Health, check_health, consumer_lag, counter, step_histogram
 from streams.settings import Settings
 from streams.snapshots import Snapshot, SnapshotStore
 from streams.topics import shard_key, topics
@@ -174,6 +176,35 @@ class EngineRunner:
         self._suppress_through = 0  # drop regenerated events with seq <= this
         self._last_event: bytes | None = None  # the log's last event, to check the replay
         self._since_snapshot = 0
+        self.step_seconds = step_histogram(
+            "gx_engine_step_seconds", "one step: decode, match, produce and acknowledgement"
+        )
+
+    # ------------------------------------------------------------------ health and metrics
+
+    async def health(self) -> Health:
+        """Ready: recovered, caught up with the commands partition, snapshot database reachable."""
+        consumer = self._consumer
+        lag = None
+        if consumer is not None and self.ready.is_set():
+            lag = consumer_lag(consumer.end_offsets, self._applied_position, [self.commands_tp])
+        dsn = self.settings.database_url if self.use_snapshots else None
+        return await check_health(
+            self.ready.is_set() and lag is not None, lag, dsn, self.settings.ready_lag_records_max
+        )
+
+    async def _applied_position(self, tp: TopicPartition) -> int:
+        # The next command to apply, not the read position: a batch read but not yet produced
+        # (its produce stuck) is still behind.
+        return self.stats.next_offset
+
+    def metrics(self) -> Iterator[Metric]:
+        stats = self.stats
+        yield counter("gx_engine_commands", "command records applied", stats.commands)
+        yield counter("gx_engine_events", "events produced", stats.events)
+        yield counter("gx_engine_malformed", "command records that did not decode", stats.malformed)
+        yield counter("gx_engine_snapshots", "snapshots saved", stats.snapshots)
+        yield from self.step_seconds.collect()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -349,6 +380,7 @@ class EngineRunner:
         records = batches.get(self.commands_tp)
         if not records:
             return 0
+        started = time.perf_counter()
         commands: list[Any] = []
         offsets: list[int] = []
         for record in records:
@@ -356,7 +388,8 @@ class EngineRunner:
             if isinstance(command, Malformed):
                 self.stats.malformed += 1
                 log.warning(
-                    "malformed command shard=%d offset=%d bytes=%d",
+                    "malformed command shard=%d offset=%d bytes=%d: refused as MALFORMED; find and fix "
+                    "the producer that wrote it (the record stays in the log)",
                     self.shard,
                     record.offset,
                     len(record.value or b""),
@@ -365,6 +398,7 @@ class EngineRunner:
             offsets.append(record.offset)
         events = engine.apply(commands, offsets)
         await self._produce(self._unsuppressed(events))
+        self.step_seconds.observe(time.perf_counter() - started)
         next_offset = records[-1].offset + 1
         stats = self.stats
         stats.commands += len(records)

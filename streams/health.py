@@ -3,8 +3,12 @@
 - `GET /healthz`: 200 while the process runs (its task has not ended);
 - `GET /readyz`: 200 while the process says it is ready (`ready()` when it has one, else while
   it runs), 503 otherwise;
-- `GET /metrics`: the process's counters (the same struct it prints on exit) in Prometheus'
-  text format, one sample per numeric field, named `gx_<process>_<field>`.
+- `GET /metrics`: the process's typed metrics (`metrics()`, streams/metrics.py), its lag and
+  database from `health()`, and the other numeric fields of its counters (the struct it prints
+  on exit) as untyped samples named `gx_<process>_<field>`.
+
+With `health` (an async function returning `streams.metrics.Health`) /readyz and every scrape
+ask it afresh: lag against the log's end, a `SELECT 1`.
 
 uvicorn serves it on the process's own event loop, and `prometheus-client` writes the format;
 the figures are read from the counters at each scrape, so the process's hot path pays nothing.
@@ -15,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
 import msgspec
@@ -24,6 +28,8 @@ import uvicorn
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric, UnknownMetricFamily
 from prometheus_client.registry import Collector
+
+from streams.metrics import Health, health_families
 
 __all__ = ["HealthServer", "metric_fields"]
 
@@ -51,10 +57,17 @@ def metric_fields(stats: Any) -> dict[str, float]:
 
 
 class _Counters(Collector):
-    def __init__(self, name: str, stats: Callable[[], Any] | None, server: HealthServer) -> None:
+    def __init__(
+        self,
+        name: str,
+        stats: Callable[[], Any] | None,
+        server: HealthServer,
+        metrics: Callable[[], Iterable[Metric]] | None,
+    ) -> None:
         self._prefix = f"gx_{_NAME.sub('_', name)}"
         self._stats = stats
         self._server = server
+        self._metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily(
@@ -63,11 +76,18 @@ class _Counters(Collector):
         yield GaugeMetricFamily(
             f"{self._prefix}_ready", "1 while the process is ready", value=int(self._server.ok())
         )
+        yield from health_families(self._server.last_health)
+        typed = list(self._metrics()) if self._metrics is not None else []
+        yield from typed
         if self._stats is None:
             return
-        # The counters struct does not say which fields only grow: untyped, as Prometheus allows.
+        # The counters struct does not say which fields only grow: untyped, as Prometheus allows,
+        # except where the process exports the field typed (one family per name).
+        names = {family.name for family in typed}
         for field, value in metric_fields(self._stats()).items():
-            yield UnknownMetricFamily(f"{self._prefix}_{field}", f"{field} (counters)", value=value)
+            name = f"{self._prefix}_{field}"
+            if name not in names:
+                yield UnknownMetricFamily(name, f"{field} (counters)", value=value)
 
 
 class HealthServer:
@@ -80,18 +100,23 @@ class HealthServer:
         *,
         stats: Callable[[], Any] | None = None,
         ready: Callable[[], bool] | None = None,
+        health: Callable[[], Awaitable[Health]] | None = None,
+        metrics: Callable[[], Iterable[Metric]] | None = None,
         host: str = "0.0.0.0",
         port: int,
     ) -> None:
         self._task = task
         self._ready = ready
+        self._health = health
+        self.last_health: Health | None = None
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_Counters(name, stats, self))
+        self.registry.register(_Counters(name, stats, self, metrics))
         config = uvicorn.Config(
             self._app,
             host=host,
             port=port,
             log_level="warning",
+            log_config=None,  # uvicorn's records go through the process's logging (JSON or text)
             lifespan="off",
             ws="none",
             interface="asgi3",
@@ -103,7 +128,14 @@ class HealthServer:
         return not self._task.done()
 
     def ok(self) -> bool:
+        if self._health is not None:
+            return self.alive() and self.last_health is not None and self.last_health.ready
         return self.alive() and (self._ready is None or bool(self._ready()))
+
+    async def look(self) -> None:
+        """Ask the process's `health()` afresh (lag, database) for /readyz and /metrics."""
+        if self._health is not None and self.alive():
+            self.last_health = await self._health()
 
     async def start(self) -> None:
         self._serving = asyncio.create_task(self._server.serve())
@@ -123,6 +155,8 @@ class HealthServer:
         if scope["type"] != "http":
             return
         path = scope["path"]
+        if path in ("/metrics", "/readyz"):
+            await self.look()
         if path == "/metrics":
             status, body, kind = 200, bytes(generate_latest(self.registry)), CONTENT_TYPE
         elif path == "/healthz":

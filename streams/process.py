@@ -13,6 +13,9 @@ from typing import Any, Protocol, TypeVar
 
 import msgspec
 
+from streams import logs
+from streams.logs import say
+
 __all__ = ["GC_THRESHOLDS", "Process", "lower_priority", "run_loop", "serve", "tune_gc"]
 
 # Allocations before a young collection, then the ratios of middle and full collections. Python's
@@ -108,6 +111,9 @@ async def _serve(
             task,
             stats=None if stats is None else (lambda: _counters(stats)),
             ready=ready if callable(ready) else None,
+            # `health()`: lag and database afresh; `metrics()`: typed families (streams/metrics.py)
+            health=getattr(process, "health", None),
+            metrics=getattr(process, "metrics", None),
             host=health[0],
             port=health[1],
         )
@@ -119,11 +125,15 @@ async def _serve(
                 log.info("progress %s", _counters(stats))
         task.result()
     except fatal as error:
-        print(f"gx {name}: {error}", file=sys.stderr)
+        say(name, f"{error}; the process stopped: fix the cause, then start it again")
         return 3
     finally:
         if server is not None:
             await server.stop()
     if stats is not None:
-        print(msgspec.json.encode(_counters(stats)).decode(), file=sys.stderr)
+        counters = msgspec.json.encode(_counters(stats)).decode()
+        if logs.json_format():
+            say(name, "stopped", level="INFO", counters=msgspec.json.decode(counters))
+        else:
+            print(counters, file=sys.stderr)
     return 0

@@ -48,12 +48,13 @@ import asyncio
 import contextlib
 import logging
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Literal, Protocol, TypeVar
 
 import faust
 import msgspec
 from faust.types import StreamT
+from prometheus_client.core import Metric
 
 from schemas import commands as c
 from schemas import events as e
@@ -71,6 +72,7 @@ from schemas.provisioning import (
     window_hours,
 )
 from streams.event_records import decode_event_record
+from streams.metrics import Health, check_health, consumer_lag, counter
 from streams.settings import Settings
 from streams.topics import shard_key, topics
 
@@ -281,7 +283,9 @@ class Lifecycle:
         if record is None or record.provider != message.provider:
             self.stats.ignored_replies += 1
             log.warning(
-                "reply for an unknown obligation or from another provider ignored: %s", message
+                "reply for an unknown obligation or from another provider ignored: %s; the "
+                "provider's agent must answer only its own open obligations",
+                message,
             )
             return []
         if isinstance(message, ProvisionConfirmed):
@@ -305,7 +309,12 @@ class Lifecycle:
         why = failure_error(message, window_hours(record.start_ns, record.end_ns))
         if why is not None:  # the gateway refuses these: another producer wrote it
             self.stats.unfit_replies += 1
-            log.warning("obligation %d: failure report dropped: %s", record.obligation_id, why)
+            log.warning(
+                "obligation %d: failure report dropped: %s; the provider must report again "
+                "within the bounds, or the deadline fails the delivery",
+                record.obligation_id,
+                why,
+            )
             return []
         command = c.DeliveryFailed(
             account=record.provider,
@@ -450,6 +459,29 @@ class ProvisioningProcess:
         self.app.agent(self._topics["events"], name="provisioning-events")(self._on_events)
         self.app.agent(self._topics["provisioning"], name="provisioning-replies")(self._on_replies)
 
+    async def health(self) -> Health:
+        """Ready: partitions of gx.events and gx.provisioning assigned, and caught up with them."""
+        read = {
+            self._topics["events"].get_topic_name(),
+            self._topics["provisioning"].get_topic_name(),
+        }
+        lag = None
+        try:
+            consumer = self.app.consumer
+            tps = sorted(tp for tp in consumer.assignment() if tp.topic in read)
+        except Exception:  # not started yet: no consumer
+            tps = []
+        if tps:
+            lag = consumer_lag(lambda ps: consumer.highwaters(*ps), consumer.position, tps)
+        return await check_health(bool(tps), lag, None, self.settings.ready_lag_records_max)
+
+    def metrics(self) -> Iterator[Metric]:
+        stats = self.stats
+        yield counter("gx_provision_events", "events read from gx.events", stats.events)
+        yield counter("gx_provision_replies", "provider replies read", stats.replies)
+        yield counter("gx_provision_requests", "provisioning requests sent", stats.requests)
+        yield counter("gx_provision_errors", "records whose handling raised", stats.errors)
+
     def stop(self) -> None:
         """Ask the worker to stop."""
         self._stopping.set()
@@ -472,7 +504,9 @@ class ProvisioningProcess:
             for event in events:
                 if isinstance(event, DecodeError):
                     self.stats.malformed += 1
-                    log.warning("malformed event skipped: %s", event)
+                    log.warning(
+                        "malformed event skipped: %s; check the engine that produced it", event
+                    )
                     continue
                 out = self._guarded(self.lifecycle.on_event, event, "event")
                 await self._send(out)
@@ -483,7 +517,11 @@ class ProvisioningProcess:
                 message = decode_provision(value)
             except (msgspec.DecodeError, TypeError) as error:
                 self.stats.malformed += 1
-                log.warning("malformed provisioning record skipped: %s", error)
+                log.warning(
+                    "malformed provisioning record skipped: %s; fix the provider agent that "
+                    "wrote it (schemas/provisioning.py)",
+                    error,
+                )
                 continue
             await self._send(self._guarded(self.lifecycle.on_reply, message, "reply"))
 
@@ -496,7 +534,12 @@ class ProvisioningProcess:
             out = handler(message)
         except Exception:
             self.stats.errors += 1
-            log.exception("%s skipped: handling it raised: %.200r", kind, message)
+            log.exception(
+                "%s skipped: handling it raised (a bug): %.200r; report it with this "
+                "traceback; the delivery's deadline still applies",
+                kind,
+                message,
+            )
             return []
         return out
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -55,6 +55,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # 32 characters, the same on every gateway, never in the database.
     gateway_master_key: str = ""
     log_level: str = "WARNING"  # quiet by default
+    # GX_LOG_FORMAT: `text` (one line per record) or `json` (one JSON object per line, for a log
+    # collector; streams/logs.py)
+    log_format: Literal["text", "json"] = "text"
+    # GX_READY_LAG_RECORDS_MAX: a stream process is ready (/readyz) while every partition it
+    # reads is at most this many records behind the log's end (room for transaction markers and
+    # the batch in flight)
+    ready_lag_records_max: Annotated[int, msgspec.Meta(ge=0)] = 100
     # GX_HEALTH_PORT: a stream process serves /healthz, /readyz and /metrics there (0: it does
     # not; streams/health.py); GX_HEALTH_HOST where it listens
     health_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0

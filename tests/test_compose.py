@@ -6,6 +6,11 @@ environment that `load_settings` accepts; the Kafka cluster must have three brok
 replication 3 and min ISR 2; every service must have a restart policy; everything that talks to
 Kafka waits for the topics job; the image's entrypoint is `gx`.
 
+Monitoring: Prometheus scrapes every service that serves GX_HEALTH_PORT (and the gateway), Grafana
+mounts its provisioning and dashboards from ops/, and every `gx_*` metric a dashboard queries is
+one our processes export: their metrics are rendered by the same health server code a running
+process scrapes with, from the real process objects (the gateway's from its metrics module).
+
 Each check is a function returning a list of problems (empty: fine). The tests run them on the
 real files, and `test_each_check_catches_its_breakage` breaks a copy of the parsed files in one
 place per case and requires the matching check to notice.
@@ -13,8 +18,10 @@ place per case and requires the matching check to notice.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
+import functools
 import io
 import json
 import os
@@ -28,6 +35,8 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from exchange.cli.gx import build_parser
 from streams.settings import ENV_PREFIX, Settings, load_settings
@@ -48,6 +57,7 @@ class Stack:
     raw: dict[str, Any]
     dockerfile: str
     dockerignore: str
+    ops: dict[str, Any]  # every file under ops/, by path from the root: parsed YAML or JSON
 
 
 _VARIABLE = re.compile(r"\$(?:\$|\{(?P<braced>[^}]*)\}|(?P<plain>[A-Za-z_][A-Za-z0-9_]*))")
@@ -93,6 +103,15 @@ def load_stack(root: Path = ROOT) -> Stack:
         raw=raw,
         dockerfile=(root / "Dockerfile").read_text(),
         dockerignore=(root / ".dockerignore").read_text(),
+        ops={
+            str(path.relative_to(root)): (
+                json.loads(path.read_text())
+                if path.suffix == ".json"
+                else yaml.safe_load(path.read_text())
+            )
+            for path in sorted((root / "ops").rglob("*"))
+            if path.is_file()
+        },
     )
 
 
@@ -256,6 +275,72 @@ def named_volumes(stack: Stack, service: dict[str, Any]) -> dict[str, str]:
         if source in declared:
             mounts[target] = source
     return mounts
+
+
+def bind_mounts(service: dict[str, Any]) -> dict[str, str]:
+    """Mount target -> the repository path bound there (`./x:/y`)."""
+    mounts = {}
+    for volume in service.get("volumes") or []:
+        if isinstance(volume, str) and volume.startswith("./"):
+            source, target = volume.split(":")[:2]
+            mounts[target] = os.path.normpath(source)
+    return mounts
+
+
+def mounted_at(mounts: dict[str, str], path: str) -> str | None:
+    """The repository path a container `path` comes from through `mounts`, if any."""
+    for target, source in mounts.items():
+        if path == target or path.startswith(target.rstrip("/") + "/"):
+            return os.path.normpath(source + path[len(target) :])
+    return None
+
+
+def service_with_image(stack: Stack, prefix: str) -> tuple[str, dict[str, Any]] | None:
+    found = [(n, s) for n, s in services(stack).items() if str(s.get("image", "")).startswith(prefix)]  # fmt: skip
+    return found[0] if len(found) == 1 else None
+
+
+@functools.cache
+def exported_metrics() -> frozenset[str]:
+    """Sample names our processes export: each stream process object's metrics rendered by the
+    health server it runs (with a lag and a database sample), plus the gateway's."""
+    from exchange.gateway import metrics as gateway_metrics
+    from matching.engine import EngineConfig
+    from schemas.catalog import load_catalog
+    from streams.clock import Clock
+    from streams.engine_runner import EngineRunner
+    from streams.health import HealthServer
+    from streams.marketdata.process import MarketDataProcess
+    from streams.metrics import Health
+    from streams.provisioning import ProvisioningProcess
+    from streams.settlement import SettlementWriter
+
+    settings = Settings(kafka_bootstrap="kafka:9092")
+    loop = asyncio.new_event_loop()
+    try:
+        processes: dict[str, Any] = {
+            "engine": EngineRunner(
+                settings, 0, load_catalog(), EngineConfig(shard=0), snapshots=False
+            ),  # fmt: skip
+            "clock": Clock(settings),
+            "settle": SettlementWriter(settings, "postgresql://unused/gx", "kafka:9092"),
+            "provision": ProvisioningProcess(settings, mock_broker=True),
+            "marketdata": MarketDataProcess(settings),
+        }
+        names: set[str] = set()
+        for name, process in processes.items():
+            stats = getattr(process, "stats", None)
+            server = HealthServer(name, loop.create_future(), stats=(lambda s=stats: s) if stats else None,
+                                  metrics=process.metrics, port=0)  # fmt: skip
+            server.last_health = Health(ready=True, lag={("gx.events", 0): 0}, database=True)
+            text = generate_latest(server.registry).decode()
+            names |= {s.name for f in text_string_to_metric_families(text) for s in f.samples}
+    finally:
+        loop.close()
+    source = Path(gateway_metrics.__file__).read_text()
+    for base in re.findall(r'"(gx_gateway_[a-z0-9_]+)"', source):
+        names |= {base, base + "_bucket", base + "_count", base + "_sum", base + "_total"}
+    return frozenset(names)
 
 
 # ====================================================================== checks
@@ -476,6 +561,85 @@ def check_gateway(stack: Stack) -> list[str]:
     return problems
 
 
+def check_monitoring(stack: Stack) -> list[str]:
+    prometheus, grafana = service_with_image(stack, "prom/prometheus:"), service_with_image(stack, "grafana/grafana:")  # fmt: skip
+    if prometheus is None or grafana is None:
+        return ["expected one Prometheus (prom/prometheus:) and one Grafana (grafana/grafana:)"]
+    problems: list[str] = []
+    (p_name, p_service), (g_name, g_service) = prometheus, grafana
+    for name, service in (prometheus, grafana):
+        if not re.match(r"v?\d", service["image"].split(":", 1)[1]):
+            problems.append(f"{name}: pin a version, not {service['image']}")
+    config_path = next((a.split("=", 1)[1] for a in as_list(p_service.get("command"))
+                        if a.startswith("--config.file=")), "/etc/prometheus/prometheus.yml")  # fmt: skip
+    source = mounted_at(bind_mounts(p_service), config_path)
+    config = stack.ops.get(source or "")
+    if not isinstance(config, dict):
+        return problems + [f"{p_name}: {config_path} is not mounted from a file under ops/"]
+    targets = {
+        str(t)
+        for job in config.get("scrape_configs") or []
+        for static in job.get("static_configs") or []
+        for t in static.get("targets") or []
+    }
+    wanted: dict[str, str] = {}
+    for name, service in gx_services(stack).items():
+        try:
+            settings = settings_of(service)
+        except ValueError:
+            continue
+        if settings.health_port:
+            wanted[name] = f"{name}:{settings.health_port}"
+    for name in runs(stack, "gateway"):
+        wanted[name] = f"{name}:{settings_of(gx_services(stack)[name]).gateway_port}"
+    for name, target in sorted(wanted.items()):
+        if target not in targets:
+            problems.append(f"{source}: {name} serves metrics on {target} but is not scraped")
+    for target in sorted(targets - set(wanted.values())):
+        problems.append(f"{source}: target {target} is no service's metrics port")
+    g_mounts = bind_mounts(g_service)
+    provisioning = mounted_at(g_mounts, "/etc/grafana/provisioning")
+    if provisioning is None:
+        return problems + [f"{g_name}: /etc/grafana/provisioning is not mounted from ops/"]
+    uids, dashboards = set(), []
+    for path, content in stack.ops.items():
+        if path.startswith(provisioning + "/datasources/"):
+            for ds in (content or {}).get("datasources") or []:
+                uids.add(ds.get("uid"))
+                if ds.get("url") != f"http://{p_name}:9090":
+                    problems.append(f"{path}: data source {ds.get('url')} is not http://{p_name}:9090")  # fmt: skip
+        elif path.startswith(provisioning + "/dashboards/"):
+            for provider in (content or {}).get("providers") or []:
+                folder = mounted_at(g_mounts, str((provider.get("options") or {}).get("path")))
+                found = [p for p in stack.ops if folder and p.startswith(folder + "/") and p.endswith(".json")]  # fmt: skip
+                if not found:
+                    problems.append(f"{path}: its dashboards folder is not mounted or has none")
+                dashboards += found
+    if not uids:
+        problems.append(f"{provisioning}: no data source provisioned")
+    if not dashboards:
+        problems.append(f"{provisioning}: no dashboard provisioned")
+    mounted = [s for svc in services(stack).values() for s in bind_mounts(svc).values()]
+    for path in stack.ops:
+        if not any(path == m or path.startswith(m + "/") for m in mounted):
+            problems.append(f"{path}: no service mounts it")
+    return problems + check_dashboards(stack, dashboards, uids)
+
+
+def check_dashboards(stack: Stack, dashboards: list[str], uids: set[Any]) -> list[str]:
+    problems, exported = [], exported_metrics()
+    for path in dashboards:
+        for panel in stack.ops[path].get("panels") or []:
+            for target in panel.get("targets") or []:
+                uid = (target.get("datasource") or panel.get("datasource") or {}).get("uid")
+                if uid not in uids:
+                    problems.append(f"{path}: panel {panel.get('title')!r} uses data source {uid}")
+                for metric in re.findall(r"\bgx_[a-z0-9_]+", target.get("expr", "")):
+                    if metric not in exported:
+                        problems.append(f"{path}: {panel.get('title')!r} queries {metric}, which no process exports")  # fmt: skip
+    return problems
+
+
 def _instructions(dockerfile: str) -> list[tuple[str, str]]:
     text = re.sub(r"\\\n", " ", dockerfile)
     lines = [line.strip() for line in text.splitlines()]
@@ -599,6 +763,7 @@ CHECKS: dict[str, Callable[[Stack], list[str]]] = {
     "engine": check_engine,
     "gateway": check_gateway,
     "dockerfile": check_dockerfile,
+    "monitoring": check_monitoring,
 }
 
 
@@ -739,6 +904,40 @@ BREAKAGES: dict[str, tuple[str, Callable[[Stack], None]]] = {
     "package ignored": (
         "dockerfile",
         lambda s: setattr(s, "dockerignore", s.dockerignore + "exchange/web\n"),
+    ),
+    "stream process not scraped": (
+        "monitoring",
+        lambda s: s.ops["ops/prometheus/prometheus.yml"]["scrape_configs"].pop(3),
+    ),
+    "config not mounted": (
+        "monitoring",
+        _set("prometheus.volumes", ["prometheus-data:/prometheus"]),
+    ),  # fmt: skip
+    "provisioning not mounted": (
+        "monitoring",
+        lambda s: s.compose["services"]["grafana"]["volumes"].pop(0),
+    ),
+    "dashboards not mounted": (
+        "monitoring",
+        lambda s: s.compose["services"]["grafana"]["volumes"].pop(1),
+    ),
+    "data source elsewhere": (
+        "monitoring",
+        lambda s: s.ops["ops/grafana/provisioning/datasources/prometheus.yml"]["datasources"][
+            0
+        ].update(url="http://localhost:9090"),  # fmt: skip
+    ),
+    "dashboard queries a metric nobody exports": (
+        "monitoring",
+        lambda s: s.ops["ops/grafana/dashboards/exchange.json"]["panels"][0]["targets"][0].update(
+            expr="rate(gx_engine_commandz_total[1m])"
+        ),  # fmt: skip
+    ),
+    "panel on an unknown data source": (
+        "monitoring",
+        lambda s: s.ops["ops/grafana/dashboards/exchange.json"]["panels"][2]["targets"][0].update(
+            datasource={"uid": "other"}
+        ),  # fmt: skip
     ),
     "caches sent": ("dockerfile", _text("dockerignore", "**/__pycache__\n**/*.py[cod]", "")),
 }

@@ -11,22 +11,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
-import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import msgspec
 
 from streams.embedded.postgres import open_database
+from streams.logs import configure as configure_logging
+from streams.logs import say
 from streams.process import Process, lower_priority, serve
 from streams.settings import Settings, load_settings
 
 __all__ = ["add_bootstrap", "add_broker", "add_database", "load", "serve_command", "usage_error"]
 
 _P = TypeVar("_P", bound=Process)
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
 def add_bootstrap(parser: argparse.ArgumentParser) -> None:
@@ -61,14 +59,13 @@ def load(args: argparse.Namespace, **overrides: Any) -> Settings:
     if getattr(args, "dsn", None):
         overrides["database_url"] = args.dsn
     settings = msgspec.structs.replace(settings, **overrides)
-    logging.basicConfig(format=LOG_FORMAT)
-    logging.getLogger("gx").setLevel(settings.log_level.upper())
+    configure_logging(settings.log_level, settings.log_format)
     return settings
 
 
 def usage_error(name: str, error: BaseException) -> int:
     """Print `gx NAME: error` and return the usage exit status (2)."""
-    print(f"gx {name}: {error}", file=sys.stderr)
+    say(name, str(error))
     return 2
 
 
@@ -98,10 +95,11 @@ def serve_command(
         return usage_error(name, error)
     with contextlib.ExitStack() as cleanup:
         if embedded_database and not settings.database_url:
-            print(
-                f"gx {name}: GX_DATABASE_URL is not set: using an embedded PostgreSQL that is "
-                "deleted on exit",
-                file=sys.stderr,
+            say(
+                name,
+                "GX_DATABASE_URL is not set: using an embedded PostgreSQL that is deleted on "
+                "exit; set it to keep the data",
+                level="WARNING",
             )
             dsn = cleanup.enter_context(open_database())
             settings = msgspec.structs.replace(settings, database_url=dsn)

@@ -181,7 +181,12 @@ def _document_rules(catalog: Catalog) -> dict[str, dict[str, Any]]:
 
 def _unexpected_error(request: Request[Any, Any, Any], error: Exception) -> Response[Any]:
     """Answer a bug in the wire's shape (INTERNAL, 500), never Litestar's own body; log it."""
-    log.error("%s %s failed", request.method, request.url.path, exc_info=error)
+    log.error(
+        "%s %s failed (a bug; the client got INTERNAL): report it with this traceback",
+        request.method,
+        request.url.path,
+        exc_info=error,
+    )
     wire = WireError.internal()
     return Response({"error": wire.body()}, status_code=wire.status)
 
@@ -381,6 +386,7 @@ class GatewayServer:
             host=self.host,
             port=self.port,
             log_level="warning",
+            log_config=None,  # uvicorn's records go through the process's logging (JSON or text)
             ws_max_size=ws_frame_bytes_max,
             # Compression would run zlib per message per connection: the fan-out's largest cost,
             # for pushes of a few hundred bytes. Off: each push is framed as encoded, once.

@@ -224,7 +224,11 @@ class Hub:
                     timeout_ms=poll_timeout_ms, max_records=poll_records_max
                 )
             except KafkaError as error:
-                log.warning("reading the exchange's topics: %s; retrying", error)
+                log.warning(
+                    "reading the exchange's topics: %s; retrying: check that the brokers in "
+                    "GX_KAFKA_BOOTSTRAP are up",
+                    error,
+                )
                 await asyncio.sleep(0.5)
                 continue
             for tp, records in batches.items():
@@ -234,7 +238,11 @@ class Hub:
                     try:
                         await self._ssh_keys.of_accounts(_holders(r.value for r in records))
                     except (OSError, asyncpg.PostgresError) as error:
-                        log.warning("reading holders' SSH keys: %s; pushing without", error)
+                        log.warning(
+                            "reading holders' SSH keys: %s; pushing without: check PostgreSQL "
+                            "(GX_DATABASE_URL)",
+                            error,
+                        )
                 for record in records:
                     self._apply(name, tp.partition, record.offset, record.value, record.headers)
             if self._behind:
@@ -290,14 +298,16 @@ class Hub:
             # so it can be read again from the log, count it, and go on with the next.
             self.stats.failed += 1
             log.exception(
-                "record skipped, a projection failed on it: topic=%s partition=%d offset=%d",
+                "record skipped, a projection failed on it (a bug): topic=%s partition=%d offset=%d; "
+                "report it with this traceback; restarting the gateway re-reads the record",
                 self._readers[name].topic, partition, offset,
             )  # fmt: skip
 
     def _malformed(self, name: str, partition: int, offset: int, error: Exception) -> None:
         self.stats.malformed += 1
         log.warning(
-            "malformed record skipped: topic=%s partition=%d offset=%d: %s",
+            "malformed record skipped: topic=%s partition=%d offset=%d: %s; check the process "
+            "that produced it",
             self._readers[name].topic, partition, offset, error,
         )  # fmt: skip
 
@@ -427,7 +437,11 @@ class Hub:
         try:
             await self.submit(command)
         except WireError as error:
-            log.warning("background %s: %s", type(command).__name__, error.msg)
+            log.warning(
+                "background %s refused: %s; the client's next request retries it",
+                type(command).__name__,
+                error.msg,
+            )
 
     async def send_provision(self, message: ProvisionConfirmed | ProvisionFailed) -> None:
         """Produce a provider's reply to gx.provisioning (key = provider)."""

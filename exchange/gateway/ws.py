@@ -494,7 +494,12 @@ class Connection:
         except Exception:
             # A bug, not the client's doing: answer it and keep the socket (closing it would
             # fire cancel-on-disconnect for every order of the connection or account).
-            log.exception("connection %d: request %.80r failed", self.id, request_id)
+            log.exception(
+                "connection %d: request %.80r failed (a bug; the client got INTERNAL): "
+                "report it with this traceback",
+                self.id,
+                request_id,
+            )
             self._error(request_id, WireError.internal())
         finally:
             self._after_answer = []

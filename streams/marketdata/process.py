@@ -19,16 +19,19 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Iterator
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
+from prometheus_client.core import Metric
 
 from schemas.marketdata import MarketDataMessage, encode_message
 from streams.consumers import log_consumer, partitions_of, read_batch
 from streams.event_records import CommandGrouper
 from streams.marketdata.state import MarketData
+from streams.metrics import Health, check_health, consumer_lag, counter
 from streams.settings import Settings
 from streams.topics import topics
 
@@ -81,6 +84,21 @@ class MarketDataProcess:
         self._partitioner = DefaultPartitioner()
         self._partition_of: dict[bytes, int] = {}  # symbol key -> gx.marketdata partition
         self._all_partitions: list[int] = []
+
+    async def health(self) -> Health:
+        """Ready: reading gx.events and caught up with its end (no database)."""
+        consumer = self._consumer
+        lag = None
+        if consumer is not None and self._partitions:
+            lag = consumer_lag(consumer.end_offsets, consumer.position, self._partitions)
+        return await check_health(lag is not None, lag, None, self.settings.ready_lag_records_max)
+
+    def metrics(self) -> Iterator[Metric]:
+        stats = self.stats
+        yield counter("gx_marketdata_records", "gx.events records read", stats.records)
+        yield counter("gx_marketdata_events", "events read", stats.events)
+        yield counter("gx_marketdata_malformed", "records or events that did not decode", stats.malformed)  # fmt: skip
+        yield counter("gx_marketdata_messages", "market-data messages produced", stats.messages)
 
     def stop(self) -> None:
         """Ask the loop to finish its current batch and close."""
@@ -140,7 +158,8 @@ class MarketDataProcess:
     def _malformed(self, partition: int, offset: int, why: str) -> None:
         self.stats.malformed += 1
         log.warning(
-            "malformed event record skipped: topic=%s partition=%d offset=%d: %s",
+            "malformed event record skipped: topic=%s partition=%d offset=%d: %s; check the "
+            "engine that produced it (the settlement writer dead-letters it too)",
             self.events_topic, partition, offset, why,
         )  # fmt: skip
 

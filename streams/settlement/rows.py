@@ -350,6 +350,10 @@ async def _copy_new(conn: Any, table: str, rows: list[tuple[Any, ...]]) -> bool:
         async with conn.transaction():  # a savepoint inside the commit's transaction
             await conn.copy_records_to_table(table, records=rows)
     except asyncpg.UniqueViolationError:
-        log.warning("%s: rows already present; settling this batch through ON CONFLICT", table)
+        log.warning(
+            "%s: rows already present (a redelivery, or positions reset); settling this batch "
+            "through ON CONFLICT: nothing to do unless it repeats on every batch",
+            table,
+        )
         return False
     return True

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import asyncpg
 import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from streams.consumers import log_consumer, read_batch
 from streams.event_records import is_event_batch, is_partial
+from streams.metrics import Health, check_health, consumer_lag, counter, step_histogram
 from streams.settings import Settings
 from streams.settlement.decode import Entry, decode_record
 from streams.settlement.plan import Plan, _plan_at_record_boundary
@@ -52,6 +55,7 @@ class SettlementStats(msgspec.Struct):
     transactions: int = 0
     reconnects: int = 0
     copy_conflicts: int = 0  # direct copies that met existing rows and went through ON CONFLICT
+    dead_letters: int = 0  # rows committed to dead_letters (events skipped, with the reason)
 
 
 class _Tail:
@@ -108,6 +112,61 @@ class SettlementWriter:
         self._stopping = asyncio.Event()
         self._done = asyncio.Event()
         self._running = False
+        self._kafka: AIOKafkaConsumer | None = None
+        self._resumed = False  # positions loaded and sought: the lag means something
+        self._ready_lag_max = settings.ready_lag_records_max
+        self._last_ts_event = 0  # engine time (ns) of the last event settled
+        self._health: Health | None = None
+        self.transaction_seconds = step_histogram(
+            "gx_settle_transaction_seconds", "one settlement transaction, staging to commit"
+        )
+
+    # ------------------------------------------------------------------ health and metrics
+
+    async def health(self) -> Health:
+        """Ready: positions resumed, caught up with gx.events, the ledger database reachable."""
+        kafka = self._kafka
+        lag = None
+        if kafka is not None and self._resumed:
+            lag = consumer_lag(kafka.end_offsets, self._settled_position, self._partitions)
+        self._health = await check_health(
+            self._resumed and lag is not None, lag, self._dsn, self._ready_lag_max
+        )
+        return self._health
+
+    async def _settled_position(self, tp: TopicPartition) -> int:
+        """Where settling has got to: the committed offset while records read wait in `pending`
+        (a transaction in flight, a held-back command), else the read position, which is past
+        the transaction markers that follow the last record."""
+        committed = self._next_offset.get(tp.partition, 0)
+        if self._pending.get(tp.partition) or self._kafka is None:
+            return committed
+        return max(committed, await self._kafka.position(tp))
+
+    def behind_s(self) -> float:
+        """Seconds between now and the engine time of the last settled event; 0 when caught up."""
+        lag = None if self._health is None else self._health.lag_total()
+        if lag == 0 or not self._last_ts_event:
+            return 0.0
+        return max(0.0, (time.time_ns() - self._last_ts_event) / 1e9)
+
+    def metrics(self) -> Iterator[Metric]:
+        c = self.stats
+        yield counter("gx_settle_events_read", "events read from gx.events", c.events_read)
+        yield counter(
+            "gx_settle_events_settled", "events settled into the ledger", c.events_settled
+        )
+        yield counter("gx_settle_postings", "ledger postings written", c.postings)
+        yield counter("gx_settle_trades", "trades written", c.trades)
+        yield counter("gx_settle_dead_letters", "rows committed to dead_letters", c.dead_letters)
+        yield counter("gx_settle_transactions", "ledger transactions committed", c.transactions)
+        yield counter("gx_settle_reconnects", "database reconnections", c.reconnects)
+        yield GaugeMetricFamily(
+            "gx_settle_behind_seconds",
+            "now minus the engine time (ts_event) of the last settled event; 0 when caught up",
+            value=self.behind_s(),
+        )
+        yield from self.transaction_seconds.collect()
 
     # ------------------------------------------------------------------ public API
 
@@ -129,12 +188,15 @@ class SettlementWriter:
         try:
             await self._connect()
             await kafka.start()
+            self._kafka = kafka
             try:
                 if await self._assign(kafka):
                     await self._resume(kafka)
+                    self._resumed = True
                     while not self._stopping.is_set():
                         await self._step_retrying(kafka)
             finally:
+                self._kafka, self._resumed = None, False
                 await kafka.stop()
         finally:
             if self._conn is not None:
@@ -178,7 +240,10 @@ class SettlementWriter:
                 kafka.assign(self._partitions)
                 return True
             if not warned:
-                log.warning("topic %s does not exist yet; waiting for it", self.topic)
+                log.warning(
+                    "topic %s does not exist yet; waiting for it: run `gx topics create`",
+                    self.topic,
+                )
                 warned = True
             await asyncio.sleep(topic_wait_s)
         return False
@@ -212,7 +277,13 @@ class SettlementWriter:
             except _RETRIABLE as error:
                 if attempt == reconnect_attempts_max:
                     raise
-                log.warning("database error (%s); reconnecting, attempt %d", error, attempt)
+                log.warning(
+                    "database error (%s); reconnecting, attempt %d of %d: check that "
+                    "PostgreSQL runs and GX_DATABASE_URL reaches it",
+                    error,
+                    attempt,
+                    reconnect_attempts_max,
+                )
                 self.stats.reconnects += 1
                 await asyncio.sleep(min(0.1 * 2**attempt, reconnect_backoff_s_max))
                 await self._reconnect(kafka)
@@ -224,7 +295,7 @@ class SettlementWriter:
         try:
             await self._connect()
         except _RETRIABLE as error:
-            log.warning("database still unreachable: %s", error)
+            log.warning("database still unreachable: %s; retrying (check GX_DATABASE_URL)", error)
             return
         # Whether the failed commit landed is unknown: the database says where to resume.
         await self._resume(kafka)
@@ -287,6 +358,7 @@ class SettlementWriter:
             )
         staged = rows.staged()
         conn = self._conn
+        started = time.perf_counter()
         async with conn.transaction():
             for table in _APPLY_ORDER:
                 if table not in staged:
@@ -300,6 +372,7 @@ class SettlementWriter:
                 await conn.execute(_APPLY[table])
             await self._write_dead_letters(plans)
             await self._write_positions(next_offsets, seqs)
+        self.transaction_seconds.observe(time.perf_counter() - started)
         for partition, plan in plans.items():
             pending = self._pending[partition]
             del pending[: plan.count]
@@ -352,9 +425,20 @@ class SettlementWriter:
         for partition, plan in plans.items():
             for offset, index, reason, _ in plan.dead:
                 log.warning(
-                    "skipped %s[%d]@%d#%d: %s", self.topic, partition, offset, index, reason
+                    "skipped %s[%d]@%d#%d: %s; the event is kept in dead_letters: inspect it "
+                    "there and settle it by hand or fix its producer",
+                    self.topic,
+                    partition,
+                    offset,
+                    index,
+                    reason,
                 )
             c.events_settled += len(plan.events)
+            c.dead_letters += len(plan.dead)
+            if plan.events:
+                self._last_ts_event = (
+                    getattr(plan.events[-1][1], "ts_event", 0) or self._last_ts_event
+                )
             c.duplicates += plan.duplicates
             c.malformed += plan.malformed
             c.seq_gaps += plan.seq_gaps

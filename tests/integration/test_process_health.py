@@ -79,6 +79,8 @@ def test_a_stream_process_serves_health_and_its_counters_as_prometheus_metrics(
         assert samples["gx_marketdata_up"] == 1 and samples["gx_marketdata_ready"] == 1
         counters = [name for name in samples if name.startswith("gx_marketdata_")]
         assert len(counters) > 2, samples  # the process's own counters, not only up and ready
+        assert samples["gx_marketdata_events_total"] == 0  # typed: a counter
+        assert samples["gx_consumer_lag_records"] == 0  # caught up with the (empty) events log
         child.send_signal(signal.SIGTERM)
         assert child.wait(timeout=30) == 0, log_path.read_text()
         with pytest.raises(OSError):  # the server stopped with the process
