@@ -23,6 +23,7 @@ import os
 import random
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -184,6 +185,9 @@ class Faults:
         self.pg = pg
         self.tmp = tmp
         self.names = topics(settings)
+        # pytest's temporary directories are private to root; PostgreSQL's user must reach this
+        self.disk = Path(tempfile.mkdtemp(prefix="gx-small-disk-"))
+        self.disk.chmod(0o755)
 
     async def inject(self, kind: str, rng: random.Random) -> str:
         cluster, broker = self.cluster, self.cluster.broker
@@ -279,9 +283,8 @@ class Faults:
 
     async def _disk_full(self, rng: random.Random) -> str:
         """The ledger's tables moved onto a tiny tmpfs tablespace, filled, then emptied."""
-        mount = self.tmp / "small-disk"
+        mount = self.disk
         if not (mount / "pg").exists():
-            mount.mkdir(exist_ok=True)
             subprocess.run(
                 ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], check=True
             )
@@ -313,7 +316,9 @@ def _postgres_pids(pg: EmbeddedPostgres) -> list[int]:
 async def _sql(dsn: str, query: str) -> Any:
     for attempt in range(50):
         try:
-            conn = await asyncpg.connect(dsn, timeout=5)
+            conn = await asyncpg.connect(
+                dsn, timeout=5, server_settings={"default_transaction_read_only": "off"}
+            )
             break
         except (OSError, asyncpg.PostgresError):
             if attempt == 49:
@@ -347,8 +352,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             yield cl
         finally:
             cl.stop()
-            with contextlib.suppress(Exception):
-                subprocess.run(["umount", str(tmp / "small-disk")], check=False)
 
 
 def _key(cluster: Cluster, account: int, scopes: str) -> tuple[str, str]:
@@ -460,6 +463,7 @@ async def _suite(cluster: Cluster) -> dict[str, Any]:
         if final.returncode != 0:
             failures.append(f"final gx audit exit {final.returncode}: {final.stdout[-2000:]}")
         watcher.task.cancel()  # type: ignore[union-attr]
+        subprocess.run(["umount", str(faults.disk)], check=False, capture_output=True)
         return {
             "scenarios": count,
             "seconds": round(time.monotonic() - started, 1),
