@@ -77,7 +77,8 @@ KINDS: list[tuple[str, int]] = [
     ("pg_pause", 2),
     ("pg_kill_connections", 2),
     ("pg_read_only", 1),
-    ("pg_disk_full", 1),
+    # ("pg_disk_full", 1): `_disk_full` does not work yet (moving the postings table onto a
+    # 4 MB tmpfs tablespace fails itself with DiskFullError); see the branch's report.
 ]
 
 
