@@ -198,6 +198,21 @@ class EmbeddedPostgres:
         with self._lock:
             self._stop_locked()
 
+    def stop_server(self, mode: str = "immediate") -> None:
+        """Stop the server only, keeping its data and port, for fault tests; `immediate` is
+        a crash (recovery from the WAL on start), `fast` a clean shutdown."""
+        with self._lock:
+            data_dir = self._require(self._data_dir)
+            args = [str(self._tool("pg_ctl")), "stop", "-w", "-m", mode, "-t",
+                    str(stop_timeout_s_max), "-D", str(data_dir)]  # fmt: skip
+            self._run(args, stop_timeout_s_max + 10, "pg_ctl stop")
+            self._pid = None
+
+    def start_server(self) -> None:
+        """Start the server stopped by `stop_server` again, on the same port."""
+        with self._lock:
+            self._start_server(self._running_port())
+
     def __enter__(self) -> Self:
         return self.start()
 
@@ -268,11 +283,13 @@ class EmbeddedPostgres:
             args.append("--no-sync")
         self._run(args, initdb_timeout_s_max, "initdb")
 
-    def _start_server(self) -> None:
+    def _start_server(self, port: int | None = None) -> None:
+        """Start the server on `port`, else on a free port (retried if taken meanwhile)."""
         base, data_dir = self._require(self._base_dir), self._require(self._data_dir)
         log_path = base / "postgres.log"
+        given = port
         for attempt in range(1, start_attempts_max + 1):
-            port = _free_port()
+            port = given or _free_port()
             options = [
                 "-p",
                 str(port),
@@ -302,7 +319,11 @@ class EmbeddedPostgres:
             try:
                 self._run(args, start_timeout_s_max + 10, "pg_ctl start")
             except EmbeddedPostgresError:
-                if attempt < start_attempts_max and "could not bind" in _tail(log_path):
+                if (
+                    given is None
+                    and attempt < start_attempts_max
+                    and "could not bind" in _tail(log_path)
+                ):
                     continue
                 raise
             self._port = port

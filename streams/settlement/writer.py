@@ -37,7 +37,19 @@ poll_timeout_ms = 200
 topic_wait_s = 1.0
 reconnect_attempts_max = 10
 reconnect_backoff_s_max = 5.0
-_RETRIABLE = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
+# What a database outage looks like, beyond a lost connection: writes refused (a read-only
+# database or standby, a full disk), the server shutting down or starting, a statement cancelled
+# (statement timeout), and a connection left mid-operation by one of those. Each clears by
+# itself; the writer reconnects and resumes from the stored position instead of exiting.
+_RETRIABLE = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions._base.InternalClientError,
+    asyncpg.ReadOnlySQLTransactionError,
+    asyncpg.InsufficientResourcesError,  # disk full, out of memory, too many connections
+    asyncpg.OperatorInterventionError,  # admin shutdown, cannot connect now, query cancelled
+)
 
 
 class SettlementStats(msgspec.Struct):

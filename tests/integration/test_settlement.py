@@ -711,3 +711,48 @@ if __name__ == "__main__":
     shards = int(sys.argv[1]) if len(sys.argv) > 1 else 4
     batches = int(sys.argv[2]) if len(sys.argv) > 2 else 300
     print(bench_settlement(shards, batches))
+
+
+def test_a_read_only_database_makes_the_writer_wait_and_resume_not_exit(
+    market: Market, broker: EmbeddedBroker, dsn: str
+) -> None:
+    # Found by the fault suite (tests/faults): writes refused (a read-only database; a full disk
+    # is refused the same way) are no connection error, and the writer exited on them.
+    settings = settings_for(broker, batch_max=50)
+    topic = topics(settings)["events"].name
+    database = dsn.rsplit("/", 1)[1]
+    kill_others = (
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'"
+    )
+
+    async def scenario() -> tuple[int, int]:
+        bootstrap = broker.bootstrap_servers
+        half = command_boundary_after(market.events, len(market.events) // 2)
+        await produce(bootstrap, topic, records(market.events[:half]))
+        writer = SettlementWriter(settings, dsn, bootstrap, check_crcs=False)
+        task = asyncio.create_task(writer.run())
+        while writer.stats.transactions == 0:
+            assert not task.done(), task.result()
+            await asyncio.sleep(0.02)
+        await execute(dsn, f"ALTER DATABASE {database} SET default_transaction_read_only = on")
+        await execute(dsn, kill_others)  # new sessions are read only
+        end = await produce(bootstrap, topic, records(market.events[half:]))
+        await asyncio.sleep(3.0)  # the writer meets the refusals
+        assert not task.done(), task.exception()
+        conn = await asyncpg.connect(dsn, server_settings={"default_transaction_read_only": "off"})
+        try:
+            await conn.execute(f"ALTER DATABASE {database} RESET default_transaction_read_only")
+        finally:
+            await conn.close()
+        deadline = time.monotonic() + settle_deadline_s
+        while writer.positions != {0: end} and time.monotonic() < deadline:
+            assert not task.done(), task.exception()
+            await asyncio.sleep(0.05)
+        writer.stop()
+        await task
+        return writer.positions[0], end
+
+    settled, end = run(scenario())
+    assert settled == end
+    assert asyncio.run(postings_sum(dsn)) == 0
