@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 import time
 from typing import Any
 
 import asyncpg
 import msgspec
 import orjson
-from aiokafka.errors import KafkaError
 
-from exchange.cli.funds import ANSWER_TIMEOUT_S, submit
+from exchange.cli.funds import ANSWER_TIMEOUT_S, submit_and_print
 from exchange.cli.process import add_broker, add_database, load, usage_error
 from exchange.wire import reject_name
 from schemas import commands as c
@@ -94,27 +92,9 @@ def control_command(args: argparse.Namespace) -> c.Command:
 
 def run_control(args: argparse.Namespace) -> int:
     """Run one market control; print its outcome as JSON; return the exit status."""
-    name = f"admin {args.action}"
-    try:
-        settings = load(args)
-        settings.broker()
-        command = control_command(args)
-    except ValueError as error:
-        return usage_error(name, error)
-    try:
-        events = asyncio.run(submit(settings, command, args.mock_broker, args.timeout))
-    except (KafkaError, OSError) as error:
-        return usage_error(name, error)
-    except TimeoutError:
-        print(
-            f"gx {name}: no answer from the engine within {args.timeout:g} s; the command is in "
-            "the log and may still take effect",
-            file=sys.stderr,
-        )
-        return 3
-    answer, status = outcome(events)
-    print(orjson.dumps(answer).decode())
-    return status
+    return submit_and_print(
+        f"admin {args.action}", args, lambda: control_command(args), lambda _, ev: outcome(ev)
+    )
 
 
 def outcome(events: list[e.Event]) -> tuple[dict[str, Any], int]:

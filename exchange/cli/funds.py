@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -37,7 +38,7 @@ from streams.event_records import CommandGrouper
 from streams.settings import Settings
 from streams.topics import shard_key, topics
 
-__all__ = ["ANSWER_TIMEOUT_S", "register", "submit"]
+__all__ = ["ANSWER_TIMEOUT_S", "register", "submit", "submit_and_print"]
 
 ANSWER_TIMEOUT_S = 30.0  # how long a command waits for its events by default
 _POLL_MS = 200
@@ -106,11 +107,25 @@ def _command(args: argparse.Namespace) -> c.Command:
 
 def run(args: argparse.Namespace) -> int:
     """Run one `gx funds` action; print its outcome as JSON; return the exit status."""
-    name = f"funds {args.action}"
+    return submit_and_print(
+        f"funds {args.action}", args, lambda: _command(args), lambda cmd, ev: outcome(cmd, ev)
+    )
+
+
+def submit_and_print(
+    name: str,
+    args: argparse.Namespace,
+    build: Callable[[], c.Command],
+    answer_of: Callable[[c.Command, list[e.Event]], tuple[dict[str, Any], int]],
+) -> int:
+    """Submit one operator command, print its answer as JSON; return the exit status.
+
+    Shared by `gx funds` and `gx admin`: 2 usage or no broker, 3 no answer within --timeout.
+    """
     try:
         settings = load(args)
         settings.broker()
-        command = _command(args)
+        command = build()
     except ValueError as error:  # UnitError is one
         return usage_error(name, error)
     try:
@@ -124,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 3
-    answer, status = outcome(command, events)
+    answer, status = answer_of(command, events)
     print(orjson.dumps(answer).decode())
     return status
 
