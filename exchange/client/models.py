@@ -126,6 +126,9 @@ class Ticker(msgspec.Struct, frozen=True, kw_only=True):
     quote_volume: Decimal | None = None
     vwap: Decimal | None = None
     trades: int = 0
+    status: str = "trading"  # "halted": new orders are refused until it trades again
+    halt_reason: str | None = None  # "operator" or "circuit_breaker"
+    halt_until_ns: int | None = None  # a breaker's halt ends at the first clock tick from then
 
 
 class Balance(msgspec.Struct, frozen=True, kw_only=True):

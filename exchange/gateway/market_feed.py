@@ -31,7 +31,7 @@ from typing import Any
 import msgspec
 import orjson
 
-from exchange.gateway.ticker import DayStats, ticker_view
+from exchange.gateway.ticker import TRADING, DayStats, status_fields, ticker_view
 from exchange.wire import ErrorCode, Prices, WireError, qty_to_str
 from schemas.marketdata import (
     BookDelta,
@@ -39,6 +39,7 @@ from schemas.marketdata import (
     Candle,
     ForwardCurvePoint,
     IndexPrice,
+    InstrumentStatus,
     Level,
     MarketDataMessage,
     TradePrints,
@@ -147,6 +148,7 @@ class _Book:
         "best",
         "last",
         "last_trade_id",
+        "status",
     )
 
     def __init__(self, symbol: str) -> None:
@@ -162,6 +164,7 @@ class _Book:
         self.best = (0, 0, 0, 0)  # bid ticks, bid lots, ask ticks, ask lots, as last pushed
         self.last = (0, 0)  # last trade ticks, lots
         self.last_trade_id = 0
+        self.status = TRADING  # the latest InstrumentStatus, as (status, reason, until, ts)
 
     def top(self) -> tuple[int, int, int, int]:
         if not self.synced:
@@ -245,6 +248,8 @@ class MarketFeed:
             return self._on_index(message, offset)
         if isinstance(message, ForwardCurvePoint):
             return self._on_curve(message, offset)
+        if isinstance(message, InstrumentStatus):
+            return self._on_status(message, offset)
         self.stats.unknown += 1
         return []
 
@@ -392,7 +397,7 @@ class MarketFeed:
         rows = self._trades.get(symbol)
         ts_ns = max(book.ts_ns, int(rows[-1]["ts_ns"]) if rows else 0)
         minutes = self.day.window(symbol)
-        return ticker_view(symbol, book.top(), book.last, ts_ns, minutes, self.prices)
+        return ticker_view(symbol, book.top(), book.last, ts_ns, minutes, self.prices, book.status)
 
     def best(self, symbol: str) -> tuple[int, int, int, int]:
         """Best bid ticks, bid lots, ask ticks, ask lots; 0 where none or the book is unsynced."""
@@ -601,6 +606,22 @@ class MarketFeed:
         self._ticker(book, offset, m.ts_ns, out)
         return out
 
+    def _on_status(self, m: InstrumentStatus, offset: int) -> list[Push]:
+        """A halt or a resumption: one ticker push that carries the instrument's new status."""
+        book = self._books.get(m.symbol)
+        if m.symbol in self._closed or book is None or not book.known:
+            self.stats.replayed += 1  # a status always follows the instrument's first book
+            return []
+        status = (m.status, m.reason, m.until_ns, m.ts_ns)
+        # A market-data restart republishes the statuses in order: older or equal ones are replays.
+        if m.ts_ns < book.status[3] or (m.ts_ns == book.status[3] and status == book.status):
+            self.stats.replayed += 1
+            return []
+        book.status = status
+        out: list[Push] = []
+        self._ticker(book, offset, m.ts_ns, out)
+        return out
+
     def _publish(self, key: StreamKey, offset: int, fields: dict[str, Any]) -> bytes:
         """Encode an update of a record-offset stream (`seq` = offset), keep it for resume."""
         stream = self._stream(key)
@@ -640,6 +661,7 @@ class MarketFeed:
                 "last": price_str(last) if last else None,
                 "last_qty": qty_to_str(last_lots) if last else None,
                 **self.day.figures(book.symbol, self.prices),
+                **status_fields(book.status),
                 "ts_ns": str(ts_ns),
             },
         )

@@ -330,6 +330,21 @@ class TickerUpdate(_Public, frozen=True, kw_only=True):
     quote_volume: Money
     vwap: Money | None
     trades: int
+    status: Annotated[
+        Literal["trading", "halted"],
+        msgspec.Meta(description="halted: new orders are refused (INSTRUMENT_HALTED)"),
+    ]
+    halt_reason: Annotated[
+        Literal["operator", "circuit_breaker"] | None,
+        msgspec.Meta(description="null while trading"),
+    ]
+    halt_until_ns: Annotated[
+        Ns | None,
+        msgspec.Meta(
+            description="a breaker's halt ends at the first clock tick from then; null: "
+            "until an operator resumes it"
+        ),
+    ]
 
 
 class CandleUpdate(_Public, frozen=True, kw_only=True):

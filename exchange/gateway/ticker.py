@@ -21,9 +21,11 @@ from schemas.marketdata import Trade
 from schemas.symbols import parse_symbol
 from schemas.units import MICROS_PER_USD, NS_PER_DAY, NS_PER_MINUTE
 
-__all__ = ["DAY_BUCKETS_MAX", "DayStats", "day_figures", "ticker_view"]
+__all__ = ["DAY_BUCKETS_MAX", "TRADING", "DayStats", "day_figures", "status_fields", "ticker_view"]
 
 DAY_BUCKETS_MAX = NS_PER_DAY // NS_PER_MINUTE + 1  # the minutes a 24 h window can touch
+# An instrument trades until an InstrumentStatus says otherwise: (status, reason, until, ts).
+TRADING = ("trading", "", 0, 0)
 _MICRO = Decimal(1) / MICROS_PER_USD  # VWAP and quote volume are quoted to the micro-dollar
 
 
@@ -129,6 +131,17 @@ def day_figures(symbol: str, minutes: list[_Minute], prices: Prices) -> dict[str
     }
 
 
+def status_fields(status: tuple[str, str, int, int]) -> dict[str, Any]:
+    """The ticker's `status`, `halt_reason` and `halt_until_ns` (null while trading)."""
+    state, reason, until_ns, _ = status
+    halted = state == "halted"
+    return {
+        "status": state,
+        "halt_reason": (reason or None) if halted else None,
+        "halt_until_ns": str(until_ns) if halted and until_ns else None,
+    }
+
+
 def ticker_view(
     symbol: str,
     best: tuple[int, int, int, int],
@@ -136,6 +149,7 @@ def ticker_view(
     ts_ns: int,
     minutes: list[_Minute],
     prices: Prices,
+    status: tuple[str, str, int, int] = TRADING,
 ) -> dict[str, Any]:
     """The `GET /ticker` object of one instrument (API.md); null where there is no figure.
 
@@ -153,5 +167,6 @@ def ticker_view(
         "last": prices.to_str(last_ticks) if last_ticks else None,
         "last_qty": qty_to_str(last_lots) if last_ticks else None,
         **day_figures(symbol, minutes, prices),
+        **status_fields(status),
         "ts_ns": str(ts_ns),
     }

@@ -141,6 +141,7 @@ async function selectSymbol(symbol) {
   state.tradeSeq = null;
   state.candles = new Map();
   state.candleSeq = null;
+  state.halt = { status: "trading", reason: null, untilNs: null, seq: null };
   if (state.index.gpu !== inst.gpu) {
     state.index = { gpu: inst.gpu, price: null, volume: null, history: [], seq: null };
   }
@@ -154,6 +155,7 @@ async function selectSymbol(symbol) {
       { channel: "book", symbols: [old.symbol] },
       { channel: "trades", symbols: [old.symbol] },
       { channel: "candles", symbols: [old.symbol] },
+      { channel: "ticker", symbols: [old.symbol] },
     ];
     if (old.gpu !== inst.gpu) drop.push({ channel: "index", symbols: [old.gpu] });
     if (curveNameOf(old) !== curveNameOf(inst)) {
@@ -206,7 +208,12 @@ async function retrying(what, job) {
 }
 
 async function subscribeMarket({ resume, index = true, curve = true }) {
-  const jobs = [subscribeBook({ resume }), subscribeTrades({ resume }), subscribeCandles({ resume })];
+  const jobs = [
+    subscribeBook({ resume }),
+    subscribeTrades({ resume }),
+    subscribeCandles({ resume }),
+    subscribeTicker(),
+  ];
   if (index) jobs.push(subscribeIndex({ resume }));
   if (curve) jobs.push(subscribeCurve({ resume }));
   await Promise.all(jobs);
@@ -267,6 +274,27 @@ function mergeTrades(rows, fresh) {
     .sort((a, b) => b.trade_id - a.trade_id)
     .slice(0, TRADES_SHOWN_MAX);
   schedule("trades", "instrument");
+}
+
+// Only the ticker's halt status is drawn (the book and trades give the rest): a fresh subscribe
+// and a REST read of where it stands, so a halt that began before the page opened shows too.
+async function subscribeTicker() {
+  const symbol = state.symbol;
+  const params = { channel: "ticker", symbols: [symbol] };
+  const result = await retrying("ticker", () => feed.request("subscribe", params));
+  if (!result || symbol !== state.symbol) return;
+  const data = await publicFetch(`/api/v1/ticker/${encodeURIComponent(symbol)}`).catch(() => null);
+  if (data && symbol === state.symbol && state.halt.seq === null) setHalt(data, null);
+}
+
+function setHalt(ticker, seq) {
+  state.halt = {
+    status: ticker.status ?? "trading",
+    reason: ticker.halt_reason ?? null,
+    untilNs: ticker.halt_until_ns ?? null,
+    seq,
+  };
+  schedule("instrument", "ticket");
 }
 
 async function subscribeCandles({ resume }) {
@@ -441,6 +469,9 @@ function onPush(msg) {
       return setIndex(msg.price, msg.volume_gpu_hours);
     case "curve":
       return onCurve(msg);
+    case "ticker":
+      if (msg.symbol === state.symbol) setHalt(msg, msg.seq);
+      return;
     case "executions":
       return onExecution(msg);
     case "balances":
@@ -459,6 +490,7 @@ function onResyncRequired(msg) {
   else if (msg.channel === "candles") subscribeCandles({ resume: false });
   else if (msg.channel === "index") subscribeIndex({ resume: false });
   else if (msg.channel === "curve") subscribeCurve({ resume: false });
+  else if (msg.channel === "ticker") subscribeTicker();
   else if (SEQUENCED_CHANNELS.includes(msg.channel)) resubscribePrivate(msg.channel, msg.reason);
   else if (msg.channel === "balances") {
     retrying(msg.channel, () => feed.request("subscribe", { channel: msg.channel }));

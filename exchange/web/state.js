@@ -22,6 +22,7 @@ export const state = {
   tradeSeq: null,
   candles: new Map(), // start_ns -> candle
   candleSeq: null,
+  halt: { status: "trading", reason: null, untilNs: null, seq: null }, // from the ticker channel
   index: { gpu: null, price: null, volume: null, history: [], seq: null },
   curve: { name: null, points: new Map(), seq: null },
   demo: null,

@@ -87,9 +87,20 @@ const RENDER = {
   feedInfo: renderFeedInfo,
 };
 
+function haltText({ status, reason, untilNs }) {
+  if (status !== "halted") return "";
+  if (reason === "circuit_breaker") {
+    return `halted: circuit breaker${untilNs ? ` until ${fmt.clock(untilNs)} UTC` : ""}`;
+  }
+  return "halted by the operator";
+}
+
 function renderInstrument() {
   const inst = state.bySymbol.get(state.symbol);
   $("symbol").textContent = state.symbol ?? "–";
+  const halt = $("halt");
+  halt.hidden = state.halt.status !== "halted";
+  halt.textContent = haltText(state.halt);
   if (!inst) return;
   const gpu = state.catalog.gpus.find((g) => g.model === inst.gpu);
   $("instrument-info").textContent =
@@ -212,6 +223,9 @@ function renderTicket() {
   const button = $("ticket-submit");
   button.className = `submit ${v.side}`;
   button.textContent = `${v.side === "buy" ? "Buy" : "Sell"} ${v.qty || "–"} @ ${v.price || "–"}`;
+  // The engine refuses new orders while halted (INSTRUMENT_HALTED); cancels still work.
+  button.disabled = state.halt.status === "halted";
+  button.title = button.disabled ? "halted: new orders are refused until it trades again" : "";
   const notional = Number(v.price) * Number(v.qty) * (inst?.hours ?? 1);
   $("ticket-notional").textContent =
     inst && notional > 0

@@ -207,6 +207,21 @@ async def check_page(
     )
     await expect(bids.locator('tr[data-price="2.400"]')).to_have_count(0)
 
+    # An operator's halt shows on the page (ticker channel) and disables its ticket; the engine
+    # refuses new orders meanwhile. Resuming hides it again.
+    halt = page.locator("#halt")
+    await expect(halt).to_be_hidden()
+    await ex.send(c.HaltInstrument(symbol=symbol, reason="test"))
+    await expect(halt).to_be_visible()
+    await expect(halt).to_have_text("halted by the operator")
+    await expect(page.locator("#ticket-submit")).to_be_disabled()
+    params = {"symbol": symbol, "side": "buy", "type": "limit", "price": "2.300", "qty": "1"}
+    refused = await maker.request("order.place", params)
+    assert refused["error"]["reason"] == "INSTRUMENT_HALTED", refused
+    await ex.send(c.ResumeInstrument(symbol=symbol))
+    await expect(halt).to_be_hidden()
+    await expect(page.locator("#ticket-submit")).to_be_enabled()
+
     stats = await page.evaluate("() => ({...window.gx.state.stats})")
     assert stats["checksumFailures"] == 0 and stats["resyncs"] == 0, stats
     assert stats["updates"] >= 5, stats

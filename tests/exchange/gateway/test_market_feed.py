@@ -28,6 +28,7 @@ from schemas.marketdata import (
     Candle,
     ForwardCurvePoint,
     IndexPrice,
+    InstrumentStatus,
     MarketDataMessage,
     Trade,
     TradePrints,
@@ -522,6 +523,40 @@ def test_ticker_follows_best_and_last_trade():
         "6",
         3,
     )  # trade 9 counted once
+
+
+def test_a_halt_and_its_end_are_pushed_on_the_ticker_and_replays_change_nothing():
+    feed = MarketFeed(PRICES)
+    halt = InstrumentStatus(
+        symbol=SYM, ts_ns=50, status="halted", reason="circuit_breaker", until_ns=90
+    )
+    assert feed.apply(halt, 0, 0) == []  # before the instrument's first book: nothing to say
+    feed.apply(BookSnapshot(symbol=SYM, seq=1, bids=((2400, 5),), asks=((2405, 2),)), 0, 1)
+    assert feed.ticker(SYM)["status"] == "trading"
+    pushes = feed.apply(halt, 0, 2)
+    assert [k for k, _ in pushes] == [("ticker", SYM)]
+    ticker = orjson.loads(pushes[0][1])
+    assert (ticker["status"], ticker["halt_reason"], ticker["halt_until_ns"]) == (
+        "halted",
+        "circuit_breaker",
+        "90",
+    )
+    assert (ticker["bid"], ticker["prev_seq"], ticker["seq"]) == ("2.400", 1, 2)
+    rest = feed.ticker(SYM)
+    assert rest is not None and (rest["status"], rest["halt_until_ns"]) == ("halted", "90")
+    resumed = InstrumentStatus(symbol=SYM, ts_ns=95, status="trading")
+    ticker = orjson.loads(feed.apply(resumed, 0, 3)[0][1])
+    assert (ticker["status"], ticker["halt_reason"], ticker["halt_until_ns"]) == (
+        "trading",
+        None,
+        None,
+    )
+    # A market-data restart republishes both at new offsets: neither is pushed again.
+    assert feed.apply(halt, 0, 10) == [] and feed.apply(resumed, 0, 11) == []
+    assert feed.ticker(SYM)["status"] == "trading"
+    operator = InstrumentStatus(symbol=SYM, ts_ns=120, status="halted", reason="operator")
+    ticker = orjson.loads(feed.apply(operator, 0, 12)[0][1])
+    assert (ticker["halt_reason"], ticker["halt_until_ns"]) == ("operator", None)
 
 
 def test_rest_queries_answer_from_the_messages(catalog):
