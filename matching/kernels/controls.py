@@ -160,8 +160,8 @@ def _breaker_room(st, now):
 
 
 @njit(cache=True, _nrt=False)
-def _open_instrument(instrs, instr):
-    """0 for an open instrument's slot, else its refusal code."""
+def _check_instrument(instrs, instr):
+    """0 for an open instrument's slot, else its refusal code (orders and operator commands)."""
     if instr == INSTR_NOT_TRADING:
         return R_INSTRUMENT_NOT_TRADING
     if instr < 0 or instr >= instrs.shape[0] or instrs[instr, I_STATE] == 0:
@@ -198,7 +198,7 @@ def _control(st, ev, n, ci, cmds):
     if op == OP_SUSPEND or op == OP_REINSTATE:
         return _account_status(st, ev, n, ci, cmds[ci, C_CONTROL_TARGET], op == OP_SUSPEND)
     instr = cmds[ci, C_CONTROL_INSTR]
-    code = _open_instrument(instrs, instr)
+    code = _check_instrument(instrs, instr)
     if code != 0:
         return _reject(instrs, ev, n, ci, account, code, 0, instr)
     if op == OP_HALT:

@@ -15,7 +15,6 @@ from matching.kernels._base import (
     R_ENGINE_FULL,
     R_EXPIRY_INVALID,
     R_FOK_NOT_FILLABLE,
-    R_INSTRUMENT_NOT_TRADING,
     R_INSUFFICIENT_CASH,
     R_INSUFFICIENT_COVER,
     R_LOTS_ABOVE_MAX,
@@ -28,7 +27,6 @@ from matching.kernels._base import (
     R_PRICE_INVALID,
     R_PRICE_OUT_OF_BAND,
     R_UNKNOWN_ACCOUNT,
-    R_UNKNOWN_INSTRUMENT,
     R_UNKNOWN_ORDER,
     _cash,
     _emit_accepted,
@@ -36,7 +34,7 @@ from matching.kernels._base import (
     _reject,
 )
 from matching.kernels.book import _book_unlink, _order_new, _order_slot, _reduce, _release
-from matching.kernels.controls import _breaker_after_trades, _order_refusal
+from matching.kernels.controls import _breaker_after_trades, _check_instrument, _order_refusal
 from matching.kernels.expiry import _gtd_live
 from matching.kernels.pools import _cap_free_for, _cap_use, _pos_find, _pos_get
 from matching.kernels.trades import _crosses, _fok_fillable, _match, _rest_or_finish
@@ -74,11 +72,8 @@ from matching.layout import (
     I_ID,
     I_LOTS_MAX,
     I_NOTIONAL_UNIT,
-    I_STATE,
     I_VOLUME,
     INSTR_ALL,
-    INSTR_NOT_TRADING,
-    INSTR_OPEN,
     L_LOTS,
     L_PRICE,
     M_GTD_SIZE,
@@ -148,17 +143,6 @@ def _pool_room(st, lots, new_order, gtd_order):
         # Entries of cancelled orders wait in the heap until their time; count the live ones.
         if _gtd_live(orders, gtd, meta[0, M_GTD_SIZE]) >= gtd.shape[0]:
             return R_ENGINE_FULL
-    return 0
-
-
-@njit(cache=True, _nrt=False)
-def _check_instrument(instrs, instr):
-    if instr == INSTR_NOT_TRADING:
-        return R_INSTRUMENT_NOT_TRADING
-    if instr < 0 or instr >= instrs.shape[0] or instrs[instr, I_STATE] == 0:
-        return R_UNKNOWN_INSTRUMENT
-    if instrs[instr, I_STATE] != INSTR_OPEN:
-        return R_INSTRUMENT_NOT_TRADING
     return 0
 
 
