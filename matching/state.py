@@ -13,7 +13,16 @@ from matching import layout as lay
 from matching.calendar import capacity_horizon_hours
 from schemas.catalog import Catalog
 
-__all__ = ["EngineConfig", "State", "new_state", "snapshot_bytes", "restore_state", "state_hash"]
+__all__ = [
+    "SNAPSHOT_VERSION",
+    "EngineConfig",
+    "SnapshotVersionError",
+    "State",
+    "new_state",
+    "snapshot_bytes",
+    "restore_state",
+    "state_hash",
+]
 
 
 class State(NamedTuple):
@@ -211,6 +220,21 @@ def state_hash(st: State) -> str:
     return digest.hexdigest()
 
 
+class SnapshotVersionError(ValueError):
+    """A snapshot of another engine version: it is never restored (its arrays mean other things),
+    only replaced by replaying the commands log."""
+
+    def __init__(self, found: int) -> None:
+        super().__init__(f"snapshot version: expected {SNAPSHOT_VERSION}, found {found}")
+        self.found = found
+
+
+class _Version(msgspec.Struct, frozen=True):
+    """A snapshot's first field: read alone, so an old layout is told apart before decoding it."""
+
+    version: int
+
+
 class _Snapshot(msgspec.Struct, frozen=True):
     version: int
     config: EngineConfig
@@ -239,9 +263,11 @@ def snapshot_bytes(st: State, config: EngineConfig, catalog: Catalog) -> bytes:
 
 def restore_state(data: bytes, catalog: Catalog) -> tuple[State, EngineConfig]:
     """Rebuild a state from `snapshot_bytes` output, including its hash-table indexes."""
-    snap = msgspec.msgpack.decode(zlib.decompress(data), type=_Snapshot)
-    if snap.version != SNAPSHOT_VERSION:
-        raise ValueError(f"snapshot version: expected {SNAPSHOT_VERSION}, found {snap.version}")
+    raw = zlib.decompress(data)
+    version = msgspec.msgpack.decode(raw, type=_Version).version
+    if version != SNAPSHOT_VERSION:
+        raise SnapshotVersionError(version)
+    snap = msgspec.msgpack.decode(raw, type=_Snapshot)
     if snap.catalog_hash != catalog_hash(catalog):
         raise ValueError("snapshot was taken under another catalog; restore with that catalog")
     st = new_state(snap.config, catalog)

@@ -51,6 +51,7 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 from prometheus_client.core import Metric
 
 from matching.engine import Engine, EngineConfig
+from matching.state import SNAPSHOT_VERSION, SnapshotVersionError
 from schemas.catalog import Catalog
 from schemas.codec import DecodeError, decode_bounded, decode_command, encode
 from schemas.commands import Command
@@ -279,7 +280,10 @@ class EngineRunner:
         if snapshot is None:
             engine, offset = Engine(self.catalog, self.engine_config), 0
         else:
-            engine, offset = self._restore(snapshot), snapshot.input_offset
+            try:
+                engine, offset = self._restore(snapshot), snapshot.input_offset
+            except SnapshotVersionError as error:
+                engine, offset = await self._after_upgrade(snapshot, error), 0
         last = await self._read_last_event()
         last_seq = 0 if last is None else last[0]
         if last_seq < engine.event_seq:
@@ -304,6 +308,28 @@ class EngineRunner:
             engine.event_seq,
             last_seq,
         )
+
+    async def _after_upgrade(self, snapshot: Snapshot, error: SnapshotVersionError) -> Engine:
+        """A fresh engine to replay the whole commands log, when the newest snapshot was written
+        by another engine version; refused when retention has removed the log's start."""
+        assert self._consumer is not None
+        begin = (await self._consumer.beginning_offsets([self.commands_tp]))[self.commands_tp]
+        if begin > 0:
+            raise RecoveryError(
+                f"shard {self.shard}: the snapshot at offset {snapshot.input_offset} is version "
+                f"{error.found}, which this engine cannot read, and the commands log starts at "
+                f"offset {begin} (retention removed its start), so the state cannot be rebuilt: "
+                f"run the previous engine version until it writes a snapshot, or restore the log"
+            )
+        log.warning(
+            "engine shard=%d: the snapshot at offset %d is version %d, this engine reads %d: "
+            "replaying the commands log from its start (new snapshots replace the old ones)",
+            self.shard,
+            snapshot.input_offset,
+            error.found,
+            SNAPSHOT_VERSION,
+        )
+        return Engine(self.catalog, self.engine_config)
 
     def _restore(self, snapshot: Snapshot) -> Engine:
         engine = Engine.restore(snapshot.snapshot, self.catalog)

@@ -9,20 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import random
 import signal
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
+import asyncpg
 import msgspec
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from exchange.cli.gx import main as gx_main
 from matching.engine import Engine
+from matching.state import SNAPSHOT_VERSION
 from schemas import events as e
 from schemas.catalog import Catalog
 from schemas.codec import decode_event, encode
@@ -267,6 +271,52 @@ def test_restart_without_snapshots_replays_the_whole_log_and_produces_nothing_tw
     _assert_log_equals(events, expected)
     assert last.stats.recovered_offset == 0
     assert last.stats.suppressed == len(expected) and last.stats.events == 0
+
+
+def _as_version(data: bytes, version: int) -> bytes:
+    """A snapshot's bytes relabelled as another layout version (what an older engine wrote)."""
+    snap = msgspec.msgpack.decode(zlib.decompress(data))
+    return zlib.compress(msgspec.msgpack.encode({**snap, "version": version}), 1)
+
+
+@pytest.mark.timeout(60)
+def test_a_snapshot_of_an_older_engine_version_is_replaced_by_a_replay_from_the_start(
+    broker: EmbeddedBroker, dsn: str, catalog: Catalog, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = _settings(broker, dsn)
+    names = topics(settings)
+    payloads = [encode(c) for c in workload(catalog, seed=5, count=1500)]
+    expected = reference(catalog, payloads)  # type: ignore[arg-type]
+
+    async def scenario() -> tuple[EngineRunner, list[tuple[int, bytes]], int]:
+        await create_topics(settings, broker)
+        await produce(broker.bootstrap_servers, names["commands"].name, payloads)
+        await run_until(EngineRunner(settings, 0, catalog, SMALL, mock_broker=True), len(payloads))
+        conn = await asyncpg.connect(dsn)
+        try:  # every kept snapshot now reads as one of an older engine's
+            rows = await conn.fetch("SELECT input_offset, snapshot FROM engine_snapshots")
+            for row in rows:
+                await conn.execute(
+                    "UPDATE engine_snapshots SET snapshot = $1 WHERE input_offset = $2",
+                    _as_version(bytes(row["snapshot"]), SNAPSHOT_VERSION - 1),
+                    row["input_offset"],
+                )
+        finally:
+            await conn.close()
+        second = EngineRunner(settings, 0, catalog, SMALL, mock_broker=True)
+        await run_until(second, len(payloads))
+        events = await read_events(broker.bootstrap_servers, names["events"].name, len(expected))
+        return second, events, len(rows)
+
+    with caplog.at_level(logging.WARNING, logger="gx.engine"):
+        second, events, relabelled = run(scenario(), timeout_s=50)
+    assert relabelled > 0
+    _assert_log_equals(events, expected)
+    # A fresh engine replayed the whole log, produced nothing twice and saved new snapshots.
+    assert second.stats.recovered_offset == 0
+    assert second.stats.suppressed == len(expected) and second.stats.events == 0
+    assert second.stats.snapshots > 0
+    assert "replaying the commands log from its start" in caplog.text
 
 
 @pytest.mark.timeout(60)
