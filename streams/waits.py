@@ -26,7 +26,9 @@ def _lost(health: Health) -> dict[str, str]:
     """The resources that did not answer this look: name -> why."""
     lost = {}
     if health.lag is None:
-        lost["broker"] = f"its end offsets did not come within {lag_check_timeout_s:.0f} s"
+        lost["broker"] = (
+            f"its end offsets did not come in time ({lag_check_timeout_s:.0f} s or more)"
+        )
     if health.database is False:
         lost["database"] = f"SELECT 1 did not answer within {database_check_timeout_s:.0f} s"
     return lost

@@ -51,7 +51,7 @@ def test_a_lost_database_and_broker_are_named_once_and_resumed_once_caught_up(
     lines = [r.getMessage() for r in caplog.records]
     starts = [
         f"waiting for PostgreSQL at {DB}: SELECT 1 did not answer",
-        "waiting for the Kafka broker at b:9092: its end offsets did not come",
+        "waiting for the Kafka broker at b:9092: its end offsets did not come in time",
         f"PostgreSQL at {DB} answers again",
         "the Kafka broker at b:9092 answers again",
         "resumed: ready again",
