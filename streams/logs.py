@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 import sys
 import time
+import urllib.parse
 from typing import Any
 
 import orjson
 
-__all__ = ["JsonFormatter", "configure", "json_format", "say"]
+__all__ = ["JsonFormatter", "configure", "database_at", "json_format", "say"]
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 _json = False
@@ -65,3 +66,11 @@ def say(name: str, message: str, *, level: str = "ERROR", **fields: Any) -> None
     line = {"ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "level": level,
             "logger": f"gx.{name}", "message": message, **fields}  # fmt: skip
     print(orjson.dumps(line, default=str).decode(), file=sys.stderr)
+
+
+def database_at(dsn: str) -> str:
+    """`host:port/database` of a PostgreSQL URL, for log lines (never its user or password)."""
+    parts = urllib.parse.urlsplit(dsn)
+    host = parts.hostname or "localhost"
+    port = parts.port or 5432
+    return f"{host}:{port}{parts.path or '/'}"

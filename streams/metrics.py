@@ -25,6 +25,8 @@ import msgspec
 from prometheus_client import Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from streams import logs
+
 __all__ = [
     "STEP_BUCKETS_S",
     "Health",
@@ -49,6 +51,7 @@ class Health(msgspec.Struct, kw_only=True):
     ready: bool
     lag: dict[tuple[str, int], int] | None = None  # None: unknown (the broker did not answer)
     database: bool | None = None  # None: the process uses no database
+    database_at: str | None = None  # host:port/database, for log lines
 
     def lag_total(self) -> int | None:
         return None if self.lag is None else sum(self.lag.values())
@@ -110,7 +113,10 @@ async def check_health(
     database = None if dsn is None else await database_reachable(dsn)
     caught_up = lags is not None and all(v <= lag_max for v in lags.values())
     return Health(
-        ready=started and caught_up and database is not False, lag=lags, database=database
+        ready=started and caught_up and database is not False,
+        lag=lags,
+        database=database,
+        database_at=None if dsn is None else logs.database_at(dsn),
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -13,7 +14,7 @@ from typing import Any, Protocol, TypeVar
 
 import msgspec
 
-from streams import logs
+from streams import logs, waits
 from streams.logs import say
 
 __all__ = ["GC_THRESHOLDS", "Process", "lower_priority", "run_loop", "serve", "tune_gc"]
@@ -69,15 +70,18 @@ def serve(
     *,
     progress_s: float | None = None,
     health: tuple[str, int] | None = None,
+    broker_at: str = "",
 ) -> int:
     """Run `process` until it stops or SIGINT/SIGTERM arrives; print its counters on exit.
 
     `stats` is the counters (or a function returning them); with `progress_s` they are also
     logged (INFO, logger `gx.NAME`) that often while the process runs. With `health` (host,
-    port) it serves /healthz, /readyz and /metrics there (streams/health.py). Returns 0, or 3
-    after one of the `fatal` errors (printed as `gx NAME: error`).
+    port) it serves /healthz, /readyz and /metrics there (streams/health.py). A process with
+    `health()` also says when it waits for the broker (at `broker_at`) or its database, and when
+    it resumed (streams/waits.py). Returns 0, or 3 after one of the `fatal` errors (printed as
+    `gx NAME: error`).
     """
-    return run_loop(_serve(process, name, fatal, stats, progress_s, health))
+    return run_loop(_serve(process, name, fatal, stats, progress_s, health, broker_at))
 
 
 def _counters(stats: Any) -> Any:
@@ -91,12 +95,15 @@ async def _serve(
     stats: Any,
     progress_s: float | None,
     health: tuple[str, int] | None = None,
+    broker_at: str = "",
 ) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, process.stop)
     task = asyncio.ensure_future(process.run())
     log = logging.getLogger(f"gx.{name}")
+    look = getattr(process, "health", None)
+    watcher = None if look is None else asyncio.ensure_future(waits.watch(look, log, broker_at))
     server = None
     if health is not None:
         from streams.health import HealthServer  # only processes that serve it import uvicorn
@@ -128,6 +135,10 @@ async def _serve(
         say(name, f"{error}; the process stopped: fix the cause, then start it again")
         return 3
     finally:
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
         if server is not None:
             await server.stop()
     if stats is not None:

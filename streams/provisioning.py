@@ -72,7 +72,7 @@ from schemas.provisioning import (
     window_hours,
 )
 from streams.event_records import decode_event_record
-from streams.metrics import Health, check_health, consumer_lag, counter
+from streams.metrics import Health, check_health, consumer_lag, counter, lag_check_timeout_s
 from streams.settings import Settings
 from streams.topics import shard_key, topics
 
@@ -472,7 +472,7 @@ class ProvisioningProcess:
         except Exception:  # not started yet: no consumer
             tps = []
         if tps:
-            lag = consumer_lag(lambda ps: consumer.highwaters(*ps), consumer.position, tps)
+            lag = _lag_in_one_call(consumer, tps)
         return await check_health(bool(tps), lag, None, self.settings.ready_lag_records_max)
 
     def metrics(self) -> Iterator[Metric]:
@@ -551,3 +551,30 @@ class ProvisioningProcess:
         ]
         for future in futures:
             await future
+
+
+faust_fetch_wait_s = 1.5  # faust's aiokafka consumer: fetch_max_wait_ms=1500, not configurable
+
+
+async def _lag_in_one_call(consumer: Any, tps: list[Any]) -> dict[tuple[str, int], int] | None:
+    """`consumer_lag` asked of faust's consumer thread in one call, not one per partition.
+
+    Each call to faust's consumer (`highwaters`, `position`) queues behind the thread's fetch,
+    which the mock broker holds for its whole wait (faust's 1.5 s): asked one partition at a
+    time, the answers missed the lag check's timeout most of the time, so the process looked
+    unready and as if it had lost the broker.
+    """
+    thread = consumer._thread  # faust: the aiokafka consumer lives in this thread
+    # The call may wait for one fetch to end first: give it that on top of the check's own time.
+    timeout_s = lag_check_timeout_s + faust_fetch_wait_s
+
+    async def look(partitions: list[Any]) -> dict[tuple[str, int], int] | None:
+        kafka = thread._ensure_consumer()
+        return await consumer_lag(kafka.end_offsets, kafka.position, partitions)
+
+    try:
+        async with asyncio.timeout(timeout_s):
+            answer: dict[tuple[str, int], int] | None = await thread.call_thread(look, tps)
+            return answer
+    except Exception:  # noqa: BLE001 - any client error: unknown, so not ready
+        return None

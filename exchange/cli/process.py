@@ -110,5 +110,13 @@ def serve_command(
         lower_priority(nice(settings) if nice else 0)
         report = None if stats is None else (lambda: stats(process))
         health = (settings.health_host, settings.health_port) if settings.health_port else None
-        status = serve(process, name, fatal, report, progress_s=progress_s, health=health)
+        status = serve(
+            process,
+            name,
+            fatal,
+            report,
+            progress_s=progress_s,
+            health=health,
+            broker_at=settings.kafka_bootstrap or "",
+        )
     return status

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -16,6 +17,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from streams.consumers import log_consumer, read_batch
 from streams.event_records import is_event_batch, is_partial
+from streams.logs import database_at
 from streams.metrics import Health, check_health, consumer_lag, counter, step_histogram
 from streams.settings import Settings
 from streams.settlement.decode import Entry, decode_record
@@ -35,8 +37,12 @@ log = logging.getLogger("gx.settle")
 CONSUMER_DEFAULT = "settlement"
 poll_timeout_ms = 200
 topic_wait_s = 1.0
-reconnect_attempts_max = 10
+# A database outage is waited out however long it lasts (an exit would only hand the wait to
+# whoever restarts the process): reconnects back off from the minimum, doubling, to the maximum.
+reconnect_backoff_s_min = 0.2
 reconnect_backoff_s_max = 5.0
+# While the database stays away, say what the writer waits for this often, not at each attempt.
+wait_log_interval_s = 10.0
 # What a database outage looks like, beyond a lost connection: writes refused (a read-only
 # database or standby, a full disk), the server shutting down or starting, a statement cancelled
 # (statement timeout), and a connection left mid-operation by one of those. Each clears by
@@ -188,7 +194,11 @@ class SettlementWriter:
         return dict(self._next_offset)
 
     async def run(self) -> None:
-        """Settle until `stop()` is called; raise if the database stays unreachable."""
+        """Settle until `stop()` is called, waiting out database outages however long.
+
+        Raise on what waiting does not cure: a database that refuses the login or does not
+        exist, a ledger schema newer than this code.
+        """
         self._running = True
         self._done.clear()
         kafka = log_consumer(
@@ -198,13 +208,10 @@ class SettlementWriter:
             client_id=f"gx-settle-{self.consumer_name}",
         )
         try:
-            await self._connect()
             await kafka.start()
             self._kafka = kafka
             try:
                 if await self._assign(kafka):
-                    await self._resume(kafka)
-                    self._resumed = True
                     while not self._stopping.is_set():
                         await self._step_retrying(kafka)
             finally:
@@ -282,39 +289,62 @@ class SettlementWriter:
     # ------------------------------------------------------------------ the loop
 
     async def _step_retrying(self, kafka: AIOKafkaConsumer) -> None:
-        for attempt in range(1, reconnect_attempts_max + 1):
+        """One step, connecting (and resuming from the stored positions) first when there is no
+        connection; a database outage is retried with capped exponential backoff until it ends
+        or `stop()` is called, saying what the writer waits for every `wait_log_interval_s`."""
+        outage_started = 0.0
+        attempt = 0
+        said_at = 0.0
+        while not self._stopping.is_set():
             try:
+                if self._conn is None:
+                    await self._connect()
+                    # Whether a failed commit landed is unknown: the database says where to resume.
+                    await self._resume(kafka)
+                    self._resumed = True
                 await self._step(kafka)
-                return
             except _RETRIABLE as error:
-                if attempt == reconnect_attempts_max:
-                    raise
-                log.warning(
-                    "database error (%s); reconnecting, attempt %d of %d: check that "
-                    "PostgreSQL runs and GX_DATABASE_URL reaches it",
-                    error,
-                    attempt,
-                    reconnect_attempts_max,
-                )
+                now = time.monotonic()
+                if attempt == 0:
+                    outage_started = now
+                attempt += 1
                 self.stats.reconnects += 1
-                await asyncio.sleep(min(0.1 * 2**attempt, reconnect_backoff_s_max))
-                await self._reconnect(kafka)
+                backoff_s = min(
+                    reconnect_backoff_s_min * 2 ** (attempt - 1), reconnect_backoff_s_max
+                )
+                if attempt == 1 or now - said_at >= wait_log_interval_s:
+                    said_at = now
+                    log.warning(
+                        "waiting for PostgreSQL at %s: %s (%s); attempt %d, %.0f s so far, next "
+                        "in %.1f s: check that PostgreSQL runs, has disk space and accepts "
+                        "writes, and that GX_DATABASE_URL reaches it",
+                        database_at(self._dsn),
+                        type(error).__name__,
+                        error,
+                        attempt,
+                        now - outage_started,
+                        backoff_s,
+                    )
+                self._drop_connection()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), backoff_s)
+                continue
+            if attempt:
+                log.warning(
+                    "resumed: PostgreSQL at %s answers again after %.1f s and %d attempts; "
+                    "settling from the stored positions",
+                    database_at(self._dsn),
+                    time.monotonic() - outage_started,
+                    attempt,
+                )
+            return
 
-    async def _reconnect(self, kafka: AIOKafkaConsumer) -> None:
+    def _drop_connection(self) -> None:
         if self._conn is not None:
             self._conn.terminate()
             self._conn = None
-        try:
-            await self._connect()
-        except _RETRIABLE as error:
-            log.warning("database still unreachable: %s; retrying (check GX_DATABASE_URL)", error)
-            return
-        # Whether the failed commit landed is unknown: the database says where to resume.
-        await self._resume(kafka)
 
     async def _step(self, kafka: AIOKafkaConsumer) -> None:
-        if self._conn is None:
-            raise ConnectionError("no database connection")
         # settle_batch_max counts events; a record holds the events of one or more commands
         records_max = max(1, int(self._batch_max / self._events_per_record))
         batches = await read_batch(

@@ -19,8 +19,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import errno
 import os
+import pwd
 import random
+import re
 import signal
 import subprocess
 import tempfile
@@ -76,10 +79,22 @@ KINDS: list[tuple[str, int]] = [
     ("pg_restart", 2),
     ("pg_pause", 2),
     ("pg_kill_connections", 2),
-    ("pg_read_only", 1),
-    # ("pg_disk_full", 1): `_disk_full` does not work yet (moving the postings table onto a
-    # 4 MB tmpfs tablespace fails itself with DiskFullError); see the branch's report.
+    ("pg_read_only", 1),  # writes refused
+    ("pg_disk_full", 1),  # needs root to mount the small filesystem, else it is skipped
 ]
+# A process that lost the broker or the database says so, naming it (streams/waits.py, the
+# settlement writer's retries), and later that it resumed.
+WAITING = re.compile(r"waiting for (PostgreSQL|the Kafka broker) at")
+RESUMED = "resumed:"
+RESUMED_WAIT_S = 20.0  # after every stage is ready, for the last "resumed:" lines
+# An outage at least this long is seen by the watchers (a look each second, each check given
+# 2 s: streams/waits.py), so the processes that lost the resource must say so.
+OUTAGE_SEEN_S = 3.5
+# The full disk: a tmpfs holding the tablespace of the ledger tables every settlement writes,
+# filled by a file of the test's own until PostgreSQL cannot extend them.
+SMALL_DISK_BYTES_MAX = 64 * 1024 * 1024
+SMALL_DISK_TABLES = ("orders", "postings")
+DISK_FULL_SEEN_WAIT_S = 20.0
 
 
 class Load:
@@ -180,18 +195,27 @@ class BookWatcher:
 class Faults:
     """The faults, each `inject(rng)` returning when the fault is over (recovery not awaited)."""
 
-    def __init__(self, cluster: Cluster, settings: Settings, pg: EmbeddedPostgres, tmp: Path):
+    def __init__(
+        self, cluster: Cluster, settings: Settings, pg: EmbeddedPostgres, disk: Path
+    ) -> None:
         self.cluster = cluster
         self.settings = settings
         self.pg = pg
-        self.tmp = tmp
+        self.disk = disk
+        self.disk_ready: bool | None = None  # the tablespace on the small disk: None untried
+        self.disk_skipped = ""  # why the full-disk scenario cannot run here
         self.names = topics(settings)
-        # pytest's temporary directories are private to root; PostgreSQL's user must reach this
-        self.disk = Path(tempfile.mkdtemp(prefix="gx-small-disk-"))
-        self.disk.chmod(0o755)
+        # The events partitions' leader is known, so a broker down can be the one they need.
+        self.events_leader = 1
+        for partition in range(self.names["events"].partitions):
+            cluster.broker.set_partition_leader(self.names["events"].name, partition, 1)
+        # Per scenario: stage -> the resource it must say it waits for; problems seen injecting.
+        self.expect: dict[str, str] = {}
+        self.problems: list[str] = []
 
     async def inject(self, kind: str, rng: random.Random) -> str:
         cluster, broker = self.cluster, self.cluster.broker
+        self.expect, self.problems = {}, []
         if kind.startswith("kill:") and kind != "kill:audit":
             name = kind.split(":", 1)[1]
             await asyncio.sleep(rng.uniform(0.05, 1.5))
@@ -217,17 +241,24 @@ class Faults:
             child.wait()
             return "audit"
         if kind == "broker_down":
-            broker_id = rng.randint(1, broker.broker_count)
+            # Half the time the events' leader, long enough for its readers to notice and say so.
+            leader = rng.random() < 0.5
+            broker_id = self.events_leader if leader else rng.randint(1, broker.broker_count)
+            down_s = rng.uniform(OUTAGE_SEEN_S, 5.0) if leader else rng.uniform(0.5, 3.0)
+            if leader:
+                self.expect = {"settle": "the Kafka broker", "marketdata": "the Kafka broker"}
             broker.broker_down(broker_id)
-            await asyncio.sleep(rng.uniform(0.5, 3.0))
+            await asyncio.sleep(down_s)
             broker.broker_up(broker_id)
-            return f"broker {broker_id}"
+            return f"broker {broker_id}{' (leads gx.events)' if leader else ''}, {down_s:.1f} s"
         if kind == "leader_move":
             role = rng.choice(["commands", "events", "marketdata"])
             topic = self.names[role]
             partition = rng.randrange(topic.partitions)
             broker_id = rng.randint(1, broker.broker_count)
             broker.set_partition_leader(topic.name, partition, broker_id)
+            if role == "events":
+                self.events_leader = broker_id  # one shard: one events partition
             await asyncio.sleep(rng.uniform(0.2, 1.0))
             return f"{role}/{partition} -> {broker_id}"
         if kind in ("produce_errors", "fetch_errors"):
@@ -246,6 +277,9 @@ class Faults:
                 broker.push_request_error_rtts(broker_id, API_KEY_PRODUCE, [(0, delay_ms)] * count)
             await asyncio.sleep(delay_ms / 1000)
             return f"{count} x {delay_ms} ms"
+        if kind.startswith("pg_") and kind != "pg_kill_connections":
+            # The writer settles all the time under the load: it meets every database fault.
+            self.expect = {"settle": "PostgreSQL"}
         if kind == "pg_restart":
             await asyncio.to_thread(self.pg.stop_server, rng.choice(["immediate", "fast"]))
             await asyncio.sleep(rng.uniform(0.5, 3.0))
@@ -256,7 +290,7 @@ class Faults:
             for pid in pids:
                 os.kill(pid, signal.SIGSTOP)
             try:
-                await asyncio.sleep(rng.uniform(2.0, 7.0))
+                await asyncio.sleep(rng.uniform(OUTAGE_SEEN_S, 7.0))
             finally:
                 for pid in pids:
                     os.kill(pid, signal.SIGCONT)
@@ -283,29 +317,68 @@ class Faults:
         raise AssertionError(kind)
 
     async def _disk_full(self, rng: random.Random) -> str:
-        """The ledger's tables moved onto a tiny tmpfs tablespace, filled, then emptied."""
-        mount = self.disk
-        if not (mount / "pg").exists():
-            subprocess.run(
-                ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], check=True
-            )
-            (mount / "pg").mkdir()
-            os.system(f"chown postgres {mount / 'pg'}")  # noqa: S605 - the test's own path
-            await _sql(self.cluster.dsn, f"CREATE TABLESPACE small LOCATION '{mount / 'pg'}'")
-        await _sql(self.cluster.dsn, "CREATE TABLE IF NOT EXISTS filler (b bytea) TABLESPACE small")
-        # Fill the disk: the ledger's next postings table page cannot be written either once
-        # the postings table lives there.
-        await _sql(self.cluster.dsn, "ALTER TABLE postings SET TABLESPACE small")
-        with contextlib.suppress(asyncpg.PostgresError):
-            await _sql(
-                self.cluster.dsn,
-                "INSERT INTO filler SELECT decode(repeat('ab', 8000), 'hex') "
-                "FROM generate_series(1, 100000)",
-            )
-        await asyncio.sleep(rng.uniform(1.0, 3.0))
-        await _sql(self.cluster.dsn, "TRUNCATE filler")
-        await _sql(self.cluster.dsn, "ALTER TABLE postings SET TABLESPACE pg_default")
-        return "tablespace full"
+        """Fill the small filesystem under the ledger tables until PostgreSQL cannot extend
+        them, hold it full, then free it."""
+        if self.disk_ready is None:
+            self.disk_ready = await self._small_disk()
+        if not self.disk_ready:
+            self.expect = {}
+            return f"skipped: {self.disk_skipped}"
+        settle = self.cluster.stages["settle"]
+        mark = settle.log_size()
+        filler = self.disk / "filler"
+        filled = await asyncio.to_thread(_fill, filler)
+        try:
+            deadline = time.monotonic() + DISK_FULL_SEEN_WAIT_S
+            while "could not extend file" not in settle.log_since(mark):
+                if time.monotonic() > deadline:
+                    self.problems.append(
+                        f"the writer met no full disk in {DISK_FULL_SEEN_WAIT_S:.0f} s"
+                    )
+                    break
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(rng.uniform(0.5, 2.0))
+        finally:
+            filler.unlink()
+        return f"tablespace full ({filled // 1024} KiB filler)"
+
+    async def _small_disk(self) -> bool:
+        """Mount a small tmpfs and move the ledger tables onto a tablespace there; False (and
+        `disk_skipped` says why) where this machine does not allow it."""
+        if os.geteuid() != 0:
+            self.disk_skipped = "mounting a small filesystem needs root; the suite runs as a user"
+            return False
+        owner = pwd.getpwnam(self.pg.run_as)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={SMALL_DISK_BYTES_MAX},mode=0755", "tmpfs",
+             str(self.disk)],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if done.returncode != 0:
+            self.disk_skipped = f"mount -t tmpfs refused: {done.stderr.strip()[:200]}"
+            return False
+        location = self.disk / "pg"
+        location.mkdir()
+        os.chown(location, owner.pw_uid, owner.pw_gid)
+        await _sql(self.cluster.dsn, f"CREATE TABLESPACE gx_small LOCATION '{location}'")
+        for table in SMALL_DISK_TABLES:
+            await _sql(self.cluster.dsn, f"ALTER TABLE {table} SET TABLESPACE gx_small")
+        return True
+
+
+def _fill(path: Path) -> int:
+    """Write zeros to `path` until its filesystem is full; return the bytes written."""
+    written = 0
+    with path.open("wb", buffering=0) as out:
+        for block in (bytes(1 << 20), bytes(4096)):
+            while True:
+                try:
+                    written += out.write(block) or 0
+                except OSError as error:
+                    if error.errno != errno.ENOSPC:
+                        raise
+                    break
+    return written
 
 
 def _postgres_pids(pg: EmbeddedPostgres) -> list[int]:
@@ -342,17 +415,26 @@ async def _kill_clients(dsn: str) -> None:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     tmp = tmp_path_factory.mktemp("faults")
-    with EmbeddedBroker(broker_count=3) as broker, EmbeddedPostgres(database="gx_faults") as pg:
-        broker.group_initial_rebalance_delay_ms(0)
-        settings = Settings(kafka_bootstrap=broker.bootstrap_servers)
-        asyncio.run(create_topics(settings, broker))
-        cl = Cluster(broker, pg, pg.dsn, tmp, MASTER_KEY)
-        cl.tmp = tmp  # type: ignore[attr-defined]
-        try:
-            cl.start()
-            yield cl
-        finally:
-            cl.stop()
+    # The full disk's mount point; pytest's temporary directories are private to root, and
+    # PostgreSQL's user must reach this.
+    disk = Path(tempfile.mkdtemp(prefix="gx-small-disk-"))
+    disk.chmod(0o755)
+    try:
+        with EmbeddedBroker(broker_count=3) as broker, EmbeddedPostgres(database="gx_faults") as pg:
+            broker.group_initial_rebalance_delay_ms(0)
+            settings = Settings(kafka_bootstrap=broker.bootstrap_servers)
+            asyncio.run(create_topics(settings, broker))
+            cl = Cluster(broker, pg, pg.dsn, tmp, MASTER_KEY)
+            cl.small_disk = disk  # type: ignore[attr-defined]
+            try:
+                cl.start()
+                yield cl
+            finally:
+                cl.stop()
+    finally:  # PostgreSQL has stopped: nothing holds the tablespace
+        if os.path.ismount(disk):
+            subprocess.run(["umount", "-l", str(disk)], check=False, capture_output=True)
+        disk.rmdir()
 
 
 def _key(cluster: Cluster, account: int, scopes: str) -> tuple[str, str]:
@@ -416,7 +498,8 @@ async def _suite(cluster: Cluster) -> dict[str, Any]:
         load = Load(buyer, provider, symbol)
         watcher = BookWatcher(buyer, symbol)
         watcher.start()
-        faults = Faults(cluster, settings, cluster.postgres, cluster.tmp)  # type: ignore[attr-defined]
+        faults = Faults(cluster, settings, cluster.postgres, cluster.small_disk)  # type: ignore[attr-defined]
+        waits: collections.Counter[str] = collections.Counter()
         checkpoint: Checkpoint | None = None
         kinds: collections.Counter[str] = collections.Counter()
         failures: list[str] = []
@@ -431,6 +514,7 @@ async def _suite(cluster: Cluster) -> dict[str, Any]:
             t0 = time.monotonic()
             rng = random.Random(seed)
             stop = asyncio.Event()
+            marks = {name: stage.log_size() for name, stage in cluster.stages.items()}
             loading = asyncio.create_task(load.run(random.Random(seed + 1), stop, f"s{seed}"))
             try:
                 what = await faults.inject(kind, rng)
@@ -438,7 +522,7 @@ async def _suite(cluster: Cluster) -> dict[str, Any]:
             finally:
                 stop.set()
                 await loading
-            problem = await _recover_and_check(cluster, load, watcher)
+            problem = [*faults.problems, *await _recover_and_check(cluster, load, watcher)]
             report, auditor, ends = await audit(
                 settings, cluster.broker.bootstrap_servers, cluster.dsn,
                 checkpoint=checkpoint, check_crcs=False,
@@ -448,6 +532,7 @@ async def _suite(cluster: Cluster) -> dict[str, Any]:
             events += report.events
             if not report.ok:
                 problem.append(f"audit: {report.violations[:3]}")
+            problem += await _check_waits(cluster, marks, faults.expect, waits)
             kinds[kind] += 1
             count += 1
             line = (
@@ -464,7 +549,6 @@ async def _suite(cluster: Cluster) -> dict[str, Any]:
         if final.returncode != 0:
             failures.append(f"final gx audit exit {final.returncode}: {final.stdout[-2000:]}")
         watcher.task.cancel()  # type: ignore[union-attr]
-        subprocess.run(["umount", str(faults.disk)], check=False, capture_output=True)
         return {
             "scenarios": count,
             "seconds": round(time.monotonic() - started, 1),
@@ -476,6 +560,8 @@ async def _suite(cluster: Cluster) -> dict[str, Any]:
             "duplicated": _violations(report_json, "dup"),
             "ws_resyncs": watcher.book.snapshots - 1 if watcher.book else None,
             "restarts": {n: s.starts - 1 for n, s in cluster.stages.items()},
+            "waited_and_resumed": dict(sorted(waits.items())),
+            "skipped": {"pg_disk_full": faults.disk_skipped} if faults.disk_skipped else {},
             "failures": failures,
         }
 
@@ -518,4 +604,30 @@ async def _recover_and_check(cluster: Cluster, load: Load, watcher: BookWatcher)
         await _until(watcher.in_sync, "WebSocket book in sync with REST", 30)
     except AssertionError as error:
         problem.append(str(error))
+    return problem
+
+
+async def _check_waits(
+    cluster: Cluster, marks: dict[str, int], expect: dict[str, str], waits: collections.Counter[str]
+) -> list[str]:
+    """Every stage that said it waits for the broker or the database said later that it
+    resumed; those in `expect` (stage -> resource) said they wait for it. Counts into `waits`."""
+    deadline = time.monotonic() + RESUMED_WAIT_S
+    while True:
+        problem: list[str] = []
+        seen: list[str] = []
+        for name, stage in cluster.stages.items():
+            text = stage.log_since(marks[name])
+            said = list(WAITING.finditer(text))
+            resources = {m.group(1) for m in said}
+            if name in expect and expect[name] not in resources:
+                problem.append(f"{name} never said it waits for {expect[name]}")
+            if said and RESUMED not in text[said[-1].end() :]:
+                problem.append(f"{name} said {said[-1].group(0)!r} but not that it resumed")
+            seen += [f"{name}:{r}" for r in resources]
+        if not problem or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.25)
+    if not problem:
+        waits.update(seen)
     return problem

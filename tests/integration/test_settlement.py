@@ -37,6 +37,7 @@ from schemas.codec import encode
 from streams.embedded.broker import EmbeddedBroker
 from streams.embedded.postgres import EmbeddedPostgres
 from streams.event_records import PARTIAL_HEADER, EventRecord, pack_events, pack_records
+from streams.logs import database_at
 from streams.settings import Settings
 from streams.settlement import Malformed, SettlementWriter, decode_record, plan_commit
 from streams.topics import shard_key, topics
@@ -705,6 +706,63 @@ def test_a_version_4_ledger_migrates_to_a_dead_letter_per_event(dsn: str) -> Non
             await conn.close()
 
     assert run(scenario()) == [(0, "first"), (2, "third")]  # the old row is event 0
+
+
+def test_a_database_down_longer_than_the_old_give_up_horizon_is_waited_out(
+    market: Market,
+    broker: EmbeddedBroker,
+    postgres: EmbeddedPostgres,
+    dsn: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The writer gave up after 10 reconnects (about 30 s at the default backoff), so a longer
+    # outage killed it. The backoff is shrunk so the outage below lasts many old horizons.
+    from streams.settlement import writer as writer_module
+
+    monkeypatch.setattr(writer_module, "reconnect_backoff_s_max", 0.05)
+    monkeypatch.setattr(writer_module, "reconnect_backoff_s_min", 0.05, raising=False)
+    monkeypatch.setattr(writer_module, "wait_log_interval_s", 1.0, raising=False)
+    outage_s = 4.0  # 80 attempts at 0.05 s: eight times the old 10
+    settings = settings_for(broker, batch_max=50)
+    topic = topics(settings)["events"].name
+
+    async def scenario() -> tuple[int, int, int]:
+        bootstrap = broker.bootstrap_servers
+        half = command_boundary_after(market.events, len(market.events) // 2)
+        await produce(bootstrap, topic, records(market.events[:half]))
+        writer = SettlementWriter(settings, dsn, bootstrap, check_crcs=False)
+        task = asyncio.create_task(writer.run())
+        while writer.stats.transactions == 0:
+            assert not task.done(), task.result()
+            await asyncio.sleep(0.02)
+        await asyncio.to_thread(postgres.stop_server, "fast")
+        try:
+            end = await produce(bootstrap, topic, records(market.events[half:]))
+            await asyncio.sleep(outage_s)
+            assert not task.done(), f"the writer exited during the outage: {task.exception()!r}"
+        finally:
+            await asyncio.to_thread(postgres.start_server)
+        deadline = time.monotonic() + settle_deadline_s
+        while writer.positions != {0: end} and time.monotonic() < deadline:
+            assert not task.done(), task.exception()
+            await asyncio.sleep(0.05)
+        writer.stop()
+        await task
+        return writer.positions[0], end, writer.stats.reconnects
+
+    with caplog.at_level(logging.WARNING, logger="gx.settle"):
+        settled, end, attempts = run(scenario())
+    assert settled == end
+    assert asyncio.run(postings_sum(dsn)) == 0
+    waiting = [
+        r.getMessage() for r in caplog.records if "waiting for PostgreSQL at" in r.getMessage()
+    ]
+    resumed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("resumed:")]
+    at = database_at(dsn)
+    assert waiting and all(at in line for line in waiting), caplog.text[-2000:]
+    assert len(waiting) < attempts  # rate-limited: not a line per attempt
+    assert len(resumed) == 1 and at in resumed[0], caplog.text[-2000:]
 
 
 if __name__ == "__main__":

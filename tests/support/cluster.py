@@ -50,7 +50,8 @@ def http_get(url: str, timeout_s: float = 2.0) -> int:
 
 
 class Stage:
-    """One `gx` subcommand run as a child process, its log appended to across restarts."""
+    """One `gx` subcommand run as a child process, its stdout and stderr appended to one log
+    across restarts (`log_size` and `log_since` read what a scenario added)."""
 
     def __init__(self, name: str, args: list[str], env: dict[str, str], log_path: Path) -> None:
         self.name = name
@@ -118,6 +119,22 @@ class Stage:
 
     def log_text(self) -> str:
         return self.tail(10_000_000)
+
+    def log_size(self) -> int:
+        """How many bytes its log holds now: a mark for `log_since`."""
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
+
+    def log_since(self, mark: int) -> str:
+        """What it has logged (stdout and stderr, every start) since `log_size()` gave `mark`."""
+        try:
+            with self.log_path.open("rb") as log:
+                log.seek(mark)
+                return log.read().decode(errors="replace")
+        except OSError:
+            return ""
 
 
 class Cluster:
