@@ -28,7 +28,8 @@ at most half of it) and at the end. `rss_growth_after_warmup_pct` compares the e
 warm-up over the processes alive at both; `memory_flat` is that growth within
 `memory_flat_pct_max`.
 
-Exits 1 when the audit found a violation, a subscriber saw a gap, or no order was answered.
+Exits 1 when the audit found a violation, a subscriber saw a gap or was closed before the end,
+or no order was answered.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ import numpy as np
 import orjson
 import uvloop
 
-from exchange.bench.report import Report, add_benchmark, print_report
+from exchange.bench.report import Report, add_benchmark, print_report, table
 from exchange.cli.funds import submit
 from exchange.client import (
     Client,
@@ -126,9 +127,32 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("gx").setLevel(logging.WARNING)
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
     report = bench_soak(duration_s, args.rate, args.subscribers)
-    print_report(report, args.json)
-    failed = not report["audit_clean"] or report["gaps"] > 0 or report["orders"] == 0
+    if args.json:
+        print_report(report, True)
+    else:
+        print(_human(report))
+    failed = (
+        not report["audit_clean"]
+        or report["gaps"] > 0
+        or report["subscribers_closed_early"] > 0  # a closed subscriber sees no gap
+        or report["orders"] == 0
+    )
     return 1 if failed else 0
+
+
+def _human(report: Report) -> str:
+    """The figures as a table, then one line per process: RSS at start, warm-up and end."""
+    lines = [table({k: v for k, v in report.items() if k != "processes"}), ""]
+    lines.append(f"{'process':<40} {'pid':>8} {'start MiB':>10} {'warm MiB':>10} {'end MiB':>10}")
+    for p in report.get("processes", []):
+        sizes = [
+            "-" if p[f"rss_{n}_kib"] is None else f"{p[f'rss_{n}_kib'] / 1024:.1f}"
+            for n in ("start", "warm", "end")
+        ]
+        lines.append(
+            f"{p['label'][:40]:<40} {p['pid']:>8} {sizes[0]:>10} {sizes[1]:>10} {sizes[2]:>10}"
+        )
+    return "\n".join(lines)
 
 
 def _progress(text: str) -> None:
@@ -736,6 +760,7 @@ def _report(
         "subscriber_messages": counts.get("messages", 0),
         "subscriber_book_updates": counts.get("book_updates", 0),
         "subscriber_resyncs": counts.get("resyncs", 0),
+        "subscriber_pings_answered": counts.get("pings", 0),
         "gaps": gaps,
         "audit_clean": audit_clean,
         "audits": s.audits,

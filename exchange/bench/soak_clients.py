@@ -8,7 +8,8 @@ stdin closes, then writes one JSON object to OUT_PATH.
 Every push is parsed and checked: its `conn_seq` must follow the connection's previous push by
 one, a book update's `prev_seq` must be the book's last `seq` (from its snapshot on), and a
 trades push's `prev_seq` the last trades push's `seq`. Each break counts one gap. The gateway
-caps open connections per IP address, so the subscribers connect from several loopback
+caps open connections per IP address, so the subscribers answer the server's pings (else it closes them)
+and connect from several loopback
 addresses (127.0.0.2, 127.0.0.3, ...: Linux routes all of 127/8 to the loopback interface),
 as subscribers on different machines would.
 """
@@ -84,10 +85,18 @@ class _Subscriber(asyncio.Protocol):
             end = at + head + size
             if end > size_all:
                 break
-            if data[at] & 0x0F == 0x1:  # text; the server sends no fragments
+            opcode = data[at] & 0x0F
+            if opcode == 0x1:  # text; the server sends no fragments
                 self._read(data[at + head : end])
+            elif opcode == 0x9:  # the server's ping: unanswered, it closes the connection
+                self._pong(data[at + head : end])
             at = end
         del self.buffer[:at]
+
+    def _pong(self, payload: bytes) -> None:
+        self.counts["pings"] += 1
+        size = len(payload)  # a control frame's payload is at most 125 bytes
+        self.transport.write(bytes((0x8A, 0x80 | size)) + b"\x00\x00\x00\x00" + payload)
 
     def _read(self, payload: bytes) -> None:
         message = orjson.loads(payload)
@@ -129,7 +138,7 @@ def _same(client: _Subscriber) -> _Subscriber:
 
 async def _clients(url: str, symbols: list[str], subscribers: int, out_path: str) -> None:
     counts = dict.fromkeys(
-        ("connected", "closed", "messages", "resyncs", "book_updates", "trade_pushes",
+        ("connected", "closed", "pings", "messages", "resyncs", "book_updates", "trade_pushes",
          "conn_seq_gaps", "book_gaps", "trade_gaps"),
         0,
     )  # fmt: skip

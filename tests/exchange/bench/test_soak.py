@@ -36,7 +36,7 @@ def test_soak_drives_the_sandbox_and_audits_it(capsys: pytest.CaptureFixture[str
     assert report["order_errors"] == 0, report["errors"]
     assert report["deposits"] > 0 and report["withdrawals_requested"] > 0
     assert report["subscribers_connected"] == 20 and report["subscriber_messages"] > 0
-    assert report["gaps"] == 0
+    assert report["gaps"] == 0 and report["subscribers_closed_early"] == 0
     assert report["audit_clean"] is True and report["audit_violations"] == 0
     assert report["audit_ledger_compared"] is True
     labels = {p["label"] for p in report["processes"]}
@@ -69,8 +69,18 @@ def test_subscriber_counts_every_break_of_a_sequence() -> None:
         return counts
 
     counts = asyncio.run(check())
+    written: list[bytes] = []
+    pong = soak_clients._Subscriber("h:1", "S", {"pings": 0})
+    pong.transport = type("T", (), {"write": staticmethod(written.append)})()
+    pong.upgraded = True
+    asyncio.run(_feed(pong, b"\x89\x03abc"))  # the server's ping carrying "abc"
+    assert written == [b"\x8a\x83\x00\x00\x00\x00abc"]  # a masked pong, the same payload
     assert counts["messages"] == 5
     assert (counts["conn_seq_gaps"], counts["book_gaps"], counts["trade_gaps"]) == (1, 1, 1)
+
+
+async def _feed(sub: soak_clients._Subscriber, data: bytes) -> None:
+    sub.data_received(data)
 
 
 def test_memory_growth_compares_the_end_with_the_warm_up() -> None:
