@@ -751,6 +751,7 @@ def _report(
         "withdrawal_errors": s.withdrawal_errors,
         "withdrawals_by_status": by_status,
         "capacity_posts": s.capacity_posts,
+        "gate_closure_lead_s": load.info["gate_closure_lead_ns"] // NS_PER_SECOND,
         "delivery_symbol": load.delivery_symbol,
         "provisioning_requests": s.provisioning_requests,
         "provisioning_confirmed": s.provisioning_confirmed,

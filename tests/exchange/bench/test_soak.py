@@ -42,6 +42,7 @@ def test_soak_drives_the_sandbox_and_audits_it(capsys: pytest.CaptureFixture[str
     labels = {p["label"] for p in report["processes"]}
     assert {"sandbox", "bench", "subscribers", "postgres postmaster"} <= labels
     assert report["sandbox_exit_status"] == 0
+    assert report["gate_closure_lead_s"] == soak.gate_closure_lead_s  # the sandbox's option
 
 
 def _push(conn_seq: int, **fields: object) -> bytes:
