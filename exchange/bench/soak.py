@@ -28,8 +28,10 @@ at most half of it) and at the end. `rss_growth_after_warmup_pct` compares the e
 warm-up over the processes alive at both; `memory_flat` is that growth within
 `memory_flat_pct_max`.
 
-Exits 1 when the audit found a violation, a subscriber saw a gap or was closed before the end,
-or no order was answered.
+`rss_series_kib` adds the total and the sandbox's RSS every `memory_series_interval_s`.
+
+Exits 1 when the audit found a violation, a subscriber saw a gap, was told to resync (the
+gateway dropped its pushes) or was closed before the end, or no order was answered.
 """
 
 from __future__ import annotations
@@ -88,10 +90,12 @@ deposit_interval_s = 5.0
 deposit_micros = 1_000 * 1_000_000
 withdrawal_interval_s = 5.0
 withdrawal_usd = "1.00"
+withdrawals_listed_max = 1000  # the gateway's page limit: the newest this many are counted
 audit_interval_s = 60.0
 warmup_s_min = 60.0
 warmup_fraction = 0.1
 memory_flat_pct_max = 10.0
+memory_series_interval_s = 60.0
 sandbox_ready_wait_s = 240.0  # a cold Numba compile of the engine's kernels included
 subscribers_ready_wait_s = 90.0
 sandbox_stop_wait_s = 60.0
@@ -135,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
         not report["audit_clean"]
         or report["gaps"] > 0
         or report["subscribers_closed_early"] > 0  # a closed subscriber sees no gap
+        or report["subscriber_resyncs"] > 0  # the gateway dropped a subscriber's pushes
         or report["orders"] == 0
     )
     return 1 if failed else 0
@@ -218,6 +223,7 @@ class _Memory:
         self.roots = roots
         self.labels: dict[int, str] = {}
         self.samples: dict[str, dict[int, int]] = {}
+        self.series: list[list[int | None]] = []  # [seconds into the load, total, sandbox]
 
     def sample(self, name: str) -> int:
         """Record every process's RSS under `name`; return their total in KiB."""
@@ -231,6 +237,14 @@ class _Memory:
                 self.labels[pid] = "bench" if pid == os.getpid() else _label(pid)
         self.samples[name] = taken
         return sum(taken.values())
+
+    def point(self, t_s: float) -> None:
+        """Add the total and the sandbox's RSS now to the series (a trend, not per process)."""
+        pids = _tree(self.roots)
+        total = sum(r for p in pids if (r := _rss_kib(p)) is not None)
+        sandbox = next((p for p, label in self.labels.items() if label == "sandbox"), None)
+        sandbox_kib = _rss_kib(sandbox) if sandbox is not None else None
+        self.series.append([round(t_s), total, sandbox_kib])
 
     def report(self) -> dict[str, Any]:
         start = self.samples.get("start", {})
@@ -261,6 +275,7 @@ class _Memory:
                 None if sandbox_growth is None else round(sandbox_growth, 1)
             ),
             "memory_flat": growth <= memory_flat_pct_max,
+            "rss_series_kib": self.series,
             "processes": processes,
         }
 
@@ -640,33 +655,40 @@ async def _drive(
         tasks += [asyncio.create_task(p) for p in paced]
         warm_taken = False
         orders_at_warm = 0
+        next_point_s = 0.0
         while (elapsed := time.monotonic() - t0) < duration_s:
             await asyncio.sleep(min(1.0, duration_s - elapsed))
             sandbox.check()
             for task in tasks:
                 if task.done():
                     task.result()  # a loop that ended by itself: raise what ended it
+            if elapsed >= next_point_s:
+                memory.point(elapsed)
+                next_point_s += memory_series_interval_s
             if not warm_taken and elapsed >= warmup_s:
                 memory.sample("warm")
                 warm_taken, orders_at_warm = True, stats.orders
                 _progress(f"warm-up done: {stats.orders} orders, {stats.fills} fills")
         load_s = time.monotonic() - t0
         memory.sample("end")
+        memory.point(load_s)
         load.stop.set()
         await asyncio.wait(tasks[1:], timeout=request_timeout_s)  # the paced loops end
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        withdrawals = await traders[0].fetch_withdrawals(limit=1000)
+        withdrawals = await traders[0].fetch_withdrawals(limit=withdrawals_listed_max)
         subscriber_counts = await _stop_subscribers(child, subscribers_out)
         child = None
         await asyncio.sleep(settle_s)
         clean_cut = False
         for _ in range(final_audit_tries):
-            with contextlib.suppress(Exception):
+            try:
                 if await load.audit_once():
                     clean_cut = True
                     break
+            except Exception as error:  # shown; the next try may read it
+                stats.error("final audit", error)
             await asyncio.sleep(settle_s)
         sandbox.check()
     finally:
