@@ -354,6 +354,7 @@ class _Stats:
         self.orders = 0
         self.cancels = 0
         self.fills = 0
+        self.fills_by_symbol: dict[str, int] = {}
         self.order_errors = 0
         self.behind = 0  # loop steps that started late (the load did not keep the rate)
         self.deposits = 0
@@ -455,7 +456,9 @@ class _Load:
             symbol = symbols[(count + index) % len(symbols)]
             try:
                 if count % fill_every == 0:
-                    await self.fill(symbol, trader, provider)
+                    # by the fill's own count: `count + index` is the same symbol every time
+                    fill_symbol = symbols[(count // fill_every + index) % len(symbols)]
+                    await self.fill(fill_symbol, trader, provider)
                     return
                 t0 = time.perf_counter_ns()
                 placed = await trader.create_order_ws(
@@ -485,6 +488,8 @@ class _Load:
         self.stats.placed_ns.append(time.perf_counter_ns() - t0)
         self.stats.orders += 2
         self.stats.fills += len(bought.fills)
+        by_symbol = self.stats.fills_by_symbol
+        by_symbol[symbol] = by_symbol.get(symbol, 0) + len(bought.fills)
 
     async def capacity(self, agent: ProviderAgent) -> None:
         start_ns = time.time_ns() // NS_PER_HOUR * NS_PER_HOUR
@@ -761,6 +766,7 @@ def _report(
         "cancels": s.cancels,
         "cancels_per_s": round(s.cancels / load_s, 1),
         "fills": s.fills,
+        "fills_by_symbol": s.fills_by_symbol,
         "order_errors": s.order_errors,
         "steps_behind": s.behind,
         "order_round_trip_p50_ms": _ms(s.placed_ns, 50),
