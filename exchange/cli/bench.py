@@ -12,6 +12,7 @@ from exchange.bench import flood as bench_flood
 from exchange.bench import journey as bench_journey
 from exchange.bench import matching as bench_matching
 from exchange.bench import pipeline as bench_pipeline
+from exchange.bench import soak as bench_soak
 from exchange.bench import writes as bench_writes
 
 __all__ = ["register"]
@@ -26,4 +27,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench_journey.register(group)
     bench_matching.register(group)
     bench_pipeline.register(group)
+    bench_soak.register(group)
     bench_writes.register(group)

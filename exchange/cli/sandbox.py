@@ -16,13 +16,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
+from pathlib import Path
 
+import msgspec
 import uvloop
 
 from exchange.gateway.keys import check_master_key
-from exchange.sandbox.run import SandboxError, SandboxOptions, run_sandbox
+from exchange.sandbox.run import Sandbox, SandboxError, SandboxOptions, run_sandbox
 from streams.settings import Settings, load_settings
 
 __all__ = ["register", "run", "main"]
@@ -41,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seed", type=int, default=DEFAULT_SEED, help=f"the bots' random seed ({DEFAULT_SEED})"
     )
+    # For `gx bench soak`, which starts the sandbox as a child process and drives it.
+    parser.add_argument("--gate-closure-lead-s", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--ready-file", type=Path, help=argparse.SUPPRESS)
     parser.set_defaults(handler=run)
 
 
@@ -75,16 +81,35 @@ def run(args: argparse.Namespace) -> int:
         port=settings.gateway_port if args.port is None else args.port,
         bots=not args.no_bots,
         seed=args.seed,
+        gate_closure_lead_s=getattr(args, "gate_closure_lead_s", None),
     )
     try:
-        uvloop.run(_serve(options, settings))
+        uvloop.run(_serve(options, settings, getattr(args, "ready_file", None)))
     except (SandboxError, ValueError, OSError) as error:
         print(f"{_PROG}: {error}", file=sys.stderr)
         return 1
     return 0
 
 
-async def _serve(options: SandboxOptions, settings: Settings) -> None:
+def write_ready_file(path: Path, sandbox: Sandbox) -> None:
+    """Write where the running sandbox's parts are, as JSON, for a program that drives it."""
+    assert sandbox.broker is not None
+    info = {
+        "pid": os.getpid(),
+        "url": sandbox.url,
+        "ws_url": sandbox.ws_url,
+        "bootstrap": sandbox.broker.bootstrap_servers,
+        "dsn": sandbox.dsn,
+        "postgres_pid": sandbox.postgres_pid,
+        "gate_closure_lead_ns": sandbox.catalog.gate_closure_lead_ns,
+        "demo_keys": {name: msgspec.to_builtins(key) for name, key in sandbox.demo_keys.items()},
+    }
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(msgspec.json.encode(info))
+    partial.replace(path)  # a reader polling for the file never sees half of it
+
+
+async def _serve(options: SandboxOptions, settings: Settings, ready_file: Path | None) -> None:
     """Run until a signal; a second signal while stopping is reported, not fatal."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -100,11 +125,16 @@ async def _serve(options: SandboxOptions, settings: Settings) -> None:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, on_signal, signum)
 
+    def on_ready(sandbox: Sandbox) -> None:
+        own_signals()
+        if ready_file is not None:
+            write_ready_file(ready_file, sandbox)
+
     own_signals()
     try:
         # uvicorn takes SIGINT and SIGTERM when the gateway starts (it would stop the gateway
         # alone, before the bots); take them back once everything runs, to stop in order.
-        await run_sandbox(options, stop, settings=settings, ready=own_signals)
+        await run_sandbox(options, stop, settings=settings, ready=on_ready)
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)

@@ -54,7 +54,7 @@ from matching.engine import Engine
 from matching.state import EngineConfig
 from schemas import commands as c
 from schemas.catalog import Catalog, load_catalog
-from schemas.units import NS_PER_HOUR
+from schemas.units import NS_PER_HOUR, NS_PER_SECOND
 from streams.audit import Checkpoint, audit
 from streams.embedded.broker import EmbeddedBroker
 from streams.embedded.postgres import EmbeddedPostgres
@@ -127,6 +127,9 @@ class SandboxOptions(msgspec.Struct, frozen=True, kw_only=True):
     status_interval_s: float = STATUS_INTERVAL_S
     audit_interval_s: float = AUDIT_INTERVAL_S
     operator_interval_s: float = OPERATOR_INTERVAL_S
+    # None: the catalog's. A soak test sets a short lead so that instruments trade until just
+    # before their delivery starts (the catalog's lead closes an hour's book 15 min early).
+    gate_closure_lead_s: int | None = None
 
 
 class DemoKey(msgspec.Struct, frozen=True):
@@ -267,6 +270,14 @@ class Sandbox:
         self.out = out or sys.stdout
         self.progress = Progress(self.out)
         self.catalog = load_catalog()
+        if options.gate_closure_lead_s is not None:
+            if options.gate_closure_lead_s < 0:
+                raise ValueError(
+                    f"gate closure lead: expected >= 0 s, found {options.gate_closure_lead_s}"
+                )
+            self.catalog = msgspec.structs.replace(
+                self.catalog, gate_closure_lead_ns=options.gate_closure_lead_s * NS_PER_SECOND
+            )
         self.broker: EmbeddedBroker | None = None
         self.postgres: EmbeddedPostgres | None = None
         self.dsn = ""
