@@ -38,6 +38,7 @@ from exchange.gateway.accounts import Accounts
 from exchange.gateway.deliveries import Deliveries
 from exchange.gateway.market_feed import MarketFeed
 from exchange.gateway.provisioning import Provisioning
+from exchange.gateway.snapshot import GatewaySnapshots, SnapshotInvalid, capture, restore
 from exchange.gateway.ssh_keys import SshKeyStore
 from exchange.gateway.subscriptions import Subscriptions
 from exchange.wire import ErrorCode, WireError
@@ -127,6 +128,7 @@ class Hub:
         subscriptions: Subscriptions,
         ssh_keys: SshKeyStore | None = None,
         mock_broker: bool = False,
+        snapshots: GatewaySnapshots | None = None,
     ) -> None:
         settings.broker()  # refuses a missing broker, saying what to set
         self.settings = settings
@@ -163,6 +165,31 @@ class Hub:
         self._waiting: dict[tuple[int, int], asyncio.Future[list[e.Event]]] = {}
         # partition -> (end offset at start, position): the partitions not read that far yet
         self._behind: dict[TopicPartition, tuple[int, int]] = {}
+        # Snapshots (exchange/gateway/snapshot.py): the next offset of every partition, as read
+        # by the projections, and how many records since the last one was saved.
+        self.snapshots = snapshots
+        self.snapshot_every_records = settings.gateway_snapshot_every_records
+        self._next: dict[TopicPartition, int] = {}
+        self._since_snapshot = 0
+
+    def projections(self) -> dict[str, object]:
+        """The projections a snapshot holds, by name (a pure function of the log read)."""
+        return {
+            "accounts": self._accounts,
+            "feed": self._feed,
+            "provisioning": self._provisioning,
+            "deliveries": self._deliveries,
+            "commands": self._commands,
+        }
+
+    def positions(self) -> dict[tuple[str, int], int]:
+        """The next offset of every partition the projections have read up to."""
+        return self.positions_of(self._next)
+
+    @staticmethod
+    def positions_of(offsets: dict[TopicPartition, int]) -> dict[tuple[str, int], int]:
+        """Offsets by (topic, partition) instead of TopicPartition."""
+        return {(tp.topic, tp.partition): offset for tp, offset in offsets.items()}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -185,9 +212,13 @@ class Hub:
             reader.partitions = await self._partitions(reader.topic)
         everything = [tp for reader in self._readers.values() for tp in reader.partitions]
         self._consumer.assign(everything)
-        await self._consumer.seek_to_beginning(*everything)
         ends = await self._end_offsets(self._consumer, everything)
-        self._behind = {tp: (ends[tp], 0) for tp in everything}
+        self._next = dict.fromkeys(everything, 0)
+        if self.snapshots is not None:
+            await self._load_snapshot(ends)
+        for tp, offset in self._next.items():
+            self._consumer.seek(tp, offset)
+        self._behind = {tp: (ends[tp], self._next[tp]) for tp in everything}
         await self._catch_up(self._consumer)
         self._tasks.append(asyncio.create_task(self._read(self._consumer)))
 
@@ -209,6 +240,33 @@ class Hub:
         for future in self._waiting.values():
             if not future.done():
                 future.cancel()
+
+    async def _load_snapshot(self, ends: dict[TopicPartition, int]) -> None:
+        """Start the projections from the newest valid snapshot, or leave them empty."""
+        assert self.snapshots is not None
+        payload = await self.snapshots.latest()
+        if payload is None:
+            return
+        try:
+            offsets = restore(payload, self.projections(), ends=self.positions_of(ends))
+        except SnapshotInvalid as error:
+            log.warning("gateway snapshot ignored (%s): replaying the whole log", error)
+            return
+        for tp in self._next:
+            self._next[tp] = offsets.get((tp.topic, tp.partition), 0)
+        self.snapshots.loaded_position = sum(self._next.values())
+        log.info("gateway started from a snapshot at position %d", self.snapshots.loaded_position)
+
+    async def _save_snapshot(self) -> None:
+        """Save the projections with the positions they were read up to (between batches)."""
+        assert self.snapshots is not None
+        self._since_snapshot = 0
+        offsets = self.positions()
+        payload = capture(self.projections(), offsets)
+        try:
+            await self.snapshots.save(payload, offsets)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            log.warning("gateway snapshot not saved: %s; the next one is tried later", error)
 
     async def _partitions(self, topic: str) -> list[TopicPartition]:
         assert self._producer is not None
@@ -245,6 +303,15 @@ class Hub:
                         )
                 for record in records:
                     self._apply(name, tp.partition, record.offset, record.value, record.headers)
+                if records:
+                    self._next[tp] = records[-1].offset + 1
+                    self._since_snapshot += len(records)
+            if (
+                self.snapshots is not None
+                and self.snapshot_every_records
+                and self._since_snapshot >= self.snapshot_every_records
+            ):
+                await self._save_snapshot()
             if self._behind:
                 await self._catch_up(consumer)
 
