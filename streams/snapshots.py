@@ -58,6 +58,11 @@ SELECT shard, input_offset, event_seq, state_hash, snapshot FROM engine_snapshot
 WHERE shard = $1 ORDER BY input_offset DESC LIMIT 1
 """
 
+_NEWEST = """
+SELECT shard, input_offset, event_seq, state_hash, snapshot FROM engine_snapshots
+WHERE shard = $1 ORDER BY input_offset DESC LIMIT $2
+"""
+
 
 class LeaseError(RuntimeError):
     """Raise when another process holds the shard: two writers of one shard would duplicate."""
@@ -152,6 +157,20 @@ class SnapshotStore:
             state_hash=row["state_hash"],
             snapshot=bytes(row["snapshot"]),
         )
+
+    async def newest(self, shard: int, limit: int) -> list[Snapshot]:
+        """Return the shard's `limit` snapshots with the highest input offsets, newest first."""
+        rows = await self._connection().fetch(_NEWEST, shard, limit)
+        return [
+            Snapshot(
+                shard=row["shard"],
+                input_offset=row["input_offset"],
+                event_seq=row["event_seq"],
+                state_hash=row["state_hash"],
+                snapshot=bytes(row["snapshot"]),
+            )
+            for row in rows
+        ]
 
     async def acquire_lease(self, shard: int, wait_s: float = lease_wait_s_max) -> None:
         """Hold the shard's single-writer lease for as long as this store's session lives.

@@ -75,6 +75,7 @@ class HubStats:
     """Counters of one gateway's readers (since it started)."""
 
     def __init__(self) -> None:
+        self.records = 0  # records read, of the three topics (a start from a snapshot: the tail)
         self.events = 0
         self.marketdata = 0
         self.provisioning = 0
@@ -166,11 +167,12 @@ class Hub:
         # partition -> (end offset at start, position): the partitions not read that far yet
         self._behind: dict[TopicPartition, tuple[int, int]] = {}
         # Snapshots (exchange/gateway/snapshot.py): the next offset of every partition, as read
-        # by the projections, and how many records since the last one was saved.
+        # by the projections, and how many messages were applied since the last one was saved.
         self.snapshots = snapshots
-        self.snapshot_every_records = settings.gateway_snapshot_every_records
+        self.snapshot_every_events = settings.gateway_snapshot_every_events
         self._next: dict[TopicPartition, int] = {}
         self._since_snapshot = 0
+        self._saving: asyncio.Task[None] | None = None  # the snapshot being written, if any
 
     def projections(self) -> dict[str, object]:
         """The projections a snapshot holds, by name (a pure function of the log read)."""
@@ -217,7 +219,10 @@ class Hub:
         if self.snapshots is not None:
             await self._load_snapshot(ends)
         for tp, offset in self._next.items():
-            self._consumer.seek(tp, offset)
+            if offset:
+                self._consumer.seek(tp, offset)
+            else:  # the log's start, wherever retention has moved it
+                await self._consumer.seek_to_beginning(tp)
         self._behind = {tp: (ends[tp], self._next[tp]) for tp in everything}
         await self._catch_up(self._consumer)
         self._tasks.append(asyncio.create_task(self._read(self._consumer)))
@@ -226,6 +231,9 @@ class Hub:
         """Stop reading, finish background commands, close the clients."""
         for task in self._tasks:
             task.cancel()
+        if self._saving is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._saving
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
@@ -242,27 +250,66 @@ class Hub:
                 future.cancel()
 
     async def _load_snapshot(self, ends: dict[TopicPartition, int]) -> None:
-        """Start the projections from the newest valid snapshot, or leave them empty."""
-        assert self.snapshots is not None
-        payload = await self.snapshots.latest()
-        if payload is None:
-            return
-        try:
-            offsets = restore(payload, self.projections(), ends=self.positions_of(ends))
-        except SnapshotInvalid as error:
-            log.warning("gateway snapshot ignored (%s): replaying the whole log", error)
-            return
-        for tp in self._next:
-            self._next[tp] = offsets.get((tp.topic, tp.partition), 0)
-        self.snapshots.loaded_position = sum(self._next.values())
-        log.info("gateway started from a snapshot at position %d", self.snapshots.loaded_position)
+        """Start the projections from the newest snapshot that restores, or leave them empty.
 
-    async def _save_snapshot(self) -> None:
-        """Save the projections with the positions they were read up to (between batches)."""
+        Each kept snapshot is tried newest first; one that does not restore (damaged, another
+        format, ahead of this log) is refused with its reason and leaves the projections as they
+        were, so the worst case is the full replay, never a state of some other log.
+        """
         assert self.snapshots is not None
+        try:
+            payloads = await self.snapshots.candidates()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            log.warning("gateway snapshots not read (%s): replaying the whole log", error)
+            return
+        for payload in payloads:
+            try:
+                offsets = restore(payload, self.projections(), ends=self.positions_of(ends))
+            except SnapshotInvalid as error:
+                log.warning("gateway snapshot refused: %s; trying an older one", error)
+                continue
+            for tp in self._next:
+                self._next[tp] = offsets.get((tp.topic, tp.partition), 0)
+            self.snapshots.loaded_position = sum(self._next.values())
+            log.info(
+                "gateway started from a snapshot at position %d (%d records left to read)",
+                self.snapshots.loaded_position, sum(ends.values()) - self.snapshots.loaded_position,
+            )  # fmt: skip
+            await self._load_holders_keys()
+            return
+        if payloads:
+            log.warning("no gateway snapshot restores: replaying the whole log")
+
+    async def _load_holders_keys(self) -> None:
+        """Cache the SSH keys of the requests restored outstanding, as reading them would have."""
+        if self._ssh_keys is None:
+            return
+        holders = {
+            request.holder
+            for requests in self._provisioning.outstanding.values()
+            for request in requests.values()
+        }
+        try:
+            await self._ssh_keys.of_accounts(holders)
+        except (OSError, asyncpg.PostgresError) as error:
+            log.warning("reading holders' SSH keys: %s; pushing without", error)
+
+    def _save_snapshot(self) -> None:
+        """Capture the projections now (between batches: consistent), write them in the background.
+
+        One write at a time: while one is under way the next capture waits for the next batch,
+        so a slow database delays snapshots, never the readers.
+        """
+        assert self.snapshots is not None
+        if self._saving is not None and not self._saving.done():
+            return
         self._since_snapshot = 0
         offsets = self.positions()
         payload = capture(self.projections(), offsets)
+        self._saving = asyncio.create_task(self._write_snapshot(payload, offsets))
+
+    async def _write_snapshot(self, payload: bytes, offsets: dict[tuple[str, int], int]) -> None:
+        assert self.snapshots is not None
         try:
             await self.snapshots.save(payload, offsets)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
@@ -289,6 +336,7 @@ class Hub:
                 )
                 await asyncio.sleep(0.5)
                 continue
+            applied = self._applied()
             for tp, records in batches.items():
                 name = names[tp.topic]
                 if name == "provisioning" and self._ssh_keys is not None:
@@ -305,15 +353,21 @@ class Hub:
                     self._apply(name, tp.partition, record.offset, record.value, record.headers)
                 if records:
                     self._next[tp] = records[-1].offset + 1
-                    self._since_snapshot += len(records)
+                    self.stats.records += len(records)
+            self._since_snapshot += self._applied() - applied
             if (
                 self.snapshots is not None
-                and self.snapshot_every_records
-                and self._since_snapshot >= self.snapshot_every_records
+                and self.snapshot_every_events
+                and self._since_snapshot >= self.snapshot_every_events
             ):
-                await self._save_snapshot()
+                self._save_snapshot()
             if self._behind:
                 await self._catch_up(consumer)
+
+    def _applied(self) -> int:
+        """Messages applied to the projections since start (what a snapshot saves replaying)."""
+        stats = self.stats
+        return stats.events + stats.marketdata + stats.provisioning
 
     @staticmethod
     async def _end_offsets(

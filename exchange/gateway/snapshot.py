@@ -3,7 +3,7 @@
 A gateway's projections (accounts and their resume buffers, books, trades, candles, deliveries,
 outstanding provisioning requests, the half-read command of each shard) are a pure function of
 the prefix of gx.events, gx.marketdata and gx.provisioning it has read. So every
-`snapshot_every_records` records read a gateway saves them, with the next offset of every
+`gateway_snapshot_every_events` messages applied a gateway saves them, with the next offset of every
 partition, and a starting gateway loads the newest snapshot and reads only the tail: its start
 no longer grows with the log.
 
@@ -57,8 +57,12 @@ log = logging.getLogger("gx.gateway")
 FORMAT = 1  # raise when the tree's meaning changes: older snapshots are then ignored
 GATEWAY_SNAPSHOT_KEY = -1  # the writer column of streams/snapshots.py: engine shards are >= 0
 _OWN_MODULES = ("schemas.", "streams.", "exchange.")
-# Attributes that wire a projection to others or cache what it derives: not state.
-_NOT_STATE = frozenset({"prices", "_handlers", "_accounts", "keys_of", "_price_strs"})
+# Attributes that wire a projection to others or cache what it derives: not state. By class:
+# `_accounts` is the Accounts' own state but, in Deliveries, the Accounts it numbers pushes with.
+_WIRING = frozenset({"prices", "_handlers", "keys_of", "_price_strs"})
+_NOT_STATE: dict[str, frozenset[str]] = {
+    "exchange.gateway.deliveries:Deliveries": _WIRING | {"_accounts"}
+}
 # Per class, attributes that belong to the connections, saved as empty.
 _TRANSIENT: dict[str, dict[str, Any]] = {
     "exchange.gateway.market_feed:_Book": {"views": dict, "snapshots": dict}
@@ -115,9 +119,12 @@ def _name(cls: type) -> str:
 
 def _fields(obj: object) -> list[str]:
     slots = getattr(type(obj), "__slots__", None)
-    if slots is not None:
-        return [s for s in slots if s not in _NOT_STATE]
-    return [k for k in vars(obj) if k not in _NOT_STATE]
+    return _fields_of(type(obj), slots if slots is not None else list(vars(obj)))
+
+
+def _fields_of(cls: type, names: Any) -> list[str]:
+    wiring = _NOT_STATE.get(_name(cls), _WIRING)
+    return [n for n in names if n not in wiring]
 
 
 class _Writer:
@@ -235,9 +242,13 @@ class _Reader:
             self.objects.append(out)
             out.update(self.value(x) for x in rest)
         elif tag == _Tag.OBJECT:
-            cls = self.cls(rest[0], plain=True)
-            out = cls.__new__(cls)
+            plain: Any = self.cls(rest[0], plain=True)
+            out = plain.__new__(plain)
             self.objects.append(out)
+            saved = rest[1::2]
+            slots = getattr(plain, "__slots__", None)
+            if slots is not None and sorted(saved) != sorted(_fields_of(plain, slots)):
+                raise SnapshotInvalid(f"class {rest[0]!r}: the saved fields differ from {slots}")
             for i in range(1, len(rest), 2):
                 setattr(out, rest[i], self.value(rest[i + 1]))
         else:
@@ -348,15 +359,19 @@ class GatewaySnapshots:
         )
         self.saved += 1
 
-    async def latest(self) -> bytes | None:
-        """The newest snapshot's payload; None (after a warning) when none or it is damaged."""
-        row = await self.store.latest(GATEWAY_SNAPSHOT_KEY)
-        if row is None:
-            return None
-        if digest(row.snapshot) != row.state_hash:
-            log.warning(
-                "gateway snapshot at position %d is damaged (its digest differs): ignoring it, "
-                "replaying the whole log", row.input_offset,
-            )  # fmt: skip
-            return None
-        return row.snapshot
+    async def candidates(self) -> list[bytes]:
+        """The kept snapshots' payloads, newest first, leaving out (with a warning) damaged ones.
+
+        The caller starts from the first that restores: one that does not (another format, a
+        bug) is passed over for the one before it, never loaded in part.
+        """
+        payloads = []
+        for row in await self.store.newest(GATEWAY_SNAPSHOT_KEY, self.store.kept):
+            if digest(row.snapshot) != row.state_hash:
+                log.warning(
+                    "gateway snapshot at position %d is damaged (its digest differs): "
+                    "passing it over", row.input_offset,
+                )  # fmt: skip
+                continue
+            payloads.append(row.snapshot)
+        return payloads
