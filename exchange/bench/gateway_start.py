@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import statistics
 import sys
@@ -50,7 +51,7 @@ from schemas.marketdata import encode_message
 from schemas.provisioning import ProvisionRequested, encode_provision, provider_key
 from schemas.units import NS_PER_HOUR
 from streams.consumers import log_consumer
-from streams.embedded.broker import EmbeddedBroker
+from streams.embedded.broker import EmbeddedBroker, EmbeddedBrokerError
 from streams.embedded.postgres import open_database
 from streams.engine_runner import EVENTS_RECORD_BYTES_MAX
 from streams.event_records import PARTIAL_HEADERS, pack_records
@@ -58,7 +59,15 @@ from streams.marketdata.state import MarketData
 from streams.settings import Settings
 from streams.topics import shard_key, topics
 
-__all__ = ["FilledLog", "bench_gateway_start", "fill_log", "register", "run"]
+__all__ = [
+    "FilledLog",
+    "LogFiller",
+    "bench_gateway_start",
+    "fill_log",
+    "register",
+    "run",
+    "time_start",
+]
 
 EVENTS_DEFAULT = 1_000_000
 SHARDS_DEFAULT = 8
@@ -122,32 +131,147 @@ async def fill_log(
     seed: int = workload.SEED_DEFAULT,
     catalog: Catalog | None = None,
 ) -> FilledLog:
-    """Create the topics and fill them with at least `events` engine events (see the module doc).
-
-    Every shard of `settings.shards` gets its own engine, setup and share of the orders.
-    """
-    catalog = catalog or load_catalog()
-    names = topics(settings)
-    for topic in names.values():
-        broker.create_topic(topic.name, topic.partitions)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=broker.bootstrap_servers,
-        acks="all",
-        compression_type="gzip",
-        max_batch_size=batch_bytes_max,
-        max_request_size=4 * batch_bytes_max,
-    )
-    await producer.start()
-    filled = FilledLog()
+    """Create the topics and fill them with at least `events` engine events (see the module doc)."""
+    filler = LogFiller(broker, settings, events, accounts=accounts, seed=seed, catalog=catalog)
+    await filler.open()
     try:
-        per_shard = -(-events // settings.shards)
-        for shard in range(settings.shards):
-            await _fill_shard(producer, settings, catalog, shard, per_shard, accounts, seed, filled)
-        await _provision(producer, settings, filled)
+        await filler.fill(events)
+        await filler.provision()
     finally:
-        await producer.stop()
-    await _check_whole(broker.bootstrap_servers, [(t.name, t.partitions) for t in names.values()])
-    return filled
+        await filler.close()
+    return filler.filled
+
+
+class LogFiller:
+    """Fill the topics in steps: each `fill` goes on where the last one stopped.
+
+    Every shard of `settings.shards` has its own engine, setup and share of the orders; room is
+    made for `events_max` events in all.
+    """
+
+    def __init__(
+        self,
+        broker: EmbeddedBroker,
+        settings: Settings,
+        events_max: int,
+        *,
+        accounts: int = ACCOUNTS_DEFAULT,
+        seed: int = workload.SEED_DEFAULT,
+        catalog: Catalog | None = None,
+    ) -> None:
+        """Describe the log; nothing is written before `open()` and `fill()`."""
+        self.broker = broker
+        self.settings = settings
+        self.catalog = catalog or load_catalog()
+        self.accounts = accounts
+        self.seed = seed
+        self.filled = FilledLog()
+        self.orders_max = -(-events_max // settings.shards) // events_per_order_guess * 2
+        self.orders_max += orders_per_step
+        self._producer: AIOKafkaProducer | None = None
+        self._shards: list[_Shard] = []
+
+    async def open(self) -> None:
+        """Create the topics (if missing) and connect."""
+        names = topics(self.settings)
+        for topic in names.values():
+            with contextlib.suppress(EmbeddedBrokerError):  # it exists already
+                self.broker.create_topic(topic.name, topic.partitions)
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self.broker.bootstrap_servers,
+            acks="all",
+            compression_type="gzip",
+            max_batch_size=batch_bytes_max,
+            max_request_size=4 * batch_bytes_max,
+        )
+        await self._producer.start()
+
+    async def close(self) -> None:
+        """Disconnect; refuse a log whose start the mock dropped."""
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+        names = topics(self.settings)
+        await _check_whole(
+            self.broker.bootstrap_servers, [(t.name, t.partitions) for t in names.values()]
+        )
+
+    async def fill(self, events: int) -> None:
+        """Produce at least `events` more events, spread over the shards."""
+        assert self._producer is not None
+        if not self._shards:
+            self._shards = [self._shard(k) for k in range(self.settings.shards)]
+        per_shard = -(-events // self.settings.shards)
+        for shard in self._shards:
+            await shard.fill(per_shard, self.filled)
+
+    async def provision(self) -> None:
+        """A few outstanding provisioning requests (the Provisioning projection's state)."""
+        assert self._producer is not None
+        await _provision(self._producer, self.settings, self.filled)
+
+    def _shard(self, shard: int) -> _Shard:
+        assert self._producer is not None
+        config = msgspec.structs.replace(workload._config(self.orders_max), shard=shard)
+        market = workload._market(self.catalog, msgspec.structs.replace(config, shard=0))
+        self.filled.symbol = market.symbol
+        names = topics(self.settings)
+        sender = _Sender(
+            self._producer, names["events"].name, names["marketdata"].name, shard, MarketData()
+        )
+        return _Shard(Engine(self.catalog, config), market, sender, self.accounts, self.orders_max,
+                      workload.generate_orders(self.orders_max, self.seed + shard))  # fmt: skip
+
+
+class _Shard:
+    """One shard's engine and where its order workload stands."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        market: workload.Market,
+        sender: _Sender,
+        accounts: int,
+        orders_max: int,
+        orders: workload.Orders,
+    ) -> None:
+        self.engine = engine
+        self.market = market
+        self.sender = sender
+        self.accounts = accounts
+        self.orders_max = orders_max
+        self.orders = orders
+        self.offset = 0  # the next gx.commands offset the events name as their input
+        self.next_order = -1  # -1: the setup is not applied yet
+
+    async def fill(self, events: int, filled: FilledLog) -> None:
+        produced = 0
+        if self.next_order < 0:
+            setup = [
+                msgspec.structs.replace(c, shard=self.engine.config.shard)  # engines skip others
+                for c in workload._setup_commands(self.market)
+                if not hasattr(c, "account") or c.account < workload.ACCOUNT_FIRST + self.accounts
+            ]
+            produced += await self._apply(setup, filled)
+            self.next_order = 0
+        while produced < events and self.next_order < self.orders_max:
+            first, last = self.next_order, min(self.next_order + orders_per_step, self.orders_max)
+            produced += await self._apply([self._order(i) for i in range(first, last)], filled)
+            self.next_order = last
+        await self.sender.flush()
+
+    def _order(self, i: int) -> cmd.PlaceOrder:
+        o = self.orders
+        return cmd.PlaceOrder(
+            account=workload.ACCOUNT_FIRST + (o.account[i] - workload.ACCOUNT_FIRST) % self.accounts,
+            symbol=self.market.symbol, side=Side.BUY if o.side[i] == 0 else Side.SELL,
+            price_ticks=o.price_ticks[i], lots=o.lots[i], shard=self.engine.config.shard,
+        )  # fmt: skip
+
+    async def _apply(self, commands: list[Any], filled: FilledLog) -> int:
+        offsets = list(range(self.offset, self.offset + len(commands)))
+        self.offset += len(commands)
+        return await self.sender.send(self.engine.apply(commands, offsets), filled)
 
 
 async def _check_whole(bootstrap: str, names: list[tuple[str, int]]) -> None:
@@ -165,55 +289,6 @@ async def _check_whole(bootstrap: str, names: list[tuple[str, int]]) -> None:
             f"the broker dropped the start of {dropped} (first offsets kept): the mock keeps "
             f"about 5 MiB per partition; pass more --shards or fewer --events"
         )
-
-
-async def _fill_shard(
-    producer: AIOKafkaProducer,
-    settings: Settings,
-    catalog: Catalog,
-    shard: int,
-    events: int,
-    accounts: int,
-    seed: int,
-    filled: FilledLog,
-) -> None:
-    orders_max = events // events_per_order_guess * 2 + orders_per_step
-    config = msgspec.structs.replace(workload._config(orders_max), shard=shard)
-    engine = Engine(catalog, config)
-    market = workload._market(catalog, msgspec.structs.replace(config, shard=0))
-    filled.symbol = market.symbol
-    md = MarketData()
-    names = topics(settings)
-    sender = _Sender(producer, names["events"].name, names["marketdata"].name, shard, md)
-    setup = [
-        msgspec.structs.replace(c, shard=shard)  # an engine skips the commands of other shards
-        for c in workload._setup_commands(market)
-        if not hasattr(c, "account") or c.account < workload.ACCOUNT_FIRST + accounts
-    ]
-    offset = 0
-    produced = await sender.send(engine.apply(setup, list(range(len(setup)))), filled)
-    offset += len(setup)
-    orders = workload.generate_orders(orders_max, seed + shard)
-    first = 0
-    while produced < events and first < orders_max:
-        last = min(first + orders_per_step, orders_max)
-        step = [
-            cmd.PlaceOrder(
-                account=workload.ACCOUNT_FIRST + (orders.account[i] - workload.ACCOUNT_FIRST) % accounts,
-                symbol=market.symbol,
-                side=Side.BUY if orders.side[i] == 0 else Side.SELL,
-                price_ticks=orders.price_ticks[i],
-                lots=orders.lots[i],
-                shard=shard,
-            )
-            for i in range(first, last)
-        ]  # fmt: skip
-        produced += await sender.send(
-            engine.apply(step, list(range(offset, offset + len(step)))), filled
-        )
-        offset += len(step)
-        first = last
-    await sender.flush()
 
 
 class _Sender:
