@@ -59,8 +59,12 @@ WHERE shard = $1 ORDER BY input_offset DESC LIMIT 1
 """
 
 _NEWEST = """
+SELECT input_offset FROM engine_snapshots WHERE shard = $1 ORDER BY input_offset DESC LIMIT $2
+"""
+
+_AT = """
 SELECT shard, input_offset, event_seq, state_hash, snapshot FROM engine_snapshots
-WHERE shard = $1 ORDER BY input_offset DESC LIMIT $2
+WHERE shard = $1 AND input_offset = $2
 """
 
 
@@ -158,19 +162,23 @@ class SnapshotStore:
             snapshot=bytes(row["snapshot"]),
         )
 
-    async def newest(self, shard: int, limit: int) -> list[Snapshot]:
-        """Return the shard's `limit` snapshots with the highest input offsets, newest first."""
+    async def newest(self, shard: int, limit: int) -> list[int]:
+        """Return the input offsets of the shard's `limit` newest snapshots, newest first."""
         rows = await self._connection().fetch(_NEWEST, shard, limit)
-        return [
-            Snapshot(
-                shard=row["shard"],
-                input_offset=row["input_offset"],
-                event_seq=row["event_seq"],
-                state_hash=row["state_hash"],
-                snapshot=bytes(row["snapshot"]),
-            )
-            for row in rows
-        ]
+        return [int(row["input_offset"]) for row in rows]
+
+    async def at(self, shard: int, input_offset: int) -> Snapshot | None:
+        """Return the shard's snapshot at `input_offset`, or None if it was pruned meanwhile."""
+        row = await self._connection().fetchrow(_AT, shard, input_offset)
+        if row is None:
+            return None
+        return Snapshot(
+            shard=row["shard"],
+            input_offset=row["input_offset"],
+            event_seq=row["event_seq"],
+            state_hash=row["state_hash"],
+            snapshot=bytes(row["snapshot"]),
+        )
 
     async def acquire_lease(self, shard: int, wait_s: float = lease_wait_s_max) -> None:
         """Hold the shard's single-writer lease for as long as this store's session lives.

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -69,6 +70,8 @@ poll_records_max = 10_000
 linger_ms = 1
 command_timeout_s = 5.0  # a command the engine has not answered by then is reported TIMEOUT
 recent_commands_max = 100_000  # completed commands kept for answers that arrive late
+# A snapshot capture stops the loop: at most this share of it (in time since the last one).
+snapshot_duty_max = 0.1
 
 
 class HubStats:
@@ -173,6 +176,8 @@ class Hub:
         self._next: dict[TopicPartition, int] = {}
         self._since_snapshot = 0
         self._saving: asyncio.Task[None] | None = None  # the snapshot being written, if any
+        self._captured_at = 0.0  # monotonic time the last capture ended
+        self._capture_s = 0.0  # how long it took
 
     def projections(self) -> dict[str, object]:
         """The projections a snapshot holds, by name (a pure function of the log read)."""
@@ -257,28 +262,31 @@ class Hub:
         were, so the worst case is the full replay, never a state of some other log.
         """
         assert self.snapshots is not None
+        tried = 0
         try:
-            payloads = await self.snapshots.candidates()
+            async for payload in self.snapshots.candidates():
+                tried += 1
+                try:
+                    offsets = restore(payload, self.projections(), ends=self.positions_of(ends))
+                except SnapshotInvalid as error:
+                    log.warning("gateway snapshot refused: %s; trying an older one", error)
+                    continue
+                break
+            else:
+                if tried or self.snapshots.damaged:
+                    log.warning("no gateway snapshot restores: replaying the whole log")
+                return
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
             log.warning("gateway snapshots not read (%s): replaying the whole log", error)
             return
-        for payload in payloads:
-            try:
-                offsets = restore(payload, self.projections(), ends=self.positions_of(ends))
-            except SnapshotInvalid as error:
-                log.warning("gateway snapshot refused: %s; trying an older one", error)
-                continue
-            for tp in self._next:
-                self._next[tp] = offsets.get((tp.topic, tp.partition), 0)
-            self.snapshots.loaded_position = sum(self._next.values())
-            log.info(
-                "gateway started from a snapshot at position %d (%d records left to read)",
-                self.snapshots.loaded_position, sum(ends.values()) - self.snapshots.loaded_position,
-            )  # fmt: skip
-            await self._load_holders_keys()
-            return
-        if payloads:
-            log.warning("no gateway snapshot restores: replaying the whole log")
+        for tp in self._next:
+            self._next[tp] = offsets.get((tp.topic, tp.partition), 0)
+        self.snapshots.loaded_position = sum(self._next.values())
+        log.info(
+            "gateway started from a snapshot at position %d (%d records left to read)",
+            self.snapshots.loaded_position, sum(ends.values()) - self.snapshots.loaded_position,
+        )  # fmt: skip
+        await self._load_holders_keys()
 
     async def _load_holders_keys(self) -> None:
         """Cache the SSH keys of the requests restored outstanding, as reading them would have."""
@@ -294,18 +302,32 @@ class Hub:
         except (OSError, asyncpg.PostgresError) as error:
             log.warning("reading holders' SSH keys: %s; pushing without", error)
 
-    def _save_snapshot(self) -> None:
-        """Capture the projections now (between batches: consistent), write them in the background.
+    def _snapshot_due(self) -> bool:
+        """Whether to capture now: enough applied, caught up, and the last capture paid for.
 
-        One write at a time: while one is under way the next capture waits for the next batch,
-        so a slow database delays snapshots, never the readers.
+        Not before the hub is ready: a capture stops the loop (it must see one consistent
+        state), and a start must not wait for it. Not while the last write is under way (a slow
+        database delays snapshots, never the readers). And not before `snapshot_duty_max`
+        of the time since the last capture has passed again: a large state takes long to
+        capture, and the readers keep most of the loop.
         """
-        assert self.snapshots is not None
+        if self.snapshots is None or not self.snapshot_every_events:
+            return False
+        if self._since_snapshot < self.snapshot_every_events or not self.ready.is_set():
+            return False
         if self._saving is not None and not self._saving.done():
-            return
+            return False
+        elapsed_s = time.monotonic() - self._captured_at
+        return self._capture_s <= snapshot_duty_max * elapsed_s
+
+    def _save_snapshot(self) -> None:
+        """Capture the projections now (between batches: consistent), write them in the background."""
+        began = time.monotonic()
         self._since_snapshot = 0
         offsets = self.positions()
         payload = capture(self.projections(), offsets)
+        self._captured_at = time.monotonic()
+        self._capture_s = self._captured_at - began
         self._saving = asyncio.create_task(self._write_snapshot(payload, offsets))
 
     async def _write_snapshot(self, payload: bytes, offsets: dict[tuple[str, int], int]) -> None:
@@ -355,11 +377,7 @@ class Hub:
                     self._next[tp] = records[-1].offset + 1
                     self.stats.records += len(records)
             self._since_snapshot += self._applied() - applied
-            if (
-                self.snapshots is not None
-                and self.snapshot_every_events
-                and self._since_snapshot >= self.snapshot_every_events
-            ):
+            if self._snapshot_due():
                 self._save_snapshot()
             if self._behind:
                 await self._catch_up(consumer)

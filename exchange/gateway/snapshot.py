@@ -36,6 +36,7 @@ import hashlib
 import importlib
 import logging
 from collections import OrderedDict, deque
+from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
@@ -81,6 +82,10 @@ _OBJECTS = frozenset(
         "exchange.gateway.ticker:DayStats",
     }
 )
+
+
+# Values written as they are (exact types: an enum member subclasses int or str but is tagged).
+_SCALARS = frozenset({type(None), bool, int, float, str, bytes})
 
 
 class _Tag(enum.IntEnum):
@@ -133,11 +138,7 @@ class _Writer:
         self.keep: list[object] = []  # the objects numbered, alive until the tree is written
 
     def tree(self, v: Any) -> Any:
-        if (
-            v is None
-            or isinstance(v, (bool, int, float, str, bytes))
-            and not isinstance(v, enum.Enum)
-        ):
+        if type(v) in _SCALARS:  # most of a state: checked inline by the callers too
             return v
         if isinstance(v, tuple):
             return [_Tag.TUPLE, *[self.tree(x) for x in v]]
@@ -155,13 +156,13 @@ class _Writer:
         self.memo[id(v)] = len(self.memo)
         self.keep.append(v)
         if isinstance(v, list):
-            return [_Tag.LIST, *[self.tree(x) for x in v]]
+            return [_Tag.LIST, *[x if type(x) in _SCALARS else self.tree(x) for x in v]]
         if isinstance(v, OrderedDict):
             return [_Tag.ORDERED, *self._pairs(v)]
         if isinstance(v, dict):
             return [_Tag.DICT, *self._pairs(v)]
         if isinstance(v, deque):
-            return [_Tag.DEQUE, v.maxlen, *[self.tree(x) for x in v]]
+            return [_Tag.DEQUE, v.maxlen, *[x if type(x) in _SCALARS else self.tree(x) for x in v]]
         if isinstance(v, (set, frozenset)):
             return [_Tag.SET, *[self.tree(x) for x in v]]
         name = _name(type(v))
@@ -171,13 +172,15 @@ class _Writer:
         out: list[Any] = [_Tag.OBJECT, name]
         for field in _fields(v):
             value = transient[field]() if field in transient else getattr(v, field)
-            out += [field, self.tree(value)]
+            out += [field, value if type(value) in _SCALARS else self.tree(value)]
         return out
 
     def _pairs(self, d: dict[Any, Any]) -> list[Any]:
         out: list[Any] = []
+        tree = self.tree
         for k, x in d.items():
-            out += [self.tree(k), self.tree(x)]
+            out.append(k if type(k) in _SCALARS else tree(k))
+            out.append(x if type(x) in _SCALARS else tree(x))
         return out
 
 
@@ -200,6 +203,7 @@ class _Reader:
     def __init__(self) -> None:
         self.objects: list[Any] = []
         self.classes: dict[str, type] = {}
+        self.fields: dict[str, list[str]] = {}  # class -> the field names already checked
 
     def cls(self, name: str, *, plain: bool = False) -> type:
         found = self.classes.get(name)
@@ -224,19 +228,21 @@ class _Reader:
             return cls(
                 **dict(zip(cls.__struct_fields__, (self.value(x) for x in rest[1:]), strict=True))
             )
+        value = self.value
         if tag == _Tag.LIST:
             out: Any = []
             self.objects.append(out)
-            out.extend(self.value(x) for x in rest)
+            out.extend(x if type(x) is not list else value(x) for x in rest)
         elif tag in (_Tag.DICT, _Tag.ORDERED):
             out = {} if tag == _Tag.DICT else OrderedDict()
             self.objects.append(out)
-            for i in range(0, len(rest), 2):
-                out[self.value(rest[i])] = self.value(rest[i + 1])
+            items = iter(rest)
+            for k, x in zip(items, items, strict=True):
+                out[k if type(k) is not list else value(k)] = x if type(x) is not list else value(x)
         elif tag == _Tag.DEQUE:
             out = deque(maxlen=rest[0])
             self.objects.append(out)
-            out.extend(self.value(x) for x in rest[1:])
+            out.extend(x if type(x) is not list else value(x) for x in rest[1:])
         elif tag == _Tag.SET:
             out = set()
             self.objects.append(out)
@@ -246,11 +252,15 @@ class _Reader:
             out = plain.__new__(plain)
             self.objects.append(out)
             saved = rest[1::2]
-            slots = getattr(plain, "__slots__", None)
-            if slots is not None and sorted(saved) != sorted(_fields_of(plain, slots)):
-                raise SnapshotInvalid(f"class {rest[0]!r}: the saved fields differ from {slots}")
-            for i in range(1, len(rest), 2):
-                setattr(out, rest[i], self.value(rest[i + 1]))
+            if saved != self.fields.get(rest[0]):
+                slots = getattr(plain, "__slots__", None)
+                if slots is not None and sorted(saved) != sorted(_fields_of(plain, slots)):
+                    raise SnapshotInvalid(
+                        f"class {rest[0]!r}: the saved fields differ from {slots}"
+                    )
+                self.fields[rest[0]] = saved
+            for name, x in zip(saved, rest[2::2], strict=True):
+                setattr(out, name, x if type(x) is not list else value(x))
         else:
             raise SnapshotInvalid(
                 f"tree node tag {tag!r}: expected one of {[int(t) for t in _Tag]}"
@@ -336,6 +346,7 @@ class GatewaySnapshots:
         """Describe the store in the database at `dsn`."""
         self.store = SnapshotStore(dsn)
         self.saved = 0
+        self.damaged = 0  # snapshots passed over at starts because their digest differed
         self.loaded_position: int | None = None  # where the last start began (None: full replay)
 
     async def open(self) -> None:
@@ -359,19 +370,22 @@ class GatewaySnapshots:
         )
         self.saved += 1
 
-    async def candidates(self) -> list[bytes]:
-        """The kept snapshots' payloads, newest first, leaving out (with a warning) damaged ones.
+    async def candidates(self) -> AsyncIterator[bytes]:
+        """The kept snapshots' payloads, newest first, one at a time (each may be large).
 
-        The caller starts from the first that restores: one that does not (another format, a
-        bug) is passed over for the one before it, never loaded in part.
+        Damaged ones are passed over with a warning. The caller starts from the first that
+        restores: one that does not (another format, a bug) is passed over for the one before
+        it, never loaded in part.
         """
-        payloads = []
-        for row in await self.store.newest(GATEWAY_SNAPSHOT_KEY, self.store.kept):
+        for position in await self.store.newest(GATEWAY_SNAPSHOT_KEY, self.store.kept):
+            row = await self.store.at(GATEWAY_SNAPSHOT_KEY, position)
+            if row is None:
+                continue  # pruned by a gateway saving a newer one meanwhile
             if digest(row.snapshot) != row.state_hash:
+                self.damaged += 1
                 log.warning(
                     "gateway snapshot at position %d is damaged (its digest differs): "
                     "passing it over", row.input_offset,
                 )  # fmt: skip
                 continue
-            payloads.append(row.snapshot)
-        return payloads
+            yield row.snapshot
