@@ -11,8 +11,10 @@ The hub feeds the projections it is given and hands the pushes they return to th
 Subscriptions; request handlers read the projections and register subscribers themselves
 (exchange/gateway/context.py), never through the hub.
 
-Every gateway reads the three topics from their beginning, so any number of them serve the same
-sequence numbers: they are stateless apart from what the log rebuilds. A command's events are
+Every gateway reads the three topics from their beginning, or from a snapshot of the projections
+with the offsets it was taken at (exchange/gateway/snapshot.py; `GX_GATEWAY_SNAPSHOT_EVERY_EVENTS`),
+so any number of them serve the same sequence numbers: they are stateless apart from what the
+log rebuilds. A command's events are
 complete at the end of the gx.events record that ends it (streams/event_records.py).
 
 Until the projections have read every partition up to where it ended when the hub started

@@ -11,7 +11,9 @@ Storage: the engine's snapshot table (streams/snapshots.py), one concept once. I
 keyed by (writer, position): the gateway writes under `GATEWAY_SNAPSHOT_KEY` with position =
 the sum of its next offsets, which only grows as a gateway reads on. Several gateways may write:
 each row describes some prefix of the log, any of them is a correct place to start, saving a
-position twice keeps the first (ON CONFLICT DO NOTHING) and the highest position wins on load.
+position twice keeps the first (ON CONFLICT DO NOTHING), a row is written in one transaction
+with its digest (a half-written one never shows), and on load the highest position that restores
+wins (the kept ones are tried newest first, each fetched alone).
 PostgreSQL rather than a compacted Kafka topic: the store, its pruning and its race handling
 exist already, and a snapshot of megabytes would need the topic's record size raised.
 
@@ -27,6 +29,11 @@ and the gateway replays the whole log.
 What is left out: the connections' state (a book depth's subscriber count and its update
 stream exist while someone watches; a restarted gateway has no watchers), caches, and the
 answers kept for commands this gateway sent (a restart forgets its commands).
+
+Cost: a capture walks the whole state on the gateway's loop (it must see one state), so it runs
+only once the hub is ready and takes at most `snapshot_duty_max` of the loop's time (hub.py);
+the state is bounded by the retention per account (closed orders, fills, resume buffers), so a
+snapshot is as large as that retention, whatever the log's length.
 """
 
 from __future__ import annotations
