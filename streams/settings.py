@@ -41,6 +41,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # that has caught up for half a second.
     kafka_fetch_wait_ms: int = 10  # GX_KAFKA_FETCH_WAIT_MS
     snapshot_every_commands: int = 50_000  # GX_SNAPSHOT_EVERY_COMMANDS
+    # GX_GATEWAY_SNAPSHOT_EVERY_EVENTS: a gateway saves its projections every this many messages
+    # applied (gx.events events, gx.marketdata and gx.provisioning messages: what a replay costs;
+    # a gx.events record holds from one to hundreds of events) and starts from the newest
+    # (exchange/gateway/snapshot.py); 0: it neither saves nor loads one, it replays the whole log
+    gateway_snapshot_every_events: Annotated[int, msgspec.Meta(ge=0)] = 100_000
     engine_batch_max: int = 4096  # commands per engine step
     settle_batch_max: int = 5000  # events per settlement transaction
     # The settlement writer runs this much nicer than the other processes (0-19; 0: as they do):

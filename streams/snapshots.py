@@ -58,6 +58,15 @@ SELECT shard, input_offset, event_seq, state_hash, snapshot FROM engine_snapshot
 WHERE shard = $1 ORDER BY input_offset DESC LIMIT 1
 """
 
+_NEWEST = """
+SELECT input_offset FROM engine_snapshots WHERE shard = $1 ORDER BY input_offset DESC LIMIT $2
+"""
+
+_AT = """
+SELECT shard, input_offset, event_seq, state_hash, snapshot FROM engine_snapshots
+WHERE shard = $1 AND input_offset = $2
+"""
+
 
 class LeaseError(RuntimeError):
     """Raise when another process holds the shard: two writers of one shard would duplicate."""
@@ -143,6 +152,24 @@ class SnapshotStore:
     async def latest(self, shard: int) -> Snapshot | None:
         """Return the shard's snapshot with the highest input offset, or None if it has none."""
         row = await self._connection().fetchrow(_LATEST, shard)
+        if row is None:
+            return None
+        return Snapshot(
+            shard=row["shard"],
+            input_offset=row["input_offset"],
+            event_seq=row["event_seq"],
+            state_hash=row["state_hash"],
+            snapshot=bytes(row["snapshot"]),
+        )
+
+    async def newest(self, shard: int, limit: int) -> list[int]:
+        """Return the input offsets of the shard's `limit` newest snapshots, newest first."""
+        rows = await self._connection().fetch(_NEWEST, shard, limit)
+        return [int(row["input_offset"]) for row in rows]
+
+    async def at(self, shard: int, input_offset: int) -> Snapshot | None:
+        """Return the shard's snapshot at `input_offset`, or None if it was pruned meanwhile."""
+        row = await self._connection().fetchrow(_AT, shard, input_offset)
         if row is None:
             return None
         return Snapshot(

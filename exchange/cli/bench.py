@@ -9,6 +9,7 @@ import argparse
 
 from exchange.bench import feed as bench_feed
 from exchange.bench import flood as bench_flood
+from exchange.bench import gateway_start as bench_gateway_start
 from exchange.bench import journey as bench_journey
 from exchange.bench import matching as bench_matching
 from exchange.bench import pipeline as bench_pipeline
@@ -24,6 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     bench_feed.register(group)
     bench_flood.register(group)
+    bench_gateway_start.register(group)
     bench_journey.register(group)
     bench_matching.register(group)
     bench_pipeline.register(group)

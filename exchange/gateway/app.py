@@ -51,6 +51,7 @@ from exchange.gateway.rest import (
     PublicController,
     SshKeyParams,
 )
+from exchange.gateway.snapshot import GatewaySnapshots
 from exchange.gateway.ssh_keys import SshKeyStore
 from exchange.gateway.subscriptions import Subscriptions
 from exchange.gateway.transfers import WithdrawParams
@@ -329,6 +330,7 @@ class GatewayServer:
         self.gateway: Gateway | None = None
         self.app: Litestar | None = None
         self._pool: asyncpg.Pool | None = None
+        self._snapshots: GatewaySnapshots | None = None
         self._server: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -345,6 +347,9 @@ class GatewayServer:
         provisioning = Provisioning(keys_of=ssh_keys.cached)
         deliveries = Deliveries(accounts)
         subscriptions = Subscriptions(feed)
+        if self.settings.gateway_snapshot_every_events:
+            self._snapshots = GatewaySnapshots(self.dsn)
+            await self._snapshots.open()
         hub = Hub(
             self.settings,
             accounts=accounts,
@@ -354,6 +359,7 @@ class GatewayServer:
             subscriptions=subscriptions,
             ssh_keys=ssh_keys,
             mock_broker=self.mock_broker,
+            snapshots=self._snapshots,
         )
         keys.client_order_live = accounts.client_order_live
         await hub.start()
@@ -426,6 +432,8 @@ class GatewayServer:
             self.gateway.dead_man.fire_all()  # sent before the hub stops (it waits for them)
             await self.gateway.hub.stop()
             self.gateway.subscriptions.close()
+        if self._snapshots is not None:
+            await self._snapshots.close()
         if self._pool is not None:
             await self._pool.close()
 

@@ -11,8 +11,10 @@ The hub feeds the projections it is given and hands the pushes they return to th
 Subscriptions; request handlers read the projections and register subscribers themselves
 (exchange/gateway/context.py), never through the hub.
 
-Every gateway reads the three topics from their beginning, so any number of them serve the same
-sequence numbers: they are stateless apart from what the log rebuilds. A command's events are
+Every gateway reads the three topics from their beginning, or from a snapshot of the projections
+with the offsets it was taken at (exchange/gateway/snapshot.py; `GX_GATEWAY_SNAPSHOT_EVERY_EVENTS`),
+so any number of them serve the same sequence numbers: they are stateless apart from what the
+log rebuilds. A command's events are
 complete at the end of the gx.events record that ends it (streams/event_records.py).
 
 Until the projections have read every partition up to where it ended when the hub started
@@ -26,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -38,6 +41,7 @@ from exchange.gateway.accounts import Accounts
 from exchange.gateway.deliveries import Deliveries
 from exchange.gateway.market_feed import MarketFeed
 from exchange.gateway.provisioning import Provisioning
+from exchange.gateway.snapshot import GatewaySnapshots, SnapshotInvalid, capture, restore
 from exchange.gateway.ssh_keys import SshKeyStore
 from exchange.gateway.subscriptions import Subscriptions
 from exchange.wire import ErrorCode, WireError
@@ -68,12 +72,15 @@ poll_records_max = 10_000
 linger_ms = 1
 command_timeout_s = 5.0  # a command the engine has not answered by then is reported TIMEOUT
 recent_commands_max = 100_000  # completed commands kept for answers that arrive late
+# A snapshot capture stops the loop: at most this share of it (in time since the last one).
+snapshot_duty_max = 0.1
 
 
 class HubStats:
     """Counters of one gateway's readers (since it started)."""
 
     def __init__(self) -> None:
+        self.records = 0  # records read, of the three topics (a start from a snapshot: the tail)
         self.events = 0
         self.marketdata = 0
         self.provisioning = 0
@@ -127,6 +134,7 @@ class Hub:
         subscriptions: Subscriptions,
         ssh_keys: SshKeyStore | None = None,
         mock_broker: bool = False,
+        snapshots: GatewaySnapshots | None = None,
     ) -> None:
         settings.broker()  # refuses a missing broker, saying what to set
         self.settings = settings
@@ -163,6 +171,34 @@ class Hub:
         self._waiting: dict[tuple[int, int], asyncio.Future[list[e.Event]]] = {}
         # partition -> (end offset at start, position): the partitions not read that far yet
         self._behind: dict[TopicPartition, tuple[int, int]] = {}
+        # Snapshots (exchange/gateway/snapshot.py): the next offset of every partition, as read
+        # by the projections, and how many messages were applied since the last one was saved.
+        self.snapshots = snapshots
+        self.snapshot_every_events = settings.gateway_snapshot_every_events
+        self._next: dict[TopicPartition, int] = {}
+        self._since_snapshot = 0
+        self._saving: asyncio.Task[None] | None = None  # the snapshot being written, if any
+        self._captured_at = 0.0  # monotonic time the last capture ended
+        self._capture_s = 0.0  # how long it took
+
+    def projections(self) -> dict[str, object]:
+        """The projections a snapshot holds, by name (a pure function of the log read)."""
+        return {
+            "accounts": self._accounts,
+            "feed": self._feed,
+            "provisioning": self._provisioning,
+            "deliveries": self._deliveries,
+            "commands": self._commands,
+        }
+
+    def positions(self) -> dict[tuple[str, int], int]:
+        """The next offset of every partition the projections have read up to."""
+        return self.positions_of(self._next)
+
+    @staticmethod
+    def positions_of(offsets: dict[TopicPartition, int]) -> dict[tuple[str, int], int]:
+        """Offsets by (topic, partition) instead of TopicPartition."""
+        return {(tp.topic, tp.partition): offset for tp, offset in offsets.items()}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -185,9 +221,16 @@ class Hub:
             reader.partitions = await self._partitions(reader.topic)
         everything = [tp for reader in self._readers.values() for tp in reader.partitions]
         self._consumer.assign(everything)
-        await self._consumer.seek_to_beginning(*everything)
         ends = await self._end_offsets(self._consumer, everything)
-        self._behind = {tp: (ends[tp], 0) for tp in everything}
+        self._next = dict.fromkeys(everything, 0)
+        if self.snapshots is not None:
+            await self._load_snapshot(ends)
+        for tp, offset in self._next.items():
+            if offset:
+                self._consumer.seek(tp, offset)
+            else:  # the log's start, wherever retention has moved it
+                await self._consumer.seek_to_beginning(tp)
+        self._behind = {tp: (ends[tp], self._next[tp]) for tp in everything}
         await self._catch_up(self._consumer)
         self._tasks.append(asyncio.create_task(self._read(self._consumer)))
 
@@ -195,6 +238,9 @@ class Hub:
         """Stop reading, finish background commands, close the clients."""
         for task in self._tasks:
             task.cancel()
+        if self._saving is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._saving
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
@@ -209,6 +255,89 @@ class Hub:
         for future in self._waiting.values():
             if not future.done():
                 future.cancel()
+
+    async def _load_snapshot(self, ends: dict[TopicPartition, int]) -> None:
+        """Start the projections from the newest snapshot that restores, or leave them empty.
+
+        Each kept snapshot is tried newest first; one that does not restore (damaged, another
+        format, ahead of this log) is refused with its reason and leaves the projections as they
+        were, so the worst case is the full replay, never a state of some other log.
+        """
+        assert self.snapshots is not None
+        tried = 0
+        try:
+            async for payload in self.snapshots.candidates():
+                tried += 1
+                try:
+                    offsets = restore(payload, self.projections(), ends=self.positions_of(ends))
+                except SnapshotInvalid as error:
+                    log.warning("gateway snapshot refused: %s; trying an older one", error)
+                    continue
+                break
+            else:
+                if tried or self.snapshots.damaged:
+                    log.warning("no gateway snapshot restores: replaying the whole log")
+                return
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            log.warning("gateway snapshots not read (%s): replaying the whole log", error)
+            return
+        for tp in self._next:
+            self._next[tp] = offsets.get((tp.topic, tp.partition), 0)
+        self.snapshots.loaded_position = sum(self._next.values())
+        log.info(
+            "gateway started from a snapshot at position %d (%d records left to read)",
+            self.snapshots.loaded_position, sum(ends.values()) - self.snapshots.loaded_position,
+        )  # fmt: skip
+        await self._load_holders_keys()
+
+    async def _load_holders_keys(self) -> None:
+        """Cache the SSH keys of the requests restored outstanding, as reading them would have."""
+        if self._ssh_keys is None:
+            return
+        holders = {
+            request.holder
+            for requests in self._provisioning.outstanding.values()
+            for request in requests.values()
+        }
+        try:
+            await self._ssh_keys.of_accounts(holders)
+        except (OSError, asyncpg.PostgresError) as error:
+            log.warning("reading holders' SSH keys: %s; pushing without", error)
+
+    def _snapshot_due(self) -> bool:
+        """Whether to capture now: enough applied, caught up, and the last capture paid for.
+
+        Not before the hub is ready: a capture stops the loop (it must see one consistent
+        state), and a start must not wait for it. Not while the last write is under way (a slow
+        database delays snapshots, never the readers). And not before `snapshot_duty_max`
+        of the time since the last capture has passed again: a large state takes long to
+        capture, and the readers keep most of the loop.
+        """
+        if self.snapshots is None or not self.snapshot_every_events:
+            return False
+        if self._since_snapshot < self.snapshot_every_events or not self.ready.is_set():
+            return False
+        if self._saving is not None and not self._saving.done():
+            return False
+        elapsed_s = time.monotonic() - self._captured_at
+        return self._capture_s <= snapshot_duty_max * elapsed_s
+
+    def _save_snapshot(self) -> None:
+        """Capture the projections now (between batches: consistent), write them in the background."""
+        began = time.monotonic()
+        self._since_snapshot = 0
+        offsets = self.positions()
+        payload = capture(self.projections(), offsets)
+        self._captured_at = time.monotonic()
+        self._capture_s = self._captured_at - began
+        self._saving = asyncio.create_task(self._write_snapshot(payload, offsets))
+
+    async def _write_snapshot(self, payload: bytes, offsets: dict[tuple[str, int], int]) -> None:
+        assert self.snapshots is not None
+        try:
+            await self.snapshots.save(payload, offsets)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            log.warning("gateway snapshot not saved: %s; the next one is tried later", error)
 
     async def _partitions(self, topic: str) -> list[TopicPartition]:
         assert self._producer is not None
@@ -231,6 +360,7 @@ class Hub:
                 )
                 await asyncio.sleep(0.5)
                 continue
+            applied = self._applied()
             for tp, records in batches.items():
                 name = names[tp.topic]
                 if name == "provisioning" and self._ssh_keys is not None:
@@ -245,8 +375,19 @@ class Hub:
                         )
                 for record in records:
                     self._apply(name, tp.partition, record.offset, record.value, record.headers)
+                if records:
+                    self._next[tp] = records[-1].offset + 1
+                    self.stats.records += len(records)
+            self._since_snapshot += self._applied() - applied
+            if self._snapshot_due():
+                self._save_snapshot()
             if self._behind:
                 await self._catch_up(consumer)
+
+    def _applied(self) -> int:
+        """Messages applied to the projections since start (what a snapshot saves replaying)."""
+        stats = self.stats
+        return stats.events + stats.marketdata + stats.provisioning
 
     @staticmethod
     async def _end_offsets(
