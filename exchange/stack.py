@@ -22,6 +22,7 @@ from matching.state import EngineConfig
 from schemas.catalog import Catalog, load_catalog
 from streams.clock import Clock
 from streams.embedded.broker import EmbeddedBroker, EmbeddedBrokerError
+from streams.embedded.broker_process import BrokerProcess
 from streams.engine_runner import EngineRunner
 from streams.marketdata.process import MarketDataProcess
 from streams.provisioning import ProvisioningProcess, changelog_topics
@@ -65,7 +66,7 @@ class Stack:
 
     def __init__(
         self,
-        broker: EmbeddedBroker,
+        broker: EmbeddedBroker | BrokerProcess,
         dsn: str,
         settings: Settings,
         *,

@@ -99,6 +99,7 @@ def write_ready_file(path: Path, sandbox: Sandbox) -> None:
         "url": sandbox.url,
         "ws_url": sandbox.ws_url,
         "bootstrap": sandbox.broker.bootstrap_servers,
+        "broker_pid": sandbox.broker.pid,
         "dsn": sandbox.dsn,
         "postgres_pid": sandbox.postgres_pid,
         "gate_closure_lead_ns": sandbox.catalog.gate_closure_lead_ns,

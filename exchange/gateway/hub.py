@@ -63,7 +63,7 @@ from streams.event_records import CommandEvents, CommandGrouper
 from streams.settings import Settings
 from streams.topics import shard_key, topics
 
-__all__ = ["Hub", "HubStats", "NotSent", "command_timeout_s"]
+__all__ = ["Hub", "HubStats", "NotSent", "RecentCommands", "command_timeout_s"]
 
 log = logging.getLogger("gx.gateway")
 
@@ -71,9 +71,56 @@ poll_timeout_ms = 50
 poll_records_max = 10_000
 linger_ms = 1
 command_timeout_s = 5.0  # a command the engine has not answered by then is reported TIMEOUT
-recent_commands_max = 100_000  # completed commands kept for answers that arrive late
+# A command's events can arrive before the producer acknowledged its write (so before `submit`
+# waits for them): they are kept for longer than any acknowledgement is waited for (aiokafka's
+# request timeout, 40 s), and never more than `recent_commands_max` of them.
+recent_commands_s = 60.0
+recent_commands_max = 100_000
 # A snapshot capture stops the loop: at most this share of it (in time since the last one).
 snapshot_duty_max = 0.1
+
+
+class RecentCommands:
+    """The events of the commands completed in the last `window_s` seconds, by (shard, offset).
+
+    Bounded by time, not only by count: a count alone fills with every command of the last
+    hours under a steady load (and holds their events) although only the last seconds are asked.
+    """
+
+    def __init__(
+        self,
+        window_s: float = recent_commands_s,
+        count_max: int = recent_commands_max,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if window_s <= 0:
+            raise ValueError(f"window_s: expected > 0, found {window_s}")
+        if count_max <= 0:
+            raise ValueError(f"count_max: expected > 0, found {count_max}")
+        self.window_s = window_s
+        self.count_max = count_max
+        self._clock = clock
+        self._done: OrderedDict[tuple[int, int], tuple[float, list[e.Event]]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._done)
+
+    def add(self, key: tuple[int, int], events: list[e.Event]) -> None:
+        """Keep a completed command's events; forget those older than the window."""
+        now = self._clock()
+        self._done[key] = (now, events)
+        self._done.move_to_end(key)
+        oldest = now - self.window_s
+        while self._done:
+            first = next(iter(self._done.values()))
+            if first[0] >= oldest and len(self._done) <= self.count_max:
+                break
+            self._done.popitem(last=False)
+
+    def get(self, key: tuple[int, int]) -> list[e.Event] | None:
+        """The events of a command completed within the window, or None."""
+        kept = self._done.get(key)
+        return None if kept is None else kept[1]
 
 
 class HubStats:
@@ -167,7 +214,7 @@ class Hub:
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
         self._commands = CommandGrouper()  # gx.events records -> whole commands
-        self._done: OrderedDict[tuple[int, int], list[e.Event]] = OrderedDict()
+        self._done = RecentCommands()
         self._waiting: dict[tuple[int, int], asyncio.Future[list[e.Event]]] = {}
         # partition -> (end offset at start, position): the partitions not read that far yet
         self._behind: dict[TopicPartition, tuple[int, int]] = {}
@@ -481,9 +528,7 @@ class Hub:
 
     def _finish(self, shard: int, input_offset: int, events: list[e.Event]) -> None:
         key = (shard, input_offset)
-        self._done[key] = events
-        if len(self._done) > recent_commands_max:
-            self._done.popitem(last=False)
+        self._done.add(key, events)
         self._resolve(shard, input_offset)
 
     def _resolve(self, shard: int, up_to_offset: int) -> None:
@@ -497,7 +542,7 @@ class Hub:
         for waiting_key in [k for k in self._waiting if k[0] == shard and k[1] <= up_to_offset]:
             future = self._waiting.pop(waiting_key)
             if not future.done():
-                future.set_result(self._done.get(waiting_key, []))
+                future.set_result(self._done.get(waiting_key) or [])
 
     async def submit(self, command: c.Command) -> list[e.Event]:
         """Send a command to its shard; return the events it caused, once all have arrived.
@@ -507,8 +552,8 @@ class Hub:
         """
         offset = await self.send_command(command)
         key = (command.shard, offset)
-        if key in self._done:
-            return self._done[key]
+        if (done := self._done.get(key)) is not None:
+            return done
         future: asyncio.Future[list[e.Event]] = asyncio.get_running_loop().create_future()
         self._waiting[key] = future
         try:

@@ -1,6 +1,6 @@
 """`gx sandbox`: the whole exchange in one supervised process, with demo keys and a living market.
 
-    broker (librdkafka's mock cluster)
+    broker (librdkafka's mock cluster, in a child process: streams/embedded/broker_process.py)
     -> PostgreSQL (private cluster) and the engine's kernels (compiled or loaded), in parallel
     -> engine, settlement, market data, provisioning, clock and gateway (exchange/stack.py)
     -> listing (the clock's first tick lists the calendar)
@@ -10,7 +10,7 @@
        resolves disputes
     -> a status line every STATUS_INTERVAL_S, an audit every AUDIT_INTERVAL_S
 
-Everything lives and dies with the process: the broker is in-process, the database is a private
+Everything lives and dies with the process: the broker is its child, the database is a private
 cluster in a temporary directory (or an empty `GX_DATABASE_URL`), and stopping (Ctrl-C, SIGTERM,
 or the `stop` event of `run_sandbox`) stops the gateway, the bots, every stage, the broker and
 PostgreSQL, in that order. The gateway's master key is `GX_GATEWAY_MASTER_KEY` or a random one;
@@ -56,7 +56,7 @@ from schemas import commands as c
 from schemas.catalog import Catalog, load_catalog
 from schemas.units import NS_PER_HOUR, NS_PER_SECOND
 from streams.audit import Checkpoint, audit
-from streams.embedded.broker import EmbeddedBroker
+from streams.embedded.broker_process import BrokerProcess
 from streams.embedded.postgres import EmbeddedPostgres
 from streams.settings import Settings
 
@@ -278,7 +278,7 @@ class Sandbox:
             self.catalog = msgspec.structs.replace(
                 self.catalog, gate_closure_lead_ns=options.gate_closure_lead_s * NS_PER_SECOND
             )
-        self.broker: EmbeddedBroker | None = None
+        self.broker: BrokerProcess | None = None
         self.postgres: EmbeddedPostgres | None = None
         self.dsn = ""
         self.stack: Stack | None = None
@@ -325,7 +325,7 @@ class Sandbox:
         p = self.progress
         _check_port(self.options.host, self.options.port)
         print("gx sandbox: starting the exchange", file=self.out, flush=True)
-        self.broker = EmbeddedBroker(broker_count=1)
+        self.broker = BrokerProcess(broker_count=1)
         self.broker.start()
         self.broker.group_initial_rebalance_delay_ms(0)  # faust's group joins at once
         p.line(f"broker: librdkafka mock cluster at {self.broker.bootstrap_servers}")

@@ -87,14 +87,16 @@ async def _feed(sub: soak_clients._Subscriber, data: bytes) -> None:
 def test_memory_growth_compares_the_end_with_the_warm_up() -> None:
     memory = soak._Memory([os.getpid()])
     assert memory.sample("start") > 0
-    memory.labels = {1: "sandbox", 2: "postgres backend", 3: "postgres backend"}
+    memory.labels = {1: "sandbox", 2: "postgres backend", 3: "postgres backend", 4: "broker"}
     memory.samples = {
-        "start": {1: 50, 2: 10},
-        "warm": {1: 100, 2: 100},
-        "end": {1: 130, 3: 500},  # 2 gone, 3 new: neither counts
+        "start": {1: 50, 2: 10, 4: 10},
+        "warm": {1: 100, 2: 100, 4: 20},
+        "end": {1: 130, 3: 500, 4: 40},  # 2 gone, 3 new: neither counts
     }
     report = memory.report()
     assert report["rss_growth_after_warmup_pct"] == 30.0
     assert report["sandbox_rss_growth_after_warmup_pct"] == 30.0
+    # The broker's log fills its partitions: reported on its own, not counted in the total.
+    assert report["broker_rss_growth_after_warmup_pct"] == 100.0
     assert report["memory_flat"] is False
     assert report["rss_warm_kib"] == 100 and report["rss_end_kib"] == 130
