@@ -52,6 +52,9 @@ class Health(msgspec.Struct, kw_only=True):
     lag: dict[tuple[str, int], int] | None = None  # None: unknown (the broker did not answer)
     database: bool | None = None  # None: the process uses no database
     database_at: str | None = None  # host:port/database, for log lines
+    # Why the broker counts as gone when `lag` is None for another reason than end offsets
+    # that did not come (a producer-only process: its writes are not acknowledged).
+    broker_silent: str | None = None
 
     def lag_total(self) -> int | None:
         return None if self.lag is None else sum(self.lag.values())

@@ -2,7 +2,8 @@
 
 Every stream process that offers `health()` (streams/metrics.py) is watched by `watch` while it
 runs: each `watch_interval_s` it looks at its health afresh, and when a resource stops answering
-(the broker's end offsets, or PostgreSQL's `SELECT 1`) it logs one WARNING line naming that
+(the broker's end offsets or, for the clock, which only writes, the acknowledgement of its
+ticks; PostgreSQL's `SELECT 1`) it logs one WARNING line naming that
 resource and where it is, then one `resumed:` line once the resource answers again and the
 process is ready (caught up). The clients (aiokafka, asyncpg) retry by themselves; without these
 lines an operator would see a process that has gone quiet and not know why.
@@ -26,7 +27,7 @@ def _lost(health: Health) -> dict[str, str]:
     """The resources that did not answer this look: name -> why."""
     lost = {}
     if health.lag is None:
-        lost["broker"] = (
+        lost["broker"] = health.broker_silent or (
             f"its end offsets did not come in time ({lag_check_timeout_s:.0f} s or more)"
         )
     if health.database is False:

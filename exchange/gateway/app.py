@@ -59,6 +59,7 @@ from exchange.gateway.ws import serve_socket
 from exchange.wire import ErrorCode, Prices, WireError
 from schemas.catalog import Catalog, load_catalog
 from streams.ledger.schema import migrate
+from streams.metrics import Health, check_health
 from streams.settings import Settings
 
 __all__ = ["GatewayServer", "build_app", "request_body_bytes_max", "ready_wait_s"]
@@ -410,6 +411,18 @@ class GatewayServer:
         if self.port == 0:
             sockets = self._server.servers[0].sockets
             self.port = sockets[0].getsockname()[1]
+
+    async def health(self) -> Health:
+        """Ready: the hub is within `ready_lag_records_max` of its topics' ends and PostgreSQL
+        answers; so the gateway, like every stream process, says when it waits for either and
+        when it resumed (streams/waits.py, run by streams/process.py)."""
+        hub = None if self.gateway is None else self.gateway.hub
+        lag = None if hub is None else hub.lag()
+        if hub is None or lag is None:
+            return Health(ready=False, lag={})  # starting
+        return await check_health(
+            hub.ready.is_set(), lag, self.dsn, self.settings.ready_lag_records_max
+        )
 
     @property
     def url(self) -> str:

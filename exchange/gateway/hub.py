@@ -30,7 +30,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import asyncpg
@@ -60,6 +60,7 @@ from schemas.provisioning import (
 )
 from streams.consumers import log_consumer, partitions_of
 from streams.event_records import CommandEvents, CommandGrouper
+from streams.metrics import consumer_lag
 from streams.settings import Settings
 from streams.topics import shard_key, topics
 
@@ -454,6 +455,14 @@ class Hub:
         if not behind and not self.ready.is_set():
             log.info("caught up: every topic read to where it ended at start")
             self.ready.set()
+
+    def lag(self) -> Awaitable[dict[tuple[str, int], int] | None] | None:
+        """Each read partition's offsets left to its end (None once awaited: the broker did not
+        answer); None before `start()`."""
+        consumer = self._consumer
+        if consumer is None:
+            return None
+        return consumer_lag(consumer.end_offsets, consumer.position, consumer.assignment())
 
     def behind(self) -> dict[str, int]:
         """Offsets left to read, by topic, before the hub is ready (empty once it is)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import asyncpg
@@ -92,5 +93,23 @@ def test_health_and_metrics_say_what_the_gateway_serves(broker, dsn):
             assert down.json()["ready"] is False and down.json()["error"]["code"] == "UNAVAILABLE"
             assert "database" in down.json()
             assert (await rest(ex, "GET", "/readyz")).status_code == 200
+
+            # health(): what `gx gateway` watches to say it waits for the broker, and resumed
+            server = ex.stack.gateway
+            assert server is not None
+            look = await server.health()
+            assert look.ready and look.lag is not None and look.database is True, look
+            broker.broker_down(-1)
+            try:
+                look = await server.health()
+                assert look.lag is None and not look.ready, look
+            finally:
+                broker.broker_up(-1)
+            for _ in range(100):
+                look = await server.health()
+                if look.ready:
+                    break
+                await asyncio.sleep(0.1)
+            assert look.ready and look.lag is not None, look
 
     run(scenario(), timeout_s=120)
