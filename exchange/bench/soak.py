@@ -22,14 +22,14 @@ HTTP and WebSocket, as the users' programs do:
   so one replay from the start at the end could find the start gone), and once more at the end,
   after the load stopped.
 
-Memory: VmRSS of every process (the sandbox, its broker, PostgreSQL's processes, the
-subscribers' process and this one) at the start of the load, at the end of the warm-up
-(`max(60 s, 10 %)` of the run, at most half of it) and at the end. `rss_growth_after_warmup_pct`
-compares the end with the warm-up over the processes alive at both, but the broker;
-`memory_flat` is that growth within `memory_flat_pct_max`. The broker (librdkafka's mock, a
-child of the sandbox) is reported on its own: it holds the log in memory, the newest few MiB of
-every partition, so it grows until each partition is full (`broker_rss_growth_after_warmup_pct`), where
-Kafka would keep the log on disk.
+Memory: resident memory (VmRSS less shared memory, `_rss_kib`) of every process (the sandbox,
+its broker, PostgreSQL's processes, the subscribers' process and this one) at the start of the
+load, at the end of the warm-up (`max(60 s, 10 %)` of the run, at most half of it) and at the
+end. `rss_growth_after_warmup_pct` compares the end with the warm-up over the processes alive
+at both, but the broker; `memory_flat` is that growth within `memory_flat_pct_max`. The broker
+(librdkafka's mock, a child of the sandbox) is reported on its own: it holds the log in memory,
+the newest few MiB of every partition, so it grows until each partition is full
+(`broker_rss_growth_after_warmup_pct`), where Kafka would keep the log on disk.
 
 `rss_series_kib` adds the total and the sandbox's RSS every `memory_series_interval_s`.
 
@@ -171,14 +171,18 @@ def _progress(text: str) -> None:
 
 
 def _rss_kib(pid: int) -> int | None:
+    """VmRSS without RssShmem: PostgreSQL's shared buffers are one preallocated segment
+    (`shared_buffers`) whose pages count in a backend's VmRSS as it first touches them, so
+    VmRSS grows for an hour under any load while no memory is allocated."""
+    fields: dict[bytes, int] = {}
     try:
         with open(f"/proc/{pid}/status", "rb") as file:
             for line in file:
-                if line.startswith(b"VmRSS:"):
-                    return int(line.split()[1])
+                if line.startswith((b"VmRSS:", b"RssShmem:")):
+                    fields[line.split(b":")[0]] = int(line.split()[1])
     except (OSError, ValueError):
         return None
-    return 0  # a zombie has no VmRSS line
+    return fields.get(b"VmRSS", 0) - fields.get(b"RssShmem", 0)  # a zombie has neither line
 
 
 def _children(pid: int) -> list[int]:
