@@ -84,6 +84,8 @@ poll_timeout_ms = 100
 linger_ms = 5
 last_event_window_min = 16  # records read back from the end to find the last event
 recovery_timeout_s = 60
+# Events not acknowledged for this long: the broker counts as gone (health(), streams/waits.py).
+unacknowledged_silent_s = 3.0
 no_database_message = (
     "no snapshot database: set GX_DATABASE_URL=postgresql://... (or pass --database-url); "
     "snapshots must outlive the process, or pass --no-snapshots to replay the log from its start"
@@ -177,6 +179,7 @@ class EngineRunner:
         self._suppress_through = 0  # drop regenerated events with seq <= this
         self._last_event: bytes | None = None  # the log's last event, to check the replay
         self._since_snapshot = 0
+        self._producing_since: float | None = None  # monotonic start of the produce in flight
         self.step_seconds = step_histogram(
             "gx_engine_step_seconds", "one step: decode, match, produce and acknowledgement"
         )
@@ -190,9 +193,15 @@ class EngineRunner:
         if consumer is not None and self.ready.is_set():
             lag = consumer_lag(consumer.end_offsets, self._applied_position, [self.commands_tp])
         dsn = self.settings.database_url if self.use_snapshots else None
-        return await check_health(
+        look = await check_health(
             self.ready.is_set() and lag is not None, lag, dsn, self.settings.ready_lag_records_max
         )
+        since = self._producing_since
+        if since is not None and (silent_s := time.monotonic() - since) > unacknowledged_silent_s:
+            # The commands partition answers, but the events wait: the broker is gone for us.
+            why = f"events not acknowledged for {silent_s:.0f} s"
+            return msgspec.structs.replace(look, ready=False, lag=None, broker_silent=why)
+        return look
 
     async def _applied_position(self, tp: TopicPartition) -> int:
         # The next command to apply, not the read position: a batch read but not yet produced
@@ -454,6 +463,14 @@ class EngineRunner:
         producer = self._producer
         assert producer is not None
         payloads = pack_records(events, EVENTS_RECORD_BYTES_MAX)
+        self._producing_since = time.monotonic()
+        try:
+            await self._send(producer, payloads)
+        finally:
+            self._producing_since = None
+        self.stats.events += len(events)
+
+    async def _send(self, producer: AIOKafkaProducer, payloads: Sequence[EventRecord]) -> None:
         if not self.settings.kafka_transactions:
             # One record batch at a time: a later batch never lands after an earlier one failed,
             # so the log has no gaps for recovery to mistake for produced events.
@@ -466,7 +483,6 @@ class EngineRunner:
                     for batch in self._record_batches(producer, payloads)
                 ]
                 await asyncio.gather(*futures)
-        self.stats.events += len(events)
 
     def _record_batches(
         self, producer: AIOKafkaProducer, records: Sequence[EventRecord]

@@ -587,3 +587,43 @@ def test_kill_9_at_random_moments_loses_nothing_and_duplicates_nothing(
     final = json.loads(runner.log_path.read_text().strip().splitlines()[-1])
     print(f"kill -9 x{kills_running + kills_starting}: {elapsed_s:.1f} s, recoveries {recoveries}")
     print(f"final runner: {final}")
+
+
+@pytest.mark.timeout(60)
+def test_events_the_broker_does_not_acknowledge_make_the_engine_say_it_waits(
+    broker: EmbeddedBroker, dsn: str, catalog: Catalog
+) -> None:
+    # The commands partition answers (its leader is well), the events' leader holds every ack.
+    settings = _settings(broker, dsn)
+    names = topics(settings)
+    payloads = [encode(c) for c in workload(catalog, seed=3, count=50)]
+
+    async def scenario() -> tuple[list[str | None], bool]:
+        await create_topics(settings, broker)
+        broker.set_partition_leader(names["commands"].name, 0, 1)
+        broker.set_partition_leader(names["events"].name, 0, 2)
+        runner = EngineRunner(settings, 0, catalog, SMALL, mock_broker=True)
+        task = asyncio.create_task(runner.run())
+        await asyncio.wait_for(runner.ready.wait(), 30)
+        said: list[str | None] = [(await runner.health()).broker_silent]
+        broker.push_request_error_rtts(2, API_KEY_PRODUCE, [(0, 6000)] * 3)
+        await produce(broker.bootstrap_servers, names["commands"].name, payloads)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            look = await runner.health()
+            if look.broker_silent is not None:
+                assert look.lag is None and not look.ready, look
+                said.append(look.broker_silent)
+                break
+            await asyncio.sleep(0.2)
+        while runner.stats.next_offset < len(payloads) and time.monotonic() < deadline + 20:
+            await asyncio.sleep(0.1)
+        ready_again = (await runner.health()).ready
+        runner.stop()
+        await task
+        return said, ready_again
+
+    said, ready_again = run(scenario(), timeout_s=55)
+    assert said[0] is None
+    assert len(said) == 2 and said[1] is not None and "events not acknowledged" in said[1], said
+    assert ready_again
