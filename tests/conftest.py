@@ -8,7 +8,7 @@ from matching.engine import Engine, EngineConfig
 from schemas import commands as c
 from schemas.catalog import Catalog, load_catalog
 from schemas.symbols import parse_symbol
-from tests.support.fuzz import summary_lines
+from tests.support.fuzz import COVERED, summary_lines
 
 # 2026-12-01T00:00Z minus 3 hours: hourly instruments from 03:00 on are listed at the first tick.
 T0_NS = 1_796_083_200_000_000_000 - 3 * 3_600_000_000_000
@@ -58,6 +58,27 @@ def capacity_for(account: int, symbol: str, gpus: int) -> c.CapacityUpdate:
         end_ns=key.end_ns,
         gpus=gpus,
     )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(_CoveredFromWorkers())
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker: hand what it covered to the controller
+        workeroutput["covered"] = {target: dict(n) for target, n in COVERED.items()}
+
+
+class _CoveredFromWorkers:
+    """With `make test`'s workers (pytest-xdist) the fuzzers run in them: add up their counts."""
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: object, error: object) -> None:
+        covered = getattr(node, "workeroutput", {}).get("covered", {})
+        for target, outcomes in covered.items():
+            COVERED[target].update(outcomes)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
