@@ -475,8 +475,12 @@ def test_faults_under_load_lose_nothing_and_every_order_is_known(cluster: Cluste
     COVERED["fault scenarios"].update({f"{k}": n for k, n in summary["kinds"].items()})
     COVERED["fault suite"].update(
         {"orders sent": summary["orders_sent"], "events audited": summary["events_audited"],
-         "lost": summary["lost"], "duplicated": summary["duplicated"]}
+         "lost": summary["lost"], "duplicated": summary["duplicated"],
+         **{f"answers {k}": n for k, n in summary["answers"].items()}}
     )  # fmt: skip
+    COVERED["fault waits (stage:resource waited, then resumed)"].update(
+        summary["waited_and_resumed"]
+    )
     assert summary["lost"] == 0 and summary["duplicated"] == 0 and summary["failures"] == []
 
 
