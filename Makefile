@@ -29,8 +29,10 @@ sandbox: install
 	$(BIN)/gx sandbox $(ARGS)
 
 # The whole suite, then the engine suites again with the JIT off so pure-Python paths stay correct.
+# A file's tests stay on one worker (--dist loadfile): they share its fixtures (cluster, database).
+TEST_WORKERS ?= 2
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 	NUMBA_DISABLE_JIT=1 $(BIN)/python -m pytest -q -m nojit -p no:cacheprovider
 
 test-fast: install
