@@ -36,8 +36,12 @@ def due_listings(
     listed: Iterable[InstrumentKey] | set[InstrumentKey],
     gpus: tuple[str, ...] | None = None,
     regions: tuple[str, ...] | None = None,
+    pairs: tuple[tuple[str, str], ...] | None = None,
 ) -> list[InstrumentKey]:
     """Return the instruments to list now, in a fixed order (product, GPU, region, start).
+
+    Only GPU models in `gpus`, regions in `regions` and (GPU model, region) pairs in `pairs` are
+    listed (None: all); a shard lists its own pairs.
 
     An instrument is listed while its gate is still ahead (start - lead > now) and its start lies
     within the product's listing horizon.
@@ -54,6 +58,8 @@ def due_listings(
                 continue
             for region in catalog.regions:
                 if regions is not None and region not in regions:
+                    continue
+                if pairs is not None and (gpu.model, region) not in pairs:
                     continue
                 start = first
                 while start <= horizon:

@@ -18,7 +18,15 @@ import numpy as np
 from matching import layout as lay
 from matching.calendar import due_listings
 from matching.kernels import _apply
-from matching.state import EngineConfig, State, new_state, restore_state, snapshot_bytes, state_hash
+from matching.state import (
+    EngineConfig,
+    State,
+    new_state,
+    owns,
+    restore_state,
+    snapshot_bytes,
+    state_hash,
+)
 from schemas import commands as cmd
 from schemas import events as evt
 from schemas.catalog import Catalog
@@ -240,7 +248,9 @@ class Engine:
             return  # the due set changes only when an hour boundary passes
         self._listing_hour = hour
         listed = {key for key, _, _ in self._open.values()}
-        for key in due_listings(self.catalog, now, listed, self.config.gpus, self.config.regions):
+        config = self.config
+        due = due_listings(self.catalog, now, listed, config.gpus, config.regions, config.pairs)
+        for key in due:
             if not self._free_slots:
                 break  # instruments_max reached: the rest are listed once slots free up
             self._list(batch.next_row(index), key)
@@ -324,6 +334,8 @@ class Engine:
             key = parse_symbol(symbol)
         except SymbolError:
             return lay.INSTR_UNKNOWN
+        if not owns(self.config, key.gpu, key.region):
+            raise _Refused(Reject.WRONG_SHARD)  # another shard's instrument (schemas/shards.py)
         if key.start_ns - self.catalog.gate_closure_lead_ns <= now:
             return lay.INSTR_NOT_TRADING
         return lay.INSTR_UNKNOWN
@@ -406,6 +418,8 @@ class Engine:
             capkey += self.catalog.region_index(c.region)
         except (KeyError, ValueError):
             raise _Refused(Reject.CAPACITY_RANGE_INVALID) from None
+        if not owns(self.config, c.gpu, c.region):
+            raise _Refused(Reject.WRONG_SHARD)  # another shard's capacity
         if c.start_ns % NS_PER_HOUR or c.end_ns % NS_PER_HOUR:
             raise _Refused(Reject.CAPACITY_RANGE_INVALID)
         row[lay.C0_OP] = lay.OP_CAPACITY

@@ -12,10 +12,12 @@ import numpy as np
 from matching import layout as lay
 from matching.calendar import capacity_horizon_hours
 from schemas.catalog import Catalog
+from schemas.ids import SHARDS_MAX, id_base
 
 __all__ = [
     "SNAPSHOT_VERSION",
     "EngineConfig",
+    "owns",
     "SnapshotVersionError",
     "State",
     "new_state",
@@ -57,6 +59,11 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
     shard: int = 0
     gpus: tuple[str, ...] | None = None  # GPU models this shard lists (None: all)
     regions: tuple[str, ...] | None = None
+    # The (GPU model, region) pairs this shard owns (schemas/shards.py ShardMap.pairs_of; None:
+    # every pair `gpus` and `regions` admit). It lists only these, and refuses commands naming
+    # another pair with WRONG_SHARD.
+    pairs: tuple[tuple[str, str], ...] | None = None
+    shard_map_digest: str = ""  # the ShardMap.digest() the log runs under ("": none given)
     accounts_max: int = 1 << 16
     instruments_max: int = 1 << 12
     orders_max: int = 1 << 20
@@ -87,6 +94,8 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
 
     def check(self) -> None:
         """Raise ValueError naming the first size that cannot work."""
+        if not 0 <= self.shard < SHARDS_MAX:
+            raise ValueError(f"shard: expected 0..{SHARDS_MAX - 1}, found {self.shard}")
         if not 0 < self.orders_max <= lay.ORDER_SLOT_MASK + 1:
             raise ValueError(f"orders_max: expected 1..{lay.ORDER_SLOT_MASK + 1}")
         if not 0 < self.obligations_max <= lay.ORDER_SLOT_MASK + 1:
@@ -105,6 +114,25 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("breaker_move_bps_max: expected 0 (off) .. 1,000,000")
         if self.breaker_window_ns <= 0 or self.breaker_halt_ns <= 0:
             raise ValueError("breaker_window_ns, breaker_halt_ns: expected more than 0")
+
+
+def owns(config: EngineConfig, gpu: str, region: str) -> bool:
+    """Whether the shard owns a (GPU model, region) pair by its `pairs` (None: all pairs)."""
+    return config.pairs is None or (gpu, region) in config.pairs
+
+
+def _start_id_counters(meta: np.ndarray, shard: int) -> None:
+    """Start every id counter at the shard's id base (schemas/ids.py), so ids carry their shard.
+
+    Plain counters (trades, instruments, transfers) start at the base; order, obligation and
+    withdrawal ids are `counter << ORDER_SLOT_BITS | slot`, so their counters start at the base
+    shifted down. Shard 0 starts at 0, as before shards.
+    """
+    base = id_base(shard)
+    for col in (lay.M_TRADE_SEQ, lay.M_INSTR_SEQ, lay.M_TRANSFER_SEQ):
+        meta[col] = base
+    for col in (lay.M_ORDER_SEQ, lay.M_OBL_SEQ, lay.M_WD_SEQ):
+        meta[col] = base >> lay.ORDER_SLOT_BITS
 
 
 def _table_size(rows: int) -> int:
@@ -128,6 +156,7 @@ def new_state(config: EngineConfig, catalog: Catalog) -> State:
     frees = (lay.M_ORDER_FREE, lay.M_LEVEL_FREE, lay.M_POS_FREE, lay.M_CAP_FREE, lay.M_OBL_FREE)
     for col in (*frees, lay.M_WD_FREE):
         meta[0, col] = -1
+    _start_id_counters(meta[0], config.shard)
     cfg = z((1, lay.CFG_WIDTH), dtype=np.int64)
     c = cfg[0]
     c[lay.CFG_SHARD] = config.shard
@@ -237,7 +266,7 @@ class _Version(msgspec.Struct, frozen=True):
 
 class _Snapshot(msgspec.Struct, frozen=True):
     version: int
-    config: EngineConfig
+    config: dict[str, object]  # EngineConfig's fields (see _config_fields)
     catalog_hash: str
     arrays: list[bytes]
 
@@ -255,9 +284,25 @@ def catalog_hash(catalog: Catalog) -> str:
     return hashlib.blake2b(msgspec.msgpack.encode(catalog), digest_size=16).hexdigest()
 
 
+# Config fields a snapshot leaves out at their defaults: added after version 4, so that the
+# snapshot of an engine that does not use them keeps its bytes.
+_OMITTED_AT_DEFAULT = {"pairs": None, "shard_map_digest": ""}
+
+
+def _config_fields(config: EngineConfig) -> dict[str, object]:
+    """EngineConfig as the snapshot stores it: its fields in order, newer ones only when set."""
+    fields = msgspec.structs.asdict(config)
+    for name, default in _OMITTED_AT_DEFAULT.items():
+        if fields[name] == default:
+            del fields[name]
+    return fields
+
+
 def snapshot_bytes(st: State, config: EngineConfig, catalog: Catalog) -> bytes:
     """Serialise the whole state: the used rows of every pool, compressed."""
-    snap = _Snapshot(SNAPSHOT_VERSION, config, catalog_hash(catalog), _canonical(st))
+    snap = _Snapshot(
+        SNAPSHOT_VERSION, _config_fields(config), catalog_hash(catalog), _canonical(st)
+    )
     return zlib.compress(msgspec.msgpack.encode(snap), 1)
 
 
@@ -270,14 +315,15 @@ def restore_state(data: bytes, catalog: Catalog) -> tuple[State, EngineConfig]:
     snap = msgspec.msgpack.decode(raw, type=_Snapshot)
     if snap.catalog_hash != catalog_hash(catalog):
         raise ValueError("snapshot was taken under another catalog; restore with that catalog")
-    st = new_state(snap.config, catalog)
+    config = msgspec.convert(snap.config, EngineConfig)
+    st = new_state(config, catalog)
     for i, raw in enumerate(snap.arrays):
         if i in lay.NOT_STORED:
             continue
         rows = np.frombuffer(raw, dtype=np.int64).reshape(-1, st[i].shape[1])
         st[i][: rows.shape[0]] = rows
     _rebuild_indexes(st)
-    return st, snap.config
+    return st, config
 
 
 def _rebuild_indexes(st: State) -> None:

@@ -68,7 +68,7 @@ class Reject(IntEnum):
     CAPACITY_RANGE_INVALID = 1012
     EXPIRY_INVALID = 1013
     MALFORMED = 1014
-    WRONG_SHARD = 1015  # the command names another shard than the engine that received it
+    WRONG_SHARD = 1015  # names another shard, or an instrument or capacity another shard owns
     DUPLICATE_REFERENCE = 1016  # a deposit whose payment reference was credited before
     UNKNOWN_WITHDRAWAL = 1017
     NOT_OPERATOR = 1018  # a market control (halt, suspend, ...) from another than the operator (0)

@@ -55,6 +55,7 @@ from matching.state import SNAPSHOT_VERSION, SnapshotVersionError
 from schemas.catalog import Catalog
 from schemas.codec import DecodeError, decode_bounded, decode_command, encode
 from schemas.commands import Command
+from schemas.shards import ShardMap, shard_map
 from streams.consumers import log_consumer, read_batch
 from streams.event_records import (
     EVENTS_RECORD_BYTES_MAX,
@@ -162,7 +163,8 @@ class EngineRunner:
         self.settings = settings
         self.shard = shard
         self.catalog = catalog
-        self.engine_config = engine_config
+        self.shard_map = shard_map(settings, catalog)
+        self.engine_config = shard_engine_config(engine_config, self.shard_map)
         self.mock_broker = mock_broker
         self.use_snapshots = snapshots
         by_role = topics(settings)
@@ -353,6 +355,13 @@ class EngineRunner:
             raise RecoveryError(
                 f"shard {self.shard}: the snapshot belongs to shard {engine.config.shard}"
             )
+        check_shard_map(engine.config, self.shard_map, snapshot.input_offset)
+        # A snapshot from before shard maps (one shard, the whole catalog) takes the map's record.
+        engine.config = msgspec.structs.replace(
+            engine.config,
+            pairs=self.engine_config.pairs,
+            shard_map_digest=self.engine_config.shard_map_digest,
+        )
         return engine
 
     async def _read_last_event(self) -> tuple[int, bytes] | None:
@@ -535,7 +544,8 @@ def unsuppressed(
             raise RecoveryError(
                 f"shard {shard}: the replay regenerated event seq {through} as "
                 f"{regenerated!r}, but the log has {last_event!r}: the engine, its "
-                f"configuration or the catalog differ from the run that produced the log"
+                f"configuration (GX_SHARDS, GX_SHARD_MAP included) or the catalog differ from "
+                f"the run that produced the log"
             )
         last_event = None
     return events[keep:], last_event
@@ -565,3 +575,34 @@ def _event_seq(value: bytes) -> int:
         return decode_bounded(_seq_only_decoder, value).seq
     except DecodeError as error:
         raise RecoveryError(f"the events log's last record does not decode: {error}") from None
+
+
+def shard_engine_config(config: EngineConfig, shards: ShardMap) -> EngineConfig:
+    """The engine configuration of `config.shard` under a shard map: its pairs and the digest."""
+    return msgspec.structs.replace(
+        config, pairs=shards.pairs_of(config.shard), shard_map_digest=shards.digest()
+    )
+
+
+def check_shard_map(restored: EngineConfig, shards: ShardMap, offset: int) -> None:
+    """Refuse a snapshot taken under another shard map than `shards`, raising RecoveryError.
+
+    The map decides which instruments a shard lists and which commands it refuses, so the same
+    commands replayed under another map would produce other events: the log would no longer be
+    the engine's output. A snapshot from before shard maps (no digest) was taken by an engine
+    that owned the whole catalog: the map of one shard.
+    """
+    digest = shards.digest()
+    if restored.shard_map_digest == digest:
+        return
+    if not restored.shard_map_digest and shards.shards == 1:
+        return
+    found = restored.shard_map_digest or "none (one shard, the whole catalog)"
+    owned = ", ".join(f"{g}/{r}" for g, r in restored.pairs or ()) or "the whole catalog"
+    raise RecoveryError(
+        f"shard {restored.shard}: the snapshot at offset {offset} was taken under shard map "
+        f"{found} (this shard owned {owned}), but GX_SHARDS={shards.shards} and GX_SHARD_MAP "
+        f"now give map {digest}: the map is part of the log's configuration and cannot change "
+        f"under a running exchange. Start the engine with the GX_SHARDS and GX_SHARD_MAP the "
+        f"log was written under, or move to the new map on new topics by replaying the commands"
+    )

@@ -30,6 +30,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     database_url: str | None = None  # GX_DATABASE_URL; None: a private PostgreSQL cluster
     topic_prefix: str = "gx."  # GX_TOPIC_PREFIX
     shards: int = 1  # GX_SHARDS: partitions of gx.commands and gx.events
+    # GX_SHARD_MAP: which shard owns each GPU model and region ("H100-SXM/us-east=0,..."; every
+    # pair once); empty: the catalog's sorted pairs dealt round-robin (schemas/shards.py)
+    shard_map: str = ""
     marketdata_partitions: int = 4
     provisioning_partitions: int = 4
     replication_factor: int = 1  # GX_REPLICATION_FACTOR: 3 on a real cluster

@@ -35,7 +35,7 @@ from schemas.commands import ClockTick, Command
 from streams.admin import create_topics
 from streams.clock import Clock
 from streams.embedded.broker import API_KEY_PRODUCE, EmbeddedBroker
-from streams.engine_runner import EngineRunner, decode_record
+from streams.engine_runner import EngineRunner, RecoveryError, decode_record
 from streams.event_records import split_event_record
 from streams.settings import Settings
 from streams.snapshots import LeaseError, SnapshotStore
@@ -271,6 +271,34 @@ def test_restart_without_snapshots_replays_the_whole_log_and_produces_nothing_tw
     _assert_log_equals(events, expected)
     assert last.stats.recovered_offset == 0
     assert last.stats.suppressed == len(expected) and last.stats.events == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_changed_shard_map_is_refused_and_the_unchanged_one_restarts(
+    broker: EmbeddedBroker, dsn: str, catalog: Catalog
+) -> None:
+    settings = _settings(broker, dsn)
+    names = topics(settings)
+    payloads = [encode(c) for c in workload(catalog, seed=6, count=1200)]
+    expected = reference(catalog, payloads)  # type: ignore[arg-type]
+    moved = msgspec.structs.replace(settings, shards=2)
+
+    async def scenario() -> tuple[str, EngineRunner, list[tuple[int, bytes]]]:
+        await create_topics(settings, broker)
+        await produce(broker.bootstrap_servers, names["commands"].name, payloads)
+        await run_until(EngineRunner(settings, 0, catalog, SMALL, mock_broker=True), len(payloads))
+        with pytest.raises(RecoveryError) as refused:
+            await run_until(EngineRunner(moved, 0, catalog, SMALL, mock_broker=True), 1)
+        again = EngineRunner(settings, 0, catalog, SMALL, mock_broker=True)
+        await run_until(again, len(payloads))
+        events = await read_events(broker.bootstrap_servers, names["events"].name, len(expected))
+        return str(refused.value), again, events
+
+    message, again, events = run(scenario(), timeout_s=50)
+    assert "cannot change under a running exchange" in message
+    assert "GX_SHARDS=2" in message and "GX_SHARD_MAP" in message
+    _assert_log_equals(events, expected)
+    assert again.stats.recovered_offset > 0 and again.stats.events == 0
 
 
 def _as_version(data: bytes, version: int) -> bytes:

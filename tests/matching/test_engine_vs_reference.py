@@ -517,6 +517,36 @@ def test_engine_equals_reference_for_any_commands(data: DataObject) -> None:
     assert_same_state(engine, ref)
 
 
+# A second shard of a 2-shard map owning one of CONFIG's pairs: ids carry the shard's base, and
+# the other pair's orders, controls and capacity are refused as WRONG_SHARD.
+SHARD_ONE = msgspec.structs.replace(
+    CONFIG, shard=1, pairs=(("H100-SXM", "us-east"),), shard_map_digest="two shards"
+)
+
+
+@pytest.mark.nojit
+@settings(settings.get_profile("engine-vs-reference"), max_examples=20)
+@given(st.data())
+def test_a_shard_owning_some_pairs_equals_the_reference(data: DataObject) -> None:
+    drawn, _, _, _ = _draw_scenario(data)
+    commands = [msgspec.structs.replace(command, shard=1) for command in drawn]
+    ref = ReferenceExchange(CATALOG, SHARD_ONE)
+    want: list = []
+    causes: list = []
+    for command in commands:
+        new = ref.apply([command])
+        want.extend(new)
+        causes.extend([command] * len(new))
+    engine = Engine(CATALOG, SHARD_ONE)
+    got: list = []
+    start = 0
+    for size in _draw_batches(data, commands):
+        got.extend(engine.apply(commands[start : start + size]))
+        start += size
+    assert_same_events(got, want, causes)
+    assert_same_state(engine, ref)
+
+
 # ------------------------------------------------------------------ hand-written cases
 
 H1 = _symbol("H100-SXM", "1h", MIDNIGHT - 2 * NS_PER_HOUR)  # 22:00, gate 21:45

@@ -41,7 +41,7 @@ from schemas.codes import (
     Side,
     TimeInForce,
 )
-from schemas.ids import ACCOUNT_EXTERNAL, ACCOUNT_FEES, ACCOUNT_FIRST_USER
+from schemas.ids import ACCOUNT_EXTERNAL, ACCOUNT_FEES, ACCOUNT_FIRST_USER, ID_SHARD_STRIDE
 from schemas.symbols import InstrumentKey, SymbolError, format_symbol, parse_symbol
 from schemas.units import NS_PER_HOUR
 
@@ -247,6 +247,8 @@ class ReferenceExchange:
         self.obligation_pool = _Pool(self.config.obligations_max)
         self.order_seq = self.trade_seq = self.instrument_seq = self.obligation_seq = 0
         self.transfer_seq = 0  # deposits and withdrawals, in order: their CashChanged ref_id
+        # Every id carries the shard: its shard's base plus the id an engine without shards gives.
+        self.id_base = self.config.shard * ID_SHARD_STRIDE
         self.references: set[str] = set()  # payment references of the deposits credited
         self.withdrawals: dict[int, Withdrawal] = {}  # pending, by slot
         self.withdrawal_pool = _Pool(self.config.withdrawals_max)
@@ -296,6 +298,7 @@ class ReferenceExchange:
             if getattr(c, "shard", self.config.shard) != self.config.shard:
                 raise _Refused(Reject.WRONG_SHARD)
             _check_ints(c)
+            self._check_owned(getattr(c, "symbol", None))
             if isinstance(c, cmd.ClockTick):
                 self._clock(c, out, listed)
             elif isinstance(c, cmd.PlaceOrder):
@@ -361,6 +364,17 @@ class ReferenceExchange:
 
     def _account(self, account: int) -> Account:
         return self.accounts.setdefault(account, Account())
+
+    def _check_owned(self, symbol: object) -> None:
+        """Refuse a command naming an instrument of a pair the shard does not own."""
+        if self.config.pairs is None or not isinstance(symbol, str) or symbol in self.instruments:
+            return
+        try:
+            key = parse_symbol(symbol)
+        except SymbolError:
+            return
+        if (key.gpu, key.region) not in self.config.pairs:
+            raise _Refused(Reject.WRONG_SHARD)
 
     def _resolve(self, symbol: str) -> Instrument:
         ins = self.instruments.get(symbol)
@@ -452,7 +466,7 @@ class ReferenceExchange:
         slot = self.order_pool.alloc()
         self.order_seq += 1
         o = Order(
-            order_id=(self.order_seq << SLOT_BITS) | slot,
+            order_id=self.id_base + ((self.order_seq << SLOT_BITS) | slot),
             slot=slot,
             account=c.account,
             instrument=ins,
@@ -622,7 +636,7 @@ class ReferenceExchange:
         fee_unc = unit * q_unc * bps_sell // BPS
         fee_sell = fee_cov + fee_unc
         self.trade_seq += 1
-        trade_id = self.trade_seq
+        trade_id = self.id_base + self.trade_seq
         out.append(
             evt.TradeExecuted(
                 trade_id=trade_id,
@@ -928,16 +942,14 @@ class ReferenceExchange:
                 raise _Refused(Reject.ENGINE_FULL)
             self.references.add(c.ref)
         self.transfer_seq += 1
+        ref = self.id_base + self.transfer_seq
         out.append(
             evt.DepositCredited(
-                deposit_id=self.transfer_seq,
-                account=c.account,
-                amount_micros=amount,
-                reference=c.ref,
+                deposit_id=ref, account=c.account, amount_micros=amount, reference=c.ref
             )
         )
-        self._cash(out, c.account, amount, 0, 0, 0, CashReason.DEPOSIT, self.transfer_seq)
-        self._cash(out, ACCOUNT_EXTERNAL, -amount, 0, 0, 0, CashReason.DEPOSIT, self.transfer_seq)
+        self._cash(out, c.account, amount, 0, 0, 0, CashReason.DEPOSIT, ref)
+        self._cash(out, ACCOUNT_EXTERNAL, -amount, 0, 0, 0, CashReason.DEPOSIT, ref)
 
     def _withdraw(self, index: int, c: cmd.Withdraw, out: list) -> None:
         amount = c.amount_micros
@@ -948,8 +960,9 @@ class ReferenceExchange:
         if amount > self._account(c.account).available:
             raise _Refused(Reject.INSUFFICIENT_CASH)
         self.transfer_seq += 1
-        self._cash(out, c.account, -amount, 0, 0, 0, CashReason.WITHDRAWAL, self.transfer_seq)
-        self._cash(out, ACCOUNT_EXTERNAL, amount, 0, 0, 0, CashReason.WITHDRAWAL, self.transfer_seq)
+        ref = self.id_base + self.transfer_seq
+        self._cash(out, c.account, -amount, 0, 0, 0, CashReason.WITHDRAWAL, ref)
+        self._cash(out, ACCOUNT_EXTERNAL, amount, 0, 0, 0, CashReason.WITHDRAWAL, ref)
 
     def _request_withdrawal(self, c: cmd.RequestWithdrawal, out: list) -> None:
         amount = c.amount_micros
@@ -969,7 +982,8 @@ class ReferenceExchange:
             raise _Refused(Reject.ENGINE_FULL)
         slot = self.withdrawal_pool.alloc()
         self.withdrawal_seq += 1
-        w = Withdrawal((self.withdrawal_seq << SLOT_BITS) | slot, slot, c.account, amount)
+        wid = self.id_base + ((self.withdrawal_seq << SLOT_BITS) | slot)
+        w = Withdrawal(wid, slot, c.account, amount)
         self.withdrawals[slot] = w
         a.withdrawal_day, a.withdrawn_today = day, today + amount
         out.append(
@@ -1012,6 +1026,8 @@ class ReferenceExchange:
             capkey = cat.gpu_index(c.gpu) * len(cat.regions) + cat.region_index(c.region)
         except (KeyError, ValueError):
             raise _Refused(Reject.CAPACITY_RANGE_INVALID) from None
+        if self.config.pairs is not None and (c.gpu, c.region) not in self.config.pairs:
+            raise _Refused(Reject.WRONG_SHARD)
         if c.start_ns % NS_PER_HOUR or c.end_ns % NS_PER_HOUR:
             raise _Refused(Reject.CAPACITY_RANGE_INVALID)
         for value in (c.account, c.gpus, c.start_ns, c.end_ns):
@@ -1207,7 +1223,7 @@ class ReferenceExchange:
         have = {ins.key for ins in self.instruments.values()} - {ins.key for ins in closing}
         out = []
         cfg = self.config
-        for key in due_listings(self.catalog, self.now, have, cfg.gpus, cfg.regions):
+        for key in due_listings(self.catalog, self.now, have, cfg.gpus, cfg.regions, cfg.pairs):
             if not self.free_instrument_slots:
                 break
             out.append(self._list(key, heapq.heappop(self.free_instrument_slots)))
@@ -1217,7 +1233,7 @@ class ReferenceExchange:
         cat = self.catalog
         self.instrument_seq += 1
         ins = Instrument(
-            instrument_id=self.instrument_seq,
+            instrument_id=self.id_base + self.instrument_seq,
             slot=slot,
             key=key,
             symbol=format_symbol(key),
@@ -1308,7 +1324,7 @@ class ReferenceExchange:
         slot = self.obligation_pool.alloc()
         self.obligation_seq += 1
         b = Obligation(
-            obligation_id=(self.obligation_seq << SLOT_BITS) | slot,
+            obligation_id=self.id_base + ((self.obligation_seq << SLOT_BITS) | slot),
             slot=slot,
             provider=provider,
             holder=holder,
