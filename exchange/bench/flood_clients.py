@@ -36,7 +36,7 @@ import uvloop
 from exchange.bench.ws_frames import text_frame, upgrade_request
 from exchange.client import signing
 
-__all__ = ["FloodSpec", "main"]
+__all__ = ["Counts", "FloodSpec", "Socket", "connect", "logon_params", "main"]
 
 write_buffer_max = 65_536  # bytes a client lets wait in its socket; beyond, a send is held back
 tick_s = 0.001  # how often a flood sends what is due
@@ -58,7 +58,7 @@ class FloodSpec(msgspec.Struct, frozen=True, kw_only=True):
     secret: str = ""
 
 
-class _Counts:
+class Counts:
     """What a role saw: requests sent and held back, answers by code, closes by code."""
 
     def __init__(self, methods: dict[int, str] | None = None) -> None:
@@ -84,10 +84,10 @@ class _Counts:
         }
 
 
-class _Socket(asyncio.Protocol):
+class Socket(asyncio.Protocol):
     """One client socket: the upgrade, frames in (answers counted), pings answered."""
 
-    def __init__(self, host: str, counts: _Counts) -> None:
+    def __init__(self, host: str, counts: Counts) -> None:
         self.host = host
         self.counts = counts
         self.transport: Any = None  # uvloop's transports are not asyncio.Transport
@@ -209,19 +209,22 @@ class _Socket(asyncio.Protocol):
             return await waiter
 
 
-def _same(client: _Socket) -> _Socket:
+def _same(client: Socket) -> Socket:
     return client
 
 
-async def _connect(spec: FloodSpec, ip: str, counts: _Counts) -> _Socket:
-    client = _Socket(f"{spec.host}:{spec.port}", counts)
+async def connect(host: str, port: int, ip: str, counts: Counts) -> Socket:
+    """Open a WebSocket to the gateway at host:port from source address `ip`."""
+    client = Socket(f"{host}:{port}", counts)
     loop = asyncio.get_running_loop()
-    await loop.create_connection(
-        functools.partial(_same, client), spec.host, spec.port, local_addr=(ip, 0)
-    )
+    await loop.create_connection(functools.partial(_same, client), host, port, local_addr=(ip, 0))
     counts.connects += 1
     await client.opened
     return client
+
+
+async def _connect(spec: FloodSpec, ip: str, counts: Counts) -> Socket:
+    return await connect(spec.host, spec.port, ip, counts)
 
 
 def logon_params(key: str, secret: str) -> dict[str, Any]:
@@ -253,7 +256,7 @@ def _request_cycle(symbol: str) -> list[bytes]:
     return [text_frame(orjson.dumps(r)) for r in requests]
 
 
-async def _logged_on(spec: FloodSpec, counts: _Counts) -> list[_Socket]:
+async def _logged_on(spec: FloodSpec, counts: Counts) -> list[Socket]:
     """Connect and log on every connection of a keyed flood."""
     sockets = []
     for i in range(spec.connections):
@@ -266,7 +269,7 @@ async def _logged_on(spec: FloodSpec, counts: _Counts) -> list[_Socket]:
     return sockets
 
 
-async def _flood_keyed(spec: FloodSpec, counts: _Counts, started: asyncio.Event) -> None:
+async def _flood_keyed(spec: FloodSpec, counts: Counts, started: asyncio.Event) -> None:
     sockets = await _logged_on(spec, counts)
     frames = _request_cycle(spec.symbol)
     _ready()
@@ -292,12 +295,12 @@ async def _flood_keyed(spec: FloodSpec, counts: _Counts, started: asyncio.Event)
         client.transport.close()
 
 
-async def _flood_logons(spec: FloodSpec, counts: _Counts, started: asyncio.Event) -> None:
+async def _flood_logons(spec: FloodSpec, counts: Counts, started: asyncio.Event) -> None:
     sockets = [await _connect(spec, spec.ips[i % len(spec.ips)], counts)
                for i in range(spec.connections)]  # fmt: skip
     _ready()
     await started.wait()
-    reconnects: set[asyncio.Task[_Socket]] = set()
+    reconnects: set[asyncio.Task[Socket]] = set()
     t0 = time.monotonic()
     due_total = 0
     turn = 0
@@ -328,7 +331,7 @@ async def _flood_logons(spec: FloodSpec, counts: _Counts, started: asyncio.Event
             client.transport.close()
 
 
-async def _reconnect(spec: FloodSpec, i: int, counts: _Counts, sockets: list[_Socket]) -> _Socket:
+async def _reconnect(spec: FloodSpec, i: int, counts: Counts, sockets: list[Socket]) -> Socket:
     try:
         sockets[i] = await _connect(spec, spec.ips[i % len(spec.ips)], counts)
     except (ConnectionError, OSError):
@@ -336,7 +339,7 @@ async def _reconnect(spec: FloodSpec, i: int, counts: _Counts, sockets: list[_So
     return sockets[i]
 
 
-async def _probe(spec: FloodSpec, counts: _Counts, started: asyncio.Event) -> dict[str, Any]:
+async def _probe(spec: FloodSpec, counts: Counts, started: asyncio.Event) -> dict[str, Any]:
     client = await _connect(spec, spec.ips[0], counts)
     answer = await client.request(0, "session.logon", logon_params(spec.key, spec.secret))
     if answer.get("status") != 200:
@@ -386,7 +389,7 @@ async def _read_go(started: asyncio.Event) -> None:
 
 
 async def _run(role: str, spec: FloodSpec, out_path: str) -> None:
-    counts = _Counts(None if role == "probe" else _METHODS)
+    counts = Counts(None if role == "probe" else _METHODS)
     started = asyncio.Event()
     reader = asyncio.create_task(_read_go(started))
     result: dict[str, Any] = {}

@@ -12,6 +12,7 @@ from exchange.bench import flood as bench_flood
 from exchange.bench import gateway_start as bench_gateway_start
 from exchange.bench import journey as bench_journey
 from exchange.bench import matching as bench_matching
+from exchange.bench import orders as bench_orders
 from exchange.bench import pipeline as bench_pipeline
 from exchange.bench import soak as bench_soak
 from exchange.bench import writes as bench_writes
@@ -28,6 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench_gateway_start.register(group)
     bench_journey.register(group)
     bench_matching.register(group)
+    bench_orders.register(group)
     bench_pipeline.register(group)
     bench_soak.register(group)
     bench_writes.register(group)
